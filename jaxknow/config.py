@@ -1,0 +1,223 @@
+"""Typed views of ml_collections experiment configs, validated up front.
+
+An experiment config is a `ConfigDict` with sections (`model`, `mesh`, `optim`, `train`,
+`data`, `lora`, ...). Each section is turned into a frozen dataclass here; unknown keys and bad
+values raise ConfigError naming the field (e.g. ``train.grad_accum``).
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import types
+import typing
+from collections.abc import Mapping
+from typing import Any
+
+from jaxknow.model.config import ModelConfig, ModelConfigError, preset
+from jaxknow.train.optim import OptimConfig, OptimConfigError
+
+
+class ConfigError(ValueError):
+    """An experiment config has an unknown key or a bad value; the message names the field."""
+
+
+def to_plain(x: Any) -> Any:
+    """Returns ConfigDicts / FrozenConfigDicts as plain dicts (recursively), lists as lists."""
+    if hasattr(x, "to_dict"):
+        x = x.to_dict()
+    if isinstance(x, Mapping):
+        return {k: to_plain(v) for k, v in x.items()}
+    if isinstance(x, list | tuple):
+        return [to_plain(v) for v in x]
+    return x
+
+
+def _check_type(value: Any, tp: Any, where: str) -> Any:
+    origin = typing.get_origin(tp)
+    if tp is Any:
+        return value
+    if origin in (typing.Union, types.UnionType):
+        args = typing.get_args(tp)
+        if value is None and type(None) in args:
+            return None
+        errors = []
+        for a in args:
+            if a is type(None):
+                continue
+            try:
+                return _check_type(value, a, where)
+            except ConfigError as e:
+                errors.append(str(e))
+        raise ConfigError(errors[0] if errors else f"{where}={value!r}: bad value")
+    if origin is typing.Literal:
+        if value not in typing.get_args(tp):
+            raise ConfigError(f"{where}={value!r}: must be one of {typing.get_args(tp)}")
+        return value
+    if origin in (tuple, list):
+        if not isinstance(value, list | tuple):
+            raise ConfigError(f"{where}={value!r}: must be a list")
+        args = typing.get_args(tp)
+        elem = args[0] if args else Any
+        return tuple(_check_type(v, elem, f"{where}[{i}]") for i, v in enumerate(value))
+    if origin is dict or tp is dict or origin is Mapping:
+        if not isinstance(value, Mapping):
+            raise ConfigError(f"{where}={value!r}: must be a mapping")
+        return dict(value)
+    if tp is float:
+        if isinstance(value, bool) or not isinstance(value, int | float):
+            raise ConfigError(f"{where}={value!r}: must be a number")
+        return float(value)
+    if tp is int:
+        if isinstance(value, bool) or not isinstance(value, int):
+            raise ConfigError(f"{where}={value!r}: must be an integer")
+        return value
+    if tp is bool:
+        if not isinstance(value, bool):
+            raise ConfigError(f"{where}={value!r}: must be true or false")
+        return value
+    if tp is str:
+        if not isinstance(value, str):
+            raise ConfigError(f"{where}={value!r}: must be a string")
+        return value
+    return value
+
+
+def section(cls: type, values: Mapping[str, Any] | None, name: str, **extra: Any) -> Any:
+    """Returns dataclass `cls` built from a config section, checking keys and types.
+
+    Raises ConfigError naming ``name.key`` for an unknown key, a wrong type, or a value the
+    dataclass itself rejects.
+    """
+    values = dict(to_plain(values) or {})
+    values.update(extra)
+    hints = typing.get_type_hints(cls)
+    fields = {f.name for f in dataclasses.fields(cls) if f.init}
+    unknown = sorted(set(values) - fields)
+    if unknown:
+        raise ConfigError(f"{name}: unknown key(s) {unknown}; known: {sorted(fields)}")
+    typed = {k: _check_type(v, hints[k], f"{name}.{k}") for k, v in values.items()}
+    try:
+        return cls(**typed)
+    except (ModelConfigError, OptimConfigError, ConfigError) as e:
+        raise ConfigError(str(e)) from None
+    except (ValueError, TypeError) as e:
+        raise ConfigError(f"{name}: {e}") from None
+
+
+def model_config(values: Mapping[str, Any]) -> ModelConfig:
+    """Returns the ModelConfig of a `model` section: an optional `preset` plus field overrides."""
+    values = dict(to_plain(values) or {})
+    name = values.pop("preset", None)
+    base: dict[str, Any] = {}
+    if name is not None:
+        try:
+            base = preset(name).to_dict()
+        except ModelConfigError as e:
+            raise ConfigError(str(e)) from None
+    base.update({k: v for k, v in values.items() if v is not None or k in ("n_kv_heads",
+                                                                            "head_dim")})
+    if values.get("rope_scaling", 0) is None:
+        base["rope_scaling"] = None
+    return section(ModelConfig, base, "model")
+
+
+@dataclasses.dataclass(frozen=True)
+class MeshConfig:
+    """Mesh axis sizes; -1 fills the remaining devices."""
+
+    data: int = -1
+    fsdp: int = 1
+    tensor: int = 1
+
+
+@dataclasses.dataclass(frozen=True)
+class TrainConfig:
+    """Loop settings of a training run."""
+
+    steps: int = 100
+    grad_accum: int = 1
+    loss_chunk: int = 0
+    log_every: int = 10
+    checkpoint_every: int = 0  # 0: only at the end (and on preemption)
+    keep_checkpoints: int = 3
+    async_checkpoint: bool = True
+    progress: bool = True
+    tensorboard: bool = True
+    # Stop (with a checkpoint) once this step is reached: time-sliced jobs, tests.
+    halt_at: int | None = None
+    # Start from the parameters of this checkpoint (a workdir, a checkpoints dir or a step dir).
+    init_from: str | None = None
+    # Which parameters train: "all", "lora" (adapters only) or a regex over parameter paths.
+    trainable: str = "all"
+    peak_tflops: float | None = None  # per device, for MFU; None: known accelerators only
+    preemption_check_every: int = 1
+    distributed: str = "auto"  # "auto", "on" (jax.distributed.initialize()) or "off"
+
+    def __post_init__(self) -> None:
+        def bad(field: str, why: str) -> None:
+            raise ConfigError(f"train.{field}={getattr(self, field)!r}: {why}")
+
+        if self.steps <= 0:
+            bad("steps", "must be positive")
+        for f in ("grad_accum", "log_every", "keep_checkpoints", "preemption_check_every"):
+            if getattr(self, f) <= 0:
+                bad(f, "must be positive")
+        if self.loss_chunk < 0:
+            bad("loss_chunk", "must be >= 0")
+        if self.checkpoint_every < 0:
+            bad("checkpoint_every", "must be >= 0")
+        if self.halt_at is not None and not 0 < self.halt_at <= self.steps:
+            bad("halt_at", f"must be in (0, steps={self.steps}]")
+        if self.distributed not in ("auto", "on", "off"):
+            bad("distributed", "must be 'auto', 'on' or 'off'")
+
+
+@dataclasses.dataclass(frozen=True)
+class DataConfig:
+    """Where training documents come from and how they are batched."""
+
+    seq_len: int = 128
+    batch_size: int = 8  # global, across processes
+    sources: tuple[dict, ...] = ()  # [{"name": ..., "weight": ...}]
+    dir: str | None = None  # default: WORKDIR/data
+    packing: str = "concat"
+    num_epochs: int | None = None
+    workers: int = 0
+    seed: int | None = None  # default: the config's seed
+    world: dict | None = None  # what to materialise when `dir` lacks the sources
+
+    def __post_init__(self) -> None:
+        if not self.sources:
+            raise ConfigError("data.sources: at least one source is required")
+        for i, s in enumerate(self.sources):
+            if "name" not in s:
+                raise ConfigError(f"data.sources[{i}]: missing 'name'")
+            unknown = set(s) - {"name", "weight"}
+            if unknown:
+                raise ConfigError(f"data.sources[{i}]: unknown key(s) {sorted(unknown)}")
+            if float(s.get("weight", 1.0)) <= 0:
+                raise ConfigError(f"data.sources[{i}].weight: must be positive")
+        if self.packing not in ("concat", "first_fit", "pad"):
+            raise ConfigError(f"data.packing={self.packing!r}: must be concat, first_fit or pad")
+        if self.seq_len <= 0 or self.batch_size <= 0:
+            raise ConfigError("data.seq_len and data.batch_size must be positive")
+        if self.num_epochs is not None and self.num_epochs <= 0:
+            raise ConfigError(f"data.num_epochs={self.num_epochs}: must be positive")
+
+
+def optim_config(values: Mapping[str, Any] | None, steps: int) -> OptimConfig:
+    """Returns the OptimConfig of an `optim` section (total_steps defaults to train.steps)."""
+    values = dict(to_plain(values) or {})
+    if values.get("total_steps") is None:
+        values["total_steps"] = steps
+    return section(OptimConfig, values, "optim")
+
+
+KNOWN_SECTIONS = ("seed", "model", "mesh", "optim", "train", "data", "lora", "forget", "name")
+
+
+def check_top_level(config: Any, extra: tuple[str, ...] = ()) -> None:
+    """Raises ConfigError for top-level keys no consumer knows."""
+    unknown = sorted(set(to_plain(config)) - set(KNOWN_SECTIONS) - set(extra))
+    if unknown:
+        raise ConfigError(f"config: unknown top-level key(s) {unknown}")

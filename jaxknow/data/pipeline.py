@@ -1,0 +1,180 @@
+"""Grain input pipelines: read -> shuffle -> (mix) -> shard by process -> tokenize/parse ->
+pack -> batch.
+
+Each pipeline yields per-process batches in the trainer's batch format (see
+`jaxknow.train.step`): ``inputs``, ``targets``, ``weights``, ``segment_ids``, ``positions``,
+all [batch, seq_len]. Iterator state (`get_state`/`set_state`) is checkpointed with the model.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+from collections.abc import Callable, Sequence
+from typing import Any
+
+import grain
+import numpy as np
+from absl import logging
+
+from jaxknow.data.records import decode_record, shard_paths
+
+Doc = tuple[np.ndarray, int]  # (tokens, loss_start)
+PACKING_MODES = ("concat", "first_fit", "pad")
+FEATURES = ("inputs", "targets", "weights")
+
+
+class PipelineConfigError(ValueError):
+    """A data pipeline setting is invalid; the message names the field."""
+
+
+@dataclasses.dataclass(frozen=True)
+class PipelineConfig:
+    """How documents become batches."""
+
+    seq_len: int
+    batch_size: int  # per process
+    packing: str = "concat"  # concat: split across rows; first_fit: whole docs; pad: one per row
+    seed: int = 0
+    num_epochs: int | None = None  # None: repeat forever
+    workers: int = 0  # grain multiprocessing workers (0: in-process)
+    pad_final_batch: bool = True  # finite epochs: pad the last batch with zero-weight rows
+
+    def __post_init__(self) -> None:
+        if self.packing not in PACKING_MODES:
+            raise PipelineConfigError(
+                f"data.packing={self.packing!r}: must be one of {PACKING_MODES}")
+        if self.seq_len <= 0:
+            raise PipelineConfigError(f"data.seq_len={self.seq_len}: must be positive")
+        if self.batch_size <= 0:
+            raise PipelineConfigError(f"data.batch_size={self.batch_size}: must be positive")
+        if self.num_epochs is not None and self.num_epochs <= 0:
+            raise PipelineConfigError(f"data.num_epochs={self.num_epochs}: must be positive")
+
+
+class DocList(grain.sources.RandomAccessDataSource):
+    """An in-memory random-access source of documents (tokens, loss_start)."""
+
+    def __init__(self, docs: Sequence[Doc]):
+        self._docs = [(np.asarray(t, np.int32), int(s)) for t, s in docs]
+
+    def __len__(self) -> int:
+        return len(self._docs)
+
+    def __getitem__(self, i: int) -> Doc:
+        return self._docs[i]
+
+
+def doc_to_example(doc: Doc, max_len: int | None = None) -> dict[str, np.ndarray]:
+    """Returns next-token features of one document: inputs = tokens[:-1], targets =
+    tokens[1:], weights = 1 where the target index >= loss_start (truncated to max_len)."""
+    tokens, loss_start = doc
+    tokens = np.asarray(tokens, np.int32)
+    inputs, targets = tokens[:-1], tokens[1:]
+    weights = (np.arange(1, len(tokens)) >= loss_start).astype(np.float32)
+    if max_len is not None and len(inputs) > max_len:
+        inputs, targets, weights = inputs[:max_len], targets[:max_len], weights[:max_len]
+    return {"inputs": inputs, "targets": targets, "weights": weights}
+
+
+def _pad_row(ex: dict[str, np.ndarray], seq_len: int) -> dict[str, np.ndarray]:
+    n = len(ex["inputs"])
+    out = {}
+    for k in FEATURES:
+        arr = np.zeros(seq_len, ex[k].dtype)
+        arr[:n] = ex[k]
+        out[k] = arr
+    out["segment_ids"] = (np.arange(seq_len) < n).astype(np.int32)
+    out["positions"] = np.where(np.arange(seq_len) < n, np.arange(seq_len), 0).astype(np.int32)
+    return out
+
+
+def _from_packed(ex: dict[str, np.ndarray]) -> dict[str, np.ndarray]:
+    return {
+        "inputs": ex["inputs"].astype(np.int32),
+        "targets": ex["targets"].astype(np.int32),
+        "weights": ex["weights"].astype(np.float32),
+        "segment_ids": ex["inputs_segment_ids"].astype(np.int32),
+        "positions": ex["inputs_positions"].astype(np.int32),
+    }
+
+
+def _pad_batch(batch: dict[str, np.ndarray], size: int) -> dict[str, np.ndarray]:
+    n = batch["inputs"].shape[0]
+    if n == size:
+        return batch
+    return {k: np.concatenate([v, np.zeros((size - n, *v.shape[1:]), v.dtype)])
+            for k, v in batch.items()}
+
+
+def doc_dataset(paths: Sequence[str]) -> grain.MapDataset:
+    """Returns a MapDataset of documents (tokens, loss_start) read from ArrayRecord shards."""
+    return grain.MapDataset.source(grain.sources.ArrayRecordDataSource(list(paths))).map(
+        decode_record)
+
+
+def build_pipeline(
+    sources: Sequence[grain.MapDataset],
+    weights: Sequence[float] | None,
+    cfg: PipelineConfig,
+    *,
+    shard_index: int = 0,
+    shard_count: int = 1,
+    tokenize: Callable[[Any], Doc] | None = None,
+) -> grain.IterDataset:
+    """Returns the IterDataset of per-process batches over a weighted mixture of `sources`.
+
+    Every source is shuffled with its own seed and re-shuffled each epoch; the mixture is then
+    split between processes by stride (`shard_index`::`shard_count`), so processes see
+    disjoint documents whose union is the whole stream. `tokenize` maps a raw element (e.g. a
+    text) to a document when sources hold text rather than tokens.
+    """
+    if not sources:
+        raise PipelineConfigError("data.sources: at least one source is required")
+    if not 0 <= shard_index < shard_count:
+        raise ValueError(f"shard_index {shard_index} not in [0, {shard_count})")
+    shuffled = [s.shuffle(seed=cfg.seed + 7919 * i).repeat(cfg.num_epochs)
+                for i, s in enumerate(sources)]
+    if len(shuffled) == 1:
+        ds = shuffled[0]
+    else:
+        w = list(weights) if weights is not None else [1.0] * len(shuffled)
+        if len(w) != len(shuffled) or any(x <= 0 for x in w):
+            raise PipelineConfigError(f"data.sources weights {w}: one positive weight per source")
+        ds = grain.MapDataset.mix(shuffled, w)
+    if shard_count > 1:
+        ds = ds[shard_index::shard_count]
+    if tokenize is not None:
+        ds = ds.map(tokenize)
+    max_len = None if cfg.packing == "concat" else cfg.seq_len
+    warned: list[bool] = []
+
+    def to_example(doc: Doc) -> dict[str, np.ndarray]:
+        if max_len is not None and len(doc[0]) - 1 > max_len and not warned:
+            warned.append(True)
+            logging.warning("a document of %d tokens is truncated to seq_len=%d",
+                            len(doc[0]) - 1, max_len)
+        return doc_to_example(doc, max_len)
+
+    it = ds.map(to_example).to_iter_dataset()
+    lengths = {k: cfg.seq_len for k in FEATURES}
+    if cfg.packing == "concat":
+        it = grain.experimental.ConcatThenSplitIterDataset(it, length_struct=lengths).map(
+            _from_packed)
+    elif cfg.packing == "first_fit":
+        it = grain.experimental.FirstFitPackIterDataset(
+            it, length_struct=lengths, num_packing_bins=cfg.batch_size, seed=cfg.seed,
+            shuffle_bins=True).map(_from_packed)
+    else:
+        it = it.map(lambda ex: _pad_row(ex, cfg.seq_len))
+    finite = cfg.num_epochs is not None
+    it = it.batch(cfg.batch_size, drop_remainder=not (finite and cfg.pad_final_batch))
+    if finite and cfg.pad_final_batch:
+        it = it.map(lambda b: _pad_batch(b, cfg.batch_size))
+    if cfg.workers > 0:
+        it = it.mp_prefetch(grain.MultiprocessingOptions(num_workers=cfg.workers))
+    return it
+
+
+def source_datasets(data_dir: str, names: Sequence[str]) -> list[grain.MapDataset]:
+    """Returns one document MapDataset per named tokenized source in `data_dir`."""
+    return [doc_dataset(shard_paths(data_dir, n)) for n in names]

@@ -1,0 +1,1 @@
+"""Builders that materialise the fact worlds (registered with jaxknow.data.build)."""

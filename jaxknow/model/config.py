@@ -1,0 +1,204 @@
+"""Model configuration: one decoder-only transformer covering the GPT-2, Llama, Qwen2 and Gemma
+families, plus named presets."""
+
+from __future__ import annotations
+
+import dataclasses
+from collections.abc import Mapping
+from typing import Any, Literal
+
+import jax.numpy as jnp
+
+PosEmbedding = Literal["learned", "rope"]
+Norm = Literal["layernorm", "rmsnorm"]
+Mlp = Literal["gelu", "swiglu", "geglu"]
+Remat = Literal["none", "full", "dots", "dots_no_batch"]
+
+_DTYPES = {"float32": jnp.float32, "bfloat16": jnp.bfloat16, "float16": jnp.float16}
+
+
+class ModelConfigError(ValueError):
+    """A model configuration field has an invalid value; the message names the field."""
+
+
+@dataclasses.dataclass(frozen=True)
+class ModelConfig:
+    """Shape and numerics of a decoder-only transformer.
+
+    `dtype` is the compute dtype (activations, matmul inputs); `param_dtype` is the storage
+    dtype of the parameters (the optimizer's master copy).
+    """
+
+    vocab_size: int = 512
+    d_model: int = 64
+    n_layers: int = 2
+    n_heads: int = 4
+    n_kv_heads: int | None = None  # None: same as n_heads (multi-head attention)
+    head_dim: int | None = None  # None: d_model // n_heads
+    d_ff: int = 256
+    max_seq_len: int = 128
+    pos_embedding: PosEmbedding = "learned"
+    rope_theta: float = 10_000.0
+    # Llama 3 style frequency scaling: {"factor", "low_freq_factor", "high_freq_factor",
+    # "original_max_position_embeddings"}; None for plain RoPE.
+    rope_scaling: Mapping[str, float] | None = None
+    norm: Norm = "layernorm"
+    norm_eps: float = 1e-5
+    # Gemma's RMSNorm multiplies by (1 + scale) instead of scale.
+    norm_scale_offset: float = 0.0
+    mlp: Mlp = "gelu"
+    # GELU flavour: "tanh" (GPT-2's gelu_new, Gemma's gelu_pytorch_tanh) or "exact".
+    gelu_approximate: bool = True
+    tie_embeddings: bool = True
+    attn_bias: bool = False  # biases on q/k/v projections (GPT-2, Qwen2)
+    attn_out_bias: bool = False  # bias on the attention output projection (GPT-2)
+    mlp_bias: bool = False
+    norm_bias: bool = False  # LayerNorm bias (GPT-2)
+    embed_scale: bool = False  # multiply token embeddings by sqrt(d_model) (Gemma)
+    # Attention logits scale; None: 1/sqrt(head_dim).
+    attn_scale: float | None = None
+    init_std: float = 0.02
+    dtype: str = "float32"
+    param_dtype: str = "float32"
+    remat: Remat = "none"
+    # "xla", "cudnn" or None (automatic: cuDNN flash attention on a GPU in bf16/fp16, else XLA).
+    attention_impl: str | None = None
+    # Mask attention across document boundaries of packed sequences (segment ids).
+    segment_masking: bool = True
+    # Scale of LoRA adapter outputs (alpha / r, or alpha / sqrt(r) for rank-stabilised LoRA);
+    # only used when the parameters hold adapters (see jaxknow.model.lora).
+    lora_scale: float = 1.0
+
+    def __post_init__(self) -> None:
+        self.validate()
+
+    # --- derived shapes -------------------------------------------------------------------
+    @property
+    def kv_heads(self) -> int:
+        """Returns the number of key/value heads."""
+        return self.n_kv_heads if self.n_kv_heads is not None else self.n_heads
+
+    @property
+    def dim_per_head(self) -> int:
+        """Returns the per-head width."""
+        return self.head_dim if self.head_dim is not None else self.d_model // self.n_heads
+
+    @property
+    def compute_dtype(self) -> Any:
+        """Returns the jnp dtype of activations."""
+        return _DTYPES[self.dtype]
+
+    @property
+    def storage_dtype(self) -> Any:
+        """Returns the jnp dtype of parameters."""
+        return _DTYPES[self.param_dtype]
+
+    def replace(self, **kwargs: Any) -> ModelConfig:
+        """Returns a copy with the given fields changed (validated)."""
+        return dataclasses.replace(self, **kwargs)
+
+    def to_dict(self) -> dict[str, Any]:
+        """Returns the config as a JSON-serialisable dict."""
+        d = dataclasses.asdict(self)
+        if d["rope_scaling"] is not None:
+            d["rope_scaling"] = dict(d["rope_scaling"])
+        return d
+
+    @classmethod
+    def from_dict(cls, d: Mapping[str, Any]) -> ModelConfig:
+        """Returns a config from a dict; unknown keys raise ModelConfigError naming them."""
+        known = {f.name for f in dataclasses.fields(cls)}
+        unknown = sorted(set(d) - known)
+        if unknown:
+            raise ModelConfigError(f"model: unknown field(s) {unknown}")
+        return cls(**dict(d))
+
+    def validate(self) -> None:
+        """Raises ModelConfigError naming the first invalid field."""
+
+        def bad(field: str, why: str) -> None:
+            raise ModelConfigError(f"model.{field}={getattr(self, field)!r}: {why}")
+
+        for f in ("vocab_size", "d_model", "n_layers", "n_heads", "d_ff", "max_seq_len"):
+            v = getattr(self, f)
+            if not isinstance(v, int) or isinstance(v, bool) or v <= 0:
+                bad(f, "must be a positive integer")
+        if self.head_dim is None and self.d_model % self.n_heads:
+            bad("n_heads", f"must divide d_model={self.d_model} (or set head_dim)")
+        if self.head_dim is not None and self.head_dim <= 0:
+            bad("head_dim", "must be positive")
+        if self.kv_heads <= 0 or self.n_heads % self.kv_heads:
+            bad("n_kv_heads", f"must be positive and divide n_heads={self.n_heads}")
+        if self.pos_embedding not in ("learned", "rope"):
+            bad("pos_embedding", "must be 'learned' or 'rope'")
+        if self.pos_embedding == "rope" and self.dim_per_head % 2:
+            bad("head_dim", "must be even for rotary embeddings")
+        if self.norm not in ("layernorm", "rmsnorm"):
+            bad("norm", "must be 'layernorm' or 'rmsnorm'")
+        if self.mlp not in ("gelu", "swiglu", "geglu"):
+            bad("mlp", "must be 'gelu', 'swiglu' or 'geglu'")
+        if self.dtype not in _DTYPES:
+            bad("dtype", f"must be one of {sorted(_DTYPES)}")
+        if self.param_dtype not in _DTYPES:
+            bad("param_dtype", f"must be one of {sorted(_DTYPES)}")
+        if self.remat not in ("none", "full", "dots", "dots_no_batch"):
+            bad("remat", "must be 'none', 'full', 'dots' or 'dots_no_batch'")
+        if self.attention_impl not in (None, "xla", "cudnn"):
+            bad("attention_impl", "must be None, 'xla' or 'cudnn'")
+        if self.rope_scaling is not None:
+            need = {"factor", "low_freq_factor", "high_freq_factor",
+                    "original_max_position_embeddings"}
+            missing = need - set(self.rope_scaling)
+            if missing:
+                bad("rope_scaling", f"missing key(s) {sorted(missing)}")
+
+
+# --- presets ------------------------------------------------------------------------------
+_GPT2 = dict(
+    pos_embedding="learned", norm="layernorm", norm_bias=True, mlp="gelu", mlp_bias=True,
+    attn_bias=True, attn_out_bias=True, tie_embeddings=True, gelu_approximate=True,
+)
+_LLAMA = dict(
+    pos_embedding="rope", norm="rmsnorm", mlp="swiglu", tie_embeddings=False, norm_eps=1e-5,
+    rope_theta=500_000.0,
+)
+
+PRESETS: dict[str, dict[str, Any]] = {
+    # Tiny shapes for tests and CPU smoke runs.
+    "tiny": dict(_GPT2, vocab_size=512, d_model=64, n_layers=2, n_heads=4, d_ff=256,
+                 max_seq_len=128),
+    "tiny-llama": dict(_LLAMA, vocab_size=512, d_model=64, n_layers=2, n_heads=4, n_kv_heads=2,
+                       d_ff=192, max_seq_len=128, rope_theta=10_000.0),
+    # GPT-2 small (124M with the 50,257-token vocabulary).
+    "gpt2-small": dict(_GPT2, vocab_size=50257, d_model=768, n_layers=12, n_heads=12,
+                       d_ff=3072, max_seq_len=1024),
+    # The bioS paper's shape: GPT-2 small with rotary positions, context 512.
+    "gpt2-small-rope": dict(_GPT2, pos_embedding="rope", vocab_size=50257, d_model=768,
+                            n_layers=12, n_heads=12, d_ff=3072, max_seq_len=512),
+    # Llama-style models (Llama 3 family shapes).
+    "llama-1b": dict(_LLAMA, vocab_size=128256, d_model=2048, n_layers=16, n_heads=32,
+                     n_kv_heads=8, d_ff=8192, max_seq_len=2048, tie_embeddings=True,
+                     rope_scaling={"factor": 32.0, "low_freq_factor": 1.0,
+                                   "high_freq_factor": 4.0,
+                                   "original_max_position_embeddings": 8192}),
+    "llama-8b": dict(_LLAMA, vocab_size=128256, d_model=4096, n_layers=32, n_heads=32,
+                     n_kv_heads=8, d_ff=14336, max_seq_len=8192),
+    "llama-70b": dict(_LLAMA, vocab_size=128256, d_model=8192, n_layers=80, n_heads=64,
+                      n_kv_heads=8, d_ff=28672, max_seq_len=8192),
+    "gemma-7b": dict(pos_embedding="rope", norm="rmsnorm", norm_scale_offset=1.0, norm_eps=1e-6,
+                     mlp="geglu", tie_embeddings=True, embed_scale=True, vocab_size=256000,
+                     d_model=3072, n_layers=28, n_heads=16, head_dim=256, d_ff=24576,
+                     max_seq_len=8192),
+}
+
+
+def preset(name: str, **overrides: Any) -> ModelConfig:
+    """Returns the named preset's ModelConfig with `overrides` applied.
+
+    Raises ModelConfigError listing the known presets when the name is unknown.
+    """
+    if name not in PRESETS:
+        raise ModelConfigError(f"model.preset={name!r}: unknown preset; known: {sorted(PRESETS)}")
+    fields = dict(PRESETS[name])
+    fields.update(overrides)
+    return ModelConfig(**fields)

@@ -1,0 +1,38 @@
+"""Model FLOPs per token and accelerator peaks, for model-FLOPs utilisation (MFU)."""
+
+from __future__ import annotations
+
+import jax
+
+from jaxknow.model.config import ModelConfig
+from jaxknow.model.params import count_params, param_specs
+
+# Dense bf16 peak FLOP/s per chip, by substrings of `device.device_kind`.
+PEAK_BF16_FLOPS: tuple[tuple[str, float], ...] = (
+    ("H200", 989e12),
+    ("H100", 989e12),
+    ("A100", 312e12),
+    ("L4", 121e12),
+    ("TPU v6", 918e12),
+    ("TPU v5p", 459e12),
+    ("TPU v5 lite", 197e12),
+    ("TPU v5e", 197e12),
+    ("TPU v4", 275e12),
+)
+
+
+def train_flops_per_token(cfg: ModelConfig, seq_len: int) -> float:
+    """Returns 6·N + 12·L·d·T: training FLOPs per token with N all parameters (embeddings
+    included, the convention of the PyTorch reference) plus attention scores and values."""
+    n = count_params(param_specs(cfg))
+    return 6.0 * n + 12.0 * cfg.n_layers * cfg.n_heads * cfg.dim_per_head * seq_len
+
+
+def peak_flops(device: jax.Device | None = None) -> float | None:
+    """Returns the dense bf16 peak FLOP/s of one device, or None when unknown (e.g. CPU)."""
+    device = device or jax.devices()[0]
+    kind = getattr(device, "device_kind", "")
+    for key, peak in PEAK_BF16_FLOPS:
+        if key.lower() in kind.lower():
+            return peak
+    return None

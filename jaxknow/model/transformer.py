@@ -1,0 +1,213 @@
+"""The decoder-only transformer as pure functions over a parameter tree.
+
+`forward` covers training (packed sequences with segment masking), prefill and cached
+decoding; `logits` projects hidden states onto the vocabulary.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import functools
+from collections.abc import Mapping
+from typing import Any
+
+import jax
+import jax.numpy as jnp
+
+from jaxknow.model import layers
+from jaxknow.model.config import ModelConfig
+from jaxknow.parallel.rules import NO_SHARDING, Sharder
+
+Cache = dict[str, dict[str, jax.Array]]
+
+_REMAT_POLICIES = {
+    "full": jax.checkpoint_policies.nothing_saveable,
+    "dots": jax.checkpoint_policies.checkpoint_dots,
+    "dots_no_batch": jax.checkpoint_policies.dots_with_no_batch_dims_saveable,
+}
+
+
+@dataclasses.dataclass
+class ForwardOutput:
+    """What `forward` returns: the final normalised hidden states [B, T, D], optionally every
+    layer's residual stream [L+1, B, T, D] (index 0 = embeddings), and the updated cache."""
+
+    hidden: jax.Array
+    hiddens: jax.Array | None = None
+    cache: Cache | None = None
+
+
+def attention_impl(cfg: ModelConfig) -> str:
+    """Returns the dot_product_attention implementation to use for this config and backend."""
+    if cfg.attention_impl is not None:
+        return cfg.attention_impl
+    if jax.default_backend() == "gpu" and cfg.dtype in ("bfloat16", "float16"):
+        return "cudnn"
+    return "xla"
+
+
+def init_cache(cfg: ModelConfig, batch: int, length: int, dtype: Any = None) -> Cache:
+    """Returns an all-zero KV cache for `batch` rows of `length` slots."""
+    dtype = dtype or cfg.compute_dtype
+    shape = (batch, length, cfg.kv_heads, cfg.dim_per_head)
+    return {str(i): {"k": jnp.zeros(shape, dtype), "v": jnp.zeros(shape, dtype)}
+            for i in range(cfg.n_layers)}
+
+
+CACHE_AXES = ("batch", "cache_length", "act_kv_heads", "head_dim")
+
+
+def _attention(
+    p: Mapping[str, Any],
+    x: jax.Array,
+    *,
+    cfg: ModelConfig,
+    positions: jax.Array,
+    mask: jax.Array | None,
+    is_causal: bool,
+    inv_freq: jax.Array | None,
+    sharder: Sharder,
+    cache: dict[str, jax.Array] | None,
+    cache_index: jax.Array | None,
+) -> tuple[jax.Array, dict[str, jax.Array] | None]:
+    q = layers.dense(p["q"], x, "btd,dnh->btnh", cfg)
+    k = layers.dense(p["k"], x, "btd,dnh->btnh", cfg)
+    v = layers.dense(p["v"], x, "btd,dnh->btnh", cfg)
+    q = sharder.constrain(q, ("batch", "length", "act_heads", None))
+    k = sharder.constrain(k, ("batch", "length", "act_kv_heads", None))
+    v = sharder.constrain(v, ("batch", "length", "act_kv_heads", None))
+    if inv_freq is not None:
+        q = layers.apply_rope(q, positions, inv_freq)
+        k = layers.apply_rope(k, positions, inv_freq)
+    new_cache = None
+    if cache is not None:
+        idx = (0, cache_index, 0, 0)
+        k = jax.lax.dynamic_update_slice(cache["k"], k.astype(cache["k"].dtype), idx)
+        v = jax.lax.dynamic_update_slice(cache["v"], v.astype(cache["v"].dtype), idx)
+        k = sharder.constrain(k, CACHE_AXES)
+        v = sharder.constrain(v, CACHE_AXES)
+        new_cache = {"k": k, "v": v}
+        k, v = k.astype(q.dtype), v.astype(q.dtype)
+    out = jax.nn.dot_product_attention(
+        q, k, v, mask=mask, is_causal=is_causal, scale=cfg.attn_scale,
+        implementation=attention_impl(cfg),
+    )
+    out = sharder.constrain(out, ("batch", "length", "act_heads", None))
+    y = layers.dense(p["o"], out, "btnh,nhd->btd", cfg)
+    return y, new_cache
+
+
+def _block(
+    p: Mapping[str, Any], x: jax.Array, cache: dict[str, jax.Array] | None, *, cfg: ModelConfig,
+    positions: jax.Array, mask: jax.Array | None, is_causal: bool, inv_freq: jax.Array | None,
+    sharder: Sharder, cache_index: jax.Array | None,
+) -> tuple[jax.Array, dict[str, jax.Array] | None]:
+    h = layers.norm(p["attn_norm"], x, cfg)
+    a, new_cache = _attention(
+        p["attn"], h, cfg=cfg, positions=positions, mask=mask, is_causal=is_causal,
+        inv_freq=inv_freq, sharder=sharder, cache=cache, cache_index=cache_index,
+    )
+    x = sharder.constrain(x + a, ("batch", "length", "act_embed"))
+    h = layers.norm(p["mlp_norm"], x, cfg)
+    x = sharder.constrain(x + layers.mlp(p["mlp"], h, cfg, sharder), ("batch", "length", "act_embed"))
+    return x, new_cache
+
+
+def embed(params: Mapping[str, Any], tokens: jax.Array, positions: jax.Array,
+          cfg: ModelConfig) -> jax.Array:
+    """Returns the input embeddings [B, T, D] in the compute dtype."""
+    e = params["embed"]
+    dt = cfg.compute_dtype
+    x = jnp.take(e["tokens"], tokens, axis=0).astype(dt)
+    if "lora_a" in e:  # low-rank update of the input embedding
+        x = x + cfg.lora_scale * (jnp.take(e["lora_a"], tokens, axis=0).astype(dt)
+                                  @ e["lora_b"].astype(dt))
+    if cfg.embed_scale:
+        x = x * jnp.asarray(cfg.d_model ** 0.5, dt)
+    if cfg.pos_embedding == "learned":
+        x = x + jnp.take(e["positions"], positions, axis=0).astype(dt)
+    return x
+
+
+def forward(
+    params: Mapping[str, Any],
+    tokens: jax.Array,
+    cfg: ModelConfig,
+    *,
+    positions: jax.Array | None = None,
+    segment_ids: jax.Array | None = None,
+    sharder: Sharder = NO_SHARDING,
+    cache: Cache | None = None,
+    cache_index: jax.Array | None = None,
+    kv_valid: jax.Array | None = None,
+    collect_hidden: bool = False,
+) -> ForwardOutput:
+    """Runs the transformer on tokens [B, T]; returns a ForwardOutput.
+
+    Training / scoring: `segment_ids` [B, T] (documents of a packed row; with
+    cfg.segment_masking attention never crosses a boundary) and `positions` [B, T].
+    Cached decoding: pass `cache` (see `init_cache`), `cache_index` (the slot of tokens[:, 0])
+    and `kv_valid` [B, S] (which cache slots hold real tokens once these are written); the
+    tokens attend to valid slots up to their own.
+    """
+    b, t = tokens.shape
+    if positions is None:
+        positions = jnp.broadcast_to(jnp.arange(t, dtype=jnp.int32), (b, t))
+    mask = None
+    is_causal = True
+    if cache is not None:
+        if cache_index is None or kv_valid is None:
+            raise ValueError("cached decoding needs cache_index and kv_valid")
+        s = kv_valid.shape[1]
+        q_slot = cache_index + jnp.arange(t)
+        allowed = jnp.arange(s)[None, :] <= q_slot[:, None]  # [T, S]
+        mask = (kv_valid[:, None, :] & allowed[None])[:, None]  # [B, 1, T, S]
+        is_causal = False
+    elif segment_ids is not None and cfg.segment_masking:
+        mask = (segment_ids[:, :, None] == segment_ids[:, None, :])[:, None]
+
+    inv_freq = layers.rope_inv_freq(cfg) if cfg.pos_embedding == "rope" else None
+    x = sharder.constrain(embed(params, tokens, positions, cfg), ("batch", "length", "act_embed"))
+
+    block = functools.partial(_block, cfg=cfg, is_causal=is_causal, sharder=sharder)
+    if cfg.remat != "none" and cache is None:
+        block = jax.checkpoint(block, policy=_REMAT_POLICIES[cfg.remat])
+    hiddens = [x] if collect_hidden else None
+    new_cache: Cache | None = {} if cache is not None else None
+    for i in range(cfg.n_layers):
+        layer_cache = cache[str(i)] if cache is not None else None
+        x, c = block(
+            params["layers"][str(i)], x, layer_cache, positions=positions, mask=mask,
+            inv_freq=inv_freq, cache_index=cache_index,
+        )
+        if new_cache is not None:
+            new_cache[str(i)] = c
+        if hiddens is not None:
+            hiddens.append(x)
+    h = layers.norm(params["final_norm"], x, cfg)
+    return ForwardOutput(
+        hidden=h,
+        hiddens=jnp.stack(hiddens) if hiddens is not None else None,
+        cache=new_cache,
+    )
+
+
+def output_kernel(params: Mapping[str, Any]) -> tuple[jax.Array, str]:
+    """Returns the output projection and its einsum equation (tied or untied head)."""
+    if "lm_head" in params:
+        return params["lm_head"]["kernel"], "btd,dv->btv"
+    return params["embed"]["tokens"], "btd,vd->btv"
+
+
+def logits(params: Mapping[str, Any], hidden: jax.Array, cfg: ModelConfig,
+           sharder: Sharder = NO_SHARDING) -> jax.Array:
+    """Returns float32 logits [B, T, V] for hidden states [B, T, D]."""
+    w, eq = output_kernel(params)
+    out = jnp.einsum(eq, hidden, w.astype(cfg.compute_dtype), preferred_element_type=jnp.float32)
+    return sharder.constrain(out, ("batch", "length", "act_vocab"))
+
+
+def apply(params: Mapping[str, Any], tokens: jax.Array, cfg: ModelConfig, **kwargs: Any) -> jax.Array:
+    """Returns float32 logits [B, T, V] for tokens [B, T] (see `forward` for the options)."""
+    out = forward(params, tokens, cfg, **kwargs)
+    return logits(params, out.hidden, cfg, kwargs.get("sharder", NO_SHARDING))

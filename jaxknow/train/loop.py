@@ -1,0 +1,251 @@
+"""The training loop: data in, jitted sharded steps, metrics out, checkpoints, resumption and
+preemption handling."""
+
+from __future__ import annotations
+
+import dataclasses
+import functools
+import json
+import signal
+import time
+from collections.abc import Callable, Sequence
+from pathlib import Path
+from typing import Any
+
+import jax
+import jax.numpy as jnp
+import numpy as np
+from absl import logging
+from jax.experimental import multihost_utils
+from jax.sharding import Mesh, NamedSharding, PartitionSpec
+
+from jaxknow import config as C
+from jaxknow.data import build, pipeline
+from jaxknow.io.checkpoint import Checkpointer
+from jaxknow.io.metrics import MetricWriter
+from jaxknow.model.flops import peak_flops, train_flops_per_token
+from jaxknow.parallel import distributed
+from jaxknow.parallel.rules import DEFAULT_RULES, Rules, Sharder, logical_to_sharding
+from jaxknow.train import setup
+from jaxknow.train.optim import make_optimizer, make_schedule
+from jaxknow.train.state import TrainState, split_params
+from jaxknow.train.step import BATCH_AXES, BATCH_KEYS, train_step
+
+# A state event runs between steps: (step just completed, state) -> state.
+StateEvent = Callable[[int, TrainState], TrainState]
+
+
+@dataclasses.dataclass
+class TrainResult:
+    """What a training run returns."""
+
+    state: TrainState
+    metrics: list[dict[str, Any]]
+    workdir: Path
+    final_step: int
+    start_step: int
+    preempted: bool = False
+    halted: bool = False
+    data_exhausted: bool = False
+
+
+class _Preemption:
+    """Records SIGTERM so the loop can save and stop between steps."""
+
+    def __init__(self) -> None:
+        self.requested = False
+        self._previous: Any = None
+
+    def __enter__(self) -> _Preemption:
+        try:
+            self._previous = signal.signal(signal.SIGTERM, self._handle)
+        except ValueError:  # not the main thread: no handler
+            self._previous = None
+        return self
+
+    def _handle(self, signum: int, frame: Any) -> None:
+        del signum, frame
+        self.requested = True
+
+    def __exit__(self, *exc: Any) -> None:
+        if self._previous is not None:
+            signal.signal(signal.SIGTERM, self._previous)
+
+    def any_process(self) -> bool:
+        """Returns True if any process received SIGTERM (a collective on several hosts)."""
+        if jax.process_count() == 1:
+            return self.requested
+        flags = multihost_utils.process_allgather(np.int32(self.requested))
+        return bool(np.any(flags))
+
+
+def batch_shardings(mesh: Mesh, rules: Rules, batch: int, seq: int) -> dict[str, NamedSharding]:
+    """Returns the sharding of every batch array ([batch, seq], batch over data x fsdp)."""
+    sh = logical_to_sharding(BATCH_AXES, (batch, seq), mesh, rules)
+    return {k: sh for k in BATCH_KEYS}
+
+
+def to_global(local: dict[str, np.ndarray], shardings: dict[str, NamedSharding]) -> dict:
+    """Returns global jax Arrays assembled from every process's local batch rows."""
+    return {k: jax.make_array_from_process_local_data(shardings[k], local[k]) for k in BATCH_KEYS}
+
+
+def make_iterator(spec: setup.RunSpec, data_dir: Path, state: dict | None) -> Any:
+    """Returns this process's grain iterator over the run's sources (restored if `state`)."""
+    names = [s["name"] for s in spec.data.sources]
+    weights = [float(s.get("weight", 1.0)) for s in spec.data.sources]
+    n_proc = jax.process_count()
+    if spec.data.batch_size % n_proc:
+        raise C.ConfigError(f"data.batch_size={spec.data.batch_size} must be divisible by the "
+                            f"{n_proc} processes")
+    pcfg = pipeline.PipelineConfig(
+        seq_len=spec.data.seq_len, batch_size=spec.data.batch_size // n_proc,
+        packing=spec.data.packing,
+        seed=spec.data.seed if spec.data.seed is not None else spec.seed,
+        num_epochs=spec.data.num_epochs, workers=spec.data.workers,
+    )
+    ds = pipeline.build_pipeline(pipeline.source_datasets(str(data_dir), names), weights, pcfg,
+                                 shard_index=jax.process_index(), shard_count=n_proc)
+    it = iter(ds)
+    if state is not None:
+        it.set_state(state)
+    return it
+
+
+def data_dir_of(spec: setup.RunSpec, workdir: Path) -> Path:
+    """Returns the run's data directory (data.dir, or WORKDIR/data)."""
+    return Path(spec.data.dir) if spec.data.dir else workdir / "data"
+
+
+def train(config: Any, workdir: str | Path, *, events: Sequence[StateEvent] = (),
+          rules: Rules = DEFAULT_RULES) -> TrainResult:
+    """Runs (or resumes) the training described by `config` in `workdir`; returns a
+    TrainResult. Every config field is validated before anything is written."""
+    spec = setup.parse_run_config(config)
+    setup.check_workdir(workdir, create=False)
+    distributed.maybe_initialize(spec.train.distributed)
+    mesh = setup.build_mesh(spec)
+    workdir = setup.check_workdir(workdir)
+    data_dir = data_dir_of(spec, workdir)
+    build.ensure_sources(data_dir, [s["name"] for s in spec.data.sources], spec.data.world,
+                         spec.data.seed if spec.data.seed is not None else spec.seed)
+    if jax.process_index() == 0:
+        (workdir / "config.json").write_text(json.dumps(C.to_plain(config), indent=1,
+                                                        default=str))
+    return run(spec, workdir, mesh, data_dir, events=events, rules=rules)
+
+
+def run(spec: setup.RunSpec, workdir: Path, mesh: Mesh, data_dir: Path, *,
+        events: Sequence[StateEvent] = (), rules: Rules = DEFAULT_RULES) -> TrainResult:
+    """Runs the loop for a parsed RunSpec on `mesh`; returns a TrainResult."""
+    tc = spec.train
+    tx = make_optimizer(spec.optim)
+    schedule = make_schedule(spec.optim)
+    ckpt = Checkpointer(workdir / "checkpoints", keep=tc.keep_checkpoints,
+                        async_save=tc.async_checkpoint)
+    latest = ckpt.latest_step()
+    if latest is None:
+        params = setup.initial_params(spec, mesh, rules)
+        state, shardings = setup.build_state(params, spec, tx, mesh, rules)
+        data_state = None
+        start = 0
+    else:
+        # Resume: shapes come from the config, values from the checkpoint.
+        specs = setup.full_specs(spec.model, spec.lora)
+        abstract = setup.abstract_params(specs, spec.model.storage_dtype, mesh, rules)
+        template, shardings = setup.build_state(
+            jax.tree.map(lambda a: jnp.zeros(a.shape, a.dtype), abstract), spec, tx, mesh, rules)
+        abstract_opt = jax.tree.map(
+            lambda x, sh: jax.ShapeDtypeStruct(x.shape, x.dtype, sharding=sh),
+            template.opt_state, shardings.opt_state)
+        del template
+        restored = ckpt.restore(abstract, abstract_opt, latest)
+        trainable, frozen = split_params(restored["params"], setup.trainable_predicate(spec))
+        state = TrainState(
+            step=jax.device_put(jnp.asarray(latest, jnp.int32),
+                                NamedSharding(mesh, PartitionSpec())),
+            params=trainable, opt_state=restored["opt_state"], frozen=frozen)
+        data_state = restored["data"]
+        start = latest
+        logging.info("resumed from %s at step %d", ckpt.directory, latest)
+    if start >= tc.steps:
+        ckpt.close()
+        return TrainResult(state=state, metrics=[], workdir=workdir, final_step=start,
+                           start_step=start)
+
+    step_fn = functools.partial(
+        train_step, cfg=spec.model, tx=tx, schedule=schedule,
+        sharder=Sharder(mesh, rules), grad_accum=tc.grad_accum, loss_chunk=tc.loss_chunk)
+    b_sh = batch_shardings(mesh, rules, spec.data.batch_size, spec.data.seq_len)
+    replicated = NamedSharding(mesh, PartitionSpec())
+    jstep = jax.jit(step_fn, in_shardings=(shardings, b_sh),
+                    out_shardings=(shardings, replicated), donate_argnums=(0,))
+
+    it = make_iterator(spec, data_dir, data_state)
+    writer = MetricWriter(workdir, resume_step=start, tensorboard=tc.tensorboard,
+                          progress_total=tc.steps, progress=tc.progress)
+    flops_tok = train_flops_per_token(spec.model, spec.data.seq_len)
+    peak = tc.peak_tflops * 1e12 if tc.peak_tflops else peak_flops()
+    tokens_per_step = spec.data.batch_size * spec.data.seq_len
+    meta = {"model": spec.model.to_dict(), "lora": dataclasses.asdict(spec.lora),
+            "trainable": tc.trainable}
+    if jax.process_index() == 0:
+        (workdir / "model_config.json").write_text(json.dumps(spec.model.to_dict(), indent=1))
+
+    history: list[dict[str, Any]] = []
+    pending: tuple[int, dict] | None = None
+    clock: dict[str, Any] = {"t": None, "step": start}
+
+    def flush() -> None:
+        nonlocal pending
+        if pending is None:
+            return
+        s, m = pending
+        pending = None
+        row = {k: float(v) for k, v in jax.device_get(m).items()}
+        now = time.perf_counter()
+        if clock["t"] is not None and s > clock["step"]:
+            tps = (s - clock["step"]) * tokens_per_step / (now - clock["t"])
+            row["tokens_per_s"] = tps
+            if peak:
+                row["mfu"] = tps * flops_tok / (peak * jax.device_count())
+        clock["t"], clock["step"] = now, s
+        history.append({"step": s, **row})
+        writer.write(s, row)
+
+    step = start
+    preempted = halted = exhausted = False
+    with _Preemption() as preempt:
+        while step < tc.steps:
+            try:
+                local = next(it)
+            except StopIteration:
+                exhausted = True
+                break
+            state, metrics = jstep(state, to_global(local, b_sh))
+            step += 1
+            flush()
+            if step % tc.log_every == 0 or step == tc.steps or step == start + 1:
+                pending = (step, metrics)
+            for ev in events:
+                state = ev(step, state)
+            writer.advance()
+            if tc.checkpoint_every and step % tc.checkpoint_every == 0 and step < tc.steps:
+                flush()
+                ckpt.save(step, state.model_params(), state.opt_state, meta, it.get_state())
+            if step % tc.preemption_check_every == 0 and preempt.any_process():
+                preempted = True
+                break
+            if tc.halt_at is not None and step >= tc.halt_at:
+                halted = True
+                break
+    flush()
+    if step > start:
+        ckpt.save(step, state.model_params(), state.opt_state, meta, it.get_state())
+    ckpt.close()
+    writer.close()
+    if preempted:
+        logging.warning("SIGTERM: saved a checkpoint at step %d and stopped", step)
+    return TrainResult(state=state, metrics=history, workdir=workdir, final_step=step,
+                       start_step=start, preempted=preempted, halted=halted,
+                       data_exhausted=exhausted)

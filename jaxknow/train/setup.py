@@ -1,0 +1,202 @@
+"""Turning a config into the pieces of a run: validated sections, mesh, model parameters
+(fresh, from a checkpoint, with LoRA adapters), sharded train state."""
+
+from __future__ import annotations
+
+import dataclasses
+import re
+from collections.abc import Callable
+from pathlib import Path
+from typing import Any
+
+import jax
+import jax.numpy as jnp
+import optax
+from jax.sharding import Mesh, NamedSharding, PartitionSpec
+
+from jaxknow import config as C
+from jaxknow.io.checkpoint import Checkpointer, CheckpointError, resolve_checkpoint_dir
+from jaxknow.model import lora as lora_lib
+from jaxknow.model.config import ModelConfig
+from jaxknow.model.params import (
+    flatten,
+    init_params,
+    param_axes,
+    param_shapes,
+    param_specs,
+    unflatten,
+)
+from jaxknow.parallel.mesh import make_mesh
+from jaxknow.parallel.rules import DEFAULT_RULES, Rules, tree_shardings
+from jaxknow.train.optim import OptimConfig
+from jaxknow.train.state import TrainState, split_params, state_shardings
+
+
+class WorkdirError(ValueError):
+    """The work directory cannot be used (e.g. it is a file)."""
+
+
+@dataclasses.dataclass(frozen=True)
+class RunSpec:
+    """The validated sections of a training config."""
+
+    seed: int
+    model: ModelConfig
+    mesh: C.MeshConfig
+    optim: OptimConfig
+    train: C.TrainConfig
+    data: C.DataConfig
+    lora: lora_lib.LoraConfig
+    forget: dict[str, Any] | None
+
+
+def parse_run_config(config: Any) -> RunSpec:
+    """Returns the RunSpec of a config; raises ConfigError naming the first bad field."""
+    cfg = C.to_plain(config)
+    C.check_top_level(cfg)
+    seed = cfg.get("seed", 0)
+    if isinstance(seed, bool) or not isinstance(seed, int):
+        raise C.ConfigError(f"seed={seed!r}: must be an integer")
+    if "model" not in cfg:
+        raise C.ConfigError("model: section missing")
+    model = C.model_config(cfg["model"])
+    train = C.section(C.TrainConfig, cfg.get("train"), "train")
+    lora = C.section(lora_lib.LoraConfig, cfg.get("lora"), "lora")
+    if lora.enabled:
+        model = model.replace(lora_scale=lora.scale)
+    if train.trainable == "lora" and not lora.enabled:
+        raise C.ConfigError("train.trainable='lora' needs lora.rank > 0 or lora.embedding_rank > 0")
+    if train.trainable not in ("all", "lora"):
+        try:
+            re.compile(train.trainable)
+        except re.error as e:
+            raise C.ConfigError(f"train.trainable={train.trainable!r}: bad regex ({e})") from None
+    data = C.section(C.DataConfig, cfg.get("data"), "data")
+    if data.seq_len > model.max_seq_len and model.pos_embedding == "learned":
+        raise C.ConfigError(
+            f"data.seq_len={data.seq_len} exceeds model.max_seq_len={model.max_seq_len}")
+    return RunSpec(
+        seed=seed,
+        model=model,
+        mesh=C.section(C.MeshConfig, cfg.get("mesh"), "mesh"),
+        optim=C.optim_config(cfg.get("optim"), train.steps),
+        train=train,
+        data=data,
+        lora=lora,
+        forget=cfg.get("forget"),
+    )
+
+
+def check_workdir(workdir: str | Path, create: bool = True) -> Path:
+    """Returns the work directory as a Path (created if `create`); raises WorkdirError when
+    the path exists and is not a directory (nothing is written then)."""
+    p = Path(workdir)
+    if p.exists() and not p.is_dir():
+        raise WorkdirError(f"--workdir={p} exists and is not a directory")
+    if create:
+        p.mkdir(parents=True, exist_ok=True)
+    return p
+
+
+def trainable_predicate(spec: RunSpec) -> Callable[[str], bool]:
+    """Returns the predicate on parameter paths that selects what trains."""
+    t = spec.train.trainable
+    if t == "all":
+        return lambda p: True
+    if t == "lora":
+        return lora_lib.is_lora_path
+    pat = re.compile(t)
+    return lambda p: bool(pat.search(p))
+
+
+def full_specs(model: ModelConfig, lora: lora_lib.LoraConfig) -> dict[str, Any]:
+    """Returns the ParamSpec tree of the model plus its LoRA adapters (if any)."""
+    specs = flatten(param_specs(model))
+    if lora.enabled:
+        specs.update(flatten(lora_lib.lora_specs(model, lora)))
+    return unflatten(specs)
+
+
+def abstract_params(specs: Any, dtype: Any, mesh: Mesh, rules: Rules = DEFAULT_RULES) -> Any:
+    """Returns ShapeDtypeStructs (with shardings) for a ParamSpec tree."""
+    shapes = param_shapes(specs, dtype)
+    shardings = tree_shardings(param_axes(specs), shapes, mesh, rules)
+    return jax.tree.map(lambda s, sh: jax.ShapeDtypeStruct(s.shape, s.dtype, sharding=sh),
+                        shapes, shardings)
+
+
+def init_sharded_params(specs: Any, key: jax.Array, dtype: Any, mesh: Mesh,
+                        rules: Rules = DEFAULT_RULES) -> Any:
+    """Returns freshly initialised parameters created directly in their sharded layout."""
+    shardings = tree_shardings(param_axes(specs), param_shapes(specs, dtype), mesh, rules)
+    return jax.jit(lambda k: init_params(specs, k, dtype), out_shardings=shardings)(key)
+
+
+def load_params(path: str | Path, specs: Any, dtype: Any, mesh: Mesh,
+                rules: Rules = DEFAULT_RULES) -> tuple[Any, dict[str, Any]]:
+    """Returns (params, meta) restored from a checkpoint (workdir, checkpoints dir or step dir),
+    laid out by the mesh. Raises CheckpointError naming the path when missing or unreadable."""
+    directory, step = resolve_checkpoint_dir(path)
+    ckpt = Checkpointer(directory, read_only=True)
+    try:
+        out = ckpt.restore(abstract_params(specs, dtype, mesh, rules), None, step)
+    finally:
+        ckpt.close()
+    return out["params"], out["meta"]
+
+
+def checkpoint_model_config(path: str | Path) -> ModelConfig:
+    """Returns the ModelConfig recorded in a checkpoint's metadata."""
+    directory, step = resolve_checkpoint_dir(path)
+    ckpt = Checkpointer(directory, read_only=True)
+    try:
+        meta = ckpt.read_meta(step)
+    finally:
+        ckpt.close()
+    if "model" not in meta:
+        raise CheckpointError(f"checkpoint {directory} has no model config in its metadata")
+    return ModelConfig.from_dict(meta["model"])
+
+
+def initial_params(spec: RunSpec, mesh: Mesh, rules: Rules = DEFAULT_RULES) -> Any:
+    """Returns the run's starting parameters: fresh, or loaded from `train.init_from`, plus
+    freshly initialised LoRA adapters when LoRA is on."""
+    key = jax.random.key(spec.seed)
+    dtype = spec.model.storage_dtype
+    if spec.train.init_from is None:
+        return init_sharded_params(full_specs(spec.model, spec.lora), key, dtype, mesh, rules)
+    base_cfg = checkpoint_model_config(spec.train.init_from)
+    mine = dataclasses.replace(spec.model, lora_scale=base_cfg.lora_scale, remat=base_cfg.remat,
+                               dtype=base_cfg.dtype, attention_impl=base_cfg.attention_impl,
+                               segment_masking=base_cfg.segment_masking)
+    if param_specs(mine) != param_specs(base_cfg):
+        raise C.ConfigError(
+            f"train.init_from={spec.train.init_from}: the checkpoint's model shape differs from "
+            f"the config's model section (checkpoint: {base_cfg.to_dict()})")
+    params, _ = load_params(spec.train.init_from, param_specs(spec.model), dtype, mesh, rules)
+    if spec.lora.enabled:
+        adapters = init_sharded_params(lora_lib.lora_specs(spec.model, spec.lora), key, dtype,
+                                       mesh, rules)
+        params = unflatten({**flatten(params), **flatten(adapters)})
+    return params
+
+
+def build_state(params: Any, spec: RunSpec, tx: optax.GradientTransformation, mesh: Mesh,
+                rules: Rules = DEFAULT_RULES) -> tuple[TrainState, TrainState]:
+    """Returns (state, state shardings): params split into trainable and frozen, a fresh
+    optimizer state created in its sharded layout."""
+    trainable, frozen = split_params(params, trainable_predicate(spec))
+    if not flatten(trainable):
+        raise C.ConfigError(f"train.trainable={spec.train.trainable!r} selects no parameter")
+    specs = flatten(full_specs(spec.model, spec.lora))
+    t_axes = unflatten({p: specs[p].axes for p in flatten(trainable)})
+    f_axes = unflatten({p: specs[p].axes for p in flatten(frozen)})
+    shardings = state_shardings(tx, trainable, t_axes, frozen, f_axes, mesh, rules)
+    opt_state = jax.jit(tx.init, out_shardings=shardings.opt_state)(trainable)
+    step = jax.device_put(jnp.zeros((), jnp.int32), NamedSharding(mesh, PartitionSpec()))
+    return TrainState(step=step, params=trainable, opt_state=opt_state, frozen=frozen), shardings
+
+
+def build_mesh(spec: RunSpec) -> Mesh:
+    """Returns the run's mesh (MeshError naming the mesh fields when it does not fit)."""
+    return make_mesh(spec.mesh.data, spec.mesh.fsdp, spec.mesh.tensor)

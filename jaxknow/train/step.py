@@ -1,0 +1,145 @@
+"""The pure training and evaluation steps.
+
+A batch is a dict of [B, T] arrays: ``inputs`` (token ids), ``targets`` (next-token ids),
+``weights`` (float per-token loss weights; 0 removes a token from loss and gradient),
+``segment_ids`` (document index within a packed row, 0 = padding) and ``positions``.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Mapping
+from typing import Any
+
+import jax
+import jax.numpy as jnp
+import optax
+
+from jaxknow.model import transformer
+from jaxknow.model.config import ModelConfig
+from jaxknow.parallel.rules import NO_SHARDING, Sharder
+from jaxknow.train.state import TrainState, merge_params
+
+Batch = Mapping[str, jax.Array]
+BATCH_KEYS = ("inputs", "targets", "weights", "segment_ids", "positions")
+BATCH_AXES = ("batch", "length")
+
+
+def token_nll(
+    params: Mapping[str, Any], hidden: jax.Array, targets: jax.Array, cfg: ModelConfig,
+    sharder: Sharder = NO_SHARDING, chunk: int = 0,
+) -> jax.Array:
+    """Returns the negative log-likelihood [B, T] of `targets` under the model's logits.
+
+    With `chunk` > 0 the vocabulary projection and softmax run over `chunk` positions at a
+    time under rematerialisation, so the float32 [B, T, V] logits never exist at once.
+    """
+
+    def nll_of(h: jax.Array, tgt: jax.Array) -> jax.Array:
+        lg = transformer.logits(params, h, cfg, sharder)
+        lse = jax.nn.logsumexp(lg, axis=-1)
+        picked = jnp.take_along_axis(lg, tgt[..., None], axis=-1)[..., 0]
+        return lse - picked
+
+    b, t, d = hidden.shape
+    if chunk <= 0 or chunk >= t:
+        return nll_of(hidden, targets)
+    if t % chunk:
+        raise ValueError(f"loss chunk {chunk} must divide the sequence length {t}")
+    n = t // chunk
+    hs = hidden.reshape(b, n, chunk, d).swapaxes(0, 1)
+    ts = targets.reshape(b, n, chunk).swapaxes(0, 1)
+    body = jax.checkpoint(lambda _, x: (None, nll_of(*x)))
+    _, nll = jax.lax.scan(body, None, (hs, ts))
+    return nll.swapaxes(0, 1).reshape(b, t)
+
+
+def batch_nll(params: Mapping[str, Any], batch: Batch, cfg: ModelConfig, sharder: Sharder,
+              chunk: int = 0) -> jax.Array:
+    """Returns the per-token negative log-likelihood [B, T] of a batch."""
+    out = transformer.forward(
+        params, batch["inputs"], cfg, positions=batch["positions"],
+        segment_ids=batch["segment_ids"], sharder=sharder,
+    )
+    return token_nll(params, out.hidden, batch["targets"], cfg, sharder, chunk)
+
+
+def current_lr(opt_state: Any, schedule: optax.Schedule) -> jax.Array:
+    """Returns the learning rate the optimizer applies next (from its schedule counter)."""
+    states = [s for s in jax.tree.leaves(
+        opt_state, is_leaf=lambda x: isinstance(x, optax.ScaleByScheduleState))
+        if isinstance(s, optax.ScaleByScheduleState)]
+    if not states:
+        return jnp.zeros((), jnp.float32)
+    return jnp.asarray(schedule(states[0].count), jnp.float32)
+
+
+def train_step(
+    state: TrainState, batch: Batch, *, cfg: ModelConfig, tx: optax.GradientTransformation,
+    schedule: optax.Schedule, sharder: Sharder = NO_SHARDING, grad_accum: int = 1,
+    loss_chunk: int = 0,
+) -> tuple[TrainState, dict[str, jax.Array]]:
+    """Returns (new state, metrics) after one optimizer update on `batch`.
+
+    The loss is the weighted mean token NLL over the whole batch; with `grad_accum` > 1 the
+    batch is processed in that many micro-batches whose gradients sum to the same value.
+    Metrics: loss, grad_norm, lr (the rate used by this update), weight_sum, tokens.
+    """
+    total_w = jnp.sum(batch["weights"].astype(jnp.float32))
+    denom = jnp.maximum(total_w, 1e-9)
+
+    def loss_of(trainable: Any, mb: Batch) -> jax.Array:
+        params = merge_params(trainable, state.frozen)
+        nll = batch_nll(params, mb, cfg, sharder, loss_chunk)
+        return jnp.sum(nll * mb["weights"].astype(jnp.float32)) / denom
+
+    grad_fn = jax.value_and_grad(loss_of)
+    if grad_accum == 1:
+        loss, grads = grad_fn(state.params, batch)
+    else:
+        b = batch["inputs"].shape[0]
+        if b % grad_accum:
+            raise ValueError(f"batch size {b} is not divisible by grad_accum={grad_accum}")
+
+        def split(x: jax.Array) -> jax.Array:
+            # [B, T] -> [A, B/A, T] taking every A-th row, so each device's rows stay local.
+            x = x.reshape(b // grad_accum, grad_accum, *x.shape[1:]).swapaxes(0, 1)
+            return sharder.constrain(x, (None, "batch", "length"))
+
+        micro = {k: split(v) for k, v in batch.items()}
+        zero = jax.tree.map(lambda p: jnp.zeros(p.shape, jnp.float32), state.params)
+
+        def body(carry: Any, mb: Batch) -> tuple[Any, None]:
+            acc_loss, acc_grads = carry
+            l, g = grad_fn(state.params, mb)
+            return (acc_loss + l, jax.tree.map(lambda a, x: a + x.astype(jnp.float32),
+                                               acc_grads, g)), None
+
+        (loss, grads), _ = jax.lax.scan(body, (jnp.zeros((), jnp.float32), zero), micro)
+        grads = jax.tree.map(lambda g, p: g.astype(p.dtype), grads, state.params)
+
+    lr = current_lr(state.opt_state, schedule)
+    updates, opt_state = tx.update(grads, state.opt_state, state.params)
+    params = optax.apply_updates(state.params, updates)
+    metrics = {
+        "loss": loss,
+        "grad_norm": optax.global_norm(grads),
+        "lr": lr,
+        "weight_sum": total_w,
+        "tokens": jnp.sum((batch["segment_ids"] > 0).astype(jnp.float32)),
+    }
+    return state.replace(step=state.step + 1, params=params, opt_state=opt_state), metrics
+
+
+def score_batch(
+    params: Mapping[str, Any], batch: Batch, *, cfg: ModelConfig,
+    sharder: Sharder = NO_SHARDING, loss_chunk: int = 0,
+) -> dict[str, jax.Array]:
+    """Returns per-example log-likelihoods of a batch.
+
+    ``logprob`` [B]: sum of weighted target log-probabilities of each row; ``num_tokens`` [B]:
+    sum of weights; ``token_logprobs`` [B, T]: log p(target) at every position.
+    """
+    nll = batch_nll(params, batch, cfg, sharder, loss_chunk)
+    w = batch["weights"].astype(jnp.float32)
+    return {"logprob": -jnp.sum(nll * w, axis=-1), "num_tokens": jnp.sum(w, axis=-1),
+            "token_logprobs": -nll}

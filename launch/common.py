@@ -1,0 +1,32 @@
+"""Shared plumbing of the absl entry points: user errors become one clear line and exit 2."""
+
+from __future__ import annotations
+
+import sys
+from collections.abc import Callable
+from typing import Any
+
+from jaxknow.data.jsonl import CorpusFormatError
+from jaxknow.data.tokenizer import TokenizerError
+from jaxknow.io.checkpoint import CheckpointError
+
+# Errors caused by the user's input (config, files, paths): reported without a traceback.
+USER_ERRORS: tuple[type[BaseException], ...] = (
+    ValueError,  # ConfigError, MeshError, WorkdirError, ModelConfigError, ... subclass it
+    FileNotFoundError,
+    NotADirectoryError,
+    CheckpointError,
+    CorpusFormatError,
+    TokenizerError,
+    KeyError,
+)
+
+
+def run_main(fn: Callable[[], Any]) -> Any:
+    """Calls fn; on a user error prints `error: <message>` to stderr and exits with code 2."""
+    try:
+        return fn()
+    except USER_ERRORS as e:
+        msg = e.args[0] if isinstance(e, KeyError) and e.args else e
+        print(f"error: {msg}", file=sys.stderr)
+        sys.exit(2)

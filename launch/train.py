@@ -1,0 +1,33 @@
+"""Train a model: ``python -m launch.train --config=configs/NAME.py --workdir=DIR
+[--config.KEY=VALUE ...]``. A second call with the same DIR resumes from its latest checkpoint."""
+
+from __future__ import annotations
+
+from absl import app, flags, logging
+from ml_collections import config_flags
+
+from launch.common import run_main
+
+_CONFIG = config_flags.DEFINE_config_file("config", None, "Experiment config file (.py).",
+                                          lock_config=True)
+_WORKDIR = flags.DEFINE_string("workdir", None, "Directory for checkpoints and metrics.")
+flags.mark_flags_as_required(["config", "workdir"])
+
+
+def main(argv: list[str]) -> None:
+    del argv
+    from jaxknow.train.loop import train
+
+    def go() -> None:
+        result = train(_CONFIG.value, _WORKDIR.value)
+        last = result.metrics[-1] if result.metrics else {}
+        status = ("preempted" if result.preempted else "halted" if result.halted
+                  else "data exhausted" if result.data_exhausted else "done")
+        logging.info("training %s at step %d", status, result.final_step)
+        print(f"{status}: step {result.final_step}, loss {last.get('loss', float('nan')):.4f}")
+
+    run_main(go)
+
+
+if __name__ == "__main__":
+    app.run(main)
