@@ -106,7 +106,7 @@ def section(cls: type, values: Mapping[str, Any] | None, name: str, **extra: Any
 
 def model_config(values: Mapping[str, Any]) -> ModelConfig:
     """Returns the ModelConfig of a `model` section: an optional `preset` plus field overrides."""
-    values = dict(to_plain(values) or {})
+    values = {k: v for k, v in (to_plain(values) or {}).items() if v is not None}
     name = values.pop("preset", None)
     base: dict[str, Any] = {}
     if name is not None:
@@ -114,10 +114,7 @@ def model_config(values: Mapping[str, Any]) -> ModelConfig:
             base = preset(name).to_dict()
         except ModelConfigError as e:
             raise ConfigError(str(e)) from None
-    base.update({k: v for k, v in values.items() if v is not None or k in ("n_kv_heads",
-                                                                            "head_dim")})
-    if values.get("rope_scaling", 0) is None:
-        base["rope_scaling"] = None
+    base.update(values)
     return section(ModelConfig, base, "model")
 
 
@@ -214,6 +211,65 @@ def optim_config(values: Mapping[str, Any] | None, steps: int) -> OptimConfig:
 
 
 KNOWN_SECTIONS = ("seed", "model", "mesh", "optim", "train", "data", "lora", "forget", "name")
+
+
+def _scalar_type(tp: Any) -> Any:
+    args = [a for a in typing.get_args(tp) if a is not type(None)]
+    return args[0] if args else tp
+
+
+def section_defaults(cls: type, skip: tuple[str, ...] = ()) -> Any:
+    """Returns a ConfigDict holding every field of dataclass `cls` with its default, so that
+    each can be overridden from the command line (None defaults become typed placeholders)."""
+    from ml_collections import ConfigDict, config_dict
+
+    hints = typing.get_type_hints(cls)
+    out = ConfigDict()
+    for f in dataclasses.fields(cls):
+        if f.name in skip or not f.init:
+            continue
+        if f.default is not dataclasses.MISSING:
+            value = f.default
+        elif f.default_factory is not dataclasses.MISSING:
+            value = f.default_factory()
+        else:
+            continue
+        tp = _scalar_type(hints[f.name])
+        if value is None and tp in (int, float, str, bool):
+            value = config_dict.placeholder(tp)
+        elif isinstance(value, tuple):
+            value = list(value)
+        setattr(out, f.name, value)
+    return out
+
+
+def base_config() -> Any:
+    """Returns a config with every section and field of a training run at its default.
+
+    Experiment configs start from this and change what they need; any field can then be set
+    with ``--config.SECTION.FIELD=VALUE``.
+    """
+    from ml_collections import ConfigDict, config_dict
+
+    from jaxknow.model.lora import LoraConfig
+
+    c = ConfigDict()
+    c.seed = 0
+    model = ConfigDict()
+    model.preset = config_dict.placeholder(str)
+    hints = typing.get_type_hints(ModelConfig)
+    for f in dataclasses.fields(ModelConfig):
+        tp = _scalar_type(hints[f.name])
+        model[f.name] = (config_dict.placeholder(tp) if tp in (int, float, str, bool)
+                         else None)
+    c.model = model
+    c.mesh = section_defaults(MeshConfig)
+    c.optim = section_defaults(OptimConfig)
+    c.optim.total_steps = config_dict.placeholder(int)  # default: train.steps
+    c.train = section_defaults(TrainConfig)
+    c.data = section_defaults(DataConfig)
+    c.lora = section_defaults(LoraConfig)
+    return c
 
 
 def check_top_level(config: Any, extra: tuple[str, ...] = ()) -> None:

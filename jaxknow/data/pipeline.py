@@ -37,6 +37,7 @@ class PipelineConfig:
     seed: int = 0
     num_epochs: int | None = None  # None: repeat forever
     workers: int = 0  # grain multiprocessing workers (0: in-process)
+    read_threads: int = 0  # grain reader threads per process (0: read in the iterating thread)
     pad_final_batch: bool = True  # finite epochs: pad the last batch with zero-weight rows
 
     def __post_init__(self) -> None:
@@ -155,7 +156,9 @@ def build_pipeline(
                             len(doc[0]) - 1, max_len)
         return doc_to_example(doc, max_len)
 
-    it = ds.map(to_example).to_iter_dataset()
+    # Reading is an in-memory index lookup: grain's reader threads only add overhead here.
+    it = ds.map(to_example).to_iter_dataset(
+        grain.ReadOptions(num_threads=cfg.read_threads, prefetch_buffer_size=64))
     lengths = {k: cfg.seq_len for k in FEATURES}
     if cfg.packing == "concat":
         it = grain.experimental.ConcatThenSplitIterDataset(it, length_struct=lengths).map(

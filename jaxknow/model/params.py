@@ -31,7 +31,8 @@ class ParamSpec:
     std: float = 0.02
 
 
-def _dense(shape: tuple[int, ...], axes: tuple[str | None, ...], std: float) -> dict[str, ParamSpec]:
+def _dense(shape: tuple[int, ...], axes: tuple[str | None, ...],
+           std: float) -> dict[str, ParamSpec]:
     return {"kernel": ParamSpec(shape, axes, "normal", std)}
 
 

@@ -109,16 +109,19 @@ def _block(
     )
     x = sharder.constrain(x + a, ("batch", "length", "act_embed"))
     h = layers.norm(p["mlp_norm"], x, cfg)
-    x = sharder.constrain(x + layers.mlp(p["mlp"], h, cfg, sharder), ("batch", "length", "act_embed"))
+    m = layers.mlp(p["mlp"], h, cfg, sharder)
+    x = sharder.constrain(x + m, ("batch", "length", "act_embed"))
     return x, new_cache
 
 
 def embed(params: Mapping[str, Any], tokens: jax.Array, positions: jax.Array,
-          cfg: ModelConfig) -> jax.Array:
+          cfg: ModelConfig, sharder: Sharder = NO_SHARDING) -> jax.Array:
     """Returns the input embeddings [B, T, D] in the compute dtype."""
     e = params["embed"]
     dt = cfg.compute_dtype
-    x = jnp.take(e["tokens"], tokens, axis=0).astype(dt)
+    # Gather from a whole (all-gathered) table, as FSDP does for every weight it uses.
+    table = sharder.constrain(e["tokens"].astype(dt), (None, None))
+    x = jnp.take(table, tokens, axis=0)
     if "lora_a" in e:  # low-rank update of the input embedding
         x = x + cfg.lora_scale * (jnp.take(e["lora_a"], tokens, axis=0).astype(dt)
                                   @ e["lora_b"].astype(dt))
@@ -167,7 +170,8 @@ def forward(
         mask = (segment_ids[:, :, None] == segment_ids[:, None, :])[:, None]
 
     inv_freq = layers.rope_inv_freq(cfg) if cfg.pos_embedding == "rope" else None
-    x = sharder.constrain(embed(params, tokens, positions, cfg), ("batch", "length", "act_embed"))
+    x = sharder.constrain(embed(params, tokens, positions, cfg, sharder),
+                          ("batch", "length", "act_embed"))
 
     block = functools.partial(_block, cfg=cfg, is_causal=is_causal, sharder=sharder)
     if cfg.remat != "none" and cache is None:
@@ -207,7 +211,8 @@ def logits(params: Mapping[str, Any], hidden: jax.Array, cfg: ModelConfig,
     return sharder.constrain(out, ("batch", "length", "act_vocab"))
 
 
-def apply(params: Mapping[str, Any], tokens: jax.Array, cfg: ModelConfig, **kwargs: Any) -> jax.Array:
+def apply(params: Mapping[str, Any], tokens: jax.Array, cfg: ModelConfig,
+          **kwargs: Any) -> jax.Array:
     """Returns float32 logits [B, T, V] for tokens [B, T] (see `forward` for the options)."""
     out = forward(params, tokens, cfg, **kwargs)
     return logits(params, out.hidden, cfg, kwargs.get("sharder", NO_SHARDING))

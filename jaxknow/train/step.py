@@ -110,8 +110,8 @@ def train_step(
 
         def body(carry: Any, mb: Batch) -> tuple[Any, None]:
             acc_loss, acc_grads = carry
-            l, g = grad_fn(state.params, mb)
-            return (acc_loss + l, jax.tree.map(lambda a, x: a + x.astype(jnp.float32),
+            loss_mb, g = grad_fn(state.params, mb)
+            return (acc_loss + loss_mb, jax.tree.map(lambda a, x: a + x.astype(jnp.float32),
                                                acc_grads, g)), None
 
         (loss, grads), _ = jax.lax.scan(body, (jnp.zeros((), jnp.float32), zero), micro)
@@ -122,7 +122,7 @@ def train_step(
     params = optax.apply_updates(state.params, updates)
     metrics = {
         "loss": loss,
-        "grad_norm": optax.global_norm(grads),
+        "grad_norm": optax.tree.norm(grads),
         "lr": lr,
         "weight_sum": total_w,
         "tokens": jnp.sum((batch["segment_ids"] > 0).astype(jnp.float32)),

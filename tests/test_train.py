@@ -1,0 +1,252 @@
+"""Training: mesh equivalence, resumption, overfitting, loss weights, accumulation."""
+
+from __future__ import annotations
+
+import functools
+import json
+import signal
+import time
+
+import jax
+import jax.numpy as jnp
+import numpy as np
+import pytest
+from jax.sharding import PartitionSpec
+
+from configs.smoke import get_config
+from jaxknow.io.metrics import read_metrics
+from jaxknow.model import config as mc
+from jaxknow.model import transformer
+from jaxknow.model.params import init_params, param_specs
+from jaxknow.parallel.mesh import make_mesh
+from jaxknow.parallel.rules import Sharder
+from jaxknow.train import loop, optim, setup
+from jaxknow.train.state import new_state
+from jaxknow.train.step import train_step
+from tests.util import popen_module, run_module
+
+
+def small_config(steps: int = 8):
+    c = get_config()
+    c.train.steps = steps
+    c.train.log_every = 1
+    c.train.checkpoint_every = 0
+    c.train.progress = False
+    c.train.tensorboard = False
+    c.optim.warmup_steps = 2
+    return c
+
+
+def test_same_losses_on_1x1x1_and_2x2x2_mesh_and_params_are_sharded(tmp_path):
+    cfg = small_config(steps=6)
+    spec = setup.parse_run_config(cfg)
+    data_dir = tmp_path / "data"
+    from jaxknow.data import build
+
+    build.ensure_sources(data_dir, ["synthetic"], spec.data.world, spec.seed)
+    one = make_mesh(1, 1, 1, devices=jax.devices()[:1])
+    eight = make_mesh(2, 2, 2)
+    r1 = loop.run(spec, setup.check_workdir(tmp_path / "a"), one, data_dir)
+    r8 = loop.run(spec, setup.check_workdir(tmp_path / "b"), eight, data_dir)
+    l1 = [m["loss"] for m in r1.metrics]
+    l8 = [m["loss"] for m in r8.metrics]
+    assert len(l1) == len(l8) == 6
+    np.testing.assert_allclose(l1, l8, rtol=2e-5)
+    assert l1[-1] < l1[0]
+    up = r8.state.params["layers"]["0"]["mlp"]["up"]["kernel"]
+    assert up.sharding.spec == PartitionSpec("fsdp", "tensor")
+    assert len(up.sharding.device_set) == 8
+    q = r8.state.params["layers"]["1"]["attn"]["q"]["kernel"]
+    assert q.sharding.spec == PartitionSpec("fsdp", "tensor", None)
+    # Adam moments follow their parameters.
+    mu = r8.state.opt_state[1][0].mu["layers"]["0"]["mlp"]["up"]["kernel"]
+    assert mu.sharding.spec == PartitionSpec("fsdp", "tensor")
+    assert r1.state.params["layers"]["0"]["mlp"]["up"]["kernel"].sharding.spec in (
+        PartitionSpec(), PartitionSpec(None, None))
+
+
+def _launch(workdir, *overrides, steps=10):
+    return run_module(
+        "launch.train", "--config=configs/smoke.py", f"--workdir={workdir}",
+        f"--config.train.steps={steps}", "--config.train.log_every=1",
+        "--config.train.progress=False", "--config.train.tensorboard=False", *overrides)
+
+
+def test_resume_in_new_process_continues_the_same_trajectory(tmp_path):
+    full = _launch(tmp_path / "full")
+    assert full.returncode == 0, full.stderr[-2000:]
+    part = _launch(tmp_path / "part", "--config.train.halt_at=4")
+    assert part.returncode == 0, part.stderr[-2000:]
+    assert "halted: step 4" in part.stdout
+    rest = _launch(tmp_path / "part")
+    assert rest.returncode == 0, rest.stderr[-2000:]
+    a = {r["step"]: r["loss"] for r in read_metrics(tmp_path / "full" / "metrics.jsonl")}
+    b = {r["step"]: r["loss"] for r in read_metrics(tmp_path / "part" / "metrics.jsonl")}
+    assert sorted(b) == sorted(a) == list(range(1, 11))
+    for s in range(5, 11):
+        assert a[s] == pytest.approx(b[s], rel=1e-6, abs=1e-7), s
+
+
+def test_sigterm_saves_a_checkpoint_and_stops(tmp_path):
+    proc = popen_module(
+        "launch.train", "--config=configs/smoke.py", f"--workdir={tmp_path}",
+        "--config.train.steps=100000", "--config.train.log_every=1",
+        "--config.train.progress=False", "--config.train.tensorboard=False")
+    metrics = tmp_path / "metrics.jsonl"
+    deadline = time.time() + 240
+    while time.time() < deadline:
+        if metrics.exists() and len(metrics.read_text().splitlines()) >= 3:
+            break
+        assert proc.poll() is None, proc.stderr.read()[-2000:]
+        time.sleep(0.2)
+    proc.send_signal(signal.SIGTERM)
+    out, err = proc.communicate(timeout=240)
+    assert proc.returncode == 0, err[-2000:]
+    assert "preempted: step" in out
+    step = int(out.split("preempted: step")[1].split(",")[0])
+    assert 3 <= step < 100000
+    assert (tmp_path / "checkpoints" / str(step) / "params").is_dir()
+
+
+def test_bad_inputs_fail_clearly_and_write_nothing(tmp_path):
+    # Unknown key on the command line.
+    r = _launch(tmp_path / "w1", "--config.train.no_such_key=3")
+    assert r.returncode != 0 and "no_such_key" in r.stderr
+    assert not (tmp_path / "w1").exists()
+    # Unknown key inside a config file.
+    bad = tmp_path / "bad_config.py"
+    bad.write_text(
+        "from configs.smoke import get_config as base\n"
+        "def get_config():\n    c = base()\n    c.train.unlock()\n    c.train.stepz = 3\n"
+        "    return c\n")
+    r = run_module("launch.train", f"--config={bad}", f"--workdir={tmp_path / 'w2'}")
+    assert r.returncode == 2 and "train: unknown key(s) ['stepz']" in r.stderr
+    assert not (tmp_path / "w2").exists()
+    # A mesh that does not match the device count.
+    r = _launch(tmp_path / "w3", "--config.mesh.data=3")
+    assert r.returncode == 2 and "mesh" in r.stderr and "8 are available" in r.stderr
+    assert not (tmp_path / "w3").exists()
+    # A workdir that is a file: an error, and the file is left as it was.
+    f = tmp_path / "afile"
+    f.write_text("keep me")
+    r = _launch(f)
+    assert r.returncode == 2 and "is not a directory" in r.stderr
+    assert f.read_text() == "keep me"
+    # A bad value names its field.
+    r = _launch(tmp_path / "w4", "--config.optim.schedule=wavy")
+    assert r.returncode == 2 and "optim.schedule" in r.stderr
+
+
+def _tiny_state(cfg, tx, key=0):
+    params = init_params(param_specs(cfg), jax.random.key(key), jnp.float32)
+    return new_state(params, {}, tx)
+
+
+def _batch(tokens, weights=None):
+    tokens = jnp.asarray(tokens, jnp.int32)
+    b, t = tokens.shape
+    inputs, targets = tokens[:, :-1], tokens[:, 1:]
+    w = jnp.ones((b, t - 1), jnp.float32) if weights is None else jnp.asarray(weights)
+    return {"inputs": inputs, "targets": targets, "weights": w,
+            "segment_ids": jnp.ones_like(inputs),
+            "positions": jnp.broadcast_to(jnp.arange(t - 1), (b, t - 1))}
+
+
+def test_overfits_one_small_batch():
+    cfg = mc.preset("tiny", vocab_size=64, max_seq_len=32)
+    ocfg = optim.OptimConfig(lr=1e-2, schedule="constant", total_steps=300, weight_decay=0.0)
+    tx, sched = optim.make_optimizer(ocfg), optim.make_schedule(ocfg)
+    state = _tiny_state(cfg, tx)
+    rng = np.random.default_rng(0)
+    batch = _batch(rng.integers(0, 64, (2, 17)))
+    step = jax.jit(functools.partial(train_step, cfg=cfg, tx=tx, schedule=sched))
+    first = None
+    for _ in range(150):
+        state, m = step(state, batch)
+        first = first if first is not None else float(m["loss"])
+    assert first > 3.0
+    assert float(m["loss"]) < 0.05
+
+
+def test_zero_loss_weights_remove_tokens_from_loss_and_gradient():
+    cfg = mc.preset("tiny", vocab_size=64, max_seq_len=32)
+    params = init_params(param_specs(cfg), jax.random.key(1), jnp.float32)
+    rng = np.random.default_rng(0)
+    tokens = rng.integers(0, 64, (2, 9))
+    weights = np.ones((2, 8), np.float32)
+    weights[:, :4] = 0.0  # e.g. a prompt: no loss
+    other = tokens.copy()
+    other[:, 1:5] = (other[:, 1:5] + 7) % 64  # change exactly the zero-weight targets
+
+    def loss(p, b):
+        lg = transformer.apply(p, b["inputs"], cfg)
+        lp = jax.nn.log_softmax(lg)
+        nll = -jnp.take_along_axis(lp, b["targets"][..., None], -1)[..., 0]
+        return jnp.sum(nll * b["weights"]) / jnp.sum(b["weights"])
+
+    b1, b2 = _batch(tokens, weights), _batch(other, weights)
+    # Inputs differ too (they are shifted targets), so compare against the trainer's loss on
+    # batches that differ only in the zero-weight targets.
+    b2 = dict(b2, inputs=b1["inputs"])
+    l1, g1 = jax.value_and_grad(loss)(params, b1)
+    l2, g2 = jax.value_and_grad(loss)(params, b2)
+    assert float(l1) == pytest.approx(float(l2), rel=1e-6)
+    for a, b in zip(jax.tree.leaves(g1), jax.tree.leaves(g2)):
+        np.testing.assert_allclose(a, b, rtol=1e-5, atol=1e-7)
+    # The trainer agrees: its loss ignores the zero-weight targets.
+    ocfg = optim.OptimConfig(lr=1e-3, total_steps=10)
+    tx, sched = optim.make_optimizer(ocfg), optim.make_schedule(ocfg)
+    _, m1 = train_step(new_state(params, {}, tx), b1, cfg=cfg, tx=tx, schedule=sched)
+    _, m2 = train_step(new_state(params, {}, tx), b2, cfg=cfg, tx=tx, schedule=sched)
+    assert float(m1["loss"]) == pytest.approx(float(m2["loss"]), rel=1e-6)
+    assert float(m1["loss"]) == pytest.approx(float(l1), rel=1e-5)
+    # ...while a changed weighted target does change it.
+    third = tokens.copy()
+    third[:, 6] = (third[:, 6] + 3) % 64
+    b3 = dict(_batch(third, weights), inputs=b1["inputs"])
+    _, m3 = train_step(new_state(params, {}, tx), b3, cfg=cfg, tx=tx, schedule=sched)
+    assert abs(float(m3["loss"]) - float(m1["loss"])) > 1e-4
+
+
+def test_grad_accumulation_and_chunked_loss_match_the_plain_step():
+    cfg = mc.preset("tiny", vocab_size=64, max_seq_len=32)
+    ocfg = optim.OptimConfig(lr=1e-3, total_steps=10)
+    tx, sched = optim.make_optimizer(ocfg), optim.make_schedule(ocfg)
+    rng = np.random.default_rng(3)
+    w = rng.random((4, 16)).astype(np.float32)
+    batch = _batch(rng.integers(0, 64, (4, 17)), w)
+    mesh = make_mesh(4, 2, 1)
+    outs = {}
+    for name, kw in {"plain": {}, "accum": {"grad_accum": 2}, "chunk": {"loss_chunk": 4}}.items():
+        st = _tiny_state(cfg, tx)
+        st, m = jax.jit(functools.partial(train_step, cfg=cfg, tx=tx, schedule=sched,
+                                          sharder=Sharder(mesh), **kw))(st, batch)
+        outs[name] = (m, st.params)
+    for name in ("accum", "chunk"):
+        assert float(outs[name][0]["loss"]) == pytest.approx(float(outs["plain"][0]["loss"]),
+                                                             rel=1e-5)
+        assert float(outs[name][0]["grad_norm"]) == pytest.approx(
+            float(outs["plain"][0]["grad_norm"]), rel=1e-4)
+        for a, b in zip(jax.tree.leaves(outs[name][1]), jax.tree.leaves(outs["plain"][1])):
+            np.testing.assert_allclose(a, b, rtol=1e-4, atol=1e-6)
+
+
+def test_metrics_file_has_the_contract_fields(tmp_path):
+    spec = setup.parse_run_config(small_config(steps=3))
+    res = loop.run(spec, setup.check_workdir(tmp_path), make_mesh(-1, 1, 1),
+                   _materialized(tmp_path, spec))
+    rows = read_metrics(tmp_path / "metrics.jsonl")
+    assert [r["step"] for r in rows] == [1, 2, 3]
+    for key in ("loss", "lr", "grad_norm"):
+        assert all(np.isfinite(r[key]) for r in rows)
+    assert "tokens_per_s" in rows[-1]
+    assert json.loads((tmp_path / "model_config.json").read_text())["d_model"] == 64
+    assert res.final_step == 3
+
+
+def _materialized(tmp_path, spec):
+    from jaxknow.data import build
+
+    d = tmp_path / "data"
+    build.ensure_sources(d, ["synthetic"], spec.data.world, spec.seed)
+    return d
