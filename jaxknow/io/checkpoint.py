@@ -63,24 +63,23 @@ class Checkpointer:
         """Returns every saved step, oldest first."""
         return sorted(self._mngr.all_steps())
 
-    def save(self, step: int, params: Any, opt_state: Any, meta: dict[str, Any],
+    def save(self, step: int, params: Any, opt_state: Any | None, meta: dict[str, Any],
              data_state: dict[str, Any] | None = None) -> None:
         """Starts saving a checkpoint at `step` (returns before the write ends when async).
 
         `data_state` is this process's iterator state; every process's state is stored.
+        With `opt_state=None` only parameters are saved (an exported or converted model).
         """
         states = _gather_strings(json.dumps(data_state))
         data = {f"process_{i}": json.loads(s) for i, s in enumerate(states)}
-        self._mngr.save(
-            step,
-            args=ocp.args.Composite(
-                params=ocp.args.StandardSave(params),
-                opt_state=ocp.args.StandardSave(opt_state),
-                meta=ocp.args.JsonSave(dict(meta, step=int(step))),
-                data=ocp.args.JsonSave(data),
-            ),
-            force=True,
-        )
+        items = {
+            "params": ocp.args.StandardSave(params),
+            "meta": ocp.args.JsonSave(dict(meta, step=int(step))),
+            "data": ocp.args.JsonSave(data),
+        }
+        if opt_state is not None:
+            items["opt_state"] = ocp.args.StandardSave(opt_state)
+        self._mngr.save(step, args=ocp.args.Composite(**items), force=True)
 
     def _step_or_latest(self, step: int | None) -> int:
         if step is None:
@@ -140,6 +139,20 @@ class Checkpointer:
         """Waits for pending saves and releases resources."""
         self._mngr.wait_until_finished()
         self._mngr.close()
+
+
+def save_params_checkpoint(directory: str | os.PathLike, params: Any, meta: dict[str, Any],
+                           step: int = 0) -> Path:
+    """Writes a parameters-only checkpoint (e.g. a converted model) under
+    `directory`/checkpoints; returns that checkpoints directory. `meta` should hold the
+    model config under "model"."""
+    ckpt_dir = Path(directory).absolute() / "checkpoints"
+    ckpt = Checkpointer(ckpt_dir, keep=1, async_save=False)
+    try:
+        ckpt.save(step, params, None, meta)
+    finally:
+        ckpt.close()
+    return ckpt_dir
 
 
 def resolve_checkpoint_dir(path: str | os.PathLike) -> tuple[Path, int | None]:

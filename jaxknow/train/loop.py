@@ -6,6 +6,7 @@ from __future__ import annotations
 import dataclasses
 import functools
 import json
+import shutil
 import signal
 import time
 from collections.abc import Callable, Sequence
@@ -132,6 +133,9 @@ def train(config: Any, workdir: str | Path, *, events: Sequence[StateEvent] = ()
     if jax.process_index() == 0:
         (workdir / "config.json").write_text(json.dumps(C.to_plain(config), indent=1,
                                                         default=str))
+        tok = data_dir / "tokenizer.json"
+        if tok.is_file() and data_dir != workdir:
+            shutil.copyfile(tok, workdir / "tokenizer.json")
     return run(spec, workdir, mesh, data_dir, events=events, rules=rules)
 
 

@@ -1,0 +1,71 @@
+"""Loading a trained or converted model for inference: parameters, config and tokenizer."""
+
+from __future__ import annotations
+
+import dataclasses
+from pathlib import Path
+from typing import Any
+
+from jax.sharding import Mesh
+
+from jaxknow.data.tokenizer import Tokenizer, load_tokenizer
+from jaxknow.io.checkpoint import Checkpointer, resolve_checkpoint_dir
+from jaxknow.model.config import ModelConfig
+from jaxknow.model.params import param_specs
+from jaxknow.parallel.mesh import make_mesh
+from jaxknow.train import setup
+
+
+@dataclasses.dataclass
+class LoadedModel:
+    """A model ready to run: parameters (LoRA adapters included if it was trained with them),
+    its config, its tokenizer (None if none was found) and the checkpoint metadata."""
+
+    params: Any
+    cfg: ModelConfig
+    tokenizer: Tokenizer | None
+    meta: dict[str, Any]
+    path: Path
+
+
+def find_tokenizer(root: Path) -> Path | None:
+    """Returns the tokenizer.json belonging to a workdir or converted-model directory."""
+    for cand in (root / "tokenizer.json", root / "data" / "tokenizer.json"):
+        if cand.is_file():
+            return cand
+    return None
+
+
+def load_model(path: str | Path, mesh: Mesh | None = None, step: int | None = None,
+               dtype: str | None = None) -> LoadedModel:
+    """Returns the LoadedModel stored at `path` (a workdir, a checkpoints directory or one
+    step directory); `step` picks a step (default: the one in `path`, else the latest).
+
+    Parameters are laid out over `mesh` (default: all devices on the data axis, i.e.
+    replicated); `dtype` overrides the compute dtype. Raises CheckpointError naming the path.
+    """
+    directory, path_step = resolve_checkpoint_dir(path)
+    step = step if step is not None else path_step
+    cfg = setup.checkpoint_model_config(directory if step is None else directory / str(step))
+    if dtype is not None:
+        cfg = cfg.replace(dtype=dtype)
+    mesh = mesh or make_mesh(-1, 1, 1)
+    ckpt = Checkpointer(directory, read_only=True)
+    try:
+        meta = ckpt.read_meta(step)
+    finally:
+        ckpt.close()
+    specs = param_specs(cfg)
+    lora_meta = meta.get("lora") or {}
+    if lora_meta.get("rank", 0) or lora_meta.get("embedding_rank", 0):
+        from jaxknow.model.lora import LoraConfig
+
+        lcfg = LoraConfig(**{k: tuple(v) if isinstance(v, list) else v
+                             for k, v in lora_meta.items()})
+        specs = setup.full_specs(cfg, lcfg)
+    target = directory if step is None else directory / str(step)
+    params, meta = setup.load_params(target, specs, cfg.storage_dtype, mesh)
+    root = directory.parent
+    tok_path = find_tokenizer(root)
+    tokenizer = load_tokenizer(tok_path) if tok_path is not None else None
+    return LoadedModel(params=params, cfg=cfg, tokenizer=tokenizer, meta=meta, path=root)
