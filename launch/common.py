@@ -22,8 +22,18 @@ USER_ERRORS: tuple[type[BaseException], ...] = (
 )
 
 
+def quiet_libraries() -> None:
+    """Lowers absl logging to warnings (orbax and grain log every step at INFO) unless the user
+    asked for a verbosity on the command line."""
+    from absl import flags, logging
+
+    if not flags.FLAGS["verbosity"].present:
+        logging.set_verbosity(logging.WARNING)
+
+
 def run_main(fn: Callable[[], Any]) -> Any:
     """Calls fn; on a user error prints `error: <message>` to stderr and exits with code 2."""
+    quiet_libraries()
     try:
         return fn()
     except USER_ERRORS as e:

@@ -3,7 +3,7 @@
 
 from __future__ import annotations
 
-from absl import app, flags, logging
+from absl import app, flags
 from ml_collections import config_flags
 
 from launch.common import run_main
@@ -23,7 +23,6 @@ def main(argv: list[str]) -> None:
         last = result.metrics[-1] if result.metrics else {}
         status = ("preempted" if result.preempted else "halted" if result.halted
                   else "data exhausted" if result.data_exhausted else "done")
-        logging.info("training %s at step %d", status, result.final_step)
         print(f"{status}: step {result.final_step}, loss {last.get('loss', float('nan')):.4f}")
 
     run_main(go)

