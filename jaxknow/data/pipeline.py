@@ -16,6 +16,7 @@ import grain
 import numpy as np
 from absl import logging
 
+from jaxknow.data.packing import ConcatPackIterDataset, EpochShuffle
 from jaxknow.data.records import decode_record, shard_paths
 
 Doc = tuple[np.ndarray, int]  # (tokens, loss_start)
@@ -107,10 +108,22 @@ def _pad_batch(batch: dict[str, np.ndarray], size: int) -> dict[str, np.ndarray]
             for k, v in batch.items()}
 
 
+class RecordDocs(grain.sources.RandomAccessDataSource):
+    """Documents (tokens, loss_start) read from ArrayRecord shards and decoded in one step."""
+
+    def __init__(self, paths: Sequence[str]):
+        self._src = grain.sources.ArrayRecordDataSource(list(paths))
+
+    def __len__(self) -> int:
+        return len(self._src)
+
+    def __getitem__(self, i: int) -> Doc:
+        return decode_record(self._src[i])
+
+
 def doc_dataset(paths: Sequence[str]) -> grain.MapDataset:
     """Returns a MapDataset of documents (tokens, loss_start) read from ArrayRecord shards."""
-    return grain.MapDataset.source(grain.sources.ArrayRecordDataSource(list(paths))).map(
-        decode_record)
+    return grain.MapDataset.source(RecordDocs(paths))
 
 
 def build_pipeline(
@@ -133,7 +146,7 @@ def build_pipeline(
         raise PipelineConfigError("data.sources: at least one source is required")
     if not 0 <= shard_index < shard_count:
         raise ValueError(f"shard_index {shard_index} not in [0, {shard_count})")
-    shuffled = [s.shuffle(seed=cfg.seed + 7919 * i).repeat(cfg.num_epochs)
+    shuffled = [EpochShuffle(s, cfg.seed + 7919 * i, cfg.num_epochs)
                 for i, s in enumerate(sources)]
     if len(shuffled) == 1:
         ds = shuffled[0]
@@ -146,33 +159,34 @@ def build_pipeline(
         ds = ds[shard_index::shard_count]
     if tokenize is not None:
         ds = ds.map(tokenize)
-    max_len = None if cfg.packing == "concat" else cfg.seq_len
-    warned: list[bool] = []
-
-    def to_example(doc: Doc) -> dict[str, np.ndarray]:
-        if max_len is not None and len(doc[0]) - 1 > max_len and not warned:
-            warned.append(True)
-            logging.warning("a document of %d tokens is truncated to seq_len=%d",
-                            len(doc[0]) - 1, max_len)
-        return doc_to_example(doc, max_len)
-
-    # Reading is an in-memory index lookup: grain's reader threads only add overhead here.
-    it = ds.map(to_example).to_iter_dataset(
-        grain.ReadOptions(num_threads=cfg.read_threads, prefetch_buffer_size=64))
-    lengths = {k: cfg.seq_len for k in FEATURES}
-    if cfg.packing == "concat":
-        it = grain.experimental.ConcatThenSplitIterDataset(it, length_struct=lengths).map(
-            _from_packed)
-    elif cfg.packing == "first_fit":
-        it = grain.experimental.FirstFitPackIterDataset(
-            it, length_struct=lengths, num_packing_bins=cfg.batch_size, seed=cfg.seed,
-            shuffle_bins=True).map(_from_packed)
-    else:
-        it = it.map(lambda ex: _pad_row(ex, cfg.seq_len))
+    # Reading is an index lookup: grain's reader threads only add overhead for small records.
+    read = grain.ReadOptions(num_threads=cfg.read_threads, prefetch_buffer_size=64)
     finite = cfg.num_epochs is not None
-    it = it.batch(cfg.batch_size, drop_remainder=not (finite and cfg.pad_final_batch))
-    if finite and cfg.pad_final_batch:
-        it = it.map(lambda b: _pad_batch(b, cfg.batch_size))
+    pad_final = finite and cfg.pad_final_batch
+    if cfg.packing == "concat":
+        it = ConcatPackIterDataset(ds.to_iter_dataset(read), cfg.seq_len, cfg.batch_size,
+                                   pad_final=pad_final)
+    else:
+        warned: list[bool] = []
+
+        def to_example(doc: Doc) -> dict[str, np.ndarray]:
+            if len(doc[0]) - 1 > cfg.seq_len and not warned:
+                warned.append(True)
+                logging.warning("a document of %d tokens is truncated to seq_len=%d",
+                                len(doc[0]) - 1, cfg.seq_len)
+            return doc_to_example(doc, cfg.seq_len)
+
+        it = ds.map(to_example).to_iter_dataset(read)
+        if cfg.packing == "first_fit":
+            lengths = {k: cfg.seq_len for k in FEATURES}
+            it = grain.experimental.FirstFitPackIterDataset(
+                it, length_struct=lengths, num_packing_bins=cfg.batch_size, seed=cfg.seed,
+                shuffle_bins=True).map(_from_packed)
+        else:
+            it = it.map(lambda ex: _pad_row(ex, cfg.seq_len))
+        it = it.batch(cfg.batch_size, drop_remainder=not pad_final)
+        if pad_final:
+            it = it.map(lambda b: _pad_batch(b, cfg.batch_size))
     if cfg.workers > 0:
         it = it.mp_prefetch(grain.MultiprocessingOptions(num_workers=cfg.workers))
     return it
