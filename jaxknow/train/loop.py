@@ -25,9 +25,11 @@ from jaxknow.data import build, pipeline
 from jaxknow.io.checkpoint import Checkpointer
 from jaxknow.io.metrics import MetricWriter
 from jaxknow.model.flops import peak_flops, train_flops_per_token
+from jaxknow.model.params import flatten
 from jaxknow.parallel import distributed
 from jaxknow.parallel.rules import DEFAULT_RULES, Rules, Sharder, logical_to_sharding
 from jaxknow.train import setup
+from jaxknow.train.forgetting import make_forget_event
 from jaxknow.train.optim import make_optimizer, make_schedule
 from jaxknow.train.state import TrainState, split_params
 from jaxknow.train.step import BATCH_AXES, BATCH_KEYS, train_step
@@ -113,6 +115,26 @@ def make_iterator(spec: setup.RunSpec, data_dir: Path, state: dict | None) -> An
     return it
 
 
+def _forget_event(spec: setup.RunSpec, mesh: Mesh, rules: Rules, tx: Any, shardings: Any,
+                  workdir: Path) -> StateEvent:
+    """Returns the active-forgetting event of a run; resets are logged to events.jsonl."""
+    fcfg = spec.forget
+    # The run's starting values are recomputed (deterministic), so a resumed run resets to
+    # the same reference.
+    reference = setup.initial_params(spec, mesh, rules)
+    specs = flatten(setup.full_specs(spec.model, spec.lora))
+
+    def on_reset(step: int, paths: list[str]) -> None:
+        if jax.process_index() == 0:
+            with (workdir / "events.jsonl").open("a") as f:
+                f.write(json.dumps({"step": step, "event": "reset", "to": fcfg.to,
+                                    "reset_optimizer": fcfg.reset_optimizer,
+                                    "num_params": len(paths), "paths": paths}) + "\n")
+
+    return make_forget_event(fcfg, reference, spec.model.n_layers, tx, specs,
+                             jax.random.key(spec.seed + 1), shardings, on_reset)
+
+
 def data_dir_of(spec: setup.RunSpec, workdir: Path) -> Path:
     """Returns the run's data directory (data.dir, or WORKDIR/data)."""
     return Path(spec.data.dir) if spec.data.dir else workdir / "data"
@@ -186,6 +208,9 @@ def run(spec: setup.RunSpec, workdir: Path, mesh: Mesh, data_dir: Path, *,
     jstep = jax.jit(step_fn, in_shardings=(shardings, b_sh),
                     out_shardings=(shardings, replicated), donate_argnums=(0,))
 
+    events = list(events)
+    if spec.forget is not None:
+        events.append(_forget_event(spec, mesh, rules, tx, shardings, workdir))
     it = make_iterator(spec, data_dir, data_state)
     writer = MetricWriter(workdir, resume_step=start, tensorboard=tc.tensorboard,
                           progress_total=tc.steps, progress=tc.progress)

@@ -28,6 +28,7 @@ from jaxknow.model.params import (
 )
 from jaxknow.parallel.mesh import make_mesh
 from jaxknow.parallel.rules import DEFAULT_RULES, Rules, tree_shardings
+from jaxknow.train.forgetting import ForgetConfig
 from jaxknow.train.optim import OptimConfig
 from jaxknow.train.state import TrainState, split_params, state_shardings
 
@@ -47,7 +48,7 @@ class RunSpec:
     train: C.TrainConfig
     data: C.DataConfig
     lora: lora_lib.LoraConfig
-    forget: dict[str, Any] | None
+    forget: ForgetConfig | None
 
 
 def parse_run_config(config: Any) -> RunSpec:
@@ -75,6 +76,16 @@ def parse_run_config(config: Any) -> RunSpec:
     if data.seq_len > model.max_seq_len and model.pos_embedding == "learned":
         raise C.ConfigError(
             f"data.seq_len={data.seq_len} exceeds model.max_seq_len={model.max_seq_len}")
+    forget = None
+    if cfg.get("forget"):
+        try:
+            forget = ForgetConfig.from_dict(cfg["forget"])
+        except (ValueError, TypeError) as e:
+            raise C.ConfigError(str(e) if str(e).startswith("forget") else f"forget: {e}") \
+                from None
+        if any(s > train.steps for s in forget.at_steps):
+            raise C.ConfigError(f"forget.at_steps={list(forget.at_steps)}: beyond "
+                                f"train.steps={train.steps}")
     return RunSpec(
         seed=seed,
         model=model,
@@ -83,7 +94,7 @@ def parse_run_config(config: Any) -> RunSpec:
         train=train,
         data=data,
         lora=lora,
-        forget=cfg.get("forget"),
+        forget=forget,
     )
 
 

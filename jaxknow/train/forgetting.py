@@ -1,0 +1,135 @@
+"""Active forgetting: reset a selection of parameters between training steps.
+
+Zhang, Li & Wu reset the upper layers to their pretrained values after a first pass over the
+knowledge corpus, then train a second pass with a fresh optimizer. Here the selection (layer
+range and/or path patterns), the target (the run's starting values — the pretrained model
+when finetuning — or a fresh initialisation), the moments (steps; several cycles) and what
+happens to the optimizer state ("all": a fresh optimizer, schedule included; "selected":
+fresh moments for the reset parameters only; "none") are all configurable. Under LoRA the
+selection applies to the adapters: resetting them to their starting values (B = 0) makes the
+merged weights of those layers equal the base weights again.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+from collections.abc import Callable, Mapping
+from typing import Any
+
+import jax
+import jax.numpy as jnp
+import optax
+
+from jaxknow.model.params import ParamSpec, flatten, init_param, path_key, unflatten
+from jaxknow.train.select import Selection
+from jaxknow.train.state import TrainState
+
+OPT_RESETS = ("all", "selected", "none")
+
+
+@dataclasses.dataclass(frozen=True)
+class ForgetConfig:
+    """When and how to reset parameters (see the module docstring)."""
+
+    at_steps: tuple[int, ...] = ()
+    select: Selection = Selection(layer_fraction=1 / 3)
+    to: str = "pretrained"  # "pretrained" (the run's starting values) or "init"
+    reset_optimizer: str = "all"
+
+    def __post_init__(self) -> None:
+        if self.to not in ("pretrained", "init"):
+            raise ValueError(f"forget.to={self.to!r}: must be 'pretrained' or 'init'")
+        if self.reset_optimizer not in OPT_RESETS:
+            raise ValueError(f"forget.reset_optimizer={self.reset_optimizer!r}: "
+                             f"must be one of {OPT_RESETS}")
+        if any(s <= 0 for s in self.at_steps):
+            raise ValueError(f"forget.at_steps={self.at_steps}: steps must be positive")
+
+    @classmethod
+    def from_dict(cls, d: Mapping[str, Any]) -> ForgetConfig:
+        """Returns a ForgetConfig from a config section (``select`` may be a dict)."""
+        d = dict(d)
+        unknown = set(d) - {f.name for f in dataclasses.fields(cls)}
+        if unknown:
+            raise ValueError(f"forget: unknown key(s) {sorted(unknown)}")
+        sel = d.pop("select", None)
+        if isinstance(sel, Mapping):
+            sel = dict(sel)
+            if "patterns" in sel:
+                sel["patterns"] = tuple(sel["patterns"])
+            unknown = set(sel) - {f.name for f in dataclasses.fields(Selection)}
+            if unknown:
+                raise ValueError(f"forget.select: unknown key(s) {sorted(unknown)}")
+            sel = Selection(**sel)
+        if "at_steps" in d:
+            d["at_steps"] = tuple(int(s) for s in d["at_steps"])
+        return cls(**d, **({"select": sel} if sel is not None else {}))
+
+
+def reset_targets(params: Mapping[str, Any], paths: list[str], to: str,
+                  specs: Mapping[str, ParamSpec] | None, key: jax.Array | None) -> dict:
+    """Returns {path: value} the selected parameters are reset to: their values in `params`
+    (to="pretrained"), or fresh draws from their ParamSpecs (to="init")."""
+    flat = flatten(params)
+    if to == "pretrained":
+        return {p: flat[p] for p in paths}
+    if specs is None or key is None:
+        raise ValueError("reset to 'init' needs the parameter specs and a key")
+    return {p: init_param(specs[p], path_key(key, p), flat[p].dtype) for p in paths}
+
+
+def reset_state(state: TrainState, targets: Mapping[str, jax.Array],
+                tx: optax.GradientTransformation, reset_optimizer: str) -> TrainState:
+    """Returns `state` with the trainable parameters in `targets` replaced by their target
+    values (bit for bit) and the optimizer state reset as asked; other parameters and
+    optimizer entries are untouched."""
+    flat = flatten(state.params)
+    missing = set(targets) - set(flat)
+    if missing:
+        raise ValueError(f"reset of parameters that are not trained: {sorted(missing)[:5]}")
+    new_flat = {p: (targets[p].astype(v.dtype) if p in targets else v) for p, v in flat.items()}
+    params = unflatten(new_flat)
+    if reset_optimizer == "all":
+        opt_state = tx.init(params)
+    elif reset_optimizer == "selected":
+        # Per-parameter statistics (Adam's moments) start at zero; step counts are shared by
+        # all parameters and keep running.
+        mask = unflatten({p: p in targets for p in flat})
+        opt_state = optax.tree_map_params(
+            tx, lambda old, m: jnp.zeros_like(old) if m else old, state.opt_state, mask,
+            transform_non_params=lambda x: x)
+    else:
+        opt_state = state.opt_state
+    return state.replace(params=params, opt_state=opt_state)
+
+
+def make_forget_event(
+    cfg: ForgetConfig, reference: Mapping[str, Any], n_layers: int,
+    tx: optax.GradientTransformation, specs: Mapping[str, ParamSpec] | None,
+    key: jax.Array, state_shardings: Any = None,
+    on_reset: Callable[[int, list[str]], None] | None = None,
+) -> Callable[[int, TrainState], TrainState]:
+    """Returns a loop event that resets the selected trainable parameters at cfg.at_steps.
+
+    `reference` holds the parameters' starting values (for to="pretrained"); cycle c of a
+    to="init" reset draws from fold_in(key, c). `on_reset(step, paths)` is told of each reset.
+    """
+    steps = sorted(cfg.at_steps)
+
+    def event(step: int, state: TrainState) -> TrainState:
+        if step not in steps:
+            return state
+        trainable = list(flatten(state.params))
+        paths = cfg.select.paths(trainable, n_layers)
+        if not paths:
+            raise ValueError(f"forget.select matches no trained parameter ({cfg.select})")
+        cycle_key = jax.random.fold_in(key, steps.index(step))
+        targets = reset_targets(reference, paths, cfg.to, specs, cycle_key)
+        fn = jax.jit(lambda s, t: reset_state(s, t, tx, cfg.reset_optimizer),
+                     out_shardings=state_shardings, donate_argnums=(0,))
+        new_state = fn(state, targets)
+        if on_reset is not None:
+            on_reset(step, paths)
+        return new_state
+
+    return event
