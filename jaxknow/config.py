@@ -182,6 +182,9 @@ class DataConfig:
     workers: int = 0
     seed: int | None = None  # default: the config's seed
     world: dict | None = None  # what to materialise when `dir` lacks the sources
+    # Shards of the global stream (each feeds batch_size / shards rows); default: one per
+    # process. Fix it to reproduce a trajectory bit for bit on another number of hosts.
+    shards: int | None = None
 
     def __post_init__(self) -> None:
         if not self.sources:

@@ -40,10 +40,7 @@ def small_config(steps: int = 8):
 def test_same_losses_on_1x1x1_and_2x2x2_mesh_and_params_are_sharded(tmp_path):
     cfg = small_config(steps=6)
     spec = setup.parse_run_config(cfg)
-    data_dir = tmp_path / "data"
-    from jaxknow.data import build
-
-    build.ensure_sources(data_dir, ["synthetic"], spec.data.world, spec.seed)
+    data_dir = _materialized(tmp_path, spec)
     one = make_mesh(1, 1, 1, devices=jax.devices()[:1])
     eight = make_mesh(2, 2, 2)
     r1 = loop.run(spec, setup.check_workdir(tmp_path / "a"), one, data_dir)
@@ -248,5 +245,5 @@ def _materialized(tmp_path, spec):
     from jaxknow.data import build
 
     d = tmp_path / "data"
-    build.ensure_sources(d, ["synthetic"], spec.data.world, spec.seed)
+    build.ensure_sources(d, [s["name"] for s in spec.data.sources], spec.data.world, spec.seed)
     return d

@@ -192,6 +192,58 @@ def build_pipeline(
     return it
 
 
+class ShardGroup:
+    """Iterates several data shards of one process and stacks their rows into one batch.
+
+    The global data stream is split into a fixed number of shards, each feeding an equal share
+    of every batch's rows; a process handles a contiguous group of them. The global batch is
+    then the same whatever the number of processes, so a run on 2 hosts reproduces a run on
+    1 host with the same `data.shards`.
+    """
+
+    def __init__(self, iterators: Sequence[Any]):
+        self._its = list(iterators)
+
+    def __iter__(self) -> ShardGroup:
+        return self
+
+    def __next__(self) -> dict[str, np.ndarray]:
+        parts = [next(it) for it in self._its]
+        return {k: np.concatenate([p[k] for p in parts]) for k in parts[0]}
+
+    def get_state(self) -> dict[str, Any]:
+        """Returns the states of every shard's iterator."""
+        return {"shards": [it.get_state() for it in self._its]}
+
+    def set_state(self, state: dict[str, Any]) -> None:
+        """Restores states from `get_state`."""
+        if len(state["shards"]) != len(self._its):
+            raise ValueError(f"iterator state has {len(state['shards'])} shards, the pipeline "
+                             f"{len(self._its)} (data.shards or the process count changed)")
+        for it, s in zip(self._its, state["shards"]):
+            it.set_state(s)
+
+
+def process_batches(
+    sources: Sequence[grain.MapDataset], weights: Sequence[float] | None, cfg: PipelineConfig,
+    *, num_shards: int, process_index: int, process_count: int,
+) -> ShardGroup:
+    """Returns this process's batch iterator: `num_shards` shards of the global stream, each
+    giving cfg.batch_size / num_shards rows; this process takes shards
+    [p * k, (p + 1) * k) with k = num_shards / process_count. `cfg.batch_size` is global."""
+    if num_shards % process_count:
+        raise PipelineConfigError(f"data.shards={num_shards} must be a multiple of the "
+                                  f"{process_count} processes")
+    if cfg.batch_size % num_shards:
+        raise PipelineConfigError(f"data.batch_size={cfg.batch_size} must be a multiple of "
+                                  f"data.shards={num_shards}")
+    per = dataclasses.replace(cfg, batch_size=cfg.batch_size // num_shards)
+    k = num_shards // process_count
+    its = [iter(build_pipeline(sources, weights, per, shard_index=s, shard_count=num_shards))
+           for s in range(process_index * k, (process_index + 1) * k)]
+    return ShardGroup(its)
+
+
 def source_datasets(data_dir: str, names: Sequence[str]) -> list[grain.MapDataset]:
     """Returns one document MapDataset per named tokenized source in `data_dir`."""
     return [doc_dataset(shard_paths(data_dir, n)) for n in names]

@@ -98,18 +98,19 @@ def make_iterator(spec: setup.RunSpec, data_dir: Path, state: dict | None) -> An
     names = [s["name"] for s in spec.data.sources]
     weights = [float(s.get("weight", 1.0)) for s in spec.data.sources]
     n_proc = jax.process_count()
-    if spec.data.batch_size % n_proc:
-        raise C.ConfigError(f"data.batch_size={spec.data.batch_size} must be divisible by the "
-                            f"{n_proc} processes")
     pcfg = pipeline.PipelineConfig(
-        seq_len=spec.data.seq_len, batch_size=spec.data.batch_size // n_proc,
+        seq_len=spec.data.seq_len, batch_size=spec.data.batch_size,
         packing=spec.data.packing,
         seed=spec.data.seed if spec.data.seed is not None else spec.seed,
         num_epochs=spec.data.num_epochs, workers=spec.data.workers,
     )
-    ds = pipeline.build_pipeline(pipeline.source_datasets(str(data_dir), names), weights, pcfg,
-                                 shard_index=jax.process_index(), shard_count=n_proc)
-    it = iter(ds)
+    try:
+        it = pipeline.process_batches(
+            pipeline.source_datasets(str(data_dir), names), weights, pcfg,
+            num_shards=spec.data.shards or n_proc, process_index=jax.process_index(),
+            process_count=n_proc)
+    except pipeline.PipelineConfigError as e:
+        raise C.ConfigError(str(e)) from None
     if state is not None:
         it.set_state(state)
     return it

@@ -1,0 +1,13 @@
+#!/usr/bin/env bash
+# Installs jaxknow with its test extras into .venv and runs the default test suite
+# (8 simulated CPU devices). torch==2.13.0 is the CPU wheel used by the Hugging Face parity
+# tests; where it cannot be installed, those tests skip themselves.
+set -euo pipefail
+cd "$(dirname "$0")/.."
+python3 -m venv .venv
+.venv/bin/pip install -q --upgrade pip
+.venv/bin/pip install -q -e '.[test]'
+.venv/bin/pip install -q 'torch==2.13.0' 'transformers' || echo "torch/transformers unavailable: HF parity tests will skip"
+export XLA_FLAGS=--xla_force_host_platform_device_count=8 JAX_PLATFORMS=cpu
+.venv/bin/ruff check .
+.venv/bin/python -m pytest -n 2 -m "not slow" -q "$@"
