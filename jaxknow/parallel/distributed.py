@@ -29,7 +29,19 @@ def maybe_initialize(mode: str = "auto") -> bool:
         return False
     if jax.distributed.is_initialized():
         return True
-    jax.distributed.initialize()
+    kwargs = {}
+    # Explicit settings (e.g. several processes on one machine); clusters that JAX detects
+    # itself (Cloud TPU, SLURM) need none.
+    if os.environ.get("JAX_COORDINATOR_ADDRESS"):
+        kwargs["coordinator_address"] = os.environ["JAX_COORDINATOR_ADDRESS"]
+    if os.environ.get("JAX_NUM_PROCESSES"):
+        kwargs["num_processes"] = int(os.environ["JAX_NUM_PROCESSES"])
+    if os.environ.get("JAX_PROCESS_ID"):
+        kwargs["process_id"] = int(os.environ["JAX_PROCESS_ID"])
+    if os.environ.get("JAX_PLATFORMS", "").startswith("cpu"):
+        # Cross-process collectives on CPU go through gloo.
+        jax.config.update("jax_cpu_collectives_implementation", "gloo")
+    jax.distributed.initialize(**kwargs)
     logging.info("jax.distributed initialised: process %d of %d, %d global devices",
                  jax.process_index(), jax.process_count(), jax.device_count())
     return True
