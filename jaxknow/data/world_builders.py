@@ -96,10 +96,9 @@ def aug_source_name(aug_name: str) -> str:
     return "bios_" + aug_name.replace("+", "_")
 
 
-@register("bios")
-def build_bios(world: dict[str, Any], out: Path, seed: int) -> dict[str, Any]:
-    """bioS: biographies per augmentation (sources ``bios_<aug>``), QA of P_train / P_test
-    (sources ``qa_train`` / ``qa_test``, loss on the answer), optional celebrity corpus."""
+def bios_world(world: Mapping[str, Any], seed: int) -> tuple[Any, dict[str, Any]]:
+    """Returns (BiosWorld, checked options) of a bios world description — the same world the
+    builder materialises for this seed."""
     from jaxknow.worlds import bios
 
     own = {"num_people": 1000, "augmentations": ["single"], "train_fraction": 0.5,
@@ -111,19 +110,37 @@ def build_bios(world: dict[str, Any], out: Path, seed: int) -> dict[str, Any]:
     cfg_fields = {f.name for f in dataclasses.fields(bios.BiosConfig)}
     try:
         bcfg = bios.BiosConfig(**{k: v for k, v in opts.items() if k in cfg_fields}, seed=seed)
-        augs = [bios.Augmentation.parse(a) for a in opts["augmentations"]]
-        celeb_aug = bios.Augmentation.parse(opts["celebrity_augmentation"])
+        opts["augmentations"] = [bios.Augmentation.parse(a) for a in opts["augmentations"]]
+        opts["celebrity_augmentation"] = bios.Augmentation.parse(
+            opts["celebrity_augmentation"])
     except ValueError as e:
         raise WorldConfigError(f"data.world (bios): {e}") from None
-    w = bios.generate_world(bcfg)
+    return bios.generate_world(bcfg), opts
+
+
+def bios_corpora(w: Any, opts: Mapping[str, Any], seed: int) -> dict[str, list[Any]]:
+    """Returns source name -> biographies, per augmentation (and the celebrity corpus)."""
+    from jaxknow.worlds import bios
+
     corpora: dict[str, list[bios.Biography]] = {}
-    for i, aug in enumerate(augs):
+    for i, aug in enumerate(opts["augmentations"]):
         corpora[aug_source_name(aug.name)] = bios.render_biographies(w, aug, seed + 1000 * i)
     if opts["celebrity_fraction"] > 0:
         n_celeb = int(round(opts["celebrity_fraction"] * w.num_people))
         celebs = sorted(int(i) for i in w.train_ids[:n_celeb])
         corpora["bios_celebrity"] = bios.render_celebrity_biographies(
-            w, celebs, celeb_aug, seed + 999)
+            w, celebs, opts["celebrity_augmentation"], seed + 999)
+    return corpora
+
+
+@register("bios")
+def build_bios(world: dict[str, Any], out: Path, seed: int) -> dict[str, Any]:
+    """bioS: biographies per augmentation (sources ``bios_<aug>``), QA of P_train / P_test
+    (sources ``qa_train`` / ``qa_test``, loss on the answer), optional celebrity corpus."""
+    from jaxknow.worlds import bios
+
+    w, opts = bios_world(world, seed)
+    corpora = bios_corpora(w, opts, seed)
     qa_train = bios.qa_items(w, w.train_ids)
     qa_test = bios.qa_items(w, w.test_ids)
     files = {f"{name}.jsonl": bios.bios_rows(b) for name, b in corpora.items()}

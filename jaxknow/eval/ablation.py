@@ -1,0 +1,176 @@
+"""Layer-delta ablation: where does finetuning put the knowledge (co-occurrence spec section 7).
+
+With θ0 the base parameters and θ1 the finetuned ones, the model whose first k (separately:
+last k) transformer layers take θ0 and the rest θ1 is evaluated for k = 0..L. Layers are
+selected by their parameter path (``layers/{i}/...``). Parameters outside the layers (token and
+position embeddings, final norm, untied head) follow θ1 by default, so k = 0 is exactly θ1 and
+k = L is θ1 with every layer delta removed; `non_layer` changes that (see `mix_layers`).
+"""
+
+from __future__ import annotations
+
+import dataclasses
+from collections.abc import Callable, Mapping, Sequence
+from pathlib import Path
+from typing import Any, Literal
+
+from jaxknow.model.config import ModelConfig
+from jaxknow.model.lora import is_lora_path, merge_lora
+from jaxknow.model.params import flatten, layer_of, unflatten
+
+__all__ = ["AblationResult", "ablated_layers", "layer_delta_ablation", "mix_layers"]
+
+Side = Literal["first", "last"]
+NonLayer = Literal["finetuned", "base", "adjacent"]
+Metrics = dict[str, float]
+
+
+def _n_layers_of(flat: Mapping[str, Any]) -> int:
+    idx = [i for i in (layer_of(p) for p in flat) if i is not None]
+    return max(idx) + 1 if idx else 0
+
+
+def mix_layers(
+    theta0: Mapping[str, Any],
+    theta1: Mapping[str, Any],
+    layers_from_base: set[int] | frozenset[int],
+    *,
+    non_layer: NonLayer = "finetuned",
+) -> dict[str, Any]:
+    """Returns parameters taking layer i from `theta0` (base) when i is in `layers_from_base`
+    and from `theta1` (finetuned) otherwise.
+
+    Parameters outside ``layers/{i}/`` follow `non_layer`: "finetuned" (default) takes them
+    from θ1, "base" from θ0, "adjacent" ties ``embed/*`` to layer 0 and the rest (final norm,
+    untied head) to the last layer, so that all-base layers give exactly θ0. The leaves are the
+    original arrays (no copy, bit-identical). Both trees must have the same paths and shapes:
+    merge LoRA adapters into θ1 first (`merge_lora`); a leftover adapter raises ValueError.
+    """
+    if non_layer not in ("finetuned", "base", "adjacent"):
+        raise ValueError(f"non_layer must be 'finetuned', 'base' or 'adjacent', got {non_layer!r}")
+    f0, f1 = flatten(theta0), flatten(theta1)
+    if set(f0) != set(f1):
+        extra = sorted(set(f0) ^ set(f1))
+        if any(is_lora_path(p) for p in extra):
+            raise ValueError(f"parameter trees differ by LoRA adapters {extra[:4]}: merge them "
+                             "first (jaxknow.model.lora.merge_lora)")
+        raise ValueError(f"parameter trees differ: paths in only one of them {extra[:8]}")
+    n = _n_layers_of(f1)
+    bad = sorted(i for i in layers_from_base if not 0 <= i < n)
+    if bad:
+        raise ValueError(f"layers {bad} out of range for a {n}-layer model")
+    out: dict[str, Any] = {}
+    for path, v1 in f1.items():
+        v0 = f0[path]
+        if tuple(v0.shape) != tuple(v1.shape):
+            raise ValueError(f"{path}: base shape {tuple(v0.shape)} != finetuned "
+                             f"{tuple(v1.shape)}")
+        layer = layer_of(path)
+        if layer is None:
+            if non_layer == "adjacent":
+                layer = 0 if path.startswith("embed/") else n - 1
+                base = layer in layers_from_base
+            else:
+                base = non_layer == "base"
+        else:
+            base = layer in layers_from_base
+        out[path] = v0 if base else v1
+    return unflatten(out)
+
+
+def ablated_layers(side: Side, k: int, n_layers: int) -> frozenset[int]:
+    """Returns the layers that take θ0 for `side` ("first" or "last") and k."""
+    if not 0 <= k <= n_layers:
+        raise ValueError(f"k={k} outside 0..{n_layers}")
+    if side == "first":
+        return frozenset(range(k))
+    if side == "last":
+        return frozenset(range(n_layers - k, n_layers))
+    raise ValueError(f"side must be 'first' or 'last', got {side!r}")
+
+
+@dataclasses.dataclass
+class AblationResult:
+    """Metrics per side and k: `results[side][k]` = evaluate(model whose first/last k layers
+    take θ0)."""
+
+    n_layers: int
+    results: dict[str, dict[int, Metrics]]
+    non_layer: str = "finetuned"
+
+    def to_dict(self) -> dict[str, dict[int, Metrics]]:
+        """Returns {side: {k: {metric: value}}} (a copy; JSON turns k into a string)."""
+        return {s: {k: dict(m) for k, m in by_k.items()} for s, by_k in self.results.items()}
+
+    def metrics(self) -> list[str]:
+        """Returns the metric names, in first-seen order."""
+        names: dict[str, None] = {}
+        for by_k in self.results.values():
+            for m in by_k.values():
+                names.update(dict.fromkeys(m))
+        return list(names)
+
+    def series(self) -> dict[str, list[float]]:
+        """Returns {"metric (side)": value for k = 0..L} (for `plots.plot_per_layer`)."""
+        return {f"{m} ({s})": [by_k[k].get(m, float("nan")) for k in sorted(by_k)]
+                for s, by_k in self.results.items() for m in self.metrics()}
+
+    def table(self) -> str:
+        """Returns a markdown table: one row per k, one column per (side, metric)."""
+        cols = [(s, m) for s in self.results for m in self.metrics()]
+        head = ["k", *(f"{m} ({s} k from base)" for s, m in cols)]
+        rows = [f"| {' | '.join(head)} |", f"|{'|'.join(['---'] * len(head))}|"]
+        for k in range(self.n_layers + 1):
+            cells = [self.results[s].get(k, {}).get(m) for s, m in cols]
+            rows.append(f"| {k} | " + " | ".join("" if c is None else f"{c:.4g}" for c in cells)
+                        + " |")
+        return "\n".join(rows)
+
+    def plot(self, path: str | Path, title: str = "layer-delta ablation",
+             ylabel: str = "metric") -> Path:
+        """Writes the curves (x = k, one line per metric and side) as a PNG; returns the path."""
+        from jaxknow.eval.plots import plot_per_layer
+
+        return plot_per_layer(self.series(), path, title, ylabel,
+                              xlabel="k (layers taken from the base model)")
+
+
+def layer_delta_ablation(
+    theta0: Mapping[str, Any],
+    theta1: Mapping[str, Any],
+    n_layers: int,
+    evaluate: Callable[[dict[str, Any]], Mapping[str, float]],
+    sides: Sequence[Side] = ("first", "last"),
+    *,
+    non_layer: NonLayer = "finetuned",
+    cfg: ModelConfig | None = None,
+) -> AblationResult:
+    """Returns the metrics of the models whose first (resp. last) k layers take θ0 and the rest
+    θ1, for k = 0..n_layers and each side (see `mix_layers` for the non-layer parameters).
+
+    `evaluate` maps parameters to {metric: value}; a layer selection shared by both sides
+    (k = 0, k = L) is evaluated once. If θ1 (or θ0) holds LoRA adapters, pass `cfg` to merge
+    them first (`merge_lora`, which needs `cfg.lora_scale`).
+    """
+    trees = []
+    for name, theta in (("theta0", theta0), ("theta1", theta1)):
+        if any(is_lora_path(p) for p in flatten(theta)):
+            if cfg is None:
+                raise ValueError(f"{name} holds LoRA adapters: pass cfg to merge them")
+            theta = merge_lora(dict(theta), cfg)
+        trees.append(theta)
+    theta0, theta1 = trees
+    found = _n_layers_of(flatten(theta1))
+    if found != n_layers:
+        raise ValueError(f"n_layers={n_layers} but the parameters have {found} layers")
+    cache: dict[frozenset[int], Metrics] = {}
+    results: dict[str, dict[int, Metrics]] = {}
+    for side in sides:
+        results[side] = {}
+        for k in range(n_layers + 1):
+            sel = ablated_layers(side, k, n_layers)
+            if sel not in cache:
+                mixed = mix_layers(theta0, theta1, sel, non_layer=non_layer)
+                cache[sel] = {m: float(v) for m, v in evaluate(mixed).items()}
+            results[side][k] = dict(cache[sel])
+    return AblationResult(n_layers=n_layers, results=results, non_layer=non_layer)

@@ -1,0 +1,142 @@
+"""Layer-delta ablation (mixing base and finetuned layers) and the PNG plots."""
+
+from __future__ import annotations
+
+import json
+
+import jax
+import jax.numpy as jnp
+import numpy as np
+import pytest
+
+from jaxknow.eval import ablation, plots
+from jaxknow.model.config import preset
+from jaxknow.model.lora import LoraConfig, lora_specs, merge_lora
+from jaxknow.model.params import ParamSpec, flatten, layer_of, param_specs, unflatten
+from jaxknow.model.transformer import apply
+
+CFG = preset("tiny", vocab_size=64, d_model=32, n_layers=3, n_heads=2, d_ff=64, max_seq_len=16)
+TOKENS = jnp.asarray(np.random.default_rng(0).integers(0, 64, (2, 8)), jnp.int32)
+PNG = b"\x89PNG\r\n\x1a\n"
+
+
+def _params(specs, seed: int) -> dict:
+    """Returns parameters for a ParamSpec tree, drawn with numpy (fast to create)."""
+    rng = np.random.default_rng(seed)
+
+    def make(spec: ParamSpec) -> jax.Array:
+        std = spec.std if spec.init == "normal" else 0.02  # no zero/one leaves: deltas everywhere
+        return jnp.asarray(rng.normal(0.0, std, spec.shape), jnp.float32)
+
+    return jax.tree.map(make, specs, is_leaf=lambda x: isinstance(x, ParamSpec))
+
+
+def _perturbed(theta: dict, seed: int, only_layers: bool = False) -> dict:
+    rng = np.random.default_rng(seed)
+    out = {}
+    for path, v in flatten(theta).items():
+        if only_layers and layer_of(path) is None:
+            out[path] = v
+        else:
+            out[path] = v + jnp.asarray(rng.normal(0.0, 0.05, v.shape), v.dtype)
+    return unflatten(out)
+
+
+_logits = jax.jit(lambda p: apply(p, TOKENS, CFG))
+
+
+def _recording_evaluate(log: list):
+    def evaluate(params: dict) -> dict[str, float]:
+        out = np.asarray(_logits(params))
+        log.append(out)
+        return {"logit_sum": float(out.sum()), "logit_00": float(out[0, 0, 0])}
+
+    return evaluate
+
+
+THETA0 = _params(param_specs(CFG), 0)
+THETA1 = _perturbed(THETA0, 1)
+
+
+def test_mix_layers_takes_each_layer_from_the_right_source():
+    mixed = ablation.mix_layers(THETA0, THETA1, {0, 2})
+    f0, f1, fm = flatten(THETA0), flatten(THETA1), flatten(mixed)
+    assert set(fm) == set(f1)
+    for path, v in fm.items():
+        layer = layer_of(path)
+        expect = f0[path] if layer in (0, 2) else f1[path]  # non-layer params follow θ1
+        assert v is expect, path
+    base_rest = flatten(ablation.mix_layers(THETA0, THETA1, {1}, non_layer="base"))
+    adjacent = flatten(ablation.mix_layers(THETA0, THETA1, {0}, non_layer="adjacent"))
+    for path in f0:
+        if layer_of(path) is None:
+            assert base_rest[path] is f0[path]
+            assert adjacent[path] is (f0[path] if path.startswith("embed/") else f1[path])
+    all_base = flatten(ablation.mix_layers(THETA0, THETA1, {0, 1, 2}, non_layer="base"))
+    assert all(all_base[path] is v for path, v in f0.items())
+    with pytest.raises(ValueError, match="out of range"):
+        ablation.mix_layers(THETA0, THETA1, {3})
+
+
+@pytest.mark.parametrize("non_layer", ["finetuned", "adjacent"])
+def test_endpoints_are_the_finetuned_and_the_base_model(non_layer):
+    # with non_layer="finetuned" the endpoint k = L is θ0 when finetuning changed only layers;
+    # with "adjacent" it is θ0 whatever finetuning changed
+    theta1 = _perturbed(THETA0, 2, only_layers=True) if non_layer == "finetuned" else THETA1
+    log: list = []
+    res = ablation.layer_delta_ablation(THETA0, theta1, 3, _recording_evaluate(log),
+                                        non_layer=non_layer)
+    assert len(log) == 2 * 3  # k = 0 and k = L are shared by both sides
+    ref0, ref1 = np.asarray(_logits(THETA0)), np.asarray(_logits(theta1))
+    evaluated = {}
+    for side in ("first", "last"):
+        assert sorted(res.results[side]) == [0, 1, 2, 3]
+        for k in (0, 3):
+            sel = ablation.ablated_layers(side, k, 3)
+            mixed = flatten(ablation.mix_layers(THETA0, theta1, sel, non_layer=non_layer))
+            want = flatten(theta1 if k == 0 else THETA0)
+            for path, v in mixed.items():
+                np.testing.assert_array_equal(np.asarray(v), np.asarray(want[path]), err_msg=path)
+            evaluated[(side, k)] = res.results[side][k]
+        assert res.results[side][0] == {"logit_sum": float(ref1.sum()),
+                                        "logit_00": float(ref1[0, 0, 0])}
+        assert res.results[side][3] == {"logit_sum": float(ref0.sum()),
+                                        "logit_00": float(ref0[0, 0, 0])}
+    assert any(np.array_equal(x, ref1) for x in log) and any(np.array_equal(x, ref0) for x in log)
+    assert res.results["first"][1] != res.results["last"][1]
+    json.dumps(res.to_dict())
+    table = res.table()
+    assert table.count("\n") == 3 + 2 and "logit_sum (first" in table
+
+
+def test_lora_finetuned_params_are_merged_first():
+    cfg = CFG.replace(lora_scale=2.0)
+    adapters = _params(lora_specs(cfg, LoraConfig(rank=2, embedding_rank=2)), 3)
+    theta1 = unflatten({**flatten(THETA0), **flatten(adapters)})
+    with pytest.raises(ValueError, match="merge"):
+        ablation.mix_layers(THETA0, theta1, {0})
+    with pytest.raises(ValueError, match="cfg"):
+        ablation.layer_delta_ablation(THETA0, theta1, 3, lambda p: {}, sides=("first",))
+    seen: list = []
+    res = ablation.layer_delta_ablation(THETA0, theta1, 3, lambda p: seen.append(p) or {"x": 1.0},
+                                        sides=("last",), cfg=cfg)
+    assert sorted(res.results["last"]) == [0, 1, 2, 3]
+    merged = flatten(merge_lora(theta1, cfg))
+    for path, v in flatten(seen[0]).items():  # k = 0: the merged finetuned model
+        np.testing.assert_array_equal(np.asarray(v), np.asarray(merged[path]), err_msg=path)
+
+
+def test_plots_write_png_files(tmp_path):
+    res = ablation.AblationResult(3, {"first": {k: {"qa": 1 - k / 4} for k in range(4)},
+                                      "last": {k: {"qa": 1 - k / 8} for k in range(4)}})
+    p1 = res.plot(tmp_path / "ablation.png")
+    p2 = plots.plot_per_layer({"birth_city": [0.1, 0.5, 0.9], "major": [0.0, 0.2, 0.4]},
+                              tmp_path / "sub" / "probe.png", "probe", "accuracy",
+                              reference={"birth_city": 0.05, "major": 0.02})
+    p3 = plots.plot_loss_curve(list(range(50)), [3.0 / (1 + i) for i in range(50)],
+                               tmp_path / "loss.png", markers=[10, 30], title="forgetting")
+    for p in (p1, p2, p3):
+        data = p.read_bytes()
+        assert data[:8] == PNG and len(data) > 1000, p
+    with pytest.raises(ValueError):
+        plots.plot_loss_curve([1, 2], [1.0], tmp_path / "bad.png")
