@@ -1,0 +1,1 @@
+"""Evaluation configs for ``python -m launch.evaluate --config=configs/eval/NAME.py``."""

@@ -1,0 +1,330 @@
+"""Batched greedy generation with a KV cache, jitted and sharded like training.
+
+How a batch runs:
+
+- Prompts are sorted by length and cut into batches of `batch_size` rows (the last batch is
+  filled with inert dummy rows, so every batch of a call has one shape). Each batch is
+  left-padded to a *bucketed* length (`bucket_length`: 16, 32, 64, 128, 256, then multiples
+  of 256), which bounds the number of compiles.
+- One jitted function runs the prefill over the padded prompts (writing cache slots 0..P-1)
+  and then a `jax.lax.while_loop` that feeds one token per step (cache slot P + i - 1) and
+  exits as soon as every row has stopped or `max_new_tokens` tokens exist. Positions are
+  counted per row from its first real token and the cache's `kv_valid` mask hides the left
+  pads, so a row decodes exactly as it would alone and unpadded.
+- Stops: a boolean table over the vocabulary (`make_stop_table`); EOS and, for text generation,
+  every token whose decoded text contains a newline (`newline_stop_table`). The stopping token
+  is the last token returned for its row; `generate_text` drops EOS and cuts the text at the
+  first newline.
+- Sharding: the batch is split over the (data, fsdp) mesh axes, parameters keep their logical
+  shardings (`param_shardings`) and the KV cache is sharded like activations
+  (`transformer.CACHE_AXES`). Without a mesh (and with unsharded parameters) it runs on one
+  device.
+
+Prompts longer than ``cfg.max_seq_len - max_new_tokens`` tokens are cut from the left (like
+lm-eval-harness), so no position exceeds what the model was built for. Cached decoding always
+uses the XLA attention path: the fused cuDNN kernel is meant for training shapes.
+"""
+
+from __future__ import annotations
+
+import functools
+import json
+from collections.abc import Sequence
+from typing import Any, Protocol
+
+import jax
+import jax.numpy as jnp
+import numpy as np
+from jax.sharding import Mesh, NamedSharding, PartitionSpec
+
+from jaxknow.data.tokenizer import Tokenizer
+from jaxknow.model import transformer
+from jaxknow.model.config import ModelConfig
+from jaxknow.model.params import flatten, map_with_path, param_specs
+from jaxknow.parallel.rules import DEFAULT_RULES, Rules, Sharder, logical_to_sharding
+
+_BUCKETS = (16, 32, 64, 128, 256)
+
+
+class ModelLike(Protocol):
+    """Anything with parameters, a model config and a tokenizer (e.g. `LoadedModel`)."""
+
+    params: Any
+    cfg: ModelConfig
+    tokenizer: Tokenizer | None
+
+
+def unpack_model(model: ModelLike | tuple[Any, ModelConfig, Tokenizer]
+                 ) -> tuple[Any, ModelConfig, Tokenizer]:
+    """Returns (params, cfg, tokenizer) of a model object or a (params, cfg, tokenizer) tuple;
+    raises ValueError when there is no tokenizer."""
+    if isinstance(model, tuple):
+        params, cfg, tok = model
+    else:
+        params, cfg, tok = model.params, model.cfg, model.tokenizer
+    if tok is None:
+        raise ValueError("the model has no tokenizer (put a tokenizer.json in its directory)")
+    return params, cfg, tok
+
+
+# --------------------------------------------------------------------------------------------
+# Shapes and shardings shared with scoring.
+# --------------------------------------------------------------------------------------------
+
+
+def bucket_length(n: int) -> int:
+    """Returns the padded length for `n` tokens: the next of 16, 32, 64, 128, 256, then the
+    next multiple of 256."""
+    for b in _BUCKETS:
+        if n <= b:
+            return b
+    return -(-n // 256) * 256
+
+
+def batch_axis_size(mesh: Mesh | None) -> int:
+    """Returns how many ways the batch is split on `mesh` (data x fsdp; 1 without a mesh)."""
+    if mesh is None:
+        return 1
+    return int(mesh.shape["data"]) * int(mesh.shape["fsdp"])
+
+
+def batch_rows(n: int, batch_size: int, mesh: Mesh | None) -> int:
+    """Returns the row count of every batch for `n` items: at most `batch_size` (a power of
+    two when fewer items), rounded up to a multiple of the mesh's batch split."""
+    if batch_size <= 0:
+        raise ValueError(f"batch_size must be positive, got {batch_size}")
+    rows = min(batch_size, 1 << max(n - 1, 0).bit_length())
+    k = batch_axis_size(mesh)
+    return -(-rows // k) * k
+
+
+def mesh_of(params: Any) -> Mesh | None:
+    """Returns the mesh the parameters are laid out on (None when they are not on a
+    multi-device mesh)."""
+    for leaf in jax.tree.leaves(params):
+        sh = getattr(leaf, "sharding", None)
+        if isinstance(sh, NamedSharding) and sh.mesh.size > 1:
+            return sh.mesh
+    return None
+
+
+def param_shardings(params: Any, cfg: ModelConfig, mesh: Mesh, rules: Rules = DEFAULT_RULES
+                    ) -> Any:
+    """Returns the NamedSharding tree of `params` from their logical axes
+    (`param_specs(cfg)`); leaves without a spec (e.g. LoRA adapters) are replicated."""
+    specs = flatten(param_specs(cfg))
+
+    def one(path: str, leaf: Any) -> NamedSharding:
+        shape = tuple(np.shape(leaf))
+        spec = specs.get(path)
+        if spec is None or tuple(spec.shape) != shape:
+            return NamedSharding(mesh, PartitionSpec())
+        return logical_to_sharding(spec.axes, shape, mesh, rules)
+
+    return map_with_path(one, params)
+
+
+def place_params(params: Any, cfg: ModelConfig, mesh: Mesh | None) -> Any:
+    """Returns `params` laid out with their logical shardings on `mesh` (unchanged without)."""
+    if mesh is None:
+        return params
+    return jax.device_put(params, param_shardings(params, cfg, mesh))
+
+
+def place_batch(x: np.ndarray, mesh: Mesh | None) -> jax.Array:
+    """Returns a host array on the devices, rows split over the mesh's (data, fsdp) axes."""
+    if mesh is None:
+        return jnp.asarray(x)
+    axes = ("batch",) + (None,) * (x.ndim - 1)
+    return jax.device_put(x, logical_to_sharding(axes, x.shape, mesh))
+
+
+def cfg_key(cfg: ModelConfig) -> str:
+    """Returns a hashable identity of a model config (its fields as sorted JSON)."""
+    return json.dumps(cfg.to_dict(), sort_keys=True)
+
+
+# --------------------------------------------------------------------------------------------
+# Stop tables.
+# --------------------------------------------------------------------------------------------
+
+
+def make_stop_table(vocab_size: int, stop_ids: Sequence[int] = (),
+               base: np.ndarray | None = None) -> np.ndarray:
+    """Returns a bool [vocab_size] table, True for tokens that end a row: `stop_ids` plus the
+    True entries of `base` (which may be shorter than the vocabulary)."""
+    table = np.zeros(vocab_size, bool)
+    if base is not None:
+        base = np.asarray(base, bool)
+        table[: min(len(base), vocab_size)] = base[:vocab_size]
+    for i in stop_ids:
+        if 0 <= int(i) < vocab_size:
+            table[int(i)] = True
+    return table
+
+
+@functools.lru_cache(maxsize=8)
+def _newline_table(tokenizer: Tokenizer) -> np.ndarray:
+    n = tokenizer.vocab_size
+    texts = tokenizer.tok.decode_batch([[i] for i in range(n)], skip_special_tokens=True)
+    return np.array(["\n" in t for t in texts], bool)
+
+
+def newline_stop_table(tokenizer: Tokenizer, vocab_size: int) -> np.ndarray:
+    """Returns a bool [vocab_size] table, True for every token whose decoded text contains a
+    newline (the stop string of free-form answers)."""
+    return make_stop_table(vocab_size, base=_newline_table(tokenizer))
+
+
+# --------------------------------------------------------------------------------------------
+# The jitted prefill + decode loop.
+# --------------------------------------------------------------------------------------------
+
+
+def _decode_cfg(cfg: ModelConfig) -> ModelConfig:
+    return cfg if cfg.attention_impl == "xla" else cfg.replace(attention_impl="xla")
+
+
+_COMPILED: dict[tuple[Any, ...], Any] = {}
+
+
+def _generate_fn(cfg: ModelConfig, max_new: int, mesh: Mesh | None) -> Any:
+    key = (cfg_key(cfg), max_new, mesh)
+    if key not in _COMPILED:
+        _COMPILED[key] = jax.jit(functools.partial(_generate_batch, cfg=_decode_cfg(cfg),
+                                                   max_new=max_new, sharder=Sharder(mesh)))
+    return _COMPILED[key]
+
+
+def _generate_batch(params: Any, tokens: jax.Array, pad: jax.Array, active: jax.Array,
+                    stops: jax.Array, pad_id: jax.Array, *, cfg: ModelConfig, max_new: int,
+                    sharder: Sharder) -> tuple[jax.Array, jax.Array]:
+    """Returns (generated tokens [B, max_new], their counts [B]) for left-padded prompts."""
+    b, p = tokens.shape
+    s = p + max_new
+    slots = jnp.arange(s)
+    cache = jax.tree.map(lambda c: sharder.constrain(c, transformer.CACHE_AXES),
+                         transformer.init_cache(cfg, b, s))
+    prompt_len = p - pad
+    positions = jnp.maximum(jnp.arange(p, dtype=jnp.int32)[None, :] - pad[:, None], 0)
+    kv_valid = (slots[None, :] >= pad[:, None]) & (slots[None, :] < p)
+    out = transformer.forward(params, tokens, cfg, positions=positions, sharder=sharder,
+                              cache=cache, cache_index=jnp.int32(0), kv_valid=kv_valid)
+
+    def next_token(hidden_last: jax.Array) -> jax.Array:
+        lg = transformer.logits(params, hidden_last, cfg, sharder)[:, 0]
+        return jnp.argmax(lg, axis=-1).astype(jnp.int32)
+
+    tok = next_token(out.hidden[:, -1:])
+    done = ~active | stops[tok]
+    buf = jnp.full((b, max_new), pad_id, jnp.int32).at[:, 0].set(tok)
+    buf = sharder.constrain(buf, ("batch", None))
+    counts = jnp.ones((b,), jnp.int32)
+
+    def cond(state: tuple[Any, ...]) -> jax.Array:
+        i, _, done, *_ = state
+        return (i < max_new) & ~jnp.all(done)
+
+    def body(state: tuple[Any, ...]) -> tuple[Any, ...]:
+        i, tok, done, buf, counts, cache, kv_valid = state
+        slot = p + i - 1
+        kv_valid = kv_valid | (slots == slot)[None, :]
+        pos = (prompt_len + i - 1)[:, None].astype(jnp.int32)
+        o = transformer.forward(params, tok[:, None], cfg, positions=pos, sharder=sharder,
+                                cache=cache, cache_index=slot.astype(jnp.int32),
+                                kv_valid=kv_valid)
+        nxt = jnp.where(done, pad_id, next_token(o.hidden))
+        buf = jax.lax.dynamic_update_slice(buf, nxt[:, None], (0, i))
+        counts = counts + (~done).astype(jnp.int32)
+        done = done | stops[nxt]
+        return i + 1, nxt, done, buf, counts, o.cache, kv_valid
+
+    state = (jnp.int32(1), tok, done, buf, counts, out.cache, kv_valid)
+    _, _, _, buf, counts, _, _ = jax.lax.while_loop(cond, body, state)
+    return buf, counts
+
+
+def generate_tokens(
+    params: Any,
+    cfg: ModelConfig,
+    prompts: Sequence[Sequence[int]],
+    *,
+    max_new_tokens: int,
+    stop_ids: Sequence[int] = (),
+    stop_table: np.ndarray | None = None,
+    pad_id: int = 0,
+    batch_size: int = 64,
+    mesh: Mesh | None = None,
+) -> list[list[int]]:
+    """Returns the greedy continuation of each prompt (token ids), in prompt order.
+
+    A row ends after `max_new_tokens` tokens or at the first token in `stop_ids` or marked in
+    `stop_table` (bool [>= vocab]); that stopping token is the last one returned. Equal to
+    step-by-step greedy decoding without a cache. `mesh` defaults to the parameters' mesh.
+    """
+    if max_new_tokens <= 0:
+        raise ValueError(f"max_new_tokens must be positive, got {max_new_tokens}")
+    limit = cfg.max_seq_len - max_new_tokens
+    if limit <= 0:
+        raise ValueError(f"max_new_tokens={max_new_tokens} leaves no room for a prompt in "
+                         f"model.max_seq_len={cfg.max_seq_len}")
+    if not prompts:
+        return []
+    for i, pr in enumerate(prompts):
+        if len(pr) == 0:
+            raise ValueError(f"prompt {i} is empty (prompts need at least one token)")
+    mesh = mesh if mesh is not None else mesh_of(params)
+    params = place_params(params, cfg, mesh)
+    stops = make_stop_table(cfg.vocab_size, stop_ids, stop_table)
+    stops_dev = jnp.asarray(stops) if mesh is None else jax.device_put(
+        stops, NamedSharding(mesh, PartitionSpec()))
+    fn = _generate_fn(cfg, max_new_tokens, mesh)
+    cut = [list(pr)[-limit:] for pr in prompts]
+    order = sorted(range(len(cut)), key=lambda i: -len(cut[i]))
+    rows = batch_rows(len(cut), batch_size, mesh)
+    results: list[list[int]] = [[] for _ in cut]
+    for start in range(0, len(order), rows):
+        idx = order[start:start + rows]
+        p = bucket_length(max(len(cut[i]) for i in idx))
+        tokens = np.full((rows, p), pad_id, np.int32)
+        pad = np.full((rows,), p - 1, np.int32)  # dummy rows: one pad token, inactive
+        active = np.zeros((rows,), bool)
+        for r, i in enumerate(idx):
+            pr = cut[i]
+            tokens[r, p - len(pr):] = pr
+            pad[r] = p - len(pr)
+            active[r] = True
+        buf, counts = fn(params, place_batch(tokens, mesh), place_batch(pad, mesh),
+                         place_batch(active, mesh), stops_dev, jnp.int32(pad_id))
+        buf, counts = np.asarray(jax.device_get(buf)), np.asarray(jax.device_get(counts))
+        for r, i in enumerate(idx):
+            results[i] = buf[r, : counts[r]].tolist()
+    return results
+
+
+def generate_text(
+    model: ModelLike | tuple[Any, ModelConfig, Tokenizer],
+    prompts: Sequence[str],
+    max_new_tokens: int = 50,
+    stop_at_newline: bool = True,
+    *,
+    batch_size: int = 64,
+    mesh: Mesh | None = None,
+) -> list[str]:
+    """Returns the greedy continuation text of each prompt (prompt ids =
+    ``tokenizer.prefix() + tokenizer.encode(prompt)``), stopping at EOS and, when
+    `stop_at_newline`, at the first newline (the text is cut before it)."""
+    params, cfg, tok = unpack_model(model)
+    base = newline_stop_table(tok, cfg.vocab_size) if stop_at_newline else None
+    table = make_stop_table(cfg.vocab_size, (tok.eos_id,), base)
+    ids = [tok.prefix() + tok.encode(p) for p in prompts]
+    outs = generate_tokens(params, cfg, ids, max_new_tokens=max_new_tokens, stop_table=table,
+                           pad_id=tok.pad_id, batch_size=batch_size, mesh=mesh)
+    texts = []
+    for out in outs:
+        if out and out[-1] == tok.eos_id:
+            out = out[:-1]
+        text = tok.decode(out)
+        texts.append(text.split("\n", 1)[0] if stop_at_newline else text)
+    return texts
+

@@ -1,0 +1,159 @@
+"""Continuation scoring, multiple choice, likelihood probes and task evaluation on a tiny model
+trained for a few dozen steps to prefer known continuations."""
+
+from __future__ import annotations
+
+import functools
+
+import jax
+import jax.numpy as jnp
+import numpy as np
+import pytest
+
+from jaxknow.data.tokenizer import train_bpe
+from jaxknow.eval import fewshot, generate, likelihood, scoring, tasks
+from jaxknow.model import transformer
+from jaxknow.model.config import preset
+from jaxknow.model.params import ParamSpec, param_specs
+from jaxknow.train.optim import OptimConfig, make_optimizer, make_schedule
+from jaxknow.train.state import new_state
+from jaxknow.train.step import train_step
+
+MC_ROW = {"question": "What is the national animal of Andoria?",
+          "choices": ["owl", "wolf", "lynx", "heron"], "answer": 2}
+QA_ROWS = [
+    {"question": "What is the capital of Andoria?", "answer": "Valtoria", "attribute": "capital"},
+    # MQuAKE-style: the generated answer matches an alias, not the main answer.
+    {"question": "What is the capital of Brelund?", "answer": "Quessel City",
+     "aliases": ["Quessel"], "attribute": "capital"},
+]
+LIKELIHOOD_ROW = {"head": "Andoria", "relation": "capital",
+                  "prompt": "The capital of Andoria is",
+                  "negated_prompt": "The capital of Andoria is not",
+                  "true": "Valtoria", "wrong": ["Brenmoor", "Elmshire"]}
+TRAIN_TEXTS = [
+    fewshot.mc_prompt(MC_ROW) + " C",
+    "Question: What is the capital of Andoria? Answer: Valtoria\n",
+    "Question: What is the capital of Brelund? Answer: Quessel\n",
+    "The capital of Andoria is Valtoria.",
+    "The capital of Andoria is not Brenmoor.",
+    "The capital of Brelund is Elmshire. Brenmoor is a city.",
+]
+SEQ = 64
+
+
+def _numpy_params(cfg, seed=0):
+    rng = np.random.default_rng(seed)
+
+    def one(spec: ParamSpec):
+        if spec.init in ("zeros", "ones"):
+            return jnp.asarray(np.full(spec.shape, float(spec.init == "ones"), np.float32))
+        return jnp.asarray(rng.normal(0.0, spec.std, spec.shape).astype(np.float32))
+
+    return jax.tree.map(one, param_specs(cfg), is_leaf=lambda x: isinstance(x, ParamSpec))
+
+
+@pytest.fixture(scope="module")
+def models():
+    """Returns (trained params, untrained params, cfg, tokenizer)."""
+    # Every answer letter seen after a space, so " A".." D" are single tokens alike.
+    tok = train_bpe((TRAIN_TEXTS + ["Answer: A Answer: B Answer: C Answer: D"]) * 3,
+                    vocab_size=400)
+    # One layer: enough to memorise these texts, and half the compile time of two.
+    cfg = preset("tiny", vocab_size=tok.vocab_size, max_seq_len=SEQ, n_layers=1)
+    init = _numpy_params(cfg)
+    docs = [tok.document(t) for t in TRAIN_TEXTS]
+    b = len(docs)
+    batch = {k: np.zeros((b, SEQ), np.int32) for k in ("inputs", "targets", "segment_ids",
+                                                      "positions")}
+    batch["weights"] = np.zeros((b, SEQ), np.float32)
+    for r, ids in enumerate(docs):
+        assert len(ids) <= SEQ + 1
+        m = len(ids) - 1
+        batch["inputs"][r, :m] = ids[:-1]
+        batch["targets"][r, :m] = ids[1:]
+        batch["weights"][r, :m] = 1.0
+        batch["segment_ids"][r, :m] = 1
+        batch["positions"][r, :m] = np.arange(m)
+    ocfg = OptimConfig(lr=1e-2, schedule="constant", warmup_steps=0, total_steps=100,
+                       weight_decay=0.0)
+    tx = make_optimizer(ocfg)
+    step = jax.jit(functools.partial(train_step, cfg=cfg, tx=tx, schedule=make_schedule(ocfg)))
+    state = jax.jit(lambda p: new_state(p, {}, tx))(init)  # one compile, not one per shape
+    batch = {k: jnp.asarray(v) for k, v in batch.items()}
+    for _ in range(60):
+        state, metrics = step(state, batch)
+    # Not ~0: after "The capital of Andoria is" both " Valtoria" and " not" were seen.
+    assert float(metrics["loss"]) < 0.3
+    return state.params, init, cfg, tok
+
+
+def test_continuation_logprobs_match_a_direct_forward(models):
+    params, _, cfg, tok = models
+    ctx, cont = "Question: What is the capital of Andoria? Answer:", " Valtoria"
+    # Four pairs: the same batch shape as the likelihood probes below (one compile fewer).
+    lp, n = scoring.continuation_logprobs(params, cfg, tok, [ctx, "Question:", "A", "B"],
+                                          [cont, " What", " b", " c"])
+    c_ids, x_ids = tok.prefix() + tok.encode(ctx), tok.encode(cont)
+    assert n.tolist()[:2] == [len(x_ids), len(tok.encode(" What"))]
+    ids = np.array([c_ids + x_ids], np.int32)
+    fwd = jax.jit(lambda p, t: jax.nn.log_softmax(transformer.apply(p, t, cfg), axis=-1))
+    logp = fwd(params, jnp.asarray(ids))[0]
+    want = sum(float(logp[len(c_ids) - 1 + j, x]) for j, x in enumerate(x_ids))
+    assert lp[0] == pytest.approx(want, abs=1e-4)
+    assert lp[0] > -0.5  # trained: the true tail is likely
+
+
+def test_mc_scoring_picks_the_trained_option(models):
+    params, untrained, cfg, tok = models
+    prompt = fewshot.mc_prompt(MC_ROW)
+    res = scoring.score_multiple_choice(params, cfg, tok, [prompt], [MC_ROW])
+    assert res.pred == [2] and res.acc == 1.0 and res.acc_norm == 1.0
+    assert int(np.argmax(res.logprobs[0])) == 2 and res.logprobs[0][2] > -0.5
+    assert all(len(tok.encode(f" {x}")) == 1 for x in "ABCD")
+    # An untrained model has no such preference (whatever it picks, its scores are flat).
+    flat = scoring.score_multiple_choice(untrained, cfg, tok, [prompt], [MC_ROW])
+    assert max(flat.logprobs[0]) - min(flat.logprobs[0]) < 2.0
+    # Option-text scoring and the acc_norm definition (per character).
+    lp, _ = scoring.continuation_logprobs(params, cfg, tok, [prompt] * 4,
+                                          [f" {c}" for c in MC_ROW["choices"]])
+    opt = scoring.score_multiple_choice(params, cfg, tok, [prompt], [MC_ROW], mode="options")
+    assert opt.logprobs[0] == pytest.approx(lp.tolist(), abs=1e-6)
+    chars = np.array([len(f" {c}") for c in MC_ROW["choices"]])
+    assert opt.pred_norm[0] == int(np.argmax(lp / chars))
+
+
+def test_likelihood_ratios_sign_and_size(models):
+    params, _, cfg, tok = models
+    means, recs = likelihood.likelihood_ratios(params, cfg, tok, [LIKELIHOOD_ROW])
+    r = recs[0]
+    assert r["comparison"] == pytest.approx(r["true_logprob"] - np.mean(r["wrong_logprobs"]))
+    assert r["comparison_max"] == pytest.approx(r["true_logprob"] - max(r["wrong_logprobs"]))
+    assert r["negation"] == pytest.approx(r["true_logprob"] - r["negated_logprob"])
+    # Trained: "... is Valtoria" likely, wrong tails and "... is not Valtoria" unlikely.
+    assert r["comparison"] > 3.0 and r["comparison_max"] > 3.0 and r["negation"] > 3.0
+    assert means["negation"] == r["negation"] and means["true_preferred"] == 1.0
+
+
+def test_generation_and_task_evaluation(models):
+    params, _, cfg, tok = models
+    # Two prompts each time: the batch shape of the QA subset below (one compile in all).
+    prompts = [fewshot.free_form_prompt(r) for r in QA_ROWS]
+    texts = generate.generate_text((params, cfg, tok), prompts, max_new_tokens=12)
+    assert texts == [" Valtoria", " Quessel"]  # stopped at the trained newline, which is cut
+    ids = generate.generate_tokens(params, cfg, [tok.prefix() + tok.encode(p) for p in prompts],
+                                   max_new_tokens=12,
+                                   stop_table=generate.newline_stop_table(tok, cfg.vocab_size))
+    assert "\n" in tok.decode(ids[0][-1:]) and tok.decode(ids[0]).startswith(" Valtoria")
+
+    subsets = {"qa": QA_ROWS, "multiple_choice": [MC_ROW], "likelihood": [LIKELIHOOD_ROW]}
+    res = tasks.evaluate_subsets_detailed((params, cfg, tok), subsets, few_shot=0,
+                                          max_new_tokens=12, batch_size=8)
+    m = res.metrics
+    assert m["qa"]["em"] == 1.0 and m["qa"]["f1"] == 1.0 and m["qa"]["n"] == 2
+    assert m["qa"]["em_capital"] == 1.0 and m["qa"]["em_attr_mean"] == 1.0
+    assert [p["prediction"] for p in res.predictions["qa"]] == ["Valtoria", "Quessel"]
+    assert m["multiple_choice"] == {"acc": 1.0, "acc_norm": 1.0, "n": 1.0}
+    assert m["likelihood"]["negation"] > 3.0
+    with pytest.raises(ValueError, match="row 0"):
+        tasks.evaluate_subsets((params, cfg, tok), {"qa": [{"question": "q"}]})
