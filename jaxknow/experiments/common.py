@@ -1,0 +1,137 @@
+"""What every experiment runner shares: stage training configs, running (or resuming) a stage,
+evaluation of a stage's model, and results / report files."""
+
+from __future__ import annotations
+
+import dataclasses
+import json
+import math
+from collections.abc import Mapping, Sequence
+from pathlib import Path
+from typing import Any
+
+from ml_collections import ConfigDict
+
+from jaxknow import config as C
+from jaxknow.data.jsonl import atomic_path, read_jsonl
+from jaxknow.io.metrics import read_metrics
+from jaxknow.train.loop import TrainResult, train
+
+
+@dataclasses.dataclass(frozen=True)
+class StageConfig:
+    """Optimisation settings of one training stage (pretraining, finetuning, ...)."""
+
+    steps: int = 100
+    batch_size: int = 32
+    seq_len: int = 256
+    packing: str = "concat"
+    lr: float = 1e-3
+    schedule: str = "cosine"
+    warmup_steps: int = 0
+    end_lr_fraction: float = 0.1
+    weight_decay: float = 0.1
+    b1: float = 0.9
+    b2: float = 0.98
+    eps: float = 1e-6
+    grad_clip: float = 1.0
+    grad_accum: int = 1
+    log_every: int = 10
+    checkpoint_every: int = 0
+    # Epochs instead of steps: when set, steps = ceil(epochs * documents / batch_size).
+    epochs: float | None = None
+
+
+def stage_config(
+    exp: Mapping[str, Any], stage: StageConfig, *, sources: Sequence[Mapping[str, Any]],
+    data_dir: str | Path, steps: int | None = None, init_from: str | Path | None = None,
+    lora: Mapping[str, Any] | None = None, trainable: str = "all",
+    forget: Mapping[str, Any] | None = None, total_steps: int | None = None,
+    seed: int | None = None, keep_checkpoints: int = 1,
+) -> ConfigDict:
+    """Returns the training config of one stage: the experiment's model and mesh sections,
+    the stage's optimiser settings, and the given data sources (already materialised)."""
+    c = C.base_config()
+    c.seed = exp.get("seed", 0) if seed is None else seed
+    for k, v in (exp.get("model") or {}).items():
+        c.model[k] = v
+    for k, v in (exp.get("mesh") or {}).items():
+        c.mesh[k] = v
+    n = steps if steps is not None else stage.steps
+    c.optim.update(dict(lr=stage.lr, schedule=stage.schedule, end_lr_fraction=stage.end_lr_fraction,
+                        warmup_steps=min(stage.warmup_steps, total_steps or n),
+                        weight_decay=stage.weight_decay, b1=stage.b1, b2=stage.b2, eps=stage.eps,
+                        grad_clip=stage.grad_clip))
+    if total_steps is not None:
+        c.optim.total_steps = total_steps
+    c.train.update(dict(steps=n, grad_accum=stage.grad_accum, log_every=stage.log_every,
+                        checkpoint_every=stage.checkpoint_every, progress=False,
+                        keep_checkpoints=keep_checkpoints, trainable=trainable))
+    if init_from is not None:
+        c.train.init_from = str(init_from)
+    c.data.update(dict(seq_len=stage.seq_len, batch_size=stage.batch_size,
+                       packing=stage.packing, dir=str(data_dir),
+                       sources=[dict(s) for s in sources]))
+    if lora:
+        c.lora.update(dict(lora))
+    if forget:
+        c.forget = ConfigDict(dict(forget))
+    return c
+
+
+def steps_for_epochs(stage: StageConfig, num_docs: int) -> int:
+    """Returns the steps of `stage.epochs` passes over `num_docs` documents (one per row)."""
+    if stage.epochs is None:
+        return stage.steps
+    return max(1, math.ceil(stage.epochs * num_docs / stage.batch_size))
+
+
+def run_stage(name: str, cfg: ConfigDict, workdir: Path, log: Any = print) -> TrainResult:
+    """Trains (or resumes, or finds finished) the stage `name` in `workdir`; returns its
+    TrainResult with `metrics` read back from metrics.jsonl (the whole trajectory)."""
+    log(f"[{name}] training in {workdir}")
+    result = train(cfg, workdir)
+    result.metrics = read_metrics(workdir / "metrics.jsonl") if (
+        workdir / "metrics.jsonl").exists() else result.metrics
+    last = result.metrics[-1]["loss"] if result.metrics else float("nan")
+    log(f"[{name}] step {result.final_step}, final loss {last:.4f}")
+    return result
+
+
+def read_events(workdir: Path) -> list[dict[str, Any]]:
+    """Returns the rows of a run's events.jsonl (parameter resets), or []."""
+    f = workdir / "events.jsonl"
+    return read_jsonl(f) if f.is_file() else []
+
+
+def write_json(path: Path, obj: Any) -> None:
+    """Writes JSON atomically."""
+    with atomic_path(path) as tmp:
+        tmp.write_text(json.dumps(obj, indent=1, default=_jsonable))
+
+
+def _jsonable(x: Any) -> Any:
+    if hasattr(x, "tolist"):
+        return x.tolist()
+    if dataclasses.is_dataclass(x):
+        return dataclasses.asdict(x)
+    return str(x)
+
+
+def write_text(path: Path, text: str) -> None:
+    """Writes a text file atomically."""
+    with atomic_path(path) as tmp:
+        tmp.write_text(text)
+
+
+def markdown_table(header: Sequence[str], rows: Sequence[Sequence[Any]]) -> str:
+    """Returns a markdown table; floats in [0, 1] print as percentages."""
+
+    def cell(v: Any) -> str:
+        if isinstance(v, float):
+            return f"{100 * v:.1f}" if 0.0 <= v <= 1.0 else f"{v:.3f}"
+        return str(v)
+
+    lines = ["| " + " | ".join(header) + " |", "|" + "---|" * len(header)]
+    lines += ["| " + " | ".join(cell(v) for v in r) + " |" for r in rows]
+    return "\n".join(lines)

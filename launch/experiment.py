@@ -1,0 +1,42 @@
+"""Run a whole study: ``python -m launch.experiment --config=configs/EXPERIMENT.py
+--workdir=DIR``. Writes DIR/results.json, DIR/report.md and DIR/plots/*.png and prints the
+report. Every stage is a resumable training run: a second call continues where it stopped."""
+
+from __future__ import annotations
+
+from absl import app, flags
+from ml_collections import config_flags
+
+from launch.common import run_main
+
+_CONFIG = config_flags.DEFINE_config_file("config", None, "Experiment config (.py).",
+                                          lock_config=True)
+_WORKDIR = flags.DEFINE_string("workdir", None, "Directory for every stage and the results.")
+flags.mark_flags_as_required(["config", "workdir"])
+
+RUNNERS = {
+    "bios": "jaxknow.experiments.bios:run_bios_study",
+    "cooccurrence": "jaxknow.experiments.cooccurrence:run_cooccurrence_study",
+}
+
+
+def main(argv: list[str]) -> None:
+    del argv
+    import importlib
+    from pathlib import Path
+
+    from jaxknow.config import ConfigError
+
+    def go() -> None:
+        kind = _CONFIG.value.get("experiment")
+        if kind not in RUNNERS:
+            raise ConfigError(f"experiment={kind!r}: must be one of {sorted(RUNNERS)}")
+        module, fn = RUNNERS[kind].split(":")
+        getattr(importlib.import_module(module), fn)(_CONFIG.value, _WORKDIR.value)
+        print((Path(_WORKDIR.value) / "report.md").read_text())
+
+    run_main(go)
+
+
+if __name__ == "__main__":
+    app.run(main)
