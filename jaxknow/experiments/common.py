@@ -40,6 +40,8 @@ class StageConfig:
     checkpoint_every: int = 0
     # Epochs instead of steps: when set, steps = ceil(epochs * documents / batch_size).
     epochs: float | None = None
+    # Warmup as a fraction of the schedule's length (overrides warmup_steps when set).
+    warmup_fraction: float | None = None
 
 
 def stage_config(
@@ -58,8 +60,11 @@ def stage_config(
     for k, v in (exp.get("mesh") or {}).items():
         c.mesh[k] = v
     n = steps if steps is not None else stage.steps
+    horizon = total_steps or n
+    warmup = (math.ceil(stage.warmup_fraction * horizon) if stage.warmup_fraction is not None
+              else min(stage.warmup_steps, horizon))
     c.optim.update(dict(lr=stage.lr, schedule=stage.schedule, end_lr_fraction=stage.end_lr_fraction,
-                        warmup_steps=min(stage.warmup_steps, total_steps or n),
+                        warmup_steps=warmup,
                         weight_decay=stage.weight_decay, b1=stage.b1, b2=stage.b2, eps=stage.eps,
                         grad_clip=stage.grad_clip))
     if total_steps is not None:

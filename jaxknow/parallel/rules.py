@@ -28,7 +28,7 @@ DEFAULT_RULES: dict[str, tuple[str, ...]] = {
     "mlp": ("tensor",),
     "norm": (),
     "positions": (),
-    "lora_rank": (),
+    "lora_rank": ("fsdp",),  # adapters with no embed dim still shard over fsdp
     # activations
     "batch": ("data", "fsdp"),
     "length": (),

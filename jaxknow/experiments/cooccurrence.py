@@ -1,0 +1,437 @@
+"""The co-occurrence study (Zhang, Li & Wu, NeurIPS 2024): finetuning on narrative text
+teaches co-occurrence; referencing text (implicit association) teaches facts; active
+forgetting unblocks factual learning from narrative text.
+
+Stages under WORKDIR, each a resumable training run:
+  data/                                   the world (base text, novel corpora, subsets)
+  base/                                   the base model (skipped with base.init_from)
+  ft_<rendering>[_forget]_<mode>_s<seed>/ knowledge finetuning on the novel entities
+Then few-shot evaluation of every subset of the novel split, likelihood ratios, layer-delta
+ablation curves, and WORKDIR/results.json, report.md and plots/*.png.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import time
+from collections.abc import Mapping, Sequence
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+
+from jaxknow import config as C
+from jaxknow.data import build, records
+from jaxknow.data.jsonl import read_jsonl
+from jaxknow.experiments import common
+from jaxknow.experiments.common import StageConfig
+from jaxknow.io.load import load_model
+
+FINDINGS = (
+    "narrative training teaches co-occurrence: good plain QA, poor reverse / indirect / "
+    "two-hop reasoning, negation ratio near 0",
+    "referencing training teaches factual association: better reverse / indirect / two-hop, "
+    "clearly positive negation ratio",
+    "active forgetting (reset upper layers after pass 1) improves narrative training on the "
+    "reasoning tasks",
+    "layer-delta ablation: after narrative training QA depends on middle layers and MC on "
+    "lower layers; after referencing training the lower layers carry both",
+)
+
+
+@dataclasses.dataclass(frozen=True)
+class ForgetSettings:
+    """Active forgetting between the two passes (see jaxknow.train.forgetting)."""
+
+    enabled: bool = True
+    layer_fraction: float = 1 / 3
+    layer_start: int | None = None
+    patterns: tuple[str, ...] = ()
+    to: str = "pretrained"
+    reset_optimizer: str = "all"
+
+
+@dataclasses.dataclass(frozen=True)
+class EvalSettings:
+    """Few-shot evaluation of the novel split."""
+
+    few_shot: int = 5
+    max_new_tokens: int = 50
+    batch_size: int = 64
+    subsets: tuple[str, ...] = ()  # default: every eval_*.jsonl of the novel split
+    max_items: int | None = None  # per subset (base ceiling and novel), None: all
+    eval_pass1: bool = True  # also evaluate forgetting runs at the end of pass 1
+
+
+@dataclasses.dataclass(frozen=True)
+class AblationSettings:
+    """Layer-delta ablation of finetuned models against the base model."""
+
+    enabled: bool = True
+    subsets: tuple[str, ...] = ("qa", "multiple_choice")
+    renderings: tuple[str, ...] = ("narrative", "referencing")
+    mode: str = "full"
+    sides: tuple[str, ...] = ("first", "last")
+
+
+@dataclasses.dataclass(frozen=True)
+class CooccurrenceStudy:
+    """A parsed co-occurrence study config."""
+
+    seed: int
+    seeds: tuple[int, ...]
+    world: dict[str, Any]
+    model: dict[str, Any]
+    mesh: dict[str, Any]
+    base: StageConfig
+    base_init_from: str | None
+    finetune: StageConfig
+    lora_finetune: StageConfig
+    lora: dict[str, Any]
+    renderings: tuple[str, ...]
+    modes: tuple[str, ...]
+    forget: ForgetSettings
+    eval: EvalSettings
+    ablation: AblationSettings
+
+
+KEYS = ("experiment", "seed", "seeds", "world", "model", "mesh", "base", "finetune",
+        "lora_finetune", "lora", "renderings", "modes", "forget", "eval", "ablation")
+
+
+def parse_study(config: Any) -> CooccurrenceStudy:
+    """Returns the parsed study; raises ConfigError naming the first bad field."""
+    cfg = C.to_plain(config)
+    unknown = sorted(set(cfg) - set(KEYS))
+    if unknown:
+        raise C.ConfigError(f"config: unknown key(s) {unknown}; known: {list(KEYS)}")
+    base = dict(cfg.get("base") or {})
+    init_from = base.pop("init_from", None)
+    modes = tuple(cfg.get("modes") or ("full",))
+    if set(modes) - {"full", "lora"}:
+        raise C.ConfigError(f"modes={list(modes)}: each must be 'full' or 'lora'")
+    renderings = tuple(cfg.get("renderings") or ("narrative", "referencing"))
+    seeds = tuple(int(s) for s in (cfg.get("seeds") or (cfg.get("seed", 0),)))
+    world = dict(cfg.get("world") or {})
+    if "kind" not in world:
+        raise C.ConfigError("world.kind: required (countries, geo or mquake)")
+    if init_from is None:
+        C.model_config(cfg.get("model") or {})
+    study = CooccurrenceStudy(
+        seed=int(cfg.get("seed", 0)), seeds=seeds, world=world,
+        model=dict(cfg.get("model") or {}), mesh=dict(cfg.get("mesh") or {}),
+        base=C.section(StageConfig, base, "base"), base_init_from=init_from,
+        finetune=C.section(StageConfig, cfg.get("finetune"), "finetune"),
+        lora_finetune=C.section(StageConfig, cfg.get("lora_finetune"), "lora_finetune"),
+        lora=dict(cfg.get("lora") or {"rank": 64, "alpha": 16.0, "rslora": True,
+                                       "targets": ["q", "k", "v", "o", "up", "down"]}),
+        renderings=renderings, modes=modes,
+        forget=C.section(ForgetSettings, cfg.get("forget"), "forget"),
+        eval=C.section(EvalSettings, cfg.get("eval"), "eval"),
+        ablation=C.section(AblationSettings, cfg.get("ablation"), "ablation"),
+    )
+    for r in study.ablation.renderings:
+        if r not in renderings:
+            raise C.ConfigError(f"ablation.renderings: {r!r} is not among renderings")
+    return study
+
+
+def _forget_section(fs: ForgetSettings, pass_steps: int) -> dict[str, Any]:
+    select: dict[str, Any] = {}
+    if fs.layer_start is not None:
+        select["layer_start"] = fs.layer_start
+    elif fs.layer_fraction is not None and not fs.patterns:
+        select["layer_fraction"] = fs.layer_fraction
+    if fs.patterns:
+        select["patterns"] = list(fs.patterns)
+    return {"at_steps": [pass_steps], "select": select, "to": fs.to,
+            "reset_optimizer": fs.reset_optimizer}
+
+
+def _subsets(data_dir: Path, names: Sequence[str] | None, prefix: str,
+             max_items: int | None) -> dict[str, list[dict[str, Any]]]:
+    """Returns {name: rows} of the eval files with `prefix` (eval_ or eval_base_)."""
+    if names:
+        files = {n: data_dir / f"{prefix}{n}.jsonl" for n in names}
+    else:
+        files = {}
+        for f in sorted(data_dir.glob(f"{prefix}*.jsonl")):
+            name = f.stem[len(prefix):]
+            if prefix == "eval_" and name.startswith("base_"):
+                continue
+            files[name] = f
+    out = {}
+    for n, f in files.items():
+        if not f.is_file():
+            raise FileNotFoundError(f"evaluation subset {n!r} not found: {f}")
+        rows = read_jsonl(f)
+        out[n] = rows[:max_items] if max_items else rows
+    return out
+
+
+def evaluate_model(model: Any, subsets: Mapping[str, list[dict]], ev: EvalSettings
+                   ) -> dict[str, dict[str, float]]:
+    """Returns subset -> metrics of a model, few-shot as the authors' harness."""
+    from jaxknow.eval.tasks import evaluate_subsets
+
+    return evaluate_subsets(model, subsets, few_shot=ev.few_shot,
+                            max_new_tokens=ev.max_new_tokens, batch_size=ev.batch_size)
+
+
+def headline(metrics: Mapping[str, float]) -> float:
+    """Returns the main number of a subset's metrics (EM, MC accuracy or negation ratio)."""
+    for k in ("em", "acc", "negation"):
+        if k in metrics:
+            return float(metrics[k])
+    return float("nan")
+
+
+def run_cooccurrence_study(config: Any, workdir: str | Path, log: Any = print
+                           ) -> dict[str, Any]:
+    """Runs (or resumes) the whole study in `workdir`; returns the results also written to
+    results.json (with report.md and plots/)."""
+    study = parse_study(config)
+    workdir = Path(workdir)
+    if workdir.exists() and not workdir.is_dir():
+        raise C.ConfigError(f"--workdir={workdir} exists and is not a directory")
+    workdir.mkdir(parents=True, exist_ok=True)
+    t0 = time.perf_counter()
+    data_dir = workdir / "data"
+    world = dict(study.world)
+    if study.base_init_from is not None:
+        world.setdefault("tokenizer", str(study.base_init_from))
+    if not (data_dir / "manifest.json").is_file():
+        log(f"[data] materialising the {world['kind']} world in {data_dir}")
+        build.materialize(world, data_dir, study.seed)
+
+    # 1. The base model.
+    if study.base_init_from is not None:
+        base_dir = Path(study.base_init_from)
+        model_section = _model_section(base_dir)
+    else:
+        base_dir = workdir / "base"
+        model_section = study.model
+        build.check_vocab(data_dir, C.model_config(study.model).vocab_size)
+        base_cfg = common.stage_config(
+            {"seed": study.seed, "model": study.model, "mesh": study.mesh}, study.base,
+            sources=[{"name": "corpus_pretrain"}], data_dir=data_dir)
+        common.run_stage("base", base_cfg, base_dir, log)
+    exp = {"seed": study.seed, "model": model_section, "mesh": study.mesh}
+    ev = study.eval
+    novel = _subsets(data_dir, ev.subsets or None, "eval_", ev.max_items)
+    base_subsets = _subsets(data_dir, None, "eval_base_", ev.max_items)
+    log("[eval] base model: ceiling on base entities, floor on novel entities")
+    base_model = load_model(base_dir)
+    results: dict[str, Any] = {
+        "experiment": "cooccurrence", "world": world, "seeds": list(study.seeds),
+        "base": {"ceiling_base_entities": evaluate_model(base_model, base_subsets, ev),
+                 "novel_before_finetuning": evaluate_model(base_model, novel, ev)},
+        "runs": {}, "conditions": {}, "findings": list(FINDINGS),
+    }
+    losses: dict[str, tuple[list[int], list[float], list[int]]] = {}
+
+    # 2. Knowledge finetuning conditions.
+    conditions = []
+    for rendering in study.renderings:
+        conditions.append((rendering, False))
+        if study.forget.enabled:
+            conditions.append((rendering, True))
+    run_dirs: dict[tuple[str, bool, str, int], Path] = {}
+    for mode in study.modes:
+        stage = study.finetune if mode == "full" else study.lora_finetune
+        for rendering, forget in conditions:
+            source = f"corpus_{rendering}"
+            n_docs = records.read_index(data_dir, source)["num_docs"]
+            pass_steps = common.steps_for_epochs(stage, n_docs)
+            for seed in study.seeds:
+                name = f"{rendering}{'+forget' if forget else ''} ({mode}) seed {seed}"
+                d = workdir / f"ft_{rendering}{'_forget' if forget else ''}_{mode}_s{seed}"
+                stage_s = dataclasses.replace(stage, checkpoint_every=pass_steps if forget else 0)
+                cfg = common.stage_config(
+                    exp, stage_s, sources=[{"name": source}], data_dir=data_dir,
+                    steps=2 * pass_steps if forget else pass_steps, total_steps=pass_steps,
+                    init_from=base_dir, seed=seed,
+                    lora=study.lora if mode == "lora" else None,
+                    trainable="lora" if mode == "lora" else "all",
+                    forget=_forget_section(study.forget, pass_steps) if forget else None,
+                    keep_checkpoints=2)
+                res = common.run_stage(name, cfg, d, log)
+                events = [e["step"] for e in common.read_events(d)]
+                losses[name] = ([m["step"] for m in res.metrics],
+                                [m["loss"] for m in res.metrics], events)
+                log(f"[eval] {name}")
+                run = {"rendering": rendering, "forget": forget, "mode": mode, "seed": seed,
+                       "steps": res.final_step, "resets": events,
+                       "metrics": evaluate_model(load_model(d), novel, ev)}
+                if forget and ev.eval_pass1:
+                    run["metrics_pass1"] = evaluate_model(load_model(d, step=pass_steps),
+                                                          novel, ev)
+                results["runs"][name] = run
+                run_dirs[(rendering, forget, mode, seed)] = d
+    results["conditions"] = aggregate(results["runs"])
+
+    # 3. Where the knowledge lives: layer-delta ablation.
+    ab = study.ablation
+    if ab.enabled and ab.mode in study.modes:
+        results["ablation"] = {}
+        for rendering in ab.renderings:
+            d = run_dirs[(rendering, False, ab.mode, study.seeds[0])]
+            log(f"[ablation] {rendering} ({ab.mode})")
+            results["ablation"][rendering] = ablate(base_model, load_model(d),
+                                                    {k: novel[k] for k in ab.subsets
+                                                     if k in novel}, ev, ab.sides)
+    results["wall_seconds"] = time.perf_counter() - t0
+    _write_outputs(workdir, results, losses)
+    return results
+
+
+def _model_section(base_dir: Path) -> dict[str, Any]:
+    from jaxknow.train.setup import checkpoint_model_config
+
+    return checkpoint_model_config(base_dir).to_dict()
+
+
+def ablate(base_model: Any, ft_model: Any, subsets: Mapping[str, list[dict]],
+           ev: EvalSettings, sides: Sequence[str]) -> dict[str, Any]:
+    """Returns the layer-delta ablation {side: {k: {subset: headline}}} of a finetuned model
+    against the base, for k = 0..L."""
+    from jaxknow.eval.ablation import layer_delta_ablation
+    from jaxknow.model.lora import merge_lora
+
+    cfg = ft_model.cfg
+    theta1 = merge_lora(ft_model.params, cfg)
+
+    def evaluate(params: Any) -> dict[str, float]:
+        m = evaluate_model((params, cfg, ft_model.tokenizer), subsets, ev)
+        return {k: headline(v) for k, v in m.items()}
+
+    res = layer_delta_ablation(base_model.params, theta1, cfg.n_layers, evaluate,
+                               sides=tuple(sides))
+    return {"n_layers": cfg.n_layers,
+            "results": {side: {str(k): m for k, m in by_k.items()}
+                        for side, by_k in res.to_dict().items()}}
+
+
+def aggregate(runs: Mapping[str, Mapping[str, Any]]) -> dict[str, Any]:
+    """Returns condition -> subset -> metric -> {"mean", "std", "n"} over seeds (sample std)."""
+    groups: dict[str, list[Mapping[str, Any]]] = {}
+    for r in runs.values():
+        key = f"{r['rendering']}{' + forgetting' if r['forget'] else ''} ({r['mode']})"
+        groups.setdefault(key, []).append(r["metrics"])
+    out: dict[str, Any] = {}
+    for key, metrics in groups.items():
+        out[key] = {}
+        for subset in metrics[0]:
+            out[key][subset] = {}
+            for m in metrics[0][subset]:
+                vals = [float(x[subset][m]) for x in metrics]
+                out[key][subset][m] = {"mean": float(np.mean(vals)),
+                                       "std": float(np.std(vals, ddof=1)) if len(vals) > 1
+                                       else 0.0, "n": len(vals)}
+    return out
+
+
+def report_markdown(results: Mapping[str, Any]) -> str:
+    """Returns report.md: conditions x tasks (mean ± std over seeds), the base model's
+    ceiling, likelihood ratios and the ablation tables."""
+    conds = results["conditions"]
+    subsets = [s for s in next(iter(conds.values())) if s != "likelihood"] if conds else []
+    header = ["condition", *subsets]
+    rows = []
+    base_novel = results["base"]["novel_before_finetuning"]
+    rows.append(["base model (before finetuning)",
+                 *[_pct(headline(base_novel.get(s, {}))) for s in subsets]])
+    for key, by_subset in conds.items():
+        rows.append([key, *[_pm(by_subset[s], _main_metric(by_subset[s])) for s in subsets]])
+    ceiling = results["base"]["ceiling_base_entities"]
+    crow = ["ceiling: base model on base entities",
+            *[_pct(headline(ceiling[s])) if s in ceiling else "" for s in subsets]]
+    parts = [
+        "# Co-occurrence is not factual association",
+        "",
+        f"World: {results['world'].get('kind')}; seeds {results['seeds']}; "
+        f"wall time {results['wall_seconds'] / 60:.1f} min.",
+        "",
+        "## Novel-entity tasks (EM % for free-form, accuracy % for multiple choice; "
+        "mean ± std over seeds)",
+        "",
+        common.markdown_table(header, [*rows, crow]),
+    ]
+    if any("likelihood" in v for v in conds.values()):
+        lrows = []
+        for key, by_subset in conds.items():
+            lk = by_subset.get("likelihood")
+            if lk:
+                lrows.append([key, *[f"{lk[m]['mean']:.2f} ± {lk[m]['std']:.2f}"
+                                     for m in ("negation", "comparison")]])
+        parts += ["", "## Likelihood ratios (nats; mean ± std over seeds)", "",
+                  "Negation ratio log p(t | '... is') − log p(t | '... is not'); comparison "
+                  "ratio log p(t) − mean log p(t') over wrong tails.", "",
+                  common.markdown_table(["condition", "negation", "comparison"], lrows)]
+    pass1 = {k: r for k, r in results["runs"].items() if "metrics_pass1" in r}
+    if pass1:
+        prow = []
+        for k, r in pass1.items():
+            for s in ("multiple_choice", "qa"):
+                if s in r["metrics"]:
+                    prow.append([k, s, _pct(headline(r["metrics_pass1"][s])),
+                                 _pct(headline(r["metrics"][s]))])
+        parts += ["", "## Active forgetting: end of pass 1 vs end of pass 2", "",
+                  common.markdown_table(["run", "task", "pass 1", "pass 2"], prow)]
+    if results.get("ablation"):
+        parts += ["", "## Layer-delta ablation (first / last k layers reverted to base)", ""]
+        for rendering, ab in results["ablation"].items():
+            ks = sorted({int(k) for side in ab["results"].values() for k in side})
+            subs = sorted({s for side in ab["results"].values() for v in side.values()
+                           for s in v})
+            hrow = ["side / task", *[f"k={k}" for k in ks]]
+            arows = []
+            for side, by_k in ab["results"].items():
+                for s in subs:
+                    arows.append([f"{side} / {s}", *[_pct(by_k[str(k)][s]) if str(k) in by_k
+                                                     else "" for k in ks]])
+            parts += [f"### {rendering}", "", common.markdown_table(hrow, arows), ""]
+        parts.append("Plots: plots/ablation_*.png, plots/loss_*.png.")
+    parts += ["", "## The paper's findings (to compare with the tables above)", ""]
+    parts += [f"- {f}" for f in results["findings"]]
+    return "\n".join(parts) + "\n"
+
+
+def _main_metric(metrics: Mapping[str, Any]) -> str:
+    for k in ("em", "acc", "negation"):
+        if k in metrics:
+            return k
+    return next(iter(metrics))
+
+
+def _pct(v: float) -> str:
+    return "" if v != v else f"{100 * v:.1f}"
+
+
+def _pm(stats: Mapping[str, Mapping[str, float]], metric: str) -> str:
+    s = stats[metric]
+    return f"{100 * s['mean']:.1f} ± {100 * s['std']:.1f}"
+
+
+def _write_outputs(workdir: Path, results: dict[str, Any],
+                   losses: Mapping[str, tuple[list[int], list[float], list[int]]]) -> None:
+    from jaxknow.eval.plots import plot_loss_curve, plot_per_layer
+
+    plots = workdir / "plots"
+    plots.mkdir(exist_ok=True)
+    for name, (steps, vals, resets) in losses.items():
+        if steps:
+            slug = name.replace(" ", "_").replace("(", "").replace(")", "").replace("+", "_")
+            plot_loss_curve(steps, vals, plots / f"loss_{slug}.png", markers=resets,
+                            title=f"finetuning loss: {name}")
+    for rendering, ab in (results.get("ablation") or {}).items():
+        series = {}
+        for side, by_k in ab["results"].items():
+            ks = sorted(int(k) for k in by_k)
+            for s in next(iter(by_k.values())):
+                series[f"{s} ({side} k reverted)"] = [by_k[str(k)][s] for k in ks]
+        plot_per_layer(series, plots / f"ablation_{rendering}.png",
+                       f"layer-delta ablation after {rendering} training", "score",
+                       xlabel="k layers reverted to base")
+    common.write_json(workdir / "results.json", results)
+    common.write_text(workdir / "report.md", report_markdown(results))
