@@ -144,6 +144,9 @@ class TrainConfig:
     halt_at: int | None = None
     # Start from the parameters of this checkpoint (a workdir, a checkpoints dir or a step dir).
     init_from: str | None = None
+    # Where checkpoints go (default WORKDIR/checkpoints); on a multi-host pod, storage every
+    # host reaches, e.g. gs://bucket/run.
+    checkpoint_dir: str | None = None
     # Which parameters train: "all", "lora" (adapters only) or a regex over parameter paths.
     trainable: str = "all"
     peak_tflops: float | None = None  # per device, for MFU; None: known accelerators only

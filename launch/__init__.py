@@ -21,3 +21,9 @@ def _cpu_devices() -> int:
 if "xla_force_host_platform_device_count" not in os.environ.get("XLA_FLAGS", ""):
     os.environ["XLA_FLAGS"] = (os.environ.get("XLA_FLAGS", "") +
                                f" --xla_force_host_platform_device_count={_cpu_devices()}").strip()
+
+# Persistent XLA compilation cache: the stages of an experiment (and reruns) compile the same
+# programs again and again. Set JAX_COMPILATION_CACHE_DIR to move it ("" disables).
+os.environ.setdefault("JAX_COMPILATION_CACHE_DIR",
+                      os.path.join(os.path.expanduser("~"), ".cache", "jaxknow", "xla"))
+os.environ.setdefault("JAX_PERSISTENT_CACHE_MIN_COMPILE_TIME_SECS", "0.5")

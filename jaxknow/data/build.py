@@ -72,20 +72,29 @@ def ensure_sources(data_dir: str | Path, names: Sequence[str], world: Mapping[st
     missing sources when there is no world to build them from.
     """
     data_dir = Path(data_dir)
-    missing = [n for n in names if not (data_dir / f"{n}.json").is_file()]
-    if missing:
+
+    def missing() -> list[str]:
+        return [n for n in names if not (data_dir / f"{n}.json").is_file()]
+
+    def build_here() -> None:
         if world is None:
             raise FileNotFoundError(
-                f"data sources {missing} not found in {data_dir} and data.world is not set")
-        if jax.process_index() == 0:
-            manifest = materialize(world, data_dir, seed)
-            still = [n for n in names if n not in manifest.get("sources", {})]
-            if still:
-                raise WorldConfigError(
-                    f"data.sources {still}: the world {world.get('kind')!r} does not produce "
-                    f"them (it produces {sorted(manifest.get('sources', {}))})")
+                f"data sources {missing()} not found in {data_dir} and data.world is not set")
+        manifest = materialize(world, data_dir, seed)
+        still = [n for n in names if n not in manifest.get("sources", {})]
+        if still:
+            raise WorldConfigError(
+                f"data.sources {still}: the world {world.get('kind')!r} does not produce "
+                f"them (it produces {sorted(manifest.get('sources', {}))})")
+
+    if missing() and jax.process_index() == 0:
+        build_here()
     if jax.process_count() > 1:
         multihost_utils.sync_global_devices("jaxknow_data_ready")
+        # Hosts that do not share process 0's disk (a TPU pod's local disks) build their own
+        # copy: materialisation is deterministic, so every host reads the same bytes.
+        if missing():
+            build_here()
     for n in names:
         records.read_index(data_dir, n)
 

@@ -106,7 +106,7 @@ def bios_world(world: Mapping[str, Any], seed: int) -> tuple[Any, dict[str, Any]
     for f in dataclasses.fields(bios.BiosConfig):
         own.setdefault(f.name, f.default)
     own.pop("seed")
-    opts = _options(world, "bios", own)
+    opts = _options({k: v for k, v in world.items() if k != "kind"}, "bios", own)
     cfg_fields = {f.name for f in dataclasses.fields(bios.BiosConfig)}
     try:
         bcfg = bios.BiosConfig(**{k: v for k, v in opts.items() if k in cfg_fields}, seed=seed)

@@ -19,6 +19,15 @@ import orbax.checkpoint as ocp
 from jax.experimental import multihost_utils
 
 
+def as_path(path: str | os.PathLike) -> Any:
+    """Returns an absolute local Path, or an etils epath for URLs such as gs://bucket/run."""
+    if "://" in str(path):
+        from etils import epath
+
+        return epath.Path(str(path))
+    return Path(path).absolute()
+
+
 class CheckpointError(RuntimeError):
     """A checkpoint is missing or unreadable; the message names the path."""
 
@@ -43,13 +52,15 @@ class Checkpointer:
 
     def __init__(self, directory: str | os.PathLike, keep: int = 3, async_save: bool = True,
                  read_only: bool = False):
-        self.directory = Path(directory).absolute()
+        self.directory = as_path(directory)
         if read_only and not self.directory.is_dir():
             raise CheckpointError(f"no checkpoint directory at {self.directory}")
         self._mngr = ocp.CheckpointManager(
             self.directory,
             options=ocp.CheckpointManagerOptions(
-                max_to_keep=keep, enable_async_checkpointing=async_save, create=not read_only,
+                max_to_keep=None if read_only else keep,
+                save_interval_steps=0 if read_only else 1,
+                enable_async_checkpointing=async_save, create=not read_only,
                 read_only=read_only,
             ),
             item_names=self.ITEMS,
@@ -146,7 +157,7 @@ def save_params_checkpoint(directory: str | os.PathLike, params: Any, meta: dict
     """Writes a parameters-only checkpoint (e.g. a converted model) under
     `directory`/checkpoints; returns that checkpoints directory. `meta` should hold the
     model config under "model"."""
-    ckpt_dir = Path(directory).absolute() / "checkpoints"
+    ckpt_dir = as_path(directory) / "checkpoints"
     ckpt = Checkpointer(ckpt_dir, keep=1, async_save=False)
     try:
         ckpt.save(step, params, None, meta)
@@ -158,7 +169,7 @@ def save_params_checkpoint(directory: str | os.PathLike, params: Any, meta: dict
 def resolve_checkpoint_dir(path: str | os.PathLike) -> tuple[Path, int | None]:
     """Returns (checkpoint directory, step or None) for a workdir, a checkpoints directory, or
     a single step directory. Raises CheckpointError naming `path` when nothing is there."""
-    p = Path(path).absolute()
+    p = as_path(path)
     if not p.exists():
         raise CheckpointError(f"checkpoint path does not exist: {p}")
     if (p / "checkpoints").is_dir():

@@ -9,8 +9,9 @@ from typing import Any
 from jax.sharding import Mesh
 
 from jaxknow.data.tokenizer import Tokenizer, load_tokenizer
-from jaxknow.io.checkpoint import Checkpointer, resolve_checkpoint_dir
+from jaxknow.io.checkpoint import Checkpointer, CheckpointError, resolve_checkpoint_dir
 from jaxknow.model.config import ModelConfig
+from jaxknow.model.lora import LoraConfig
 from jaxknow.model.params import param_specs
 from jaxknow.parallel.mesh import make_mesh
 from jaxknow.train import setup
@@ -46,25 +47,25 @@ def load_model(path: str | Path, mesh: Mesh | None = None, step: int | None = No
     """
     directory, path_step = resolve_checkpoint_dir(path)
     step = step if step is not None else path_step
-    cfg = setup.checkpoint_model_config(directory if step is None else directory / str(step))
-    if dtype is not None:
-        cfg = cfg.replace(dtype=dtype)
     mesh = mesh or make_mesh(-1, 1, 1)
     ckpt = Checkpointer(directory, read_only=True)
     try:
         meta = ckpt.read_meta(step)
+        if "model" not in meta:
+            raise CheckpointError(f"checkpoint {directory} has no model config in its metadata")
+        cfg = ModelConfig.from_dict(meta["model"])
+        if dtype is not None:
+            cfg = cfg.replace(dtype=dtype)
+        specs = param_specs(cfg)
+        lora_meta = meta.get("lora") or {}
+        if lora_meta.get("rank", 0) or lora_meta.get("embedding_rank", 0):
+            lcfg = LoraConfig(**{k: tuple(v) if isinstance(v, list) else v
+                                 for k, v in lora_meta.items()})
+            specs = setup.full_specs(cfg, lcfg)
+        params = ckpt.restore(setup.abstract_params(specs, cfg.storage_dtype, mesh), None,
+                              step)["params"]
     finally:
         ckpt.close()
-    specs = param_specs(cfg)
-    lora_meta = meta.get("lora") or {}
-    if lora_meta.get("rank", 0) or lora_meta.get("embedding_rank", 0):
-        from jaxknow.model.lora import LoraConfig
-
-        lcfg = LoraConfig(**{k: tuple(v) if isinstance(v, list) else v
-                             for k, v in lora_meta.items()})
-        specs = setup.full_specs(cfg, lcfg)
-    target = directory if step is None else directory / str(step)
-    params, meta = setup.load_params(target, specs, cfg.storage_dtype, mesh)
     root = directory.parent
     tok_path = find_tokenizer(root)
     tokenizer = load_tokenizer(tok_path) if tok_path is not None else None

@@ -169,8 +169,8 @@ def run(spec: setup.RunSpec, workdir: Path, mesh: Mesh, data_dir: Path, *,
     tc = spec.train
     tx = make_optimizer(spec.optim)
     schedule = make_schedule(spec.optim)
-    ckpt = Checkpointer(workdir / "checkpoints", keep=tc.keep_checkpoints,
-                        async_save=tc.async_checkpoint)
+    ckpt = Checkpointer(tc.checkpoint_dir or workdir / "checkpoints",
+                        keep=tc.keep_checkpoints, async_save=tc.async_checkpoint)
     latest = ckpt.latest_step()
     if latest is None:
         params = setup.initial_params(spec, mesh, rules)
