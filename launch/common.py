@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import logging as pylogging
 import sys
 from collections.abc import Callable
 from typing import Any
@@ -29,6 +30,9 @@ def quiet_libraries() -> None:
 
     if not flags.FLAGS["verbosity"].present:
         logging.set_verbosity(logging.WARNING)
+        # orbax warns on every read-only open of a checkpoint directory
+        logging.get_absl_logger().addFilter(
+            lambda r: not ("orbax" in r.pathname and r.levelno < pylogging.ERROR))
 
 
 def run_main(fn: Callable[[], Any]) -> Any:

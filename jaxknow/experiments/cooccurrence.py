@@ -130,7 +130,7 @@ def parse_study(config: Any) -> CooccurrenceStudy:
         eval=C.section(EvalSettings, cfg.get("eval"), "eval"),
         ablation=C.section(AblationSettings, cfg.get("ablation"), "ablation"),
     )
-    for r in study.ablation.renderings:
+    for r in study.ablation.renderings if study.ablation.enabled else ():
         if r not in renderings:
             raise C.ConfigError(f"ablation.renderings: {r!r} is not among renderings")
     return study
