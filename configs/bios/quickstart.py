@@ -15,8 +15,11 @@ def get_config() -> ConfigDict:
     c = ConfigDict()
     c.experiment = "bios"
     c.seed = 0
-    c.world = ConfigDict(dict(kind="bios", num_people=4000 if gpu else 600,
-                              vocab_size=4096 if gpu else 1024))
+    # Small attribute pools on CPU so that 200 people give each probe class ~10 examples.
+    pools = {} if gpu else dict(num_cities=20, num_universities=20, num_majors=20,
+                                num_companies=20, birth_year_min=1960, birth_year_max=1999)
+    c.world = ConfigDict(dict(kind="bios", num_people=4000 if gpu else 200,
+                              vocab_size=4096 if gpu else 1024, **pools))
     c.conditions = ["single", "multi5+permute+fullname"]
     c.model = ConfigDict(dict(
         preset="tiny", pos_embedding="rope", vocab_size=4096 if gpu else 1024,
@@ -24,15 +27,17 @@ def get_config() -> ConfigDict:
         d_ff=1536 if gpu else 512, max_seq_len=512, dtype="bfloat16" if gpu else "float32"))
     c.mesh = ConfigDict(dict(data=-1, fsdp=1, tensor=1))
     c.pretrain = ConfigDict(dict(
-        steps=4000 if gpu else 300, batch_size=64, seq_len=256 if gpu else 128, lr=3e-3,
+        steps=4000 if gpu else 400, batch_size=64 if gpu else 32, seq_len=256 if gpu else 128,
+        lr=3e-3 if gpu else 6e-3,
         warmup_steps=100 if gpu else 20, end_lr_fraction=0.1, weight_decay=0.1, log_every=25))
     c.finetune = ConfigDict(dict(
-        steps=600 if gpu else 100, batch_size=64, seq_len=64, packing="pad", lr=1e-3,
+        steps=600 if gpu else 150, batch_size=64 if gpu else 32, seq_len=64, packing="pad",
+        lr=1e-3,
         warmup_steps=10, weight_decay=0.0, log_every=25))
     c.finetune_modes = ["full"]
     c.lora = ConfigDict(dict(rank=16, alpha=32.0, targets=["q", "v"], embedding_rank=16))
     c.mixed = ConfigDict(dict(enabled=False))
     c.celebrity = False
-    c.probing = ConfigDict(dict(enabled=True, steps=200, max_people=600))
-    c.eval = ConfigDict(dict(max_new_tokens=20, batch_size=128, max_people=200))
+    c.probing = ConfigDict(dict(enabled=True, steps=200, max_people=4000 if gpu else 200))
+    c.eval = ConfigDict(dict(max_new_tokens=20, batch_size=128, max_people=500 if gpu else 100))
     return c
