@@ -43,6 +43,33 @@ class StageConfig:
     # Warmup as a fraction of the schedule's length (overrides warmup_steps when set).
     warmup_fraction: float | None = None
 
+    def __post_init__(self) -> None:
+        # Checked here so that a bad value stops the study before its first stage runs.
+        positive = ("steps", "batch_size", "seq_len", "lr", "grad_accum", "log_every")
+        for name in positive:
+            if not getattr(self, name) > 0:
+                raise ValueError(f"{name}={getattr(self, name)!r}: must be positive")
+        checks = {
+            "packing": (self.packing in ("concat", "first_fit", "pad"),
+                        "must be 'concat', 'first_fit' or 'pad'"),
+            "schedule": (self.schedule in ("cosine", "linear", "constant"),
+                         "must be 'cosine', 'linear' or 'constant'"),
+            "warmup_steps": (self.warmup_steps >= 0, "must be >= 0"),
+            "end_lr_fraction": (0 <= self.end_lr_fraction <= 1, "must be in [0, 1]"),
+            "weight_decay": (self.weight_decay >= 0, "must be >= 0"),
+            "b1": (0 <= self.b1 < 1, "must be in [0, 1)"),
+            "b2": (0 <= self.b2 < 1, "must be in [0, 1)"),
+            "eps": (self.eps > 0, "must be positive"),
+            "grad_clip": (self.grad_clip >= 0, "must be >= 0"),
+            "checkpoint_every": (self.checkpoint_every >= 0, "must be >= 0"),
+            "epochs": (self.epochs is None or self.epochs > 0, "must be positive"),
+            "warmup_fraction": (self.warmup_fraction is None or 0 <= self.warmup_fraction <= 1,
+                                "must be in [0, 1]"),
+        }
+        for name, (ok, why) in checks.items():
+            if not ok:
+                raise ValueError(f"{name}={getattr(self, name)!r}: {why}")
+
 
 def stage_config(
     exp: Mapping[str, Any], stage: StageConfig, *, sources: Sequence[Mapping[str, Any]],
