@@ -162,7 +162,8 @@ def main() -> None:
     mesh_shape = tuple(int(x) for x in args.mesh.split(","))
     print(f"device: {jax.devices()[0].device_kind} x{jax.device_count()} ({jax.default_backend()}),"
           f" jax {jax.__version__}, mesh {mesh_shape}")
-    header = (f"{'variant':<34} {'params':>7} {'batch':>5} {'seq':>5} {'ms/step':>9} "
+    width = max([34] + [len(v) for v in args.variant])
+    header = (f"{'variant':<{width}} {'params':>7} {'batch':>5} {'seq':>5} {'ms/step':>9} "
               f"{'tokens/s':>11} {'MFU':>6} {'peak GiB':>9} {'vs torch':>8}")
     print(header)
     for text in [""] + args.variant:
@@ -170,13 +171,15 @@ def main() -> None:
         run = {"batch": args.batch, "seq_len": args.seq_len, "loss_chunk": args.loss_chunk,
                "grad_accum": args.grad_accum}
         run.update({k: over.pop(k) for k in list(over) if k in RUN_FIELDS})
-        cfg = preset(args.preset, dtype=args.dtype, remat=args.remat,
-                     max_seq_len=max(run["seq_len"], 512), **over)
+        fields = {"dtype": args.dtype, "remat": args.remat,
+                  "max_seq_len": max(run["seq_len"], 512), **over}
+        cfg = preset(args.preset, **fields)
         r = bench_variant(cfg, run, mesh_shape, args.steps, args.warmup, args.seed)
         mem = r["peak_bytes"] or r["compiled_bytes"]
         mfu = f"{r['mfu']:.1%}" if r["mfu"] is not None else "-"
         ratio = f"{r['tokens_per_s'] / baseline:.2f}x" if baseline else "-"
-        print(f"{text or 'base':<34} {r['params_m']:>6.1f}M {run['batch']:>5} {run['seq_len']:>5} "
+        print(f"{text or 'base':<{width}} {r['params_m']:>6.1f}M {run['batch']:>5} "
+              f"{run['seq_len']:>5} "
               f"{r['ms_per_step']:>9.1f} {r['tokens_per_s']:>11,.0f} {mfu:>6} "
               f"{(mem or 0) / 2**30:>9.2f} {ratio:>8}   (compile {r['compile_s']:.0f}s, "
               f"loss {r['loss']:.3f})", flush=True)
