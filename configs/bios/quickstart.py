@@ -36,7 +36,11 @@ def get_config() -> ConfigDict:
         warmup_steps=10, weight_decay=0.0, log_every=25))
     c.finetune_modes = ["full"]
     c.lora = ConfigDict(dict(rank=16, alpha=32.0, targets=["q", "v"], embedding_rank=16))
-    c.mixed = ConfigDict(dict(enabled=False))
+    # Mixed training (biographies + P_train QA from scratch): off by default to keep the
+    # quickstart short; --config.mixed.enabled=True adds it with the pretraining budget.
+    c.mixed = ConfigDict(dict(enabled=False, qa_weight=1.0, **{
+        k: c.pretrain[k] for k in ("steps", "batch_size", "seq_len", "lr", "warmup_steps",
+                                   "end_lr_fraction", "weight_decay", "log_every")}))
     c.celebrity = False
     c.probing = ConfigDict(dict(enabled=True, steps=200, max_people=4000 if gpu else 200))
     c.eval = ConfigDict(dict(max_new_tokens=20, batch_size=128, max_people=500 if gpu else 100))
