@@ -278,8 +278,10 @@ def base_config() -> Any:
     return c
 
 
-def check_top_level(config: Any, extra: tuple[str, ...] = ()) -> None:
-    """Raises ConfigError for top-level keys no consumer knows."""
-    unknown = sorted(set(to_plain(config)) - set(KNOWN_SECTIONS) - set(extra))
+def check_top_level(config: Any, extra: tuple[str, ...] = (),
+                    known: tuple[str, ...] = KNOWN_SECTIONS) -> None:
+    """Raises ConfigError for top-level keys no consumer knows (`known` plus `extra`)."""
+    unknown = sorted(set(to_plain(config)) - set(known) - set(extra))
     if unknown:
-        raise ConfigError(f"config: unknown top-level key(s) {unknown}")
+        raise ConfigError(f"config: unknown top-level key(s) {unknown}; known: "
+                          f"{[*known, *extra]}")

@@ -75,3 +75,15 @@ def test_check_world_rejects_what_materialising_rejects(tmp_path, world, match):
         wb.check_world(world)
     with pytest.raises(build.WorldConfigError, match=match):
         build.materialize(world, tmp_path / "data", seed=0)
+
+
+@pytest.mark.parametrize("parse,name,field", [
+    (bios_study.parse_study, "bios/tiny", "finetune_modes"),
+    (cooc_study.parse_study, "cooccurrence/tiny", "modes"),
+])
+def test_study_unknown_key_and_bad_mode_are_named(parse, name, field):
+    cfg = load(name).to_dict()
+    with pytest.raises(ConfigError, match=r"unknown top-level key\(s\) \['pretrian'\]"):
+        parse({**cfg, "pretrian": {}})
+    with pytest.raises(ConfigError, match=rf"{field}=\['full', 'qlora'\]"):
+        parse({**cfg, field: ["full", "qlora"]})

@@ -88,9 +88,7 @@ EXPERIMENT_KEYS = ("experiment", "seed", "world", "model", "mesh", "conditions",
 def parse_study(config: Any) -> BiosStudy:
     """Returns the parsed study; raises ConfigError naming the first bad field."""
     cfg = C.to_plain(config)
-    unknown = sorted(set(cfg) - set(EXPERIMENT_KEYS))
-    if unknown:
-        raise C.ConfigError(f"config: unknown key(s) {unknown}; known: {list(EXPERIMENT_KEYS)}")
+    C.check_top_level(cfg, known=EXPERIMENT_KEYS)
     conditions = tuple(cfg.get("conditions") or ())
     if not conditions:
         raise C.ConfigError("conditions: list at least one augmentation, e.g. 'single'")
@@ -99,9 +97,7 @@ def parse_study(config: Any) -> BiosStudy:
             Augmentation.parse(c)
         except ValueError as e:
             raise C.ConfigError(f"conditions: {e}") from None
-    modes = tuple(cfg.get("finetune_modes") or ("full",))
-    if set(modes) - {"full", "lora"}:
-        raise C.ConfigError(f"finetune_modes={list(modes)}: each must be 'full' or 'lora'")
+    modes = common.parse_modes(cfg.get("finetune_modes"), "finetune_modes")
     mixed_cfg = dict(cfg.get("mixed") or {})
     mixed_on = mixed_cfg.pop("enabled", False)
     qa_weight = float(mixed_cfg.pop("qa_weight", 1.0))

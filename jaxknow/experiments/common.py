@@ -71,6 +71,15 @@ class StageConfig:
                 raise ValueError(f"{name}={getattr(self, name)!r}: {why}")
 
 
+def parse_modes(values: Any, field: str) -> tuple[str, ...]:
+    """Returns the finetuning modes listed in `field` (default: full); raises ConfigError
+    naming the field for anything but 'full' and 'lora'."""
+    modes = tuple(values or ("full",))
+    if set(modes) - {"full", "lora"}:
+        raise C.ConfigError(f"{field}={list(modes)}: each must be 'full' or 'lora'")
+    return modes
+
+
 def stage_config(
     exp: Mapping[str, Any], stage: StageConfig, *, sources: Sequence[Mapping[str, Any]],
     data_dir: str | Path, steps: int | None = None, init_from: str | Path | None = None,

@@ -102,14 +102,10 @@ KEYS = ("experiment", "seed", "seeds", "world", "model", "mesh", "base", "finetu
 def parse_study(config: Any) -> CooccurrenceStudy:
     """Returns the parsed study; raises ConfigError naming the first bad field."""
     cfg = C.to_plain(config)
-    unknown = sorted(set(cfg) - set(KEYS))
-    if unknown:
-        raise C.ConfigError(f"config: unknown key(s) {unknown}; known: {list(KEYS)}")
+    C.check_top_level(cfg, known=KEYS)
     base = dict(cfg.get("base") or {})
     init_from = base.pop("init_from", None)
-    modes = tuple(cfg.get("modes") or ("full",))
-    if set(modes) - {"full", "lora"}:
-        raise C.ConfigError(f"modes={list(modes)}: each must be 'full' or 'lora'")
+    modes = common.parse_modes(cfg.get("modes"), "modes")
     renderings = tuple(cfg.get("renderings") or ("narrative", "referencing"))
     seeds = tuple(int(s) for s in (cfg.get("seeds") or (cfg.get("seed", 0),)))
     world = dict(cfg.get("world") or {})
