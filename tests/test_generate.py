@@ -5,7 +5,6 @@ from __future__ import annotations
 import random
 
 import jax
-import jax.numpy as jnp
 import numpy as np
 import pytest
 
@@ -13,8 +12,8 @@ from jaxknow.data.tokenizer import train_bpe
 from jaxknow.eval import generate
 from jaxknow.model import transformer
 from jaxknow.model.config import preset
-from jaxknow.model.params import ParamSpec, param_specs
 from jaxknow.parallel.mesh import make_mesh
+from tests.util import numpy_params
 
 MAX_NEW = 8
 # Lengths 1..17: left padding within a batch; with 4 rows a batch, two prompt buckets (32, 16).
@@ -22,19 +21,6 @@ LENGTHS = (3, 9, 17, 5, 1, 12, 7)
 REF_WIDTH = 32  # one compile of the reference per model
 
 _REF_FNS: dict[int, object] = {}
-
-
-def numpy_params(cfg, seed: int = 0):
-    """Returns random parameters drawn with numpy (no per-shape XLA compiles, unlike eager
-    jax.random), with the shapes and initialisers of `param_specs(cfg)`."""
-    rng = np.random.default_rng(seed)
-
-    def one(spec: ParamSpec):
-        if spec.init in ("zeros", "ones"):
-            return jnp.asarray(np.full(spec.shape, float(spec.init == "ones"), np.float32))
-        return jnp.asarray(rng.normal(0.0, spec.std, spec.shape).astype(np.float32))
-
-    return jax.tree.map(one, param_specs(cfg), is_leaf=lambda x: isinstance(x, ParamSpec))
 
 
 def _model(name: str):

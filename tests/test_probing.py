@@ -13,7 +13,7 @@ import pytest
 from jaxknow.data.tokenizer import train_bpe
 from jaxknow.eval import probing
 from jaxknow.model.config import preset
-from jaxknow.model.params import ParamSpec, flatten, param_specs
+from jaxknow.model.params import flatten
 from jaxknow.model.transformer import forward
 from jaxknow.worlds.bios import (
     ATTRIBUTES,
@@ -22,6 +22,7 @@ from jaxknow.worlds.bios import (
     generate_world,
     render_biographies,
 )
+from tests.util import numpy_params
 
 
 def _synthetic(seed: int = 0, n: int = 600, d: int = 16, classes: int = 5):
@@ -45,18 +46,6 @@ def test_linear_probe_finds_linear_encoding_per_layer_and_not_shuffled_labels():
     acc_s = probing.train_linear_probe(feats, shuffled, train, test, 5, steps=150, lr=0.05,
                                        seed=0, batch_size=64)
     assert np.all(acc_s < 0.2 + 0.1), acc_s
-
-
-def numpy_params(cfg, seed: int):
-    """Returns parameters laid out like `init_params` (built with numpy: fast to create)."""
-    rng = np.random.default_rng(seed)
-
-    def make(spec: ParamSpec) -> jax.Array:
-        if spec.init in ("zeros", "ones"):
-            return jnp.full(spec.shape, 0.0 if spec.init == "zeros" else 1.0, jnp.float32)
-        return jnp.asarray(rng.normal(0.0, spec.std, spec.shape), jnp.float32)
-
-    return jax.tree.map(make, param_specs(cfg), is_leaf=lambda x: isinstance(x, ParamSpec))
 
 
 @pytest.fixture(scope="module")

@@ -14,10 +14,10 @@ from jaxknow.data.tokenizer import train_bpe
 from jaxknow.eval import fewshot, generate, likelihood, scoring, tasks
 from jaxknow.model import transformer
 from jaxknow.model.config import preset
-from jaxknow.model.params import ParamSpec, param_specs
 from jaxknow.train.optim import OptimConfig, make_optimizer, make_schedule
 from jaxknow.train.state import new_state
 from jaxknow.train.step import train_step
+from tests.util import numpy_params
 
 MC_ROW = {"question": "What is the national animal of Andoria?",
           "choices": ["owl", "wolf", "lynx", "heron"], "answer": 2}
@@ -42,17 +42,6 @@ TRAIN_TEXTS = [
 SEQ = 64
 
 
-def _numpy_params(cfg, seed=0):
-    rng = np.random.default_rng(seed)
-
-    def one(spec: ParamSpec):
-        if spec.init in ("zeros", "ones"):
-            return jnp.asarray(np.full(spec.shape, float(spec.init == "ones"), np.float32))
-        return jnp.asarray(rng.normal(0.0, spec.std, spec.shape).astype(np.float32))
-
-    return jax.tree.map(one, param_specs(cfg), is_leaf=lambda x: isinstance(x, ParamSpec))
-
-
 @pytest.fixture(scope="module")
 def models():
     """Returns (trained params, untrained params, cfg, tokenizer)."""
@@ -61,7 +50,7 @@ def models():
                     vocab_size=400)
     # One layer: enough to memorise these texts, and half the compile time of two.
     cfg = preset("tiny", vocab_size=tok.vocab_size, max_seq_len=SEQ, n_layers=1)
-    init = _numpy_params(cfg)
+    init = numpy_params(cfg)
     docs = [tok.document(t) for t in TRAIN_TEXTS]
     b = len(docs)
     batch = {k: np.zeros((b, SEQ), np.int32) for k in ("inputs", "targets", "segment_ids",

@@ -1,4 +1,4 @@
-"""Helpers shared by the tests: run an entry point in a fresh process, build small configs."""
+"""Helpers shared by the tests: run an entry point in a fresh process, random parameters."""
 
 from __future__ import annotations
 
@@ -30,3 +30,22 @@ def popen_module(module: str, *args: str, devices: int = 8) -> subprocess.Popen:
     env["PYTHONPATH"] = str(REPO) + os.pathsep + env.get("PYTHONPATH", "")
     return subprocess.Popen([sys.executable, "-m", module, *args], cwd=REPO, env=env,
                             stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
+
+
+def numpy_params(cfg, seed: int = 0):
+    """Returns random parameters drawn with numpy (no per-shape XLA compiles, unlike eager
+    jax.random), with the shapes and initialisers of `param_specs(cfg)`."""
+    import jax
+    import jax.numpy as jnp
+    import numpy as np
+
+    from jaxknow.model.params import ParamSpec, param_specs
+
+    rng = np.random.default_rng(seed)
+
+    def one(spec: ParamSpec):
+        if spec.init in ("zeros", "ones"):
+            return jnp.asarray(np.full(spec.shape, float(spec.init == "ones"), np.float32))
+        return jnp.asarray(rng.normal(0.0, spec.std, spec.shape).astype(np.float32))
+
+    return jax.tree.map(one, param_specs(cfg), is_leaf=lambda x: isinstance(x, ParamSpec))
