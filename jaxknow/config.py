@@ -172,6 +172,10 @@ class TrainConfig:
             bad("distributed", "must be 'auto', 'on' or 'off'")
 
 
+# How documents become fixed-length rows (jaxknow.data.pipeline).
+PACKINGS = ("concat", "first_fit", "pad")
+
+
 @dataclasses.dataclass(frozen=True)
 class DataConfig:
     """Where training documents come from and how they are batched."""
@@ -200,7 +204,7 @@ class DataConfig:
                 raise ConfigError(f"data.sources[{i}]: unknown key(s) {sorted(unknown)}")
             if float(s.get("weight", 1.0)) <= 0:
                 raise ConfigError(f"data.sources[{i}].weight: must be positive")
-        if self.packing not in ("concat", "first_fit", "pad"):
+        if self.packing not in PACKINGS:
             raise ConfigError(f"data.packing={self.packing!r}: must be concat, first_fit or pad")
         if self.seq_len <= 0 or self.batch_size <= 0:
             raise ConfigError("data.seq_len and data.batch_size must be positive")

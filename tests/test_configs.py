@@ -49,11 +49,23 @@ def test_training_configs_parse(name, args):
     assert spec.train.steps > 0
 
 
-def test_a_bad_field_in_a_shipped_config_is_named():
+@pytest.mark.parametrize("field,value,match", [
+    ("lr", -1.0, r"pretrain: lr=-1.0: must be positive"),
+    ("b2", 1.0, r"pretrain: b2=1.0: must be in \[0, 1\)"),
+    ("eps", 0.0, r"pretrain: eps=0.0: must be positive"),
+    ("schedule", "step", r"pretrain: schedule='step'"),
+    ("packing", "zip", r"pretrain: packing='zip'"),
+    ("steps", 0, r"pretrain: steps=0: must be positive"),
+    ("warmup_fraction", 1.5, r"pretrain: warmup_fraction=1.5"),
+])
+def test_a_bad_stage_field_in_a_shipped_config_is_named(field, value, match):
     cfg = load("bios/quickstart")
-    cfg.pretrain.lr = -1.0
-    with pytest.raises(ConfigError, match=r"pretrain: lr=-1.0"):
+    cfg.pretrain[field] = value
+    with pytest.raises(ConfigError, match=match):
         bios_study.parse_study(cfg)
+
+
+def test_a_bad_world_field_in_a_shipped_config_is_named():
     cfg = load("bios/quickstart")
     cfg.world.num_cities = 10**6
     with pytest.raises(wb.WorldConfigError, match="num_cities"):

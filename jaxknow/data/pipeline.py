@@ -16,11 +16,11 @@ import grain
 import numpy as np
 from absl import logging
 
+from jaxknow.config import PACKINGS
 from jaxknow.data.packing import ConcatPackIterDataset, EpochShuffle
 from jaxknow.data.records import decode_record, shard_paths
 
 Doc = tuple[np.ndarray, int]  # (tokens, loss_start)
-PACKING_MODES = ("concat", "first_fit", "pad")
 FEATURES = ("inputs", "targets", "weights")
 
 
@@ -42,9 +42,9 @@ class PipelineConfig:
     pad_final_batch: bool = True  # finite epochs: pad the last batch with zero-weight rows
 
     def __post_init__(self) -> None:
-        if self.packing not in PACKING_MODES:
+        if self.packing not in PACKINGS:
             raise PipelineConfigError(
-                f"data.packing={self.packing!r}: must be one of {PACKING_MODES}")
+                f"data.packing={self.packing!r}: must be one of {PACKINGS}")
         if self.seq_len <= 0:
             raise PipelineConfigError(f"data.seq_len={self.seq_len}: must be positive")
         if self.batch_size <= 0:

@@ -16,6 +16,7 @@ from jaxknow import config as C
 from jaxknow.data.jsonl import atomic_path, read_jsonl
 from jaxknow.io.metrics import read_metrics
 from jaxknow.train.loop import TrainResult, train
+from jaxknow.train.optim import OptimConfig, OptimConfigError
 
 
 @dataclasses.dataclass(frozen=True)
@@ -44,23 +45,13 @@ class StageConfig:
     warmup_fraction: float | None = None
 
     def __post_init__(self) -> None:
-        # Checked here so that a bad value stops the study before its first stage runs.
-        positive = ("steps", "batch_size", "seq_len", "lr", "grad_accum", "log_every")
-        for name in positive:
+        # Checked here so that a bad value stops the study before its first stage runs; the
+        # optimiser fields are checked by OptimConfig itself.
+        for name in ("steps", "batch_size", "seq_len", "grad_accum", "log_every"):
             if not getattr(self, name) > 0:
                 raise ValueError(f"{name}={getattr(self, name)!r}: must be positive")
         checks = {
-            "packing": (self.packing in ("concat", "first_fit", "pad"),
-                        "must be 'concat', 'first_fit' or 'pad'"),
-            "schedule": (self.schedule in ("cosine", "linear", "constant"),
-                         "must be 'cosine', 'linear' or 'constant'"),
-            "warmup_steps": (self.warmup_steps >= 0, "must be >= 0"),
-            "end_lr_fraction": (0 <= self.end_lr_fraction <= 1, "must be in [0, 1]"),
-            "weight_decay": (self.weight_decay >= 0, "must be >= 0"),
-            "b1": (0 <= self.b1 < 1, "must be in [0, 1)"),
-            "b2": (0 <= self.b2 < 1, "must be in [0, 1)"),
-            "eps": (self.eps > 0, "must be positive"),
-            "grad_clip": (self.grad_clip >= 0, "must be >= 0"),
+            "packing": (self.packing in C.PACKINGS, f"must be one of {list(C.PACKINGS)}"),
             "checkpoint_every": (self.checkpoint_every >= 0, "must be >= 0"),
             "epochs": (self.epochs is None or self.epochs > 0, "must be positive"),
             "warmup_fraction": (self.warmup_fraction is None or 0 <= self.warmup_fraction <= 1,
@@ -69,6 +60,13 @@ class StageConfig:
         for name, (ok, why) in checks.items():
             if not ok:
                 raise ValueError(f"{name}={getattr(self, name)!r}: {why}")
+        try:
+            OptimConfig(lr=self.lr, schedule=self.schedule, warmup_steps=self.warmup_steps,
+                        total_steps=max(self.steps, self.warmup_steps),
+                        end_lr_fraction=self.end_lr_fraction, b1=self.b1, b2=self.b2,
+                        eps=self.eps, weight_decay=self.weight_decay, grad_clip=self.grad_clip)
+        except OptimConfigError as e:
+            raise ValueError(str(e).removeprefix("optim.")) from None
 
 
 def parse_modes(values: Any, field: str) -> tuple[str, ...]:

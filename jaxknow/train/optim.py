@@ -51,6 +51,11 @@ class OptimConfig:
             bad("end_lr_fraction", "must be in [0, 1]")
         if self.weight_decay < 0:
             bad("weight_decay", "must be >= 0")
+        for beta in ("b1", "b2"):
+            if not 0 <= getattr(self, beta) < 1:
+                bad(beta, "must be in [0, 1)")
+        if not self.eps > 0:
+            bad("eps", "must be positive")
         if self.grad_clip < 0:
             bad("grad_clip", "must be >= 0")
         for pat in self.no_decay:
