@@ -58,13 +58,12 @@ def bench_variant(base: Any, run: dict[str, int], mesh_shape: tuple[int, int, in
     import jax.numpy as jnp
 
     from jaxknow.model.flops import peak_flops, train_flops_per_token
-    from jaxknow.model.params import count_params, flatten, param_axes, param_specs, unflatten
+    from jaxknow.model.params import count_params, flatten, param_specs
     from jaxknow.parallel.mesh import make_mesh
     from jaxknow.parallel.rules import DEFAULT_RULES, Sharder
     from jaxknow.train import optim
     from jaxknow.train.loop import batch_shardings
-    from jaxknow.train.setup import init_sharded_params
-    from jaxknow.train.state import TrainState, state_shardings
+    from jaxknow.train.setup import init_sharded_params, sharded_state
     from jaxknow.train.step import train_step
 
     cfg = base
@@ -74,11 +73,7 @@ def bench_variant(base: Any, run: dict[str, int], mesh_shape: tuple[int, int, in
     params = init_sharded_params(specs, jax.random.key(seed), cfg.storage_dtype, mesh)
     ocfg = optim.OptimConfig(lr=3e-4, warmup_steps=2, total_steps=1000)
     tx, sched = optim.make_optimizer(ocfg), optim.make_schedule(ocfg)
-    axes = unflatten(flatten(param_axes(specs)))
-    sh = state_shardings(tx, params, axes, {}, {}, mesh, DEFAULT_RULES)
-    opt_state = jax.jit(tx.init, out_shardings=sh.opt_state)(params)
-    state = TrainState(step=jax.device_put(jnp.zeros((), jnp.int32), sh.step), params=params,
-                       opt_state=opt_state, frozen={})
+    state, sh = sharded_state(params, {}, flatten(specs), tx, mesh, DEFAULT_RULES)
     bsh = batch_shardings(mesh, DEFAULT_RULES, b, t)
     key = jax.random.key(seed + 1)
     tokens = jax.random.randint(key, (b, t + 1), 0, cfg.vocab_size, dtype=jnp.int32)

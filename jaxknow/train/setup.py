@@ -199,7 +199,15 @@ def build_state(params: Any, spec: RunSpec, tx: optax.GradientTransformation, me
     trainable, frozen = split_params(params, trainable_predicate(spec))
     if not flatten(trainable):
         raise C.ConfigError(f"train.trainable={spec.train.trainable!r} selects no parameter")
-    specs = flatten(full_specs(spec.model, spec.lora))
+    return sharded_state(trainable, frozen, flatten(full_specs(spec.model, spec.lora)), tx,
+                         mesh, rules)
+
+
+def sharded_state(trainable: Any, frozen: Any, specs: dict[str, Any],
+                  tx: optax.GradientTransformation, mesh: Mesh, rules: Rules = DEFAULT_RULES
+                  ) -> tuple[TrainState, TrainState]:
+    """Returns (state at step 0, state shardings) for already-sharded parameters: the optimizer
+    state is created directly in its sharded layout. `specs` maps every path to its ParamSpec."""
     t_axes = unflatten({p: specs[p].axes for p in flatten(trainable)})
     f_axes = unflatten({p: specs[p].axes for p in flatten(frozen)})
     shardings = state_shardings(tx, trainable, t_axes, frozen, f_axes, mesh, rules)
