@@ -17,8 +17,8 @@ from jaxknow.train.setup import parse_run_config
 CONFIGS = Path(__file__).resolve().parents[1] / "configs"
 
 
-def load(rel: str, *args: str):
-    return importlib.import_module("configs." + rel.replace("/", ".")).get_config(*args)
+def load(rel: str):
+    return importlib.import_module("configs." + rel.replace("/", ".")).get_config()
 
 
 def experiment_configs(kind: str) -> list[str]:
@@ -42,10 +42,9 @@ def test_cooccurrence_study_configs_parse(name):
     assert study.seeds and study.renderings
 
 
-@pytest.mark.parametrize("name,args", [("smoke", ()), ("hf/finetune_full", ()),
-                                       ("hf/finetune_lora", ())])
-def test_training_configs_parse(name, args):
-    spec = parse_run_config(load(name, *args))
+@pytest.mark.parametrize("name", ["smoke", "hf/finetune_full", "hf/finetune_lora"])
+def test_training_configs_parse(name):
+    spec = parse_run_config(load(name))
     assert spec.train.steps > 0
 
 
