@@ -82,8 +82,8 @@ def main(argv: list[str]) -> None:
             print("XLA memory analysis per device: "
                   f"arguments {m['argument'] / GiB:.3f} GiB (plan: state + batch "
                   f"{(plan.state + plan.batch) / GiB:.3f}), temporaries {m['temp'] / GiB:.3f} "
-                  f"GiB (plan: grads + activations + logits "
-                  f"{(plan.grads + plan.activations + plan.logits) / GiB:.3f})")
+                  f"GiB (plan: grads + activations + logits + FSDP buffers "
+                  f"{plan.temporaries / GiB:.3f}, ratio {m['temp'] / plan.temporaries:.2f})")
 
     run_main(go)
 
