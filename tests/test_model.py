@@ -1,0 +1,67 @@
+"""Model presets: parameter counts match the published models, every preset traces forward and
+backward at full size (abstractly), and the small ones really run forward and backward."""
+
+from __future__ import annotations
+
+import functools
+
+import jax
+import jax.numpy as jnp
+import numpy as np
+import pytest
+
+from jaxknow.model import transformer
+from jaxknow.model.config import PRESETS, preset
+from jaxknow.model.params import count_params, init_params, param_specs
+
+# Parameter counts of the released checkpoints these presets mirror (Hugging Face configs).
+PUBLISHED = {
+    "gpt2-small": 124_439_808,       # openai-community/gpt2
+    "llama-1b": 1_235_814_400,       # meta-llama/Llama-3.2-1B
+    "llama-8b": 8_030_261_248,       # meta-llama/Llama-3.1-8B
+    "llama-70b": 70_553_706_496,     # meta-llama/Llama-3.1-70B
+    "gemma-7b": 8_537_680_896,       # google/gemma-7b
+}
+
+
+def loss_fn(params, tokens, cfg):
+    out = transformer.forward(params, tokens[:, :-1], cfg)
+    logits = transformer.logits(params, out.hidden, cfg).astype(jnp.float32)
+    lp = jax.nn.log_softmax(logits, axis=-1)
+    return -jnp.mean(jnp.take_along_axis(lp, tokens[:, 1:, None], axis=-1))
+
+
+@pytest.mark.parametrize("name", sorted(PUBLISHED))
+def test_preset_parameter_counts_match_the_published_models(name):
+    assert count_params(param_specs(preset(name))) == PUBLISHED[name]
+
+
+def test_gpt2_small_with_rotary_drops_only_the_position_table():
+    cfg = preset("gpt2-small")
+    diff = PUBLISHED["gpt2-small"] - count_params(param_specs(preset("gpt2-small-rope")))
+    assert diff == cfg.max_seq_len * cfg.d_model
+
+
+@pytest.mark.parametrize("name", sorted(PRESETS))
+def test_every_preset_traces_forward_and_backward_at_full_size(name):
+    cfg = preset(name)
+    specs = param_specs(cfg)
+    params = jax.eval_shape(lambda k: init_params(specs, k, cfg.storage_dtype),
+                            jax.random.key(0))
+    tokens = jax.ShapeDtypeStruct((2, 17), jnp.int32)
+    loss, grads = jax.eval_shape(jax.value_and_grad(functools.partial(loss_fn, cfg=cfg)),
+                                 params, tokens)
+    assert loss.shape == ()
+    assert jax.tree.map(lambda g: g.shape, grads) == jax.tree.map(lambda p: p.shape, params)
+
+
+@pytest.mark.parametrize("name", ["tiny", "tiny-llama", "gpt2-small"])
+def test_small_presets_run_forward_and_backward(name):
+    cfg = preset(name)
+    params = init_params(param_specs(cfg), jax.random.key(0), cfg.storage_dtype)
+    tokens = jax.random.randint(jax.random.key(1), (2, 17), 0, cfg.vocab_size)
+    loss, grads = jax.jit(jax.value_and_grad(loss_fn), static_argnums=2)(params, tokens, cfg)
+    # A fresh model is close to uniform over the vocabulary.
+    assert abs(float(loss) - np.log(cfg.vocab_size)) < 1.0
+    norms = [float(jnp.linalg.norm(g)) for g in jax.tree.leaves(grads)]
+    assert all(np.isfinite(norms)) and sum(n > 0 for n in norms) > 0.9 * len(norms)
