@@ -65,3 +65,34 @@ def test_small_presets_run_forward_and_backward(name):
     assert abs(float(loss) - np.log(cfg.vocab_size)) < 1.0
     norms = [float(jnp.linalg.norm(g)) for g in jax.tree.leaves(grads)]
     assert all(np.isfinite(norms)) and sum(n > 0 for n in norms) > 0.9 * len(norms)
+
+
+@pytest.mark.parametrize("name,remat", [("tiny", "none"), ("tiny-llama", "full")])
+def test_scan_layers_matches_the_layer_loop(name, remat):
+    """Scanning over stacked layers gives the loop's loss, gradients (same per-layer paths)
+    and per-layer hidden states to fp32 round-off."""
+    base = preset(name, n_layers=3, remat=remat, dtype="float32")
+    params = init_params(param_specs(base), jax.random.key(0), jnp.float32)
+    tokens = jax.random.randint(jax.random.key(1), (2, 17), 0, base.vocab_size)
+    results = {}
+    for scan in (False, True):
+        cfg = base.replace(scan_layers=scan)
+        assert cfg.use_scan is scan
+        loss, grads = jax.jit(jax.value_and_grad(functools.partial(loss_fn, cfg=cfg)))(
+            params, tokens)
+        hiddens = transformer.forward(params, tokens, cfg, collect_hidden=True).hiddens
+        results[scan] = (loss, grads, hiddens)
+    (l0, g0, h0), (l1, g1, h1) = results[False], results[True]
+    np.testing.assert_allclose(l1, l0, rtol=1e-5)
+    assert jax.tree.structure(g1) == jax.tree.structure(g0)
+    jax.tree.map(lambda a, b: np.testing.assert_allclose(a, b, rtol=1e-4, atol=1e-6), g1, g0)
+    assert h1.shape == h0.shape == (4, 2, 17, base.d_model)
+    np.testing.assert_allclose(h1, h0, rtol=1e-5, atol=1e-6)
+
+
+def test_scan_layers_is_automatic_from_depth():
+    from jaxknow.model.config import SCAN_LAYERS_FROM
+
+    assert not preset("tiny", n_layers=SCAN_LAYERS_FROM - 1).use_scan
+    assert preset("tiny", n_layers=SCAN_LAYERS_FROM).use_scan
+    assert not preset("tiny", n_layers=SCAN_LAYERS_FROM, scan_layers=False).use_scan

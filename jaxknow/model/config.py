@@ -14,6 +14,9 @@ Norm = Literal["layernorm", "rmsnorm"]
 Mlp = Literal["gelu", "swiglu", "geglu"]
 Remat = Literal["none", "full", "dots", "dots_no_batch"]
 
+#: Depth from which `scan_layers=None` scans over the layers.
+SCAN_LAYERS_FROM = 8
+
 _DTYPES = {"float32": jnp.float32, "bfloat16": jnp.bfloat16, "float16": jnp.float16}
 
 
@@ -61,6 +64,10 @@ class ModelConfig:
     dtype: str = "float32"
     param_dtype: str = "float32"
     remat: Remat = "none"
+    # Run the layers as one `jax.lax.scan` over stacked layer parameters (compile time and
+    # program size independent of depth); None: on from SCAN_LAYERS_FROM layers. Parameters
+    # keep their per-layer paths (`layers/3/...`): they are stacked inside the step.
+    scan_layers: bool | None = None
     # "xla", "cudnn" or None (automatic: cuDNN flash attention on a GPU in bf16/fp16, else XLA).
     attention_impl: str | None = None
     # Mask attention across document boundaries of packed sequences (segment ids).
@@ -82,6 +89,13 @@ class ModelConfig:
     def dim_per_head(self) -> int:
         """Returns the per-head width."""
         return self.head_dim if self.head_dim is not None else self.d_model // self.n_heads
+
+    @property
+    def use_scan(self) -> bool:
+        """Returns whether `forward` scans over the layers (see `scan_layers`)."""
+        if self.scan_layers is None:
+            return self.n_layers >= SCAN_LAYERS_FROM
+        return bool(self.scan_layers)
 
     @property
     def compute_dtype(self) -> Any:
@@ -143,6 +157,8 @@ class ModelConfig:
             bad("param_dtype", f"must be one of {sorted(_DTYPES)}")
         if self.remat not in ("none", "full", "dots", "dots_no_batch"):
             bad("remat", "must be 'none', 'full', 'dots' or 'dots_no_batch'")
+        if self.scan_layers not in (None, True, False):
+            bad("scan_layers", "must be None (automatic), True or False")
         if self.attention_impl not in (None, "xla", "cudnn"):
             bad("attention_impl", "must be None, 'xla' or 'cudnn'")
         if self.rope_scaling is not None:

@@ -114,6 +114,34 @@ def _block(
     return x, new_cache
 
 
+def _stacked_layers(layer_params: Mapping[str, Any], cfg: ModelConfig) -> Any | None:
+    """Returns the layers' parameters stacked along a new leading axis [L, ...] when
+    `cfg.use_scan` and every layer has the same tree structure, else None."""
+    if not cfg.use_scan or cfg.n_layers < 2:
+        return None
+    trees = [layer_params[str(i)] for i in range(cfg.n_layers)]
+    first = jax.tree.structure(trees[0])
+    if any(jax.tree.structure(t) != first for t in trees[1:]):
+        return None  # e.g. adapters on some layers only: keep the per-layer loop
+    return jax.tree.map(lambda *xs: jnp.stack(xs), *trees)
+
+
+def _scan_blocks(block: Any, stacked: Any, x: jax.Array, *, positions: jax.Array,
+                 mask: jax.Array | None, inv_freq: jax.Array | None,
+                 collect_hidden: bool) -> tuple[jax.Array, jax.Array | None]:
+    """Runs `block` over the stacked layers with `jax.lax.scan`; returns the last residual
+    stream and, with `collect_hidden`, every layer's [L+1, B, T, D] (index 0 = input)."""
+
+    def body(carry: jax.Array, layer_p: Any) -> tuple[jax.Array, jax.Array | None]:
+        y, _ = block(layer_p, carry, None, positions=positions, mask=mask, inv_freq=inv_freq,
+                     cache_index=None)
+        return y, (y if collect_hidden else None)
+
+    out, ys = jax.lax.scan(body, x, stacked)
+    hiddens = jnp.concatenate([x[None], ys]) if collect_hidden else None
+    return out, hiddens
+
+
 def embed(params: Mapping[str, Any], tokens: jax.Array, positions: jax.Array,
           cfg: ModelConfig, sharder: Sharder = NO_SHARDING) -> jax.Array:
     """Returns the input embeddings [B, T, D] in the compute dtype."""
@@ -176,6 +204,12 @@ def forward(
     block = functools.partial(_block, cfg=cfg, is_causal=is_causal, sharder=sharder)
     if cfg.remat != "none" and cache is None:
         block = jax.checkpoint(block, policy=_REMAT_POLICIES[cfg.remat])
+    stacked = _stacked_layers(params["layers"], cfg) if cache is None else None
+    if stacked is not None:
+        x, hiddens_scan = _scan_blocks(block, stacked, x, positions=positions, mask=mask,
+                                       inv_freq=inv_freq, collect_hidden=collect_hidden)
+        h = layers.norm(params["final_norm"], x, cfg)
+        return ForwardOutput(hidden=h, hiddens=hiddens_scan)
     hiddens = [x] if collect_hidden else None
     new_cache: Cache | None = {} if cache is not None else None
     for i in range(cfg.n_layers):
