@@ -447,3 +447,38 @@ def test_records_are_frozen(world):
     b = render_biographies(world, Augmentation(), seed=0, people=[0])[0]
     with pytest.raises(dataclasses.FrozenInstanceError):
         b.text = "X"  # type: ignore[misc]
+
+
+def test_redraws_add_independent_draws_of_augmented_corpora_only():
+    from jaxknow.data.world_builders import bios_corpora, bios_world
+
+    world = dict(num_people=12, augmentations=["single", "multi2+permute+fullname"],
+                 celebrity_fraction=0.5)
+    w, opts1 = bios_world(world, 0)
+    one = bios_corpora(w, opts1, 0)
+    _, opts3 = bios_world({**world, "redraws": 3}, 0)
+    three = bios_corpora(w, opts3, 0)
+    assert [b.text for b in three["bios_single"]] == [b.text for b in one["bios_single"]]
+    aug = "bios_multi2_permute_fullname"
+    assert len(three[aug]) == 3 * len(one[aug]) == 3 * 2 * 12
+    assert [b.text for b in three[aug][:24]] == [b.text for b in one[aug]]  # draw 0
+    assert len({b.text for b in three[aug]}) == len(three[aug])  # every draw is new text
+    for draw in range(3):  # each draw covers every person twice, with their own values
+        people = [b.person for b in three[aug][24 * draw: 24 * (draw + 1)]]
+        assert sorted(people) == sorted(list(range(12)) * 2)
+    for b in three[aug]:
+        for span in b.sentences:
+            assert b.text[span.value_start:span.value_end] == w.people[b.person].attributes[
+                span.attribute]
+    celeb = set(w.train_ids[:6].tolist())
+    per_person = {p: sum(b.person == p for b in three["bios_celebrity"]) for p in range(12)}
+    assert all(per_person[p] == (3 * 5 if p in celeb else 1) for p in range(12)), per_person
+
+
+def test_redraws_must_be_a_positive_int():
+    from jaxknow.data.build import WorldConfigError
+    from jaxknow.data.world_builders import bios_options
+
+    for bad in (0, 1.5, True):
+        with pytest.raises(WorldConfigError, match="redraws"):
+            bios_options({"num_people": 4, "redraws": bad}, 0)

@@ -102,12 +102,16 @@ def bios_options(world: Mapping[str, Any], seed: int) -> tuple[Any, dict[str, An
     from jaxknow.worlds import bios
 
     own = {"num_people": 1000, "augmentations": ["single"], "train_fraction": 0.5,
-           "celebrity_fraction": 0.0, "celebrity_augmentation": "multi5+permute+fullname"}
+           "celebrity_fraction": 0.0, "celebrity_augmentation": "multi5+permute+fullname",
+           "redraws": 1}
     for f in dataclasses.fields(bios.BiosConfig):
         own.setdefault(f.name, f.default)
     own.pop("seed")
     opts = _options({k: v for k, v in world.items() if k != "kind"}, "bios", own)
     cfg_fields = {f.name for f in dataclasses.fields(bios.BiosConfig)}
+    r = opts["redraws"]
+    if isinstance(r, bool) or not isinstance(r, int) or r < 1:
+        raise WorldConfigError(f"data.world (bios): redraws must be an int >= 1, got {r!r}")
     try:
         bcfg = bios.BiosConfig(**{k: v for k, v in opts.items() if k in cfg_fields}, seed=seed)
         opts["augmentations"] = [bios.Augmentation.parse(a) for a in opts["augmentations"]]
@@ -128,17 +132,34 @@ def bios_world(world: Mapping[str, Any], seed: int) -> tuple[Any, dict[str, Any]
 
 
 def bios_corpora(w: Any, opts: Mapping[str, Any], seed: int) -> dict[str, list[Any]]:
-    """Returns source name -> biographies, per augmentation (and the celebrity corpus)."""
+    """Returns source name -> biographies, per augmentation (and the celebrity corpus).
+
+    With ``redraws`` = R > 1 every augmented corpus (any augmentation but "single", which is
+    one fixed biography per person by definition) holds R independent draws of its
+    augmentation (draw 0 is the R = 1 corpus): the text about a person changes from one pass
+    over the data to the next while what it says stays the same. In the celebrity corpus only
+    the celebrities' biographies are re-drawn.
+    """
     from jaxknow.worlds import bios
+
+    redraws = int(opts.get("redraws", 1))
+
+    def draws(aug: Any) -> int:
+        return redraws if aug.name != "single" else 1
 
     corpora: dict[str, list[bios.Biography]] = {}
     for i, aug in enumerate(opts["augmentations"]):
-        corpora[aug_source_name(aug.name)] = bios.render_biographies(w, aug, seed + 1000 * i)
+        corpora[aug_source_name(aug.name)] = [
+            b for r in range(draws(aug))
+            for b in bios.render_biographies(w, aug, seed + 1000 * i + 100_003 * r)]
     if opts["celebrity_fraction"] > 0:
         n_celeb = int(round(opts["celebrity_fraction"] * w.num_people))
         celebs = sorted(int(i) for i in w.train_ids[:n_celeb])
-        corpora["bios_celebrity"] = bios.render_celebrity_biographies(
-            w, celebs, opts["celebrity_augmentation"], seed + 999)
+        caug = opts["celebrity_augmentation"]
+        corpus = bios.render_celebrity_biographies(w, celebs, caug, seed + 999)
+        for r in range(1, draws(caug)):
+            corpus += bios.render_biographies(w, caug, seed + 999 + 100_003 * r, people=celebs)
+        corpora["bios_celebrity"] = corpus
     return corpora
 
 
