@@ -1,0 +1,100 @@
+"""Did the model memorise its training text? Greedy next-token hits at chosen positions.
+
+`next_token_hits` runs the model once per batch of token sequences (jitted, right-padded to a
+bucketed length) and reports, for each requested position j, whether the argmax of the logits
+at j - 1 is the token at j. `value_token_index` finds the token where a character span (an
+attribute value inside a biography) starts, from the tokenizer's offsets.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Sequence
+from typing import Any
+
+import jax
+import jax.numpy as jnp
+import numpy as np
+from jax.sharding import Mesh
+
+from jaxknow.eval.generate import (
+    batch_rows,
+    bucket_length,
+    cfg_key,
+    mesh_of,
+    place_batch,
+    place_params,
+)
+from jaxknow.model import transformer
+from jaxknow.model.config import ModelConfig
+from jaxknow.parallel.rules import Sharder
+
+_COMPILED: dict[tuple[Any, ...], Any] = {}
+
+
+def _argmax_fn(cfg: ModelConfig, mesh: Mesh | None) -> Any:
+    key = (cfg_key(cfg), mesh)
+    if key not in _COMPILED:
+        sharder = Sharder(mesh)
+
+        def run(params: Any, tokens: jax.Array, segment_ids: jax.Array) -> jax.Array:
+            logits = transformer.apply(params, tokens, cfg, segment_ids=segment_ids,
+                                       sharder=sharder)
+            return jnp.argmax(logits, axis=-1).astype(jnp.int32)
+
+        _COMPILED[key] = jax.jit(run)
+    return _COMPILED[key]
+
+
+def next_token_hits(
+    params: Any,
+    cfg: ModelConfig,
+    sequences: Sequence[Sequence[int]],
+    positions: Sequence[Sequence[int]],
+    *,
+    batch_size: int = 64,
+    mesh: Mesh | None = None,
+) -> list[np.ndarray]:
+    """Returns, per sequence, a bool array: for each j in `positions[i]`, whether the model's
+    greedy prediction after `sequences[i][:j]` is `sequences[i][j]` (j >= 1)."""
+    if len(sequences) != len(positions):
+        raise ValueError(f"{len(sequences)} sequences but {len(positions)} position lists")
+    for i, (seq, pos) in enumerate(zip(sequences, positions)):
+        if len(seq) - 1 > cfg.max_seq_len:
+            raise ValueError(f"sequence {i} has {len(seq)} tokens; the model's context is "
+                             f"model.max_seq_len={cfg.max_seq_len}")
+        if any(j < 1 or j >= len(seq) for j in pos):
+            raise ValueError(f"sequence {i}: positions {list(pos)} outside [1, {len(seq)})")
+    n = len(sequences)
+    out: list[np.ndarray] = [np.zeros(0, bool)] * n
+    if n == 0:
+        return out
+    mesh = mesh if mesh is not None else mesh_of(params)
+    params = place_params(params, cfg, mesh)
+    fn = _argmax_fn(cfg, mesh)
+    order = sorted(range(n), key=lambda i: -len(sequences[i]))
+    rows = batch_rows(n, batch_size, mesh)
+    for start in range(0, n, rows):
+        idx = order[start:start + rows]
+        t = min(bucket_length(max(len(sequences[i]) - 1 for i in idx)), cfg.max_seq_len)
+        tokens = np.zeros((rows, t), np.int32)
+        segs = np.zeros((rows, t), np.int32)
+        for r, i in enumerate(idx):
+            m = len(sequences[i]) - 1
+            tokens[r, :m] = sequences[i][:-1]
+            segs[r, :m] = 1
+        pred = np.asarray(jax.device_get(fn(params, place_batch(tokens, mesh),
+                                            place_batch(segs, mesh))))
+        for r, i in enumerate(idx):
+            seq = sequences[i]
+            out[i] = np.array([pred[r, j - 1] == seq[j] for j in positions[i]], bool)
+    return out
+
+
+def value_token_index(offsets: Sequence[tuple[int, int]], char_start: int) -> int:
+    """Returns the index of the token whose character span holds `char_start` (a token may
+    begin one character earlier with the leading space a byte-level BPE attaches to words);
+    raises ValueError when no token does."""
+    for j, (s, e) in enumerate(offsets):
+        if s <= char_start < e:
+            return j
+    raise ValueError(f"no token covers character {char_start}")

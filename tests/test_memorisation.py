@@ -1,0 +1,44 @@
+"""Greedy next-token hits (the memorisation measure of the bioS study)."""
+
+from __future__ import annotations
+
+import jax
+import numpy as np
+import pytest
+
+from jaxknow.eval.memorisation import next_token_hits, value_token_index
+from jaxknow.model import transformer
+from jaxknow.model.config import preset
+from jaxknow.model.params import init_params, param_specs
+
+
+def test_hits_match_the_argmax_of_a_direct_forward_pass():
+    cfg = preset("tiny", vocab_size=64, max_seq_len=64)
+    params = init_params(param_specs(cfg), jax.random.key(0), cfg.storage_dtype)
+    rng = np.random.default_rng(0)
+    seqs = [rng.integers(0, 64, n).tolist() for n in (9, 17, 5, 30)]
+    # Make some positions hits by construction: put the model's own prediction there.
+    for s in seqs:
+        pred = np.asarray(jax.numpy.argmax(transformer.apply(params, np.asarray([s]), cfg)[0],
+                                           -1))
+        s[3] = int(pred[2])
+    positions = [[1, 3, len(s) - 1] for s in seqs]
+    hits = next_token_hits(params, cfg, seqs, positions, batch_size=2)
+    for s, pos, h in zip(seqs, positions, hits):
+        logits = transformer.apply(params, np.asarray([s[:-1]]), cfg)[0]
+        want = [int(np.argmax(logits[j - 1])) == s[j] for j in pos]
+        assert h.tolist() == want
+        assert h[1]  # position 3 holds the model's own greedy prediction
+    assert not all(h.all() for h in hits)  # random tokens elsewhere are mostly misses
+
+
+def test_bad_positions_and_token_lookup():
+    cfg = preset("tiny", vocab_size=64, max_seq_len=64)
+    params = init_params(param_specs(cfg), jax.random.key(0), cfg.storage_dtype)
+    with pytest.raises(ValueError, match="outside"):
+        next_token_hits(params, cfg, [[1, 2, 3]], [[0]])
+    offsets = [(0, 4), (4, 10), (10, 11)]  # "Anna", " Smith", "."
+    assert value_token_index(offsets, 5) == 1
+    assert value_token_index(offsets, 4) == 1
+    with pytest.raises(ValueError, match="character 11"):
+        value_token_index(offsets, 11)
