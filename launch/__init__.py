@@ -1,9 +1,16 @@
 """absl entry points. On a CPU-only machine JAX shows one device, which leaves cores idle for
 the small models jaxknow trains there; unless XLA_FLAGS already says otherwise, the entry
 points ask for one CPU device per core (a power of two, at most 8; override with
-JAXKNOW_CPU_DEVICES=N). Accelerator devices are unaffected."""
+JAXKNOW_CPU_DEVICES=N). Accelerator devices are unaffected.
+
+On x86-64 the generated CPU code is also held to AVX2 (`--xla_cpu_max_isa=AVX2`, unless
+XLA_FLAGS sets it): XLA otherwise compiles for the host's newest vector instructions, so two
+machines "of the same kind" with and without AVX-512 round differently and a seeded study gives
+other per-attribute figures. Matrix-multiply libraries may still pick kernels by CPU model;
+docs/lab_notebook.md reports the spread over seeds that every headline must survive."""
 
 import os
+import platform
 
 
 def _cpu_devices() -> int:
@@ -21,6 +28,10 @@ def _cpu_devices() -> int:
 if "xla_force_host_platform_device_count" not in os.environ.get("XLA_FLAGS", ""):
     os.environ["XLA_FLAGS"] = (os.environ.get("XLA_FLAGS", "") +
                                f" --xla_force_host_platform_device_count={_cpu_devices()}").strip()
+
+if (platform.machine().lower() in ("x86_64", "amd64")
+        and "xla_cpu_max_isa" not in os.environ.get("XLA_FLAGS", "")):
+    os.environ["XLA_FLAGS"] = (os.environ["XLA_FLAGS"] + " --xla_cpu_max_isa=AVX2").strip()
 
 # Persistent XLA compilation cache: the stages of an experiment (and reruns) compile the same
 # programs again and again. Set JAX_COMPILATION_CACHE_DIR to move it ("" disables).
