@@ -98,3 +98,30 @@ def test_study_unknown_key_and_bad_mode_are_named(parse, name, field):
         parse({**cfg, "pretrian": {}})
     with pytest.raises(ConfigError, match=rf"{field}=\['full', 'qlora'\]"):
         parse({**cfg, field: ["full", "qlora"]})
+
+
+def test_bios_paper_config_is_the_papers_finetune_sweep():
+    study = bios_study.parse_study(load("bios/paper"))
+    full = [r for r in study.recipes if r.mode == "full"]
+    assert sorted((r.stage.lr, r.stage.weight_decay) for r in full) == sorted(
+        (lr, wd) for lr in (1e-3, 3e-4, 1e-4) for wd in (0.01, 0.001))
+    for r in study.recipes:
+        assert (r.stage.batch_size, r.stage.steps, r.stage.warmup_steps) == (48, 50_000, 0)
+        assert r.stage.schedule == "cosine" and r.stage.end_lr_fraction == 0.1
+    (lora,) = [r for r in study.recipes if r.mode == "lora"]
+    assert (lora.stage.lr, lora.stage.weight_decay) == (3e-4, 0.01)
+    assert lora.lora["targets"] == ["q", "v"] and lora.lora["embedding_rank"] == 128
+    assert study.mixed_qa_weight == 4.0  # QA_r = 0.8 of the documents
+
+
+def test_bios_finetune_recipe_errors_name_the_recipe():
+    cfg = load("bios/tiny").to_dict()
+    bad = [dict(name="a", mode="full", lr=-1.0)]
+    with pytest.raises(ConfigError, match=r"finetune_recipes\[0\].*lr"):
+        bios_study.parse_study({**cfg, "finetune_recipes": bad})
+    with pytest.raises(ConfigError, match=r"finetune_recipes\[1\].name='a': repeated"):
+        bios_study.parse_study({**cfg, "finetune_recipes": [dict(name="a"), dict(name="a")]})
+    with pytest.raises(ConfigError, match=r"finetune_recipes\[0\]: .*unexpected keyword"):
+        bios_study.parse_study({**cfg, "finetune_recipes": [dict(name="a", lrr=1.0)]})
+    study = bios_study.parse_study(cfg)
+    assert [r.name for r in study.recipes] == ["full", "lora"]

@@ -47,8 +47,18 @@ def test_bios_study_results_are_complete_and_consistent(bios_study):
             for layer in pr["layers"]:
                 for a in pr["attributes"]:
                     assert 0.0 <= pr["accuracy"][str(layer)][a] <= 1.0
+    # Memorisation before the finetune: one entry per pretrained condition, every attribute
+    # in [0, 1], the mean their mean, computed over every biography of the corpus.
+    people = bios_tiny().world.num_people
+    for aug, per_person in (("single", 1), ("multi2+permute+fullname", 2)):
+        m = on_disk["memorisation"][aug]
+        assert m["num_biographies"] == people * per_person
+        vals = [m[a] for a in ATTRIBUTES]
+        assert all(0.0 <= v <= 1.0 for v in vals), m
+        assert m["mean"] == pytest.approx(np.mean(vals))
     report = (wd / "report.md").read_text()
     assert "P_test" in report and "multi2+permute+fullname" in report
+    assert "Memorisation before the QA finetune" in report
     pngs = sorted(p.name for p in (wd / "plots").glob("*.png"))
     assert "probe_q_probe_single.png" in pngs and any(p.startswith("loss_") for p in pngs)
     assert all((wd / "plots" / p).stat().st_size > 1000 for p in pngs)

@@ -15,7 +15,7 @@ from __future__ import annotations
 
 import dataclasses
 import time
-from collections.abc import Mapping
+from collections.abc import Mapping, Sequence
 from pathlib import Path
 from typing import Any
 
@@ -62,6 +62,18 @@ class EvalSettings:
 
 
 @dataclasses.dataclass(frozen=True)
+class FinetuneRecipe:
+    """One QA finetune of every pretrained model: its name (the stage directory and the
+    results row), full or LoRA, and its stage settings (the study's `finetune` section with
+    the recipe's overrides) and LoRA settings."""
+
+    name: str
+    mode: str
+    stage: StageConfig
+    lora: dict[str, Any] | None
+
+
+@dataclasses.dataclass(frozen=True)
 class BiosStudy:
     """A parsed bioS study config."""
 
@@ -72,7 +84,7 @@ class BiosStudy:
     conditions: tuple[str, ...]
     pretrain: StageConfig
     finetune: StageConfig
-    finetune_modes: tuple[str, ...]
+    recipes: tuple[FinetuneRecipe, ...]
     lora: dict[str, Any]
     mixed: StageConfig | None
     mixed_qa_weight: float
@@ -82,7 +94,8 @@ class BiosStudy:
 
 
 EXPERIMENT_KEYS = ("experiment", "seed", "world", "model", "mesh", "conditions", "pretrain",
-                   "finetune", "finetune_modes", "lora", "mixed", "celebrity", "probing", "eval")
+                   "finetune", "finetune_modes", "finetune_recipes", "lora", "mixed", "celebrity",
+                   "probing", "eval")
 
 
 def parse_study(config: Any) -> BiosStudy:
@@ -98,6 +111,9 @@ def parse_study(config: Any) -> BiosStudy:
         except ValueError as e:
             raise C.ConfigError(f"conditions: {e}") from None
     modes = common.parse_modes(cfg.get("finetune_modes"), "finetune_modes")
+    finetune = C.section(StageConfig, cfg.get("finetune"), "finetune")
+    lora = dict(cfg.get("lora") or {"rank": 8, "alpha": 16.0, "targets": ["q", "v"],
+                                    "embedding_rank": 8})
     mixed_cfg = dict(cfg.get("mixed") or {})
     mixed_on = mixed_cfg.pop("enabled", False)
     qa_weight = float(mixed_cfg.pop("qa_weight", 1.0))
@@ -113,16 +129,43 @@ def parse_study(config: Any) -> BiosStudy:
         mesh=dict(cfg.get("mesh") or {}),
         conditions=conditions,
         pretrain=C.section(StageConfig, cfg.get("pretrain"), "pretrain"),
-        finetune=C.section(StageConfig, cfg.get("finetune"), "finetune"),
-        finetune_modes=modes,
-        lora=dict(cfg.get("lora") or {"rank": 8, "alpha": 16.0, "targets": ["q", "v"],
-                                       "embedding_rank": 8}),
+        finetune=finetune,
+        recipes=parse_recipes(cfg.get("finetune_recipes"), modes, finetune, lora),
+        lora=lora,
         mixed=C.section(StageConfig, mixed_cfg, "mixed") if mixed_on else None,
         mixed_qa_weight=qa_weight,
         celebrity=bool(cfg.get("celebrity", False)),
         probing=C.section(ProbingConfig, cfg.get("probing"), "probing"),
         eval=C.section(EvalSettings, cfg.get("eval"), "eval"),
     )
+
+
+def parse_recipes(values: Any, modes: Sequence[str], finetune: StageConfig,
+                  lora: Mapping[str, Any]) -> tuple[FinetuneRecipe, ...]:
+    """Returns the QA finetunes of a study: `finetune_recipes` (a list of {"name", "mode",
+    stage overrides..., "lora": {...}}) or, without it, one recipe per finetune mode named
+    after it. Raises ConfigError naming the bad recipe."""
+    if not values:
+        return tuple(FinetuneRecipe(m, m, finetune, dict(lora) if m == "lora" else None)
+                     for m in modes)
+    out: list[FinetuneRecipe] = []
+    for i, raw in enumerate(values):
+        where = f"finetune_recipes[{i}]"
+        r = dict(raw)
+        name, mode = r.pop("name", None), r.pop("mode", "full")
+        if not isinstance(name, str) or not name or "/" in name:
+            raise C.ConfigError(f"{where}.name={name!r}: a non-empty name without '/'")
+        if name in {x.name for x in out}:
+            raise C.ConfigError(f"{where}.name={name!r}: repeated")
+        common.parse_modes([mode], f"{where}.mode")
+        lora_over = dict(r.pop("lora", None) or {})
+        try:
+            stage = dataclasses.replace(finetune, **r)
+        except (TypeError, ValueError) as e:
+            raise C.ConfigError(f"{where}: {e}") from None
+        out.append(FinetuneRecipe(name, mode, stage,
+                                  {**lora, **lora_over} if mode == "lora" else None))
+    return tuple(out)
 
 
 def _qa_rows(data_dir: Path, split: str, max_people: int | None) -> list[dict[str, Any]]:
@@ -147,10 +190,40 @@ def evaluate_qa(workdir: Path, data_dir: Path, ev: EvalSettings) -> dict[str, di
                             batch_size=ev.batch_size)
 
 
+def memorisation(workdir: Path, bios: Sequence[Any], max_bios: int = 2000,
+                 batch_size: int = 64) -> dict[str, float]:
+    """Returns the pretrained model's first-token accuracy of every attribute value in its
+    training biographies (greedy prediction of the value's first token from the text before
+    it), per attribute and as "mean", over at most `max_bios` biographies (evenly spaced)."""
+    from jaxknow.eval.memorisation import next_token_hits, value_token_index
+
+    model = load_model(workdir)
+    tok = model.tokenizer
+    step = max(1, -(-len(bios) // max_bios))
+    chosen = list(bios)[::step]
+    seqs, positions, attrs = [], [], []
+    for b in chosen:
+        enc = tok.tok.encode(b.text, add_special_tokens=False)
+        pre = tok.prefix()
+        seqs.append(pre + list(enc.ids))
+        positions.append([len(pre) + value_token_index(enc.offsets, s.value_start)
+                          for s in b.sentences])
+        attrs.append([s.attribute for s in b.sentences])
+    hits = next_token_hits(model.params, model.cfg, seqs, positions, batch_size=batch_size)
+    per: dict[str, list[bool]] = {a: [] for a in ATTRIBUTES}
+    for h, names in zip(hits, attrs):
+        for ok, a in zip(h.tolist(), names):
+            per[a].append(ok)
+    out = {a: float(np.mean(v)) for a, v in per.items() if v}
+    out["mean"] = float(np.mean(list(out.values())))
+    out["num_biographies"] = len(chosen)
+    return out
+
+
 def probe(workdir: Path, study: BiosStudy, world_options: Mapping[str, Any],
-          source: str) -> dict[str, Any]:
+          bios: Sequence[Any]) -> dict[str, Any]:
     """Returns P- and Q-probing results (per layer and attribute) of a pretrained model;
-    P-probing reads the model's own training biographies of `source`."""
+    P-probing reads the model's own training biographies `bios` (the first of each person)."""
     from jaxknow.eval import probing
 
     pc = study.probing
@@ -165,7 +238,6 @@ def probe(workdir: Path, study: BiosStudy, world_options: Mapping[str, Any],
     kw = dict(steps=pc.steps, lr=pc.lr, embedding_rank=pc.embedding_rank, seed=study.seed,
               birth_date=pc.birth_date)
     if pc.p_probe:
-        bios = bios_corpora(world, opts, study.seed)[source]
         first: dict[int, Any] = {}
         for b in bios:  # one biography per probed person (the first rendering)
             first.setdefault(b.person, b)
@@ -199,6 +271,15 @@ def run_bios_study(config: Any, workdir: str | Path, log: Any = print) -> dict[s
     build.check_vocab(data_dir, C.model_config(study.model).vocab_size)
 
     runs: dict[str, dict[str, Any]] = {}
+    memo: dict[str, dict[str, float]] = {}
+    rendered: dict[str, Any] = {}
+
+    def corpora_of(source: str) -> list[Any]:
+        if not rendered:
+            w, opts = bios_world(world, study.seed)
+            rendered.update(bios_corpora(w, opts, study.seed))
+        return rendered[source]
+
     losses: dict[str, list[tuple[int, float]]] = {}
     probes: dict[str, Any] = {}
     conditions = [(a.name, aug_source_name(a.name)) for a in augs]
@@ -209,20 +290,23 @@ def run_bios_study(config: Any, workdir: str | Path, log: Any = print) -> dict[s
         res = common.run_stage(f"pretrain {name}", common.stage_config(
             exp, study.pretrain, sources=[{"name": source}], data_dir=data_dir), pre_dir, log)
         losses[f"pretrain {name}"] = [(m["step"], m["loss"]) for m in res.metrics]
-        for mode in study.finetune_modes:
-            ft_dir = workdir / f"finetune_{_slug(name)}_{mode}"
-            lora = study.lora if mode == "lora" else None
-            res = common.run_stage(f"finetune {name} ({mode})", common.stage_config(
-                exp, study.finetune, sources=[{"name": "qa_train"}], data_dir=data_dir,
-                init_from=pre_dir, lora=lora, trainable="lora" if lora else "all"), ft_dir, log)
-            losses[f"finetune {name} ({mode})"] = [(m["step"], m["loss"]) for m in res.metrics]
-            log(f"[eval] QA of {name} pretrain + {mode} finetune")
-            runs[f"pretrain+finetune ({mode}) / {name}"] = {
-                "recipe": "pretrain+finetune", "mode": mode, "augmentation": name,
-                **evaluate_qa(ft_dir, data_dir, study.eval)}
+        log(f"[memorisation] first-token accuracy of the {name} training biographies")
+        memo[name] = memorisation(pre_dir, corpora_of(source))
+        for rec in study.recipes:
+            ft_dir = workdir / f"finetune_{_slug(name)}_{rec.name}"
+            res = common.run_stage(f"finetune {name} ({rec.name})", common.stage_config(
+                exp, rec.stage, sources=[{"name": "qa_train"}], data_dir=data_dir,
+                init_from=pre_dir, lora=rec.lora, trainable="lora" if rec.lora else "all"),
+                ft_dir, log)
+            losses[f"finetune {name} ({rec.name})"] = [(m["step"], m["loss"])
+                                                      for m in res.metrics]
+            log(f"[eval] QA of {name} pretrain + {rec.name} finetune")
+            runs[f"pretrain+finetune ({rec.name}) / {name}"] = {
+                "recipe": "pretrain+finetune", "mode": rec.mode, "finetune": rec.name,
+                "augmentation": name, **evaluate_qa(ft_dir, data_dir, study.eval)}
         if study.probing.enabled and name != "celebrity":
             log(f"[probe] P/Q-probing of the {name} pretrained model")
-            probes[name] = probe(pre_dir, study, world, source)
+            probes[name] = probe(pre_dir, study, world, corpora_of(source))
         if study.mixed is not None and name != "celebrity":
             mix_dir = workdir / f"mixed_{_slug(name)}"
             res = common.run_stage(f"mixed {name}", common.stage_config(
@@ -240,6 +324,7 @@ def run_bios_study(config: Any, workdir: str | Path, log: Any = print) -> dict[s
         "seed": study.seed,
         "world": {k: v for k, v in world.items()},
         "conditions": runs,
+        "memorisation": memo,
         "probing": {k: {p: r.to_dict() for p, r in v.items()} for k, v in probes.items()},
         "paper": PAPER,
         "chance": _chance(data_dir),
@@ -293,6 +378,13 @@ def report_markdown(results: Mapping[str, Any]) -> str:
         "pretrain + QA finetune under 10 % for bioS single, above 90 % for "
         "multi5+permute+fullname.",
     ]
+    if results.get("memorisation"):
+        parts += ["", "## Memorisation before the QA finetune: first-token accuracy (%) of "
+                  "each attribute value in the training biographies", ""]
+        mrows = [[cond, *[m.get(a, float("nan")) for a in ATTRIBUTES], m["mean"],
+                  m["num_biographies"]] for cond, m in results["memorisation"].items()]
+        parts.append(common.markdown_table(["pretraining", *ATTRIBUTES, "mean", "biographies"],
+                                           mrows))
     if results["probing"]:
         parts += ["", "## Probing accuracy (%) at the last layer", ""]
         prow = []
