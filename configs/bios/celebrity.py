@@ -1,0 +1,23 @@
+"""Celebrity helps minority, in miniature (Physics of LMs 3.1, Result 6).
+
+The quickstart's world and model; two pretrainings: every person with one plain biography
+(bioS single), and a "celebrity" corpus in which the P_train half (the celebrities) get
+re-drawn multi5+permute+fullname biographies while the P_test half (the minority) keep their
+single biography. Both are QA-finetuned on the celebrities and asked about the minority: the
+paper's minority accuracy rises from 4.4 % to 86.8 %.
+
+    python -m launch.experiment --config=configs/bios/celebrity.py --workdir=runs/celebrity
+"""
+
+from ml_collections import ConfigDict
+
+from configs.bios.quickstart import get_config as quickstart
+
+
+def get_config() -> ConfigDict:
+    c = quickstart()
+    c.conditions = ["single"]
+    c.celebrity = True
+    c.world.celebrity_augmentation = "multi5+permute+fullname"
+    c.probing.enabled = False
+    return c
