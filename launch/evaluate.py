@@ -16,10 +16,10 @@ from collections.abc import Mapping
 from pathlib import Path
 from typing import Any
 
-from absl import app, flags
+from absl import flags
 from ml_collections import config_flags
 
-from launch.common import run_main
+from launch.common import run_app, run_main
 
 _CONFIG = config_flags.DEFINE_config_file("config", None, "Evaluation config file (.py).",
                                           lock_config=True)
@@ -126,4 +126,4 @@ def main(argv: list[str]) -> None:
 
 
 if __name__ == "__main__":
-    app.run(main)
+    run_app(main)

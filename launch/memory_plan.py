@@ -10,9 +10,9 @@ simulated CPU mesh (XLA_FLAGS=--xla_force_host_platform_device_count=8) with sma
 
 from __future__ import annotations
 
-from absl import app, flags
+from absl import flags
 
-from launch.common import run_main
+from launch.common import run_app, run_main
 
 _PRESET = flags.DEFINE_string("preset", "llama-8b", "Model preset (jaxknow.model.config).")
 _OVERRIDES = flags.DEFINE_list("model", [], "Model field overrides, e.g. d_model=256,n_layers=4")
@@ -89,4 +89,4 @@ def main(argv: list[str]) -> None:
 
 
 if __name__ == "__main__":
-    app.run(main)
+    run_app(main)

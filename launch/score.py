@@ -8,7 +8,7 @@ from pathlib import Path
 
 from absl import app, flags
 
-from launch.common import run_main
+from launch.common import run_app, run_main
 
 _CHECKPOINT = flags.DEFINE_string("checkpoint", None, "Model directory (load_model path).")
 _TOKENS = flags.DEFINE_string("tokens", None, "Comma-separated token ids.")
@@ -43,4 +43,4 @@ def main(argv: list[str]) -> None:
 
 
 if __name__ == "__main__":
-    app.run(main)
+    run_app(main)
