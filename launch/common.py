@@ -82,6 +82,24 @@ def quiet_libraries() -> None:
         pylogging.getLogger("asyncio").setLevel(pylogging.CRITICAL)
 
 
+def config_error(e: BaseException, argv: list[str]) -> str:
+    """Returns one line for an error raised while loading a config file or applying a
+    ``--config.KEY=VALUE`` override."""
+    cause = e.__cause__ if isinstance(e.__cause__, SyntaxError) else e
+    if isinstance(cause, AttributeError | KeyError):
+        key = str(cause).strip("\"'")
+        flag = next((a.split("=")[0] for a in argv if a.split("=")[0].endswith(f".{key}")),
+                    None)
+        if flag:
+            return f"{flag}: no such field in the config"
+    text = one_line(cause)
+    if "Failed loading config file" in text:
+        why = str(cause).strip().splitlines()[-1].strip()
+        return f"--config: cannot load the config file ({why})"
+    kind = "" if isinstance(cause, OSError) else f"{type(cause).__name__}: "
+    return f"--config: {kind}{text}"
+
+
 def parse_flags(argv: list[str]) -> list[str]:
     """absl flags parser: a bad flag, an unknown ``--config.`` key or a missing / broken config
     file is one line and exit 2 (absl's own handling prints tracebacks)."""
@@ -100,9 +118,7 @@ def parse_flags(argv: list[str]) -> list[str]:
     except Exception as e:  # noqa: BLE001 - config files can raise anything
         if verbose(argv):
             raise
-        cause = e.__cause__ if isinstance(e.__cause__, SyntaxError) else e
-        kind = "" if isinstance(cause, OSError) else f"{type(cause).__name__}: "
-        print(f"error: --config: {kind}{one_line(cause)}", file=sys.stderr)
+        print(f"error: {config_error(e, argv)}", file=sys.stderr)
         sys.exit(EXIT_USER_ERROR)
     return rest
 

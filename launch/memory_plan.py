@@ -62,6 +62,16 @@ def main(argv: list[str]) -> None:
             over[k] = _value(v)
         cfg = preset(_PRESET.value, dtype=_DTYPE.value, param_dtype=_PDTYPE.value,
                      remat=_REMAT.value, **over)
+        for name, v in (("batch", _BATCH.value), ("seq_len", _SEQ.value),
+                        ("grad_accum", _ACCUM.value)):
+            if v <= 0:
+                raise ConfigError(f"--{name}={v}: must be positive")
+        if _SEQ.value > cfg.max_seq_len:
+            raise ConfigError(f"--seq_len={_SEQ.value} exceeds the model's max_seq_len="
+                              f"{cfg.max_seq_len} (--model=max_seq_len=N to raise it)")
+        if _BATCH.value % _ACCUM.value:
+            raise ConfigError(f"--grad_accum={_ACCUM.value} does not divide "
+                              f"--batch={_BATCH.value}")
         lora = None
         if _LORA.value:
             lora = LoraConfig(rank=_LORA.value, alpha=16.0, rslora=True,

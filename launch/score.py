@@ -35,6 +35,8 @@ def main(argv: list[str]) -> None:
             raise ValueError(f"--tokens: {e}") from None
         logits = score_tokens(model, tokens)
         out = Path(_OUT.value)
+        if out.suffix != ".npy":  # np.save appends it; report the file actually written
+            out = out.with_name(out.name + ".npy")
         out.parent.mkdir(parents=True, exist_ok=True)
         np.save(out, logits)
         print(f"wrote logits {list(logits.shape)} to {out}")

@@ -80,7 +80,13 @@ class Tokenizer:
 
 
 def train_bpe(texts: Iterable[str], vocab_size: int, min_frequency: int = 2) -> Tokenizer:
-    """Returns a byte-level BPE tokenizer trained on `texts` (EOT is bos and eos, PAD pads)."""
+    """Returns a byte-level BPE tokenizer trained on `texts` (EOT is bos and eos, PAD pads).
+    Raises TokenizerError when `vocab_size` is below the 258 ids every byte-level BPE has."""
+    minimum = len(pre_tokenizers.ByteLevel.alphabet()) + 2
+    if vocab_size < minimum:
+        raise TokenizerError(
+            f"vocab_size={vocab_size} is below the byte-level minimum of {minimum} ids (256 "
+            f"bytes + 2 special tokens); set data.world.vocab_size >= {minimum}")
     tok = tokenizers.Tokenizer(models.BPE())
     tok.pre_tokenizer = pre_tokenizers.ByteLevel(add_prefix_space=False)
     tok.decoder = decoders.ByteLevel()

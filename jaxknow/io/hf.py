@@ -422,9 +422,25 @@ class SafetensorsReader:
             except (OSError, struct.error, json.JSONDecodeError, UnicodeDecodeError) as e:
                 raise HFConversionError(f"{file}: not a readable safetensors file ({e})") from None
             base = 8 + n
+            size = file.stat().st_size
             for name, info in header.items():
                 if name == "__metadata__":
                     continue
+                try:
+                    start, end = info["data_offsets"]
+                    expected = math.prod(info["shape"]) * np.dtype(
+                        _ST_DTYPES.get(info["dtype"], np.uint8)).itemsize
+                except (KeyError, TypeError, ValueError) as e:
+                    raise HFConversionError(f"{file}: tensor {name!r} has a malformed header "
+                                            f"entry ({e})") from None
+                if base + end > size:
+                    raise HFConversionError(
+                        f"{file}: truncated (tensor {name!r} ends at byte {base + end}, the "
+                        f"file has {size} bytes)")
+                if info["dtype"] in _ST_DTYPES and end - start != expected:
+                    raise HFConversionError(
+                        f"{file}: tensor {name!r} holds {end - start} bytes, its shape "
+                        f"{info['shape']} and dtype {info['dtype']} need {expected}")
                 if name in self._entries:
                     raise HFConversionError(
                         f"tensor {name!r} is stored twice ({self._entries[name][0].name} and "

@@ -262,9 +262,8 @@ def run(spec: setup.RunSpec, workdir: Path, mesh: Mesh, data_dir: Path, *,
         s, m = pending
         pending = None
         row = {k: float(v) for k, v in jax.device_get(m).items()}
-        check_guard()  # the metrics fetch above already synchronised
-        if skipped:
-            row["skipped_updates"] = skipped
+        if tc.nonfinite == "skip":
+            row["skipped_updates"] = int(jax.device_get(guard["skipped"]))
         now = time.perf_counter()
         if clock["t"] is not None and s > clock["step"]:
             tps = (s - clock["step"]) * tokens_per_step / (now - clock["t"])
@@ -274,6 +273,7 @@ def run(spec: setup.RunSpec, workdir: Path, mesh: Mesh, data_dir: Path, *,
         clock["t"], clock["step"] = now, s
         history.append({"step": s, **row})
         writer.write(s, row)
+        check_guard()  # after the row is written; the metrics fetch already synchronised
 
     def save(at: int) -> None:
         """Saves step `at` once (a halt or signal on a checkpoint step does not save twice),
