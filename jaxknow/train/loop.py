@@ -245,25 +245,28 @@ def run(spec: setup.RunSpec, workdir: Path, mesh: Mesh, data_dir: Path, *,
             tmp.write_text(json.dumps(spec.model.to_dict(), indent=1))
 
     history: list[dict[str, Any]] = []
-    pending: tuple[int, dict] | None = None
+    # (step, metrics, guard state after that step): fetched one step late, so the host never
+    # waits for the step it has just dispatched.
+    pending: tuple[int, dict, guard_lib.GuardState] | None = None
     clock: dict[str, Any] = {"t": None, "step": start}
     skipped = 0
 
-    def check_guard() -> None:
-        """Stops the run (NonFiniteError) on a non-finite step; a host synchronisation."""
+    def check_guard(g: guard_lib.GuardState) -> None:
+        """Stops the run (NonFiniteError) on a non-finite step (fetches `g`)."""
         nonlocal skipped
-        skipped = guard_lib.check(guard, tc.nonfinite, tc.max_skipped, ckpt.last_saved
+        skipped = guard_lib.check(g, tc.nonfinite, tc.max_skipped, ckpt.last_saved
                                   if ckpt.last_saved is not None else (start or None))
 
     def flush() -> None:
         nonlocal pending
         if pending is None:
             return
-        s, m = pending
+        s, m, g = pending
         pending = None
-        row = {k: float(v) for k, v in jax.device_get(m).items()}
+        m, g = jax.device_get((m, g))
+        row = {k: float(v) for k, v in m.items()}
         if tc.nonfinite == "skip":
-            row["skipped_updates"] = int(jax.device_get(guard["skipped"]))
+            row["skipped_updates"] = int(g["skipped"])
         now = time.perf_counter()
         if clock["t"] is not None and s > clock["step"]:
             tps = (s - clock["step"]) * tokens_per_step / (now - clock["t"])
@@ -273,13 +276,13 @@ def run(spec: setup.RunSpec, workdir: Path, mesh: Mesh, data_dir: Path, *,
         clock["t"], clock["step"] = now, s
         history.append({"step": s, **row})
         writer.write(s, row)
-        check_guard()  # after the row is written; the metrics fetch already synchronised
+        check_guard(g)  # after the row is written; fetched with the metrics
 
     def save(at: int) -> None:
         """Saves step `at` once (a halt or signal on a checkpoint step does not save twice),
         never with non-finite state."""
         flush()
-        check_guard()
+        check_guard(guard)  # the state being saved is this step's
         if ckpt.last_saved != at:
             ckpt.save(at, state.model_params(), state.opt_state, meta, it.get_state())
 
@@ -299,7 +302,7 @@ def run(spec: setup.RunSpec, workdir: Path, mesh: Mesh, data_dir: Path, *,
                 flush()
                 ckpt.check()  # a failed background save is reported at once
                 if step % tc.log_every == 0 or step == tc.steps or step == start + 1:
-                    pending = (step, metrics)
+                    pending = (step, metrics, guard)
                 for ev in events:
                     state = ev(step, state)
                 writer.advance()
@@ -314,7 +317,7 @@ def run(spec: setup.RunSpec, workdir: Path, mesh: Mesh, data_dir: Path, *,
         if metrics is not None and (not history or history[-1]["step"] != step) and (
                 pending is None or pending[0] != step):
             flush()
-            pending = (step, metrics)  # the reported loss is the last step's
+            pending = (step, metrics, guard)  # the reported loss is the last step's
         flush()
         if step > start:
             save(step)
