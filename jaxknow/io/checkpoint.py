@@ -89,7 +89,8 @@ class Checkpointer:
 
     def all_steps(self) -> list[int]:
         """Returns every finalised step on storage, oldest first."""
-        return sorted(self._mngr.all_steps(read=True))
+        self._mngr.reload()
+        return sorted(self._mngr.all_steps())
 
     def step_dir(self, step: int) -> Any:
         """Returns the directory of checkpoint `step`."""
@@ -115,45 +116,61 @@ class Checkpointer:
                                       f"{self.directory}")
             return None
         chosen: int | None = None
-        reasons: dict[int, str] = {}
+        error: CheckpointError | None = None
         if jax.process_index() == 0:
-            legacy = not any(integrity.has_manifest(self.step_dir(s)) for s in steps)
-            if requested is not None:
-                if requested not in steps:
-                    raise CheckpointError(
-                        f"train.resume_step={requested}: no checkpoint for that step in "
-                        f"{self.directory} (available: {steps})")
-                why = None if legacy else self.verify(requested)
-                if why is not None:
-                    raise CheckpointError(f"checkpoint {self.step_dir(requested)} is damaged "
-                                          f"or incomplete: {why}")
-                chosen = requested
-                reasons = {s: f"newer than train.resume_step={requested}"
-                           for s in steps if s > requested}
-            elif legacy:
-                chosen = steps[-1]
-                logging.warning("checkpoint %s has no checksum manifest (older version); "
-                                "resuming from it unverified", self.step_dir(chosen))
-            else:
-                for s in reversed(steps):
-                    why = self.verify(s)
-                    if why is None:
-                        chosen = s
-                        break
-                    reasons[s] = why
-                if chosen is None:
-                    raise CheckpointError(
-                        f"no intact checkpoint in {self.directory}: " + "; ".join(
-                            f"{self.step_dir(s)}: {w}" for s, w in sorted(reasons.items())))
-            for s, why in sorted(reasons.items()):
-                dest = self._set_aside(s)
-                logging.warning("checkpoint %s is not used (%s); moved to %s%s",
-                                self.step_dir(s), why, dest,
-                                "" if requested is not None else
-                                f"; resuming from the newest intact step {chosen}")
-        if jax.process_count() > 1:
-            chosen = int(multihost_utils.broadcast_one_to_all(np.int32(chosen)))
+            try:
+                chosen = self._choose(steps, requested)
+            except CheckpointError as e:
+                error = e
+        if jax.process_count() > 1:  # process 0 decides (and reads the files) for everyone
+            chosen = int(multihost_utils.broadcast_one_to_all(
+                np.int32(-1 if chosen is None else chosen)))
+            if chosen < 0 and error is None:
+                error = CheckpointError(f"process 0 found no usable checkpoint in "
+                                        f"{self.directory} (see its error)")
+        if error is not None:
+            raise error
         self._mngr.reload()
+        return chosen
+
+    def _choose(self, steps: list[int], requested: int | None) -> int:
+        """Returns the step to resume from (see `resume_step`); sets newer ones aside."""
+        chosen: int | None = None
+        reasons: dict[int, str] = {}
+        legacy = not any(integrity.has_manifest(self.step_dir(s)) for s in steps)
+        if requested is not None:
+            if requested not in steps:
+                raise CheckpointError(
+                    f"train.resume_step={requested}: no checkpoint for that step in "
+                    f"{self.directory} (available: {steps})")
+            why = None if legacy else self.verify(requested)
+            if why is not None:
+                raise CheckpointError(f"checkpoint {self.step_dir(requested)} is damaged "
+                                      f"or incomplete: {why}")
+            chosen = requested
+            reasons = {s: f"newer than train.resume_step={requested}"
+                       for s in steps if s > requested}
+        elif legacy:
+            chosen = steps[-1]
+            logging.warning("checkpoint %s has no checksum manifest (older version); "
+                            "resuming from it unverified", self.step_dir(chosen))
+        else:
+            for s in reversed(steps):
+                why = self.verify(s)
+                if why is None:
+                    chosen = s
+                    break
+                reasons[s] = why
+            if chosen is None:
+                raise CheckpointError(
+                    f"no intact checkpoint in {self.directory}: " + "; ".join(
+                        f"{self.step_dir(s)}: {w}" for s, w in sorted(reasons.items())))
+        for s, why in sorted(reasons.items()):
+            dest = self._set_aside(s)
+            logging.warning("checkpoint %s is not used (%s); moved to %s%s",
+                            self.step_dir(s), why, dest,
+                            "" if requested is not None else
+                            f"; resuming from the newest intact step {chosen}")
         return chosen
 
     def _set_aside(self, step: int) -> Any:
