@@ -71,12 +71,17 @@ class Tokenizer:
                     )
 
     def save(self, path: str | Path) -> None:
-        """Writes `tokenizer.json` (and `special_tokens.json` with bos/eos/pad) at `path`."""
+        """Writes `tokenizer.json` (and `special_tokens.json` with bos/eos/pad) at `path`,
+        each atomically (a failed write leaves no partial file)."""
+        from jaxknow.data.jsonl import atomic_path
+
         path = Path(path)
         path.mkdir(parents=True, exist_ok=True)
-        self.tok.save(str(path / "tokenizer.json"))
-        (path / "special_tokens.json").write_text(json.dumps(
-            {"bos_id": self.bos_id, "eos_id": self.eos_id, "pad_id": self.pad_id}))
+        with atomic_path(path / "tokenizer.json") as tmp:
+            self.tok.save(str(tmp))
+        with atomic_path(path / "special_tokens.json") as tmp:
+            tmp.write_text(json.dumps(
+                {"bos_id": self.bos_id, "eos_id": self.eos_id, "pad_id": self.pad_id}))
 
 
 def train_bpe(texts: Iterable[str], vocab_size: int, min_frequency: int = 2) -> Tokenizer:
