@@ -152,6 +152,12 @@ class TrainConfig:
     peak_tflops: float | None = None  # per device, for MFU; None: known accelerators only
     preemption_check_every: int = 1
     distributed: str = "auto"  # "auto", "on" (jax.distributed.initialize()) or "off"
+    # A non-finite loss or gradient norm: "stop" (no checkpoint of the damaged state) or
+    # "skip" (drop that update; stop after more than max_skipped).
+    nonfinite: str = "stop"
+    max_skipped: int = 100
+    # Resume from this checkpoint step (newer steps are set aside); None: the newest intact.
+    resume_step: int | None = None
 
     def __post_init__(self) -> None:
         def bad(field: str, why: str) -> None:
@@ -170,6 +176,12 @@ class TrainConfig:
             bad("halt_at", f"must be in (0, steps={self.steps}]")
         if self.distributed not in ("auto", "on", "off"):
             bad("distributed", "must be 'auto', 'on' or 'off'")
+        if self.nonfinite not in ("stop", "skip"):
+            bad("nonfinite", "must be 'stop' or 'skip'")
+        if self.max_skipped < 0:
+            bad("max_skipped", "must be >= 0")
+        if self.resume_step is not None and self.resume_step <= 0:
+            bad("resume_step", "must be positive")
 
 
 # How documents become fixed-length rows (jaxknow.data.pipeline).

@@ -16,9 +16,10 @@ from collections import defaultdict
 
 from absl import app, flags
 
-from jaxknow.data.jsonl import read_jsonl
+from jaxknow.data.jsonl import CorpusFormatError, read_jsonl
 from jaxknow.worlds.audit import audit, format_audit
 from jaxknow.worlds.facts import Fact, default_relation_keywords
+from launch.common import run_app, run_main
 
 FLAGS = flags.FLAGS
 flags.DEFINE_string("corpus", None, "Corpus JSONL file (rows with a text field).")
@@ -42,26 +43,38 @@ def parse_keywords(specs: list[str]) -> dict[str, tuple[str, ...]]:
     return out
 
 
+def audit_files(corpus_path: str, facts_path: str, split: str | None, text_field: str,
+                keyword_specs: list[str]) -> str:
+    """Returns the audit table of a corpus file against a fact file (errors name file:line)."""
+    fact_rows = read_jsonl(facts_path, required=("head", "relation", "tail"))
+    all_facts = []
+    for i, r in enumerate(fact_rows, start=1):
+        try:
+            all_facts.append(Fact.from_row(r))
+        except (KeyError, TypeError, ValueError, AttributeError) as e:
+            raise CorpusFormatError(f"{facts_path}: fact row {i} is malformed ({e})") from None
+    facts = [f for f in all_facts if split is None or f.split == split]
+    if not facts:
+        raise app.UsageError(f"no facts of split {split!r} in {facts_path}")
+    corpus = read_jsonl(corpus_path, required=(text_field,))
+    keywords = default_relation_keywords()
+    for f in facts:
+        keywords.setdefault(f.relation, (f.relation.replace("_", " "),))
+    keywords.update(parse_keywords(keyword_specs))
+    candidates: dict[str, list[str]] = defaultdict(list)
+    for f in all_facts:
+        candidates[f.relation].append(f.tail)
+    rows = audit((str(r[text_field]) for r in corpus), facts, keywords, candidates)
+    return format_audit(rows)
+
+
 def main(argv: list[str]) -> None:
     """Runs the audit and prints the table and summary line (returns nothing)."""
     if len(argv) > 1:
         raise app.UsageError(f"unexpected arguments: {argv[1:]}")
-    fact_rows = read_jsonl(FLAGS.facts, required=("head", "relation", "tail"))
-    all_facts = [Fact.from_row(r) for r in fact_rows]
-    facts = [f for f in all_facts if FLAGS.split is None or f.split == FLAGS.split]
-    if not facts:
-        raise app.UsageError(f"no facts of split {FLAGS.split!r} in {FLAGS.facts}")
-    corpus = read_jsonl(FLAGS.corpus, required=(FLAGS.text_field,))
-    keywords = default_relation_keywords()
-    for f in facts:
-        keywords.setdefault(f.relation, (f.relation.replace("_", " "),))
-    keywords.update(parse_keywords(FLAGS.keywords))
-    candidates: dict[str, list[str]] = defaultdict(list)
-    for f in all_facts:
-        candidates[f.relation].append(f.tail)
-    rows = audit((str(r[FLAGS.text_field]) for r in corpus), facts, keywords, candidates)
-    print(format_audit(rows))
+    run_main(lambda: print(audit_files(FLAGS.corpus, FLAGS.facts, FLAGS.split,
+                                       FLAGS.text_field, FLAGS.keywords)))
 
 
 if __name__ == "__main__":
-    app.run(main)
+    run_app(main)

@@ -12,7 +12,7 @@ from __future__ import annotations
 
 from absl import app, flags
 
-from launch.common import run_main
+from launch.common import run_app, run_main
 
 _FROM = flags.DEFINE_enum("from", None, ["hf", "jaxknow"], "Source format.")
 _SRC = flags.DEFINE_string("src", None, "Source directory.")
@@ -59,4 +59,4 @@ def main(argv: list[str]) -> None:
 
 
 if __name__ == "__main__":
-    app.run(main)
+    run_app(main)

@@ -5,10 +5,10 @@ the tokenized ArrayRecord sources the trainer reads. A training config works too
 
 from __future__ import annotations
 
-from absl import app, flags
+from absl import flags
 from ml_collections import config_flags
 
-from launch.common import run_main
+from launch.common import run_app, run_main
 
 _CONFIG = config_flags.DEFINE_config_file("config", None, "World (or training) config file.")
 _OUT = flags.DEFINE_string("out", None, "Output directory.")
@@ -42,4 +42,4 @@ def main(argv: list[str]) -> None:
 
 
 if __name__ == "__main__":
-    app.run(main)
+    run_app(main)

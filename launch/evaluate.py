@@ -16,10 +16,10 @@ from collections.abc import Mapping
 from pathlib import Path
 from typing import Any
 
-from absl import app, flags
+from absl import flags
 from ml_collections import config_flags
 
-from launch.common import run_main
+from launch.common import run_app, run_main
 
 _CONFIG = config_flags.DEFINE_config_file("config", None, "Evaluation config file (.py).",
                                           lock_config=True)
@@ -62,6 +62,16 @@ def _finite(x: Any) -> Any:
     return x
 
 
+def check_writable(directory: Path) -> None:
+    """Raises OSError naming `directory` when a results file cannot be written there (it is
+    created if missing)."""
+    import tempfile
+
+    directory.mkdir(parents=True, exist_ok=True)
+    with tempfile.NamedTemporaryFile(dir=directory, prefix=".write-check-"):
+        pass
+
+
 def evaluate(config: Any, workdir: str | Path, step: int | None = None,
              out: str | Path | None = None) -> dict[str, Any]:
     """Evaluates the checkpoint of `workdir` as `config` says; returns the results dict that
@@ -88,6 +98,7 @@ def evaluate(config: Any, workdir: str | Path, step: int | None = None,
         raise FileNotFoundError(f"--workdir {workdir} does not exist")
     paths = subset_paths(ecfg, workdir)
     subsets = load_subsets(paths, ecfg.kinds)  # before the model: fail fast on a bad file
+    check_writable(Path(out).parent if out else workdir / "eval")  # before computing
     mesh = make_mesh(mcfg.data, mcfg.fsdp, mcfg.tensor)
     model = load_model(workdir, mesh=mesh, step=step, dtype=ecfg.dtype)
     if model.tokenizer is None:
@@ -126,4 +137,4 @@ def main(argv: list[str]) -> None:
 
 
 if __name__ == "__main__":
-    app.run(main)
+    run_app(main)

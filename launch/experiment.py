@@ -4,10 +4,10 @@ report. Every stage is a resumable training run: a second call continues where i
 
 from __future__ import annotations
 
-from absl import app, flags
+from absl import flags
 from ml_collections import config_flags
 
-from launch.common import run_main
+from launch.common import run_app, run_main
 
 _CONFIG = config_flags.DEFINE_config_file("config", None, "Experiment config (.py).",
                                           lock_config=True)
@@ -39,4 +39,4 @@ def main(argv: list[str]) -> None:
 
 
 if __name__ == "__main__":
-    app.run(main)
+    run_app(main)

@@ -10,9 +10,9 @@ simulated CPU mesh (XLA_FLAGS=--xla_force_host_platform_device_count=8) with sma
 
 from __future__ import annotations
 
-from absl import app, flags
+from absl import flags
 
-from launch.common import run_main
+from launch.common import run_app, run_main
 
 _PRESET = flags.DEFINE_string("preset", "llama-8b", "Model preset (jaxknow.model.config).")
 _OVERRIDES = flags.DEFINE_list("model", [], "Model field overrides, e.g. d_model=256,n_layers=4")
@@ -62,6 +62,16 @@ def main(argv: list[str]) -> None:
             over[k] = _value(v)
         cfg = preset(_PRESET.value, dtype=_DTYPE.value, param_dtype=_PDTYPE.value,
                      remat=_REMAT.value, **over)
+        for name, v in (("batch", _BATCH.value), ("seq_len", _SEQ.value),
+                        ("grad_accum", _ACCUM.value)):
+            if v <= 0:
+                raise ConfigError(f"--{name}={v}: must be positive")
+        if _SEQ.value > cfg.max_seq_len:
+            raise ConfigError(f"--seq_len={_SEQ.value} exceeds the model's max_seq_len="
+                              f"{cfg.max_seq_len} (--model=max_seq_len=N to raise it)")
+        if _BATCH.value % _ACCUM.value:
+            raise ConfigError(f"--grad_accum={_ACCUM.value} does not divide "
+                              f"--batch={_BATCH.value}")
         lora = None
         if _LORA.value:
             lora = LoraConfig(rank=_LORA.value, alpha=16.0, rslora=True,
@@ -89,4 +99,4 @@ def main(argv: list[str]) -> None:
 
 
 if __name__ == "__main__":
-    app.run(main)
+    run_app(main)

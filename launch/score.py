@@ -8,7 +8,7 @@ from pathlib import Path
 
 from absl import app, flags
 
-from launch.common import run_main
+from launch.common import run_app, run_main
 
 _CHECKPOINT = flags.DEFINE_string("checkpoint", None, "Model directory (load_model path).")
 _TOKENS = flags.DEFINE_string("tokens", None, "Comma-separated token ids.")
@@ -35,6 +35,8 @@ def main(argv: list[str]) -> None:
             raise ValueError(f"--tokens: {e}") from None
         logits = score_tokens(model, tokens)
         out = Path(_OUT.value)
+        if out.suffix != ".npy":  # np.save appends it; report the file actually written
+            out = out.with_name(out.name + ".npy")
         out.parent.mkdir(parents=True, exist_ok=True)
         np.save(out, logits)
         print(f"wrote logits {list(logits.shape)} to {out}")
@@ -43,4 +45,4 @@ def main(argv: list[str]) -> None:
 
 
 if __name__ == "__main__":
-    app.run(main)
+    run_app(main)

@@ -3,10 +3,12 @@
 
 from __future__ import annotations
 
-from absl import app, flags
+import sys
+
+from absl import flags
 from ml_collections import config_flags
 
-from launch.common import run_main
+from launch.common import EXIT_INTERRUPTED, run_app, run_main
 
 _CONFIG = config_flags.DEFINE_config_file("config", None, "Experiment config file (.py).",
                                           lock_config=True)
@@ -18,15 +20,20 @@ def main(argv: list[str]) -> None:
     del argv
     from jaxknow.train.loop import train
 
-    def go() -> None:
+    def go() -> int:
         result = train(_CONFIG.value, _WORKDIR.value)
         last = result.metrics[-1] if result.metrics else {}
-        status = ("preempted" if result.preempted else "halted" if result.halted
-                  else "data exhausted" if result.data_exhausted else "done")
-        print(f"{status}: step {result.final_step}, loss {last.get('loss', float('nan')):.4f}")
+        status = ("interrupted" if result.interrupted else "preempted" if result.preempted
+                  else "halted" if result.halted else "data exhausted" if result.data_exhausted
+                  else "done")
+        skipped = (f", {result.skipped_updates} non-finite updates skipped"
+                   if result.skipped_updates else "")
+        print(f"{status}: step {result.final_step}, loss "
+              f"{last.get('loss', float('nan')):.4f}{skipped}")
+        return EXIT_INTERRUPTED if result.interrupted else 0
 
-    run_main(go)
+    sys.exit(run_main(go))
 
 
 if __name__ == "__main__":
-    app.run(main)
+    run_app(main)

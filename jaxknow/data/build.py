@@ -99,6 +99,30 @@ def ensure_sources(data_dir: str | Path, names: Sequence[str], world: Mapping[st
         records.read_index(data_dir, n)
 
 
+def check_world_matches(data_dir: str | Path, world: Mapping[str, Any] | None,
+                        seed: int) -> None:
+    """Raises WorldConfigError naming the differing fields when `data_dir` already holds data
+    materialised from another world description or seed than `world` / `seed` (the data
+    would otherwise be used as it is). Nothing is checked without a world or a manifest."""
+    manifest = Path(data_dir) / "manifest.json"
+    if world is None or not manifest.is_file():
+        return
+    try:
+        built = json.loads(manifest.read_text())
+    except (OSError, ValueError) as e:
+        raise WorldConfigError(f"{manifest} is unreadable ({e})") from None
+    want = json.loads(json.dumps(dict(world), default=str))
+    have = {"kind": built.get("kind"), **(built.get("world") or {})}
+    diffs = [f"data.world.{k} (data has {have.get(k)!r}, config {want.get(k)!r})"
+             for k in sorted(set(want) | set(have)) if want.get(k) != have.get(k)]
+    if built.get("seed") is not None and built.get("seed") != seed:
+        diffs.append(f"data seed (data has {built.get('seed')}, config {seed})")
+    if diffs:
+        raise WorldConfigError(
+            f"{data_dir} holds data built from another world: {'; '.join(diffs)}; use a new "
+            f"--workdir (or data.dir), or delete {data_dir} to rebuild it")
+
+
 def check_vocab(data_dir: str | Path, model_vocab: int) -> None:
     """Raises WorldConfigError when the data's tokenizer has more ids than the model's
     vocabulary (`model.vocab_size`)."""

@@ -17,6 +17,7 @@ import numpy as np
 from absl import logging
 
 from jaxknow.config import PACKINGS
+from jaxknow.data.jsonl import CorpusFormatError
 from jaxknow.data.packing import ConcatPackIterDataset, EpochShuffle
 from jaxknow.data.records import decode_record, shard_paths
 
@@ -112,13 +113,32 @@ class RecordDocs(grain.sources.RandomAccessDataSource):
     """Documents (tokens, loss_start) read from ArrayRecord shards and decoded in one step."""
 
     def __init__(self, paths: Sequence[str]):
-        self._src = grain.sources.ArrayRecordDataSource(list(paths))
+        self._paths = list(paths)
+        try:
+            self._src = grain.sources.ArrayRecordDataSource(self._paths)
+        except RuntimeError as e:  # name the damaged shard (the library does not)
+            for p in self._paths:
+                try:
+                    grain.sources.ArrayRecordDataSource([p])
+                except RuntimeError as one:
+                    raise CorpusFormatError(
+                        f"{p}: corrupt or truncated ArrayRecord shard ({one}); rebuild the "
+                        "data (delete the source's files and run again)") from None
+            raise CorpusFormatError(f"{self._paths}: unreadable ArrayRecord shards ({e})") \
+                from None
 
     def __len__(self) -> int:
         return len(self._src)
 
+    def __repr__(self) -> str:
+        return f"RecordDocs({self._paths})"
+
     def __getitem__(self, i: int) -> Doc:
-        return decode_record(self._src[i])
+        try:
+            return decode_record(self._src[i])
+        except RuntimeError as e:
+            raise CorpusFormatError(
+                f"record {i} of {self._paths} is unreadable ({e}); rebuild the data") from None
 
 
 def doc_dataset(paths: Sequence[str]) -> grain.MapDataset:
@@ -146,6 +166,9 @@ def build_pipeline(
         raise PipelineConfigError("data.sources: at least one source is required")
     if not 0 <= shard_index < shard_count:
         raise ValueError(f"shard_index {shard_index} not in [0, {shard_count})")
+    for i, s in enumerate(sources):
+        if len(s) == 0:
+            raise PipelineConfigError(f"data.sources[{i}]: the source has no documents ({s})")
     shuffled = [EpochShuffle(s, cfg.seed + 7919 * i, cfg.num_epochs)
                 for i, s in enumerate(sources)]
     if len(shuffled) == 1:
@@ -245,5 +268,12 @@ def process_batches(
 
 
 def source_datasets(data_dir: str, names: Sequence[str]) -> list[grain.MapDataset]:
-    """Returns one document MapDataset per named tokenized source in `data_dir`."""
-    return [doc_dataset(shard_paths(data_dir, n)) for n in names]
+    """Returns one document MapDataset per named tokenized source in `data_dir`; a source
+    without documents is a PipelineConfigError naming it."""
+    out = []
+    for n in names:
+        ds = doc_dataset(shard_paths(data_dir, n))
+        if len(ds) == 0:
+            raise PipelineConfigError(f"data source {n!r} in {data_dir} has no documents")
+        out.append(ds)
+    return out

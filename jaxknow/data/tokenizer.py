@@ -71,16 +71,27 @@ class Tokenizer:
                     )
 
     def save(self, path: str | Path) -> None:
-        """Writes `tokenizer.json` (and `special_tokens.json` with bos/eos/pad) at `path`."""
+        """Writes `tokenizer.json` (and `special_tokens.json` with bos/eos/pad) at `path`,
+        each atomically (a failed write leaves no partial file)."""
+        from jaxknow.data.jsonl import atomic_path
+
         path = Path(path)
         path.mkdir(parents=True, exist_ok=True)
-        self.tok.save(str(path / "tokenizer.json"))
-        (path / "special_tokens.json").write_text(json.dumps(
-            {"bos_id": self.bos_id, "eos_id": self.eos_id, "pad_id": self.pad_id}))
+        with atomic_path(path / "tokenizer.json") as tmp:
+            self.tok.save(str(tmp))
+        with atomic_path(path / "special_tokens.json") as tmp:
+            tmp.write_text(json.dumps(
+                {"bos_id": self.bos_id, "eos_id": self.eos_id, "pad_id": self.pad_id}))
 
 
 def train_bpe(texts: Iterable[str], vocab_size: int, min_frequency: int = 2) -> Tokenizer:
-    """Returns a byte-level BPE tokenizer trained on `texts` (EOT is bos and eos, PAD pads)."""
+    """Returns a byte-level BPE tokenizer trained on `texts` (EOT is bos and eos, PAD pads).
+    Raises TokenizerError when `vocab_size` is below the 258 ids every byte-level BPE has."""
+    minimum = len(pre_tokenizers.ByteLevel.alphabet()) + 2
+    if vocab_size < minimum:
+        raise TokenizerError(
+            f"vocab_size={vocab_size} is below the byte-level minimum of {minimum} ids (256 "
+            f"bytes + 2 special tokens); set data.world.vocab_size >= {minimum}")
     tok = tokenizers.Tokenizer(models.BPE())
     tok.pre_tokenizer = pre_tokenizers.ByteLevel(add_prefix_space=False)
     tok.decoder = decoders.ByteLevel()

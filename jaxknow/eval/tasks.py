@@ -73,12 +73,15 @@ def subset_kind(name: str, rows: Sequence[Row] = ()) -> str:
     return "free"
 
 
-def check_rows(name: str, kind: str, rows: Sequence[Row]) -> None:
+def check_rows(name: str, kind: str, rows: Sequence[Row],
+               lines: Sequence[int] | None = None) -> None:
     """Raises ValueError naming the subset and row when a row lacks a field of its kind or an
-    MC answer index is out of range."""
+    MC answer index is out of range. With `lines` (the file line of every row) the message
+    names the line instead of the 0-based row index."""
     if kind not in KINDS:
         raise ValueError(f"subset {name!r}: kind must be one of {KINDS}, got {kind!r}")
-    for i, row in enumerate(rows):
+    for n, row in enumerate(rows):
+        i: Any = n if lines is None else f"at line {lines[n]}"
         missing = [f for f in REQUIRED_FIELDS[kind] if f not in row]
         if missing:
             raise ValueError(f"subset {name!r} row {i}: missing field(s) {missing} "
@@ -288,8 +291,10 @@ def load_subsets(paths: Mapping[str, str | Path], kinds: Mapping[str, str] | Non
     for name, p in paths.items():
         rows = read_jsonl(p)
         kind = kinds.get(name) or subset_kind(name, rows)
+        lines = [i for i, raw in enumerate(Path(p).read_bytes().split(b"\n"), start=1)
+                 if raw.strip()]
         try:
-            check_rows(name, kind, rows)
+            check_rows(name, kind, rows, lines)
         except ValueError as e:
             raise ValueError(f"{p}: {e}") from None
         out[name] = rows

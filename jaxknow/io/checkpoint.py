@@ -3,20 +3,30 @@
 A checkpoint directory holds numbered steps; each step has the items
 ``params`` (the full parameter tree the model runs with), ``opt_state``, ``meta`` (step, model
 config, anything the caller adds) and ``data`` (the grain iterator state of every process).
-Saves are asynchronous; the last N are kept.
+Saves are asynchronous. When a save has finished, a checksum manifest is written into the
+step (`jaxknow.io.integrity`) and old steps are rotated away; a step without a valid manifest
+is never counted as one of the N kept, so rotation never deletes the newest intact step.
+Restores verify the manifest; `resume_step` picks the newest intact step and sets damaged or
+incomplete newer ones aside (by path, in `DIR/damaged/`).
 """
 
 from __future__ import annotations
 
 import json
 import os
+import shutil
+import threading
+import time
 from pathlib import Path
 from typing import Any
 
 import jax
 import numpy as np
 import orbax.checkpoint as ocp
+from absl import logging
 from jax.experimental import multihost_utils
+
+from jaxknow.io import integrity
 
 
 def as_path(path: str | os.PathLike) -> Any:
@@ -55,10 +65,16 @@ class Checkpointer:
         self.directory = as_path(directory)
         if read_only and not self.directory.is_dir():
             raise CheckpointError(f"no checkpoint directory at {self.directory}")
+        self.keep = keep
+        self._finisher: threading.Thread | None = None
+        self._error: BaseException | None = None
+        self._error_step: int | None = None
+        self.last_saved: int | None = None
         self._mngr = ocp.CheckpointManager(
             self.directory,
             options=ocp.CheckpointManagerOptions(
-                max_to_keep=None if read_only else keep,
+                # Rotation is done here, counting only intact (manifested) steps.
+                max_to_keep=None,
                 save_interval_steps=0 if read_only else 1,
                 enable_async_checkpointing=async_save, create=not read_only,
                 read_only=read_only,
@@ -67,12 +83,103 @@ class Checkpointer:
         )
 
     def latest_step(self) -> int | None:
-        """Returns the newest saved step, or None."""
-        return self._mngr.latest_step()
+        """Returns the newest saved (finalised) step, or None."""
+        steps = self.all_steps()
+        return steps[-1] if steps else None
 
     def all_steps(self) -> list[int]:
-        """Returns every saved step, oldest first."""
+        """Returns every finalised step on storage, oldest first."""
+        self._mngr.reload()
         return sorted(self._mngr.all_steps())
+
+    def step_dir(self, step: int) -> Any:
+        """Returns the directory of checkpoint `step`."""
+        return self.directory / str(step)
+
+    def verify(self, step: int) -> str | None:
+        """Returns None if checkpoint `step` matches its checksum manifest, else why not."""
+        return integrity.verify(self.step_dir(step))
+
+    def resume_step(self, requested: int | None = None) -> int | None:
+        """Returns the step a resumed run starts from: `requested`, or the newest intact step
+        (None when there is no checkpoint). Newer steps are set aside in DIR/damaged/ (they
+        would be overwritten by the resumed run); each is reported by path with the reason.
+
+        Raises CheckpointError naming the path when `requested` is missing or damaged, or when
+        no step is intact. Steps saved before manifests existed (none has one) are used as
+        they are, with a warning.
+        """
+        steps = self.all_steps()
+        if not steps:
+            if requested is not None:
+                raise CheckpointError(f"train.resume_step={requested}: no checkpoint in "
+                                      f"{self.directory}")
+            return None
+        chosen: int | None = None
+        error: CheckpointError | None = None
+        if jax.process_index() == 0:
+            try:
+                chosen = self._choose(steps, requested)
+            except CheckpointError as e:
+                error = e
+        if jax.process_count() > 1:  # process 0 decides (and reads the files) for everyone
+            chosen = int(multihost_utils.broadcast_one_to_all(
+                np.int32(-1 if chosen is None else chosen)))
+            if chosen < 0 and error is None:
+                error = CheckpointError(f"process 0 found no usable checkpoint in "
+                                        f"{self.directory} (see its error)")
+        if error is not None:
+            raise error
+        self._mngr.reload()
+        return chosen
+
+    def _choose(self, steps: list[int], requested: int | None) -> int:
+        """Returns the step to resume from (see `resume_step`); sets newer ones aside."""
+        chosen: int | None = None
+        reasons: dict[int, str] = {}
+        legacy = not any(integrity.has_manifest(self.step_dir(s)) for s in steps)
+        if requested is not None:
+            if requested not in steps:
+                raise CheckpointError(
+                    f"train.resume_step={requested}: no checkpoint for that step in "
+                    f"{self.directory} (available: {steps})")
+            why = None if legacy else self.verify(requested)
+            if why is not None:
+                raise CheckpointError(f"checkpoint {self.step_dir(requested)} is damaged "
+                                      f"or incomplete: {why}")
+            chosen = requested
+            reasons = {s: f"newer than train.resume_step={requested}"
+                       for s in steps if s > requested}
+        elif legacy:
+            chosen = steps[-1]
+            logging.warning("checkpoint %s has no checksum manifest (older version); "
+                            "resuming from it unverified", self.step_dir(chosen))
+        else:
+            for s in reversed(steps):
+                why = self.verify(s)
+                if why is None:
+                    chosen = s
+                    break
+                reasons[s] = why
+            if chosen is None:
+                raise CheckpointError(
+                    f"no intact checkpoint in {self.directory}: " + "; ".join(
+                        f"{self.step_dir(s)}: {w}" for s, w in sorted(reasons.items())))
+        for s, why in sorted(reasons.items()):
+            dest = self._set_aside(s)
+            logging.warning("checkpoint %s is not used (%s); moved to %s%s",
+                            self.step_dir(s), why, dest,
+                            "" if requested is not None else
+                            f"; resuming from the newest intact step {chosen}")
+        return chosen
+
+    def _set_aside(self, step: int) -> Any:
+        """Moves step `step` to DIR/damaged/STEP-TIME; returns the new path."""
+        dest_dir = self.directory / "damaged"
+        dest_dir.mkdir(parents=True, exist_ok=True)
+        dest = dest_dir / f"{step}-{time.strftime('%Y%m%dT%H%M%S')}-{os.getpid()}"
+        self.step_dir(step).rename(dest)
+        return dest
 
     def save(self, step: int, params: Any, opt_state: Any | None, meta: dict[str, Any],
              data_state: dict[str, Any] | None = None) -> None:
@@ -90,27 +197,78 @@ class Checkpointer:
         }
         if opt_state is not None:
             items["opt_state"] = ocp.args.StandardSave(opt_state)
+        self.wait()
         self._mngr.save(step, args=ocp.args.Composite(**items), force=True)
+        self.last_saved = int(step)
+        self._finisher = threading.Thread(target=self._finish, args=(int(step),),
+                                          name=f"jaxknow-checkpoint-{step}")
+        self._finisher.start()
+
+    def _finish(self, step: int) -> None:
+        """Waits for orbax to finalise `step`, writes its manifest and rotates old steps
+        (a background thread; an error is kept for `check`)."""
+        try:
+            self._mngr.wait_until_finished()
+            if jax.process_index() == 0:
+                integrity.write_manifest(self.step_dir(step), step)
+                self._rotate()
+        except BaseException as e:  # reported by check() in the caller's thread
+            self._error, self._error_step = e, step
+
+    def _rotate(self) -> None:
+        """Deletes steps older than the newest `keep` intact ones (never an intact step that
+        fewer than `keep` intact steps follow)."""
+        steps = self.all_steps()
+        intact = [s for s in steps if integrity.has_manifest(self.step_dir(s))]
+        if len(intact) < self.keep:
+            return
+        oldest_kept = intact[-self.keep]
+        for s in steps:
+            if s < oldest_kept:
+                path = self.step_dir(s)
+                if isinstance(path, Path):
+                    shutil.rmtree(path, ignore_errors=True)
+                else:
+                    path.rmtree()
+
+    def check(self) -> None:
+        """Raises CheckpointError (naming the step's path and the cause) if a background save
+        has failed. Cheap: call it every step."""
+        if self._error is not None:
+            e, self._error = self._error, None
+            raise CheckpointError(
+                f"saving checkpoint {self.step_dir(self._error_step)} failed: "
+                f"{type(e).__name__}: {e}") from e
+
+    def save_failed(self) -> bool:
+        """Returns True if a background save has failed (see `check`)."""
+        return self._error is not None
 
     def _step_or_latest(self, step: int | None) -> int:
         if step is None:
             step = self.latest_step()
             if step is None:
                 raise CheckpointError(f"no checkpoint found in {self.directory}")
-        elif step not in self._mngr.all_steps():
+        elif step not in self.all_steps():
             raise CheckpointError(
                 f"no checkpoint for step {step} in {self.directory} "
                 f"(available: {self.all_steps()})")
         return step
 
     def restore(self, abstract_params: Any, abstract_opt_state: Any | None,
-                step: int | None = None) -> dict[str, Any]:
+                step: int | None = None, verify: bool = True) -> dict[str, Any]:
         """Returns {"params", "opt_state", "meta", "data", "step"} from the checkpoint at `step`
         (default: the latest). Abstract trees (ShapeDtypeStructs with shardings) say how to lay
         out the arrays; with `abstract_opt_state=None` the optimizer state is not read.
-        `data` is this process's iterator state (or None).
+        `data` is this process's iterator state (or None). With `verify`, a step whose files
+        differ from its checksum manifest raises CheckpointError naming the file.
         """
         step = self._step_or_latest(step)
+        if verify and integrity.has_manifest(self.step_dir(step)):
+            why = self.verify(step)
+            if why is not None:
+                raise CheckpointError(
+                    f"checkpoint {self.step_dir(step)} is damaged: {why}")
         args = {
             "params": ocp.args.StandardRestore(abstract_params),
             "meta": ocp.args.JsonRestore(),
@@ -143,13 +301,23 @@ class Checkpointer:
             raise CheckpointError(f"checkpoint metadata {path} is unreadable ({e})") from e
 
     def wait(self) -> None:
-        """Blocks until pending asynchronous saves have finished."""
-        self._mngr.wait_until_finished()
+        """Blocks until pending saves (and their manifests) have finished; raises
+        CheckpointError if one failed."""
+        if self._finisher is not None:
+            self._finisher.join()
+            self._finisher = None
+        self.check()
 
     def close(self) -> None:
-        """Waits for pending saves and releases resources."""
-        self._mngr.wait_until_finished()
-        self._mngr.close()
+        """Waits for pending saves and releases resources (raises CheckpointError if a save
+        failed; resources are released either way)."""
+        try:
+            self.wait()
+        finally:
+            try:
+                self._mngr.close()
+            except Exception as e:  # already reported by wait(), or nothing to report
+                logging.info("closing the checkpoint manager: %s", e)
 
 
 def save_params_checkpoint(directory: str | os.PathLike, params: Any, meta: dict[str, Any],

@@ -61,6 +61,14 @@ _NP_DTYPES = {"float32": np.dtype("float32"), "bfloat16": np.dtype(ml_dtypes.bfl
               "float16": np.dtype("float16")}
 
 
+def _write_atomic(path: Path, text: str) -> None:
+    """Writes a text file atomically (temporary file, then rename)."""
+    from jaxknow.data.jsonl import atomic_path
+
+    with atomic_path(path) as tmp:
+        tmp.write_text(text)
+
+
 class HFConversionError(ValueError):
     """A Hugging Face checkpoint or a jaxknow model cannot be converted; the message says why
     (unsupported family, missing or unexpected tensors, shape mismatch, ...)."""
@@ -422,9 +430,25 @@ class SafetensorsReader:
             except (OSError, struct.error, json.JSONDecodeError, UnicodeDecodeError) as e:
                 raise HFConversionError(f"{file}: not a readable safetensors file ({e})") from None
             base = 8 + n
+            size = file.stat().st_size
             for name, info in header.items():
                 if name == "__metadata__":
                     continue
+                try:
+                    start, end = info["data_offsets"]
+                    expected = math.prod(info["shape"]) * np.dtype(
+                        _ST_DTYPES.get(info["dtype"], np.uint8)).itemsize
+                except (KeyError, TypeError, ValueError) as e:
+                    raise HFConversionError(f"{file}: tensor {name!r} has a malformed header "
+                                            f"entry ({e})") from None
+                if base + end > size:
+                    raise HFConversionError(
+                        f"{file}: truncated (tensor {name!r} ends at byte {base + end}, the "
+                        f"file has {size} bytes)")
+                if info["dtype"] in _ST_DTYPES and end - start != expected:
+                    raise HFConversionError(
+                        f"{file}: tensor {name!r} holds {end - start} bytes, its shape "
+                        f"{info['shape']} and dtype {info['dtype']} need {expected}")
                 if name in self._entries:
                     raise HFConversionError(
                         f"tensor {name!r} is stored twice ({self._entries[name][0].name} and "
@@ -687,8 +711,8 @@ def _write_special_tokens(hf_dir: Path, dst: Path, hf: Mapping[str, Any]) -> Non
                         tok.eos_id)
         return
     pad = ok(hf.get("pad_token_id")) if ok(hf.get("pad_token_id")) is not None else eos
-    (dst / "special_tokens.json").write_text(
-        json.dumps({"bos_id": bos, "eos_id": eos, "pad_id": pad}))
+    _write_atomic(dst / "special_tokens.json",
+                  json.dumps({"bos_id": bos, "eos_id": eos, "pad_id": pad}))
 
 
 def hf_to_jaxknow(hf_dir: str | os.PathLike, dst: str | os.PathLike, *,
@@ -852,8 +876,8 @@ def write_hf_model(params: Any, cfg: ModelConfig, dst: str | os.PathLike, family
         if len(files) > 1:
             index = {"metadata": {"total_size": sum(nbytes.values())},
                      "weight_map": {n: f for f, ns in zip(files, shards) for n in ns}}
-            (dst / "model.safetensors.index.json").write_text(json.dumps(index, indent=2))
-        (dst / "config.json").write_text(json.dumps(hf, indent=2))
+            _write_atomic(dst / "model.safetensors.index.json", json.dumps(index, indent=2))
+        _write_atomic(dst / "config.json", json.dumps(hf, indent=2))
     return files
 
 

@@ -10,6 +10,9 @@ from pathlib import Path
 from typing import Any
 
 import jax
+from absl import logging
+
+from jaxknow.data.jsonl import CorpusFormatError, atomic_path
 
 
 def _clean(v: Any) -> Any:
@@ -19,10 +22,28 @@ def _clean(v: Any) -> Any:
     return v
 
 
-def read_metrics(path: str | os.PathLike) -> list[dict[str, Any]]:
-    """Returns the rows of a metrics.jsonl file."""
-    with open(path, encoding="utf-8") as f:
-        return [json.loads(line) for line in f if line.strip()]
+def read_metrics(path: str | os.PathLike, repair_torn: bool = False) -> list[dict[str, Any]]:
+    """Returns the rows of a metrics.jsonl file. A malformed line raises CorpusFormatError
+    naming file:line, except, with `repair_torn`, an unterminated last line (a write cut off
+    by a kill), which is dropped with a warning."""
+    with open(path, encoding="utf-8", errors="replace") as f:
+        lines = f.read().split("\n")
+    rows = []
+    for i, line in enumerate(lines, start=1):
+        if not line.strip():
+            continue
+        try:
+            row = json.loads(line)
+            if not isinstance(row, dict):
+                raise ValueError("not a JSON object")
+        except ValueError as e:
+            if repair_torn and i == len(lines):  # no newline after it: the last write was torn
+                logging.warning("%s:%d: dropped a torn last line (an interrupted write): %.60r",
+                                path, i, line)
+                continue
+            raise CorpusFormatError(f"{path}:{i}: malformed metrics row ({e})") from None
+        rows.append(row)
+    return rows
 
 
 class MetricWriter:
@@ -41,10 +62,10 @@ class MetricWriter:
         if not self.enabled:
             return
         if self.path.exists():
-            kept = [r for r in read_metrics(self.path) if r.get("step", 0) <= resume_step]
-            tmp = self.path.with_suffix(".jsonl.tmp")
-            tmp.write_text("".join(json.dumps(r) + "\n" for r in kept))
-            os.replace(tmp, self.path)
+            kept = [r for r in read_metrics(self.path, repair_torn=True)
+                    if r.get("step", 0) <= resume_step]
+            with atomic_path(self.path) as tmp:
+                tmp.write_text("".join(json.dumps(r) + "\n" for r in kept))
         self._f = self.path.open("a", encoding="utf-8")
         if tensorboard:
             from tensorboardX import SummaryWriter

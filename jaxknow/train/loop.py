@@ -3,10 +3,10 @@ preemption handling."""
 
 from __future__ import annotations
 
+import contextlib
 import dataclasses
 import functools
 import json
-import shutil
 import signal
 import time
 from collections.abc import Callable, Sequence
@@ -22,12 +22,14 @@ from jax.sharding import Mesh, NamedSharding, PartitionSpec
 
 from jaxknow import config as C
 from jaxknow.data import build, pipeline
+from jaxknow.data.jsonl import atomic_path
 from jaxknow.io.checkpoint import Checkpointer
 from jaxknow.io.metrics import MetricWriter
 from jaxknow.model.flops import peak_flops, train_flops_per_token
 from jaxknow.model.params import flatten
 from jaxknow.parallel import distributed
 from jaxknow.parallel.rules import DEFAULT_RULES, Rules, Sharder, logical_to_sharding
+from jaxknow.train import guard as guard_lib
 from jaxknow.train import setup
 from jaxknow.train.forgetting import make_forget_event
 from jaxknow.train.optim import make_optimizer, make_schedule
@@ -50,29 +52,36 @@ class TrainResult:
     preempted: bool = False
     halted: bool = False
     data_exhausted: bool = False
+    interrupted: bool = False  # SIGINT (Ctrl-C): saved, then stopped
+    skipped_updates: int = 0  # non-finite updates skipped (train.nonfinite="skip")
 
 
 class _Preemption:
-    """Records SIGTERM so the loop can save and stop between steps."""
+    """Records SIGTERM and SIGINT so the loop can save and stop between steps. A second
+    SIGINT interrupts at once (KeyboardInterrupt)."""
 
     def __init__(self) -> None:
         self.requested = False
-        self._previous: Any = None
+        self.interrupted = False
+        self._previous: dict[int, Any] = {}
 
     def __enter__(self) -> _Preemption:
-        try:
-            self._previous = signal.signal(signal.SIGTERM, self._handle)
-        except ValueError:  # not the main thread: no handler
-            self._previous = None
+        for sig in (signal.SIGTERM, signal.SIGINT):
+            with contextlib.suppress(ValueError):  # not the main thread: no handler
+                self._previous[sig] = signal.signal(sig, self._handle)
         return self
 
     def _handle(self, signum: int, frame: Any) -> None:
-        del signum, frame
+        del frame
+        if signum == signal.SIGINT:
+            if self.interrupted:
+                raise KeyboardInterrupt
+            self.interrupted = True
         self.requested = True
 
     def __exit__(self, *exc: Any) -> None:
-        if self._previous is not None:
-            signal.signal(signal.SIGTERM, self._previous)
+        for sig, prev in self._previous.items():
+            signal.signal(sig, prev)
 
     def any_process(self) -> bool:
         """Returns True if any process received SIGTERM (a collective on several hosts)."""
@@ -112,7 +121,12 @@ def make_iterator(spec: setup.RunSpec, data_dir: Path, state: dict | None) -> An
     except pipeline.PipelineConfigError as e:
         raise C.ConfigError(str(e)) from None
     if state is not None:
-        it.set_state(state)
+        try:
+            it.set_state(state)
+        except (KeyError, ValueError, TypeError) as e:
+            raise C.ConfigError(
+                f"the checkpoint's data-iterator state does not fit the data config "
+                f"(data.sources / data.batch_size / data.packing changed?): {e}") from None
     return it
 
 
@@ -146,21 +160,25 @@ def train(config: Any, workdir: str | Path, *, events: Sequence[StateEvent] = ()
     """Runs (or resumes) the training described by `config` in `workdir`; returns a
     TrainResult. Every config field is validated before anything is written."""
     spec = setup.parse_run_config(config)
-    setup.check_workdir(workdir, create=False)
+    workdir = setup.check_workdir(workdir, create=False)
     distributed.maybe_initialize(spec.train.distributed)
     mesh = setup.build_mesh(spec)
-    workdir = setup.check_workdir(workdir)
     data_dir = data_dir_of(spec, workdir)
-    build.ensure_sources(data_dir, [s["name"] for s in spec.data.sources], spec.data.world,
-                         spec.data.seed if spec.data.seed is not None else spec.seed)
-    build.check_vocab(data_dir, spec.model.vocab_size)
-    if jax.process_index() == 0:
-        (workdir / "config.json").write_text(json.dumps(C.to_plain(config), indent=1,
-                                                        default=str))
-        tok = data_dir / "tokenizer.json"
-        if tok.is_file() and data_dir != workdir:
-            shutil.copyfile(tok, workdir / "tokenizer.json")
-    return run(spec, workdir, mesh, data_dir, events=events, rules=rules)
+    data_seed = spec.data.seed if spec.data.seed is not None else spec.seed
+    setup.check_resumable(config, workdir)
+    build.check_world_matches(data_dir, spec.data.world, data_seed)
+    with setup.workdir_lock(workdir):
+        build.ensure_sources(data_dir, [s["name"] for s in spec.data.sources], spec.data.world,
+                             data_seed)
+        build.check_vocab(data_dir, spec.model.vocab_size)
+        if jax.process_index() == 0:
+            with atomic_path(workdir / "config.json") as tmp:
+                tmp.write_text(json.dumps(C.to_plain(config), indent=1, default=str))
+            tok = data_dir / "tokenizer.json"
+            if tok.is_file() and data_dir != workdir:
+                with atomic_path(workdir / "tokenizer.json") as tmp:
+                    tmp.write_bytes(tok.read_bytes())
+        return run(spec, workdir, mesh, data_dir, events=events, rules=rules)
 
 
 def run(spec: setup.RunSpec, workdir: Path, mesh: Mesh, data_dir: Path, *,
@@ -171,7 +189,7 @@ def run(spec: setup.RunSpec, workdir: Path, mesh: Mesh, data_dir: Path, *,
     schedule = make_schedule(spec.optim)
     ckpt = Checkpointer(tc.checkpoint_dir or workdir / "checkpoints",
                         keep=tc.keep_checkpoints, async_save=tc.async_checkpoint)
-    latest = ckpt.latest_step()
+    latest = ckpt.resume_step(tc.resume_step)
     if latest is None:
         params = setup.initial_params(spec, mesh, rules)
         state, shardings = setup.build_state(params, spec, tx, mesh, rules)
@@ -187,7 +205,7 @@ def run(spec: setup.RunSpec, workdir: Path, mesh: Mesh, data_dir: Path, *,
             lambda x, sh: jax.ShapeDtypeStruct(x.shape, x.dtype, sharding=sh),
             template.opt_state, shardings.opt_state)
         del template
-        restored = ckpt.restore(abstract, abstract_opt, latest)
+        restored = ckpt.restore(abstract, abstract_opt, latest, verify=False)  # just verified
         trainable, frozen = split_params(restored["params"], setup.trainable_predicate(spec))
         state = TrainState(
             step=jax.device_put(jnp.asarray(latest, jnp.int32),
@@ -206,8 +224,10 @@ def run(spec: setup.RunSpec, workdir: Path, mesh: Mesh, data_dir: Path, *,
         sharder=Sharder(mesh, rules), grad_accum=tc.grad_accum, loss_chunk=tc.loss_chunk)
     b_sh = batch_shardings(mesh, rules, spec.data.batch_size, spec.data.seq_len)
     replicated = NamedSharding(mesh, PartitionSpec())
-    jstep = jax.jit(step_fn, in_shardings=(shardings, b_sh),
-                    out_shardings=(shardings, replicated), donate_argnums=(0,))
+    jstep = jax.jit(guard_lib.guarded(step_fn, tc.nonfinite),
+                    in_shardings=(shardings, b_sh, replicated),
+                    out_shardings=(shardings, replicated, replicated), donate_argnums=(0,))
+    guard = jax.device_put(guard_lib.initial_guard(), replicated)
 
     events = list(events)
     if spec.forget is not None:
@@ -221,19 +241,32 @@ def run(spec: setup.RunSpec, workdir: Path, mesh: Mesh, data_dir: Path, *,
     meta = {"model": spec.model.to_dict(), "lora": dataclasses.asdict(spec.lora),
             "trainable": tc.trainable}
     if jax.process_index() == 0:
-        (workdir / "model_config.json").write_text(json.dumps(spec.model.to_dict(), indent=1))
+        with atomic_path(workdir / "model_config.json") as tmp:
+            tmp.write_text(json.dumps(spec.model.to_dict(), indent=1))
 
     history: list[dict[str, Any]] = []
-    pending: tuple[int, dict] | None = None
+    # (step, metrics, guard state after that step): fetched one step late, so the host never
+    # waits for the step it has just dispatched.
+    pending: tuple[int, dict, guard_lib.GuardState] | None = None
     clock: dict[str, Any] = {"t": None, "step": start}
+    skipped = 0
+
+    def check_guard(g: guard_lib.GuardState) -> None:
+        """Stops the run (NonFiniteError) on a non-finite step (fetches `g`)."""
+        nonlocal skipped
+        skipped = guard_lib.check(g, tc.nonfinite, tc.max_skipped, ckpt.last_saved
+                                  if ckpt.last_saved is not None else (start or None))
 
     def flush() -> None:
         nonlocal pending
         if pending is None:
             return
-        s, m = pending
+        s, m, g = pending
         pending = None
-        row = {k: float(v) for k, v in jax.device_get(m).items()}
+        m, g = jax.device_get((m, g))
+        row = {k: float(v) for k, v in m.items()}
+        if tc.nonfinite == "skip":
+            row["skipped_updates"] = int(g["skipped"])
         now = time.perf_counter()
         if clock["t"] is not None and s > clock["step"]:
             tps = (s - clock["step"]) * tokens_per_step / (now - clock["t"])
@@ -243,40 +276,66 @@ def run(spec: setup.RunSpec, workdir: Path, mesh: Mesh, data_dir: Path, *,
         clock["t"], clock["step"] = now, s
         history.append({"step": s, **row})
         writer.write(s, row)
+        check_guard(g)  # after the row is written; fetched with the metrics
+
+    def save(at: int) -> None:
+        """Saves step `at` once (a halt or signal on a checkpoint step does not save twice),
+        never with non-finite state."""
+        flush()
+        check_guard(guard)  # the state being saved is this step's
+        if ckpt.last_saved != at:
+            ckpt.save(at, state.model_params(), state.opt_state, meta, it.get_state())
 
     step = start
-    preempted = halted = exhausted = False
-    with _Preemption() as preempt:
-        while step < tc.steps:
-            try:
-                local = next(it)
-            except StopIteration:
-                exhausted = True
-                break
-            state, metrics = jstep(state, to_global(local, b_sh))
-            step += 1
-            flush()
-            if step % tc.log_every == 0 or step == tc.steps or step == start + 1:
-                pending = (step, metrics)
-            for ev in events:
-                state = ev(step, state)
-            writer.advance()
-            if tc.checkpoint_every and step % tc.checkpoint_every == 0 and step < tc.steps:
+    metrics: dict | None = None
+    preempted = halted = exhausted = interrupted = False
+    try:
+        with _Preemption() as preempt:
+            while step < tc.steps:
+                try:
+                    local = next(it)
+                except StopIteration:
+                    exhausted = True
+                    break
+                state, metrics, guard = jstep(state, to_global(local, b_sh), guard)
+                step += 1
                 flush()
-                ckpt.save(step, state.model_params(), state.opt_state, meta, it.get_state())
-            if step % tc.preemption_check_every == 0 and preempt.any_process():
-                preempted = True
-                break
-            if tc.halt_at is not None and step >= tc.halt_at:
-                halted = True
-                break
-    flush()
-    if step > start:
-        ckpt.save(step, state.model_params(), state.opt_state, meta, it.get_state())
-    ckpt.close()
-    writer.close()
-    if preempted:
-        logging.warning("SIGTERM: saved a checkpoint at step %d and stopped", step)
+                ckpt.check()  # a failed background save is reported at once
+                if step % tc.log_every == 0 or step == tc.steps or step == start + 1:
+                    pending = (step, metrics, guard)
+                for ev in events:
+                    state = ev(step, state)
+                writer.advance()
+                if tc.checkpoint_every and step % tc.checkpoint_every == 0 and step < tc.steps:
+                    save(step)
+                if step % tc.preemption_check_every == 0 and preempt.any_process():
+                    preempted, interrupted = not preempt.interrupted, preempt.interrupted
+                    break
+                if tc.halt_at is not None and step >= tc.halt_at:
+                    halted = True
+                    break
+        if metrics is not None and (not history or history[-1]["step"] != step) and (
+                pending is None or pending[0] != step):
+            flush()
+            pending = (step, metrics, guard)  # the reported loss is the last step's
+        flush()
+        if step > start:
+            save(step)
+        ckpt.close()
+    except BaseException:
+        # Let a save already in flight finish (it was intact when started); its own failure
+        # is secondary to the error being raised.
+        try:
+            ckpt.close()
+        except Exception as e:  # noqa: BLE001
+            logging.warning("while stopping: %s", e)
+        raise
+    finally:
+        writer.close()
+    if preempted or interrupted:
+        logging.warning("%s: saved a checkpoint at step %d and stopped",
+                        "SIGINT" if interrupted else "SIGTERM", step)
     return TrainResult(state=state, metrics=history, workdir=workdir, final_step=step,
                        start_step=start, preempted=preempted, halted=halted,
-                       data_exhausted=exhausted)
+                       data_exhausted=exhausted, interrupted=interrupted,
+                       skipped_updates=skipped)

@@ -3,15 +3,22 @@
 
 from __future__ import annotations
 
+import contextlib
 import dataclasses
+import errno
+import fcntl
+import json
+import os
 import re
-from collections.abc import Callable
+import socket
+from collections.abc import Callable, Iterator
 from pathlib import Path
 from typing import Any
 
 import jax
 import jax.numpy as jnp
 import optax
+from absl import logging
 from jax.sharding import Mesh, NamedSharding, PartitionSpec
 
 from jaxknow import config as C
@@ -73,6 +80,9 @@ def parse_run_config(config: Any) -> RunSpec:
         except re.error as e:
             raise C.ConfigError(f"train.trainable={train.trainable!r}: bad regex ({e})") from None
     data = C.section(C.DataConfig, cfg.get("data"), "data")
+    if data.batch_size % train.grad_accum:
+        raise C.ConfigError(f"train.grad_accum={train.grad_accum} does not divide "
+                            f"data.batch_size={data.batch_size}")
     if data.seq_len > model.max_seq_len and model.pos_embedding == "learned":
         raise C.ConfigError(
             f"data.seq_len={data.seq_len} exceeds model.max_seq_len={model.max_seq_len}")
@@ -101,12 +111,117 @@ def parse_run_config(config: Any) -> RunSpec:
 def check_workdir(workdir: str | Path, create: bool = True) -> Path:
     """Returns the work directory as a Path (created if `create`); raises WorkdirError when
     the path exists and is not a directory (nothing is written then)."""
+    if workdir is None or not str(workdir).strip():
+        raise WorkdirError("--workdir is empty: give the run's directory (it is created if "
+                           "missing)")
     p = Path(workdir)
     if p.exists() and not p.is_dir():
         raise WorkdirError(f"--workdir={p} exists and is not a directory")
     if create:
         p.mkdir(parents=True, exist_ok=True)
     return p
+
+
+LOCK_NAME = ".lock"
+
+
+@contextlib.contextmanager
+def workdir_lock(workdir: str | Path) -> Iterator[Path]:
+    """Creates `workdir` and holds an exclusive lock on WORKDIR/.lock for the block (process 0
+    only; the file records host and pid). Raises WorkdirError naming the holder when another
+    live process holds it. The lock is an flock, so a dead holder's lock is free again (its
+    stale file is taken over, with a warning)."""
+    p = check_workdir(workdir)
+    if jax.process_index() != 0:
+        yield p
+        return
+    path = p / LOCK_NAME
+    fd = os.open(path, os.O_RDWR | os.O_CREAT, 0o644)
+    try:
+        try:
+            fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
+        except OSError as e:
+            if e.errno not in (errno.EAGAIN, errno.EACCES):
+                raise
+            holder = os.pread(fd, 200, 0).decode(errors="replace").strip() or "unknown"
+            raise WorkdirError(
+                f"--workdir={p} is in use by another run ({holder}; lock file {path}); "
+                f"wait for it to end or use another workdir") from None
+        old = os.pread(fd, 200, 0).decode(errors="replace").strip()
+        if old:
+            logging.warning("took over the stale lock %s of an ended run (%s)", path, old)
+        os.ftruncate(fd, 0)
+        os.pwrite(fd, f"host {socket.gethostname()} pid {os.getpid()}\n".encode(), 0)
+        try:
+            yield p
+        finally:
+            os.ftruncate(fd, 0)
+    finally:
+        os.close(fd)
+
+
+# Fields that must not change when a run is resumed in the same workdir (dotted paths into the
+# plain config; "model" is compared after resolving presets).
+RESUME_FIXED = ("seed", "lora", "data.world", "data.sources", "data.seq_len", "data.batch_size",
+                "data.packing", "data.seed", "data.dir", "train.trainable", "train.init_from")
+# Model fields that may change on resume (how the model is computed, not what it is).
+MODEL_RUNTIME = ("remat", "attention_impl", "dtype", "segment_masking")
+
+
+def _get(cfg: dict[str, Any], dotted: str) -> Any:
+    for k in dotted.split("."):
+        if not isinstance(cfg, dict):
+            return None
+        cfg = cfg.get(k)
+    return cfg
+
+
+def _diff(a: Any, b: Any, where: str) -> list[str]:
+    """Returns the dotted names where plain values `a` and `b` differ."""
+    if isinstance(a, dict) and isinstance(b, dict):
+        out = []
+        for k in sorted(set(a) | set(b)):
+            out += _diff(a.get(k), b.get(k), f"{where}.{k}")
+        return out
+    a, b = json.loads(json.dumps(a, default=str)), json.loads(json.dumps(b, default=str))
+    return [] if a == b else [f"{where} (recorded {a!r}, now {b!r})"]
+
+
+def check_resumable(config: Any, workdir: Path) -> None:
+    """Raises WorkdirError naming every differing field when `workdir` holds a trained run
+    (config.json and checkpoints) whose model, world or data differ from `config`. Fields
+    like steps, learning rate or the mesh may change."""
+    recorded_path = workdir / "config.json"
+    if not recorded_path.is_file():
+        return
+    new = C.to_plain(config)
+    ckpt_dir = _get(new, "train.checkpoint_dir")
+    ckpts = Path(ckpt_dir) if ckpt_dir and "://" not in str(ckpt_dir) else (
+        workdir / "checkpoints")
+    if not ckpt_dir and not any(c.name.isdigit() for c in ckpts.glob("*")):
+        return
+    try:
+        old = json.loads(recorded_path.read_text())
+    except (OSError, ValueError) as e:
+        raise WorkdirError(f"{recorded_path} is unreadable ({e}); it records the run being "
+                           "resumed") from None
+    diffs: list[str] = []
+    for field in RESUME_FIXED:
+        diffs += _diff(_get(old, field), _get(new, field), field)
+    try:
+        old_model = C.model_config(old.get("model") or {}).to_dict()
+    except C.ConfigError:
+        old_model = old.get("model")
+    new_model = C.model_config(new.get("model") or {}).to_dict()
+    for k in MODEL_RUNTIME:
+        if isinstance(old_model, dict):
+            old_model.pop(k, None)
+        new_model.pop(k, None)
+    diffs += _diff(old_model, new_model, "model")
+    if diffs:
+        raise WorkdirError(
+            f"--workdir={workdir} holds a run trained with a different config; cannot resume "
+            f"it with: {'; '.join(diffs)} (use a new --workdir)")
 
 
 def trainable_predicate(spec: RunSpec) -> Callable[[str], bool]:
