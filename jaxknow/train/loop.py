@@ -257,7 +257,9 @@ def run(spec: setup.RunSpec, workdir: Path, mesh: Mesh, data_dir: Path, *,
             step += 1
             flush()
             if step % tc.log_every == 0 or step == tc.steps or step == start + 1:
-                pending = (step, metrics)
+                # per-source token counts as of this step's batch (data/pipeline.py)
+                pending = (step, {**metrics, **pipeline.source_token_metrics(
+                    it, [s["name"] for s in spec.data.sources])})
             for ev in events:
                 state = ev(step, state)
             writer.advance()
