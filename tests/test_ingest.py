@@ -307,6 +307,8 @@ def test_world_kinds_text_and_parquet_and_option_errors(tmp_path):
         ({"kind": "parquet", "paths": ["x"], "colum": "t"}, "unknown key"),
         ({"kind": "mix", "worlds": []}, "worlds"),
         ({"kind": "mix", "worlds": [{"kind": "jsonl"}]}, "paths"),
+        ({"kind": "mix", "worlds": {"a": {"kind": "bios"}}, "tokenizer_from": "b"},
+         "tokenizer_from"),
     ]:
         with pytest.raises(WorldConfigError, match=match):
             check_world(world)
@@ -374,3 +376,24 @@ def test_per_source_token_counts_are_part_of_the_iterator_state():
     assert pipeline.source_token_metrics(again, ["a", "b"]) == {
         "source_tokens/a": float(it.source_tokens()[0]),
         "source_tokens/b": float(it.source_tokens()[1])}
+
+
+@pytest.mark.parametrize("name", ["worlds.text", "mix_bios_text"])
+def test_shipped_text_configs_parse(name):
+    import importlib
+
+    from jaxknow.train.setup import parse_run_config
+
+    cfg = importlib.import_module("configs." + name).get_config("a/*.jsonl.gz,b.parquet")
+    if name == "mix_bios_text":
+        spec = parse_run_config(cfg)
+        assert [s["name"] for s in spec.data.sources] == ["bios_single", "qa_train", "text"]
+        from jaxknow.config import to_plain
+        from jaxknow.data.world_builders import _mix_options
+
+        world = to_plain(cfg.data.world)
+        assert [label for label, _ in _mix_options(
+            {k: v for k, v in world.items() if k != "kind"})["worlds"]] == ["text", "bios"]
+    else:
+        world = cfg.world.to_dict()
+    check_world(world)

@@ -18,13 +18,16 @@ The index ``NAME.json`` is written last and atomically.
 from __future__ import annotations
 
 import collections
+import contextlib
 import dataclasses
 import hashlib
 import json
 import os
 import shutil
+import sys
 import time
-from collections.abc import Callable, Iterable, Sequence
+import types
+from collections.abc import Callable, Iterable, Iterator, Sequence
 from concurrent.futures import Future, ProcessPoolExecutor
 from pathlib import Path
 from typing import Any
@@ -304,6 +307,20 @@ def ingest_source(
     return IngestResult(index, resumed, False, secs)
 
 
+@contextlib.contextmanager
+def _plain_main() -> Iterator[None]:
+    """Hides the __main__ module while worker processes are spawned, so they import only
+    this module (not the entry point, e.g. `launch.data` with jax and absl flags, and
+    without needing an ``if __name__ == "__main__"`` guard in a user's script)."""
+    main = sys.modules.get("__main__")
+    sys.modules["__main__"] = types.ModuleType("__main__")
+    try:
+        yield
+    finally:
+        if main is not None:
+            sys.modules["__main__"] = main
+
+
 def _run(files: Sequence[Path], tok_dir: Path, cfg: IngestConfig, log: IssueLog,
          writer: _ShardWriter, start: tuple[int, int]) -> None:
     """Reads, tokenizes and writes every document from `start` on, in input order."""
@@ -324,7 +341,8 @@ def _run(files: Sequence[Path], tok_dir: Path, cfg: IngestConfig, log: IssueLog,
         if pool is None:
             result: Any = encode_docs(pieces, cfg.batch_chars, inline_tok)
         else:
-            result = pool.submit(encode_docs, pieces, cfg.batch_chars)
+            with _plain_main():  # worker processes start at the first submit
+                result = pool.submit(encode_docs, pieces, cfg.batch_chars)
         # Only the piece counts are kept: the texts themselves are the worker's now.
         inflight.append((entries, result, [len(p) for p in pieces]))
         while len(inflight) >= max_inflight:

@@ -387,25 +387,42 @@ def build_parquet(world: dict[str, Any], out: Path, seed: int) -> dict[str, Any]
 
 # --- mixtures -------------------------------------------------------------------------------
 def _mix_options(world: Mapping[str, Any]) -> dict[str, Any]:
-    unknown = sorted(set(world) - {"worlds", "tokenizer"})
+    """Returns {"worlds": [(label, world dict)] in build order, "tokenizer"}: `worlds` is a
+    list or a mapping label -> world (what a ConfigDict override can reach:
+    ``--config.data.world.worlds.bios.num_people=...``); the world named by
+    `tokenizer_from` (label or list index; default the first) is built first."""
+    known = ["tokenizer", "tokenizer_from", "worlds"]
+    unknown = sorted(set(world) - set(known))
     if unknown:
         raise WorldConfigError(f"data.world: unknown key(s) {unknown} for kind 'mix'; "
-                               f"known: ['tokenizer', 'worlds']")
-    subs = list(world.get("worlds") or [])
-    if not subs:
+                               f"known: {known}")
+    from jaxknow.config import to_plain
+
+    raw = to_plain(world.get("worlds")) or []
+    items = (list(raw.items()) if isinstance(raw, Mapping)
+             else [(str(i), w) for i, w in enumerate(raw)])
+    if not items:
         raise WorldConfigError("data.world.worlds: list at least one world")
-    for i, sub in enumerate(subs):
+    for label, sub in items:
         if not isinstance(sub, Mapping) or sub.get("kind") in (None, "mix"):
-            raise WorldConfigError(f"data.world.worlds[{i}]: needs a kind other than 'mix'")
-    return {"worlds": [dict(s) for s in subs], "tokenizer": world.get("tokenizer")}
+            raise WorldConfigError(f"data.world.worlds.{label}: needs a kind other than 'mix'")
+    first = world.get("tokenizer_from")
+    if first is not None:
+        labels = [label for label, _ in items]
+        if str(first) not in labels:
+            raise WorldConfigError(f"data.world.tokenizer_from={first!r}: not one of the "
+                                   f"worlds {labels}")
+        items.sort(key=lambda kv: kv[0] != str(first))
+    return {"worlds": [(label, dict(sub)) for label, sub in items],
+            "tokenizer": world.get("tokenizer")}
 
 
 @register("mix")
 def build_mix(world: dict[str, Any], out: Path, seed: int) -> dict[str, Any]:
     """Several worlds in one data folder with one tokenizer, so their sources can be mixed
     by weight in one run (e.g. a bioS world beside a real corpus). The tokenizer is
-    `tokenizer` if given, else the first world's (trained on its text) reused by the others.
-    """
+    `tokenizer` if given, else that of the world `tokenizer_from` (default: the first;
+    trained on its text), reused by the others."""
     from jaxknow.data.build import _BUILDERS
 
     opts = _mix_options(world)
@@ -413,17 +430,17 @@ def build_mix(world: dict[str, Any], out: Path, seed: int) -> dict[str, Any]:
     sources: dict[str, Any] = {}
     files: list[str] = []
     vocab = 0
-    for i, sub in enumerate(opts["worlds"]):
+    for label, sub in opts["worlds"]:
         kind = sub.pop("kind")
         if kind not in _BUILDERS:
-            raise WorldConfigError(f"data.world.worlds[{i}].kind={kind!r}: unknown; known: "
+            raise WorldConfigError(f"data.world.worlds.{label}.kind={kind!r}: unknown; known: "
                                    f"{sorted(_BUILDERS)}")
         if tokenizer:
             sub["tokenizer"] = tokenizer
         manifest = _BUILDERS[kind](sub, out, seed)
         clash = sorted(set(manifest["sources"]) & set(sources))
         if clash:
-            raise WorldConfigError(f"data.world.worlds[{i}] ({kind}): source(s) {clash} "
+            raise WorldConfigError(f"data.world.worlds.{label} ({kind}): source(s) {clash} "
                                    f"also made by an earlier world")
         sources.update(manifest["sources"])
         files += manifest.get("files", [])
@@ -447,7 +464,7 @@ def check_world(world: Mapping[str, Any], seed: int = 0) -> None:
         "text": lambda o: _text_options(o, "text"),
         "parquet": lambda o: _text_options(o, "parquet"),
     }
-    checks["mix"] = lambda o: [check_world(sub, seed) for sub in _mix_options(o)["worlds"]]
+    checks["mix"] = lambda o: [check_world(sub, seed) for _, sub in _mix_options(o)["worlds"]]
     kind = world.get("kind")
     if kind not in checks:
         raise WorldConfigError(f"data.world.kind={kind!r}: unknown; known: {sorted(checks)}")
