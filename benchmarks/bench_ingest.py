@@ -145,6 +145,20 @@ def phase(args: argparse.Namespace) -> dict:
     return out
 
 
+def pipeline_rate(data_dir: Path, batches: int) -> float:
+    """Returns the tokens/s the training pipeline reads from the ingested source."""
+    from jaxknow.data import pipeline
+
+    cfg = pipeline.PipelineConfig(seq_len=512, batch_size=96, packing="concat", seed=0)
+    it = iter(pipeline.build_pipeline(pipeline.source_datasets(str(data_dir), ["corpus"]),
+                                      None, cfg))
+    next(it)
+    t = time.perf_counter()
+    for _ in range(batches):
+        next(it)
+    return batches * 96 * 512 / (time.perf_counter() - t)
+
+
 def run_phase(corpus: Path, tokenizer: Path, name: str, workers: int, out: Path) -> dict:
     cmd = [sys.executable, __file__, "--phase", name, "--corpus", str(corpus),
            "--tokenizer", str(tokenizer), "--workers_one", str(workers), "--out", str(out)]
@@ -164,6 +178,8 @@ def main() -> None:
     ap.add_argument("--vocab", type=int, default=8192)
     ap.add_argument("--dir", default=None, help="work folder (default: a temporary one)")
     ap.add_argument("--skip_bare", action="store_true", help="ingestion only")
+    ap.add_argument("--pipeline_batches", type=int, default=30,
+                    help="also time the training pipeline over the ingested source (0: no)")
     ap.add_argument("--phase", default=None, help=argparse.SUPPRESS)
     ap.add_argument("--corpus", default=None, help=argparse.SUPPRESS)
     ap.add_argument("--tokenizer", default=None, help=argparse.SUPPRESS)
@@ -201,6 +217,10 @@ def main() -> None:
 
             shutil.rmtree(out)
         rows.append((f"ingest_source workers={w}", run_phase(corpus, tok_dir, "ingest", w, out)))
+    pipe = None
+    if args.pipeline_batches and len(rows) > (0 if args.skip_bare else 1):
+        pipe = pipeline_rate(work / f"out_w{int(args.workers.split(',')[-1])}",
+                             args.pipeline_batches)
     if args.doc_mb:
         big = work / f"one_doc_{args.doc_mb:g}mb.jsonl"
         make_big_doc(big, args.doc_mb)
@@ -227,6 +247,9 @@ def main() -> None:
         for name, r in rows[1:]:
             if "one" not in name:
                 print(f"{name}: {r['wall_s'] / bare:.2f}x the bare pass's wall time")
+    if pipe is not None:
+        print(f"grain pipeline over the ingested source (96 x 512 concat packing, in-process): "
+              f"{pipe:,.0f} tokens/s")
 
 
 if __name__ == "__main__":

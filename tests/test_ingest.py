@@ -295,6 +295,14 @@ def test_world_kinds_text_and_parquet_and_option_errors(tmp_path):
                      "text_mode": "line", "vocab_size": 300, "tokenizer_sample": 20},
                     tmp_path / "t", seed=0)
     assert m["sources"]["corpus_notes"]["num_docs"] == len(DOCS)
+    shard = tmp_path / "t" / m["sources"]["corpus_notes"]["files"][0]
+    before = (shard.stat().st_mtime_ns, (tmp_path / "t" / "tokenizer.json").stat().st_mtime_ns)
+    again = materialize({"kind": "text", "paths": [str(tmp_path / "notes.txt")],
+                         "text_mode": "line", "vocab_size": 300, "tokenizer_sample": 20},
+                        tmp_path / "t", seed=0)
+    assert again["sources"] == m["sources"]
+    assert before == (shard.stat().st_mtime_ns,
+                      (tmp_path / "t" / "tokenizer.json").stat().st_mtime_ns), "reused"
     m = materialize({"kind": "parquet", "paths": [str(tmp_path / "*.parquet")],
                      "source": "web", "text_field": "content", "vocab_size": 300},
                     tmp_path / "p", seed=0)

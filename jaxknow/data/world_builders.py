@@ -8,6 +8,7 @@ per training corpus. Options are checked against the builder's known keys.
 from __future__ import annotations
 
 import dataclasses
+import json
 import re
 import shutil
 from collections.abc import Iterable, Mapping, Sequence
@@ -354,12 +355,28 @@ def build_text_world(world: dict[str, Any], out: Path, seed: int, kind: str) -> 
     opts = _text_options(world, kind)
     files = {name: readers.expand_paths(pats) for name, pats in opts["sources"].items()}
     cfg: ingest.IngestConfig = opts["ingest"]
-    sample: list[str] = []
-    if not opts["tokenizer"]:
-        every = [f for fs in files.values() for f in fs]
-        sample = ingest.sample_texts(every, cfg.reader, opts["tokenizer_sample"], seed,
-                                     cfg.on_error)
-    tok = make_tokenizer(opts, sample, out, opts["names"], "data.world.names")
+    every = [f for fs in files.values() for f in fs]
+    # A BPE trained earlier on the same sample of the same files is reused (a resumed build
+    # skips the sampling pass); anything else is (re)made.
+    digest = json.dumps({"inputs": [(str(f.resolve()), f.stat().st_size, f.stat().st_mtime_ns)
+                                    for f in every], "vocab_size": opts["vocab_size"],
+                         "sample": opts["tokenizer_sample"], "seed": seed,
+                         "reader": dataclasses.asdict(cfg.reader)}, sort_keys=True)
+    marker = out / ".tokenizer_sample.json"
+    if (not opts["tokenizer"] and marker.is_file() and marker.read_text() == digest
+            and (out / "tokenizer.json").is_file()):
+        tok = load_tokenizer(out)
+        tok.check_roundtrip(opts["names"], "data.world.names")
+    else:
+        sample: list[str] = []
+        if not opts["tokenizer"]:
+            sample = ingest.sample_texts(every, cfg.reader, opts["tokenizer_sample"], seed,
+                                         cfg.on_error)
+        tok = make_tokenizer(opts, sample, out, opts["names"], "data.world.names")
+        if opts["tokenizer"]:
+            marker.unlink(missing_ok=True)
+        else:
+            marker.write_text(digest)
     sources = {name: ingest.ingest_source(fs, out, name, out, cfg).index
                for name, fs in files.items()}
     return {"sources": sources, "files": [], "vocab_size": tok.vocab_size}
