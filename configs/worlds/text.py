@@ -26,6 +26,6 @@ def get_config(paths: str = "corpus/*.jsonl") -> ConfigDict:
         tokenizer_sample=200_000,
         on_error="skip",
         workers=2,
-        shard_tokens=1 << 26,
+        shard_tokens=1 << 24,
     ))
     return c

@@ -6,7 +6,8 @@ of them in worker processes (or in-process when ``workers=0``), and writes recor
 `shard_tokens` tokens. Memory is bounded: at most ``2 * max(workers, 1)`` batches of at most
 `batch_docs` documents / `batch_chars` characters are in flight, and a document longer than
 `chunk_chars` is tokenized in whitespace-aligned pieces whose ids are concatenated into one
-record (a single document is held once, not its tokenizer encodings).
+record (a single document is held once, not its tokenizer encodings). A shard is closed at
+`shard_tokens` tokens or 2^18 documents.
 
 Output depends only on the inputs, the tokenizer and the options that shape records (not on
 the worker count or the batch sizes): records are written in input order. After every shard
@@ -40,6 +41,8 @@ from jaxknow.data.readers import Doc, Issue, IssueLog, ReaderConfig, iter_corpus
 from jaxknow.data.tokenizer import Tokenizer, load_tokenizer
 
 _FORMAT_VERSION = 1
+# An ArrayRecord writer keeps ~46 bytes per record until closed: bound the records per shard.
+SHARD_MAX_DOCS = 1 << 18
 _TRAIN_SAMPLE_CHARS = 2000  # each sampled document is cut to this many characters for BPE
 
 
@@ -53,7 +56,7 @@ class IngestConfig:
     chunk_chars: int = 1 << 16  # longer documents are tokenized in pieces of at most this
     batch_docs: int = 1024  # documents per worker task
     batch_chars: int = 1 << 21  # characters per worker task (a longer document goes alone)
-    shard_tokens: int = 1 << 26  # a shard is closed once it holds this many tokens
+    shard_tokens: int = 1 << 24  # a shard is closed at this many tokens (or 2^18 docs)
 
     def __post_init__(self) -> None:
         IssueLog(self.on_error)  # validates on_error
@@ -194,7 +197,7 @@ class _ShardWriter:
         self.writer.write(record)
         self.docs += 1
         self.tokens += n_tokens
-        if self.tokens >= self.cfg.shard_tokens:
+        if self.tokens >= self.cfg.shard_tokens or self.docs >= SHARD_MAX_DOCS:
             self.commit((doc.file_index, doc.end_line + 1))
 
     def commit(self, position: tuple[int, int]) -> None:

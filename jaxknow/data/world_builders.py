@@ -287,7 +287,7 @@ _TEXT_KIND_FORMAT = {"jsonl": "auto", "text": "text", "parquet": "parquet"}
 _TEXT_OPTIONS = {
     "paths": [], "names": [], "source": None, "format": None, "text_field": "text",
     "text_mode": "paragraph", "on_error": "skip", "workers": 0, "chunk_chars": 1 << 16,
-    "max_doc_bytes": 256 << 20, "shard_tokens": 1 << 26, "batch_docs": 1024,
+    "max_doc_bytes": 256 << 20, "shard_tokens": 1 << 24, "batch_docs": 1024,
     "batch_chars": 1 << 21,
 }
 
