@@ -109,7 +109,8 @@ def _bad_corpus(tmp_path: Path) -> list[Path]:
                   b'{"text": "caf\xe9 latin-1"}\n'           # 5 invalid UTF-8
                   b'{"text": "' + b"y" * 5000 + b'"}\n'      # 6 over max_doc_bytes
                   b'\n'
-                  b'{"text": "good two"}\n')                 # 8
+                  b'{"text": " "}\n'                         # 8 empty text
+                  b'{"text": "good two"}\n')                 # 9
     empty = tmp_path / "empty.jsonl"
     empty.write_bytes(b"")
     gz = tmp_path / "cut.jsonl.gz"
@@ -124,7 +125,8 @@ def test_each_bad_input_is_skipped_counted_and_named(tmp_path):
     where = {(Path(i.path).name, i.line, i.kind) for i in issues}
     assert {("a.jsonl", 2, "malformed_line"), ("a.jsonl", 3, "missing_field"),
             ("a.jsonl", 4, "not_a_string"), ("a.jsonl", 5, "invalid_utf8"),
-            ("a.jsonl", 6, "too_long"), ("empty.jsonl", 0, "empty_file")} <= where
+            ("a.jsonl", 6, "too_long"), ("a.jsonl", 8, "empty_text"),
+            ("empty.jsonl", 0, "empty_file")} <= where
     assert any(k == "corrupt_file" and n == "cut.jsonl.gz" for n, _, k in where)
     # through ingestion: counted in the index, examples name file:line
     tok = _tokenizer(tmp_path)
@@ -132,7 +134,8 @@ def test_each_bad_input_is_skipped_counted_and_named(tmp_path):
     index = ingest.ingest_source(files, tmp_path / "out", "c", tok, cfg).index
     counts = index["ingest"]["issues"]["counts"]
     assert counts == {"malformed_line": 1, "missing_field": 1, "not_a_string": 1,
-                      "invalid_utf8": 1, "too_long": 1, "empty_file": 1, "corrupt_file": 1}
+                      "invalid_utf8": 1, "too_long": 1, "empty_text": 1, "empty_file": 1,
+                      "corrupt_file": 1}
     assert any(e.endswith("a.jsonl:5: invalid_utf8: invalid UTF-8 at byte 13")
                for e in index["ingest"]["issues"]["examples"])
     assert index["num_docs"] == len(docs)
@@ -255,7 +258,7 @@ def test_issue_counts_survive_a_resume(tmp_path):
         ingest.ingest_source(files, tmp_path / "part", "c", tok, cfg, on_shard=stop)
     part = ingest.ingest_source(files, tmp_path / "part", "c", tok, cfg).index
     assert part["ingest"]["issues"] == full["ingest"]["issues"]
-    assert sum(part["ingest"]["issues"]["counts"].values()) == 5
+    assert sum(part["ingest"]["issues"]["counts"].values()) == 6
 
 
 # --- tokenizers -----------------------------------------------------------------------------

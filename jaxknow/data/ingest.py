@@ -86,8 +86,9 @@ class IngestResult:
 def split_text(text: str, chunk_chars: int) -> list[str]:
     """Returns pieces of `text` of at most `chunk_chars` characters whose concatenation is
     `text`, cut before a whitespace character where one lies in the second half of a piece
-    (byte-level pre-tokenizers attach a space to the word after it, so such cuts rarely
-    change the tokens)."""
+    (byte-level pre-tokenizers — GPT-2, Llama 3, Qwen — attach a space to the word after it,
+    so such cuts leave the tokens as they are; a SentencePiece-style tokenizer may add a word
+    boundary marker at each cut)."""
     if len(text) <= chunk_chars:
         return [text]
     pieces = []

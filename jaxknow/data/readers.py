@@ -58,7 +58,7 @@ class Issue:
 
 
 ISSUE_KINDS = ("malformed_line", "missing_field", "not_a_string", "invalid_utf8",
-               "empty_file", "corrupt_file", "too_long")
+               "empty_text", "empty_file", "corrupt_file", "too_long")
 
 
 @dataclasses.dataclass(frozen=True)
@@ -249,7 +249,9 @@ def _read_jsonl(r: _Reader, f: IO[bytes], start: int) -> Iterator[Doc | Issue]:
         elif not isinstance(row[field], str):
             yield r.issue("not_a_string", lineno,
                           f"field {field!r} is {type(row[field]).__name__}, not a string")
-        elif row[field]:
+        elif not row[field].strip():
+            yield r.issue("empty_text", lineno, f"field {field!r} holds no text")
+        else:
             yield r.doc(row[field], lineno)
 
 
@@ -344,13 +346,18 @@ def _read_parquet(r: _Reader, start: int, batch_rows: int) -> Iterator[Doc | Iss
                     yield r.too_long(row, len(value))
                     continue
                 text = r.decode(value, row)
-                if isinstance(text, Issue) or text:
-                    yield text if isinstance(text, Issue) else r.doc(text, row)
+                if isinstance(text, Issue) or not text.strip():
+                    yield text if isinstance(text, Issue) else r.issue(
+                        "empty_text", row, f"{field!r} holds no text")
+                else:
+                    yield r.doc(text, row)
             elif not isinstance(value, str):
                 yield r.issue("not_a_string", row, f"{field!r} is {type(value).__name__}")
             elif len(value) > r.cfg.max_doc_bytes and len(value.encode()) > r.cfg.max_doc_bytes:
                 yield r.too_long(row, len(value.encode()))
-            elif value:
+            elif not value.strip():
+                yield r.issue("empty_text", row, f"{field!r} holds no text")
+            else:
                 yield r.doc(value, row)
 
 
