@@ -81,6 +81,14 @@ def test_every_format_yields_the_same_documents_with_their_lines(tmp_path):
     docs, _ = _read(readers.expand_paths([str(files / "*.txt")]), text_mode="file")
     assert [d.text.strip() for d in docs] == DOCS
     assert [d.file_index for d in docs] == list(range(len(DOCS)))
+    # resuming inside a file skips what was read, in every mode
+    for name, kw in (("lines.txt", {"text_mode": "line"}), ("paras.md", {}),
+                     ("files/000.txt", {"text_mode": "file"}), ("a.jsonl.zst", {}),
+                     ("a.parquet", {})):
+        every = list(readers.read_file(tmp_path / name, 0, readers.ReaderConfig(**kw)))
+        rest = list(readers.read_file(tmp_path / name, 0, readers.ReaderConfig(**kw),
+                                      start=every[0].end_line + 1))
+        assert rest == every[1:], name
     # a JSONL file read with another text field
     docs, issues = _read([tmp_path / "a.jsonl"], text_field="id")
     assert not docs and {i.kind for i in issues} == {"not_a_string"}

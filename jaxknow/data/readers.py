@@ -258,6 +258,8 @@ def _read_jsonl(r: _Reader, f: IO[bytes], start: int) -> Iterator[Doc | Issue]:
 def _read_text(r: _Reader, f: IO[bytes], start: int) -> Iterator[Doc | Issue]:
     mode, limit = r.cfg.text_mode, r.cfg.max_doc_bytes
     if mode == "file":
+        if start > 1:  # resuming past this file's one document
+            return
         data = f.read(limit + 1)
         if len(data) > limit:
             yield r.too_long(1)
