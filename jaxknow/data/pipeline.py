@@ -278,7 +278,10 @@ def source_token_metrics(it: ShardGroup, names: Sequence[str]) -> dict[str, floa
     if jax.process_count() > 1:
         from jax.experimental import multihost_utils
 
-        counts = np.asarray(multihost_utils.process_allgather(counts)).sum(axis=0)
+        # int32 halves: without jax_enable_x64 an int64 array would be cut to int32
+        parts = np.stack([counts >> 31, counts & (2**31 - 1)]).astype(np.int32)
+        parts = np.asarray(multihost_utils.process_allgather(parts), np.int64).sum(axis=0)
+        counts = (parts[0] << 31) + parts[1]
     return {f"source_tokens/{n}": float(c) for n, c in zip(names, counts)}
 
 
