@@ -34,6 +34,9 @@ def main(argv: list[str]) -> None:
         manifest = materialize(world, out, seed)
         for name, index in sorted(manifest["sources"].items()):
             print(f"source {name}: {index['num_docs']} documents, {index['num_tokens']} tokens")
+            issues = index.get("ingest", {}).get("issues", {})
+            if issues.get("counts"):  # a streamed corpus: bad input skipped and counted
+                print(f"  skipped {issues['counts']}; first: " + "; ".join(issues["examples"][:3]))
         for f in manifest.get("files", []):
             print(f"wrote {out / f}")
         print(f"tokenizer: {out / 'tokenizer.json'} (vocabulary {manifest['vocab_size']})")

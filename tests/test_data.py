@@ -43,7 +43,9 @@ def test_packing_keeps_weights_off_padding_and_separates_documents(packing):
     seen_weight = 0.0
     for batch in it:
         seg, w = batch["segment_ids"], batch["weights"]
-        assert set(batch) == {"inputs", "targets", "weights", "segment_ids", "positions"}
+        assert set(batch) == {"inputs", "targets", "weights", "segment_ids", "positions",
+                              "sources"}
+        assert not batch["sources"].any(), "one source: every position is source 0"
         assert np.all(w[seg == 0] == 0), "loss weight on padding"
         assert np.all(batch["inputs"][seg == 0] == 0)
         seen_weight += float(w.sum())

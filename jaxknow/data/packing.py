@@ -55,9 +55,10 @@ class EpochShuffle(grain.MapDataset):
 
 
 class ConcatPackIterDataset(grain.IterDataset):
-    """Packs documents (tokens, loss_start) into batches of `rows` x `seq_len` next-token
-    examples: documents are concatenated and split at row ends, every fragment is a segment
-    (ids 1, 2, ... within a row; 0 = padding) with positions from 0. A final partial batch is
+    """Packs documents (tokens, loss_start[, source]) into batches of `rows` x `seq_len`
+    next-token examples: documents are concatenated and split at row ends, every fragment is a
+    segment (ids 1, 2, ... within a row; 0 = padding) with positions from 0; ``sources`` holds
+    each position's mixture source (0 when documents carry none). A final partial batch is
     padded with zero-weight rows (`pad_final=True`) or dropped."""
 
     def __init__(self, parent: grain.IterDataset, seq_len: int, rows: int, pad_final: bool = True):
@@ -77,6 +78,7 @@ class _ConcatPackIterator(grain.DatasetIterator):
         super().__init__(parent)
         self._seq_len, self._rows, self._pad_final = seq_len, rows, pad_final
         self._doc: Doc | None = None  # the document being consumed
+        self._src = 0  # the mixture source it came from (a third tuple element; default 0)
         self._offset = 0  # next unconsumed (input, target) pair of _doc
         self._doc_state: Any = None  # parent state before _doc was read
         self._exhausted = False
@@ -84,11 +86,12 @@ class _ConcatPackIterator(grain.DatasetIterator):
     def _next_doc(self) -> bool:
         self._doc_state = self._parent.get_state()
         try:
-            tokens, loss_start = next(self._parent)
+            doc = next(self._parent)
         except StopIteration:
             self._exhausted = True
             return False
-        self._doc = (np.asarray(tokens, np.int32), int(loss_start))
+        self._doc = (np.asarray(doc[0], np.int32), int(doc[1]))
+        self._src = int(doc[2]) if len(doc) > 2 else 0
         self._offset = 0
         if len(self._doc[0]) < 2:  # nothing to predict in a 0/1-token document
             self._doc = None
@@ -101,6 +104,7 @@ class _ConcatPackIterator(grain.DatasetIterator):
         tok_slices: list[np.ndarray] = []
         weight_starts: list[int] = []
         seg: list[int] = []
+        srcs: list[int] = []
         filled = 0
         total = t * r
         row_seg = 0
@@ -120,6 +124,7 @@ class _ConcatPackIterator(grain.DatasetIterator):
             starts.append(filled)
             lengths.append(take)
             seg.append(row_seg)
+            srcs.append(self._src)
             filled += take
             self._offset += take
             if self._offset >= pairs:
@@ -131,18 +136,20 @@ class _ConcatPackIterator(grain.DatasetIterator):
         weights = np.zeros(total, np.float32)
         segment_ids = np.zeros(total, np.int32)
         positions = np.zeros(total, np.int32)
+        sources = np.zeros(total, np.int32)
         lens = np.asarray(lengths)
         idx = np.arange(filled)
         local = idx - np.repeat(np.asarray(starts), lens)  # position within its piece
         segment_ids[:filled] = np.repeat(np.asarray(seg, np.int32), lens)
         positions[:filled] = local
+        sources[:filled] = np.repeat(np.asarray(srcs, np.int32), lens)
         inputs[:filled] = np.concatenate([s[:-1] for s in tok_slices])
         targets[:filled] = np.concatenate([s[1:] for s in tok_slices])
         weights[:filled] = local >= np.repeat(np.asarray(weight_starts), lens)
         shape = (r, t)
         return {"inputs": inputs.reshape(shape), "targets": targets.reshape(shape),
                 "weights": weights.reshape(shape), "segment_ids": segment_ids.reshape(shape),
-                "positions": positions.reshape(shape)}
+                "positions": positions.reshape(shape), "sources": sources.reshape(shape)}
 
     def get_state(self) -> dict[str, Any]:
         """Returns {"parent": state before the current document, "offset": pairs consumed}."""

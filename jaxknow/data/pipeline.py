@@ -9,6 +9,7 @@ all [batch, seq_len]. Iterator state (`get_state`/`set_state`) is checkpointed w
 from __future__ import annotations
 
 import dataclasses
+import functools
 from collections.abc import Callable, Sequence
 from typing import Any
 
@@ -22,7 +23,7 @@ from jaxknow.data.packing import ConcatPackIterDataset, EpochShuffle
 from jaxknow.data.records import decode_record, shard_paths
 
 Doc = tuple[np.ndarray, int]  # (tokens, loss_start)
-FEATURES = ("inputs", "targets", "weights")
+FEATURES = ("inputs", "targets", "weights", "sources")
 
 
 class PipelineConfigError(ValueError):
@@ -69,14 +70,16 @@ class DocList(grain.sources.RandomAccessDataSource):
 
 def doc_to_example(doc: Doc, max_len: int | None = None) -> dict[str, np.ndarray]:
     """Returns next-token features of one document: inputs = tokens[:-1], targets =
-    tokens[1:], weights = 1 where the target index >= loss_start (truncated to max_len)."""
-    tokens, loss_start = doc
+    tokens[1:], weights = 1 where the target index >= loss_start, sources = the mixture
+    source (a third tuple element, default 0) (truncated to max_len)."""
+    tokens, loss_start = doc[0], doc[1]
     tokens = np.asarray(tokens, np.int32)
     inputs, targets = tokens[:-1], tokens[1:]
     weights = (np.arange(1, len(tokens)) >= loss_start).astype(np.float32)
     if max_len is not None and len(inputs) > max_len:
         inputs, targets, weights = inputs[:max_len], targets[:max_len], weights[:max_len]
-    return {"inputs": inputs, "targets": targets, "weights": weights}
+    sources = np.full(len(inputs), doc[2] if len(doc) > 2 else 0, np.int32)
+    return {"inputs": inputs, "targets": targets, "weights": weights, "sources": sources}
 
 
 def _pad_row(ex: dict[str, np.ndarray], seq_len: int) -> dict[str, np.ndarray]:
@@ -98,6 +101,7 @@ def _from_packed(ex: dict[str, np.ndarray]) -> dict[str, np.ndarray]:
         "weights": ex["weights"].astype(np.float32),
         "segment_ids": ex["inputs_segment_ids"].astype(np.int32),
         "positions": ex["inputs_positions"].astype(np.int32),
+        "sources": ex["sources"].astype(np.int32),
     }
 
 
@@ -169,8 +173,9 @@ def build_pipeline(
     for i, s in enumerate(sources):
         if len(s) == 0:
             raise PipelineConfigError(f"data.sources[{i}]: the source has no documents ({s})")
-    shuffled = [EpochShuffle(s, cfg.seed + 7919 * i, cfg.num_epochs)
-                for i, s in enumerate(sources)]
+    # Each document is tagged with its source index (batches carry it as "sources").
+    shuffled = [EpochShuffle(s, cfg.seed + 7919 * i, cfg.num_epochs).map(
+        functools.partial(_tag_source, i)) for i, s in enumerate(sources)]
     if len(shuffled) == 1:
         ds = shuffled[0]
     else:
@@ -215,6 +220,10 @@ def build_pipeline(
     return it
 
 
+def _tag_source(i: int, doc: Doc) -> tuple[np.ndarray, int, int]:
+    return doc[0], doc[1], i
+
+
 class ShardGroup:
     """Iterates several data shards of one process and stacks their rows into one batch.
 
@@ -224,19 +233,32 @@ class ShardGroup:
     1 host with the same `data.shards`.
     """
 
-    def __init__(self, iterators: Sequence[Any]):
+    def __init__(self, iterators: Sequence[Any], num_sources: int = 1):
         self._its = list(iterators)
+        # loss-bearing tokens this process has yielded from each mixture source
+        self._source_tokens = np.zeros(num_sources, np.int64)
 
     def __iter__(self) -> ShardGroup:
         return self
 
     def __next__(self) -> dict[str, np.ndarray]:
         parts = [next(it) for it in self._its]
-        return {k: np.concatenate([p[k] for p in parts]) for k in parts[0]}
+        batch = {k: np.concatenate([p[k] for p in parts]) for k in parts[0]}
+        if "sources" in batch:
+            self._source_tokens += np.bincount(
+                batch["sources"][batch["weights"] > 0].ravel(),
+                minlength=len(self._source_tokens))[: len(self._source_tokens)]
+        return batch
+
+    def source_tokens(self) -> list[int]:
+        """Returns the loss-bearing tokens this process has yielded per source (cumulative
+        over the run, resumed runs included)."""
+        return [int(x) for x in self._source_tokens]
 
     def get_state(self) -> dict[str, Any]:
-        """Returns the states of every shard's iterator."""
-        return {"shards": [it.get_state() for it in self._its]}
+        """Returns the states of every shard's iterator and the per-source token counts."""
+        return {"shards": [it.get_state() for it in self._its],
+                "source_tokens": self.source_tokens()}
 
     def set_state(self, state: dict[str, Any]) -> None:
         """Restores states from `get_state`."""
@@ -245,6 +267,9 @@ class ShardGroup:
                              f"{len(self._its)} (data.shards or the process count changed)")
         for it, s in zip(self._its, state["shards"]):
             it.set_state(s)
+        counts = state.get("source_tokens")
+        if counts is not None and len(counts) == len(self._source_tokens):
+            self._source_tokens = np.asarray(counts, np.int64)
 
 
 def process_batches(
@@ -264,7 +289,23 @@ def process_batches(
     k = num_shards // process_count
     its = [iter(build_pipeline(sources, weights, per, shard_index=s, shard_count=num_shards))
            for s in range(process_index * k, (process_index + 1) * k)]
-    return ShardGroup(its)
+    return ShardGroup(its, num_sources=len(sources))
+
+
+def source_token_metrics(it: ShardGroup, names: Sequence[str]) -> dict[str, float]:
+    """Returns {"source_tokens/NAME": loss-bearing tokens of source NAME fed so far, summed
+    over processes} (a collective when there are several processes: call it on all)."""
+    counts = np.asarray(it.source_tokens(), np.int64)
+    import jax
+
+    if jax.process_count() > 1:
+        from jax.experimental import multihost_utils
+
+        # int32 halves: without jax_enable_x64 an int64 array would be cut to int32
+        parts = np.stack([counts >> 31, counts & (2**31 - 1)]).astype(np.int32)
+        parts = np.asarray(multihost_utils.process_allgather(parts), np.int64).sum(axis=0)
+        counts = (parts[0] << 31) + parts[1]
+    return {f"source_tokens/{n}": float(c) for n, c in zip(names, counts)}
 
 
 def source_datasets(data_dir: str, names: Sequence[str]) -> list[grain.MapDataset]:

@@ -8,6 +8,8 @@ per training corpus. Options are checked against the builder's known keys.
 from __future__ import annotations
 
 import dataclasses
+import json
+import re
 import shutil
 from collections.abc import Iterable, Mapping, Sequence
 from pathlib import Path
@@ -42,7 +44,7 @@ def make_tokenizer(opts: Mapping[str, Any], texts: Sequence[str], out: Path,
         tok.save(out)
         for extra in ("tokenizer_config.json", "special_tokens_map.json"):
             f = (src if src.is_dir() else src.parent) / extra
-            if f.is_file():
+            if f.is_file() and f.resolve() != (out / extra).resolve():
                 shutil.copyfile(f, out / extra)
     else:
         step = max(1, len(texts) // max(1, opts["tokenizer_sample"]))
@@ -302,28 +304,187 @@ def read_text_corpus(path: str | Path) -> list[str]:
     return [d.strip() for d in text.split("\n\n") if d.strip()]
 
 
-def _text_options(world: Mapping[str, Any]) -> dict[str, Any]:
-    opts = _options(world, "jsonl", {"paths": [], "names": []})
-    if not opts["paths"]:
-        raise WorldConfigError("data.world.paths: list at least one corpus file")
+_TEXT_KIND_FORMAT = {"jsonl": "auto", "text": "text", "parquet": "parquet"}
+_TEXT_OPTIONS = {
+    "paths": [], "names": [], "source": None, "format": None, "text_field": "text",
+    "text_mode": "paragraph", "on_error": "skip", "workers": 0, "chunk_chars": 1 << 16,
+    "max_doc_bytes": 256 << 20, "shard_tokens": 1 << 24, "batch_docs": 1024,
+    "batch_chars": 1 << 21,
+}
+
+
+def _source_name(pattern: str) -> str:
+    from jaxknow.data.readers import split_suffixes
+
+    stem = split_suffixes(pattern)[0]
+    clean = re.sub(r"[^A-Za-z0-9_.-]+", "_", stem).strip("_.-")
+    if not clean:
+        raise WorldConfigError(f"data.world.paths: cannot name a source after {pattern!r}; "
+                               f"set data.world.source")
+    return f"corpus_{clean}"
+
+
+def _text_options(world: Mapping[str, Any], kind: str = "jsonl") -> dict[str, Any]:
+    """Returns checked options of a user-corpus world, with "sources" ({source name: list of
+    paths/globs}) and "ingest" (an IngestConfig) added; raises WorldConfigError naming the
+    option."""
+    from jaxknow.data.ingest import IngestConfig
+    from jaxknow.data.readers import ReaderConfig
+
+    opts = _options(world, kind, _TEXT_OPTIONS)
+    paths = opts["paths"]
+    if isinstance(paths, str):
+        paths = [paths]
+    if not paths:
+        raise WorldConfigError("data.world.paths: list at least one corpus file or glob")
+    if opts["num_shards"] != 1:
+        raise WorldConfigError(
+            f"data.world.num_shards={opts['num_shards']}: a streamed corpus is cut into shards "
+            f"of shard_tokens tokens; set data.world.shard_tokens instead")
+    fmt = opts["format"] or _TEXT_KIND_FORMAT[kind]
+    try:
+        reader = ReaderConfig(format=fmt, text_field=opts["text_field"],
+                              text_mode=opts["text_mode"], max_doc_bytes=opts["max_doc_bytes"])
+        opts["ingest"] = IngestConfig(
+            reader=reader, on_error=opts["on_error"], workers=opts["workers"],
+            chunk_chars=opts["chunk_chars"], batch_docs=opts["batch_docs"],
+            batch_chars=opts["batch_chars"], shard_tokens=opts["shard_tokens"])
+    except ValueError as e:
+        raise WorldConfigError(f"data.world ({kind}): {e}") from None
+    if opts["source"]:
+        opts["sources"] = {str(opts["source"]): list(paths)}
+    else:
+        opts["sources"] = {}
+        for p in paths:
+            name = _source_name(str(p))
+            if name in opts["sources"]:
+                raise WorldConfigError(
+                    f"data.world.paths: {p!r} and {opts['sources'][name][0]!r} both make "
+                    f"source {name!r}; set data.world.source to merge them into one")
+            opts["sources"][name] = [str(p)]
     return opts
+
+
+def build_text_world(world: dict[str, Any], out: Path, seed: int, kind: str) -> dict[str, Any]:
+    """Streams user corpora into sources (see `jaxknow.data.ingest`): every entry of `paths`
+    (a file or a glob) becomes the source ``corpus_<stem>``, or all of them the one source
+    `source`. The tokenizer is `tokenizer` (a tokenizer.json or a folder with one: a
+    converted Hugging Face model, a training workdir) or a BPE of `vocab_size` trained on
+    a seeded sample of `tokenizer_sample` documents; `names` (optional) must round-trip."""
+    from jaxknow.data import ingest, readers
+
+    opts = _text_options(world, kind)
+    files = {name: readers.expand_paths(pats) for name, pats in opts["sources"].items()}
+    cfg: ingest.IngestConfig = opts["ingest"]
+    every = [f for fs in files.values() for f in fs]
+    # A BPE trained earlier on the same sample of the same files is reused (a resumed build
+    # skips the sampling pass); anything else is (re)made.
+    digest = json.dumps({"inputs": [(str(f.resolve()), f.stat().st_size, f.stat().st_mtime_ns)
+                                    for f in every], "vocab_size": opts["vocab_size"],
+                         "sample": opts["tokenizer_sample"], "seed": seed,
+                         "reader": dataclasses.asdict(cfg.reader)}, sort_keys=True)
+    marker = out / ".tokenizer_sample.json"
+    if (not opts["tokenizer"] and marker.is_file() and marker.read_text() == digest
+            and (out / "tokenizer.json").is_file()):
+        tok = load_tokenizer(out)
+        tok.check_roundtrip(opts["names"], "data.world.names")
+    else:
+        sample: list[str] = []
+        if not opts["tokenizer"]:
+            sample = ingest.sample_texts(every, cfg.reader, opts["tokenizer_sample"], seed,
+                                         cfg.on_error)
+        tok = make_tokenizer(opts, sample, out, opts["names"], "data.world.names")
+        if opts["tokenizer"]:
+            marker.unlink(missing_ok=True)
+        else:
+            marker.write_text(digest)
+    sources = {name: ingest.ingest_source(fs, out, name, out, cfg).index
+               for name, fs in files.items()}
+    return {"sources": sources, "files": [], "vocab_size": tok.vocab_size}
 
 
 @register("jsonl")
 def build_text_corpus(world: dict[str, Any], out: Path, seed: int) -> dict[str, Any]:
-    """User corpora: every file in `paths` (JSONL ``{"text"}`` or plain text) becomes the
-    source ``corpus_<stem>``; `names` (optional) are entity names that must round-trip."""
-    del seed
-    opts = _text_options(world)
-    files = {}
-    for p in opts["paths"]:
-        files[f"corpus_{Path(p).stem}.jsonl"] = [{"text": d} for d in read_text_corpus(p)]
-    written = write_files(out, files)
-    texts = [r["text"] for rows in files.values() for r in rows]
-    tok = make_tokenizer(opts, texts, out, opts["names"], "data.world.names")
-    return {"sources": write_corpus_sources(out, tok, files, opts["num_shards"]),
-            "files": written, "vocab_size": tok.vocab_size}
+    """User corpora, format from each file's suffix (JSONL / plain text / Parquet, optionally
+    .gz / .zst): see `build_text_world`."""
+    return build_text_world(world, out, seed, "jsonl")
 
+
+@register("text")
+def build_plain_text(world: dict[str, Any], out: Path, seed: int) -> dict[str, Any]:
+    """Plain-text corpora (`text_mode`: paragraph, line or file): see `build_text_world`."""
+    return build_text_world(world, out, seed, "text")
+
+
+@register("parquet")
+def build_parquet(world: dict[str, Any], out: Path, seed: int) -> dict[str, Any]:
+    """Parquet corpora (local Hugging Face dataset files; column `text_field`): see
+    `build_text_world`."""
+    return build_text_world(world, out, seed, "parquet")
+
+
+# --- mixtures -------------------------------------------------------------------------------
+def _mix_options(world: Mapping[str, Any]) -> dict[str, Any]:
+    """Returns {"worlds": [(label, world dict)] in build order, "tokenizer"}: `worlds` is a
+    list or a mapping label -> world (what a ConfigDict override can reach:
+    ``--config.data.world.worlds.bios.num_people=...``); the world named by
+    `tokenizer_from` (label or list index; default the first) is built first."""
+    known = ["tokenizer", "tokenizer_from", "worlds"]
+    unknown = sorted(set(world) - set(known))
+    if unknown:
+        raise WorldConfigError(f"data.world: unknown key(s) {unknown} for kind 'mix'; "
+                               f"known: {known}")
+    from jaxknow.config import to_plain
+
+    raw = to_plain(world.get("worlds")) or []
+    items = (list(raw.items()) if isinstance(raw, Mapping)
+             else [(str(i), w) for i, w in enumerate(raw)])
+    if not items:
+        raise WorldConfigError("data.world.worlds: list at least one world")
+    for label, sub in items:
+        if not isinstance(sub, Mapping) or sub.get("kind") in (None, "mix"):
+            raise WorldConfigError(f"data.world.worlds.{label}: needs a kind other than 'mix'")
+    first = world.get("tokenizer_from")
+    if first is not None:
+        labels = [label for label, _ in items]
+        if str(first) not in labels:
+            raise WorldConfigError(f"data.world.tokenizer_from={first!r}: not one of the "
+                                   f"worlds {labels}")
+        items.sort(key=lambda kv: kv[0] != str(first))
+    return {"worlds": [(label, dict(sub)) for label, sub in items],
+            "tokenizer": world.get("tokenizer")}
+
+
+@register("mix")
+def build_mix(world: dict[str, Any], out: Path, seed: int) -> dict[str, Any]:
+    """Several worlds in one data folder with one tokenizer, so their sources can be mixed
+    by weight in one run (e.g. a bioS world beside a real corpus). The tokenizer is
+    `tokenizer` if given, else that of the world `tokenizer_from` (default: the first;
+    trained on its text), reused by the others."""
+    from jaxknow.data.build import _BUILDERS
+
+    opts = _mix_options(world)
+    tokenizer = opts["tokenizer"]
+    sources: dict[str, Any] = {}
+    files: list[str] = []
+    vocab = 0
+    for label, sub in opts["worlds"]:
+        kind = sub.pop("kind")
+        if kind not in _BUILDERS:
+            raise WorldConfigError(f"data.world.worlds.{label}.kind={kind!r}: unknown; known: "
+                                   f"{sorted(_BUILDERS)}")
+        if tokenizer:
+            sub["tokenizer"] = tokenizer
+        manifest = _BUILDERS[kind](sub, out, seed)
+        clash = sorted(set(manifest["sources"]) & set(sources))
+        if clash:
+            raise WorldConfigError(f"data.world.worlds.{label} ({kind}): source(s) {clash} "
+                                   f"also made by an earlier world")
+        sources.update(manifest["sources"])
+        files += manifest.get("files", [])
+        vocab = max(vocab, manifest["vocab_size"])
+        tokenizer = str(out)
+    return {"sources": sources, "files": sorted(set(files)), "vocab_size": vocab}
 
 
 def check_world(world: Mapping[str, Any], seed: int = 0) -> None:
@@ -337,8 +498,11 @@ def check_world(world: Mapping[str, Any], seed: int = 0) -> None:
                                                        countries.CountriesConfig, seed),
         "geo": lambda o: _generated_world_config(o, "geo", geo.GeoConfig, seed),
         "mquake": _mquake_options,
-        "jsonl": _text_options,
+        "jsonl": lambda o: _text_options(o, "jsonl"),
+        "text": lambda o: _text_options(o, "text"),
+        "parquet": lambda o: _text_options(o, "parquet"),
     }
+    checks["mix"] = lambda o: [check_world(sub, seed) for _, sub in _mix_options(o)["worlds"]]
     kind = world.get("kind")
     if kind not in checks:
         raise WorldConfigError(f"data.world.kind={kind!r}: unknown; known: {sorted(checks)}")

@@ -302,7 +302,9 @@ def run(spec: setup.RunSpec, workdir: Path, mesh: Mesh, data_dir: Path, *,
                 flush()
                 ckpt.check()  # a failed background save is reported at once
                 if step % tc.log_every == 0 or step == tc.steps or step == start + 1:
-                    pending = (step, metrics, guard)
+                    # per-source token counts as of this step's batch (data/pipeline.py)
+                    pending = (step, {**metrics, **pipeline.source_token_metrics(
+                        it, [s["name"] for s in spec.data.sources])}, guard)
                 for ev in events:
                     state = ev(step, state)
                 writer.advance()
