@@ -35,7 +35,8 @@ import logging
 from collections.abc import Sequence
 from typing import Any
 
-import numpy as np
+import lm_eval.models  # noqa: F401  (built-in model types first: lm-eval only fills an empty
+import numpy as np  #                    registry, so registering ours alone would hide them)
 from lm_eval.api.model import TemplateLM
 from lm_eval.api.registry import register_model
 from lm_eval.utils import get_rolling_token_windows, make_disjoint_window
