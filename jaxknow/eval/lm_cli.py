@@ -25,6 +25,7 @@ def main() -> None:
     from lm_eval.__main__ import cli_evaluate
 
     import jaxknow.eval.lm_adapter as adapter
+    import launch  # noqa: F401  (CPU device count and compilation cache, before jax loads)
 
     try:
         cli_evaluate()
