@@ -72,6 +72,13 @@ def run(lm: Any, tasks: list[str], task_dir: Path, limit: int | None, **kw: Any
     return time.perf_counter() - t0, res
 
 
+def scores(res: dict) -> str:
+    """Returns "task metric=value ..." of lm-eval's aggregated results."""
+    return "; ".join(f"{t} " + " ".join(f"{k.split(',')[0]}={v:.4f}" for k, v in r.items()
+                                         if "," in k and "stderr" not in k)
+                     for t, r in res["results"].items())
+
+
 def outputs(res: dict) -> dict[tuple[str, int], Any]:
     """Returns (task, doc_index) -> the generation (free form) or chosen letter index (MC)."""
     out = {}
@@ -81,6 +88,39 @@ def outputs(res: dict) -> dict[tuple[str, int], Any]:
             pick = r[0] if isinstance(r[0], str) else max(range(len(r)), key=lambda i: r[i][0])
             out[(task, int(s["doc"]["doc_index"]))] = pick
     return out
+
+
+def own_parity(model: Any, data: Path, subsets: list[str], res: dict, batch_size: int) -> str:
+    """Returns a line comparing lm-eval-through-the-adapter with jaxknow's own evaluation of
+    the same subsets: identical predictions, largest log-likelihood difference, scores."""
+    import numpy as np
+
+    from jaxknow.data.jsonl import read_jsonl
+    from jaxknow.eval.tasks import evaluate_subsets_detailed
+
+    rows = {s: read_jsonl(data / f"eval_{s}.jsonl") for s in subsets}
+    t0 = time.perf_counter()
+    own = evaluate_subsets_detailed(model, rows, max_new_tokens=50, batch_size=batch_size,
+                                    bos="never")
+    secs = time.perf_counter() - t0
+    same = total = 0
+    worst = 0.0
+    parts = []
+    for s in subsets:
+        samples = {int(x["doc"]["doc_index"]): x for x in res["samples"][f"jaxknow_{s}"]}
+        for i, x in samples.items():
+            rec = own.predictions[s][i]
+            total += 1
+            if "prediction" in rec:
+                same += x["filtered_resps"][0].strip() == rec["prediction"]
+            else:
+                got = np.array([r[0] for r in x["filtered_resps"]])
+                worst = max(worst, float(np.max(np.abs(got - np.array(rec["logprobs"])))))
+                same += int(np.argmax(got)) == rec["pred"]
+        m = own.metrics[s]
+        parts.append(f"{s} " + " ".join(f"{k}={v:.4f}" for k, v in m.items() if k != "n"))
+    return (f"own evaluation ({secs:.2f} s, full subsets): identical predictions {same}/{total}, "
+            f"max |log-likelihood difference| {worst:.2e}; " + "; ".join(parts))
 
 
 def main() -> None:
@@ -94,6 +134,8 @@ def main() -> None:
                                         "max_seq_len=512")
     ap.add_argument("--seed", type=int, default=0)
     ap.add_argument("--no_hf", action="store_true", help="time the jaxknow adapter only")
+    ap.add_argument("--parity", action="store_true",
+                    help="also run jaxknow's own evaluation and compare it item by item")
     args = ap.parse_args()
 
     import jax
@@ -128,7 +170,10 @@ def main() -> None:
         n_items = sum(len(s) for s in res_jk["samples"].values())
         n_reqs = sum(len(x["arguments"]) for s in res_jk["samples"].values() for x in s)
         print(f"jaxknow adapter: {t_jk:.2f} s timed ({n_items / t_jk:.1f} items/s, "
-              f"{n_reqs / t_jk:.1f} requests/s); first run {t_warm:.2f} s (compiles)")
+              f"{n_reqs / t_jk:.1f} requests/s); first run {t_warm:.2f} s (compiles)\n  "
+              f"{scores(res_jk)}")
+        if args.parity:
+            print(own_parity(model, data, subsets, res_jk, args.batch_size))
         if args.no_hf:
             return
         hf_dir = jaxknow_to_hf(model_dir, work / "hf")
@@ -138,7 +183,7 @@ def main() -> None:
         t_hf, res_hf = run("hf", tasks, task_dir, args.limit, model_args=hf_args,
                            device="cpu", batch_size=args.batch_size)
         print(f"lm-eval hf:      {t_hf:.2f} s timed ({n_items / t_hf:.1f} items/s, "
-              f"{n_reqs / t_hf:.1f} requests/s)")
+              f"{n_reqs / t_hf:.1f} requests/s)\n  {scores(res_hf)}")
         a, b = outputs(res_jk), outputs(res_hf)
         same = sum(a[k] == b.get(k) for k in a)
         print(f"ratio (hf time / jaxknow time): {t_hf / t_jk:.2f}x; identical outputs: "

@@ -143,3 +143,24 @@ def test_zero_shot_and_small_splits():
         fewshot.build_prompts(FREE[:5], "free", k=5)
     assert len(fewshot.build_prompts(FREE[:6], "free", k=5)) == 6
     assert fewshot.demo_indices(FREE, 5, seed=1) != fewshot.demo_indices(FREE, 5)
+
+
+def test_harness_pair_encoding_and_bos():
+    """The fork's BaseLM._encode_pair: trailing context spaces move to the continuation, the
+    whole string is encoded and split at the context's length; the prefix is BOS or nothing
+    (its hf-causal-experimental adds no special tokens: "auto" = none for converted HF models)."""
+    from jaxknow.data.tokenizer import train_bpe
+
+    tok = train_bpe(["Question: What is the capital of Andoria? Answer: Valtoria"] * 20, 300,
+                    min_frequency=1)
+    ctx, cont = "Question: What is the capital of Andoria? Answer: ", "Valtoria"
+    c_ids, x_ids = scoring.encode_pair(tok, ctx, cont, bos=False)
+    whole = tok.encode(ctx + cont)
+    assert c_ids == tok.encode(ctx.rstrip()) and c_ids + x_ids == whole
+    assert tok.decode(x_ids) == " Valtoria"
+    assert scoring.encode_pair(tok, ctx, cont, bos=True)[0] == [tok.bos_id] + c_ids
+    assert scoring.encode_pair(tok, "", " A", bos=False)[0] == [tok.eos_id]
+    assert not scoring.use_bos("auto", {"source": "huggingface"})
+    assert scoring.use_bos("auto", {}) and scoring.use_bos("always", {"source": "huggingface"})
+    with pytest.raises(ValueError, match="bos='x'"):
+        scoring.use_bos("x")

@@ -272,8 +272,7 @@ class JaxknowLM(TemplateLM):
                 log.warning("jaxknow: %d of %d prompts are longer than %d tokens (context %d "
                             "- %d new): up to %d of their leading tokens were dropped",
                             len(cut), len(prompts), limit, self._max_length, max_new, max(cut))
-            prompts = [p[-limit:] if not p or len(p) > limit else p for p in prompts]
-            prompts = [p if p else [self.prefix_token_id] for p in prompts]
+            prompts = [p[-limit:] or [self.prefix_token_id] for p in prompts]
             table = _stop_table(self.tok, self.cfg.vocab_size, until)
             toks = generate.generate_tokens(
                 self.params, self.cfg, prompts, max_new_tokens=max_new, stop_table=table,
