@@ -120,9 +120,12 @@ class JaxknowLM(TemplateLM):
                                  "checkpoint (looked in DIR and DIR/data); copy the tokenizer "
                                  "of the training data there")
         self.params, self.cfg, self.tok = params, cfg, tok
-        self.add_bos = scoring.use_bos(bos, meta) and tok.bos_id is not None
-        bs = 32 if batch_size in (None, "auto") or str(batch_size).startswith("auto") else \
-            int(batch_size)
+        try:
+            self.add_bos = scoring.use_bos(bos, meta) and tok.bos_id is not None
+            bs = 32 if batch_size in (None, "auto") or str(batch_size).startswith("auto") \
+                else int(batch_size)
+        except ValueError as e:
+            raise JaxknowLMError(f"jaxknow model: {e}") from None
         if bs <= 0:
             raise JaxknowLMError(f"batch_size={batch_size}: must be positive")
         self._batch_size = bs
