@@ -87,24 +87,32 @@ def _by_doc(samples: list[dict]) -> dict[int, dict]:
     return {int(s["doc"]["doc_index"]): s for s in samples}
 
 
-def test_written_tasks_give_the_forks_prompts(setup):
-    """Every prompt lm-eval 0.4.13 builds from the written tasks equals jaxknow's own 5-shot
-    prompt, which is the fork's (tests/test_fewshot.py pins that on hand-made splits)."""
-    res = _run(setup, _Recorder())
-    for name in SUBSETS:
-        rows = read_jsonl(setup["world"] / f"eval_{name}.jsonl")
-        kind = "mc" if name == "multiple_choice" else "free"
+def test_written_tasks_give_the_forks_prompts(setup, tmp_path):
+    """Every prompt lm-eval 0.4.13 builds from the written tasks, for every free-form and MC
+    subset of the world's novel split (112 items), equals jaxknow's own 5-shot prompt, which
+    is the fork's (tests/test_fewshot.py pins that on hand-made splits)."""
+    novel = [p.stem[len("eval_"):] for p in sorted(setup["world"].glob("eval_*.jsonl"))
+             if not p.stem.startswith(("eval_base_", "eval_likelihood"))]
+    written = write_lm_tasks(setup["world"], tmp_path, novel, max_new_tokens=MAX_NEW)
+    assert set(written) == {f"jaxknow_{n}" for n in (
+        "qa", "reverse_qa", "indirect", "animal_commonsense", "two_hop", "multiple_choice",
+        "two_hop_mc")}
+    tm = TaskManager(include_path=str(tmp_path), include_defaults=False)
+    res = lm_eval.simple_evaluate(model=_Recorder(), tasks=["jaxknow"], task_manager=tm,
+                                  log_samples=True)
+    assert set(res["samples"]) == set(written)
+    for task, kind in written.items():
+        rows = read_jsonl(setup["world"] / f"eval_{task[len('jaxknow_'):]}.jsonl")
         want = fewshot.build_prompts(rows, kind)
-        got = _by_doc(res["samples"][f"jaxknow_{name}"])
+        got = _by_doc(res["samples"][task])
         assert sorted(got) == list(range(len(rows)))
         for i, s in got.items():
-            assert s["arguments"][0][0] == want[i], (name, i)
+            assert s["arguments"][0][0] == want[i], (task, i)
         if kind == "mc":  # " A" .. " D" scored after the prompt
             assert [a[1] for a in got[0]["arguments"]] == [" A", " B", " C", " D"]
         else:
             assert got[0]["arguments"][0][1]["until"] == ["\n"]
-    # lm-eval's default sampler (seed 1234, no shuffle) would have chosen other demonstrations.
-    yaml = (setup["tasks"] / "jaxknow_qa.yaml").read_text()
+    yaml = (tmp_path / "jaxknow_qa.yaml").read_text()
     assert "sampler: !function utils.ForkSampler" in yaml
 
 
