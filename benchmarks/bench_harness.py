@@ -51,7 +51,7 @@ def make_model(world: Path, dst: Path, shape: dict[str, int], seed: int) -> Path
     from tests.util import numpy_params
 
     vocab = json.loads((world / "manifest.json").read_text())["vocab_size"]
-    cfg = preset("tiny").replace(vocab_size=vocab, **shape)
+    cfg = preset("tiny").replace(**{"vocab_size": vocab, **shape})
     params = jax.tree.map(lambda x: 4.0 * x if x.ndim >= 2 else x, numpy_params(cfg, seed))
     save_params_checkpoint(dst, params, {"model": cfg.to_dict()})
     for f in ("tokenizer.json", "special_tokens.json"):
@@ -59,17 +59,37 @@ def make_model(world: Path, dst: Path, shape: dict[str, int], seed: int) -> Path
     return dst
 
 
-def run(lm: Any, tasks: list[str], task_dir: Path, limit: int | None, **kw: Any
-        ) -> tuple[float, dict]:
-    """Returns (seconds, results) of one simple_evaluate call."""
+def timed(lm: Any) -> Any:
+    """Wraps the request methods of an lm-eval LM instance so that `lm.model_seconds`
+    accumulates the time spent inside them (the model's share of an evaluation)."""
+    lm.model_seconds = 0.0
+    for name in ("loglikelihood", "loglikelihood_rolling", "generate_until"):
+        fn = getattr(lm, name)
+
+        def wrapper(*a: Any, _fn: Any = fn, **k: Any) -> Any:
+            t0 = time.perf_counter()
+            try:
+                return _fn(*a, **k)
+            finally:
+                lm.model_seconds += time.perf_counter() - t0
+
+        setattr(lm, name, wrapper)
+    return lm
+
+
+def run(lm: Any, tasks: list[str], task_dir: Path, limit: int | None
+        ) -> tuple[float, float, dict]:
+    """Returns (seconds, seconds inside the model's request methods, results) of one
+    simple_evaluate call."""
     import lm_eval
     from lm_eval.tasks import TaskManager
 
     tm = TaskManager(include_path=str(task_dir), include_defaults=False)
+    lm.model_seconds = 0.0
     t0 = time.perf_counter()
     res = lm_eval.simple_evaluate(model=lm, tasks=tasks, task_manager=tm, limit=limit,
-                                  log_samples=True, **kw)
-    return time.perf_counter() - t0, res
+                                  log_samples=True)
+    return time.perf_counter() - t0, lm.model_seconds, res
 
 
 def scores(res: dict) -> str:
@@ -131,7 +151,8 @@ def main() -> None:
     ap.add_argument("--limit", type=int, default=None, help="items per task (default: all)")
     ap.add_argument("--batch_size", type=int, default=32)
     ap.add_argument("--shape", default="d_model=128,n_layers=4,n_heads=4,d_ff=512,"
-                                        "max_seq_len=512")
+                                        "max_seq_len=512", help="model fields of the random "
+                    "model (vocab_size defaults to the tokenizer's)")
     ap.add_argument("--seed", type=int, default=0)
     ap.add_argument("--no_hf", action="store_true", help="time the jaxknow adapter only")
     ap.add_argument("--parity", action="store_true",
@@ -164,30 +185,35 @@ def main() -> None:
         print(f"devices: {jax.device_count()} x {jax.devices()[0].platform}; model "
               f"d{model.cfg.d_model} x {model.cfg.n_layers} layers, vocab "
               f"{model.cfg.vocab_size}, {model.cfg.dtype}; tasks {tasks}; limit {args.limit}")
-        lm = JaxknowLM(model=model, bos="never", batch_size=args.batch_size)
-        t_warm, _ = run(lm, tasks, task_dir, args.limit)
-        t_jk, res_jk = run(lm, tasks, task_dir, args.limit)
+        lm = timed(JaxknowLM(model=model, bos="never", batch_size=args.batch_size))
+        t_warm, _, _ = run(lm, tasks, task_dir, args.limit)
+        t_jk, m_jk, res_jk = run(lm, tasks, task_dir, args.limit)
         n_items = sum(len(s) for s in res_jk["samples"].values())
         n_reqs = sum(len(x["arguments"]) for s in res_jk["samples"].values() for x in s)
-        print(f"jaxknow adapter: {t_jk:.2f} s timed ({n_items / t_jk:.1f} items/s, "
-              f"{n_reqs / t_jk:.1f} requests/s); first run {t_warm:.2f} s (compiles)\n  "
-              f"{scores(res_jk)}")
+
+        def line(name: str, t: float, m: float, res: dict) -> str:
+            return (f"{name}: {t:.2f} s timed ({n_items / t:.1f} items/s); inside the model "
+                    f"{m:.2f} s ({n_reqs / m:.1f} requests/s)\n  {scores(res)}")
+
+        print(line("jaxknow adapter", t_jk, m_jk, res_jk) +
+              f"\n  first run {t_warm:.2f} s (compiles)")
         if args.parity:
             print(own_parity(model, data, subsets, res_jk, args.batch_size))
         if args.no_hf:
             return
+        from lm_eval.api.registry import get_model
+
         hf_dir = jaxknow_to_hf(model_dir, work / "hf")
-        hf_args = f"pretrained={hf_dir},dtype={model.cfg.dtype}"
-        run("hf", tasks, task_dir, args.limit, model_args=hf_args, device="cpu",
-            batch_size=args.batch_size)
-        t_hf, res_hf = run("hf", tasks, task_dir, args.limit, model_args=hf_args,
-                           device="cpu", batch_size=args.batch_size)
-        print(f"lm-eval hf:      {t_hf:.2f} s timed ({n_items / t_hf:.1f} items/s, "
-              f"{n_reqs / t_hf:.1f} requests/s)\n  {scores(res_hf)}")
+        hf = timed(get_model("hf").create_from_arg_string(
+            f"pretrained={hf_dir},dtype={model.cfg.dtype}",
+            {"batch_size": args.batch_size, "device": "cpu"}))
+        run(hf, tasks, task_dir, args.limit)
+        t_hf, m_hf, res_hf = run(hf, tasks, task_dir, args.limit)
+        print(line("lm-eval hf", t_hf, m_hf, res_hf))
         a, b = outputs(res_jk), outputs(res_hf)
         same = sum(a[k] == b.get(k) for k in a)
-        print(f"ratio (hf time / jaxknow time): {t_hf / t_jk:.2f}x; identical outputs: "
-              f"{same}/{len(a)}")
+        print(f"ratio hf / jaxknow: {t_hf / t_jk:.2f}x end to end, {m_hf / m_jk:.2f}x inside "
+              f"the model; identical outputs: {same}/{len(a)}")
     finally:
         shutil.rmtree(work, ignore_errors=True)
 
