@@ -105,7 +105,7 @@ def evaluate(config: Any, workdir: str | Path, step: int | None = None,
         raise FileNotFoundError(f"no tokenizer.json in {workdir} or {workdir / 'data'}")
     res = evaluate_subsets_detailed(
         model, subsets, ecfg.kinds, ecfg.shots(), ecfg.seed, ecfg.max_new_tokens,
-        ecfg.batch_size, mc_mode=ecfg.mc_mode, mesh=mesh)
+        ecfg.batch_size, mc_mode=ecfg.mc_mode, mesh=mesh, bos=ecfg.bos)
     ckpt_step = int(model.meta.get("step", step if step is not None else 0))
     result: dict[str, Any] = {
         "step": ckpt_step,

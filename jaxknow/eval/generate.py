@@ -310,14 +310,17 @@ def generate_text(
     *,
     batch_size: int = 64,
     mesh: Mesh | None = None,
+    bos: bool = True,
 ) -> list[str]:
     """Returns the greedy continuation text of each prompt (prompt ids =
-    ``tokenizer.prefix() + tokenizer.encode(prompt)``), stopping at EOS and, when
-    `stop_at_newline`, at the first newline (the text is cut before it)."""
+    ``tokenizer.prefix() + tokenizer.encode(prompt)``, without the prefix when not `bos`),
+    stopping at EOS and, when `stop_at_newline`, at the first newline (the text is cut before
+    it)."""
     params, cfg, tok = unpack_model(model)
     base = newline_stop_table(tok, cfg.vocab_size) if stop_at_newline else None
     table = make_stop_table(cfg.vocab_size, (tok.eos_id,), base)
-    ids = [tok.prefix() + tok.encode(p) for p in prompts]
+    prefix = tok.prefix() if bos else []
+    ids = [prefix + tok.encode(p) for p in prompts]
     outs = generate_tokens(params, cfg, ids, max_new_tokens=max_new_tokens, stop_table=table,
                            pad_id=tok.pad_id, batch_size=batch_size, mesh=mesh)
     texts = []

@@ -36,6 +36,7 @@ def probe_facts(
     *,
     batch_size: int = 32,
     mesh: Mesh | None = None,
+    bos: bool = True,
 ) -> list[dict[str, Any]]:
     """Returns one record per row: head, relation, true, ``true_logprob``,
     ``wrong_logprobs``, ``negated_logprob``, ``comparison``, ``comparison_max`` and
@@ -51,7 +52,8 @@ def probe_facts(
             raise ValueError(f"likelihood row {i} has no wrong tails")
         contexts += [row["prompt"], row["negated_prompt"]] + [row["prompt"]] * len(wrong)
         conts += [f" {row['true']}", f" {row['true']}"] + [f" {w}" for w in wrong]
-    lp, _ = continuation_logprobs(params, cfg, tokenizer, contexts, conts, batch_size, mesh)
+    lp, _ = continuation_logprobs(params, cfg, tokenizer, contexts, conts, batch_size, mesh,
+                                  bos=bos)
     out = []
     k = 0
     for row in rows:
@@ -90,7 +92,9 @@ def likelihood_ratios(
     *,
     batch_size: int = 32,
     mesh: Mesh | None = None,
+    bos: bool = True,
 ) -> tuple[dict[str, float], list[dict[str, Any]]]:
     """Returns (means over facts, per-fact records) of the comparison and negation ratios."""
-    records = probe_facts(params, cfg, tokenizer, rows, batch_size=batch_size, mesh=mesh)
+    records = probe_facts(params, cfg, tokenizer, rows, batch_size=batch_size, mesh=mesh,
+                          bos=bos)
     return summarize_probes(records), records

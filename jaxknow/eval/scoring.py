@@ -1,19 +1,28 @@
 """Log-likelihood of continuations and multiple-choice scoring (the lm-eval-harness way).
 
-A (context, continuation) pair is encoded *separately* and concatenated:
-``prefix + enc(context) + enc(continuation)`` (prefix = ``tokenizer.prefix()``, i.e. [bos] or
-[]), so the continuation's tokens do not depend on the context, and the loss weight is on the
-continuation tokens only. Pairs are sorted by length, right-padded to a bucketed length
-(`generate.bucket_length`, capped at ``cfg.max_seq_len``) and scored in batches of equal shape
-through `jaxknow.train.step.score_batch`; pad positions carry weight 0 and segment id 0. A pair
-longer than the model's context is cut from the left of the context.
+A (context, continuation) pair is tokenised as the harness's ``BaseLM._encode_pair`` does
+(the authors' fork, ``lm_eval/base.py``; 0.4.x ``TemplateLM._encode_pair`` is the same):
+trailing whitespace of the context moves to the continuation, ``context + continuation`` is
+encoded whole and split at the length of the encoded context, so the continuation's tokens are
+those of the whole string. The sequence is ``prefix + enc(context) + continuation tokens`` where
+the prefix is ``[bos]`` or nothing (`use_bos`: the fork's ``hf-causal-experimental`` model
+adds no special tokens, so converted Hugging Face models are scored without BOS by default;
+jaxknow-trained models saw ``[bos]`` before every document and keep it). An empty context
+becomes the prefix, or ``[eos]`` without one (the fork's end-of-text context).
+
+Pairs are sorted by length, right-padded to a bucketed length (`generate.bucket_length`,
+capped at ``cfg.max_seq_len``) and scored in batches of equal shape; pad positions carry
+weight 0. A pair longer than the model's context is cut from the left of the context (the
+harness's ``(context + continuation)[-(max_length + 1):]``). Besides the summed
+log-likelihood, each pair reports whether every continuation token is the greedy (argmax)
+token, the harness's ``is_greedy``.
 
 Multiple choice: either the log-likelihood of the answer letters ``" A"`` .. ``" D"`` after
-the MC prompt (``mode="letters"``, the co-occurrence paper's harness) or of each option's text
-``" {choice}"`` (``mode="options"``). ``acc`` takes the argmax of the summed log-likelihood;
-``acc_norm`` the argmax of the log-likelihood divided by the continuation's length in
-*characters* (the continuation string including its leading space), as lm-eval-harness's
-``acc_norm`` does. With letters every continuation has 2 characters, so acc_norm = acc.
+the MC prompt (``mode="letters"``, the co-occurrence paper's harness: always all four letters,
+whatever the number of choices) or of each option's text ``" {choice}"`` (``mode="options"``).
+``acc`` takes the argmax of the summed log-likelihood; ``acc_norm`` the argmax of the
+log-likelihood divided by the continuation's length in *characters*, as lm-eval-harness's
+``acc_norm`` does. With letters every continuation has the same length, so acc_norm = acc.
 """
 
 from __future__ import annotations
@@ -23,6 +32,7 @@ from collections.abc import Mapping, Sequence
 from typing import Any
 
 import jax
+import jax.numpy as jnp
 import numpy as np
 from jax.sharding import Mesh
 
@@ -35,14 +45,27 @@ from jaxknow.eval.generate import (
     place_batch,
     place_params,
 )
+from jaxknow.model import transformer
 from jaxknow.model.config import ModelConfig
 from jaxknow.parallel.rules import Sharder
-from jaxknow.train.step import score_batch
 from jaxknow.worlds.facts import MC_LETTERS
 
 MC_MODES = ("letters", "options")
+BOS_MODES = ("auto", "always", "never")
 
 _COMPILED: dict[tuple[Any, ...], Any] = {}
+
+
+def use_bos(mode: str, meta: Mapping[str, Any] | None = None) -> bool:
+    """Returns whether prompts start with the tokenizer's BOS: ``"always"``, ``"never"``, or
+    ``"auto"`` = not for a model converted from Hugging Face (checkpoint metadata
+    ``source == "huggingface"``; the fork's ``hf-causal-experimental`` adds no special
+    tokens), yes for a jaxknow-trained one (trained with ``[bos]`` before every document)."""
+    if mode not in BOS_MODES:
+        raise ValueError(f"bos={mode!r}: must be one of {BOS_MODES}")
+    if mode == "auto":
+        return (meta or {}).get("source") != "huggingface"
+    return mode == "always"
 
 
 def _score_fn(cfg: ModelConfig, mesh: Mesh | None) -> Any:
@@ -50,30 +73,53 @@ def _score_fn(cfg: ModelConfig, mesh: Mesh | None) -> Any:
     if key not in _COMPILED:
         sharder = Sharder(mesh)
 
-        def run(params: Any, batch: Mapping[str, jax.Array]) -> tuple[jax.Array, jax.Array]:
-            out = score_batch(params, batch, cfg=cfg, sharder=sharder)
-            return out["logprob"], out["num_tokens"]
+        def run(params: Any, batch: Mapping[str, jax.Array]
+                ) -> tuple[jax.Array, jax.Array, jax.Array]:
+            out = transformer.forward(params, batch["inputs"], cfg,
+                                      positions=batch["positions"],
+                                      segment_ids=batch["segment_ids"], sharder=sharder)
+            lg = transformer.logits(params, out.hidden, cfg, sharder)
+            tgt = batch["targets"]
+            lse = jax.nn.logsumexp(lg, axis=-1)
+            picked = jnp.take_along_axis(lg, tgt[..., None], axis=-1)[..., 0]
+            w = batch["weights"].astype(jnp.float32)
+            miss = (jnp.argmax(lg, axis=-1) != tgt) & (w > 0)
+            return (jnp.sum((picked - lse) * w, axis=-1), jnp.sum(w, axis=-1),
+                    ~jnp.any(miss, axis=-1))
 
         _COMPILED[key] = jax.jit(run)
     return _COMPILED[key]
 
 
-def token_logprobs(
+@dataclasses.dataclass
+class TokenScores:
+    """Per pair: summed continuation log-likelihood, continuation token count, whether every
+    continuation token is the argmax, and how many context tokens were cut off the left."""
+
+    logprob: np.ndarray
+    count: np.ndarray
+    greedy: np.ndarray
+    truncated: np.ndarray
+
+
+def score_pairs(
     params: Any,
     cfg: ModelConfig,
     pairs: Sequence[tuple[Sequence[int], Sequence[int]]],
     *,
     batch_size: int = 32,
     mesh: Mesh | None = None,
-) -> tuple[np.ndarray, np.ndarray]:
-    """Returns (log-likelihood sums [N] float64, token counts [N] int) of each continuation
-    given its context, for (context ids, continuation ids) pairs (context ids include any bos).
-    """
+) -> TokenScores:
+    """Returns the TokenScores of (context ids, continuation ids) pairs (context ids include
+    any bos). A pair longer than ``max_seq_len + 1`` tokens loses context tokens from the left
+    (counted in ``truncated``); a continuation that alone fills the context is an error."""
     n = len(pairs)
     if n == 0:
-        return np.zeros(0), np.zeros(0, np.int64)
+        z = np.zeros(0, np.int64)
+        return TokenScores(np.zeros(0), z, np.zeros(0, bool), z)
     max_len = cfg.max_seq_len + 1  # inputs = ids[:-1] fill at most max_seq_len positions
     seqs: list[tuple[list[int], int]] = []
+    truncated = np.zeros(n, np.int64)
     for i, (ctx, cont) in enumerate(pairs):
         if not cont:
             raise ValueError(f"continuation {i} is empty")
@@ -82,8 +128,9 @@ def token_logprobs(
         if len(cont) >= max_len:
             raise ValueError(f"continuation {i} has {len(cont)} tokens; the model's context is "
                              f"model.max_seq_len={cfg.max_seq_len}")
-        ids = (list(ctx) + list(cont))[-max_len:]
-        seqs.append((ids, len(cont)))
+        ids = list(ctx) + list(cont)
+        truncated[i] = max(0, len(ids) - max_len)
+        seqs.append((ids[-max_len:], len(cont)))
     mesh = mesh if mesh is not None else mesh_of(params)
     params = place_params(params, cfg, mesh)
     fn = _score_fn(cfg, mesh)
@@ -91,6 +138,7 @@ def token_logprobs(
     rows = batch_rows(n, batch_size, mesh)
     logprob = np.zeros(n, np.float64)
     count = np.zeros(n, np.int64)
+    greedy = np.zeros(n, bool)
     for start in range(0, n, rows):
         idx = order[start:start + rows]
         t = min(bucket_length(max(len(seqs[i][0]) - 1 for i in idx)), cfg.max_seq_len)
@@ -110,17 +158,44 @@ def token_logprobs(
             arrays["segment_ids"][r, :m] = 1
             arrays["positions"][r, :m] = np.arange(m)
         batch = {k: place_batch(v, mesh) for k, v in arrays.items()}
-        lp, cnt = jax.device_get(fn(params, batch))
+        lp, cnt, gr = jax.device_get(fn(params, batch))
         for r, i in enumerate(idx):
             logprob[i] = float(lp[r])
             count[i] = int(round(float(cnt[r])))
-    return logprob, count
+            greedy[i] = bool(gr[r])
+    return TokenScores(logprob, count, greedy, truncated)
 
 
-def encode_pair(tokenizer: Tokenizer, context: str, continuation: str
+def token_logprobs(
+    params: Any,
+    cfg: ModelConfig,
+    pairs: Sequence[tuple[Sequence[int], Sequence[int]]],
+    *,
+    batch_size: int = 32,
+    mesh: Mesh | None = None,
+) -> tuple[np.ndarray, np.ndarray]:
+    """Returns (log-likelihood sums [N] float64, token counts [N] int) of each continuation
+    given its context, for (context ids, continuation ids) pairs (context ids include any bos).
+    """
+    s = score_pairs(params, cfg, pairs, batch_size=batch_size, mesh=mesh)
+    return s.logprob, s.count
+
+
+def encode_pair(tokenizer: Tokenizer, context: str, continuation: str, bos: bool = True
                 ) -> tuple[list[int], list[int]]:
-    """Returns (prefix + enc(context), enc(continuation)): the two halves encoded separately."""
-    return tokenizer.prefix() + tokenizer.encode(context), tokenizer.encode(continuation)
+    """Returns (prefix + context ids, continuation ids) split as the harness's
+    ``_encode_pair`` does (module docstring); prefix = ``[bos]`` when `bos` (and the
+    tokenizer has one). An empty context becomes the prefix, else ``[eos]``."""
+    prefix = tokenizer.prefix() if bos else []
+    n_spaces = len(context) - len(context.rstrip())
+    if n_spaces > 0:
+        continuation = context[-n_spaces:] + continuation
+        context = context[:-n_spaces]
+    if context == "":
+        return (prefix or [tokenizer.eos_id]), tokenizer.encode(continuation)
+    whole = tokenizer.encode(context + continuation)
+    ctx = tokenizer.encode(context)
+    return prefix + ctx, whole[len(ctx):]
 
 
 def continuation_logprobs(
@@ -131,12 +206,15 @@ def continuation_logprobs(
     continuations: Sequence[str],
     batch_size: int = 32,
     mesh: Mesh | None = None,
+    *,
+    bos: bool = True,
 ) -> tuple[np.ndarray, np.ndarray]:
     """Returns (log p(continuation | context) summed over its tokens [N], continuation token
-    counts [N]) for parallel lists of context and continuation strings."""
+    counts [N]) for parallel lists of context and continuation strings (`bos`: whether the
+    sequences start with the tokenizer's BOS)."""
     if len(contexts) != len(continuations):
         raise ValueError(f"{len(contexts)} contexts but {len(continuations)} continuations")
-    pairs = [encode_pair(tokenizer, c, x) for c, x in zip(contexts, continuations)]
+    pairs = [encode_pair(tokenizer, c, x, bos) for c, x in zip(contexts, continuations)]
     return token_logprobs(params, cfg, pairs, batch_size=batch_size, mesh=mesh)
 
 
@@ -157,14 +235,14 @@ class MCResult:
 
 
 def mc_continuations(row: Mapping[str, Any], mode: str = "letters") -> list[str]:
-    """Returns the scored continuation of each option of an MC row: ``" A"``.. (letters) or
-    ``" {choice}"`` (options)."""
+    """Returns the scored continuations of an MC row: ``" A"`` .. ``" D"`` (letters; always
+    four, as the fork's ``GeneralMC`` scores them) or ``" {choice}"`` per option (options)."""
     k = len(row["choices"])
     if mode == "letters":
         if k > len(MC_LETTERS):
             raise ValueError(f"an MC row has {k} choices; letters mode supports at most "
                              f"{len(MC_LETTERS)}")
-        return [f" {MC_LETTERS[j]}" for j in range(k)]
+        return [f" {letter}" for letter in MC_LETTERS]  # the fork always scores A-D
     if mode == "options":
         return [f" {c}" for c in row["choices"]]
     raise ValueError(f"MC mode must be one of {MC_MODES}, got {mode!r}")
@@ -180,6 +258,7 @@ def score_multiple_choice(
     mode: str = "letters",
     batch_size: int = 32,
     mesh: Mesh | None = None,
+    bos: bool = True,
 ) -> MCResult:
     """Returns the MCResult of MC rows (``answer`` = index of the right choice), each option
     scored as a continuation of its row's prompt (see the module docstring for the modes)."""
@@ -193,7 +272,8 @@ def score_multiple_choice(
         spans.append((len(conts), len(conts) + len(options)))
         contexts += [prompt] * len(options)
         conts += options
-    lp, _ = continuation_logprobs(params, cfg, tokenizer, contexts, conts, batch_size, mesh)
+    lp, _ = continuation_logprobs(params, cfg, tokenizer, contexts, conts, batch_size, mesh,
+                                  bos=bos)
     if not rows:
         return MCResult(0.0, 0.0, [], [], [])
     pred, pred_norm, all_lp = [], [], []

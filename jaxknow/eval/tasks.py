@@ -34,7 +34,7 @@ from jaxknow.eval import fewshot
 from jaxknow.eval.generate import ModelLike, generate_text, mesh_of, unpack_model
 from jaxknow.eval.likelihood import likelihood_ratios
 from jaxknow.eval.metrics import gold_answers, mean, score_free_form
-from jaxknow.eval.scoring import MC_MODES, score_multiple_choice
+from jaxknow.eval.scoring import BOS_MODES, MC_MODES, score_multiple_choice, use_bos
 
 KINDS = ("free", "mc", "likelihood")
 
@@ -122,6 +122,13 @@ def _free_metrics(rows: Sequence[Row], predictions: Sequence[str]
     return metrics, records
 
 
+def _prompts(name: str, rows: Sequence[Row], kind: str, shots: int, seed: int) -> list[str]:
+    try:
+        return fewshot.build_prompts(rows, kind, shots, seed)
+    except fewshot.FewShotError as e:
+        raise fewshot.FewShotError(f"subset {name!r}: {e}") from None
+
+
 def evaluate_subsets_detailed(
     model: ModelLike | tuple[Any, Any, Any],
     subsets: Mapping[str, Sequence[Row]],
@@ -133,15 +140,20 @@ def evaluate_subsets_detailed(
     *,
     mc_mode: str = "letters",
     mesh: Mesh | None = None,
+    bos: str = "auto",
 ) -> TaskResults:
     """Returns the TaskResults (metrics and per-item records) of every subset, in order.
 
     `kinds` overrides the kind per subset (default: `subset_kind`); `few_shot` is the number
     of demonstrations (one int, or per subset; subsets not named get the default 5); `seed`
-    seeds the demonstration choice, one fresh rng per subset.
+    seeds the demonstration choice, one fresh rng per subset, drawn as the authors' harness
+    does (`jaxknow.eval.fewshot`; a subset smaller than k + 1 raises FewShotError naming it).
+    `bos` ("auto", "always", "never"; `scoring.use_bos`) says whether prompts start with BOS:
+    "auto" leaves it out for models converted from Hugging Face, like the harness.
     """
     if mc_mode not in MC_MODES:
         raise ValueError(f"mc_mode must be one of {MC_MODES}, got {mc_mode!r}")
+    with_bos = use_bos(bos, getattr(model, "meta", None))
     params, cfg, tok = unpack_model(model)
     mesh = mesh if mesh is not None else mesh_of(params)
     kinds = dict(kinds or {})
@@ -158,22 +170,22 @@ def evaluate_subsets_detailed(
         if not rows:
             metrics[name], predictions[name] = {"n": 0.0}, []
             continue
+        prompts = _prompts(name, rows, kind, shots, seed) if kind != "likelihood" else []
         if kind == "free":
-            prompts = fewshot.build_prompts(rows, "free", shots, seed)
             texts = generate_text((params, cfg, tok), prompts, max_new_tokens,
-                                  stop_at_newline=True, batch_size=batch_size, mesh=mesh)
+                                  stop_at_newline=True, batch_size=batch_size, mesh=mesh,
+                                  bos=with_bos)
             m, recs = _free_metrics(rows, [t.strip() for t in texts])
         elif kind == "mc":
-            prompts = fewshot.build_prompts(rows, "mc", shots, seed)
             res = score_multiple_choice(params, cfg, tok, prompts, rows, mode=mc_mode,
-                                        batch_size=batch_size, mesh=mesh)
+                                        batch_size=batch_size, mesh=mesh, bos=with_bos)
             m = res.metrics()
             recs = [{"question": r["question"], "answer": int(r["answer"]), "pred": p,
                      "pred_norm": pn, "logprobs": lp}
                     for r, p, pn, lp in zip(rows, res.pred, res.pred_norm, res.logprobs)]
         else:
             m, recs = likelihood_ratios(params, cfg, tok, rows, batch_size=batch_size,
-                                        mesh=mesh)
+                                        mesh=mesh, bos=with_bos)
         metrics[name] = {**m, "n": float(len(rows))}
         predictions[name] = recs
     return TaskResults(metrics, predictions)
@@ -190,11 +202,12 @@ def evaluate_subsets(
     *,
     mc_mode: str = "letters",
     mesh: Mesh | None = None,
+    bos: str = "auto",
 ) -> dict[str, dict[str, float]]:
     """Returns subset -> metric -> value (see `evaluate_subsets_detailed`)."""
     return evaluate_subsets_detailed(
         model, subsets, kinds, few_shot, seed, max_new_tokens, batch_size, mc_mode=mc_mode,
-        mesh=mesh).metrics
+        mesh=mesh, bos=bos).metrics
 
 
 # --------------------------------------------------------------------------------------------
@@ -222,6 +235,7 @@ class EvalConfig:
     max_new_tokens: int = 50
     batch_size: int = 32
     mc_mode: str = "letters"
+    bos: str = "auto"  # "auto" (none for models converted from Hugging Face), "always", "never"
     save_predictions: bool = False
     dtype: str | None = None  # compute dtype override (e.g. "bfloat16"); None: the model's
 
@@ -246,6 +260,8 @@ class EvalConfig:
             raise ConfigError(f"eval.batch_size={self.batch_size}: must be positive")
         if self.mc_mode not in MC_MODES:
             raise ConfigError(f"eval.mc_mode={self.mc_mode!r}: must be one of {MC_MODES}")
+        if self.bos not in BOS_MODES:
+            raise ConfigError(f"eval.bos={self.bos!r}: must be one of {BOS_MODES}")
 
     def shots(self) -> dict[str, int]:
         """Returns subset -> number of demonstrations."""
