@@ -156,9 +156,10 @@ class Prepared:
 
 
 def prepare_variant(cfg: Any, run: dict[str, int], mesh_shape: tuple[int, int, int],
-                    seed: int) -> Prepared:
+                    seed: int, optim_config: Any = None) -> Prepared:
     """Returns the compiled, sharded train step of `cfg` at `run`'s batch shape, with a fresh
-    state and a random batch (the compile time is measured)."""
+    state and a random batch (the compile time is measured). `optim_config` (an OptimConfig;
+    default AdamW at 3e-4) sets the optimizer."""
     import jax
     import jax.numpy as jnp
 
@@ -174,7 +175,7 @@ def prepare_variant(cfg: Any, run: dict[str, int], mesh_shape: tuple[int, int, i
     b, t = run["batch"], run["seq_len"]
     specs = param_specs(cfg)
     params = init_sharded_params(specs, jax.random.key(seed), cfg.storage_dtype, mesh)
-    ocfg = optim.OptimConfig(lr=3e-4, warmup_steps=2, total_steps=1000)
+    ocfg = optim_config or optim.OptimConfig(lr=3e-4, warmup_steps=2, total_steps=1000)
     tx, sched = optim.make_optimizer(ocfg), optim.make_schedule(ocfg)
     state, sh = sharded_state(params, {}, flatten(specs), tx, mesh, DEFAULT_RULES)
     bsh = batch_shardings(mesh, DEFAULT_RULES, b, t)
