@@ -505,6 +505,10 @@ def main(argv: list[str] | None = None) -> dict[str, Any]:
                 windows[i].append(w)
                 if not together:
                     r.close()
+                    if args.json:  # what is done survives a time limit
+                        done = [j for j in range(len(runners)) if windows[j]]
+                        dump(args.json, [variants[j] for j in done], [infos[j] for j in done],
+                             [windows[j] for j in done], torch_tps, torch_script)
                 ratio = (f" ({w['tokens_per_s'] / torch_tps[-1]:.2f}x)"
                          if torch_tps and torch_tps[-1] else "")
                 parts.append(f"{r.v.label} {w['tokens_per_s']:,.0f}{ratio}")
@@ -517,11 +521,22 @@ def main(argv: list[str] | None = None) -> dict[str, Any]:
 
     rows = summarize(variants, infos, windows, torch_tps)
     print_table(rows, torch_tps, compare=load_record(args.compare) if args.compare else None)
-    result = {"torch": torch_tps, "torch_script": str(torch_script) if torch_script else None,
-              "device": jax.devices()[0].device_kind, "rows": rows}
     if args.json:
-        Path(args.json).write_text(json.dumps(result, indent=1))
-    return result
+        dump(args.json, variants, infos, windows, torch_tps, torch_script)
+    return {"torch": torch_tps, "rows": rows}
+
+
+def dump(path: str, variants: list[Variant], infos: list[dict[str, Any] | None],
+         windows: list[list[dict[str, Any]]], torch_tps: list[float | None],
+         torch_script: Path | None) -> None:
+    """Writes the figures of the variants measured so far to `path` (JSON)."""
+    import jax
+
+    rows = summarize(variants, infos, windows, torch_tps) if variants else []
+    Path(path).write_text(json.dumps(
+        {"torch": torch_tps, "torch_script": str(torch_script) if torch_script else None,
+         "device": jax.devices()[0].device_kind, "backend": jax.default_backend(),
+         "rows": rows}, indent=1))
 
 
 def summarize(variants: list[Variant], infos: list[dict[str, Any] | None],
