@@ -453,6 +453,9 @@ def main(argv: list[str] | None = None) -> dict[str, Any]:
                     help="alternate torch and every variant this many times")
     ap.add_argument("--ref", default=None,
                     help="git commit: add the base config run with that commit's jaxknow")
+    ap.add_argument("--isolate", action="store_true",
+                    help="every variant in its own process (its own peak memory; on a GPU, "
+                         "with --repeats 1 only one holds memory at a time)")
     ap.add_argument("--compile_cache", action="store_true",
                     help="keep the persistent compilation cache (compile times then lie)")
     ap.add_argument("--json", default=None, help="write the figures to this file")
@@ -484,7 +487,8 @@ def main(argv: list[str] | None = None) -> dict[str, Any]:
     print(f"device: {jax.devices()[0].device_kind} x{jax.device_count()} ({jax.default_backend()}),"
           f" jax {jax.__version__}, mesh {mesh_shape}, {args.repeats} round(s)", flush=True)
 
-    runners = [(Worker if v.needs_process else InProcess)(v, args, mesh_shape) for v in variants]
+    runners = [(Worker if v.needs_process or args.isolate else InProcess)(v, args, mesh_shape)
+               for v in variants]
     infos: list[dict[str, Any] | None] = [None] * len(runners)
     windows: list[list[dict[str, Any]]] = [[] for _ in runners]
     torch_tps: list[float | None] = []

@@ -145,11 +145,11 @@ def make_pieces(dry: bool, logdir: Path) -> list[Piece]:
     gpt2 = (["--preset", "tiny", "--batch", "2", "--seq_len", "16", "--dtype", "float32",
              "--steps", "2", "--warmup", "1", "--variant", "loss_chunk=8"] if dry else
             ["--preset", "gpt2-small-rope", "--batch", "96", "--seq_len", "512",
-             "--dtype", "bfloat16", "--steps", "10", "--warmup", "2",
+             "--dtype", "bfloat16", "--steps", "10", "--warmup", "2", "--isolate",
              "--variant", "loss_chunk=128", "--variant", "loss_chunk=128,remat=dots",
              "--variant", "loss_chunk=128,attention_impl=xla"])
     pieces.append(Piece(
-        "gpt2", 150, lambda d: [*_bench("bench_train.py"), *gpt2, "--json", str(d / "out.json")],
+        "gpt2", 170, lambda d: [*_bench("bench_train.py"), *gpt2, "--json", str(d / "out.json")],
         lambda d, out: train_rows("gpt2", "jaxknow " + ("tiny" if dry else "gpt2-small-rope"),
                                   json.loads((d / "out.json").read_text()))))
 
@@ -176,7 +176,7 @@ def make_pieces(dry: bool, logdir: Path) -> list[Piece]:
                           if "hf_questions_per_s" in r else "transformers skipped"))]
 
     pieces.append(Piece(
-        "generation", 50,
+        "generation", 45,
         lambda d: [*_bench("bench_generation.py"), *gen, "--json", str(d / "out.json")],
         gen_rows))
 
@@ -192,7 +192,7 @@ def make_pieces(dry: bool, logdir: Path) -> list[Piece]:
                     rate=concat["tokens_per_s"])]
 
     pieces.append(Piece(
-        "pipeline", 40,
+        "pipeline", 35,
         lambda d: [*_bench("bench_pipeline.py"), *pipe, "--data_dir", str(d / "world"),
                    "--json", str(d / "out.json")],
         pipe_rows))
@@ -215,7 +215,7 @@ def make_pieces(dry: bool, logdir: Path) -> list[Piece]:
         return [sys.executable, "-m", "launch.experiment", f"--config={conf}",
                 f"--workdir={d / 'run'}"]
 
-    pieces.append(Piece("quickstart", 90, qs_argv,
+    pieces.append(Piece("quickstart", 85, qs_argv,
                         lambda d, out: quickstart_rows(d / "run", qs_steps)))
     del logdir
     return pieces
