@@ -286,16 +286,14 @@ class Worker:
 
     def __init__(self, v: Variant, args: argparse.Namespace, mesh: tuple[int, int, int]):
         self.v = v
-        spec = {"variant": dataclasses.asdict(v), "mesh": list(mesh), "steps": args.steps,
-                "warmup": args.warmup, "seed": args.seed, "compile_cache": args.compile_cache}
-        self.log = tempfile.TemporaryFile(mode="w+")  # noqa: SIM115 (closed in close())
-        self.proc = subprocess.Popen(
-            [sys.executable, str(Path(__file__).resolve()), "--worker", json.dumps(spec)],
-            stdin=subprocess.PIPE, stdout=subprocess.PIPE, stderr=self.log, text=True,
-            env=worker_env(v), cwd=str(REPO))
+        self.spec = {"variant": dataclasses.asdict(v), "mesh": list(mesh), "steps": args.steps,
+                     "warmup": args.warmup, "seed": args.seed,
+                     "compile_cache": args.compile_cache}
+        self.proc: subprocess.Popen | None = None
+        self.log: Any = None
 
     def _read(self) -> dict[str, Any]:
-        assert self.proc.stdout is not None
+        assert self.proc is not None and self.proc.stdout is not None
         for line in self.proc.stdout:
             if line.startswith(WORKER_TAG):
                 return json.loads(line[len(WORKER_TAG):])
@@ -305,13 +303,19 @@ class Worker:
                            f"({self.proc.wait()}):\n{tail}")
 
     def _ask(self, command: str) -> dict[str, Any]:
-        assert self.proc.stdin is not None
+        assert self.proc is not None and self.proc.stdin is not None
         self.proc.stdin.write(command + "\n")
         self.proc.stdin.flush()
         return self._read()
 
     def start(self) -> dict[str, Any]:
-        """Waits for the worker's compile; returns its {params_m, compile_s, ...}."""
+        """Starts the worker and waits for its compile; returns {params_m, compile_s, ...}.
+        Workers start one at a time, so compiles (and accelerator memory) do not overlap."""
+        self.log = tempfile.TemporaryFile(mode="w+")  # noqa: SIM115 (closed in close())
+        self.proc = subprocess.Popen(
+            [sys.executable, str(Path(__file__).resolve()), "--worker", json.dumps(self.spec)],
+            stdin=subprocess.PIPE, stdout=subprocess.PIPE, stderr=self.log, text=True,
+            env=worker_env(self.v), cwd=str(REPO))
         return self._read()
 
     def window(self) -> dict[str, Any]:
@@ -320,6 +324,8 @@ class Worker:
 
     def close(self) -> None:
         """Stops the worker."""
+        if self.proc is None:
+            return
         if self.proc.poll() is None:
             assert self.proc.stdin is not None
             with contextlib.suppress(BrokenPipeError, OSError):
@@ -330,6 +336,7 @@ class Worker:
                 self.proc.kill()
                 self.proc.wait()
         self.log.close()
+        self.proc = None
 
 
 def worker_main(spec_json: str) -> None:

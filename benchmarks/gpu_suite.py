@@ -24,11 +24,13 @@ tiny shapes (the CPU PyTorch anchor `torch_cpu_small.py`), as the test suite doe
 from __future__ import annotations
 
 import argparse
+import contextlib
 import dataclasses
 import glob
 import json
 import os
 import re
+import signal
 import statistics
 import subprocess
 import sys
@@ -234,12 +236,17 @@ def run_piece(p: Piece, workdir: Path, timeout: float, env: dict[str, str]) -> l
     with log.open("w") as f:
         f.write(" ".join(argv) + "\n")
         f.flush()
+        # Its own process group, so a time-out also stops the processes it started.
+        proc = subprocess.Popen(argv, cwd=REPO, env={**env, **p.env}, stdout=subprocess.PIPE,
+                                stderr=subprocess.STDOUT, text=True, start_new_session=True)
+        rc: int | None
         try:
-            proc = subprocess.run(argv, cwd=REPO, env={**env, **p.env}, stdout=subprocess.PIPE,
-                                  stderr=subprocess.STDOUT, text=True, timeout=timeout)
-            out, rc = proc.stdout, proc.returncode
-        except subprocess.TimeoutExpired as e:
-            out = e.stdout.decode() if isinstance(e.stdout, bytes) else (e.stdout or "")
+            out, _ = proc.communicate(timeout=timeout)
+            rc = proc.returncode
+        except subprocess.TimeoutExpired:
+            with contextlib.suppress(ProcessLookupError):
+                os.killpg(proc.pid, signal.SIGKILL)
+            out, _ = proc.communicate()
             rc = None
         f.write(out)
     wall = time.perf_counter() - t0
