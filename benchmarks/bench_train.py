@@ -251,7 +251,8 @@ class InProcess:
         """Compiles the step; returns {params_m, compile_s, compiled_bytes, n_devices}."""
         self.p = prepare_variant(self.v.model_config(), self.v.run, self.mesh, self.args.seed)
         return {"params_m": self.p.params_m, "compile_s": self.p.compile_s,
-                "compiled_bytes": self.p.compiled_bytes, "n_devices": self.p.n_devices}
+                "compiled_bytes": self.p.compiled_bytes, "n_devices": self.p.n_devices,
+                **describe_device()}
 
     def window(self) -> dict[str, Any]:
         """Times one window of steps."""
@@ -261,6 +262,20 @@ class InProcess:
     def close(self) -> None:
         """Drops the state and the compiled step."""
         self.p = None
+
+
+def describe_device() -> dict[str, Any]:
+    """Returns {device, device_count, backend, jax} of this process (starts the backend)."""
+    import jax
+
+    return {"device": jax.devices()[0].device_kind, "device_count": jax.device_count(),
+            "backend": jax.default_backend(), "jax": jax.__version__}
+
+
+def device_line(info: dict[str, Any]) -> str:
+    """Returns "device: KIND xN (backend), jax V" from describe_device()'s fields."""
+    return (f"device: {info['device']} x{info['device_count']} ({info['backend']}), "
+            f"jax {info['jax']}")
 
 
 def worker_env(v: Variant) -> dict[str, str]:
@@ -355,7 +370,7 @@ def worker_main(spec_json: str) -> None:
         sys.stdout.flush()
 
     emit({"params_m": p.params_m, "compile_s": p.compile_s,
-          "compiled_bytes": p.compiled_bytes, "n_devices": p.n_devices})
+          "compiled_bytes": p.compiled_bytes, "n_devices": p.n_devices, **describe_device()})
     for line in sys.stdin:
         if line.strip() != "run":
             break
@@ -491,35 +506,63 @@ def main(argv: list[str] | None = None) -> dict[str, Any]:
     base = variants[1] if args.ref else variants[0]
     torch_extra = (torch_cpu_args(base.model_config(), base.run, args.torch_steps,
                                   args.torch_compile) if torch_kind == "cpu" else None)
-    print(f"device: {jax.devices()[0].device_kind} x{jax.device_count()} ({jax.default_backend()}),"
-          f" jax {jax.__version__}, mesh {mesh_shape}, {args.repeats} round(s)", flush=True)
-
-    runners = [(Worker if v.needs_process or args.isolate else InProcess)(v, args, mesh_shape)
-               for v in variants]
+    # When any variant needs its own process, all get one: the same conditions for every
+    # row, and this process never starts the backend (on a GPU it would hold the memory).
+    isolate = args.isolate or any(v.needs_process for v in variants)
+    runners = [(Worker if isolate else InProcess)(v, args, mesh_shape) for v in variants]
+    if not isolate:
+        print(device_line(describe_device()) + f", mesh {mesh_shape}", flush=True)
     infos: list[dict[str, Any] | None] = [None] * len(runners)
     windows: list[list[dict[str, Any]]] = [[] for _ in runners]
+    failed: dict[int, str] = {}
+    shown: list[bool] = []
     torch_tps: list[float | None] = []
     together = args.repeats > 1
+
+    def attempt(i: int, fn: Any) -> Any:
+        """Runs fn(); a failing variant is reported and dropped, the others go on."""
+        try:
+            return fn()
+        except Exception as e:  # noqa: BLE001 (a lever that fails must not stop the rest)
+            failed[i] = f"{type(e).__name__}: {e}"
+            print(f"  variant {runners[i].v.label!r} failed: {failed[i]}", flush=True)
+            runners[i].close()
+            return None
+
+    def show(info: dict[str, Any] | None) -> None:
+        if isolate and info and not shown:
+            shown.append(True)
+            print(device_line(info) + f", mesh {mesh_shape} (each variant in its own process)",
+                  flush=True)
+
+    def measured() -> list[int]:
+        return [j for j in range(len(runners)) if windows[j] and j not in failed]
+
     try:
         if together:  # compile everything first, one at a time, then alternate
             for i, r in enumerate(runners):
-                infos[i] = r.start()
-                print(f"  compiled {r.v.label}: {infos[i]['compile_s']:.1f} s", flush=True)
+                infos[i] = attempt(i, r.start)
+                show(infos[i])
+                if i not in failed:
+                    print(f"  compiled {r.v.label}: {infos[i]['compile_s']:.1f} s", flush=True)
         for rnd in range(args.repeats):
             if torch_script is not None:
                 torch_tps.append(run_torch_baseline(torch_script, base.run["batch"], torch_extra))
             parts = []
             for i, r in enumerate(runners):
-                if not together:
-                    infos[i] = r.start()
-                w = r.window()
+                if not together and i not in failed:
+                    infos[i] = attempt(i, r.start)
+                    show(infos[i])
+                w = attempt(i, r.window) if i not in failed else None
+                if w is None:
+                    continue
                 windows[i].append(w)
                 if not together:
                     r.close()
                     if args.json:  # what is done survives a time limit
-                        done = [j for j in range(len(runners)) if windows[j]]
+                        done = measured()
                         dump(args.json, [variants[j] for j in done], [infos[j] for j in done],
-                             [windows[j] for j in done], torch_tps, torch_script)
+                             [windows[j] for j in done], torch_tps, torch_script, failed)
                 ratio = (f" ({w['tokens_per_s'] / torch_tps[-1]:.2f}x)"
                          if torch_tps and torch_tps[-1] else "")
                 parts.append(f"{r.v.label} {w['tokens_per_s']:,.0f}{ratio}")
@@ -530,24 +573,31 @@ def main(argv: list[str] | None = None) -> dict[str, Any]:
         for r in runners:
             r.close()
 
-    rows = summarize(variants, infos, windows, torch_tps)
+    done = measured()
+    rows = summarize([variants[j] for j in done], [infos[j] for j in done],
+                     [windows[j] for j in done], torch_tps)
     print_table(rows, torch_tps, compare=load_record(args.compare) if args.compare else None)
+    for i, why in failed.items():
+        print(f"FAILED {variants[i].label}: {why}")
     if args.json:
-        dump(args.json, variants, infos, windows, torch_tps, torch_script)
-    return {"torch": torch_tps, "rows": rows}
+        dump(args.json, [variants[j] for j in done], [infos[j] for j in done],
+             [windows[j] for j in done], torch_tps, torch_script, failed)
+    if not rows:
+        raise SystemExit("every variant failed")
+    return {"torch": torch_tps, "rows": rows,
+            "failed": {variants[i].label: why for i, why in failed.items()}}
 
 
 def dump(path: str, variants: list[Variant], infos: list[dict[str, Any] | None],
          windows: list[list[dict[str, Any]]], torch_tps: list[float | None],
-         torch_script: Path | None) -> None:
-    """Writes the figures of the variants measured so far to `path` (JSON)."""
-    import jax
-
+         torch_script: Path | None, failed: dict[int, str] | None = None) -> None:
+    """Writes the figures of the variants measured so far (and the failures) to `path`."""
     rows = summarize(variants, infos, windows, torch_tps) if variants else []
+    info = next((i for i in infos if i), {})
     Path(path).write_text(json.dumps(
         {"torch": torch_tps, "torch_script": str(torch_script) if torch_script else None,
-         "device": jax.devices()[0].device_kind, "backend": jax.default_backend(),
-         "rows": rows}, indent=1))
+         "device": info.get("device"), "backend": info.get("backend"),
+         "rows": rows, "failed": list((failed or {}).values())}, indent=1))
 
 
 def summarize(variants: list[Variant], infos: list[dict[str, Any] | None],
@@ -569,7 +619,7 @@ def summarize(variants: list[Variant], infos: list[dict[str, Any] | None],
             "peak_bytes": max([w["peak_bytes"] or 0 for w in ws]) or None,
             "loss": ws[-1]["loss"],
             "vs_torch_rounds": vs_torch, "vs_torch": median(vs_torch),
-            "vs_first": median([t / f for t, f in zip(tps, first, strict=True)]),
+            "vs_first": median([t / f for t, f in zip(tps, first, strict=False)]),
         })
     return rows
 
