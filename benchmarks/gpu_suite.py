@@ -119,7 +119,8 @@ def quickstart_rows(workdir: Path, steps: int) -> list[Row]:
     tps, mfu = [], []
     for path in sorted(glob.glob(str(workdir / "pretrain_*" / "metrics.jsonl"))):
         rows = [json.loads(ln) for ln in Path(path).read_text().splitlines() if ln.strip()]
-        rows = [r for r in rows if "tokens_per_s" in r][1:]  # the first includes warm-up
+        rows = [r for r in rows if "tokens_per_s" in r]
+        rows = rows[1:] or rows  # the first includes warm-up
         tps += [r["tokens_per_s"] for r in rows]
         mfu += [r["mfu"] for r in rows if "mfu" in r]
     if not tps:
@@ -130,14 +131,18 @@ def quickstart_rows(workdir: Path, steps: int) -> list[Row]:
                 note="all stages done" if done else "results.json missing")]
 
 
-def make_pieces(dry: bool, logdir: Path) -> list[Piece]:
-    """Returns the suite's pieces: GPU shapes, or tiny CPU shapes when `dry`."""
-    anchor_script = find_shared_script("torch_cpu_small.py" if dry else "torch_gpt2_baseline.py")
+def make_pieces(dry: bool, anchor: str | None = None) -> list[Piece]:
+    """Returns the suite's pieces: GPU shapes, or tiny CPU shapes when `dry`. `anchor` is the
+    PyTorch script (default: shared/bench/torch_{gpt2_baseline,cpu_small}.py found above the
+    checkout)."""
+    anchor_script = Path(anchor) if anchor else find_shared_script(
+        "torch_cpu_small.py" if dry else "torch_gpt2_baseline.py")
     pieces: list[Piece] = []
 
     def anchor_argv(d: Path) -> list[str]:
-        if anchor_script is None:
-            raise FileNotFoundError("shared/bench/torch_*.py not found above " + str(REPO))
+        if anchor_script is None or not anchor_script.is_file():
+            raise FileNotFoundError(f"anchor script {anchor_script or 'shared/bench/torch_*.py'}"
+                                    f" not found (above {REPO}); pass --anchor PATH")
         tiny = ["--batch", "2", "--seq", "16", "--d", "32", "--layers", "1", "--heads", "2",
                 "--vocab", "128", "--steps", "2"]
         return [sys.executable, str(anchor_script), *(tiny if dry else ["96"])]
@@ -199,7 +204,7 @@ def make_pieces(dry: bool, logdir: Path) -> list[Piece]:
                    "--json", str(d / "out.json")],
         pipe_rows))
 
-    qs_steps = 2 if dry else 300
+    qs_steps = 4 if dry else 300
     qs_over: dict[str, Any] = {"pretrain.steps": qs_steps, "finetune.steps": 2 if dry else 100,
                                "probing.enabled": False}
     if dry:
@@ -219,7 +224,6 @@ def make_pieces(dry: bool, logdir: Path) -> list[Piece]:
 
     pieces.append(Piece("quickstart", 85, qs_argv,
                         lambda d, out: quickstart_rows(d / "run", qs_steps)))
-    del logdir
     return pieces
 
 
@@ -318,6 +322,9 @@ def main(argv: list[str] | None = None) -> list[Row]:
                     help="seconds for the whole suite; each piece also has its own cap")
     ap.add_argument("--budget_scale", type=float, default=1.0,
                     help="multiplies every piece's cap (e.g. 3 on a slower GPU)")
+    ap.add_argument("--anchor", default=None,
+                    help="path of the PyTorch anchor script (default: shared/bench/ above the "
+                         "checkout: torch_gpt2_baseline.py, torch_cpu_small.py with --dry_run)")
     ap.add_argument("--logdir", default=None, help="keep the pieces' logs and outputs here")
     ap.add_argument("--out", default=None, help="also write the table to this file")
     args = ap.parse_args(argv)
@@ -329,7 +336,7 @@ def main(argv: list[str] | None = None) -> list[Row]:
         env["JAX_PLATFORMS"] = "cpu"
         env["CUDA_VISIBLE_DEVICES"] = ""
         env.setdefault("XLA_FLAGS", "--xla_force_host_platform_device_count=2")
-    pieces = make_pieces(args.dry_run, logdir)
+    pieces = make_pieces(args.dry_run, args.anchor)
     known = [p.name for p in pieces]
     only = [x for x in args.only.split(",") if x]
     unknown = [x for x in only if x not in known]

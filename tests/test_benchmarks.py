@@ -96,7 +96,7 @@ def test_suite_parses_the_anchor_and_fills_ratios():
 
 
 def test_suite_budgets_fit_eight_minutes(tmp_path):
-    pieces = gpu_suite.make_pieces(False, tmp_path)
+    pieces = gpu_suite.make_pieces(False)
     assert [p.name for p in pieces] == ["anchor", "gpt2", "llama-1b", "generation", "pipeline",
                                         "quickstart"]
     assert sum(p.budget_s for p in pieces) <= 480
