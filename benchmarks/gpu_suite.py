@@ -111,6 +111,9 @@ def train_rows(piece: str, what: str, data: dict[str, Any]) -> list[Row]:
                         rate=r["tokens_per_s"], mfu=r.get("mfu"),
                         peak_gib=mem / 2**30 if mem else None,
                         note=f"compile {r.get('compile_s', 0):.0f} s"))
+    for why in data.get("failed", []):
+        rows.append(Row(piece, f"{what}: a variant failed",
+                        note=" ".join(why.split())[:200]))
     return rows
 
 

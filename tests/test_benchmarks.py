@@ -95,6 +95,15 @@ def test_suite_parses_the_anchor_and_fills_ratios():
     assert "1.60x vs anchor" in table[5] and "28.0%" in table[4]
 
 
+def test_suite_train_rows_keep_failed_variants():
+    data = {"rows": [{"label": "base", "batch": 96, "seq_len": 512, "tokens_per_s": 5e5,
+                      "mfu": 0.4, "peak_bytes": 2**31, "compile_s": 30.0}],
+            "failed": ["RuntimeError: variant 'remat=dots': worker exited (1):\nOOM"]}
+    ok, bad = gpu_suite.train_rows("gpt2", "jaxknow", data)
+    assert ok.what == "jaxknow 96x512 [base]" and ok.peak_gib == 2.0 and ok.rate == 5e5
+    assert bad.rate is None and "remat=dots" in bad.note and "\n" not in bad.note
+
+
 def test_suite_budgets_fit_eight_minutes(tmp_path):
     pieces = gpu_suite.make_pieces(False)
     assert [p.name for p in pieces] == ["anchor", "gpt2", "llama-1b", "generation", "pipeline",
