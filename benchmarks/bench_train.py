@@ -36,6 +36,7 @@ import functools
 import json
 import os
 import re
+import shutil
 import statistics
 import subprocess
 import sys
@@ -572,6 +573,9 @@ def main(argv: list[str] | None = None) -> dict[str, Any]:
     finally:
         for r in runners:
             r.close()
+        for v in variants:
+            if v.root:  # the recorded commit's export
+                shutil.rmtree(v.root, ignore_errors=True)
 
     done = measured()
     rows = summarize([variants[j] for j in done], [infos[j] for j in done],

@@ -6,6 +6,7 @@ from __future__ import annotations
 
 import argparse
 import json
+import shutil
 import subprocess
 import sys
 from pathlib import Path
@@ -184,3 +185,28 @@ def test_bench_train_side_by_side_with_torch_and_a_worker(tmp_path):
     assert data["rows"][1]["n_devices"] == 1
     assert all(len(r["vs_torch_rounds"]) == 2 for r in data["rows"])
     assert "round 2:" in out
+
+
+def test_export_commit_holds_that_commits_package():
+    root = bench_train.export_commit("HEAD")
+    head = subprocess.run(["git", "-C", str(REPO), "show", "HEAD:jaxknow/model/config.py"],
+                          capture_output=True, text=True, check=True).stdout
+    assert (root / "jaxknow" / "model" / "config.py").read_text() == head
+    assert (root / "launch" / "__init__.py").is_file()
+    shutil.rmtree(root)
+
+
+def test_bench_loop_config_wrapper_sets_fields_whose_default_is_none(tmp_path):
+    import importlib.util
+
+    import bench_loop
+
+    over = {**bench_loop.QUICKSTART_OVERRIDES, "train.steps": 7}
+    path = bench_loop.write_config(str(REPO / "configs" / "smoke.py"), over,
+                                   tmp_path / "c.py")
+    spec = importlib.util.spec_from_file_location("wrapped", path)
+    mod = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(mod)
+    c = mod.get_config()
+    assert c.model.pos_embedding == "rope" and c.model.d_model == 128
+    assert c.train.steps == 7 and c.data.batch_size == 32
