@@ -127,7 +127,7 @@ def test_quickstart_rows_read_the_pretraining_metrics(tmp_path):
     assert row.rate == 200.0 and row.note == "results.json missing"
 
 
-def _run(script: str, *args: str, timeout: float = 900) -> str:
+def _run(script: str, *args: str, timeout: float = 1800) -> str:
     env_cmd = [sys.executable, str(REPO / "benchmarks" / script), *args]
     proc = subprocess.run(env_cmd, cwd=REPO, capture_output=True, text=True, timeout=timeout)
     assert proc.returncode == 0, proc.stdout[-2000:] + proc.stderr[-3000:]
