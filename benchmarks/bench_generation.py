@@ -118,6 +118,7 @@ def main(argv: list[str] | None = None) -> dict[str, Any]:
                         help="compute dtype (default: bfloat16 on a GPU, float32 otherwise)")
     parser.add_argument("--seed", type=int, default=0)
     parser.add_argument("--no_hf", action="store_true", help="skip the transformers run")
+    parser.add_argument("--json", default=None, help="write the figures to this file")
     args = parser.parse_args(argv)
 
     repo_root = Path(__file__).resolve().parents[1]
@@ -156,6 +157,10 @@ def main(argv: list[str] | None = None) -> dict[str, Any]:
               f"{new / hf['seconds']:10.1f} new tokens/s  ({hf['version']}, torch on "
               f"{hf['device']})")
         print(f"  jaxknow / transformers throughput: {out['speedup']:.2f}x")
+    if args.json:
+        import json
+
+        Path(args.json).write_text(json.dumps(out, indent=1))
     return out
 
 

@@ -2,42 +2,72 @@
 
 Default shape: the bioS paper model (GPT-2 small with rotary, 12x12x768, vocabulary 50257),
 context 512, batch 96, bf16 compute, fp32 master weights, AdamW — the shape of the PyTorch
-reference `torch_gpt2_baseline.py`. Each `--variant` is one lever to measure on its own
-(fields of the model config, `batch`, `seq_len`, `loss_chunk`, `grad_accum`):
+reference `torch_gpt2_baseline.py`. Each `--variant` is one lever measured on its own, on top
+of the base (`--preset` + `--model`): fields of the model config (e.g. `scan_layers=true`,
+`remat=dots`), `batch`, `seq_len`, `loss_chunk`, `grad_accum`, and the levers that must be
+set before jax starts, measured in a subprocess: `cpu_devices=N` (XLA host devices) and
+`xla_flags=...` (extra XLA_FLAGS). `--cpu_devices 1,2` and `--xla_flags F` add such variants.
 
     python benchmarks/bench_train.py [--preset gpt2-small-rope] [--batch 96] [--seq_len 512]
         [--variant remat=dots] [--variant loss_chunk=128] [--variant attention_impl=xla]
-        [--torch_baseline ../shared/bench/torch_gpt2_baseline.py]
+        [--torch_baseline gpu|cpu|PATH] [--repeats R] [--ref COMMIT] [--json OUT]
 
-With `--torch_baseline` the reference script runs first in a subprocess on the same machine
-and the ratio of tokens/s is printed for each variant. MFU = tokens/s x (6N + 12·L·d·T) / peak,
-with the peak known for H100/H200/A100/L4 and TPU chips (blank on CPU). Random tokens, random
-weights; nothing is downloaded. On a CPU use e.g. ``--preset tiny --batch 16 --seq_len 128``.
+The CPU comparison of the performance issue, side by side in one command (the quickstart's
+shape against HF GPT-2 in PyTorch eager, `shared/bench/torch_cpu_small.py`):
+
+    python benchmarks/bench_train.py --quickstart --torch_baseline cpu --repeats 5 \\
+        --cpu_devices 1,2 --ref a57f7a5
+
+`--repeats R` alternates the runs (torch, then every variant) R times and prints each round's
+ratios and their median, which is robust to load drifting on a shared machine. `--ref COMMIT`
+adds the base config run with jaxknow exported from that commit (same machine, same run);
+`--json OUT` records the figures and `--compare OLD.json` prints the ratio to a recorded run.
+Compile time is measured with the persistent compilation cache off (`--compile_cache` keeps
+it). MFU = tokens/s x (6N + 12·L·d·T) / peak, with the peak known for H100/H200/A100/L4 and
+TPU chips (blank on CPU). Random tokens, random weights; nothing is downloaded.
 """
 
 from __future__ import annotations
 
 import argparse
+import contextlib
+import dataclasses
 import functools
+import json
+import os
 import re
+import shutil
+import statistics
 import subprocess
 import sys
+import tempfile
 import time
 from pathlib import Path
 from typing import Any
 
-sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
+REPO = Path(__file__).resolve().parents[1]
+# A worker benchmarking a recorded commit imports jaxknow from that commit's export.
+sys.path.insert(0, os.environ.get("JAXKNOW_BENCH_ROOT") or str(REPO))
 
 RUN_FIELDS = ("batch", "seq_len", "loss_chunk", "grad_accum")
+ENV_FIELDS = ("cpu_devices", "xla_flags")
+#: The quickstart's model shape (GPT-2 style, learned positions, as the PyTorch CPU anchor).
+QUICKSTART = {"preset": "tiny", "batch": 64, "seq_len": 128, "dtype": "float32",
+              "model": "d_model=128,d_ff=512,n_layers=4,n_heads=4,vocab_size=1024"}
+WORKER_TAG = "@@bench "
 
 
 def parse_variant(text: str) -> dict[str, Any]:
-    """Returns the overrides of a variant "k=v,k=v" (ints, floats, booleans parsed)."""
+    """Returns the overrides of a variant "k=v,k=v" (ints, floats, booleans parsed); the value
+    of `xla_flags` is kept as text (several flags separated by spaces)."""
     out: dict[str, Any] = {}
     for part in filter(None, text.split(",")):
         if "=" not in part:
             raise SystemExit(f"--variant {text!r}: {part!r} is not KEY=VALUE")
         k, v = part.split("=", 1)
+        if k == "xla_flags":
+            out[k] = v
+            continue
         for conv in (int, float):
             try:
                 out[k] = conv(v)
@@ -51,13 +81,89 @@ def parse_variant(text: str) -> dict[str, Any]:
     return out
 
 
-def bench_variant(base: Any, run: dict[str, int], mesh_shape: tuple[int, int, int], steps: int,
-                  warmup: int, seed: int) -> dict[str, Any]:
-    """Returns {tokens_per_s, ms_per_step, mfu, peak_bytes, compile_s, loss} of one variant."""
+def find_shared_script(name: str) -> Path | None:
+    """Returns `shared/bench/NAME` in the checkout or the nearest folder above it (a git
+    worktree sits below the main checkout's parent), or None."""
+    for d in [REPO, *REPO.parents]:
+        p = d / "shared" / "bench" / name
+        if p.is_file():
+            return p
+    return None
+
+
+def resolve_torch_script(arg: str) -> tuple[Path, str]:
+    """Returns (script path, "cpu" | "gpu") for `--torch_baseline` (gpu, cpu or a path)."""
+    names = {"cpu": "torch_cpu_small.py", "gpu": "torch_gpt2_baseline.py"}
+    if arg in names:
+        path = find_shared_script(names[arg])
+        if path is None:
+            raise SystemExit(f"--torch_baseline={arg}: shared/bench/{names[arg]} not found "
+                             f"in {REPO} or any folder above it; pass its path")
+        return path, arg
+    path = Path(arg)
+    if not path.is_file():
+        raise SystemExit(f"--torch_baseline={arg}: no such file")
+    return path, "cpu" if "cpu" in path.name else "gpu"
+
+
+@dataclasses.dataclass
+class Variant:
+    """One row of the benchmark: model fields, run shape, and levers set before jax starts."""
+
+    label: str
+    preset: str
+    fields: dict[str, Any]
+    run: dict[str, int]
+    env: dict[str, Any] = dataclasses.field(default_factory=dict)
+    root: str | None = None  # import jaxknow from this export of a recorded commit
+
+    @property
+    def needs_process(self) -> bool:
+        """Whether the variant must run in its own process (env levers or another commit)."""
+        return bool(self.env) or self.root is not None
+
+    def model_config(self) -> Any:
+        """Returns the variant's ModelConfig."""
+        from jaxknow.model.config import preset
+
+        return preset(self.preset, **self.fields)
+
+
+def make_variant(label: str, text: str, args: argparse.Namespace) -> Variant:
+    """Returns the Variant of `--variant text` on top of the base config of `args`."""
+    over = {**parse_variant(args.model or ""), **parse_variant(text)}
+    run = {"batch": args.batch, "seq_len": args.seq_len, "loss_chunk": args.loss_chunk,
+           "grad_accum": args.grad_accum}
+    run.update({k: over.pop(k) for k in list(over) if k in RUN_FIELDS})
+    env = {k: over.pop(k) for k in list(over) if k in ENV_FIELDS}
+    fields = {"dtype": args.dtype, "remat": args.remat,
+              "max_seq_len": max(run["seq_len"], 512), **over}
+    return Variant(label, args.preset, fields, run, env)
+
+
+@dataclasses.dataclass
+class Prepared:
+    """A compiled train step with its state and batch, ready to be timed."""
+
+    compiled: Any
+    state: Any
+    batch: dict[str, Any]
+    cfg: Any
+    run: dict[str, int]
+    n_devices: int
+    params_m: float
+    compile_s: float
+    compiled_bytes: int | None
+
+
+def prepare_variant(cfg: Any, run: dict[str, int], mesh_shape: tuple[int, int, int],
+                    seed: int, optim_config: Any = None) -> Prepared:
+    """Returns the compiled, sharded train step of `cfg` at `run`'s batch shape, with a fresh
+    state and a random batch (the compile time is measured). `optim_config` (an OptimConfig;
+    default AdamW at 3e-4) sets the optimizer."""
     import jax
     import jax.numpy as jnp
 
-    from jaxknow.model.flops import peak_flops, train_flops_per_token
     from jaxknow.model.params import count_params, flatten, param_specs
     from jaxknow.parallel.mesh import make_mesh
     from jaxknow.parallel.rules import DEFAULT_RULES, Sharder
@@ -66,17 +172,16 @@ def bench_variant(base: Any, run: dict[str, int], mesh_shape: tuple[int, int, in
     from jaxknow.train.setup import init_sharded_params, sharded_state
     from jaxknow.train.step import train_step
 
-    cfg = base
     mesh = make_mesh(*mesh_shape)
     b, t = run["batch"], run["seq_len"]
     specs = param_specs(cfg)
     params = init_sharded_params(specs, jax.random.key(seed), cfg.storage_dtype, mesh)
-    ocfg = optim.OptimConfig(lr=3e-4, warmup_steps=2, total_steps=1000)
+    ocfg = optim_config or optim.OptimConfig(lr=3e-4, warmup_steps=2, total_steps=1000)
     tx, sched = optim.make_optimizer(ocfg), optim.make_schedule(ocfg)
     state, sh = sharded_state(params, {}, flatten(specs), tx, mesh, DEFAULT_RULES)
     bsh = batch_shardings(mesh, DEFAULT_RULES, b, t)
-    key = jax.random.key(seed + 1)
-    tokens = jax.random.randint(key, (b, t + 1), 0, cfg.vocab_size, dtype=jnp.int32)
+    tokens = jax.random.randint(jax.random.key(seed + 1), (b, t + 1), 0, cfg.vocab_size,
+                                dtype=jnp.int32)
     batch = {"inputs": tokens[:, :-1], "targets": tokens[:, 1:],
              "weights": jnp.ones((b, t), jnp.float32),
              "segment_ids": jnp.ones((b, t), jnp.int32),
@@ -89,38 +194,199 @@ def bench_variant(base: Any, run: dict[str, int], mesh_shape: tuple[int, int, in
     t0 = time.perf_counter()
     compiled = step.lower(state, batch).compile()
     compile_s = time.perf_counter() - t0
-    for _ in range(warmup):
-        state, m = compiled(state, batch)
-    jax.block_until_ready(m)
-    t0 = time.perf_counter()
-    for _ in range(steps):
-        state, m = compiled(state, batch)
-    jax.block_until_ready(m)
-    dt = (time.perf_counter() - t0) / steps
-    tok_s = b * t / dt
-    peak = peak_flops()
-    n_dev = mesh.devices.size
-    stats = jax.devices()[0].memory_stats() or {}
     ma = compiled.memory_analysis()
     compiled_bytes = (int(ma.argument_size_in_bytes) + int(ma.temp_size_in_bytes)
                       + int(ma.output_size_in_bytes) - int(ma.alias_size_in_bytes)) if ma else None
+    return Prepared(compiled, state, batch, cfg, dict(run), mesh.devices.size,
+                    count_params(specs) / 1e6, compile_s, compiled_bytes)
+
+
+def time_steps(p: Prepared, steps: int, warmup: int) -> dict[str, Any]:
+    """Runs `warmup` then `steps` timed steps of a prepared variant (its state advances);
+    returns {tokens_per_s, ms_per_step, mfu, peak_bytes, loss}."""
+    import jax
+
+    from jaxknow.model.flops import peak_flops, train_flops_per_token
+
+    m = None
+    for _ in range(warmup):
+        p.state, m = p.compiled(p.state, p.batch)
+    if m is not None:
+        jax.block_until_ready(m)
+    t0 = time.perf_counter()
+    for _ in range(steps):
+        p.state, m = p.compiled(p.state, p.batch)
+    jax.block_until_ready(m)
+    dt = (time.perf_counter() - t0) / steps
+    b, t = p.run["batch"], p.run["seq_len"]
+    tok_s = b * t / dt
+    peak = peak_flops()
+    stats = jax.devices()[0].memory_stats() or {}
     return {
-        "params_m": count_params(specs) / 1e6,
         "tokens_per_s": tok_s,
         "ms_per_step": dt * 1e3,
-        "mfu": tok_s * train_flops_per_token(cfg, t) / (peak * n_dev) if peak else None,
+        "mfu": tok_s * train_flops_per_token(p.cfg, t) / (peak * p.n_devices) if peak else None,
         "peak_bytes": stats.get("peak_bytes_in_use"),
-        "compiled_bytes": compiled_bytes,
-        "compile_s": compile_s,
         "loss": float(m["loss"]),
     }
 
 
-def run_torch_baseline(script: str, batch: int) -> float | None:
-    """Returns the tokens/s the PyTorch reference prints (None when it fails)."""
-    proc = subprocess.run([sys.executable, script, str(batch)], capture_output=True, text=True)
+def bench_variant(base: Any, run: dict[str, int], mesh_shape: tuple[int, int, int], steps: int,
+                  warmup: int, seed: int) -> dict[str, Any]:
+    """Returns {params_m, tokens_per_s, ms_per_step, mfu, peak_bytes, compiled_bytes,
+    compile_s, loss} of one variant (compiled and timed in this process)."""
+    p = prepare_variant(base, run, mesh_shape, seed)
+    out = time_steps(p, steps, warmup)
+    return {"params_m": p.params_m, "compiled_bytes": p.compiled_bytes,
+            "compile_s": p.compile_s, **out}
+
+
+class InProcess:
+    """Runs a variant in this process: `start` compiles, `window` times, `close` frees."""
+
+    def __init__(self, v: Variant, args: argparse.Namespace, mesh: tuple[int, int, int]):
+        self.v, self.args, self.mesh = v, args, mesh
+        self.p: Prepared | None = None
+
+    def start(self) -> dict[str, Any]:
+        """Compiles the step; returns {params_m, compile_s, compiled_bytes, n_devices}."""
+        self.p = prepare_variant(self.v.model_config(), self.v.run, self.mesh, self.args.seed)
+        return {"params_m": self.p.params_m, "compile_s": self.p.compile_s,
+                "compiled_bytes": self.p.compiled_bytes, "n_devices": self.p.n_devices,
+                **describe_device()}
+
+    def window(self) -> dict[str, Any]:
+        """Times one window of steps."""
+        assert self.p is not None
+        return time_steps(self.p, self.args.steps, self.args.warmup)
+
+    def close(self) -> None:
+        """Drops the state and the compiled step."""
+        self.p = None
+
+
+def describe_device() -> dict[str, Any]:
+    """Returns {device, device_count, backend, jax} of this process (starts the backend)."""
+    import jax
+
+    return {"device": jax.devices()[0].device_kind, "device_count": jax.device_count(),
+            "backend": jax.default_backend(), "jax": jax.__version__}
+
+
+def device_line(info: dict[str, Any]) -> str:
+    """Returns "device: KIND xN (backend), jax V" from describe_device()'s fields."""
+    return (f"device: {info['device']} x{info['device_count']} ({info['backend']}), "
+            f"jax {info['jax']}")
+
+
+def worker_env(v: Variant) -> dict[str, str]:
+    """Returns the environment of a variant's worker process (XLA_FLAGS with its host device
+    count and extra flags; PYTHONPATH of a recorded commit's export)."""
+    env = dict(os.environ)
+    flags = env.get("XLA_FLAGS", "")
+    if "cpu_devices" in v.env:
+        flags = re.sub(r"--xla_force_host_platform_device_count=\S+", "", flags)
+        flags += f" --xla_force_host_platform_device_count={int(v.env['cpu_devices'])}"
+    if v.env.get("xla_flags"):
+        flags += " " + str(v.env["xla_flags"])
+    env["XLA_FLAGS"] = " ".join(flags.split())
+    if v.root:
+        env["JAXKNOW_BENCH_ROOT"] = v.root
+        env["PYTHONPATH"] = v.root + os.pathsep + env.get("PYTHONPATH", "")
+    return env
+
+
+class Worker:
+    """Runs a variant in a subprocess (`bench_train.py --worker`) that compiles once and times
+    a window of steps each time it is asked, so variants can alternate with other runs."""
+
+    def __init__(self, v: Variant, args: argparse.Namespace, mesh: tuple[int, int, int]):
+        self.v = v
+        self.spec = {"variant": dataclasses.asdict(v), "mesh": list(mesh), "steps": args.steps,
+                     "warmup": args.warmup, "seed": args.seed,
+                     "compile_cache": args.compile_cache}
+        self.proc: subprocess.Popen | None = None
+        self.log: Any = None
+
+    def _read(self) -> dict[str, Any]:
+        assert self.proc is not None and self.proc.stdout is not None
+        for line in self.proc.stdout:
+            if line.startswith(WORKER_TAG):
+                return json.loads(line[len(WORKER_TAG):])
+        self.log.seek(0)
+        tail = "\n".join(self.log.read().strip().splitlines()[-15:])
+        raise RuntimeError(f"variant {self.v.label!r}: worker exited "
+                           f"({self.proc.wait()}):\n{tail}")
+
+    def _ask(self, command: str) -> dict[str, Any]:
+        assert self.proc is not None and self.proc.stdin is not None
+        self.proc.stdin.write(command + "\n")
+        self.proc.stdin.flush()
+        return self._read()
+
+    def start(self) -> dict[str, Any]:
+        """Starts the worker and waits for its compile; returns {params_m, compile_s, ...}.
+        Workers start one at a time, so compiles (and accelerator memory) do not overlap."""
+        self.log = tempfile.TemporaryFile(mode="w+")  # noqa: SIM115 (closed in close())
+        self.proc = subprocess.Popen(
+            [sys.executable, str(Path(__file__).resolve()), "--worker", json.dumps(self.spec)],
+            stdin=subprocess.PIPE, stdout=subprocess.PIPE, stderr=self.log, text=True,
+            env=worker_env(self.v), cwd=str(REPO))
+        return self._read()
+
+    def window(self) -> dict[str, Any]:
+        """Times one window of steps in the worker."""
+        return self._ask("run")
+
+    def close(self) -> None:
+        """Stops the worker."""
+        if self.proc is None:
+            return
+        if self.proc.poll() is None:
+            assert self.proc.stdin is not None
+            with contextlib.suppress(BrokenPipeError, OSError):
+                self.proc.stdin.close()  # end of input: the worker exits
+            try:
+                self.proc.wait(timeout=60)
+            except subprocess.TimeoutExpired:
+                self.proc.kill()
+                self.proc.wait()
+        self.log.close()
+        self.proc = None
+
+
+def worker_main(spec_json: str) -> None:
+    """The `--worker` side: compiles the variant, prints its figures after each "run" line
+    read from stdin, exits at the end of its input."""
+    spec = json.loads(spec_json)
+    import jax
+
+    if not spec["compile_cache"]:
+        jax.config.update("jax_enable_compilation_cache", False)
+    v = Variant(**spec["variant"])
+    p = prepare_variant(v.model_config(), v.run, tuple(spec["mesh"]), spec["seed"])
+
+    def emit(obj: dict[str, Any]) -> None:
+        sys.stdout.write(WORKER_TAG + json.dumps(obj) + "\n")
+        sys.stdout.flush()
+
+    emit({"params_m": p.params_m, "compile_s": p.compile_s,
+          "compiled_bytes": p.compiled_bytes, "n_devices": p.n_devices, **describe_device()})
+    for line in sys.stdin:
+        if line.strip() != "run":
+            break
+        emit(time_steps(p, spec["steps"], spec["warmup"]))
+
+
+def run_torch_baseline(script: str | Path, batch: int, extra: list[str] | None = None
+                       ) -> float | None:
+    """Runs a PyTorch reference script and returns the tokens/s it prints (None when it
+    fails). `extra` replaces the positional batch argument of the GPU script (CPU script)."""
+    argv = [str(a) for a in extra] if extra is not None else [str(batch)]
+    proc = subprocess.run([sys.executable, str(script), *argv], capture_output=True, text=True)
     out = proc.stdout + proc.stderr
-    print(out.strip().splitlines()[-1] if out.strip() else "(no output)")
+    lines = [ln for ln in out.splitlines() if "tokens/s" in ln] or out.strip().splitlines()
+    print("  torch: " + (lines[-1] if lines else "(no output)"), flush=True)
     found = re.search(r"([\d,]+) tokens/s", out)
     if proc.returncode or not found:
         print(f"torch baseline failed (exit {proc.returncode})")
@@ -128,10 +394,63 @@ def run_torch_baseline(script: str, batch: int) -> float | None:
     return float(found.group(1).replace(",", ""))
 
 
-def main() -> None:
+def torch_cpu_args(cfg: Any, run: dict[str, int], steps: int, compile_: bool) -> list[str]:
+    """Returns the flags of `torch_cpu_small.py` for the shape of `cfg` at `run`."""
+    if cfg.d_ff != 4 * cfg.d_model or cfg.pos_embedding != "learned":
+        print(f"note: the torch anchor is GPT-2 (learned positions, d_ff = 4 d); jaxknow has "
+              f"pos_embedding={cfg.pos_embedding}, d_ff={cfg.d_ff}, d_model={cfg.d_model}")
+    out = ["--batch", run["batch"], "--seq", run["seq_len"], "--d", cfg.d_model,
+           "--layers", cfg.n_layers, "--heads", cfg.n_heads, "--vocab", cfg.vocab_size,
+           "--steps", steps]
+    return [str(x) for x in out] + (["--compile"] if compile_ else [])
+
+
+def export_commit(ref: str) -> Path:
+    """Returns a temporary folder holding `jaxknow/` and `launch/` as of git commit `ref`."""
+    dest = Path(tempfile.mkdtemp(prefix="bench_ref_"))
+    archive = subprocess.run(["git", "-C", str(REPO), "archive", ref, "jaxknow", "launch"],
+                             capture_output=True)
+    if archive.returncode:
+        raise SystemExit(f"--ref {ref}: git archive failed: {archive.stderr.decode().strip()}")
+    subprocess.run(["tar", "-x", "-C", str(dest)], input=archive.stdout, check=True)
+    return dest
+
+
+def median(xs: list[float]) -> float | None:
+    """Returns the median of the non-None values (None when there are none)."""
+    xs = [x for x in xs if x is not None]
+    return statistics.median(xs) if xs else None
+
+
+def build_variants(args: argparse.Namespace) -> list[Variant]:
+    """Returns the rows to measure: a recorded commit (with --ref), the base, each
+    --cpu_devices and --xla_flags value, each --variant."""
+    rows: list[Variant] = []
+    if args.ref:
+        v = make_variant(f"ref {args.ref}", "", args)
+        v.root = str(export_commit(args.ref))
+        rows.append(v)
+    rows.append(make_variant("base", "", args))
+    for n in filter(None, (args.cpu_devices or "").split(",")):
+        rows.append(make_variant(f"cpu_devices={n}", f"cpu_devices={n}", args))
+    for f in args.xla_flags:
+        v = make_variant(f"xla_flags={f}", "", args)
+        v.env["xla_flags"] = f
+        rows.append(v)
+    rows += [make_variant(t, t, args) for t in args.variant]
+    return rows
+
+
+def main(argv: list[str] | None = None) -> dict[str, Any]:
+    """Runs the benchmark, prints its table; returns {"torch": [...], "rows": [...]}."""
     ap = argparse.ArgumentParser(description=__doc__,
                                  formatter_class=argparse.RawDescriptionHelpFormatter)
+    ap.add_argument("--worker", default=None, help=argparse.SUPPRESS)
     ap.add_argument("--preset", default="gpt2-small-rope")
+    ap.add_argument("--model", default="", help="k=v,... model fields of the base config")
+    ap.add_argument("--quickstart", action="store_true",
+                    help="the quickstart's shape: " + " ".join(
+                        f"--{k} {v}" for k, v in QUICKSTART.items()))
     ap.add_argument("--batch", type=int, default=96)
     ap.add_argument("--seq_len", type=int, default=512)
     ap.add_argument("--dtype", default="bfloat16", help="compute dtype (params stay float32)")
@@ -143,41 +462,207 @@ def main() -> None:
     ap.add_argument("--warmup", type=int, default=3)
     ap.add_argument("--seed", type=int, default=0)
     ap.add_argument("--variant", action="append", default=[],
-                    help="k=v,... overriding model fields or batch/seq_len/loss_chunk/grad_accum")
-    ap.add_argument("--torch_baseline", default=None, help="path of torch_gpt2_baseline.py")
-    args = ap.parse_args()
+                    help="k=v,... overriding model fields, batch/seq_len/loss_chunk/grad_accum, "
+                         "cpu_devices, xla_flags")
+    ap.add_argument("--cpu_devices", default="",
+                    help="comma list: one variant per XLA host device count")
+    ap.add_argument("--xla_flags", action="append", default=[],
+                    help="one variant with these extra XLA_FLAGS (repeatable)")
+    ap.add_argument("--torch_baseline", default=None,
+                    help="gpu, cpu (shared/bench/torch_{gpt2_baseline,cpu_small}.py) or a path")
+    ap.add_argument("--torch_compile", action="store_true", help="CPU anchor: torch.compile")
+    ap.add_argument("--torch_steps", type=int, default=10, help="CPU anchor: timed steps")
+    ap.add_argument("--repeats", type=int, default=1,
+                    help="alternate torch and every variant this many times")
+    ap.add_argument("--ref", default=None,
+                    help="git commit: add the base config run with that commit's jaxknow")
+    ap.add_argument("--isolate", action="store_true",
+                    help="every variant in its own process (its own peak memory; on a GPU, "
+                         "with --repeats 1 only one holds memory at a time)")
+    ap.add_argument("--compile_cache", action="store_true",
+                    help="keep the persistent compilation cache (compile times then lie)")
+    ap.add_argument("--json", default=None, help="write the figures to this file")
+    ap.add_argument("--compare", default=None, help="a --json file of an earlier run")
+    args = ap.parse_args(argv)
+    if args.worker is not None:
+        worker_main(args.worker)
+        return {}
+    if args.quickstart:
+        for k, v in QUICKSTART.items():
+            if getattr(args, k) == ap.get_default(k):
+                setattr(args, k, v)
+    if args.repeats < 1:
+        raise SystemExit(f"--repeats={args.repeats}: must be at least 1")
 
     import jax
 
     import launch  # noqa: F401  (CPU device count, compilation cache)
-    from jaxknow.model.config import preset
 
-    baseline = run_torch_baseline(args.torch_baseline, args.batch) if args.torch_baseline \
-        else None
+    if not args.compile_cache:
+        jax.config.update("jax_enable_compilation_cache", False)
     mesh_shape = tuple(int(x) for x in args.mesh.split(","))
-    print(f"device: {jax.devices()[0].device_kind} x{jax.device_count()} ({jax.default_backend()}),"
-          f" jax {jax.__version__}, mesh {mesh_shape}")
-    width = max([34] + [len(v) for v in args.variant])
-    header = (f"{'variant':<{width}} {'params':>7} {'batch':>5} {'seq':>5} {'ms/step':>9} "
-              f"{'tokens/s':>11} {'MFU':>6} {'peak GiB':>9} {'vs torch':>8}")
-    print(header)
-    for text in [""] + args.variant:
-        over = parse_variant(text)
-        run = {"batch": args.batch, "seq_len": args.seq_len, "loss_chunk": args.loss_chunk,
-               "grad_accum": args.grad_accum}
-        run.update({k: over.pop(k) for k in list(over) if k in RUN_FIELDS})
-        fields = {"dtype": args.dtype, "remat": args.remat,
-                  "max_seq_len": max(run["seq_len"], 512), **over}
-        cfg = preset(args.preset, **fields)
-        r = bench_variant(cfg, run, mesh_shape, args.steps, args.warmup, args.seed)
-        mem = r["peak_bytes"] or r["compiled_bytes"]
+    variants = build_variants(args)
+    torch_script, torch_kind = (resolve_torch_script(args.torch_baseline)
+                                if args.torch_baseline else (None, None))
+    base = variants[1] if args.ref else variants[0]
+    torch_extra = (torch_cpu_args(base.model_config(), base.run, args.torch_steps,
+                                  args.torch_compile) if torch_kind == "cpu" else None)
+    # When any variant needs its own process, all get one: the same conditions for every
+    # row, and this process never starts the backend (on a GPU it would hold the memory).
+    isolate = args.isolate or any(v.needs_process for v in variants)
+    runners = [(Worker if isolate else InProcess)(v, args, mesh_shape) for v in variants]
+    if not isolate:
+        print(device_line(describe_device()) + f", mesh {mesh_shape}", flush=True)
+    infos: list[dict[str, Any] | None] = [None] * len(runners)
+    windows: list[list[dict[str, Any]]] = [[] for _ in runners]
+    failed: dict[int, str] = {}
+    shown: list[bool] = []
+    torch_tps: list[float | None] = []
+    together = args.repeats > 1
+
+    def attempt(i: int, fn: Any) -> Any:
+        """Runs fn(); a failing variant is reported and dropped, the others go on."""
+        try:
+            return fn()
+        except Exception as e:  # noqa: BLE001 (a lever that fails must not stop the rest)
+            failed[i] = f"{type(e).__name__}: {e}"
+            print(f"  variant {runners[i].v.label!r} failed: {failed[i]}", flush=True)
+            runners[i].close()
+            return None
+
+    def show(info: dict[str, Any] | None) -> None:
+        if isolate and info and not shown:
+            shown.append(True)
+            print(device_line(info) + f", mesh {mesh_shape} (each variant in its own process)",
+                  flush=True)
+
+    def measured() -> list[int]:
+        return [j for j in range(len(runners)) if windows[j] and j not in failed]
+
+    try:
+        if together:  # compile everything first, one at a time, then alternate
+            for i, r in enumerate(runners):
+                infos[i] = attempt(i, r.start)
+                show(infos[i])
+                if i not in failed:
+                    print(f"  compiled {r.v.label}: {infos[i]['compile_s']:.1f} s", flush=True)
+        for rnd in range(args.repeats):
+            if torch_script is not None:
+                torch_tps.append(run_torch_baseline(torch_script, base.run["batch"], torch_extra))
+            parts = []
+            for i, r in enumerate(runners):
+                if not together and i not in failed:
+                    infos[i] = attempt(i, r.start)
+                    show(infos[i])
+                w = attempt(i, r.window) if i not in failed else None
+                if w is None:
+                    continue
+                windows[i].append(w)
+                if not together:
+                    r.close()
+                    if args.json:  # what is done survives a time limit
+                        done = measured()
+                        dump(args.json, [variants[j] for j in done], [infos[j] for j in done],
+                             [windows[j] for j in done], torch_tps, torch_script, failed)
+                ratio = (f" ({w['tokens_per_s'] / torch_tps[-1]:.2f}x)"
+                         if torch_tps and torch_tps[-1] else "")
+                parts.append(f"{r.v.label} {w['tokens_per_s']:,.0f}{ratio}")
+            if together:
+                tt = f"torch {torch_tps[-1]:,.0f} | " if torch_tps and torch_tps[-1] else ""
+                print(f"  round {rnd + 1}: {tt}" + " | ".join(parts), flush=True)
+    finally:
+        for r in runners:
+            r.close()
+        for v in variants:
+            if v.root:  # the recorded commit's export
+                shutil.rmtree(v.root, ignore_errors=True)
+
+    done = measured()
+    rows = summarize([variants[j] for j in done], [infos[j] for j in done],
+                     [windows[j] for j in done], torch_tps)
+    print_table(rows, torch_tps, compare=load_record(args.compare) if args.compare else None)
+    for i, why in failed.items():
+        print(f"FAILED {variants[i].label}: {why}")
+    if args.json:
+        dump(args.json, [variants[j] for j in done], [infos[j] for j in done],
+             [windows[j] for j in done], torch_tps, torch_script, failed)
+    if not rows:
+        raise SystemExit("every variant failed")
+    return {"torch": torch_tps, "rows": rows,
+            "failed": {variants[i].label: why for i, why in failed.items()}}
+
+
+def dump(path: str, variants: list[Variant], infos: list[dict[str, Any] | None],
+         windows: list[list[dict[str, Any]]], torch_tps: list[float | None],
+         torch_script: Path | None, failed: dict[int, str] | None = None) -> None:
+    """Writes the figures of the variants measured so far (and the failures) to `path`."""
+    rows = summarize(variants, infos, windows, torch_tps) if variants else []
+    info = next((i for i in infos if i), {})
+    Path(path).write_text(json.dumps(
+        {"torch": torch_tps, "torch_script": str(torch_script) if torch_script else None,
+         "device": info.get("device"), "backend": info.get("backend"),
+         "rows": rows, "failed": list((failed or {}).values())}, indent=1))
+
+
+def summarize(variants: list[Variant], infos: list[dict[str, Any] | None],
+              windows: list[list[dict[str, Any]]], torch_tps: list[float | None]
+              ) -> list[dict[str, Any]]:
+    """Returns one dict per variant: medians over the rounds, per-round ratios to torch and
+    to the first row (the recorded commit with --ref, else the base)."""
+    rows = []
+    first = [w["tokens_per_s"] for w in windows[0]]
+    for v, info, ws in zip(variants, infos, windows, strict=True):
+        tps = [w["tokens_per_s"] for w in ws]
+        vs_torch = [t / b if b else None for t, b in zip(tps, torch_tps, strict=False)]
+        rows.append({
+            "label": v.label, "batch": v.run["batch"], "seq_len": v.run["seq_len"],
+            **(info or {}),
+            "tokens_per_s": median(tps), "tokens_per_s_rounds": tps,
+            "ms_per_step": median([w["ms_per_step"] for w in ws]),
+            "mfu": median([w["mfu"] for w in ws]),
+            "peak_bytes": max([w["peak_bytes"] or 0 for w in ws]) or None,
+            "loss": ws[-1]["loss"],
+            "vs_torch_rounds": vs_torch, "vs_torch": median(vs_torch),
+            "vs_first": median([t / f for t, f in zip(tps, first, strict=False)]),
+        })
+    return rows
+
+
+def load_record(path: str) -> dict[str, float]:
+    """Returns {label: tokens/s} of an earlier `--json` file."""
+    try:
+        data = json.loads(Path(path).read_text())
+        return {r["label"]: r["tokens_per_s"] for r in data["rows"]}
+    except (OSError, ValueError, KeyError, TypeError) as e:
+        raise SystemExit(f"--compare {path}: not a bench_train --json file ({e})") from None
+
+
+def print_table(rows: list[dict[str, Any]], torch_tps: list[float | None],
+                compare: dict[str, float] | None = None) -> None:
+    """Prints the figures of every row (medians over the rounds)."""
+    width = max([34] + [len(r["label"]) for r in rows])
+    good = [t for t in torch_tps if t]
+    if good:
+        print(f"torch anchor: median {median(good):,.0f} tokens/s over {len(good)} run(s)")
+    first = rows[0]["label"]
+    print(f"{'variant':<{width}} {'params':>7} {'batch':>5} {'seq':>5} {'compile s':>9} "
+          f"{'ms/step':>9} {'tokens/s':>11} {'MFU':>6} {'peak GiB':>9} {'vs torch':>8} "
+          f"{'vs ' + first[:10]:>13}" + (f" {'vs --compare':>12}" if compare else ""))
+    for r in rows:
+        mem = r.get("peak_bytes") or r.get("compiled_bytes") or 0
         mfu = f"{r['mfu']:.1%}" if r["mfu"] is not None else "-"
-        ratio = f"{r['tokens_per_s'] / baseline:.2f}x" if baseline else "-"
-        print(f"{text or 'base':<{width}} {r['params_m']:>6.1f}M {run['batch']:>5} "
-              f"{run['seq_len']:>5} "
-              f"{r['ms_per_step']:>9.1f} {r['tokens_per_s']:>11,.0f} {mfu:>6} "
-              f"{(mem or 0) / 2**30:>9.2f} {ratio:>8}   (compile {r['compile_s']:.0f}s, "
-              f"loss {r['loss']:.3f})", flush=True)
+        vt = f"{r['vs_torch']:.2f}x" if r["vs_torch"] is not None else "-"
+        cmp = ""
+        if compare is not None:
+            old = compare.get(r["label"])
+            cmp = f" {r['tokens_per_s'] / old:>11.2f}x" if old else f" {'-':>12}"
+        print(f"{r['label']:<{width}} {r.get('params_m', 0):>6.1f}M {r['batch']:>5} "
+              f"{r['seq_len']:>5} {r.get('compile_s', 0):>9.1f} {r['ms_per_step']:>9.1f} "
+              f"{r['tokens_per_s']:>11,.0f} {mfu:>6} {mem / 2**30:>9.2f} {vt:>8} "
+              f"{r['vs_first']:>12.2f}x{cmp}   (loss {r['loss']:.3f})", flush=True)
+        if len(r["vs_torch_rounds"]) > 1:
+            print("    vs torch per round: " + ", ".join(
+                f"{x:.2f}x" if x else "-" for x in r["vs_torch_rounds"]))
 
 
 if __name__ == "__main__":
