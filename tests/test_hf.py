@@ -244,6 +244,12 @@ def test_cli_convert_score_and_destination(tmp_path, gpt2_dir):
     np.testing.assert_allclose(logits, hf.score_tokens(load_model(dst, mesh=mesh), seq),
                                atol=1e-6, rtol=0)
     np.testing.assert_allclose(logits, _hf_logits(model, seq), atol=TOL, rtol=0)
+    # Without the suffix np.save appends ".npy": the report names the file really written.
+    r = run_module("launch.score", f"--checkpoint={dst}", f"--tokens={','.join(map(str, seq))}",
+                   f"--out={tmp_path / 'noext'}", devices=1)
+    assert r.returncode == 0, r.stderr[-3000:]
+    assert f"to {tmp_path / 'noext.npy'}" in r.stdout
+    np.testing.assert_array_equal(np.load(tmp_path / "noext.npy"), logits)
 
     before = sorted(p.name for p in dst.iterdir())
     r = run_module("launch.convert", "--from=hf", f"--src={src}", f"--dst={dst}", devices=1)
