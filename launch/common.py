@@ -80,6 +80,23 @@ def quiet_libraries() -> None:
         logging.set_verbosity(logging.WARNING)
         logging.get_absl_logger().addFilter(lambda r: "orbax" not in r.pathname)
         pylogging.getLogger("asyncio").setLevel(pylogging.CRITICAL)
+        drop_closed_loop_errors()
+
+
+def _closed_loop(exc: BaseException | None) -> bool:
+    return isinstance(exc, RuntimeError) and str(exc) == "Event loop is closed"
+
+
+def drop_closed_loop_errors() -> None:
+    """Keeps asyncio's "Event loop is closed" out of stderr: the checkpoint library's
+    callbacks raise it in background threads once a failed save has closed its loop (e.g. a
+    full disk), burying the one-line report; every other error is printed as before."""
+    import threading
+
+    hook, thook, uhook = sys.excepthook, threading.excepthook, sys.unraisablehook
+    sys.excepthook = lambda t, v, tb: None if _closed_loop(v) else hook(t, v, tb)
+    threading.excepthook = lambda a: None if _closed_loop(a.exc_value) else thook(a)
+    sys.unraisablehook = lambda u: None if _closed_loop(u.exc_value) else uhook(u)
 
 
 def config_error(e: BaseException, argv: list[str]) -> str:
