@@ -228,7 +228,7 @@ def probe(workdir: Path, study: BiosStudy, world_options: Mapping[str, Any],
 
     pc = study.probing
     model = load_model(workdir)
-    world, opts = bios_world(world_options, study.seed)
+    world, _ = bios_world(world_options, study.seed)
     people = np.arange(min(world.num_people, pc.max_people))
     rng = np.random.default_rng(study.seed)
     rng.shuffle(people)
