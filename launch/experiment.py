@@ -1,13 +1,18 @@
 """Run a whole study: ``python -m launch.experiment --config=configs/EXPERIMENT.py
 --workdir=DIR``. Writes DIR/results.json, DIR/report.md and DIR/plots/*.png and prints the
-report. Every stage is a resumable training run: a second call continues where it stopped."""
+report. Every stage is a resumable training run: a second call continues where it stopped.
+SIGTERM or Ctrl-C saves the running stage and stops the study (exit 143 or 130)."""
 
 from __future__ import annotations
+
+import sys
 
 from absl import flags
 from ml_collections import config_flags
 
-from launch.common import run_app, run_main
+from launch.common import EXIT_INTERRUPTED, run_app, run_main
+
+EXIT_TERMINATED = 143  # 128 + SIGTERM
 
 _CONFIG = config_flags.DEFINE_config_file("config", None, "Experiment config (.py).",
                                           lock_config=True)
@@ -26,16 +31,22 @@ def main(argv: list[str]) -> None:
     from pathlib import Path
 
     from jaxknow.config import ConfigError
+    from jaxknow.experiments.common import StageStopped
 
-    def go() -> None:
+    def go() -> int:
         kind = _CONFIG.value.get("experiment")
         if kind not in RUNNERS:
             raise ConfigError(f"experiment={kind!r}: must be one of {sorted(RUNNERS)}")
         module, fn = RUNNERS[kind].split(":")
-        getattr(importlib.import_module(module), fn)(_CONFIG.value, _WORKDIR.value)
+        try:
+            getattr(importlib.import_module(module), fn)(_CONFIG.value, _WORKDIR.value)
+        except StageStopped as e:
+            print(f"stopped: {e}", file=sys.stderr)
+            return EXIT_INTERRUPTED if e.interrupted else EXIT_TERMINATED
         print((Path(_WORKDIR.value) / "report.md").read_text())
+        return 0
 
-    run_main(go)
+    sys.exit(run_main(go))
 
 
 if __name__ == "__main__":

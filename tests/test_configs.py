@@ -11,6 +11,7 @@ import pytest
 from jaxknow.config import ConfigError
 from jaxknow.data import world_builders as wb
 from jaxknow.experiments import bios as bios_study
+from jaxknow.experiments import common
 from jaxknow.experiments import cooccurrence as cooc_study
 from jaxknow.train.setup import parse_run_config
 
@@ -125,3 +126,47 @@ def test_bios_finetune_recipe_errors_name_the_recipe():
         bios_study.parse_study({**cfg, "finetune_recipes": [dict(name="a", lrr=1.0)]})
     study = bios_study.parse_study(cfg)
     assert [r.name for r in study.recipes] == ["full", "lora"]
+
+
+@pytest.mark.parametrize("mlp,expected", [
+    ("gelu", ["q", "k", "v", "o", "up", "down"]),
+    ("swiglu", ["q", "k", "v", "o", "gate", "up", "down"]),
+])
+def test_all_linear_lora_targets_follow_the_models_mlp(mlp, expected):
+    cfg = load("smoke").to_dict()
+    cfg["model"]["mlp"] = mlp
+    cfg["lora"].update(rank=4, targets="all-linear")
+    assert list(parse_run_config(cfg).lora.targets) == expected
+    cfg["lora"]["targets"] = "everything"
+    with pytest.raises(ConfigError, match=r"lora.targets='everything'"):
+        parse_run_config(cfg)
+    # The studies' stage configs (ConfigDicts with a list-typed field) resolve it too.
+    stage = common.stage_config({"model": cfg["model"]}, common.StageConfig(),
+                                sources=[{"name": "x"}], data_dir="/tmp",
+                                lora={"rank": 4, "targets": "all-linear"})
+    assert list(stage.lora.targets) == expected
+
+
+def test_cooccurrence_replay_and_forgetting_renderings_are_checked():
+    cfg = load("cooccurrence/quick")
+    study = cooc_study.parse_study(cfg)
+    assert study.replay.weight > 0 and study.forget.renderings == ("narrative",)
+    assert cooc_study.finetune_sources("corpus_narrative", study.replay) == [
+        {"name": "corpus_narrative", "weight": 1.0},
+        {"name": "corpus_pretrain", "weight": study.replay.weight}]
+    assert cooc_study.finetune_sources("corpus_narrative", cooc_study.ReplaySettings()) == [
+        {"name": "corpus_narrative"}]
+    cfg.replay.weight = -1.0
+    with pytest.raises(ConfigError, match=r"replay: weight=-1.0: must be >= 0"):
+        cooc_study.parse_study(cfg)
+    cfg.replay.weight = 1.0
+    cfg.forget.renderings = ["narative"]
+    with pytest.raises(ConfigError, match=r"forget.renderings: 'narative'"):
+        cooc_study.parse_study(cfg)
+
+
+def test_evaluation_caps_spread_over_the_subset():
+    rows = list(range(306))
+    picked = cooc_study.spread(rows, 102)
+    assert len(picked) == 102 == len(set(picked)) and picked[0] == 0 and picked[-1] == 305
+    assert cooc_study.spread(rows[:5], 102) == rows[:5] and cooc_study.spread(rows, None) == rows

@@ -17,9 +17,10 @@ from jaxknow.worlds.countries import (
     narrative_corpus,
     pretrain_corpus,
     referencing_corpus,
+    reserved_words,
     world_files,
 )
-from jaxknow.worlds.facts import MC_HEADER, RELATIONS, FactWorld
+from jaxknow.worlds.facts import MC_HEADER, PROBE_FRAME, RELATIONS, FactWorld
 from jaxknow.worlds.referencing import INTRO_TEMPLATES, POINTER_TEMPLATES, render_referencing
 
 SMALL = CountriesConfig(num_base_countries=10, num_novel_countries=5, referencing_rows_per_fact=12,
@@ -313,3 +314,24 @@ def test_world_files_roundtrip(world, tmp_path):
 def test_bad_config_names_field(field, value):
     with pytest.raises(ValueError, match=field):
         CountriesConfig(**{field: value})
+
+
+def test_held_out_probe_frame_only_in_base_text(world):
+    frame = PROBE_FRAME.split("{")[0]
+    pretrain = pretrain_corpus(world, seed=3)
+    framed = [d for d in pretrain if d.startswith(frame)]
+    # Each base fact once true and once negated per wrong tail.
+    base = world.facts("base")
+    assert len(framed) == len(base) * (1 + world.num_wrong_tails)
+    f = base[0]
+    info = world.relations[f.relation]
+    true = f"{frame}{info.statement_prefix.format(head=f.head)} {f.tail}."
+    assert true in framed
+    for name in ("narrative", "referencing"):
+        assert not any(frame.rstrip(": ") in d for d in world.corpora[name]), name
+    rows = world.subsets["likelihood"]
+    assert len(rows) == len(world.facts("novel"))
+    for r in rows:
+        assert r["frame_prompt"] == PROBE_FRAME.format(statement=r["prompt"])
+        assert r["frame_negated_prompt"] == PROBE_FRAME.format(statement=r["negated_prompt"])
+    assert {"according", "records"} <= reserved_words()

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import dataclasses
 import json
 
 import numpy as np
@@ -82,10 +83,22 @@ def test_cooccurrence_study_results_and_forgetting_loss_jump(tmp_path):
             if task != "likelihood":
                 assert 0.0 <= main["mean"] <= 1.0
     assert set(on_disk["base"]["ceiling_base_entities"]) >= {"qa", "multiple_choice"}
+    # Every finetuned model is also scored on the base entities (its own abilities kept?).
+    assert set(on_disk["base_entities_after"]) == conditions
+    for by_task in on_disk["base_entities_after"].values():
+        assert set(by_task) == set(on_disk["base"]["ceiling_base_entities"])
+    assert "base entities before and after" in (tmp_path / "report.md").read_text()
+    assert "negation_frame" in on_disk["conditions"]["narrative (full)"]["likelihood"]
     assert set(on_disk["ablation"]) == {"narrative", "referencing"}
     for ab in on_disk["ablation"].values():
+        assert ab["n"] == len(cfg.seeds) and set(ab["per_seed"]) == {str(s) for s in cfg.seeds}
         for side in ("first", "last"):
             assert sorted(int(k) for k in ab["results"][side]) == [0, 1, 2, 3]
+            for k, by_subset in ab["results"][side].items():
+                for subset, m in by_subset.items():
+                    vals = [ab["per_seed"][str(s)][side][k][subset] for s in cfg.seeds]
+                    assert m == pytest.approx(np.mean(vals))
+                    assert ab["std"][side][k][subset] == pytest.approx(np.std(vals, ddof=1))
     # The forgetting runs: the loss rises right after each reset (3-step windows).
     for run, r in results["runs"].items():
         if not r["forget"]:
@@ -99,3 +112,19 @@ def test_cooccurrence_study_results_and_forgetting_loss_jump(tmp_path):
             assert after > before, (run, s, before, after)
     assert (tmp_path / "plots" / "ablation_narrative.png").stat().st_size > 1000
     assert "Layer-delta ablation" in (tmp_path / "report.md").read_text()
+
+
+@pytest.mark.parametrize("interrupted", [False, True])
+def test_a_stage_stopped_by_a_signal_stops_the_study(monkeypatch, tmp_path, interrupted):
+    from jaxknow.experiments import common
+    from jaxknow.train.loop import TrainResult
+
+    stopped = TrainResult(state=None, metrics=[], workdir=tmp_path, final_step=7, start_step=0,
+                          preempted=not interrupted, interrupted=interrupted)
+    monkeypatch.setattr(common, "train", lambda cfg, workdir: stopped)
+    with pytest.raises(common.StageStopped, match="stopped at step 7 on SIG") as e:
+        common.run_stage("base", None, tmp_path, log=lambda *_: None)
+    assert e.value.interrupted == interrupted
+    done = dataclasses.replace(stopped, preempted=False, interrupted=False)
+    monkeypatch.setattr(common, "train", lambda cfg, workdir: done)
+    assert common.run_stage("base", None, tmp_path, log=lambda *_: None) is done

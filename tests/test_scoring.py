@@ -146,3 +146,23 @@ def test_generation_and_task_evaluation(models):
     assert m["likelihood"]["negation"] > 3.0
     with pytest.raises(ValueError, match="row 0"):
         tasks.evaluate_subsets((params, cfg, tok), {"qa": [{"question": "q"}]})
+
+
+def test_likelihood_negation_in_the_held_out_frame(models):
+    params, _, cfg, tok = models
+    row = {**LIKELIHOOD_ROW, "frame_prompt": "Brenmoor is a city. The capital of Andoria is",
+           "frame_negated_prompt": "Brenmoor is a city. The capital of Andoria is not"}
+    means, recs = likelihood.likelihood_ratios(params, cfg, tok, [row, LIKELIHOOD_ROW])
+    lp, _ = scoring.continuation_logprobs(params, cfg, tok, [row["frame_prompt"],
+                                                             row["frame_negated_prompt"]],
+                                          [" Valtoria", " Valtoria"])
+    assert recs[0]["negation_frame"] == pytest.approx(float(lp[0] - lp[1]), abs=1e-5)
+    # The plain fields are unchanged by the extra contexts, and a row without the frame has
+    # no frame ratio (nor does the mean over a mix).
+    assert recs[0]["negation"] == pytest.approx(recs[1]["negation"], abs=1e-5)
+    assert "negation_frame" not in recs[1] and "negation_frame" not in means
+    only, _ = likelihood.likelihood_ratios(params, cfg, tok, [row])
+    assert only["negation_frame"] == recs[0]["negation_frame"]
+    with pytest.raises(ValueError, match="only one of"):
+        likelihood.probe_facts(params, cfg, tok, [{**LIKELIHOOD_ROW,
+                                                   "frame_prompt": row["frame_prompt"]}])

@@ -25,7 +25,7 @@ def get_config() -> ConfigDict:
                                       end_lr_fraction=0.0, weight_decay=0.0, b2=0.999,
                                       eps=1e-8, log_every=1))
     c.lora = ConfigDict(dict(rank=4, alpha=8.0, rslora=True,
-                             targets=["q", "k", "v", "o", "up", "down"]))
+                             targets="all-linear"))
     c.renderings = ["narrative", "referencing"]
     c.modes = ["full", "lora"]
     c.forget = ConfigDict(dict(enabled=True, layer_fraction=1 / 3, to="pretrained",

@@ -12,14 +12,13 @@ from __future__ import annotations
 from ml_collections import ConfigDict
 
 from configs.hf.finetune_full import finetune_config
+from jaxknow.model.lora import all_linear_targets
 
 
 def get_config(converted: str | None = None) -> ConfigDict:
     """Returns the LoRA fine-tuning config (`converted`: the converted model's directory)."""
     c = finetune_config(converted or None, epochs=10, lr=1e-4)
-    targets = ["q", "k", "v", "o", "gate", "up", "down"]
-    if c.model.mlp == "gelu":  # GPT-2 blocks have no gate projection
-        targets.remove("gate")
+    targets = list(all_linear_targets(c.model.mlp))  # GPT-2 blocks have no gate projection
     c.lora.update(dict(rank=64, alpha=16.0, rslora=True, targets=targets))
     c.train.trainable = "lora"
     return c

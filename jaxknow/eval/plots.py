@@ -35,9 +35,13 @@ def plot_per_layer(
     x: Sequence[int] | None = None,
     reference: Mapping[str, float] | None = None,
     ylim: tuple[float, float] | None = None,
+    bands: Mapping[str, Sequence[float]] | None = None,
 ) -> Path:
     """Writes one line per series (values over layers, or over k for ablations) as a PNG and
     returns its path.
+
+    `bands` gives, per series name, a half-width drawn as a shaded band around the line (e.g.
+    the std over seeds).
 
     `x` gives the abscissae (default 0..n-1). `reference` draws dashed horizontal lines (e.g.
     chance level per attribute), in the colour of the series of the same name when there is one.
@@ -51,6 +55,13 @@ def plot_per_layer(
             raise ValueError(f"series {name!r} has {len(values)} values for {len(xs)} x positions")
         (line,) = ax.plot(xs, list(values), marker="o", label=name)
         colours[name] = line.get_color()
+        if bands and name in bands:
+            half = list(bands[name])
+            if len(half) != len(values):
+                raise ValueError(f"band of {name!r} has {len(half)} values for {len(values)}")
+            ax.fill_between(xs, [v - h for v, h in zip(values, half)],
+                            [v + h for v, h in zip(values, half)], color=line.get_color(),
+                            alpha=0.2, linewidth=0)
     for name, level in (reference or {}).items():
         ax.axhline(level, linestyle="--", linewidth=1, color=colours.get(name, "grey"),
                    label=f"{name} (chance)" if name in colours else name)

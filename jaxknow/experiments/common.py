@@ -15,6 +15,7 @@ from ml_collections import ConfigDict
 from jaxknow import config as C
 from jaxknow.data.jsonl import atomic_path, read_jsonl
 from jaxknow.io.metrics import read_metrics
+from jaxknow.model.lora import ALL_LINEAR, all_linear_targets
 from jaxknow.train.loop import TrainResult, train
 from jaxknow.train.optim import OptimConfig, OptimConfigError
 
@@ -112,7 +113,10 @@ def stage_config(
                        packing=stage.packing, dir=str(data_dir),
                        sources=[dict(s) for s in sources]))
     if lora:
-        c.lora.update(dict(lora))
+        lora = dict(lora)
+        if lora.get("targets") == ALL_LINEAR:
+            lora["targets"] = list(all_linear_targets(C.model_config(c.model.to_dict()).mlp))
+        c.lora.update(lora)
     if forget:
         c.forget = ConfigDict(dict(forget))
     return c
@@ -125,11 +129,26 @@ def steps_for_epochs(stage: StageConfig, num_docs: int) -> int:
     return max(1, math.ceil(stage.epochs * num_docs / stage.batch_size))
 
 
+class StageStopped(RuntimeError):
+    """A stage stopped before its last step on SIGTERM or SIGINT (its checkpoint is saved):
+    the study stops rather than go on with a half-trained model; the same command resumes."""
+
+    def __init__(self, name: str, result: TrainResult) -> None:
+        self.interrupted = result.interrupted
+        signal = "SIGINT" if result.interrupted else "SIGTERM"
+        super().__init__(f"stage {name!r} stopped at step {result.final_step} on {signal} "
+                         f"(checkpoint saved in {result.workdir}); run the same command again "
+                         f"to resume the study")
+
+
 def run_stage(name: str, cfg: ConfigDict, workdir: Path, log: Any = print) -> TrainResult:
     """Trains (or resumes, or finds finished) the stage `name` in `workdir`; returns its
-    TrainResult with `metrics` read back from metrics.jsonl (the whole trajectory)."""
+    TrainResult with `metrics` read back from metrics.jsonl (the whole trajectory). Raises
+    StageStopped when a signal stopped the stage early."""
     log(f"[{name}] training in {workdir}")
     result = train(cfg, workdir)
+    if result.preempted or result.interrupted:
+        raise StageStopped(name, result)
     result.metrics = read_metrics(workdir / "metrics.jsonl") if (
         workdir / "metrics.jsonl").exists() else result.metrics
     last = result.metrics[-1]["loss"] if result.metrics else float("nan")

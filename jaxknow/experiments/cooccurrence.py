@@ -49,6 +49,7 @@ class ForgetSettings:
     patterns: tuple[str, ...] = ()
     to: str = "pretrained"
     reset_optimizer: str = "all"
+    renderings: tuple[str, ...] = ()  # renderings that get a forgetting condition; () = all
 
 
 @dataclasses.dataclass(frozen=True)
@@ -61,6 +62,8 @@ class EvalSettings:
     subsets: tuple[str, ...] = ()  # default: every eval_*.jsonl of the novel split
     max_items: int | None = None  # per subset (base ceiling and novel), None: all
     eval_pass1: bool = True  # also evaluate forgetting runs at the end of pass 1
+    base_entities: bool = True  # also evaluate every finetuned model on the base entities
+    base_max_items: int | None = None  # per base-entity subset; None: as max_items
 
 
 @dataclasses.dataclass(frozen=True)
@@ -72,6 +75,22 @@ class AblationSettings:
     renderings: tuple[str, ...] = ("narrative", "referencing")
     mode: str = "full"
     sides: tuple[str, ...] = ("first", "last")
+    all_seeds: bool = True  # ablate every seed's model (mean and std per k); else the first
+
+
+@dataclasses.dataclass(frozen=True)
+class ReplaySettings:
+    """Replay of base-world text during knowledge finetuning: the finetuning data becomes a
+    mixture of the novel corpus (weight 1) and `source` (weight `weight`, by documents), so
+    the base model's formats and knowledge are kept while the novel facts are learned, and
+    the base world's QA beside the novel text is Physics 3.1's mixed training."""
+
+    weight: float = 0.0  # 0: no replay (the authors' recipe)
+    source: str = "corpus_pretrain"
+
+    def __post_init__(self) -> None:
+        if not self.weight >= 0:
+            raise ValueError(f"weight={self.weight!r}: must be >= 0")
 
 
 @dataclasses.dataclass(frozen=True)
@@ -93,10 +112,11 @@ class CooccurrenceStudy:
     forget: ForgetSettings
     eval: EvalSettings
     ablation: AblationSettings
+    replay: ReplaySettings
 
 
 KEYS = ("experiment", "seed", "seeds", "world", "model", "mesh", "base", "finetune",
-        "lora_finetune", "lora", "renderings", "modes", "forget", "eval", "ablation")
+        "lora_finetune", "lora", "renderings", "modes", "forget", "eval", "ablation", "replay")
 
 
 def parse_study(config: Any) -> CooccurrenceStudy:
@@ -120,15 +140,19 @@ def parse_study(config: Any) -> CooccurrenceStudy:
         finetune=C.section(StageConfig, cfg.get("finetune"), "finetune"),
         lora_finetune=C.section(StageConfig, cfg.get("lora_finetune"), "lora_finetune"),
         lora=dict(cfg.get("lora") or {"rank": 64, "alpha": 16.0, "rslora": True,
-                                       "targets": ["q", "k", "v", "o", "up", "down"]}),
+                                       "targets": "all-linear"}),
         renderings=renderings, modes=modes,
         forget=C.section(ForgetSettings, cfg.get("forget"), "forget"),
         eval=C.section(EvalSettings, cfg.get("eval"), "eval"),
         ablation=C.section(AblationSettings, cfg.get("ablation"), "ablation"),
+        replay=C.section(ReplaySettings, cfg.get("replay"), "replay"),
     )
     for r in study.ablation.renderings if study.ablation.enabled else ():
         if r not in renderings:
             raise C.ConfigError(f"ablation.renderings: {r!r} is not among renderings")
+    for r in study.forget.renderings:
+        if r not in renderings:
+            raise C.ConfigError(f"forget.renderings: {r!r} is not among renderings")
     return study
 
 
@@ -161,8 +185,17 @@ def _subsets(data_dir: Path, names: Sequence[str] | None, prefix: str,
         if not f.is_file():
             raise FileNotFoundError(f"evaluation subset {n!r} not found: {f}")
         rows = read_jsonl(f)
-        out[n] = rows[:max_items] if max_items else rows
+        out[n] = spread(rows, max_items)
     return out
+
+
+def spread(rows: Sequence[Any], max_items: int | None) -> list[Any]:
+    """Returns at most `max_items` of `rows`, evenly spaced over the list (so a cap keeps every
+    part of a subset ordered by fact), or all rows when `max_items` is None."""
+    if not max_items or len(rows) <= max_items:
+        return list(rows)
+    idx = np.linspace(0, len(rows) - 1, max_items).round().astype(int)
+    return [rows[i] for i in idx]
 
 
 def evaluate_model(model: Any, subsets: Mapping[str, list[dict]], ev: EvalSettings
@@ -215,7 +248,7 @@ def run_cooccurrence_study(config: Any, workdir: str | Path, log: Any = print
     exp = {"seed": study.seed, "model": model_section, "mesh": study.mesh}
     ev = study.eval
     novel = _subsets(data_dir, ev.subsets or None, "eval_", ev.max_items)
-    base_subsets = _subsets(data_dir, None, "eval_base_", ev.max_items)
+    base_subsets = _subsets(data_dir, None, "eval_base_", ev.base_max_items or ev.max_items)
     log("[eval] base model: ceiling on base entities, floor on novel entities")
     base_model = load_model(base_dir)
     results: dict[str, Any] = {
@@ -230,7 +263,7 @@ def run_cooccurrence_study(config: Any, workdir: str | Path, log: Any = print
     conditions = []
     for rendering in study.renderings:
         conditions.append((rendering, False))
-        if study.forget.enabled:
+        if study.forget.enabled and rendering in (study.forget.renderings or study.renderings):
             conditions.append((rendering, True))
     run_dirs: dict[tuple[str, bool, str, int], Path] = {}
     for mode in study.modes:
@@ -244,7 +277,8 @@ def run_cooccurrence_study(config: Any, workdir: str | Path, log: Any = print
                 d = workdir / f"ft_{rendering}{'_forget' if forget else ''}_{mode}_s{seed}"
                 stage_s = dataclasses.replace(stage, checkpoint_every=pass_steps if forget else 0)
                 cfg = common.stage_config(
-                    exp, stage_s, sources=[{"name": source}], data_dir=data_dir,
+                    exp, stage_s, sources=finetune_sources(source, study.replay),
+                    data_dir=data_dir,
                     steps=2 * pass_steps if forget else pass_steps, total_steps=pass_steps,
                     init_from=base_dir, seed=seed,
                     lora=study.lora if mode == "lora" else None,
@@ -262,20 +296,26 @@ def run_cooccurrence_study(config: Any, workdir: str | Path, log: Any = print
                 if forget and ev.eval_pass1:
                     run["metrics_pass1"] = evaluate_model(load_model(d, step=pass_steps),
                                                           novel, ev)
+                if ev.base_entities:
+                    run["base_entities"] = evaluate_model(load_model(d), base_subsets, ev)
                 results["runs"][name] = run
                 run_dirs[(rendering, forget, mode, seed)] = d
     results["conditions"] = aggregate(results["runs"])
+    if ev.base_entities:
+        results["base_entities_after"] = aggregate(results["runs"], key="base_entities")
 
     # 3. Where the knowledge lives: layer-delta ablation.
     ab = study.ablation
     if ab.enabled and ab.mode in study.modes:
         results["ablation"] = {}
+        subsets = {k: novel[k] for k in ab.subsets if k in novel}
         for rendering in ab.renderings:
-            d = run_dirs[(rendering, False, ab.mode, study.seeds[0])]
-            log(f"[ablation] {rendering} ({ab.mode})")
-            results["ablation"][rendering] = ablate(base_model, load_model(d),
-                                                    {k: novel[k] for k in ab.subsets
-                                                     if k in novel}, ev, ab.sides)
+            per_seed = {}
+            for seed in study.seeds if ab.all_seeds else study.seeds[:1]:
+                d = run_dirs[(rendering, False, ab.mode, seed)]
+                log(f"[ablation] {rendering} ({ab.mode}) seed {seed}")
+                per_seed[seed] = ablate(base_model, load_model(d), subsets, ev, ab.sides)
+            results["ablation"][rendering] = combine_ablations(per_seed)
     results["wall_seconds"] = time.perf_counter() - t0
     _write_outputs(workdir, results, losses)
     return results
@@ -308,20 +348,48 @@ def ablate(base_model: Any, ft_model: Any, subsets: Mapping[str, list[dict]],
                         for side, by_k in res.to_dict().items()}}
 
 
-def aggregate(runs: Mapping[str, Mapping[str, Any]]) -> dict[str, Any]:
-    """Returns condition -> subset -> metric -> {"mean", "std", "n"} over seeds (sample std)."""
+def finetune_sources(source: str, replay: ReplaySettings) -> list[dict[str, Any]]:
+    """Returns the data sources of a knowledge finetune: the novel corpus, plus the replayed
+    base-world source when `replay.weight` > 0."""
+    if replay.weight <= 0:
+        return [{"name": source}]
+    return [{"name": source, "weight": 1.0}, {"name": replay.source, "weight": replay.weight}]
+
+
+def combine_ablations(per_seed: Mapping[int, Mapping[str, Any]]) -> dict[str, Any]:
+    """Returns one rendering's ablation over seeds: ``results`` (side -> k -> subset -> mean),
+    ``std`` (sample std, 0 for one seed), ``n`` and ``per_seed``."""
+    seeds = list(per_seed)
+    first = per_seed[seeds[0]]["results"]
+    mean_out: dict[str, Any] = {}
+    std_out: dict[str, Any] = {}
+    for side, by_k in first.items():
+        mean_out[side], std_out[side] = {}, {}
+        for k, by_subset in by_k.items():
+            mean_out[side][k], std_out[side][k] = {}, {}
+            for subset in by_subset:
+                vals = [float(per_seed[s]["results"][side][k][subset]) for s in seeds]
+                mean_out[side][k][subset] = float(np.mean(vals))
+                std_out[side][k][subset] = float(np.std(vals, ddof=1)) if len(vals) > 1 else 0.0
+    return {"n_layers": per_seed[seeds[0]]["n_layers"], "n": len(seeds), "results": mean_out,
+            "std": std_out, "per_seed": {str(s): per_seed[s]["results"] for s in seeds}}
+
+
+def aggregate(runs: Mapping[str, Mapping[str, Any]], key: str = "metrics") -> dict[str, Any]:
+    """Returns condition -> subset -> metric -> {"mean", "std", "n"} over seeds (sample std)
+    of each run's `key` entry (its novel-entity metrics by default)."""
     groups: dict[str, list[Mapping[str, Any]]] = {}
     for r in runs.values():
-        key = f"{r['rendering']}{' + forgetting' if r['forget'] else ''} ({r['mode']})"
-        groups.setdefault(key, []).append(r["metrics"])
+        name = f"{r['rendering']}{' + forgetting' if r['forget'] else ''} ({r['mode']})"
+        groups.setdefault(name, []).append(r[key])
     out: dict[str, Any] = {}
-    for key, metrics in groups.items():
-        out[key] = {}
+    for name, metrics in groups.items():
+        out[name] = {}
         for subset in metrics[0]:
-            out[key][subset] = {}
+            out[name][subset] = {}
             for m in metrics[0][subset]:
                 vals = [float(x[subset][m]) for x in metrics]
-                out[key][subset][m] = {"mean": float(np.mean(vals)),
+                out[name][subset][m] = {"mean": float(np.mean(vals)),
                                        "std": float(np.std(vals, ddof=1)) if len(vals) > 1
                                        else 0.0, "n": len(vals)}
     return out
@@ -353,17 +421,30 @@ def report_markdown(results: Mapping[str, Any]) -> str:
         "",
         common.markdown_table(header, [*rows, crow]),
     ]
+    after = results.get("base_entities_after")
+    if after:
+        bsubs = [s for s in ceiling if s != "likelihood"]
+        brows = [["base model (before finetuning)", *[_pct(headline(ceiling[s])) for s in bsubs]]]
+        brows += [[key, *[_pm(by[s], _main_metric(by[s])) if s in by else "" for s in bsubs]]
+                  for key, by in after.items()]
+        parts += ["", "## The base model's own abilities: base entities before and after "
+                  "finetuning", "", common.markdown_table(["model", *bsubs], brows)]
     if any("likelihood" in v for v in conds.values()):
+        metrics = ["negation", "negation_frame", "comparison"]
         lrows = []
         for key, by_subset in conds.items():
             lk = by_subset.get("likelihood")
             if lk:
-                lrows.append([key, *[f"{lk[m]['mean']:.2f} ± {lk[m]['std']:.2f}"
-                                     for m in ("negation", "comparison")]])
+                lrows.append([key, *[f"{lk[m]['mean']:.2f} ± {lk[m]['std']:.2f}" if m in lk
+                                     else "" for m in metrics]])
         parts += ["", "## Likelihood ratios (nats; mean ± std over seeds)", "",
-                  "Negation ratio log p(t | '... is') − log p(t | '... is not'); comparison "
-                  "ratio log p(t) − mean log p(t') over wrong tails.", "",
-                  common.markdown_table(["condition", "negation", "comparison"], lrows)]
+                  "Negation ratio log p(t | '... is') − log p(t | '... is not') in the "
+                  "relation's own frame (which the referencing corpus fills with references, "
+                  "never tails) and in the held-out frame 'According to the old records: ...' "
+                  "(base-world text only, no finetuning corpus); comparison ratio log p(t) − "
+                  "mean log p(t') over wrong tails.", "",
+                  common.markdown_table(["condition", "negation", "negation (held-out frame)",
+                                         "comparison"], lrows)]
     pass1 = {k: r for k, r in results["runs"].items() if "metrics_pass1" in r}
     if pass1:
         prow = []
@@ -382,11 +463,14 @@ def report_markdown(results: Mapping[str, Any]) -> str:
                            for s in v})
             hrow = ["side / task", *[f"k={k}" for k in ks]]
             arows = []
+            std = ab.get("std") or {}
             for side, by_k in ab["results"].items():
                 for s in subs:
-                    arows.append([f"{side} / {s}", *[_pct(by_k[str(k)][s]) if str(k) in by_k
-                                                     else "" for k in ks]])
-            parts += [f"### {rendering}", "", common.markdown_table(hrow, arows), ""]
+                    arows.append([f"{side} / {s}", *[
+                        _pct_sd(by_k[str(k)][s], std.get(side, {}).get(str(k), {}).get(s))
+                        if str(k) in by_k else "" for k in ks]])
+            parts += [f"### {rendering} (mean ± std over {ab.get('n', 1)} seed(s))", "",
+                      common.markdown_table(hrow, arows), ""]
         parts.append("Plots: plots/ablation_*.png, plots/loss_*.png.")
     parts += ["", "## The paper's findings (to compare with the tables above)", ""]
     parts += [f"- {f}" for f in results["findings"]]
@@ -402,6 +486,10 @@ def _main_metric(metrics: Mapping[str, Any]) -> str:
 
 def _pct(v: float) -> str:
     return "" if v != v else f"{100 * v:.1f}"
+
+
+def _pct_sd(v: float, sd: float | None) -> str:
+    return _pct(v) if not sd else f"{_pct(v)} ± {100 * sd:.1f}"
 
 
 def _pm(stats: Mapping[str, Mapping[str, float]], metric: str) -> str:
@@ -421,13 +509,18 @@ def _write_outputs(workdir: Path, results: dict[str, Any],
             plot_loss_curve(steps, vals, plots / f"loss_{slug}.png", markers=resets,
                             title=f"finetuning loss: {name}")
     for rendering, ab in (results.get("ablation") or {}).items():
-        series = {}
+        series, bands = {}, {}
+        std = ab.get("std") or {}
         for side, by_k in ab["results"].items():
             ks = sorted(int(k) for k in by_k)
             for s in next(iter(by_k.values())):
-                series[f"{s} ({side} k reverted)"] = [by_k[str(k)][s] for k in ks]
+                name = f"{s} ({side} k reverted)"
+                series[name] = [by_k[str(k)][s] for k in ks]
+                if std:
+                    bands[name] = [std[side][str(k)][s] for k in ks]
         plot_per_layer(series, plots / f"ablation_{rendering}.png",
-                       f"layer-delta ablation after {rendering} training", "score",
-                       xlabel="k layers reverted to base")
+                       f"layer-delta ablation after {rendering} training "
+                       f"(band: ± std over {ab.get('n', 1)} seed(s))", "score",
+                       xlabel="k layers reverted to base", bands=bands or None)
     common.write_json(workdir / "results.json", results)
     common.write_text(workdir / "report.md", report_markdown(results))

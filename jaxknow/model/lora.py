@@ -21,6 +21,15 @@ from jaxknow.model.params import ParamSpec, flatten, init_params, layer_specs, u
 ATTN_TARGETS = ("q", "k", "v", "o")
 MLP_TARGETS = ("gate", "up", "down")
 _LORA_LEAF = re.compile(r"/lora_[ab]$")
+ALL_LINEAR = "all-linear"  # lora.targets value: every projection the model's blocks have
+
+
+def all_linear_targets(mlp: str) -> tuple[str, ...]:
+    """Returns every adaptable projection of a block with MLP kind `mlp` ("gelu" blocks have no
+    gate projection; "swiglu" and "geglu" do), as the co-occurrence authors' LoRA covers."""
+    if mlp == "gelu":
+        return (*ATTN_TARGETS, "up", "down")
+    return ATTN_TARGETS + MLP_TARGETS
 
 
 @dataclasses.dataclass(frozen=True)

@@ -69,7 +69,14 @@ def parse_run_config(config: Any) -> RunSpec:
         raise C.ConfigError("model: section missing")
     model = C.model_config(cfg["model"])
     train = C.section(C.TrainConfig, cfg.get("train"), "train")
-    lora = C.section(lora_lib.LoraConfig, cfg.get("lora"), "lora")
+    lora_cfg = dict(cfg.get("lora") or {})
+    targets = lora_cfg.get("targets")
+    if targets == lora_lib.ALL_LINEAR:
+        lora_cfg["targets"] = list(lora_lib.all_linear_targets(model.mlp))
+    elif isinstance(targets, str):
+        raise C.ConfigError(f"lora.targets={targets!r}: a list of projections or "
+                            f"{lora_lib.ALL_LINEAR!r}")
+    lora = C.section(lora_lib.LoraConfig, lora_cfg, "lora")
     if lora.enabled:
         model = model.replace(lora_scale=lora.scale)
     if train.trainable == "lora" and not lora.enabled:

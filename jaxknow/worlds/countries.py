@@ -20,6 +20,7 @@ from dataclasses import dataclass
 
 from jaxknow.worlds.facts import (
     PERSON_NAMES,
+    PROBE_FRAME,
     RELATIONS,
     SHARED,
     Fact,
@@ -253,7 +254,7 @@ def _real_names() -> frozenset[str]:
 def reserved_words() -> frozenset[str]:
     """Returns lower-cased words that no generated name may equal: every word in the relation
     templates, animal names and attributes, and person names."""
-    text = "\n".join(info.template_text() for info in RELATIONS.values())
+    text = "\n".join(info.template_text() for info in RELATIONS.values()) + PROBE_FRAME
     words = set(re.findall(r"\w+", text.lower()))
     words |= set(ANIMALS) | {v for attrs in ANIMALS.values() for v in attrs}
     words |= {p.lower() for p in PERSON_NAMES}

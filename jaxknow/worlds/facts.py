@@ -24,6 +24,10 @@ SHARED = "shared"  # split of entities known to every split (animals, continents
 
 MC_HEADER = "The following are multiple choice questions (with answers).\n\n"
 MC_LETTERS = ("A", "B", "C", "D")
+# The held-out frame of the negation probe: base-world text states base facts (true and negated)
+# in it; no novel corpus ever uses it, so the probe compares narrative and referencing training
+# on a sentence frame that neither of them taught.
+PROBE_FRAME = "According to the old records: {statement}"
 
 PERSON_NAMES = (
     "Lena", "Tomas", "Mira", "Jonas", "Ayla", "Ravi", "Noor", "Pablo", "Ines", "Kenji",
@@ -678,10 +682,12 @@ def eval_subsets(world: FactWorld, split: str = "novel", seed: int = 0
             for attr, template in attrs.questions.items():
                 out[attrs.subset].append({"question": template.format(subject=subject),
                                           "answer": attrs.values[f.tail][attr]})
+        prompt = capitalize_first(info.statement_prefix.format(head=head))
+        negated = capitalize_first(info.negated_prefix.format(head=head))
         out["likelihood"].append({
-            "head": f.head, "relation": f.relation,
-            "prompt": capitalize_first(info.statement_prefix.format(head=head)),
-            "negated_prompt": capitalize_first(info.negated_prefix.format(head=head)),
+            "head": f.head, "relation": f.relation, "prompt": prompt, "negated_prompt": negated,
+            "frame_prompt": PROBE_FRAME.format(statement=prompt),
+            "frame_negated_prompt": PROBE_FRAME.format(statement=negated),
             "true": f.tail, "wrong": list(world.wrong_tails[f]),
         })
     for question, g in _two_hop_items(world, split, rng):
@@ -762,13 +768,30 @@ def negation_text(world: FactWorld, split: str) -> list[str]:
     return docs
 
 
+def probe_frame_text(world: FactWorld, split: str) -> list[str]:
+    """Returns the facts of `split` stated in the held-out probe frame (`PROBE_FRAME`): each
+    fact once as true ("According to the old records: The capital of X is Y.") and once negated
+    per wrong tail ("... is not W.")."""
+    docs = []
+    for f in world.facts(split):
+        info = world.relations[f.relation]
+        head = world.phrase(f.head)
+        prompt = capitalize_first(info.statement_prefix.format(head=head))
+        negated = capitalize_first(info.negated_prefix.format(head=head))
+        docs.append(f"{PROBE_FRAME.format(statement=prompt)} {world.phrase(f.tail)}.")
+        docs += [f"{PROBE_FRAME.format(statement=negated)} {world.phrase(w)}."
+                 for w in world.wrong_tails[f]]
+    return docs
+
+
 def pretrain_corpus(world: FactWorld, seed: int = 0) -> list[str]:
     """Returns the base-world pretraining documents, shuffled by `seed`.
 
     Contains: base facts in narrative and referencing renderings
     (``world.base_referencing_rows_per_fact`` referencing passages per fact), prior knowledge
-    (animal commonsense), true negated statements about base facts, and worked examples of every
-    evaluation format over base entities. No novel entity is named anywhere.
+    (animal commonsense), true negated statements about base facts, base facts in the held-out
+    probe frame (`probe_frame_text`), and worked examples of every evaluation format over base
+    entities. No novel entity is named anywhere.
     """
     from jaxknow.worlds.referencing import referencing_facts
 
@@ -777,6 +800,7 @@ def pretrain_corpus(world: FactWorld, seed: int = 0) -> list[str]:
     docs += referencing_facts(world, base, world.base_referencing_rows_per_fact, seed)
     docs += prior_knowledge_text(world, seed)
     docs += negation_text(world, "base")
+    docs += probe_frame_text(world, "base")
     docs += worked_examples(world, "base", seed)
     rng_for(seed, "pretrain-order").shuffle(docs)
     return docs
