@@ -158,3 +158,16 @@ def test_launch_evaluate_missing_checkpoint(tmp_path):
     assert proc.returncode == 2
     assert "error:" in proc.stderr and "checkpoint" in proc.stderr
     assert "Traceback" not in proc.stderr
+
+
+def test_wilson_interval():
+    from jaxknow.eval.metrics import wilson_interval
+
+    lo, hi = wilson_interval(0.5, 100)
+    assert lo == pytest.approx(0.4038, abs=1e-3) and hi == pytest.approx(0.5962, abs=1e-3)
+    lo, hi = wilson_interval(0.0, 102)  # never below 0, still a real width at the floor
+    assert lo == 0.0 and 0.03 < hi < 0.04
+    assert wilson_interval(1.0, 10)[1] == 1.0
+    narrow, wide = wilson_interval(0.3, 1000), wilson_interval(0.3, 50)
+    assert narrow[1] - narrow[0] < wide[1] - wide[0]
+    assert all(math.isnan(x) for x in wilson_interval(0.5, 0))

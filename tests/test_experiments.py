@@ -99,6 +99,8 @@ def test_cooccurrence_study_results_and_forgetting_loss_jump(tmp_path):
                     vals = [ab["per_seed"][str(s)][side][k][subset] for s in cfg.seeds]
                     assert m == pytest.approx(np.mean(vals))
                     assert ab["std"][side][k][subset] == pytest.approx(np.std(vals, ddof=1))
+                    lo, hi = ab["interval"][side][k][subset]
+                    assert lo <= m <= hi and hi - lo > 0
     # The forgetting runs: the loss rises right after each reset (3-step windows).
     for run, r in results["runs"].items():
         if not r["forget"]:

@@ -87,6 +87,17 @@ def std(values: Sequence[float], ddof: int = 1) -> float:
     return math.sqrt(math.fsum((v - m) ** 2 for v in values) / (len(values) - ddof))
 
 
+def wilson_interval(p: float, n: int, z: float = 1.96) -> tuple[float, float]:
+    """Returns the Wilson score interval (default 95 %) of a proportion `p` measured on `n`
+    items; (nan, nan) for n = 0 or a non-finite `p`."""
+    if n <= 0 or not math.isfinite(p):
+        return float("nan"), float("nan")
+    denom = 1 + z * z / n
+    centre = (p + z * z / (2 * n)) / denom
+    half = z * math.sqrt(p * (1 - p) / n + z * z / (4 * n * n)) / denom
+    return max(0.0, centre - half), min(1.0, centre + half)
+
+
 def mean_std(values: Sequence[float], ddof: int = 1) -> dict[str, float]:
     """Returns {"mean", "std", "n"} of `values` (std with `ddof`, see `std`)."""
     return {"mean": mean(values), "std": std(values, ddof), "n": float(len(values))}

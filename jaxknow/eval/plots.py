@@ -35,13 +35,13 @@ def plot_per_layer(
     x: Sequence[int] | None = None,
     reference: Mapping[str, float] | None = None,
     ylim: tuple[float, float] | None = None,
-    bands: Mapping[str, Sequence[float]] | None = None,
+    bands: Mapping[str, tuple[Sequence[float], Sequence[float]]] | None = None,
 ) -> Path:
     """Writes one line per series (values over layers, or over k for ablations) as a PNG and
     returns its path.
 
-    `bands` gives, per series name, a half-width drawn as a shaded band around the line (e.g.
-    the std over seeds).
+    `bands` gives, per series name, (lower, upper) values drawn as a shaded band around the
+    line (e.g. a confidence interval).
 
     `x` gives the abscissae (default 0..n-1). `reference` draws dashed horizontal lines (e.g.
     chance level per attribute), in the colour of the series of the same name when there is one.
@@ -56,12 +56,11 @@ def plot_per_layer(
         (line,) = ax.plot(xs, list(values), marker="o", label=name)
         colours[name] = line.get_color()
         if bands and name in bands:
-            half = list(bands[name])
-            if len(half) != len(values):
-                raise ValueError(f"band of {name!r} has {len(half)} values for {len(values)}")
-            ax.fill_between(xs, [v - h for v, h in zip(values, half)],
-                            [v + h for v, h in zip(values, half)], color=line.get_color(),
-                            alpha=0.2, linewidth=0)
+            low, high = (list(b) for b in bands[name])
+            if not len(low) == len(high) == len(values):
+                raise ValueError(f"band of {name!r} has {len(low)} / {len(high)} values for "
+                                 f"{len(values)}")
+            ax.fill_between(xs, low, high, color=line.get_color(), alpha=0.2, linewidth=0)
     for name, level in (reference or {}).items():
         ax.axhline(level, linestyle="--", linewidth=1, color=colours.get(name, "grey"),
                    label=f"{name} (chance)" if name in colours else name)

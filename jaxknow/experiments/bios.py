@@ -403,6 +403,9 @@ def _write_outputs(workdir: Path, results: dict[str, Any], probes: Mapping[str, 
                    losses: Mapping[str, list[tuple[int, float]]]) -> None:
     from jaxknow.eval.plots import plot_loss_curve
 
+    # The numbers first: a failing plot must not lose a study's results.
+    common.write_json(workdir / "results.json", results)
+    common.write_text(workdir / "report.md", report_markdown(results))
     plots = workdir / "plots"
     plots.mkdir(exist_ok=True)
     for cond, by_kind in probes.items():
@@ -415,5 +418,3 @@ def _write_outputs(workdir: Path, results: dict[str, Any], probes: Mapping[str, 
             plot_loss_curve(list(s), list(v), plots / f"loss_{name.replace(' ', '_')}.png"
                             .replace("(", "").replace(")", "").replace("+", "_"),
                             title=f"training loss: {name}")
-    common.write_json(workdir / "results.json", results)
-    common.write_text(workdir / "report.md", report_markdown(results))

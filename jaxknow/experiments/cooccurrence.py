@@ -315,7 +315,8 @@ def run_cooccurrence_study(config: Any, workdir: str | Path, log: Any = print
                 d = run_dirs[(rendering, False, ab.mode, seed)]
                 log(f"[ablation] {rendering} ({ab.mode}) seed {seed}")
                 per_seed[seed] = ablate(base_model, load_model(d), subsets, ev, ab.sides)
-            results["ablation"][rendering] = combine_ablations(per_seed)
+            results["ablation"][rendering] = combine_ablations(
+                per_seed, {k: len(v) for k, v in subsets.items()})
     results["wall_seconds"] = time.perf_counter() - t0
     _write_outputs(workdir, results, losses)
     return results
@@ -356,23 +357,33 @@ def finetune_sources(source: str, replay: ReplaySettings) -> list[dict[str, Any]
     return [{"name": source, "weight": 1.0}, {"name": replay.source, "weight": replay.weight}]
 
 
-def combine_ablations(per_seed: Mapping[int, Mapping[str, Any]]) -> dict[str, Any]:
+def combine_ablations(per_seed: Mapping[int, Mapping[str, Any]], items: Mapping[str, int]
+                      ) -> dict[str, Any]:
     """Returns one rendering's ablation over seeds: ``results`` (side -> k -> subset -> mean),
-    ``std`` (sample std, 0 for one seed), ``n`` and ``per_seed``."""
+    ``std`` (sample std over seeds, 0 for one seed), ``interval`` (the 95 % Wilson interval of
+    the mean, its items pooled over seeds: `items` gives the subset sizes), ``n`` and
+    ``per_seed``."""
+    from jaxknow.eval.metrics import wilson_interval
+
     seeds = list(per_seed)
     first = per_seed[seeds[0]]["results"]
-    mean_out: dict[str, Any] = {}
-    std_out: dict[str, Any] = {}
+    out: dict[str, Any] = {"results": {}, "std": {}, "interval": {}}
     for side, by_k in first.items():
-        mean_out[side], std_out[side] = {}, {}
+        for part in out.values():
+            part[side] = {}
         for k, by_subset in by_k.items():
-            mean_out[side][k], std_out[side][k] = {}, {}
+            for part in out.values():
+                part[side][k] = {}
             for subset in by_subset:
                 vals = [float(per_seed[s]["results"][side][k][subset]) for s in seeds]
-                mean_out[side][k][subset] = float(np.mean(vals))
-                std_out[side][k][subset] = float(np.std(vals, ddof=1)) if len(vals) > 1 else 0.0
-    return {"n_layers": per_seed[seeds[0]]["n_layers"], "n": len(seeds), "results": mean_out,
-            "std": std_out, "per_seed": {str(s): per_seed[s]["results"] for s in seeds}}
+                m = float(np.mean(vals))
+                out["results"][side][k][subset] = m
+                out["std"][side][k][subset] = (float(np.std(vals, ddof=1)) if len(vals) > 1
+                                               else 0.0)
+                out["interval"][side][k][subset] = list(
+                    wilson_interval(m, items.get(subset, 0) * len(seeds)))
+    return {"n_layers": per_seed[seeds[0]]["n_layers"], "n": len(seeds), **out,
+            "per_seed": {str(s): per_seed[s]["results"] for s in seeds}}
 
 
 def aggregate(runs: Mapping[str, Mapping[str, Any]], key: str = "metrics") -> dict[str, Any]:
@@ -469,7 +480,8 @@ def report_markdown(results: Mapping[str, Any]) -> str:
                     arows.append([f"{side} / {s}", *[
                         _pct_sd(by_k[str(k)][s], std.get(side, {}).get(str(k), {}).get(s))
                         if str(k) in by_k else "" for k in ks]])
-            parts += [f"### {rendering} (mean ± std over {ab.get('n', 1)} seed(s))", "",
+            parts += [f"### {rendering} (mean ± std over {ab.get('n', 1)} seed(s); the plot's "
+                      f"band is the 95 % Wilson interval over items)", "",
                       common.markdown_table(hrow, arows), ""]
         parts.append("Plots: plots/ablation_*.png, plots/loss_*.png.")
     parts += ["", "## The paper's findings (to compare with the tables above)", ""]
@@ -501,6 +513,9 @@ def _write_outputs(workdir: Path, results: dict[str, Any],
                    losses: Mapping[str, tuple[list[int], list[float], list[int]]]) -> None:
     from jaxknow.eval.plots import plot_loss_curve, plot_per_layer
 
+    # The numbers first: a failing plot must not lose a study's results.
+    common.write_json(workdir / "results.json", results)
+    common.write_text(workdir / "report.md", report_markdown(results))
     plots = workdir / "plots"
     plots.mkdir(exist_ok=True)
     for name, (steps, vals, resets) in losses.items():
@@ -510,17 +525,16 @@ def _write_outputs(workdir: Path, results: dict[str, Any],
                             title=f"finetuning loss: {name}")
     for rendering, ab in (results.get("ablation") or {}).items():
         series, bands = {}, {}
-        std = ab.get("std") or {}
+        interval = ab.get("interval") or {}
         for side, by_k in ab["results"].items():
             ks = sorted(int(k) for k in by_k)
             for s in next(iter(by_k.values())):
                 name = f"{s} ({side} k reverted)"
                 series[name] = [by_k[str(k)][s] for k in ks]
-                if std:
-                    bands[name] = [std[side][str(k)][s] for k in ks]
+                if interval:
+                    lo_hi = [interval[side][str(k)][s] for k in ks]
+                    bands[name] = ([lo for lo, _ in lo_hi], [hi for _, hi in lo_hi])
         plot_per_layer(series, plots / f"ablation_{rendering}.png",
-                       f"layer-delta ablation after {rendering} training "
-                       f"(band: ± std over {ab.get('n', 1)} seed(s))", "score",
-                       xlabel="k layers reverted to base", bands=bands or None)
-    common.write_json(workdir / "results.json", results)
-    common.write_text(workdir / "report.md", report_markdown(results))
+                       f"layer-delta ablation after {rendering} training\n(mean of "
+                       f"{ab.get('n', 1)} seed(s); band: 95 % Wilson interval over items)",
+                       "score", xlabel="k layers reverted to base", bands=bands or None)
