@@ -24,8 +24,7 @@ def main(argv: list[str]) -> None:
     def go() -> None:
         import numpy as np
 
-        from jaxknow.io.hf import check_tokens, parse_token_list, score_tokens
-        from jaxknow.io.load import load_model
+        from jaxknow.io.load import check_tokens, load_model, parse_token_list, score_tokens
 
         tokens = parse_token_list(_TOKENS.value)
         model = load_model(_CHECKPOINT.value, step=_STEP.value)

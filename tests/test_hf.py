@@ -18,7 +18,7 @@ import jax  # noqa: E402
 import jax.numpy as jnp  # noqa: E402
 from safetensors.numpy import load_file, save_file  # noqa: E402
 
-from jaxknow.io import hf  # noqa: E402
+from jaxknow.io import hf, hf_config, hf_staging, load  # noqa: E402
 from jaxknow.io.checkpoint import save_params_checkpoint  # noqa: E402
 from jaxknow.io.load import load_model  # noqa: E402
 from jaxknow.model import transformer  # noqa: E402
@@ -134,7 +134,7 @@ def test_import_export_parity(name, tmp_path, gpt2_dir):
                            max_shard_size="16KB" if name == "llama" else "5GB")
     hf_cfg = json.loads((out / "config.json").read_text())
     assert hf_cfg["model_type"] == family
-    assert hf_cfg["architectures"] == [hf.ARCHITECTURES[family]]
+    assert hf_cfg["architectures"] == [hf_config.ARCHITECTURES[family]]
     assert (out / "model.safetensors.index.json").is_file() == (name == "llama")
     back = transformers.AutoModelForCausalLM.from_pretrained(out, dtype=torch.float32).eval()
     for seq in SEQS:
@@ -241,7 +241,7 @@ def test_cli_convert_score_and_destination(tmp_path, gpt2_dir):
     logits = np.load(npy)
     assert logits.dtype == np.float32 and logits.shape == (len(seq), 100)
     mesh = _one_device()
-    np.testing.assert_allclose(logits, hf.score_tokens(load_model(dst, mesh=mesh), seq),
+    np.testing.assert_allclose(logits, load.score_tokens(load_model(dst, mesh=mesh), seq),
                                atol=1e-6, rtol=0)
     np.testing.assert_allclose(logits, _hf_logits(model, seq), atol=TOL, rtol=0)
     # Without the suffix np.save appends ".npy": the report names the file really written.
@@ -261,24 +261,24 @@ def test_cli_convert_score_and_destination(tmp_path, gpt2_dir):
 def test_bad_tokens_are_named():
     cfg = preset("tiny", vocab_size=100)
     with pytest.raises(ValueError, match="'x'"):
-        hf.parse_token_list("1,x,3")
+        load.parse_token_list("1,x,3")
     with pytest.raises(ValueError, match=r"\(100\) is outside the vocabulary \[0, 100\)"):
-        hf.check_tokens([1, 100], cfg)
+        load.check_tokens([1, 100], cfg)
     with pytest.raises(ValueError, match=r"\(-1\)"):
-        hf.check_tokens([-1], cfg)
+        load.check_tokens([-1], cfg)
     with pytest.raises(ValueError, match="not an integer"):
-        hf.check_tokens([1.5], cfg)
+        load.check_tokens([1.5], cfg)
 
 
 def test_unknown_architecture(tmp_path):
     (tmp_path / "config.json").write_text(json.dumps(
         {"model_type": "mamba", "architectures": ["MambaForCausalLM"]}))
-    with pytest.raises(hf.HFConversionError, match="'mamba'.*supported: gpt2.*llama"):
+    with pytest.raises(hf_config.HFConversionError, match="'mamba'.*supported: gpt2.*llama"):
         hf.hf_to_jaxknow(tmp_path, tmp_path.parent / "out")
     assert not (tmp_path.parent / "out").exists()
     (tmp_path / "config.json").write_text(json.dumps(
         {"model_type": "llama", "architectures": ["LlamaForSequenceClassification"]}))
-    with pytest.raises(hf.HFConversionError, match="LlamaForSequenceClassification"):
+    with pytest.raises(hf_config.HFConversionError, match="LlamaForSequenceClassification"):
         hf.hf_to_jaxknow(tmp_path, tmp_path.parent / "out")
 
 
@@ -289,7 +289,7 @@ def test_missing_and_unexpected_tensors(tmp_path):
     del tensors["model.layers.1.mlp.up_proj.weight"], tensors["model.norm.weight"]
     tensors["model.layers.0.self_attn.rotary_emb.inv_freq"] = np.ones(8, np.float32)  # ignored
     save_file(tensors, src / "model.safetensors", metadata={"format": "pt"})
-    with pytest.raises(hf.HFConversionError, match="missing 2 tensor") as e:
+    with pytest.raises(hf_config.HFConversionError, match="missing 2 tensor") as e:
         hf.hf_to_jaxknow(src, tmp_path / "jk")
     assert "model.layers.1.mlp.up_proj.weight" in str(e.value)
     assert "model.norm.weight" in str(e.value) and "inv_freq" not in str(e.value)
@@ -300,7 +300,8 @@ def test_missing_and_unexpected_tensors(tmp_path):
     tensors["model.layers.1.mlp.up_proj.weight"] = np.ones((64, 32), np.float32)
     tensors["model.layers.0.mlp.extra.weight"] = np.ones(3, np.float32)
     save_file(tensors, src / "model.safetensors", metadata={"format": "pt"})
-    with pytest.raises(hf.HFConversionError, match=r"unexpected 1 tensor.*mlp\.extra\.weight"):
+    with pytest.raises(hf_config.HFConversionError,
+                       match=r"unexpected 1 tensor.*mlp\.extra\.weight"):
         hf.hf_to_jaxknow(src, tmp_path / "jk")
 
 
@@ -309,16 +310,16 @@ def test_destination_and_family_errors(tmp_path, gpt2_dir):
     cfg = preset("tiny", vocab_size=64, pos_embedding="rope")
     params = _random_params(param_specs(cfg))
     save_params_checkpoint(tmp_path / "rope_gpt2", params, {"model": cfg.to_dict()})
-    with pytest.raises(hf.HFConversionError, match="matches no Hugging Face family"):
+    with pytest.raises(hf_config.HFConversionError, match="matches no Hugging Face family"):
         hf.jaxknow_to_hf(tmp_path / "rope_gpt2", tmp_path / "out", mesh=_one_device())
     assert not (tmp_path / "out").exists() and not list(tmp_path.glob(".out*"))
 
     busy = tmp_path / "busy"
     busy.mkdir()
     (busy / "keep.txt").write_text("x")
-    with pytest.raises(hf.DestinationError, match="not empty"):
+    with pytest.raises(hf_staging.DestinationError, match="not empty"):
         hf.hf_to_jaxknow(gpt2_dir[0], busy, mesh=_one_device())
-    with pytest.raises(hf.DestinationError, match="would replace the source"):
+    with pytest.raises(hf_staging.DestinationError, match="would replace the source"):
         hf.hf_to_jaxknow(gpt2_dir[0], gpt2_dir[0].parent, overwrite=True)
     assert (busy / "keep.txt").read_text() == "x"
 
@@ -368,7 +369,7 @@ GPT2_SMALL = {
 @pytest.mark.parametrize("hf_cfg, name", [(LLAMA31_8B, "llama-8b"), (GEMMA_7B, "gemma-7b"),
                                           (GPT2_SMALL, "gpt2-small")])
 def test_published_configs_map_to_presets(hf_cfg, name):
-    family, cfg = hf.model_config_from_hf(hf_cfg, param_dtype="bfloat16")
+    family, cfg = hf_config.model_config_from_hf(hf_cfg, param_dtype="bfloat16")
     ref = preset(name)
     assert family == hf_cfg["model_type"]
     assert param_specs(cfg) == param_specs(ref)
@@ -379,5 +380,5 @@ def test_published_configs_map_to_presets(hf_cfg, name):
         assert cfg.rope_scaling == {"factor": 8.0, "low_freq_factor": 1.0,
                                     "high_freq_factor": 4.0,
                                     "original_max_position_embeddings": 8192}
-    back = hf.hf_config_from_model(cfg, family)
-    assert hf.model_config_from_hf(back, param_dtype="bfloat16") == (family, cfg)
+    back = hf_config.hf_config_from_model(cfg, family)
+    assert hf_config.model_config_from_hf(back, param_dtype="bfloat16") == (family, cfg)

@@ -96,3 +96,34 @@ def test_scan_layers_is_automatic_from_depth():
     assert not preset("tiny", n_layers=SCAN_LAYERS_FROM - 1).use_scan
     assert preset("tiny", n_layers=SCAN_LAYERS_FROM).use_scan
     assert not preset("tiny", n_layers=SCAN_LAYERS_FROM, scan_layers=False).use_scan
+
+
+def test_configs_are_hashable_static_jit_arguments():
+    import copy
+    import json
+    import pickle
+
+    from jaxknow.model.config import ModelConfig
+    from jaxknow.parallel.rules import Sharder
+
+    cfg = preset("llama-1b")  # holds rope_scaling
+    same = ModelConfig.from_dict(json.loads(json.dumps(cfg.to_dict())))
+    assert same == cfg and hash(same) == hash(cfg)
+    assert hash(cfg.replace(rope_theta=1.0)) != hash(cfg)
+    assert cfg.rope_scaling == dict(cfg.rope_scaling)  # still equal to the plain dict
+    assert type(cfg.to_dict()["rope_scaling"]) is dict
+    assert pickle.loads(pickle.dumps(cfg)) == cfg and copy.deepcopy(cfg) == cfg
+    with pytest.raises(TypeError, match="immutable"):
+        cfg.rope_scaling["factor"] = 1.0
+    assert Sharder(None) == Sharder(None) and hash(Sharder(None)) == hash(Sharder(None))
+
+    traces = []
+
+    @functools.partial(jax.jit, static_argnames=("cfg", "sharder"))
+    def f(x, *, cfg, sharder):
+        traces.append(cfg)
+        return x * cfg.rope_scaling["factor"]
+
+    assert float(f(jnp.ones(()), cfg=cfg, sharder=Sharder(None))) == 32.0
+    f(jnp.ones(()), cfg=same, sharder=Sharder(None))
+    assert len(traces) == 1  # equal configs and sharders share the compiled function

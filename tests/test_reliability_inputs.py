@@ -17,7 +17,8 @@ from jaxknow.data import pipeline, records
 from jaxknow.data.jsonl import CorpusFormatError, read_jsonl, write_jsonl
 from jaxknow.data.tokenizer import TokenizerError, train_bpe
 from jaxknow.eval.tasks import load_subsets
-from jaxknow.io.hf import HFConversionError, SafetensorsReader
+from jaxknow.io.hf_config import HFConversionError
+from jaxknow.io.hf_weights import SafetensorsReader
 from launch.evaluate import check_writable
 from tests.util import run_module
 
@@ -135,7 +136,7 @@ def _safetensors(path: Path, arrays: dict[str, np.ndarray]) -> None:
 def test_truncated_safetensors_names_the_file(tmp_path):
     p = tmp_path / "model.safetensors"
     _safetensors(p, {"a": np.ones((4, 29)), "b": np.ones((8, 8))})
-    assert SafetensorsReader(tmp_path).array("b").shape == (8, 8)
+    assert SafetensorsReader(tmp_path).read("b").shape == (8, 8)
     p.write_bytes(p.read_bytes()[:-100])
     with pytest.raises(HFConversionError, match=rf"{p}: truncated \(tensor 'b'"):
         SafetensorsReader(tmp_path)

@@ -11,7 +11,7 @@ The argument after ':' is the converted directory: it becomes `train.init_from`,
 tokenizer (`data.world.tokenizer`), and the source of the whole `model` section, which must
 match the checkpoint (jaxknow.train.setup.initial_params checks it). Without the argument these
 are placeholders: then set `--config.train.init_from`, `--config.data.world.tokenizer` and every
-`--config.model.*` field by hand (`jaxknow.io.hf.model_section(DIR)` lists them).
+`--config.model.*` field by hand (`jaxknow.io.load.model_section(DIR)` lists them).
 
 `train.steps` assumes the paper-size world (360 narrative examples); for another world set
 `--config.train.steps=ceil(examples * epochs / 16)` and `--config.optim.warmup_steps` to a
@@ -38,7 +38,7 @@ def finetune_config(converted: str | None, epochs: int, lr: float) -> ConfigDict
     c = base_config()
     model = {}
     if converted:
-        from jaxknow.io.hf import model_section
+        from jaxknow.io.load import model_section
 
         model = model_section(converted)
         c.model.update(model)

@@ -28,7 +28,6 @@ uses the XLA attention path: the fused cuDNN kernel is meant for training shapes
 from __future__ import annotations
 
 import functools
-import json
 from collections.abc import Sequence
 from typing import Any, Protocol
 
@@ -139,11 +138,6 @@ def place_batch(x: np.ndarray, mesh: Mesh | None) -> jax.Array:
     return jax.device_put(x, logical_to_sharding(axes, x.shape, mesh))
 
 
-def cfg_key(cfg: ModelConfig) -> str:
-    """Returns a hashable identity of a model config (its fields as sorted JSON)."""
-    return json.dumps(cfg.to_dict(), sort_keys=True)
-
-
 # --------------------------------------------------------------------------------------------
 # Stop tables.
 # --------------------------------------------------------------------------------------------
@@ -185,17 +179,7 @@ def _decode_cfg(cfg: ModelConfig) -> ModelConfig:
     return cfg if cfg.attention_impl == "xla" else cfg.replace(attention_impl="xla")
 
 
-_COMPILED: dict[tuple[Any, ...], Any] = {}
-
-
-def _generate_fn(cfg: ModelConfig, max_new: int, mesh: Mesh | None) -> Any:
-    key = (cfg_key(cfg), max_new, mesh)
-    if key not in _COMPILED:
-        _COMPILED[key] = jax.jit(functools.partial(_generate_batch, cfg=_decode_cfg(cfg),
-                                                   max_new=max_new, sharder=Sharder(mesh)))
-    return _COMPILED[key]
-
-
+@functools.partial(jax.jit, static_argnames=("cfg", "max_new", "sharder"))
 def _generate_batch(params: Any, tokens: jax.Array, pad: jax.Array, active: jax.Array,
                     stops: jax.Array, pad_id: jax.Array, *, cfg: ModelConfig, max_new: int,
                     sharder: Sharder) -> tuple[jax.Array, jax.Array]:
@@ -278,7 +262,8 @@ def generate_tokens(
     stops = make_stop_table(cfg.vocab_size, stop_ids, stop_table)
     stops_dev = jnp.asarray(stops) if mesh is None else jax.device_put(
         stops, NamedSharding(mesh, PartitionSpec()))
-    fn = _generate_fn(cfg, max_new_tokens, mesh)
+    fn = functools.partial(_generate_batch, cfg=_decode_cfg(cfg), max_new=max_new_tokens,
+                           sharder=Sharder(mesh))
     cut = [list(pr)[-limit:] for pr in prompts]
     order = sorted(range(len(cut)), key=lambda i: -len(cut[i]))
     rows = batch_rows(len(cut), batch_size, mesh)

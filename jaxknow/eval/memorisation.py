@@ -8,6 +8,7 @@ attribute value inside a biography) starts, from the tokenizer's offsets.
 
 from __future__ import annotations
 
+import functools
 from collections.abc import Sequence
 from typing import Any
 
@@ -19,7 +20,6 @@ from jax.sharding import Mesh
 from jaxknow.eval.generate import (
     batch_rows,
     bucket_length,
-    cfg_key,
     mesh_of,
     place_batch,
     place_params,
@@ -28,21 +28,13 @@ from jaxknow.model import transformer
 from jaxknow.model.config import ModelConfig
 from jaxknow.parallel.rules import Sharder
 
-_COMPILED: dict[tuple[Any, ...], Any] = {}
 
-
-def _argmax_fn(cfg: ModelConfig, mesh: Mesh | None) -> Any:
-    key = (cfg_key(cfg), mesh)
-    if key not in _COMPILED:
-        sharder = Sharder(mesh)
-
-        def run(params: Any, tokens: jax.Array, segment_ids: jax.Array) -> jax.Array:
-            logits = transformer.apply(params, tokens, cfg, segment_ids=segment_ids,
-                                       sharder=sharder)
-            return jnp.argmax(logits, axis=-1).astype(jnp.int32)
-
-        _COMPILED[key] = jax.jit(run)
-    return _COMPILED[key]
+@functools.partial(jax.jit, static_argnames=("cfg", "sharder"))
+def _argmax(params: Any, tokens: jax.Array, segment_ids: jax.Array, *, cfg: ModelConfig,
+            sharder: Sharder) -> jax.Array:
+    """Returns the greedy next token [B, T] after every position."""
+    logits = transformer.apply(params, tokens, cfg, segment_ids=segment_ids, sharder=sharder)
+    return jnp.argmax(logits, axis=-1).astype(jnp.int32)
 
 
 def next_token_hits(
@@ -70,7 +62,7 @@ def next_token_hits(
         return out
     mesh = mesh if mesh is not None else mesh_of(params)
     params = place_params(params, cfg, mesh)
-    fn = _argmax_fn(cfg, mesh)
+    sharder = Sharder(mesh)
     order = sorted(range(n), key=lambda i: -len(sequences[i]))
     rows = batch_rows(n, batch_size, mesh)
     for start in range(0, n, rows):
@@ -82,8 +74,9 @@ def next_token_hits(
             m = len(sequences[i]) - 1
             tokens[r, :m] = sequences[i][:-1]
             segs[r, :m] = 1
-        pred = np.asarray(jax.device_get(fn(params, place_batch(tokens, mesh),
-                                            place_batch(segs, mesh))))
+        pred = np.asarray(jax.device_get(_argmax(params, place_batch(tokens, mesh),
+                                                 place_batch(segs, mesh), cfg=cfg,
+                                                 sharder=sharder)))
         for r, i in enumerate(idx):
             seq = sequences[i]
             out[i] = np.array([pred[r, j - 1] == seq[j] for j in positions[i]], bool)

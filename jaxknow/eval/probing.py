@@ -19,7 +19,7 @@ from __future__ import annotations
 import dataclasses
 import functools
 import re
-from collections.abc import Callable, Mapping, Sequence
+from collections.abc import Mapping, Sequence
 from pathlib import Path
 from typing import Any, Literal
 
@@ -96,26 +96,15 @@ def _pad_tokens(seqs: Sequence[Sequence[int]], length: int, pad_id: int) -> np.n
     return out
 
 
-# (config repr, layers, sharder id) -> (jitted function, the sharder, kept alive for its id)
-_FEATURE_FNS: dict[tuple[Any, ...], tuple[Callable[..., jax.Array], Sharder]] = {}
-
-
-def _feature_fn(cfg: ModelConfig, layers: tuple[int, ...], sharder: Sharder
-                ) -> Callable[..., jax.Array]:
-    # ModelConfig may hold a dict (rope_scaling), so it cannot be a static jit argument; cache
-    # one jitted closure per (config, layers, sharder) instead.
-    key = (repr(cfg), layers, id(sharder))
-    if key not in _FEATURE_FNS:
-        idx = np.asarray(layers)
-
-        def fn(params: Any, tokens: jax.Array, pos: jax.Array) -> jax.Array:
-            h = forward(params, tokens, cfg, sharder=sharder, collect_hidden=True).hiddens[idx]
-            # right padding never reaches the read positions under causal attention
-            g = jnp.take_along_axis(h, pos[None, :, :, None], axis=2)  # [S, B, K, D]
-            return g.astype(jnp.float32)
-
-        _FEATURE_FNS[key] = (jax.jit(fn), sharder)
-    return _FEATURE_FNS[key][0]
+@functools.partial(jax.jit, static_argnames=("cfg", "layers", "sharder"))
+def _features(params: Any, tokens: jax.Array, pos: jax.Array, *, cfg: ModelConfig,
+              layers: tuple[int, ...], sharder: Sharder) -> jax.Array:
+    """Returns float32 hidden states [S, B, K, D] of `layers` at positions pos [B, K]."""
+    h = forward(params, tokens, cfg, sharder=sharder, collect_hidden=True).hiddens
+    h = h[np.asarray(layers)]
+    # right padding never reaches the read positions under causal attention
+    g = jnp.take_along_axis(h, pos[None, :, :, None], axis=2)  # [S, B, K, D]
+    return g.astype(jnp.float32)
 
 
 def hidden_features(
@@ -153,7 +142,6 @@ def hidden_features(
         out = np.zeros((len(layer_idx), 0, pos.shape[1], cfg.d_model), np.float32)
         return out[:, :, 0] if single else out
     length = _pad_length(max(len(s) for s in token_batches), cfg)
-    fn = _feature_fn(cfg, layer_idx, sharder)
     chunks = []
     for lo in range(0, n, batch_size):
         seqs = list(token_batches[lo: lo + batch_size])
@@ -162,7 +150,8 @@ def hidden_features(
         if real < batch_size:  # a full-size last batch keeps one compiled shape
             seqs += [[pad_id]] * (batch_size - real)
             p = np.concatenate([p, np.zeros((batch_size - real, p.shape[1]), np.int32)])
-        out = fn(params, jnp.asarray(_pad_tokens(seqs, length, pad_id)), jnp.asarray(p))
+        out = _features(params, jnp.asarray(_pad_tokens(seqs, length, pad_id)),
+                        jnp.asarray(p), cfg=cfg, layers=layer_idx, sharder=sharder)
         chunks.append(np.asarray(out)[:, :real])
     feats = np.concatenate(chunks, axis=1)
     return feats[:, :, 0] if single else feats
@@ -260,6 +249,53 @@ def train_linear_probe(
     return np.asarray(acc, np.float64)
 
 
+def _head_logits(tr: Any, base: Any, tokens: jax.Array, p: jax.Array,
+                 consts: Mapping[str, jax.Array], cfg: ModelConfig, sharder: Sharder
+                 ) -> jax.Array:
+    """Returns masked probe logits [S, B, H, C]: for each probed layer, the model run with
+    that layer's embedding adapter, its features read at p [B, K] (columns `cols`),
+    standardised with (mu, sd), through that layer's probes."""
+
+    def one(adapter: Any, w: jax.Array, b: jax.Array, layer: jax.Array, m: jax.Array,
+            s: jax.Array) -> jax.Array:
+        adapted = dict(base)
+        adapted["embed"] = {**base["embed"], **adapter}
+        hs = forward(adapted, tokens, cfg, sharder=sharder, collect_hidden=True).hiddens
+        h = jnp.take(hs, layer, axis=0).astype(jnp.float32)  # [B, T, D]
+        f = jnp.take_along_axis(h, p[:, :, None], axis=1)[:, consts["cols"]]  # [B, H, D]
+        z = jnp.einsum("bhd,hdc->bhc", (f - m) / s, w) + b
+        return _masked_logits(z, consts["ncls"])
+
+    # lax.map, not vmap: the model compiles once whatever S, and one layer's activations
+    # are live at a time
+    return jax.lax.map(lambda a: one(*a), (tr["adapter"], tr["w"], tr["b"], consts["layers"],
+                                          consts["mu"], consts["sd"]))
+
+
+@functools.partial(jax.jit, static_argnames=("cfg", "sharder", "lr", "weight_decay"))
+def _probe_step(tr: Any, opt: Any, base: Any, tokens: jax.Array, p: jax.Array, y: jax.Array,
+                consts: Mapping[str, jax.Array], *, cfg: ModelConfig, sharder: Sharder,
+                lr: float, weight_decay: float) -> tuple[Any, Any]:
+    """One AdamW step of the adapters and probes `tr` on labels y [H, B]."""
+
+    def loss(tr: Any) -> jax.Array:
+        ce = optax.softmax_cross_entropy_with_integer_labels(
+            _head_logits(tr, base, tokens, p, consts, cfg, sharder), y.T[None])
+        return ce.mean(axis=1).sum()
+
+    tx = optax.adamw(lr, weight_decay=weight_decay)
+    updates, opt = tx.update(jax.grad(loss)(tr), opt, tr)
+    return optax.apply_updates(tr, updates), opt
+
+
+@functools.partial(jax.jit, static_argnames=("cfg", "sharder"))
+def _probe_predict(tr: Any, base: Any, tokens: jax.Array, p: jax.Array,
+                   consts: Mapping[str, jax.Array], *, cfg: ModelConfig, sharder: Sharder
+                   ) -> jax.Array:
+    """Returns the predicted class [S, B, H] of every probe."""
+    return jnp.argmax(_head_logits(tr, base, tokens, p, consts, cfg, sharder), -1)
+
+
 def train_probe_with_embedding_update(
     params: Mapping[str, Any],
     cfg: ModelConfig,
@@ -323,58 +359,30 @@ def train_probe_with_embedding_update(
         "w": jnp.zeros((s_count, n_heads, d, c_pad), jnp.float32),
         "b": jnp.zeros((s_count, n_heads, c_pad), jnp.float32),
     }
-    layer_arr = jnp.asarray(layer_idx, jnp.int32)
-    cols_j, ncls_j = jnp.asarray(cols), jnp.asarray(ncls)[:, None]
-
-    def head_logits(tr: Any, base: Any, tokens: jax.Array, p: jax.Array) -> jax.Array:
-        def one(adapter: Any, w: jax.Array, b: jax.Array, layer: jax.Array, m: jax.Array,
-                s: jax.Array) -> jax.Array:
-            adapted = dict(base)
-            adapted["embed"] = {**base["embed"], **adapter}
-            hs = forward(adapted, tokens, cfg, sharder=sharder, collect_hidden=True).hiddens
-            h = jnp.take(hs, layer, axis=0).astype(jnp.float32)  # [B, T, D]
-            f = jnp.take_along_axis(h, p[:, :, None], axis=1)[:, cols_j]  # [B, H, D]
-            z = jnp.einsum("bhd,hdc->bhc", (f - m) / s, w) + b
-            return _masked_logits(z, ncls_j)
-
-        # lax.map, not vmap: the model compiles once whatever S, and one layer's activations
-        # are live at a time
-        return jax.lax.map(lambda a: one(*a), (tr["adapter"], tr["w"], tr["b"], layer_arr, mu,
-                                              sd))  # [S, B, H, C]
-
-    def loss(tr: Any, base: Any, tokens: jax.Array, p: jax.Array, y: jax.Array) -> jax.Array:
-        ce = optax.softmax_cross_entropy_with_integer_labels(head_logits(tr, base, tokens, p),
-                                                             y.T[None])
-        return ce.mean(axis=1).sum()
-
-    tx = optax.adamw(lr, weight_decay=weight_decay)
-
-    @jax.jit
-    def step(tr: Any, opt: Any, base: Any, tokens: jax.Array, p: jax.Array,
-             y: jax.Array) -> tuple[Any, Any]:
-        grads = jax.grad(loss)(tr, base, tokens, p, y)
-        updates, opt = tx.update(grads, opt, tr)
-        return optax.apply_updates(tr, updates), opt
+    consts = {"layers": jnp.asarray(layer_idx, jnp.int32), "mu": mu, "sd": sd,
+              "cols": jnp.asarray(cols), "ncls": jnp.asarray(ncls)[:, None]}
+    static = {"cfg": cfg, "sharder": sharder}
 
     length = _pad_length(max(len(s) for s in sequences), cfg)
     tokens = _pad_tokens(sequences, length, pad_id)
-    opt_state = tx.init(trainable)
+    opt_state = optax.adamw(lr, weight_decay=weight_decay).init(trainable)
     rng = np.random.default_rng(seed)
     n_tr = len(train_idx)
     bs = n_tr if batch_size is None else min(batch_size, n_tr)
     for _ in range(steps):
         rows = train_idx if bs == n_tr else train_idx[rng.choice(n_tr, bs, replace=False)]
-        trainable, opt_state = step(trainable, opt_state, params, jnp.asarray(tokens[rows]),
-                                    jnp.asarray(pos[rows]), jnp.asarray(labels[:, rows]))
+        trainable, opt_state = _probe_step(
+            trainable, opt_state, params, jnp.asarray(tokens[rows]), jnp.asarray(pos[rows]),
+            jnp.asarray(labels[:, rows]), consts, lr=lr, weight_decay=weight_decay, **static)
 
-    predict = jax.jit(lambda tr, base, t, p: jnp.argmax(head_logits(tr, base, t, p), -1))
     correct = np.zeros((s_count, n_heads))
     for lo in range(0, len(test_idx), eval_batch_size):
         rows = test_idx[lo: lo + eval_batch_size]
         real = len(rows)
         rows = np.concatenate([rows, np.repeat(rows[:1], eval_batch_size - real)])
-        pred = np.asarray(predict(trainable, params, jnp.asarray(tokens[rows]),
-                                  jnp.asarray(pos[rows])))[:, :real]  # [S, B, H]
+        pred = np.asarray(_probe_predict(trainable, params, jnp.asarray(tokens[rows]),
+                                         jnp.asarray(pos[rows]), consts, **static)
+                          )[:, :real]  # [S, B, H]
         correct += (pred == labels[:, rows[:real]].T[None]).sum(axis=1)
     acc = correct / len(test_idx)
     return acc, {k: np.asarray(v) for k, v in trainable["adapter"].items()}

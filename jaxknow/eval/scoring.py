@@ -28,6 +28,7 @@ log-likelihood divided by the continuation's length in *characters*, as lm-eval-
 from __future__ import annotations
 
 import dataclasses
+import functools
 from collections.abc import Mapping, Sequence
 from typing import Any
 
@@ -40,7 +41,6 @@ from jaxknow.data.tokenizer import Tokenizer
 from jaxknow.eval.generate import (
     batch_rows,
     bucket_length,
-    cfg_key,
     mesh_of,
     place_batch,
     place_params,
@@ -52,9 +52,6 @@ from jaxknow.worlds.facts import MC_LETTERS
 
 MC_MODES = ("letters", "options")
 BOS_MODES = ("auto", "always", "never")
-
-_COMPILED: dict[tuple[Any, ...], Any] = {}
-
 
 def use_bos(mode: str, meta: Mapping[str, Any] | None = None) -> bool:
     """Returns whether prompts start with the tokenizer's BOS: ``"always"``, ``"never"``, or
@@ -68,27 +65,20 @@ def use_bos(mode: str, meta: Mapping[str, Any] | None = None) -> bool:
     return mode == "always"
 
 
-def _score_fn(cfg: ModelConfig, mesh: Mesh | None) -> Any:
-    key = (cfg_key(cfg), mesh)
-    if key not in _COMPILED:
-        sharder = Sharder(mesh)
-
-        def run(params: Any, batch: Mapping[str, jax.Array]
-                ) -> tuple[jax.Array, jax.Array, jax.Array]:
-            out = transformer.forward(params, batch["inputs"], cfg,
-                                      positions=batch["positions"],
-                                      segment_ids=batch["segment_ids"], sharder=sharder)
-            lg = transformer.logits(params, out.hidden, cfg, sharder)
-            tgt = batch["targets"]
-            lse = jax.nn.logsumexp(lg, axis=-1)
-            picked = jnp.take_along_axis(lg, tgt[..., None], axis=-1)[..., 0]
-            w = batch["weights"].astype(jnp.float32)
-            miss = (jnp.argmax(lg, axis=-1) != tgt) & (w > 0)
-            return (jnp.sum((picked - lse) * w, axis=-1), jnp.sum(w, axis=-1),
-                    ~jnp.any(miss, axis=-1))
-
-        _COMPILED[key] = jax.jit(run)
-    return _COMPILED[key]
+@functools.partial(jax.jit, static_argnames=("cfg", "sharder"))
+def _score_batch(params: Any, batch: Mapping[str, jax.Array], *, cfg: ModelConfig,
+                 sharder: Sharder) -> tuple[jax.Array, jax.Array, jax.Array]:
+    """Returns per row (summed weighted log-likelihood, weight sum, all-greedy flag)."""
+    out = transformer.forward(params, batch["inputs"], cfg, positions=batch["positions"],
+                              segment_ids=batch["segment_ids"], sharder=sharder)
+    lg = transformer.logits(params, out.hidden, cfg, sharder)
+    tgt = batch["targets"]
+    lse = jax.nn.logsumexp(lg, axis=-1)
+    picked = jnp.take_along_axis(lg, tgt[..., None], axis=-1)[..., 0]
+    w = batch["weights"].astype(jnp.float32)
+    miss = (jnp.argmax(lg, axis=-1) != tgt) & (w > 0)
+    return (jnp.sum((picked - lse) * w, axis=-1), jnp.sum(w, axis=-1),
+            ~jnp.any(miss, axis=-1))
 
 
 @dataclasses.dataclass
@@ -133,7 +123,7 @@ def score_pairs(
         seqs.append((ids[-max_len:], len(cont)))
     mesh = mesh if mesh is not None else mesh_of(params)
     params = place_params(params, cfg, mesh)
-    fn = _score_fn(cfg, mesh)
+    sharder = Sharder(mesh)
     order = sorted(range(n), key=lambda i: -len(seqs[i][0]))
     rows = batch_rows(n, batch_size, mesh)
     logprob = np.zeros(n, np.float64)
@@ -158,7 +148,7 @@ def score_pairs(
             arrays["segment_ids"][r, :m] = 1
             arrays["positions"][r, :m] = np.arange(m)
         batch = {k: place_batch(v, mesh) for k, v in arrays.items()}
-        lp, cnt, gr = jax.device_get(fn(params, batch))
+        lp, cnt, gr = jax.device_get(_score_batch(params, batch, cfg=cfg, sharder=sharder))
         for r, i in enumerate(idx):
             logprob[i] = float(lp[r])
             count[i] = int(round(float(cnt[r])))

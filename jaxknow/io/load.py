@@ -1,15 +1,22 @@
-"""Loading a trained or converted model for inference: parameters, config and tokenizer."""
+"""Loading a trained or converted model for inference (parameters, config and tokenizer), its
+`model` config section, and the logits of one token sequence (`launch.score`)."""
 
 from __future__ import annotations
 
 import dataclasses
+import os
+from collections.abc import Sequence
 from pathlib import Path
 from typing import Any
 
+import jax
+import jax.numpy as jnp
+import numpy as np
 from jax.sharding import Mesh
 
 from jaxknow.data.tokenizer import Tokenizer, load_tokenizer
 from jaxknow.io.checkpoint import Checkpointer, CheckpointError, resolve_checkpoint_dir
+from jaxknow.model import transformer
 from jaxknow.model.config import ModelConfig
 from jaxknow.model.lora import LoraConfig
 from jaxknow.model.params import param_specs
@@ -70,3 +77,53 @@ def load_model(path: str | Path, mesh: Mesh | None = None, step: int | None = No
     tok_path = find_tokenizer(root)
     tokenizer = load_tokenizer(tok_path) if tok_path is not None else None
     return LoadedModel(params=params, cfg=cfg, tokenizer=tokenizer, meta=meta, path=root)
+
+
+def model_section(converted_dir: str | os.PathLike) -> dict[str, Any]:
+    """Returns the `model` config section (every ModelConfig field, preset None) matching the
+    model stored in a converted (or trained) jaxknow directory, for `train.init_from`."""
+    cfg = setup.checkpoint_model_config(converted_dir).to_dict()
+    return {"preset": None, **cfg}
+
+
+_logits = jax.jit(transformer.apply, static_argnames=("cfg",))
+
+
+def parse_token_list(text: str) -> list[int]:
+    """Returns the token ids of a comma-separated list such as "1,2,3"; raises ValueError
+    naming the first entry that is not an integer."""
+    out = []
+    for i, part in enumerate(text.split(",")):
+        s = part.strip()
+        try:
+            out.append(int(s))
+        except ValueError:
+            raise ValueError(f"--tokens: entry {i} ({s!r}) is not an integer") from None
+    return out
+
+
+def check_tokens(tokens: Sequence[Any], cfg: ModelConfig) -> list[int]:
+    """Returns `tokens` as a list of ints; raises ValueError naming the first value that is not
+    an integer or lies outside [0, vocab_size), or a sequence the model cannot take."""
+    out = []
+    for i, t in enumerate(tokens):
+        if isinstance(t, bool) or not isinstance(t, int | np.integer):
+            raise ValueError(f"token {i} ({t!r}) is not an integer")
+        if not 0 <= int(t) < cfg.vocab_size:
+            raise ValueError(f"token {i} ({int(t)}) is outside the vocabulary "
+                             f"[0, {cfg.vocab_size})")
+        out.append(int(t))
+    if not out:
+        raise ValueError("no tokens to score")
+    if cfg.pos_embedding == "learned" and len(out) > cfg.max_seq_len:
+        raise ValueError(f"{len(out)} tokens exceed the model's max_seq_len={cfg.max_seq_len}")
+    return out
+
+
+def score_tokens(model: Any, tokens: Sequence[int]) -> np.ndarray:
+    """Returns float32 logits [T, V] of one token sequence under a loaded model (a
+    `jaxknow.io.load.LoadedModel`, or anything with `.params` and `.cfg`): row t holds the
+    scores of the token following tokens[: t + 1]."""
+    cfg = model.cfg
+    ids = jnp.asarray([check_tokens(tokens, cfg)], jnp.int32)
+    return np.asarray(_logits(model.params, ids, cfg=cfg)[0], np.float32)

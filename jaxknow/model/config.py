@@ -24,12 +24,30 @@ class ModelConfigError(ValueError):
     """A model configuration field has an invalid value; the message names the field."""
 
 
+class FrozenDict(dict):
+    """An immutable, hashable dict (equal to the plain dict with the same items), so that a
+    ModelConfig holding one can be a static argument of `jax.jit`."""
+
+    def __hash__(self) -> int:  # type: ignore[override]
+        return hash(frozenset(self.items()))
+
+    def __reduce__(self) -> tuple[Any, ...]:
+        return FrozenDict, (dict(self),)
+
+    def _immutable(self, *args: Any, **kwargs: Any) -> None:
+        raise TypeError("FrozenDict is immutable")
+
+    __setitem__ = __delitem__ = __ior__ = _immutable  # type: ignore[assignment]
+    clear = pop = popitem = setdefault = update = _immutable  # type: ignore[assignment]
+
+
 @dataclasses.dataclass(frozen=True)
 class ModelConfig:
     """Shape and numerics of a decoder-only transformer.
 
     `dtype` is the compute dtype (activations, matmul inputs); `param_dtype` is the storage
-    dtype of the parameters (the optimizer's master copy).
+    dtype of the parameters (the optimizer's master copy). Configs are hashable (`rope_scaling`
+    is stored as a FrozenDict), so a config is a static argument of `jax.jit`.
     """
 
     vocab_size: int = 512
@@ -77,6 +95,8 @@ class ModelConfig:
     lora_scale: float = 1.0
 
     def __post_init__(self) -> None:
+        if self.rope_scaling is not None and not isinstance(self.rope_scaling, FrozenDict):
+            object.__setattr__(self, "rope_scaling", FrozenDict(self.rope_scaling))
         self.validate()
 
     # --- derived shapes -------------------------------------------------------------------

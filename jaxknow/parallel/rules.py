@@ -97,12 +97,22 @@ class Sharder:
     """Applies sharding constraints to activations inside jitted code.
 
     A Sharder with `mesh=None` does nothing, so model code runs unchanged on one device or
-    outside a mesh (for example in evaluation helpers and tests).
+    outside a mesh (for example in evaluation helpers and tests). Sharders with the same mesh
+    and rules are equal and hash alike, so a Sharder is a static argument of `jax.jit`.
     """
 
     def __init__(self, mesh: Mesh | None, rules: Rules = DEFAULT_RULES):
         self.mesh = mesh
         self.rules = dict(rules)
+
+    def _key(self) -> tuple[Any, ...]:
+        return self.mesh, tuple(sorted((k, tuple(v)) for k, v in self.rules.items()))
+
+    def __eq__(self, other: object) -> bool:
+        return isinstance(other, Sharder) and self._key() == other._key()
+
+    def __hash__(self) -> int:
+        return hash(self._key())
 
     def constrain(self, x: jax.Array, axes: Sequence[str | None]) -> jax.Array:
         """Returns `x` constrained to the sharding of its logical `axes` (no-op without a mesh)."""
