@@ -996,7 +996,7 @@ def score_tokens(model: Any, tokens: Sequence[int]) -> np.ndarray:
 def model_section(converted_dir: str | os.PathLike) -> dict[str, Any]:
     """Returns the `model` config section (every ModelConfig field, preset None) matching the
     model stored in a converted (or trained) jaxknow directory, for `train.init_from`."""
-    from jaxknow.train.setup import checkpoint_model_config
+    from jaxknow.io.load import checkpoint_model_config
 
     cfg = checkpoint_model_config(converted_dir).to_dict()
     return {"preset": None, **cfg}
