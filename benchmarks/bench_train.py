@@ -165,11 +165,12 @@ def prepare_variant(cfg: Any, run: dict[str, int], mesh_shape: tuple[int, int, i
     import jax.numpy as jnp
 
     from jaxknow.model.params import count_params, flatten, param_specs
+    from jaxknow.model.sharded import init_sharded_params
     from jaxknow.parallel.mesh import make_mesh
     from jaxknow.parallel.rules import DEFAULT_RULES, Sharder
     from jaxknow.train import optim
     from jaxknow.train.loop import batch_shardings
-    from jaxknow.train.setup import init_sharded_params, sharded_state
+    from jaxknow.train.setup import sharded_state
     from jaxknow.train.step import train_step
 
     mesh = make_mesh(*mesh_shape)

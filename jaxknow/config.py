@@ -8,13 +8,13 @@ values raise ConfigError naming the field (e.g. ``train.grad_accum``).
 from __future__ import annotations
 
 import dataclasses
+import re
 import types
 import typing
 from collections.abc import Mapping
 from typing import Any
 
 from jaxknow.model.config import ModelConfig, ModelConfigError, preset
-from jaxknow.train.optim import OptimConfig, OptimConfigError
 
 
 class ConfigError(ValueError):
@@ -222,6 +222,57 @@ class DataConfig:
             raise ConfigError("data.seq_len and data.batch_size must be positive")
         if self.num_epochs is not None and self.num_epochs <= 0:
             raise ConfigError(f"data.num_epochs={self.num_epochs}: must be positive")
+
+
+class OptimConfigError(ValueError):
+    """An optimizer setting is invalid; the message names the field."""
+
+
+@dataclasses.dataclass(frozen=True)
+class OptimConfig:
+    """AdamW hyperparameters and the learning-rate schedule."""
+
+    lr: float = 1e-3
+    schedule: str = "cosine"  # "cosine", "linear" or "constant" (each after linear warmup)
+    warmup_steps: int = 0
+    total_steps: int = 1000
+    end_lr_fraction: float = 0.1  # final lr as a fraction of `lr` (cosine and linear)
+    b1: float = 0.9
+    b2: float = 0.98
+    eps: float = 1e-6
+    weight_decay: float = 0.1
+    grad_clip: float = 1.0  # global-norm clip; 0 disables
+    # Regexes over parameter paths that get no weight decay (norm scales, biases by default).
+    no_decay: tuple[str, ...] = (r"norm/", r"/bias$")
+
+    def __post_init__(self) -> None:
+        def bad(field: str, why: str) -> None:
+            raise OptimConfigError(f"optim.{field}={getattr(self, field)!r}: {why}")
+
+        if self.schedule not in ("cosine", "linear", "constant"):
+            bad("schedule", "must be 'cosine', 'linear' or 'constant'")
+        if not self.lr > 0:
+            bad("lr", "must be positive")
+        if self.total_steps <= 0:
+            bad("total_steps", "must be positive")
+        if not 0 <= self.warmup_steps <= self.total_steps:
+            bad("warmup_steps", f"must be in [0, total_steps={self.total_steps}]")
+        if not 0 <= self.end_lr_fraction <= 1:
+            bad("end_lr_fraction", "must be in [0, 1]")
+        if self.weight_decay < 0:
+            bad("weight_decay", "must be >= 0")
+        for beta in ("b1", "b2"):
+            if not 0 <= getattr(self, beta) < 1:
+                bad(beta, "must be in [0, 1)")
+        if not self.eps > 0:
+            bad("eps", "must be positive")
+        if self.grad_clip < 0:
+            bad("grad_clip", "must be >= 0")
+        for pat in self.no_decay:
+            try:
+                re.compile(pat)
+            except re.error as e:
+                raise OptimConfigError(f"optim.no_decay: bad regex {pat!r} ({e})") from None
 
 
 def optim_config(values: Mapping[str, Any] | None, steps: int) -> OptimConfig:

@@ -18,7 +18,8 @@ from absl import app, flags
 
 from jaxknow.data.jsonl import CorpusFormatError, read_jsonl
 from jaxknow.worlds.audit import audit, format_audit
-from jaxknow.worlds.facts import Fact, default_relation_keywords
+from jaxknow.worlds.fact_types import Fact
+from jaxknow.worlds.facts import default_relation_keywords
 from launch.common import run_app, run_main
 
 FLAGS = flags.FLAGS

@@ -46,7 +46,7 @@ def main(argv: list[str]) -> None:
         from jaxknow.config import ConfigError
         from jaxknow.model.config import preset
         from jaxknow.model.lora import ATTN_TARGETS, MLP_TARGETS, LoraConfig
-        from jaxknow.parallel.memory import GiB, measured_step_memory, plan_memory
+        from jaxknow.train.memory import GiB, measured_step_memory, plan_memory
 
         try:
             shape = [int(x) for x in _MESH.value.split(",")]

@@ -18,7 +18,7 @@ from jaxknow.worlds.audit import (
     summary_line,
 )
 from jaxknow.worlds.countries import CountriesConfig, generate_countries
-from jaxknow.worlds.facts import Fact
+from jaxknow.worlds.fact_types import Fact
 
 REPO = Path(__file__).resolve().parents[1]
 KEYWORDS = {"capital": ("capital",), "national_animal": ("national animal",)}

@@ -20,7 +20,8 @@ from jaxknow.worlds.countries import (
     reserved_words,
     world_files,
 )
-from jaxknow.worlds.facts import MC_HEADER, PROBE_FRAME, RELATIONS, FactWorld
+from jaxknow.worlds.fact_types import FactWorld
+from jaxknow.worlds.facts import MC_HEADER, PROBE_FRAME, RELATIONS
 from jaxknow.worlds.referencing import INTRO_TEMPLATES, POINTER_TEMPLATES, render_referencing
 
 SMALL = CountriesConfig(num_base_countries=10, num_novel_countries=5, referencing_rows_per_fact=12,

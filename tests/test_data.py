@@ -12,7 +12,7 @@ import pytest
 from jaxknow.data import build, pipeline, records
 from jaxknow.data.jsonl import CorpusFormatError
 from jaxknow.data.tokenizer import Tokenizer, TokenizerError, load_tokenizer, train_bpe
-from jaxknow.data.world_builders import encode_qa, read_text_corpus
+from jaxknow.data.world_builders import check_world, encode_qa, read_text_corpus
 from tests.util import run_module
 
 
@@ -193,6 +193,14 @@ def test_materialize_fails_cleanly_on_bad_world_options(tmp_path):
         build.materialize({"kind": "nope"}, tmp_path, 0)
     with pytest.raises(build.WorldConfigError, match="num_people"):
         build.materialize({"kind": "bios", "num_people": 0}, tmp_path, 0)
+
+
+def test_check_world_knows_every_kind_materialize_builds():
+    check_world({"kind": "synthetic", "num_docs": 10})
+    with pytest.raises(build.WorldConfigError, match="unknown key.*for synthetic"):
+        check_world({"kind": "synthetic", "num_dogs": 10})
+    with pytest.raises(build.WorldConfigError, match=r"kind='nope': unknown; known: \['bios'"):
+        check_world({"kind": "nope"})
 
 
 def test_launch_data_writes_subsets_and_shards(tmp_path):

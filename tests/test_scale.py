@@ -13,11 +13,11 @@ from jax.sharding import NamedSharding, PartitionSpec
 
 from jaxknow.model.config import preset
 from jaxknow.model.lora import LoraConfig
-from jaxknow.parallel.memory import measured_step_memory, plan_memory
 from jaxknow.parallel.mesh import make_mesh
 from jaxknow.parallel.rules import DEFAULT_RULES, Sharder
 from jaxknow.train import optim, setup
 from jaxknow.train.loop import batch_shardings
+from jaxknow.train.memory import measured_step_memory, plan_memory
 from jaxknow.train.step import train_step
 from tests.util import run_module
 

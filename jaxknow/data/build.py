@@ -1,62 +1,34 @@
 """Materialising worlds: JSONL subsets, a tokenizer and tokenized ArrayRecord sources.
 
-`materialize(world, out_dir, seed)` dispatches on ``world["kind"]`` to a registered builder;
-`ensure_sources` materialises a training run's data directory when sources are missing.
+`materialize(world, out_dir, seed)` dispatches on ``world["kind"]`` to its builder (the table
+`jaxknow.data.world_builders.WORLD_KINDS`); `ensure_sources` materialises a training run's
+data directory when sources are missing.
 """
 
 from __future__ import annotations
 
 import json
-from collections.abc import Callable, Mapping, Sequence
+from collections.abc import Mapping, Sequence
 from pathlib import Path
 from typing import Any
 
 import jax
 from jax.experimental import multihost_utils
 
-from jaxknow.data import records, synthetic
-
-Builder = Callable[[dict[str, Any], Path, int], dict[str, Any]]
-_BUILDERS: dict[str, Builder] = {}
-
-
-class WorldConfigError(ValueError):
-    """A world description is invalid; the message names the field."""
-
-
-def register(kind: str) -> Callable[[Builder], Builder]:
-    """Returns a decorator registering a builder for world kind `kind`."""
-
-    def deco(fn: Builder) -> Builder:
-        _BUILDERS[kind] = fn
-        return fn
-
-    return deco
-
-
-def world_kinds() -> list[str]:
-    """Returns the names of the registered world kinds."""
-    _load_builders()
-    return sorted(_BUILDERS)
-
-
-def _load_builders() -> None:
-    # Builders of the fact worlds live beside their generators; importing registers them.
-    from jaxknow.data import world_builders  # noqa: F401
+from jaxknow.data import records
+from jaxknow.data.world_builders import WorldConfigError, world_kind
 
 
 def materialize(world: Mapping[str, Any], out_dir: str | Path, seed: int) -> dict[str, Any]:
     """Writes a world's JSONL subsets, tokenizer and tokenized sources to `out_dir`; returns
     a manifest {"kind", "sources": {name: index}, "files": [...], ...} also saved as
     `manifest.json`."""
-    _load_builders()
     world = dict(world)
     kind = world.pop("kind", None)
-    if kind not in _BUILDERS:
-        raise WorldConfigError(f"data.world.kind={kind!r}: unknown; known: {sorted(_BUILDERS)}")
+    build = world_kind(kind).build
     out = Path(out_dir)
     out.mkdir(parents=True, exist_ok=True)
-    manifest = _BUILDERS[kind](world, out, seed)
+    manifest = build(world, out, seed)
     manifest = {"kind": kind, "seed": seed, "world": world, **manifest}
     tmp = out / ".manifest.json.tmp"
     tmp.write_text(json.dumps(manifest, indent=1, default=str))
@@ -133,17 +105,3 @@ def check_vocab(data_dir: str | Path, model_vocab: int) -> None:
             raise WorldConfigError(
                 f"model.vocab_size={model_vocab} is smaller than the data's vocabulary "
                 f"({vocab} ids, {manifest})")
-
-
-@register("synthetic")
-def _build_synthetic(world: dict[str, Any], out: Path, seed: int) -> dict[str, Any]:
-    """Arithmetic-progression documents (see jaxknow.data.synthetic)."""
-    opts = {"num_docs": 2000, "vocab_size": 512, "min_len": 8, "max_len": 40, "num_shards": 1}
-    unknown = set(world) - set(opts)
-    if unknown:
-        raise WorldConfigError(f"data.world: unknown key(s) {sorted(unknown)} for synthetic")
-    opts.update(world)
-    docs = synthetic.progression_docs(opts["num_docs"], opts["vocab_size"], opts["min_len"],
-                                      opts["max_len"], seed)
-    index = records.write_source(out, "synthetic", docs, opts["num_shards"])
-    return {"sources": {"synthetic": index}, "vocab_size": opts["vocab_size"]}

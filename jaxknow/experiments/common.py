@@ -13,11 +13,11 @@ from typing import Any
 from ml_collections import ConfigDict
 
 from jaxknow import config as C
+from jaxknow.config import OptimConfig, OptimConfigError
 from jaxknow.data.jsonl import atomic_path, read_jsonl
 from jaxknow.io.metrics import read_metrics
 from jaxknow.model.lora import ALL_LINEAR, all_linear_targets
 from jaxknow.train.loop import TrainResult, train
-from jaxknow.train.optim import OptimConfig, OptimConfigError
 
 
 @dataclasses.dataclass(frozen=True)

@@ -323,7 +323,7 @@ def run_cooccurrence_study(config: Any, workdir: str | Path, log: Any = print
 
 
 def _model_section(base_dir: Path) -> dict[str, Any]:
-    from jaxknow.train.setup import checkpoint_model_config
+    from jaxknow.io.load import checkpoint_model_config
 
     return checkpoint_model_config(base_dir).to_dict()
 

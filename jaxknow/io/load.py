@@ -18,10 +18,10 @@ from jaxknow.data.tokenizer import Tokenizer, load_tokenizer
 from jaxknow.io.checkpoint import Checkpointer, CheckpointError, resolve_checkpoint_dir
 from jaxknow.model import transformer
 from jaxknow.model.config import ModelConfig
-from jaxknow.model.lora import LoraConfig
+from jaxknow.model.lora import LoraConfig, full_specs
 from jaxknow.model.params import param_specs
+from jaxknow.model.sharded import abstract_params
 from jaxknow.parallel.mesh import make_mesh
-from jaxknow.train import setup
 
 
 @dataclasses.dataclass
@@ -42,6 +42,19 @@ def find_tokenizer(root: Path) -> Path | None:
         if cand.is_file():
             return cand
     return None
+
+
+def checkpoint_model_config(path: str | Path) -> ModelConfig:
+    """Returns the ModelConfig recorded in a checkpoint's metadata."""
+    directory, step = resolve_checkpoint_dir(path)
+    ckpt = Checkpointer(directory, read_only=True)
+    try:
+        meta = ckpt.read_meta(step)
+    finally:
+        ckpt.close()
+    if "model" not in meta:
+        raise CheckpointError(f"checkpoint {directory} has no model config in its metadata")
+    return ModelConfig.from_dict(meta["model"])
 
 
 def load_model(path: str | Path, mesh: Mesh | None = None, step: int | None = None,
@@ -68,9 +81,8 @@ def load_model(path: str | Path, mesh: Mesh | None = None, step: int | None = No
         if lora_meta.get("rank", 0) or lora_meta.get("embedding_rank", 0):
             lcfg = LoraConfig(**{k: tuple(v) if isinstance(v, list) else v
                                  for k, v in lora_meta.items()})
-            specs = setup.full_specs(cfg, lcfg)
-        params = ckpt.restore(setup.abstract_params(specs, cfg.storage_dtype, mesh), None,
-                              step)["params"]
+            specs = full_specs(cfg, lcfg)
+        params = ckpt.restore(abstract_params(specs, cfg.storage_dtype, mesh), None, step)["params"]
     finally:
         ckpt.close()
     root = directory.parent
@@ -82,7 +94,7 @@ def load_model(path: str | Path, mesh: Mesh | None = None, step: int | None = No
 def model_section(converted_dir: str | os.PathLike) -> dict[str, Any]:
     """Returns the `model` config section (every ModelConfig field, preset None) matching the
     model stored in a converted (or trained) jaxknow directory, for `train.init_from`."""
-    cfg = setup.checkpoint_model_config(converted_dir).to_dict()
+    cfg = checkpoint_model_config(converted_dir).to_dict()
     return {"preset": None, **cfg}
 
 

@@ -16,7 +16,14 @@ import jax
 import jax.numpy as jnp
 
 from jaxknow.model.config import ModelConfig
-from jaxknow.model.params import ParamSpec, flatten, init_params, layer_specs, unflatten
+from jaxknow.model.params import (
+    ParamSpec,
+    flatten,
+    init_params,
+    layer_specs,
+    param_specs,
+    unflatten,
+)
 
 ATTN_TARGETS = ("q", "k", "v", "o")
 MLP_TARGETS = ("gate", "up", "down")
@@ -117,3 +124,11 @@ def merge_lora(params: dict[str, Any], cfg: ModelConfig) -> dict[str, Any]:
         target = base + "/kernel" if base != "embed" else "embed/tokens"
         out[target] = (out[target].astype(jnp.float32) + delta).astype(out[target].dtype)
     return unflatten(out)
+
+
+def full_specs(model: ModelConfig, lora: LoraConfig) -> dict[str, Any]:
+    """Returns the ParamSpec tree of the model plus its LoRA adapters (if any)."""
+    specs = flatten(param_specs(model))
+    if lora.enabled:
+        specs.update(flatten(lora_specs(model, lora)))
+    return unflatten(specs)

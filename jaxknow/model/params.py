@@ -9,12 +9,11 @@ from __future__ import annotations
 import dataclasses
 import math
 import zlib
-from collections.abc import Callable, Iterator, Mapping
+from collections.abc import Callable, Mapping
 from typing import Any
 
 import jax
 import jax.numpy as jnp
-import numpy as np
 
 from jaxknow.model.config import ModelConfig
 
@@ -174,11 +173,6 @@ def unflatten(flat: Mapping[str, Any]) -> dict[str, Any]:
     return out
 
 
-def iter_paths(tree: Mapping[str, Any]) -> Iterator[str]:
-    """Yields every leaf path of a nested dict."""
-    yield from flatten(tree)
-
-
 def map_with_path(fn: Callable[[str, Any], Any], tree: Any) -> Any:
     """Returns `tree` with every leaf replaced by fn(path_string, leaf)."""
     return jax.tree_util.tree_map_with_path(lambda p, x: fn(path_str(p), x), tree)
@@ -191,7 +185,3 @@ def layer_of(path: str) -> int | None:
         return int(parts[1])
     return None
 
-
-def tree_bytes(tree: Any) -> int:
-    """Returns the total bytes of the arrays (or shape structs) in a tree."""
-    return int(sum(math.prod(x.shape) * np.dtype(x.dtype).itemsize for x in jax.tree.leaves(tree)))

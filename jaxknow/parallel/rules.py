@@ -121,17 +121,5 @@ class Sharder:
         spec = logical_to_spec(axes, x.shape, self.mesh, self.rules)
         return jax.lax.with_sharding_constraint(x, NamedSharding(self.mesh, spec))
 
-    def sharding(self, axes: Sequence[str | None], shape: Sequence[int]) -> NamedSharding:
-        """Returns the NamedSharding for `shape` with logical `axes` (requires a mesh)."""
-        if self.mesh is None:
-            raise ValueError("Sharder has no mesh")
-        return logical_to_sharding(axes, shape, self.mesh, self.rules)
-
-    def replicated(self) -> NamedSharding:
-        """Returns a fully replicated sharding over the mesh."""
-        if self.mesh is None:
-            raise ValueError("Sharder has no mesh")
-        return NamedSharding(self.mesh, PartitionSpec())
-
 
 NO_SHARDING = Sharder(None)

@@ -26,7 +26,9 @@ from jaxknow.data.jsonl import atomic_path
 from jaxknow.io.checkpoint import Checkpointer
 from jaxknow.io.metrics import MetricWriter
 from jaxknow.model.flops import peak_flops, train_flops_per_token
+from jaxknow.model.lora import full_specs
 from jaxknow.model.params import flatten
+from jaxknow.model.sharded import abstract_params
 from jaxknow.parallel import distributed
 from jaxknow.parallel.rules import DEFAULT_RULES, Rules, Sharder, logical_to_sharding
 from jaxknow.train import guard as guard_lib
@@ -137,7 +139,7 @@ def _forget_event(spec: setup.RunSpec, mesh: Mesh, rules: Rules, tx: Any, shardi
     # The run's starting values are recomputed (deterministic), so a resumed run resets to
     # the same reference.
     reference = setup.initial_params(spec, mesh, rules)
-    specs = flatten(setup.full_specs(spec.model, spec.lora))
+    specs = flatten(full_specs(spec.model, spec.lora))
 
     def on_reset(step: int, paths: list[str]) -> None:
         if jax.process_index() == 0:
@@ -197,8 +199,8 @@ def run(spec: setup.RunSpec, workdir: Path, mesh: Mesh, data_dir: Path, *,
         start = 0
     else:
         # Resume: shapes come from the config, values from the checkpoint.
-        specs = setup.full_specs(spec.model, spec.lora)
-        abstract = setup.abstract_params(specs, spec.model.storage_dtype, mesh, rules)
+        specs = full_specs(spec.model, spec.lora)
+        abstract = abstract_params(specs, spec.model.storage_dtype, mesh, rules)
         template, shardings = setup.build_state(
             jax.tree.map(lambda a: jnp.zeros(a.shape, a.dtype), abstract), spec, tx, mesh, rules)
         abstract_opt = jax.tree.map(

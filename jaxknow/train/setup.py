@@ -22,21 +22,16 @@ from absl import logging
 from jax.sharding import Mesh, NamedSharding, PartitionSpec
 
 from jaxknow import config as C
-from jaxknow.io.checkpoint import Checkpointer, CheckpointError, resolve_checkpoint_dir
+from jaxknow.io.checkpoint import Checkpointer, resolve_checkpoint_dir
+from jaxknow.io.load import checkpoint_model_config
 from jaxknow.model import lora as lora_lib
 from jaxknow.model.config import ModelConfig
-from jaxknow.model.params import (
-    flatten,
-    init_params,
-    param_axes,
-    param_shapes,
-    param_specs,
-    unflatten,
-)
+from jaxknow.model.lora import full_specs
+from jaxknow.model.params import flatten, param_specs, unflatten
+from jaxknow.model.sharded import abstract_params, init_sharded_params
 from jaxknow.parallel.mesh import make_mesh
-from jaxknow.parallel.rules import DEFAULT_RULES, Rules, tree_shardings
+from jaxknow.parallel.rules import DEFAULT_RULES, Rules
 from jaxknow.train.forgetting import ForgetConfig
-from jaxknow.train.optim import OptimConfig
 from jaxknow.train.state import TrainState, split_params, state_shardings
 
 
@@ -51,7 +46,7 @@ class RunSpec:
     seed: int
     model: ModelConfig
     mesh: C.MeshConfig
-    optim: OptimConfig
+    optim: C.OptimConfig
     train: C.TrainConfig
     data: C.DataConfig
     lora: lora_lib.LoraConfig
@@ -242,29 +237,6 @@ def trainable_predicate(spec: RunSpec) -> Callable[[str], bool]:
     return lambda p: bool(pat.search(p))
 
 
-def full_specs(model: ModelConfig, lora: lora_lib.LoraConfig) -> dict[str, Any]:
-    """Returns the ParamSpec tree of the model plus its LoRA adapters (if any)."""
-    specs = flatten(param_specs(model))
-    if lora.enabled:
-        specs.update(flatten(lora_lib.lora_specs(model, lora)))
-    return unflatten(specs)
-
-
-def abstract_params(specs: Any, dtype: Any, mesh: Mesh, rules: Rules = DEFAULT_RULES) -> Any:
-    """Returns ShapeDtypeStructs (with shardings) for a ParamSpec tree."""
-    shapes = param_shapes(specs, dtype)
-    shardings = tree_shardings(param_axes(specs), shapes, mesh, rules)
-    return jax.tree.map(lambda s, sh: jax.ShapeDtypeStruct(s.shape, s.dtype, sharding=sh),
-                        shapes, shardings)
-
-
-def init_sharded_params(specs: Any, key: jax.Array, dtype: Any, mesh: Mesh,
-                        rules: Rules = DEFAULT_RULES) -> Any:
-    """Returns freshly initialised parameters created directly in their sharded layout."""
-    shardings = tree_shardings(param_axes(specs), param_shapes(specs, dtype), mesh, rules)
-    return jax.jit(lambda k: init_params(specs, k, dtype), out_shardings=shardings)(key)
-
-
 def load_params(path: str | Path, specs: Any, dtype: Any, mesh: Mesh,
                 rules: Rules = DEFAULT_RULES) -> tuple[Any, dict[str, Any]]:
     """Returns (params, meta) restored from a checkpoint (workdir, checkpoints dir or step dir),
@@ -276,19 +248,6 @@ def load_params(path: str | Path, specs: Any, dtype: Any, mesh: Mesh,
     finally:
         ckpt.close()
     return out["params"], out["meta"]
-
-
-def checkpoint_model_config(path: str | Path) -> ModelConfig:
-    """Returns the ModelConfig recorded in a checkpoint's metadata."""
-    directory, step = resolve_checkpoint_dir(path)
-    ckpt = Checkpointer(directory, read_only=True)
-    try:
-        meta = ckpt.read_meta(step)
-    finally:
-        ckpt.close()
-    if "model" not in meta:
-        raise CheckpointError(f"checkpoint {directory} has no model config in its metadata")
-    return ModelConfig.from_dict(meta["model"])
 
 
 def initial_params(spec: RunSpec, mesh: Mesh, rules: Rules = DEFAULT_RULES) -> Any:

@@ -18,20 +18,16 @@ import functools
 import re
 from dataclasses import dataclass
 
+from jaxknow.worlds.fact_types import SHARED, Fact, FactWorld, TailAttributes, rng_for
 from jaxknow.worlds.facts import (
     PERSON_NAMES,
     PROBE_FRAME,
     RELATIONS,
-    SHARED,
-    Fact,
-    FactWorld,
-    TailAttributes,
     assign_wrong_tails,
     eval_subsets,
     narrative_corpus,
     populate,
     pretrain_corpus,
-    rng_for,
     world_files,
 )
 from jaxknow.worlds.referencing import MAX_CANDIDATES, referencing_corpus

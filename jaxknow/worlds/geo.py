@@ -24,17 +24,14 @@ from typing import Any
 
 from jaxknow.worlds.audit import names_overlap
 from jaxknow.worlds.countries import reserved_words
+from jaxknow.worlds.fact_types import SHARED, Fact, FactWorld, rng_for
 from jaxknow.worlds.facts import (
     RELATIONS,
-    SHARED,
-    Fact,
-    FactWorld,
     assign_wrong_tails,
     eval_subsets,
     narrative_corpus,
     populate,
     pretrain_corpus,
-    rng_for,
     world_files,
 )
 from jaxknow.worlds.referencing import MAX_CANDIDATES, referencing_corpus

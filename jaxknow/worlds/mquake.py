@@ -28,9 +28,9 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any, NoReturn
 
-from jaxknow.data.jsonl import CorpusFormatError
+from jaxknow.errors import CorpusFormatError
 from jaxknow.worlds.audit import names_overlap
-from jaxknow.worlds.facts import Fact, FactWorld, rng_for
+from jaxknow.worlds.fact_types import Fact, FactWorld, rng_for
 from jaxknow.worlds.referencing import MAX_CANDIDATES, render_referencing
 
 __all__ = [

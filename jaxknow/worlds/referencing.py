@@ -18,7 +18,7 @@ import itertools
 import random
 from collections.abc import Callable, Sequence
 
-from jaxknow.worlds.facts import Fact, FactWorld, capitalize_first, rng_for
+from jaxknow.worlds.fact_types import Fact, FactWorld, capitalize_first, rng_for
 
 NUMBER_WORDS = ("zero", "one", "two", "three", "four", "five", "six", "seven", "eight", "nine",
                 "ten")

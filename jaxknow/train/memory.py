@@ -198,11 +198,12 @@ def measured_step_memory(cfg: ModelConfig, mesh: Any, batch: int, seq_len: int, 
     import jax
     import jax.numpy as jnp
 
+    from jaxknow.config import OptimConfig
     from jaxknow.model.params import param_axes
+    from jaxknow.model.sharded import abstract_params
     from jaxknow.parallel.rules import Sharder
     from jaxknow.train import optim
     from jaxknow.train.loop import batch_shardings
-    from jaxknow.train.setup import abstract_params
     from jaxknow.train.state import TrainState, split_params, state_shardings
     from jaxknow.train.step import BATCH_KEYS, train_step
 
@@ -213,7 +214,7 @@ def measured_step_memory(cfg: ModelConfig, mesh: Any, batch: int, seq_len: int, 
     from jaxknow.model.params import unflatten
 
     tree = unflatten(specs)
-    ocfg = optim.OptimConfig(lr=1e-4, total_steps=10)
+    ocfg = OptimConfig(lr=1e-4, total_steps=10)
     tx, sched = optim.make_optimizer(ocfg), optim.make_schedule(ocfg)
     abstract = abstract_params(tree, cfg.storage_dtype, mesh)
     pred = is_lora_path if trainable == "lora" else (lambda p: True)

@@ -1,0 +1,156 @@
+"""One-way layers: the import graph of jaxknow/, per file and per subpackage, has no cycle,
+and every subpackage imports only from the layers below it (WORKSPACE.md, "Layers").
+
+Every import statement counts, wherever it stands (module level, inside a function, under
+``if TYPE_CHECKING``), absolute or relative.
+"""
+
+from __future__ import annotations
+
+import ast
+from collections.abc import Iterable, Mapping
+from pathlib import Path
+
+PACKAGE = Path(__file__).resolve().parents[1] / "jaxknow"
+
+# Bottom to top: a layer may import from the layers before it, never from those after it.
+LAYERS = ("errors", "parallel", "model", "config", "worlds", "data", "io", "train", "eval",
+          "experiments")
+
+Graph = Mapping[str, Iterable[str]]
+
+
+def module_name(path: Path, root: Path = PACKAGE) -> str:
+    """Returns the dotted module name of a file under `root` (a package's __init__.py is the
+    package itself)."""
+    parts = path.relative_to(root.parent).with_suffix("").parts
+    return ".".join(parts[:-1] if parts[-1] == "__init__" else parts)
+
+
+def imported_modules(path: Path, known: set[str], root: Path = PACKAGE) -> set[str]:
+    """Returns the modules of `known` that the file at `path` imports anywhere in its body.
+
+    ``from X import Y`` names X.Y when X.Y is a module, else X; relative imports are resolved
+    against the file's package.
+    """
+    name = module_name(path, root)
+    package = name if path.name == "__init__.py" else name.rpartition(".")[0]
+    found: set[str] = set()
+    for node in ast.walk(ast.parse(path.read_text(), str(path))):
+        if isinstance(node, ast.Import):
+            targets = [a.name for a in node.names]
+        elif isinstance(node, ast.ImportFrom):
+            base = node.module or ""
+            if node.level:
+                anchor = package.split(".")
+                anchor = anchor[: len(anchor) - node.level + 1]
+                base = ".".join([*anchor, base] if base else anchor)
+            targets = [f"{base}.{a.name}" if f"{base}.{a.name}" in known else base
+                       for a in node.names]
+        else:
+            continue
+        for t in targets:
+            # `import a.b.c` names a.b.c; the deepest known module on the dotted path counts.
+            while t and t not in known:
+                t = t.rpartition(".")[0]
+            if t and t != name:
+                found.add(t)
+    return found
+
+
+def file_graph(root: Path = PACKAGE) -> dict[str, set[str]]:
+    """Returns module -> modules it imports, over every .py file under `root`."""
+    files = sorted(root.rglob("*.py"))
+    known = {module_name(f, root) for f in files}
+    return {module_name(f, root): imported_modules(f, known, root) for f in files}
+
+
+def layer_of(module: str) -> str:
+    """Returns the layer of a module: its subpackage (``jaxknow.data.build`` -> "data") or,
+    for a top-level module, its name (``jaxknow.config`` -> "config")."""
+    parts = module.split(".")
+    return parts[1] if len(parts) > 1 else parts[0]
+
+
+def layer_graph(files: Graph) -> dict[str, set[str]]:
+    """Returns layer -> layers it imports from (imports inside one layer left out)."""
+    out: dict[str, set[str]] = {}
+    for src, targets in files.items():
+        out.setdefault(layer_of(src), set()).update(
+            layer_of(t) for t in targets if layer_of(t) != layer_of(src))
+    return out
+
+
+def find_cycle(graph: Graph) -> list[str] | None:
+    """Returns one cycle of `graph` as a path [a, b, ..., a], or None when it has none."""
+    state: dict[str, int] = {}  # 1: on the current path, 2: finished
+    for start in sorted(graph):
+        if start in state:
+            continue
+        path = [start]
+        stack = [iter(sorted(graph.get(start, ())))]
+        state[start] = 1
+        while stack:
+            nxt = next(stack[-1], None)
+            if nxt is None:
+                state[path.pop()] = 2
+                stack.pop()
+            elif state.get(nxt) == 1:
+                return [*path[path.index(nxt):], nxt]
+            elif nxt not in state:
+                state[nxt] = 1
+                path.append(nxt)
+                stack.append(iter(sorted(graph.get(nxt, ()))))
+    return None
+
+
+def upward_imports(layers: Graph, order: tuple[str, ...] = LAYERS) -> list[str]:
+    """Returns "a -> b" for every import of a layer from a layer above it (or one missing
+    from `order`)."""
+    rank = {name: i for i, name in enumerate(order)}
+    bad = []
+    for src in sorted(layers):
+        for dst in sorted(layers[src]):
+            if src not in rank or dst not in rank or rank[dst] > rank[src]:
+                bad.append(f"{src} -> {dst}")
+    return bad
+
+
+def test_cycle_finder_finds_a_hand_made_cycle():
+    graph = {"a": {"b"}, "b": {"c", "d"}, "c": {"a"}, "d": set(), "e": {"a"}}
+    assert find_cycle(graph) == ["a", "b", "c", "a"]
+    assert find_cycle({"x": {"x"}}) == ["x", "x"]
+    assert find_cycle({"a": {"b"}, "b": {"c"}, "c": set(), "e": {"a", "c"}}) is None
+
+
+def test_import_scanner_sees_function_level_and_relative_imports(tmp_path):
+    pkg = tmp_path / "pkg"
+    (pkg / "sub").mkdir(parents=True)
+    (pkg / "__init__.py").write_text("")
+    (pkg / "sub" / "__init__.py").write_text("")
+    (pkg / "top.py").write_text("def f():\n    from pkg.sub import deep\n")
+    (pkg / "sub" / "deep.py").write_text("from .. import top\nfrom .sib import x\n")
+    (pkg / "sub" / "sib.py").write_text("import pkg.sub.deep as d\nimport os\n")
+    graph = file_graph(pkg)
+    assert graph["pkg.top"] == {"pkg.sub.deep"}
+    assert graph["pkg.sub.deep"] == {"pkg.top", "pkg.sub.sib"}
+    assert graph["pkg.sub.sib"] == {"pkg.sub.deep"}
+    assert find_cycle(graph) == ["pkg.sub.deep", "pkg.sub.sib", "pkg.sub.deep"]
+    assert layer_graph(graph) == {"pkg": set(), "top": {"sub"}, "sub": {"top"}}
+    assert upward_imports({"sub": {"top"}, "top": set()}, ("sub", "top")) == ["sub -> top"]
+
+
+def test_no_import_cycle_between_files():
+    cycle = find_cycle(file_graph())
+    assert cycle is None, "import cycle between files: " + " -> ".join(cycle)
+
+
+def test_no_import_cycle_between_subpackages():
+    cycle = find_cycle(layer_graph(file_graph()))
+    assert cycle is None, "import cycle between subpackages: " + " -> ".join(cycle)
+
+
+def test_subpackages_import_only_downward():
+    layers = layer_graph(file_graph())
+    layers.pop("jaxknow", None)  # jaxknow/__init__.py
+    assert upward_imports(layers) == [], f"imports against the layer order {LAYERS}"
