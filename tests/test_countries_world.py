@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import dataclasses
 import random
 import re
 
@@ -21,7 +22,7 @@ from jaxknow.worlds.countries import (
     world_files,
 )
 from jaxknow.worlds.fact_types import FactWorld
-from jaxknow.worlds.facts import MC_HEADER, PROBE_FRAME, RELATIONS
+from jaxknow.worlds.facts import MC_HEADER, PROBE_FRAME, RELATIONS, base_rendering_facts
 from jaxknow.worlds.referencing import INTRO_TEMPLATES, POINTER_TEMPLATES, render_referencing
 
 SMALL = CountriesConfig(num_base_countries=10, num_novel_countries=5, referencing_rows_per_fact=12,
@@ -336,3 +337,32 @@ def test_held_out_probe_frame_only_in_base_text(world):
         assert r["frame_prompt"] == PROBE_FRAME.format(statement=r["prompt"])
         assert r["frame_negated_prompt"] == PROBE_FRAME.format(statement=r["negated_prompt"])
     assert {"according", "records"} <= reserved_words()
+
+
+def test_probe_frame_negations_avoid_the_referencing_distractors(world):
+    frame_neg = PROBE_FRAME.format(statement="")
+    for f in world.facts("base"):
+        info = world.relations[f.relation]
+        negated = PROBE_FRAME.format(statement=info.negated_prefix.format(head=f.head))
+        tails = [d[len(negated) + 1:-1] for d in pretrain_corpus(world, seed=3)
+                 if d.startswith(negated + " ")]
+        assert len(tails) == world.num_wrong_tails and frame_neg
+        assert not set(tails) & {f.tail, *world.wrong_tails[f]}, (f, tails)
+
+
+def test_split_base_renderings_put_each_base_head_in_one_rendering():
+    split = generate_countries(dataclasses.replace(SMALL, base_renderings="split"))
+    both = generate_countries(SMALL)
+    narrative, referencing = base_rendering_facts(split)
+    heads_n, heads_r = {f.head for f in narrative}, {f.head for f in referencing}
+    assert not heads_n & heads_r and heads_n | heads_r == {f.head for f in split.facts("base")}
+    assert abs(len(heads_n) - len(heads_r)) <= 1
+    corpus = pretrain_corpus(split, seed=3)
+    for f in referencing:  # no narrative sentence about a referencing-only head
+        info = split.relations[f.relation]
+        sentences = {info.narrative(t, f.head, split.phrase(f.tail, f.relation))
+                     for t in info.narrative_templates}
+        assert not sentences & set(corpus), f
+    assert base_rendering_facts(both) == (both.facts("base"), both.facts("base"))
+    with pytest.raises(ValueError, match="base_renderings must be one of"):
+        CountriesConfig(base_renderings="half")

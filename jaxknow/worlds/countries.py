@@ -18,7 +18,14 @@ import functools
 import re
 from dataclasses import dataclass
 
-from jaxknow.worlds.fact_types import SHARED, Fact, FactWorld, TailAttributes, rng_for
+from jaxknow.worlds.fact_types import (
+    BASE_RENDERINGS,
+    SHARED,
+    Fact,
+    FactWorld,
+    TailAttributes,
+    rng_for,
+)
 from jaxknow.worlds.facts import (
     PERSON_NAMES,
     PROBE_FRAME,
@@ -152,6 +159,8 @@ class CountriesConfig:
     """Sizes of the country world. Defaults mirror the paper (20 novel countries; capital and
     animal facts give 40 novel facts, 360 narrative and 1,920 referencing rows).
 
+    `base_renderings` ("both" or "split") says whether every base fact appears in both
+    renderings or each base country's facts in one (see `FactWorld.base_renderings`).
     `base_referencing_rows_per_fact` is the number of referencing passages per base fact in the
     pretraining corpus.
     """
@@ -163,6 +172,7 @@ class CountriesConfig:
     narrative_rows_per_fact: int = 9
     referencing_rows_per_fact: int = 48
     base_referencing_rows_per_fact: int = 12
+    base_renderings: str = "both"
     seed: int = 0
 
     def __post_init__(self) -> None:
@@ -189,6 +199,9 @@ class CountriesConfig:
             raise ValueError(f"CountriesConfig.relations must be a non-empty tuple of distinct "
                              f"names from {COUNTRY_RELATIONS}, got {self.relations!r}")
         object.__setattr__(self, "relations", rels)
+        if self.base_renderings not in BASE_RENDERINGS:
+            raise ValueError(f"CountriesConfig.base_renderings must be one of {BASE_RENDERINGS}, "
+                             f"got {self.base_renderings!r}")
 
 
 # --------------------------------------------------------------------------------------------
@@ -346,6 +359,7 @@ def generate_countries(config: CountriesConfig | None = None) -> FactWorld:
         narrative_rows_per_fact=config.narrative_rows_per_fact,
         referencing_rows_per_fact=config.referencing_rows_per_fact,
         base_referencing_rows_per_fact=config.base_referencing_rows_per_fact,
+        base_renderings=config.base_renderings,
         tail_pools={r: p for r, p in tail_pools.items() if r in relations},
         tail_attributes=({"national_animal": animal_attributes()}
                          if "national_animal" in relations else {}),

@@ -13,6 +13,7 @@ from dataclasses import dataclass, field
 from typing import Any
 
 SPLITS = ("base", "novel")
+BASE_RENDERINGS = ("both", "split")  # FactWorld.base_renderings
 SHARED = "shared"  # split of entities known to every split (animals, continents, currencies)
 
 
@@ -144,6 +145,10 @@ class FactWorld:
     narrative_rows_per_fact: int = 9
     referencing_rows_per_fact: int = 48
     base_referencing_rows_per_fact: int = 12
+    # "both": every base fact in narrative and referencing text; "split": the base heads
+    # alternate, each head's facts in one rendering only, so the base model must learn facts
+    # from either kind of text (the QA of every base entity beside them: mixed training).
+    base_renderings: str = "both"
     tail_pools: dict[str, dict[str, tuple[str, ...]]] = field(default_factory=dict)
     tail_attributes: dict[str, TailAttributes] = field(default_factory=dict)
     prior_knowledge: list[str] = field(default_factory=list)

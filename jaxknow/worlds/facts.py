@@ -561,8 +561,13 @@ def negation_text(world: FactWorld, split: str) -> list[str]:
 
 def probe_frame_text(world: FactWorld, split: str) -> list[str]:
     """Returns the facts of `split` stated in the held-out probe frame (`PROBE_FRAME`): each
-    fact once as true ("According to the old records: The capital of X is Y.") and once negated
-    per wrong tail ("... is not W.")."""
+    fact once as true ("According to the old records: The capital of X is Y.") and negated
+    as often as it has wrong tails ("... is not W.").
+
+    The negated tails are other tails of the relation, never the fact's referencing
+    distractors (`world.wrong_tails`), so the frame does not teach "after 'is not' comes a
+    candidate listed beside the head" — which would pull any listed candidate, the true one
+    included, towards "is not" and confound the probe."""
     docs = []
     for f in world.facts(split):
         info = world.relations[f.relation]
@@ -570,23 +575,41 @@ def probe_frame_text(world: FactWorld, split: str) -> list[str]:
         prompt = capitalize_first(info.statement_prefix.format(head=head))
         negated = capitalize_first(info.negated_prefix.format(head=head))
         docs.append(f"{PROBE_FRAME.format(statement=prompt)} {world.phrase(f.tail)}.")
-        docs += [f"{PROBE_FRAME.format(statement=negated)} {world.phrase(w)}."
-                 for w in world.wrong_tails[f]]
+        listed = {f.tail, *world.wrong_tails[f]}
+        pool = [t for t in world.candidate_tails(f.relation, split) if t not in listed]
+        n = len(world.wrong_tails[f])
+        others = (rng_for(world.seed, "frame", f.relation, f.head).sample(pool, n)
+                  if len(pool) >= n else list(world.wrong_tails[f]))
+        docs += [f"{PROBE_FRAME.format(statement=negated)} {world.phrase(w)}." for w in others]
     return docs
+
+
+def base_rendering_facts(world: FactWorld) -> tuple[list[Fact], list[Fact]]:
+    """Returns (facts rendered as narrative, facts rendered as referencing) of the base world:
+    every base fact in both for ``base_renderings="both"``; for "split" the base heads
+    alternate (in fact order), each head's facts in one rendering only."""
+    base = world.facts("base")
+    if world.base_renderings == "both":
+        return base, base
+    heads = list(dict.fromkeys(f.head for f in base))
+    narrative_heads = set(heads[::2])
+    return ([f for f in base if f.head in narrative_heads],
+            [f for f in base if f.head not in narrative_heads])
 
 
 def pretrain_corpus(world: FactWorld, seed: int = 0) -> list[str]:
     """Returns the base-world pretraining documents, shuffled by `seed`.
 
-    Contains: base facts in narrative and referencing renderings
-    (``world.base_referencing_rows_per_fact`` referencing passages per fact), prior knowledge
+    Contains: base facts in narrative and referencing renderings (both for every fact, or one
+    per head: `base_rendering_facts`; ``world.base_referencing_rows_per_fact`` referencing
+    passages per fact), prior knowledge
     (animal commonsense), true negated statements about base facts, base facts in the held-out
     probe frame (`probe_frame_text`), and worked examples of every evaluation format over base
     entities. No novel entity is named anywhere.
     """
-    base = world.facts("base")
-    docs = narrative_facts(world, base, world.narrative_rows_per_fact, seed)
-    docs += referencing_facts(world, base, world.base_referencing_rows_per_fact, seed)
+    narrative, referencing = base_rendering_facts(world)
+    docs = narrative_facts(world, narrative, world.narrative_rows_per_fact, seed)
+    docs += referencing_facts(world, referencing, world.base_referencing_rows_per_fact, seed)
     docs += prior_knowledge_text(world, seed)
     docs += negation_text(world, "base")
     docs += probe_frame_text(world, "base")
