@@ -1,5 +1,6 @@
-"""Probing: the linear-probe core on synthetic features, P-/Q-probing end to end on a tiny bioS
-world, the low-rank embedding update, and probe plots."""
+"""Probing: the linear-probe core on synthetic features (eval/probing.py), P-/Q-probing end to
+end on a tiny bioS world (eval/bios_probing.py), the low-rank embedding update, and probe
+plots."""
 
 from __future__ import annotations
 
@@ -11,7 +12,7 @@ import numpy as np
 import pytest
 
 from jaxknow.data.tokenizer import train_bpe
-from jaxknow.eval import probing
+from jaxknow.eval import bios_probing, probing
 from jaxknow.model.config import preset
 from jaxknow.model.params import flatten
 from jaxknow.model.transformer import forward
@@ -61,9 +62,9 @@ def bios_setup():
 def test_p_probe_reads_the_token_just_before_each_sentence(bios_setup):
     _, bios, tok, _, _ = bios_setup
     bio = bios[0]
-    tokens, where = probing.p_probe_positions(tok, bio)
+    tokens, where = bios_probing.p_probe_positions(tok, bio)
     assert tokens[0] == tok.bos_id and tokens[1:] == tok.encode(bio.text)
-    assert where[probing.END] == len(tokens) - 1
+    assert where[bios_probing.END] == len(tokens) - 1
     first, *rest = bio.sentences
     assert first.start == 0 and where[first.attribute] == 0  # nothing before it but bos
     for span in rest:
@@ -77,7 +78,7 @@ def test_p_probe_reads_the_token_just_before_each_sentence(bios_setup):
 
 def test_hidden_features_match_a_direct_forward(bios_setup):
     _, bios, tok, cfg, params = bios_setup
-    seqs = [probing.p_probe_positions(tok, b)[0] for b in bios[:5]]
+    seqs = [bios_probing.p_probe_positions(tok, b)[0] for b in bios[:5]]
     pos = np.asarray([[3, len(s) - 1] for s in seqs])
     feats = probing.hidden_features(params, cfg, seqs, pos, batch_size=2, pad_id=tok.pad_id)
     assert feats.shape == (cfg.n_layers + 1, 5, 2, cfg.d_model)
@@ -90,7 +91,7 @@ def test_hidden_features_match_a_direct_forward(bios_setup):
         np.testing.assert_allclose(last[0, i], np.asarray(h)[-1, pos[i, 1]], atol=1e-5)
 
 
-def _check_result(result: probing.ProbeResult, n_layers: int) -> None:
+def _check_result(result: bios_probing.ProbeResult, n_layers: int) -> None:
     assert result.layers == list(range(n_layers + 1))
     assert set(result.accuracy) == set(range(n_layers + 1))
     for layer in result.layers:
@@ -106,15 +107,15 @@ def _check_result(result: probing.ProbeResult, n_layers: int) -> None:
 def test_p_and_q_probe_end_to_end(bios_setup, tmp_path):
     world, bios, tok, cfg, params = bios_setup
     train, test = np.arange(40), np.arange(40, 60)
-    p = probing.p_probe(params, cfg, tok, world, bios, train, test, steps=20, lr=1e-2,
-                        sweep=True, seed=0)
+    settings = probing.ProbeSettings(steps=20, lr=1e-2, seed=0)
+    p = bios_probing.p_probe(params, cfg, tok, world, bios, train, test, settings, sweep=True)
     _check_result(p, cfg.n_layers)
     assert (p.num_train, p.num_test) == (40, 20)
-    assert set(p.sweep) == {*ATTRIBUTES, probing.END}
+    assert set(p.sweep) == {*ATTRIBUTES, bios_probing.END}
     for a in ATTRIBUTES:  # the sweep's diagonal is the main result
         assert p.sweep[a][cfg.n_layers][a] == p.accuracy[cfg.n_layers][a]
-    q = probing.q_probe(params, cfg, tok, world, train, test, steps=20, lr=1e-2, seed=0,
-                        birth_date="month")
+    q = bios_probing.q_probe(params, cfg, tok, world, train, test, settings,
+                             birth_date="month")
     _check_result(q, cfg.n_layers)
     assert q.chance["birth_date"] >= 1 / 12
     png = q.plot(tmp_path / "q.png")
@@ -127,15 +128,16 @@ def test_embedding_update_trains_only_the_adapter(bios_setup):
     params = numpy_params(cfg, seed=1)
     before = {k: np.array(v) for k, v in flatten(params).items()}
     people = np.arange(30)
-    seqs = [probing.q_probe_sequence(tok, world.people[i].full_name) for i in people]
+    seqs = [bios_probing.q_probe_sequence(tok, world.people[i].full_name) for i in people]
     pos = np.asarray([[len(s) - 1] for s in seqs])
     heads = []
     for a in ("birth_city", "major"):
-        y = np.unique(probing.probe_labels(world, a, people), return_inverse=True)[1]
+        y = np.unique(bios_probing.probe_labels(world, a, people), return_inverse=True)[1]
         heads.append((0, y, int(y.max()) + 1))
+    settings = probing.ProbeSettings(layers=[0, -1], steps=3, lr=1e-2, seed=0, batch_size=8,
+                                     feature_batch_size=8, embedding_rank=2)
     acc, adapters = probing.train_probe_with_embedding_update(
-        params, cfg, seqs, pos, heads, np.arange(20), np.arange(20, 30), rank=2,
-        layers=[0, -1], steps=3, lr=1e-2, seed=0, batch_size=8, eval_batch_size=8,
+        params, cfg, seqs, pos, heads, np.arange(20), np.arange(20, 30), settings,
         pad_id=tok.pad_id)
     assert acc.shape == (2, 2) and np.all((acc >= 0) & (acc <= 1))
     assert adapters["lora_a"].shape == (2, cfg.vocab_size, 2)

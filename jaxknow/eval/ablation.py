@@ -14,6 +14,7 @@ from collections.abc import Callable, Mapping, Sequence
 from pathlib import Path
 from typing import Any, Literal
 
+from jaxknow.eval.tables import markdown_table
 from jaxknow.model.config import ModelConfig
 from jaxknow.model.lora import is_lora_path, merge_lora
 from jaxknow.model.params import flatten, layer_of, unflatten
@@ -119,12 +120,11 @@ class AblationResult:
         """Returns a markdown table: one row per k, one column per (side, metric)."""
         cols = [(s, m) for s in self.results for m in self.metrics()]
         head = ["k", *(f"{m} ({s} k from base)" for s, m in cols)]
-        rows = [f"| {' | '.join(head)} |", f"|{'|'.join(['---'] * len(head))}|"]
+        rows = []
         for k in range(self.n_layers + 1):
             cells = [self.results[s].get(k, {}).get(m) for s, m in cols]
-            rows.append(f"| {k} | " + " | ".join("" if c is None else f"{c:.4g}" for c in cells)
-                        + " |")
-        return "\n".join(rows)
+            rows.append([str(k), *("" if c is None else f"{c:.4g}" for c in cells)])
+        return markdown_table(head, rows, cell=str)
 
     def plot(self, path: str | Path, title: str = "layer-delta ablation",
              ylabel: str = "metric") -> Path:

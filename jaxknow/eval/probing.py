@@ -1,59 +1,74 @@
-"""Linear probing of a frozen model's hidden states (bioS spec section 6).
+"""Linear probing of a frozen model's hidden states, whatever the data (bioS spec section 6;
+the bioS P-/Q-probes that use it are in `jaxknow.eval.bios_probing`).
 
-* **P-probing** feeds a biography and reads, for each attribute, the hidden state at the last
-  token before that attribute's sentence (optionally at every sentence boundary and at the
-  last token, as a sweep); a linear classifier predicts the person's attribute value.
-* **Q-probing** feeds only the person's full name and reads the hidden state at the name's last
-  token; one linear classifier per attribute predicts all six attributes.
-
-Every layer is probed (index 0 = embeddings, index l = residual stream after layer l): the
-probes of all layers are trained together, as one batched einsum over a leading layer axis, in
-one compiled `lax.scan`. Optionally a low-rank update of the input embedding
-(``embed/lora_a|b``, rank 2 or 16 in the paper) is trained jointly with the probes by
-backpropagating through the frozen model; each probed layer then gets its own adapter (shared by
-that layer's attribute probes), looped over layers inside one compiled step.
+Features are the hidden states at chosen token positions of every probed layer (index 0 =
+embeddings, index l = residual stream after layer l). The probes of all layers are trained
+together, as one batched einsum over a leading layer axis, in one compiled `lax.scan`.
+Optionally a low-rank update of the input embedding (``embed/lora_a|b``, rank 2 or 16 in the
+paper) is trained jointly with the probes by backpropagating through the frozen model; each
+probed layer then gets its own adapter (shared by that layer's probes), looped over layers
+inside one compiled step.
 """
 
 from __future__ import annotations
 
 import dataclasses
 import functools
-import re
 from collections.abc import Mapping, Sequence
-from pathlib import Path
-from typing import Any, Literal
+from typing import Any, Literal, NamedTuple
 
 import jax
 import jax.numpy as jnp
 import numpy as np
 import optax
 
-from jaxknow.data.tokenizer import Tokenizer
 from jaxknow.model.config import ModelConfig
 from jaxknow.model.lora import LoraConfig, init_lora, merge_lora
 from jaxknow.model.transformer import forward
 from jaxknow.parallel.rules import NO_SHARDING, Sharder
-from jaxknow.worlds.bios import ATTRIBUTES, MONTHS, Biography, BiosWorld
 
 __all__ = [
-    "ProbeResult",
+    "ProbeHead",
+    "ProbeSettings",
     "hidden_features",
-    "p_probe",
-    "p_probe_positions",
-    "probe_labels",
-    "q_probe",
-    "q_probe_sequence",
+    "probe_heads",
     "resolve_layers",
     "train_linear_probe",
     "train_probe_with_embedding_update",
 ]
 
 Layers = Literal["all"] | Sequence[int]
-BirthDatePart = Literal["date", "year", "month", "day"]
 
-END = "end"  # sweep position: the biography's last token
 _NEG = -1e9  # logit of padded (absent) classes
-_DATE_RE = re.compile(r"(\w+) (\d+), (\d+)")
+
+
+@dataclasses.dataclass(frozen=True)
+class ProbeSettings:
+    """Which layers are probed and how the probes are trained.
+
+    `batch_size` is the training minibatch (None: the full training set every step);
+    `feature_batch_size` the sequences per forward pass when reading features (and when
+    testing the embedding-update probes); `embedding_rank` > 0 trains a low-rank update of the
+    input embedding jointly with the probes (`train_probe_with_embedding_update`).
+    """
+
+    layers: Layers = "all"
+    steps: int = 500
+    lr: float = 1e-2
+    seed: int = 0
+    batch_size: int | None = None
+    weight_decay: float = 1e-4
+    feature_batch_size: int = 32
+    embedding_rank: int = 0
+
+
+class ProbeHead(NamedTuple):
+    """One probe: it reads column `column` of the read positions [N, K] and predicts
+    `labels` [N] (class ids in [0, num_classes))."""
+
+    column: int
+    labels: np.ndarray
+    num_classes: int
 
 
 # --------------------------------------------------------------------------------------------
@@ -296,381 +311,158 @@ def _probe_predict(tr: Any, base: Any, tokens: jax.Array, p: jax.Array,
     return jnp.argmax(_head_logits(tr, base, tokens, p, consts, cfg, sharder), -1)
 
 
+def _stack_heads(heads: Sequence[ProbeHead]) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
+    """Returns (columns [H], labels [H, N], class counts [H]) of the heads."""
+    cols = np.asarray([column for column, _, _ in heads], np.int32)
+    labels = np.stack([np.asarray(y, np.int32) for _, y, _ in heads])
+    ncls = np.asarray([c for _, _, c in heads], np.int32)
+    return cols, labels, ncls
+
+
+def _init_probes(cfg: ModelConfig, rank: int, n_layers: int, n_heads: int, c_pad: int,
+                 seed: int) -> dict[str, Any]:
+    """Returns the trainable tree: one embedding adapter per probed layer (seeded by its
+    index) and zero-initialised probes w [S, H, D, C], b [S, H, C]."""
+    key = jax.random.key(seed)
+    adapters = [init_lora(cfg, LoraConfig(embedding_rank=rank), jax.random.fold_in(key, s))
+                ["embed"] for s in range(n_layers)]
+    return {
+        "adapter": jax.tree.map(lambda *xs: jnp.stack(xs).astype(jnp.float32), *adapters),
+        "w": jnp.zeros((n_layers, n_heads, cfg.d_model, c_pad), jnp.float32),
+        "b": jnp.zeros((n_layers, n_heads, c_pad), jnp.float32),
+    }
+
+
+@dataclasses.dataclass(frozen=True)
+class _AdapterProblem:
+    """The fixed inputs of an embedding-update probe: the frozen model, every example's
+    padded tokens [N, T], read positions [N, K] and labels [H, N], and the constants of
+    `_head_logits`."""
+
+    params: Any
+    cfg: ModelConfig
+    sharder: Sharder
+    tokens: np.ndarray
+    pos: np.ndarray
+    labels: np.ndarray
+    consts: Mapping[str, jax.Array]
+
+    def fit(self, trainable: Any, train_idx: np.ndarray, settings: ProbeSettings) -> Any:
+        """Returns `trainable` after `settings.steps` AdamW steps on the training rows (full
+        batch, or seeded minibatches without replacement)."""
+        lr, wd = settings.lr, settings.weight_decay
+        opt_state = optax.adamw(lr, weight_decay=wd).init(trainable)
+        rng = np.random.default_rng(settings.seed)
+        n_tr = len(train_idx)
+        bs = n_tr if settings.batch_size is None else min(settings.batch_size, n_tr)
+        for _ in range(settings.steps):
+            rows = train_idx if bs == n_tr else train_idx[rng.choice(n_tr, bs, replace=False)]
+            trainable, opt_state = _probe_step(
+                trainable, opt_state, self.params, jnp.asarray(self.tokens[rows]),
+                jnp.asarray(self.pos[rows]), jnp.asarray(self.labels[:, rows]), self.consts,
+                cfg=self.cfg, sharder=self.sharder, lr=lr, weight_decay=wd)
+        return trainable
+
+    def accuracy(self, trainable: Any, test_idx: np.ndarray, batch_size: int) -> np.ndarray:
+        """Returns the test accuracy [S, H] of every probe, in fixed-size batches (the last
+        one padded with copies of its first row, which are not counted)."""
+        n_layers, n_heads = trainable["b"].shape[:2]
+        correct = np.zeros((n_layers, n_heads))
+        for lo in range(0, len(test_idx), batch_size):
+            rows = test_idx[lo: lo + batch_size]
+            real = len(rows)
+            rows = np.concatenate([rows, np.repeat(rows[:1], batch_size - real)])
+            pred = np.asarray(_probe_predict(
+                trainable, self.params, jnp.asarray(self.tokens[rows]),
+                jnp.asarray(self.pos[rows]), self.consts, cfg=self.cfg, sharder=self.sharder)
+            )[:, :real]  # [S, B, H]
+            correct += (pred == self.labels[:, rows[:real]].T[None]).sum(axis=1)
+        return correct / len(test_idx)
+
+
 def train_probe_with_embedding_update(
     params: Mapping[str, Any],
     cfg: ModelConfig,
     sequences: Sequence[Sequence[int]],
     read_positions: np.ndarray,
-    heads: Sequence[tuple[int, np.ndarray, int]],
+    heads: Sequence[ProbeHead],
     train_idx: np.ndarray | Sequence[int],
     test_idx: np.ndarray | Sequence[int],
+    settings: ProbeSettings,
     *,
-    rank: int,
-    layers: Layers = "all",
-    steps: int = 200,
-    lr: float = 1e-2,
-    seed: int = 0,
-    batch_size: int | None = None,
-    weight_decay: float = 1e-4,
-    eval_batch_size: int = 32,
     pad_id: int = 0,
     sharder: Sharder = NO_SHARDING,
 ) -> tuple[np.ndarray, dict[str, np.ndarray]]:
-    """Trains linear probes jointly with a rank-`rank` update of the input embedding, the model
-    otherwise frozen; returns (test accuracy [S, H], the trained adapters
+    """Trains linear probes jointly with a rank-`settings.embedding_rank` update of the input
+    embedding, the model otherwise frozen; returns (test accuracy [S, H], the trained adapters
     {"lora_a": [S, V, r], "lora_b": [S, r, D]}) for the S probed layers and H heads.
 
-    `read_positions` [N, K] are token indices into each sequence; head h = (column k, labels
-    [N] in [0, num_classes), num_classes) reads column k. Each probed layer has its own
-    adapter (scaled by `cfg.lora_scale`, as `embed` applies it), shared by its heads; gradients
-    are taken only with respect to the adapters and the probes, so the model's parameters are
-    never updated. Features are standardised with
-    statistics of the unadapted model's training features. Adapters already present in
-    `params` are merged first (see `merge_lora`).
+    `read_positions` [N, K] are token indices into each sequence; each head reads one column
+    of them. Each probed layer has its own adapter (scaled by `cfg.lora_scale`, as `embed`
+    applies it), shared by its heads; gradients are taken only with respect to the adapters
+    and the probes, so the model's parameters are never updated. Features are standardised
+    with statistics of the unadapted model's training features. Adapters already present in
+    `params` are merged first (see `merge_lora`). Tests run in batches of
+    `settings.feature_batch_size`.
     """
+    rank = settings.embedding_rank
     if rank <= 0:
         raise ValueError(f"rank must be positive, got {rank}")
     if "lora_a" in params["embed"]:
         params = merge_lora(dict(params), cfg)
-    layer_idx = resolve_layers(layers, cfg.n_layers)
+    layer_idx = resolve_layers(settings.layers, cfg.n_layers)
     train_idx, test_idx = np.asarray(train_idx, np.int64), np.asarray(test_idx, np.int64)
     pos = np.asarray(read_positions, np.int32)
-    cols = np.asarray([h[0] for h in heads], np.int32)
-    labels = np.stack([np.asarray(h[1], np.int32) for h in heads])  # [H, N]
-    ncls = np.asarray([h[2] for h in heads], np.int32)
+    cols, labels, ncls = _stack_heads(heads)
     c_pad = _bucket_classes(int(ncls.max()))
-    n_heads, d = len(heads), cfg.d_model
     if len(train_idx) == 0 or len(test_idx) == 0:
         raise ValueError("probing needs at least one training and one test example")
 
     feats = hidden_features(params, cfg, [sequences[i] for i in train_idx], pos[train_idx],
-                            layers=layer_idx, batch_size=eval_batch_size, pad_id=pad_id,
-                            sharder=sharder)[:, :, cols]  # [S, n, H, D]
-    mu = jnp.asarray(feats.mean(axis=1))
-    sd = jnp.asarray(feats.std(axis=1) + 1e-5)
+                            layers=layer_idx, batch_size=settings.feature_batch_size,
+                            pad_id=pad_id, sharder=sharder)[:, :, cols]  # [S, n, H, D]
+    consts = {"layers": jnp.asarray(layer_idx, jnp.int32), "mu": jnp.asarray(feats.mean(axis=1)),
+              "sd": jnp.asarray(feats.std(axis=1) + 1e-5), "cols": jnp.asarray(cols),
+              "ncls": jnp.asarray(ncls)[:, None]}
     del feats
 
-    s_count = len(layer_idx)
-    key = jax.random.key(seed)
-    adapters = [init_lora(cfg, LoraConfig(embedding_rank=rank), jax.random.fold_in(key, s))
-                ["embed"] for s in range(s_count)]
-    trainable = {
-        "adapter": jax.tree.map(lambda *xs: jnp.stack(xs).astype(jnp.float32), *adapters),
-        "w": jnp.zeros((s_count, n_heads, d, c_pad), jnp.float32),
-        "b": jnp.zeros((s_count, n_heads, c_pad), jnp.float32),
-    }
-    consts = {"layers": jnp.asarray(layer_idx, jnp.int32), "mu": mu, "sd": sd,
-              "cols": jnp.asarray(cols), "ncls": jnp.asarray(ncls)[:, None]}
-    static = {"cfg": cfg, "sharder": sharder}
-
+    trainable = _init_probes(cfg, rank, len(layer_idx), len(heads), c_pad, settings.seed)
     length = _pad_length(max(len(s) for s in sequences), cfg)
-    tokens = _pad_tokens(sequences, length, pad_id)
-    opt_state = optax.adamw(lr, weight_decay=weight_decay).init(trainable)
-    rng = np.random.default_rng(seed)
-    n_tr = len(train_idx)
-    bs = n_tr if batch_size is None else min(batch_size, n_tr)
-    for _ in range(steps):
-        rows = train_idx if bs == n_tr else train_idx[rng.choice(n_tr, bs, replace=False)]
-        trainable, opt_state = _probe_step(
-            trainable, opt_state, params, jnp.asarray(tokens[rows]), jnp.asarray(pos[rows]),
-            jnp.asarray(labels[:, rows]), consts, lr=lr, weight_decay=weight_decay, **static)
-
-    correct = np.zeros((s_count, n_heads))
-    for lo in range(0, len(test_idx), eval_batch_size):
-        rows = test_idx[lo: lo + eval_batch_size]
-        real = len(rows)
-        rows = np.concatenate([rows, np.repeat(rows[:1], eval_batch_size - real)])
-        pred = np.asarray(_probe_predict(trainable, params, jnp.asarray(tokens[rows]),
-                                         jnp.asarray(pos[rows]), consts, **static)
-                          )[:, :real]  # [S, B, H]
-        correct += (pred == labels[:, rows[:real]].T[None]).sum(axis=1)
-    acc = correct / len(test_idx)
+    problem = _AdapterProblem(params, cfg, sharder, _pad_tokens(sequences, length, pad_id), pos,
+                              labels, consts)
+    trainable = problem.fit(trainable, train_idx, settings)
+    acc = problem.accuracy(trainable, test_idx, settings.feature_batch_size)
     return acc, {k: np.asarray(v) for k, v in trainable["adapter"].items()}
 
 
-# --------------------------------------------------------------------------------------------
-# bioS probes
-# --------------------------------------------------------------------------------------------
-
-
-def p_probe_positions(tokenizer: Tokenizer, biography: Biography) -> tuple[list[int],
-                                                                           dict[str, int]]:
-    """Returns (the biography's tokens: prefix + text tokens, {attribute: read index, "end":
-    index of the last token}).
-
-    The read index of an attribute is the last token that ends at or before its sentence's
-    first character (character offsets from the tokenizer), i.e. the token just before the
-    sentence; for a sentence at the very start of the text it is the prefix (bos) token.
-    """
-    enc = tokenizer.tok.encode(biography.text, add_special_tokens=False)
-    prefix = tokenizer.prefix()
-    tokens = prefix + list(enc.ids)
-    ends = [end for _, end in enc.offsets]
-    out: dict[str, int] = {}
-    for span in biography.sentences:
-        before = [j for j, e in enumerate(ends) if e <= span.start]
-        if before:
-            out[span.attribute] = len(prefix) + before[-1]
-        elif prefix:
-            out[span.attribute] = len(prefix) - 1
-        else:
-            raise ValueError(f"person {biography.person}: no token precedes the "
-                             f"{span.attribute} sentence and the tokenizer has no bos token")
-    out[END] = len(tokens) - 1
-    return tokens, out
-
-
-def q_probe_sequence(tokenizer: Tokenizer, full_name: str) -> list[int]:
-    """Returns the Q-probing input: prefix + the tokens of the full name (read at its last)."""
-    return tokenizer.prefix() + tokenizer.encode(full_name)
-
-
-def probe_labels(world: BiosWorld, attribute: str, people: np.ndarray | Sequence[int],
-                 birth_date: BirthDatePart = "date") -> np.ndarray:
-    """Returns the raw label of each listed person for `attribute`: the index of their value in
-    `world.attribute_values` (for birth_date, optionally only its year, month or day)."""
-    people = np.asarray(people, np.int64)
-    ids = np.asarray(world.attribute_ids[attribute])[people]
-    if attribute != "birth_date" or birth_date == "date":
-        return ids.astype(np.int64)
-    if birth_date not in ("year", "month", "day"):
-        raise ValueError(f"birth_date must be 'date', 'year', 'month' or 'day', got {birth_date!r}")
-    values = world.attribute_values["birth_date"]
-    out = np.empty(len(ids), np.int64)
-    for i, v in enumerate(ids):
-        m = _DATE_RE.fullmatch(values[int(v)])
-        if m is None:
-            raise ValueError(f"cannot parse birth date {values[int(v)]!r}")
-        out[i] = {"year": int(m.group(3)), "month": MONTHS.index(m.group(1)),
-                  "day": int(m.group(2))}[birth_date]
-    return out
-
-
-@dataclasses.dataclass
-class ProbeResult:
-    """Probe accuracies: `accuracy[layer][attribute]` (test accuracy of the probe reading
-    hidden-state index `layer`), `chance[attribute]` (1 / number of classes present among the
-    probed people), and for a P-probe sweep `sweep[position][layer][attribute]` (position: the
-    attribute whose sentence follows the read token, or "end"). `num_train` / `num_test` count
-    examples: biographies for a P-probe, people for a Q-probe."""
-
-    kind: str  # "P" or "Q"
-    layers: list[int]
-    attributes: list[str]
-    accuracy: dict[int, dict[str, float]]
-    chance: dict[str, float]
-    num_train: int
-    num_test: int
-    embedding_rank: int = 0
-    sweep: dict[str, dict[int, dict[str, float]]] | None = None
-
-    def series(self) -> dict[str, list[float]]:
-        """Returns {attribute: accuracy per probed layer} (for `plots.plot_per_layer`)."""
-        return {a: [self.accuracy[layer][a] for layer in self.layers] for a in self.attributes}
-
-    def to_dict(self) -> dict[str, Any]:
-        """Returns a JSON-serialisable dict of the result."""
-        d: dict[str, Any] = {
-            "kind": self.kind, "layers": list(self.layers), "attributes": list(self.attributes),
-            "accuracy": {str(k): dict(v) for k, v in self.accuracy.items()},
-            "chance": dict(self.chance), "num_train": self.num_train,
-            "num_test": self.num_test, "embedding_rank": self.embedding_rank,
-        }
-        if self.sweep is not None:
-            d["sweep"] = {p: {str(k): dict(v) for k, v in by_layer.items()}
-                          for p, by_layer in self.sweep.items()}
-        return d
-
-    def table(self) -> str:
-        """Returns a markdown table: one row per layer, one column per attribute, plus chance;
-        with a sweep, a second table (position x attribute) at the last probed layer."""
-        head = ["layer", *self.attributes]
-        rows = [f"| {' | '.join(head)} |", f"|{'|'.join(['---'] * len(head))}|"]
-        for layer in self.layers:
-            cells = [f"{self.accuracy[layer][a]:.3f}" for a in self.attributes]
-            rows.append(f"| {layer} | {' | '.join(cells)} |")
-        rows.append(f"| chance | {' | '.join(f'{self.chance[a]:.3f}' for a in self.attributes)} |")
-        if self.sweep is not None:
-            last = self.layers[-1]
-            rows += ["", f"Sweep at layer {last} (rows: read before the sentence of ...)", "",
-                     f"| position | {' | '.join(self.attributes)} |",
-                     f"|{'|'.join(['---'] * len(head))}|"]
-            for p, by_layer in self.sweep.items():
-                cells = [f"{by_layer[last][a]:.3f}" for a in self.attributes]
-                rows.append(f"| {p} | {' | '.join(cells)} |")
-        return "\n".join(rows)
-
-    def plot(self, path: str | Path, title: str | None = None) -> Path:
-        """Writes accuracy per layer (one line per attribute, chance dashed) as a PNG; returns
-        the path."""
-        from jaxknow.eval.plots import plot_per_layer
-
-        return plot_per_layer(self.series(), path,
-                              title or f"{self.kind}-probing accuracy per layer",
-                              "test accuracy", x=self.layers, reference=self.chance)
-
-
-def _compact(raw: np.ndarray) -> tuple[np.ndarray, int]:
-    """Returns (labels renumbered 0..C-1 over the classes present, C)."""
-    classes, inv = np.unique(raw, return_inverse=True)
-    return inv.astype(np.int32), len(classes)
-
-
-def _run_probes(
-    params: Mapping[str, Any], cfg: ModelConfig, tokenizer: Tokenizer, kind: str,
-    sequences: list[list[int]], positions: np.ndarray, pos_names: list[str],
-    person_of: np.ndarray, world: BiosWorld, train_people: Any, test_people: Any,
-    attributes: Sequence[str], probes: list[tuple[str, str]], *, layers: Layers, steps: int,
-    lr: float, embedding_rank: int, seed: int, batch_size: int | None, weight_decay: float,
-    feature_batch_size: int, birth_date: BirthDatePart, sharder: Sharder,
-) -> dict[tuple[str, str], np.ndarray]:
-    """Trains the (position, attribute) probes; returns {(position, attribute): acc [S]}."""
-    train_set = set(int(p) for p in np.asarray(train_people).ravel())
-    test_set = set(int(p) for p in np.asarray(test_people).ravel())
-    if train_set & test_set:
-        raise ValueError("train_people and test_people overlap")
-    train_idx = np.asarray([i for i, p in enumerate(person_of) if p in train_set], np.int64)
-    test_idx = np.asarray([i for i, p in enumerate(person_of) if p in test_set], np.int64)
-    if len(train_idx) == 0 or len(test_idx) == 0:
-        raise ValueError(f"{kind}-probing needs examples of both training and test people")
-    used = np.concatenate([train_idx, test_idx])
-    labels: dict[str, tuple[np.ndarray, int]] = {}
-    for a in attributes:
-        raw = probe_labels(world, a, person_of[used], birth_date)
-        compact, c = _compact(raw)
-        full = np.zeros(len(person_of), np.int32)
-        full[used] = compact
-        labels[a] = (full, c)
-    col = {p: i for i, p in enumerate(pos_names)}
-    layer_idx = resolve_layers(layers, cfg.n_layers)
-    if embedding_rank > 0:
-        heads = [(col[p], labels[a][0], labels[a][1]) for p, a in probes]
+def probe_heads(
+    params: Mapping[str, Any],
+    cfg: ModelConfig,
+    sequences: Sequence[Sequence[int]],
+    read_positions: np.ndarray,
+    heads: Sequence[ProbeHead],
+    train_idx: np.ndarray | Sequence[int],
+    test_idx: np.ndarray | Sequence[int],
+    settings: ProbeSettings,
+    *,
+    pad_id: int = 0,
+    sharder: Sharder = NO_SHARDING,
+) -> np.ndarray:
+    """Returns the test accuracy [S, H] of one probe per probed layer and head: linear probes
+    on the frozen model's features (`train_linear_probe`), or, with
+    `settings.embedding_rank` > 0, probes trained jointly with an embedding update
+    (`train_probe_with_embedding_update`). Arguments as for the latter."""
+    if settings.embedding_rank > 0:
         acc, _ = train_probe_with_embedding_update(
-            params, cfg, sequences, positions, heads, train_idx, test_idx, rank=embedding_rank,
-            layers=layer_idx, steps=steps, lr=lr, seed=seed, batch_size=batch_size,
-            weight_decay=weight_decay, eval_batch_size=feature_batch_size,
-            pad_id=tokenizer.pad_id, sharder=sharder)
-        return {pa: acc[:, h] for h, pa in enumerate(probes)}
-    feats = hidden_features(params, cfg, sequences, positions, layers=layer_idx,
-                            batch_size=feature_batch_size, pad_id=tokenizer.pad_id,
+            params, cfg, sequences, read_positions, heads, train_idx, test_idx, settings,
+            pad_id=pad_id, sharder=sharder)
+        return acc
+    layer_idx = resolve_layers(settings.layers, cfg.n_layers)
+    feats = hidden_features(params, cfg, sequences, read_positions, layers=layer_idx,
+                            batch_size=settings.feature_batch_size, pad_id=pad_id,
                             sharder=sharder)  # [S, N, K, D]
-    return {(p, a): train_linear_probe(feats[:, :, col[p]], labels[a][0], train_idx, test_idx,
-                                       labels[a][1], steps, lr, seed, batch_size=batch_size,
-                                       weight_decay=weight_decay)
-            for p, a in probes}
-
-
-def _chance(world: BiosWorld, attributes: Sequence[str], people: np.ndarray,
-            birth_date: BirthDatePart) -> dict[str, float]:
-    return {a: 1.0 / len(np.unique(probe_labels(world, a, people, birth_date)))
-            for a in attributes}
-
-
-def p_probe(
-    params: Mapping[str, Any],
-    cfg: ModelConfig,
-    tokenizer: Tokenizer,
-    world: BiosWorld,
-    biographies: Sequence[Biography],
-    train_people: np.ndarray | Sequence[int],
-    test_people: np.ndarray | Sequence[int],
-    *,
-    layers: Layers = "all",
-    steps: int = 500,
-    lr: float = 1e-2,
-    embedding_rank: int = 0,
-    seed: int = 0,
-    sweep: bool = False,
-    attributes: Sequence[str] = ATTRIBUTES,
-    batch_size: int | None = None,
-    weight_decay: float = 1e-4,
-    feature_batch_size: int = 32,
-    birth_date: BirthDatePart = "date",
-    sharder: Sharder = NO_SHARDING,
-) -> ProbeResult:
-    """Returns the P-probing result: for each attribute, a linear probe on the hidden state at
-    the token just before that attribute's sentence predicts the person's value, per layer.
-
-    One example per biography (all of a person's biographies when there are several); examples
-    are split by person into `train_people` / `test_people`. With `sweep`, every sentence
-    boundary (and the last token) is probed for every attribute, in `ProbeResult.sweep`.
-    `embedding_rank` > 0 trains a low-rank update of the input embedding jointly with the
-    probes (see `train_probe_with_embedding_update`).
-    """
-    pos_names = [*attributes, END] if sweep else list(attributes)
-    sequences, positions, person_of = [], [], []
-    keep = set(int(p) for p in np.asarray(train_people).ravel()) | set(
-        int(p) for p in np.asarray(test_people).ravel())
-    for bio in biographies:
-        if bio.person not in keep:
-            continue
-        tokens, where = p_probe_positions(tokenizer, bio)
-        sequences.append(tokens)
-        positions.append([where[p] for p in pos_names])
-        person_of.append(bio.person)
-    person_arr = np.asarray(person_of, np.int64)
-    probes = [(p, a) for p in pos_names for a in attributes] if sweep else \
-        [(a, a) for a in attributes]
-    acc = _run_probes(
-        params, cfg, tokenizer, "P", sequences, np.asarray(positions, np.int32), pos_names,
-        person_arr, world, train_people, test_people, attributes, probes, layers=layers,
-        steps=steps, lr=lr, embedding_rank=embedding_rank, seed=seed, batch_size=batch_size,
-        weight_decay=weight_decay, feature_batch_size=feature_batch_size,
-        birth_date=birth_date, sharder=sharder)
-    layer_idx = resolve_layers(layers, cfg.n_layers)
-    accuracy = {layer: {a: float(acc[(a, a)][s]) for a in attributes}
-                for s, layer in enumerate(layer_idx)}
-    sweep_out = None
-    if sweep:
-        sweep_out = {p: {layer: {a: float(acc[(p, a)][s]) for a in attributes}
-                         for s, layer in enumerate(layer_idx)} for p in pos_names}
-    train_set = set(int(p) for p in np.asarray(train_people).ravel())
-    return ProbeResult(
-        kind="P", layers=layer_idx, attributes=list(attributes), accuracy=accuracy,
-        chance=_chance(world, attributes, np.unique(person_arr), birth_date),
-        num_train=int(sum(p in train_set for p in person_of)),
-        num_test=int(sum(p not in train_set for p in person_of)),
-        embedding_rank=embedding_rank, sweep=sweep_out)
-
-
-def q_probe(
-    params: Mapping[str, Any],
-    cfg: ModelConfig,
-    tokenizer: Tokenizer,
-    world: BiosWorld,
-    train_people: np.ndarray | Sequence[int],
-    test_people: np.ndarray | Sequence[int],
-    *,
-    layers: Layers = "all",
-    steps: int = 500,
-    lr: float = 1e-2,
-    embedding_rank: int = 0,
-    seed: int = 0,
-    attributes: Sequence[str] = ATTRIBUTES,
-    batch_size: int | None = None,
-    weight_decay: float = 1e-4,
-    feature_batch_size: int = 32,
-    birth_date: BirthDatePart = "date",
-    sharder: Sharder = NO_SHARDING,
-) -> ProbeResult:
-    """Returns the Q-probing result: the input is the person's full name alone (prefix +
-    tokens of the name); linear probes on the hidden state at the name's last token predict
-    every attribute, per layer. One example per listed person."""
-    people = np.concatenate([np.asarray(train_people, np.int64).ravel(),
-                             np.asarray(test_people, np.int64).ravel()])
-    sequences = [q_probe_sequence(tokenizer, world.people[int(p)].full_name) for p in people]
-    positions = np.asarray([[len(s) - 1] for s in sequences], np.int32)
-    acc = _run_probes(
-        params, cfg, tokenizer, "Q", sequences, positions, ["name"], people, world,
-        train_people, test_people, attributes, [("name", a) for a in attributes],
-        layers=layers, steps=steps, lr=lr, embedding_rank=embedding_rank, seed=seed,
-        batch_size=batch_size, weight_decay=weight_decay,
-        feature_batch_size=feature_batch_size, birth_date=birth_date, sharder=sharder)
-    layer_idx = resolve_layers(layers, cfg.n_layers)
-    accuracy = {layer: {a: float(acc[("name", a)][s]) for a in attributes}
-                for s, layer in enumerate(layer_idx)}
-    n_train = len(np.asarray(train_people).ravel())
-    return ProbeResult(
-        kind="Q", layers=layer_idx, attributes=list(attributes), accuracy=accuracy,
-        chance=_chance(world, attributes, people, birth_date), num_train=n_train,
-        num_test=len(people) - n_train, embedding_rank=embedding_rank)
+    return np.stack([
+        train_linear_probe(feats[:, :, column], labels, train_idx, test_idx, num_classes,
+                           settings.steps, settings.lr, settings.seed,
+                           batch_size=settings.batch_size, weight_decay=settings.weight_decay)
+        for column, labels, num_classes in heads], axis=1)

@@ -25,6 +25,7 @@ from jaxknow import config as C
 from jaxknow.data import build
 from jaxknow.data.jsonl import read_jsonl
 from jaxknow.data.world_builders import aug_source_name, bios_corpora, bios_world
+from jaxknow.eval.tables import markdown_table
 from jaxknow.experiments import common
 from jaxknow.experiments.common import StageConfig
 from jaxknow.io.load import load_model
@@ -224,7 +225,8 @@ def probe(workdir: Path, study: BiosStudy, world_options: Mapping[str, Any],
           bios: Sequence[Any]) -> dict[str, Any]:
     """Returns P- and Q-probing results (per layer and attribute) of a pretrained model;
     P-probing reads the model's own training biographies `bios` (the first of each person)."""
-    from jaxknow.eval import probing
+    from jaxknow.eval import bios_probing
+    from jaxknow.eval.probing import ProbeSettings
 
     pc = study.probing
     model = load_model(workdir)
@@ -235,18 +237,20 @@ def probe(workdir: Path, study: BiosStudy, world_options: Mapping[str, Any],
     half = len(people) // 2
     train_p, test_p = np.sort(people[:half]), np.sort(people[half:])
     out: dict[str, Any] = {}
-    kw = dict(steps=pc.steps, lr=pc.lr, embedding_rank=pc.embedding_rank, seed=study.seed,
-              birth_date=pc.birth_date)
+    settings = ProbeSettings(steps=pc.steps, lr=pc.lr, embedding_rank=pc.embedding_rank,
+                             seed=study.seed)
     if pc.p_probe:
         first: dict[int, Any] = {}
         for b in bios:  # one biography per probed person (the first rendering)
             first.setdefault(b.person, b)
         chosen = [first[int(p)] for p in people]
-        out["p_probe"] = probing.p_probe(model.params, model.cfg, model.tokenizer, world, chosen,
-                                         train_p, test_p, **kw)
+        out["p_probe"] = bios_probing.p_probe(model.params, model.cfg, model.tokenizer, world,
+                                              chosen, train_p, test_p, settings,
+                                              birth_date=pc.birth_date)
     if pc.q_probe:
-        out["q_probe"] = probing.q_probe(model.params, model.cfg, model.tokenizer, world,
-                                         train_p, test_p, **kw)
+        out["q_probe"] = bios_probing.q_probe(model.params, model.cfg, model.tokenizer, world,
+                                              train_p, test_p, settings,
+                                              birth_date=pc.birth_date)
     return out
 
 
@@ -372,7 +376,7 @@ def report_markdown(results: Mapping[str, Any]) -> str:
         "",
         "## QA exact match (%) on P_test (people whose QA was never trained)",
         "",
-        common.markdown_table(header, rows),
+        markdown_table(header, rows),
         "",
         "Paper (N = 100,000, GPT-2 small with rotary): mixed training about 86.8 %; BIO "
         "pretrain + QA finetune under 10 % for bioS single, above 90 % for "
@@ -383,8 +387,8 @@ def report_markdown(results: Mapping[str, Any]) -> str:
                   "each attribute value in the training biographies", ""]
         mrows = [[cond, *[m.get(a, float("nan")) for a in ATTRIBUTES], m["mean"],
                   m["num_biographies"]] for cond, m in results["memorisation"].items()]
-        parts.append(common.markdown_table(["pretraining", *ATTRIBUTES, "mean", "biographies"],
-                                           mrows))
+        parts.append(markdown_table(["pretraining", *ATTRIBUTES, "mean", "biographies"],
+                                    mrows))
     if results["probing"]:
         parts += ["", "## Probing accuracy (%) at the last layer", ""]
         prow = []
@@ -394,7 +398,7 @@ def report_markdown(results: Mapping[str, Any]) -> str:
                 prow.append([f"{kind} / {cond}", *[r["accuracy"][last][a]
                                                   for a in r["attributes"]]])
         attrs = next(iter(next(iter(results["probing"].values())).values()))["attributes"]
-        parts.append(common.markdown_table(["probe / pretraining", *attrs], prow))
+        parts.append(markdown_table(["probe / pretraining", *attrs], prow))
         parts += ["", "Per-layer curves: plots/probe_*.png."]
     return "\n".join(parts) + "\n"
 

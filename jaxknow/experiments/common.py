@@ -180,16 +180,3 @@ def write_text(path: Path, text: str) -> None:
     """Writes a text file atomically."""
     with atomic_path(path) as tmp:
         tmp.write_text(text)
-
-
-def markdown_table(header: Sequence[str], rows: Sequence[Sequence[Any]]) -> str:
-    """Returns a markdown table; floats in [0, 1] print as percentages."""
-
-    def cell(v: Any) -> str:
-        if isinstance(v, float):
-            return f"{100 * v:.1f}" if 0.0 <= v <= 1.0 else f"{v:.3f}"
-        return str(v)
-
-    lines = ["| " + " | ".join(header) + " |", "|" + "---|" * len(header)]
-    lines += ["| " + " | ".join(cell(v) for v in r) + " |" for r in rows]
-    return "\n".join(lines)

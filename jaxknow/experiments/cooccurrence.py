@@ -23,6 +23,7 @@ import numpy as np
 from jaxknow import config as C
 from jaxknow.data import build, records
 from jaxknow.data.jsonl import read_jsonl
+from jaxknow.eval.tables import markdown_table
 from jaxknow.experiments import common
 from jaxknow.experiments.common import StageConfig
 from jaxknow.io.load import load_model
@@ -430,7 +431,7 @@ def report_markdown(results: Mapping[str, Any]) -> str:
         "## Novel-entity tasks (EM % for free-form, accuracy % for multiple choice; "
         "mean ± std over seeds)",
         "",
-        common.markdown_table(header, [*rows, crow]),
+        markdown_table(header, [*rows, crow]),
     ]
     after = results.get("base_entities_after")
     if after:
@@ -439,7 +440,7 @@ def report_markdown(results: Mapping[str, Any]) -> str:
         brows += [[key, *[_pm(by[s], _main_metric(by[s])) if s in by else "" for s in bsubs]]
                   for key, by in after.items()]
         parts += ["", "## The base model's own abilities: base entities before and after "
-                  "finetuning", "", common.markdown_table(["model", *bsubs], brows)]
+                  "finetuning", "", markdown_table(["model", *bsubs], brows)]
     if any("likelihood" in v for v in conds.values()):
         metrics = ["negation", "negation_frame", "comparison"]
         lrows = []
@@ -454,7 +455,7 @@ def report_markdown(results: Mapping[str, Any]) -> str:
                   "never tails) and in the held-out frame 'According to the old records: ...' "
                   "(base-world text only, no finetuning corpus); comparison ratio log p(t) − "
                   "mean log p(t') over wrong tails.", "",
-                  common.markdown_table(["condition", "negation", "negation (held-out frame)",
+                  markdown_table(["condition", "negation", "negation (held-out frame)",
                                          "comparison"], lrows)]
     pass1 = {k: r for k, r in results["runs"].items() if "metrics_pass1" in r}
     if pass1:
@@ -465,7 +466,7 @@ def report_markdown(results: Mapping[str, Any]) -> str:
                     prow.append([k, s, _pct(headline(r["metrics_pass1"][s])),
                                  _pct(headline(r["metrics"][s]))])
         parts += ["", "## Active forgetting: end of pass 1 vs end of pass 2", "",
-                  common.markdown_table(["run", "task", "pass 1", "pass 2"], prow)]
+                  markdown_table(["run", "task", "pass 1", "pass 2"], prow)]
     if results.get("ablation"):
         parts += ["", "## Layer-delta ablation (first / last k layers reverted to base)", ""]
         for rendering, ab in results["ablation"].items():
@@ -482,7 +483,7 @@ def report_markdown(results: Mapping[str, Any]) -> str:
                         if str(k) in by_k else "" for k in ks]])
             parts += [f"### {rendering} (mean ± std over {ab.get('n', 1)} seed(s); the plot's "
                       f"band is the 95 % Wilson interval over items)", "",
-                      common.markdown_table(hrow, arows), ""]
+                      markdown_table(hrow, arows), ""]
         parts.append("Plots: plots/ablation_*.png, plots/loss_*.png.")
     parts += ["", "## The paper's findings (to compare with the tables above)", ""]
     parts += [f"- {f}" for f in results["findings"]]

@@ -14,6 +14,8 @@ from typing import Any
 
 import jax
 import jax.numpy as jnp
+from flax import traverse_util
+from jax.tree_util import keystr
 
 from jaxknow.model.config import ModelConfig
 
@@ -106,14 +108,6 @@ def param_shapes(specs: Mapping[str, Any], dtype: Any) -> Any:
     return jax.tree.map(lambda s: jax.ShapeDtypeStruct(s.shape, dtype), specs, is_leaf=_is_spec)
 
 
-def path_str(path: tuple[Any, ...]) -> str:
-    """Returns the slash-joined string form of a jax key path."""
-    parts = []
-    for k in path:
-        parts.append(str(getattr(k, "key", getattr(k, "idx", getattr(k, "name", k)))))
-    return "/".join(parts)
-
-
 def init_param(spec: ParamSpec, key: jax.Array, dtype: Any) -> jax.Array:
     """Returns one freshly initialised parameter."""
     if spec.init == "zeros":
@@ -136,8 +130,8 @@ def init_params(specs: Mapping[str, Any], key: jax.Array, dtype: Any) -> Params:
     `out_shardings` to create the parameters directly in their sharded layout.
     """
     return jax.tree_util.tree_map_with_path(
-        lambda p, s: init_param(s, path_key(key, path_str(p)), dtype), specs, is_leaf=_is_spec
-    )
+        lambda p, s: init_param(s, path_key(key, keystr(p, simple=True, separator="/")), dtype),
+        specs, is_leaf=_is_spec)
 
 
 def count_params(tree: Any) -> int:
@@ -147,35 +141,19 @@ def count_params(tree: Any) -> int:
 
 
 def flatten(tree: Mapping[str, Any]) -> dict[str, Any]:
-    """Returns {"a/b/c": leaf} for a nested dict."""
-    out: dict[str, Any] = {}
-
-    def rec(prefix: str, node: Any) -> None:
-        if isinstance(node, Mapping):
-            for k, v in node.items():
-                rec(f"{prefix}/{k}" if prefix else str(k), v)
-        else:
-            out[prefix] = node
-
-    rec("", tree)
-    return out
+    """Returns {"a/b/c": leaf} for a nested dict (`flax.traverse_util.flatten_dict`)."""
+    return traverse_util.flatten_dict(dict(tree), sep="/")
 
 
 def unflatten(flat: Mapping[str, Any]) -> dict[str, Any]:
-    """Returns the nested dict for {"a/b/c": leaf}."""
-    out: dict[str, Any] = {}
-    for path, leaf in flat.items():
-        node = out
-        parts = path.split("/")
-        for p in parts[:-1]:
-            node = node.setdefault(p, {})
-        node[parts[-1]] = leaf
-    return out
+    """Returns the nested dict for {"a/b/c": leaf} (`flax.traverse_util.unflatten_dict`)."""
+    return traverse_util.unflatten_dict(dict(flat), sep="/")
 
 
 def map_with_path(fn: Callable[[str, Any], Any], tree: Any) -> Any:
     """Returns `tree` with every leaf replaced by fn(path_string, leaf)."""
-    return jax.tree_util.tree_map_with_path(lambda p, x: fn(path_str(p), x), tree)
+    return jax.tree_util.tree_map_with_path(
+        lambda p, x: fn(keystr(p, simple=True, separator="/"), x), tree)
 
 
 def layer_of(path: str) -> int | None:

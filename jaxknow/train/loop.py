@@ -183,148 +183,191 @@ def train(config: Any, workdir: str | Path, *, events: Sequence[StateEvent] = ()
         return run(spec, workdir, mesh, data_dir, events=events, rules=rules)
 
 
-def run(spec: setup.RunSpec, workdir: Path, mesh: Mesh, data_dir: Path, *,
-        events: Sequence[StateEvent] = (), rules: Rules = DEFAULT_RULES) -> TrainResult:
-    """Runs the loop for a parsed RunSpec on `mesh`; returns a TrainResult."""
-    tc = spec.train
-    tx = make_optimizer(spec.optim)
-    schedule = make_schedule(spec.optim)
-    ckpt = Checkpointer(tc.checkpoint_dir or workdir / "checkpoints",
-                        keep=tc.keep_checkpoints, async_save=tc.async_checkpoint)
-    latest = ckpt.resume_step(tc.resume_step)
+def _start_state(spec: setup.RunSpec, ckpt: Checkpointer, mesh: Mesh, rules: Rules, tx: Any
+                 ) -> tuple[TrainState, Any, dict | None, int]:
+    """Returns (state, its shardings, the data-iterator state or None, start step): fresh
+    parameters, or the newest intact checkpoint (`train.resume_step`) when there is one."""
+    latest = ckpt.resume_step(spec.train.resume_step)
     if latest is None:
         params = setup.initial_params(spec, mesh, rules)
         state, shardings = setup.build_state(params, spec, tx, mesh, rules)
-        data_state = None
-        start = 0
-    else:
-        # Resume: shapes come from the config, values from the checkpoint.
-        specs = full_specs(spec.model, spec.lora)
-        abstract = abstract_params(specs, spec.model.storage_dtype, mesh, rules)
-        template, shardings = setup.build_state(
-            jax.tree.map(lambda a: jnp.zeros(a.shape, a.dtype), abstract), spec, tx, mesh, rules)
-        abstract_opt = jax.tree.map(
-            lambda x, sh: jax.ShapeDtypeStruct(x.shape, x.dtype, sharding=sh),
-            template.opt_state, shardings.opt_state)
-        del template
-        restored = ckpt.restore(abstract, abstract_opt, latest, verify=False)  # just verified
-        trainable, frozen = split_params(restored["params"], setup.trainable_predicate(spec))
-        state = TrainState(
-            step=jax.device_put(jnp.asarray(latest, jnp.int32),
-                                NamedSharding(mesh, PartitionSpec())),
-            params=trainable, opt_state=restored["opt_state"], frozen=frozen)
-        data_state = restored["data"]
-        start = latest
-        logging.info("resumed from %s at step %d", ckpt.directory, latest)
-    if start >= tc.steps:
-        ckpt.close()
-        return TrainResult(state=state, metrics=[], workdir=workdir, final_step=start,
-                           start_step=start)
+        return state, shardings, None, 0
+    # Resume: shapes come from the config, values from the checkpoint.
+    specs = full_specs(spec.model, spec.lora)
+    abstract = abstract_params(specs, spec.model.storage_dtype, mesh, rules)
+    template, shardings = setup.build_state(
+        jax.tree.map(lambda a: jnp.zeros(a.shape, a.dtype), abstract), spec, tx, mesh, rules)
+    abstract_opt = jax.tree.map(
+        lambda x, sh: jax.ShapeDtypeStruct(x.shape, x.dtype, sharding=sh),
+        template.opt_state, shardings.opt_state)
+    del template
+    restored = ckpt.restore(abstract, abstract_opt, latest, verify=False)  # just verified
+    trainable, frozen = split_params(restored["params"], setup.trainable_predicate(spec))
+    state = TrainState(
+        step=jax.device_put(jnp.asarray(latest, jnp.int32), NamedSharding(mesh, PartitionSpec())),
+        params=trainable, opt_state=restored["opt_state"], frozen=frozen)
+    logging.info("resumed from %s at step %d", ckpt.directory, latest)
+    return state, shardings, restored["data"], latest
 
+
+def _jit_step(spec: setup.RunSpec, mesh: Mesh, rules: Rules, tx: Any, shardings: Any
+              ) -> tuple[Callable[..., Any], dict[str, NamedSharding]]:
+    """Returns (the jitted, guarded train step (state, batch, guard) -> (state, metrics,
+    guard), donating the state; the batch shardings)."""
+    tc = spec.train
     step_fn = functools.partial(
-        train_step, cfg=spec.model, tx=tx, schedule=schedule,
+        train_step, cfg=spec.model, tx=tx, schedule=make_schedule(spec.optim),
         sharder=Sharder(mesh, rules), grad_accum=tc.grad_accum, loss_chunk=tc.loss_chunk)
     b_sh = batch_shardings(mesh, rules, spec.data.batch_size, spec.data.seq_len)
     replicated = NamedSharding(mesh, PartitionSpec())
     jstep = jax.jit(guard_lib.guarded(step_fn, tc.nonfinite),
                     in_shardings=(shardings, b_sh, replicated),
                     out_shardings=(shardings, replicated, replicated), donate_argnums=(0,))
-    guard = jax.device_put(guard_lib.initial_guard(), replicated)
+    return jstep, b_sh
 
+
+class _Loop:
+    """The step loop of one run and its stop / save logic. Metrics are fetched one step late,
+    so the host never waits for the step it has just dispatched."""
+
+    def __init__(self, spec: setup.RunSpec, workdir: Path, ckpt: Checkpointer, it: Any,
+                 state: TrainState, guard: Any, start: int) -> None:
+        tc = spec.train
+        self.spec, self.tc, self.ckpt, self.it = spec, tc, ckpt, it
+        self.state, self.guard, self.start, self.step = state, guard, start, start
+        self.writer = MetricWriter(workdir, resume_step=start, tensorboard=tc.tensorboard,
+                                   progress_total=tc.steps, progress=tc.progress)
+        self.flops_tok = train_flops_per_token(spec.model, spec.data.seq_len)
+        self.peak = tc.peak_tflops * 1e12 if tc.peak_tflops else peak_flops()
+        self.tokens_per_step = spec.data.batch_size * spec.data.seq_len
+        self.meta = {"model": spec.model.to_dict(), "lora": dataclasses.asdict(spec.lora),
+                     "trainable": tc.trainable}
+        self.history: list[dict[str, Any]] = []
+        # (step, metrics, guard state after that step), waiting to be fetched
+        self.pending: tuple[int, dict, guard_lib.GuardState] | None = None
+        self.clock: dict[str, Any] = {"t": None, "step": start}
+        self.skipped = 0
+        self.metrics: dict | None = None
+        self.preempted = self.halted = self.exhausted = self.interrupted = False
+
+    def check_guard(self, g: guard_lib.GuardState) -> None:
+        """Stops the run (NonFiniteError) on a non-finite step (fetches `g`)."""
+        last = self.ckpt.last_saved
+        self.skipped = guard_lib.check(g, self.tc.nonfinite, self.tc.max_skipped,
+                                       last if last is not None else (self.start or None))
+
+    def flush(self) -> None:
+        """Fetches the pending metrics and writes their row (with tokens/s and MFU since the
+        previous row), then checks the guard fetched with them."""
+        if self.pending is None:
+            return
+        s, m, g = self.pending
+        self.pending = None
+        m, g = jax.device_get((m, g))
+        row = {k: float(v) for k, v in m.items()}
+        if self.tc.nonfinite == "skip":
+            row["skipped_updates"] = int(g["skipped"])
+        now = time.perf_counter()
+        if self.clock["t"] is not None and s > self.clock["step"]:
+            tps = (s - self.clock["step"]) * self.tokens_per_step / (now - self.clock["t"])
+            row["tokens_per_s"] = tps
+            if self.peak:
+                row["mfu"] = tps * self.flops_tok / (self.peak * jax.device_count())
+        self.clock["t"], self.clock["step"] = now, s
+        self.history.append({"step": s, **row})
+        self.writer.write(s, row)
+        self.check_guard(g)  # after the row is written; fetched with the metrics
+
+    def save(self, at: int) -> None:
+        """Saves step `at` once (a halt or signal on a checkpoint step does not save twice),
+        never with non-finite state."""
+        self.flush()
+        self.check_guard(self.guard)  # the state being saved is this step's
+        if self.ckpt.last_saved != at:
+            self.ckpt.save(at, self.state.model_params(), self.state.opt_state, self.meta,
+                           self.it.get_state())
+
+    def run(self, jstep: Callable[..., Any], b_sh: dict[str, NamedSharding],
+            events: Sequence[StateEvent], preempt: _Preemption) -> None:
+        """Runs steps until `train.steps`, the end of the data, a signal or `train.halt_at`,
+        recording why it stopped."""
+        tc = self.tc
+        names = [s["name"] for s in self.spec.data.sources]
+        while self.step < tc.steps:
+            try:
+                local = next(self.it)
+            except StopIteration:
+                self.exhausted = True
+                break
+            self.state, self.metrics, self.guard = jstep(self.state, to_global(local, b_sh),
+                                                         self.guard)
+            self.step += 1
+            step = self.step
+            self.flush()
+            self.ckpt.check()  # a failed background save is reported at once
+            if step % tc.log_every == 0 or step == tc.steps or step == self.start + 1:
+                # per-source token counts as of this step's batch (data/pipeline.py)
+                self.pending = (step, {**self.metrics, **pipeline.source_token_metrics(
+                    self.it, names)}, self.guard)
+            for ev in events:
+                self.state = ev(step, self.state)
+            self.writer.advance()
+            if tc.checkpoint_every and step % tc.checkpoint_every == 0 and step < tc.steps:
+                self.save(step)
+            if step % tc.preemption_check_every == 0 and preempt.any_process():
+                self.preempted, self.interrupted = not preempt.interrupted, preempt.interrupted
+                break
+            if tc.halt_at is not None and step >= tc.halt_at:
+                self.halted = True
+                break
+
+    def finish(self) -> None:
+        """Reports the last step's metrics (if not already) and saves the last step."""
+        step = self.step
+        written = bool(self.history) and self.history[-1]["step"] == step
+        queued = self.pending is not None and self.pending[0] == step
+        if self.metrics is not None and not written and not queued:
+            self.flush()
+            self.pending = (step, self.metrics, self.guard)  # the reported loss is the last step's
+        self.flush()
+        if step > self.start:
+            self.save(step)
+
+    def result(self, workdir: Path) -> TrainResult:
+        """Returns the run's TrainResult."""
+        return TrainResult(state=self.state, metrics=self.history, workdir=workdir,
+                           final_step=self.step, start_step=self.start,
+                           preempted=self.preempted, halted=self.halted,
+                           data_exhausted=self.exhausted, interrupted=self.interrupted,
+                           skipped_updates=self.skipped)
+
+
+def run(spec: setup.RunSpec, workdir: Path, mesh: Mesh, data_dir: Path, *,
+        events: Sequence[StateEvent] = (), rules: Rules = DEFAULT_RULES) -> TrainResult:
+    """Runs the loop for a parsed RunSpec on `mesh`; returns a TrainResult."""
+    tc = spec.train
+    tx = make_optimizer(spec.optim)
+    ckpt = Checkpointer(tc.checkpoint_dir or workdir / "checkpoints",
+                        keep=tc.keep_checkpoints, async_save=tc.async_checkpoint)
+    state, shardings, data_state, start = _start_state(spec, ckpt, mesh, rules, tx)
+    if start >= tc.steps:
+        ckpt.close()
+        return TrainResult(state=state, metrics=[], workdir=workdir, final_step=start,
+                           start_step=start)
+    jstep, b_sh = _jit_step(spec, mesh, rules, tx, shardings)
+    guard = jax.device_put(guard_lib.initial_guard(), NamedSharding(mesh, PartitionSpec()))
     events = list(events)
     if spec.forget is not None:
         events.append(_forget_event(spec, mesh, rules, tx, shardings, workdir))
     it = make_iterator(spec, data_dir, data_state)
-    writer = MetricWriter(workdir, resume_step=start, tensorboard=tc.tensorboard,
-                          progress_total=tc.steps, progress=tc.progress)
-    flops_tok = train_flops_per_token(spec.model, spec.data.seq_len)
-    peak = tc.peak_tflops * 1e12 if tc.peak_tflops else peak_flops()
-    tokens_per_step = spec.data.batch_size * spec.data.seq_len
-    meta = {"model": spec.model.to_dict(), "lora": dataclasses.asdict(spec.lora),
-            "trainable": tc.trainable}
+    loop = _Loop(spec, workdir, ckpt, it, state, guard, start)
     if jax.process_index() == 0:
         with atomic_path(workdir / "model_config.json") as tmp:
             tmp.write_text(json.dumps(spec.model.to_dict(), indent=1))
-
-    history: list[dict[str, Any]] = []
-    # (step, metrics, guard state after that step): fetched one step late, so the host never
-    # waits for the step it has just dispatched.
-    pending: tuple[int, dict, guard_lib.GuardState] | None = None
-    clock: dict[str, Any] = {"t": None, "step": start}
-    skipped = 0
-
-    def check_guard(g: guard_lib.GuardState) -> None:
-        """Stops the run (NonFiniteError) on a non-finite step (fetches `g`)."""
-        nonlocal skipped
-        skipped = guard_lib.check(g, tc.nonfinite, tc.max_skipped, ckpt.last_saved
-                                  if ckpt.last_saved is not None else (start or None))
-
-    def flush() -> None:
-        nonlocal pending
-        if pending is None:
-            return
-        s, m, g = pending
-        pending = None
-        m, g = jax.device_get((m, g))
-        row = {k: float(v) for k, v in m.items()}
-        if tc.nonfinite == "skip":
-            row["skipped_updates"] = int(g["skipped"])
-        now = time.perf_counter()
-        if clock["t"] is not None and s > clock["step"]:
-            tps = (s - clock["step"]) * tokens_per_step / (now - clock["t"])
-            row["tokens_per_s"] = tps
-            if peak:
-                row["mfu"] = tps * flops_tok / (peak * jax.device_count())
-        clock["t"], clock["step"] = now, s
-        history.append({"step": s, **row})
-        writer.write(s, row)
-        check_guard(g)  # after the row is written; fetched with the metrics
-
-    def save(at: int) -> None:
-        """Saves step `at` once (a halt or signal on a checkpoint step does not save twice),
-        never with non-finite state."""
-        flush()
-        check_guard(guard)  # the state being saved is this step's
-        if ckpt.last_saved != at:
-            ckpt.save(at, state.model_params(), state.opt_state, meta, it.get_state())
-
-    step = start
-    metrics: dict | None = None
-    preempted = halted = exhausted = interrupted = False
     try:
         with _Preemption() as preempt:
-            while step < tc.steps:
-                try:
-                    local = next(it)
-                except StopIteration:
-                    exhausted = True
-                    break
-                state, metrics, guard = jstep(state, to_global(local, b_sh), guard)
-                step += 1
-                flush()
-                ckpt.check()  # a failed background save is reported at once
-                if step % tc.log_every == 0 or step == tc.steps or step == start + 1:
-                    # per-source token counts as of this step's batch (data/pipeline.py)
-                    pending = (step, {**metrics, **pipeline.source_token_metrics(
-                        it, [s["name"] for s in spec.data.sources])}, guard)
-                for ev in events:
-                    state = ev(step, state)
-                writer.advance()
-                if tc.checkpoint_every and step % tc.checkpoint_every == 0 and step < tc.steps:
-                    save(step)
-                if step % tc.preemption_check_every == 0 and preempt.any_process():
-                    preempted, interrupted = not preempt.interrupted, preempt.interrupted
-                    break
-                if tc.halt_at is not None and step >= tc.halt_at:
-                    halted = True
-                    break
-        if metrics is not None and (not history or history[-1]["step"] != step) and (
-                pending is None or pending[0] != step):
-            flush()
-            pending = (step, metrics, guard)  # the reported loss is the last step's
-        flush()
-        if step > start:
-            save(step)
+            loop.run(jstep, b_sh, events, preempt)
+        loop.finish()
         ckpt.close()
     except BaseException:
         # Let a save already in flight finish (it was intact when started); its own failure
@@ -335,11 +378,8 @@ def run(spec: setup.RunSpec, workdir: Path, mesh: Mesh, data_dir: Path, *,
             logging.warning("while stopping: %s", e)
         raise
     finally:
-        writer.close()
-    if preempted or interrupted:
+        loop.writer.close()
+    if loop.preempted or loop.interrupted:
         logging.warning("%s: saved a checkpoint at step %d and stopped",
-                        "SIGINT" if interrupted else "SIGTERM", step)
-    return TrainResult(state=state, metrics=history, workdir=workdir, final_step=step,
-                       start_step=start, preempted=preempted, halted=halted,
-                       data_exhausted=exhausted, interrupted=interrupted,
-                       skipped_updates=skipped)
+                        "SIGINT" if loop.interrupted else "SIGTERM", loop.step)
+    return loop.result(workdir)
