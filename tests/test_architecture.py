@@ -14,8 +14,8 @@ from pathlib import Path
 PACKAGE = Path(__file__).resolve().parents[1] / "jaxknow"
 
 # Bottom to top: a layer may import from the layers before it, never from those after it.
-LAYERS = ("errors", "parallel", "model", "config", "worlds", "data", "io", "train", "eval",
-          "experiments")
+LAYERS = ("errors", "formats", "parallel", "model", "config", "worlds", "data", "io", "train",
+          "eval", "experiments")
 
 Graph = Mapping[str, Iterable[str]]
 

@@ -15,7 +15,6 @@ from jaxknow.worlds import bios
 from jaxknow.worlds.bios import (
     ATTRIBUTES,
     MONTHS,
-    QA_PROMPT,
     Augmentation,
     BiosConfig,
     generate_world,
@@ -397,7 +396,7 @@ def test_qa_answers_match_world_and_biography_spans(world):
     assert first["question"] == f"What is the birth date of {name}?"
     assert [r["attribute"] for r in rows[:6]] == list(ATTRIBUTES)
     assert bios.qa_prompt(first["question"]) == f"Question: {first['question']} Answer:"
-    assert QA_PROMPT.format(question="Q") == "Question: Q Answer:"
+    assert bios.qa_prompt("Q") == "Question: Q Answer:"
     assert bios.qa_target("Boston, MA") == " Boston, MA"
 
 

@@ -15,7 +15,7 @@ from __future__ import annotations
 import pytest
 
 from jaxknow.eval import fewshot, scoring
-from jaxknow.worlds.bios import QA_PROMPT
+from jaxknow.formats import qa_item
 
 _CAPITALS = [("Andoria", "Valtoria"), ("Brelund", "Quessel"), ("Corvania", "Brenmoor"),
              ("Dostria", "Elmshire"), ("Estavia", "Farrow"), ("Fennmark", "Glimmer"),
@@ -134,7 +134,7 @@ def test_mc_duplicates_compare_processed_documents():
 def test_zero_shot_and_small_splits():
     zero = fewshot.build_prompts(FREE, "free", k=0)
     assert zero[0] == "Question: What is the capital of Andoria? Answer:"
-    assert zero[0] == QA_PROMPT.format(question=FREE[0]["question"])
+    assert zero[0] == qa_item(FREE[0]["question"])
     assert zero[0] == fewshot.zero_shot_qa_prompt(FREE[0]["question"])
     assert fewshot.build_prompts(MC[:1], "mc", k=0)[0].startswith(
         "The following are multiple choice questions (with answers).\n\nWhat is")

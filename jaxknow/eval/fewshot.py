@@ -40,7 +40,8 @@ import random
 from collections.abc import Mapping, Sequence
 from typing import Any
 
-from jaxknow.worlds.facts import MC_HEADER, MC_LETTERS
+from jaxknow import formats
+from jaxknow.formats import MC_HEADER, MC_LETTERS, qa_item
 
 FEW_SHOT_SEED = 42
 DEFAULT_SHOTS = 5
@@ -57,8 +58,7 @@ class FewShotError(ValueError):
 
 def free_form_item(row: Row, with_answer: bool = False) -> str:
     """Returns ``"Question: {q} Answer:"`` (plus ``" {answer}"`` when `with_answer`)."""
-    text = "Question: " + str(row["question"]) + " Answer:"
-    return text + free_form_target(row) if with_answer else text
+    return qa_item(str(row["question"]), str(row["answer"]) if with_answer else None)
 
 
 def free_form_target(row: Row) -> str:
@@ -80,9 +80,8 @@ def mc_item(row: Row, with_answer: bool = False) -> str:
     if len(choices) > len(MC_LETTERS):
         raise FewShotError(f"multiple-choice row has {len(choices)} choices; the harness format "
                            f"lists at most {len(MC_LETTERS)}: {row['question']!r}")
-    text = (str(row["question"]).strip() + "\n"
-            + "".join(f"{k}. {c}\n" for k, c in zip(MC_LETTERS, choices)) + "Answer:")
-    return text + " " + mc_letter(row) if with_answer else text
+    return formats.mc_item(str(row["question"]), choices,
+                           int(row["answer"]) if with_answer else None)
 
 
 def harness_doc(row: Row, kind: str) -> Any:
@@ -142,10 +141,8 @@ def mc_prompt(query: Row, demos: Sequence[Row] = ()) -> str:
 
 
 def zero_shot_qa_prompt(question: str) -> str:
-    """Returns the bioS zero-shot QA prompt ``"Question: {q} Answer:"`` (QA_PROMPT filled in)."""
-    from jaxknow.worlds.bios import QA_PROMPT
-
-    return QA_PROMPT.format(question=question)
+    """Returns the bioS zero-shot QA prompt ``"Question: {q} Answer:"`` (`formats.qa_item`)."""
+    return qa_item(question)
 
 
 def build_prompts(rows: Sequence[Row], kind: str, k: int = DEFAULT_SHOTS,

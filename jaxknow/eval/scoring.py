@@ -45,10 +45,10 @@ from jaxknow.eval.generate import (
     place_batch,
     place_params,
 )
+from jaxknow.formats import MC_LETTERS
 from jaxknow.model import transformer
 from jaxknow.model.config import ModelConfig
 from jaxknow.parallel.rules import Sharder
-from jaxknow.worlds.facts import MC_LETTERS
 
 MC_MODES = ("letters", "options")
 BOS_MODES = ("auto", "always", "never")

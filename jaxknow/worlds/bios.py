@@ -24,12 +24,12 @@ from typing import Any, NamedTuple
 
 import numpy as np
 
+from jaxknow.formats import qa_item
 from jaxknow.worlds.bios_templates import BIO_TEMPLATES, QA_TEMPLATES
 
 __all__ = [
     "ATTRIBUTES",
     "MONTHS",
-    "QA_PROMPT",
     "Augmentation",
     "Biography",
     "BiosConfig",
@@ -62,7 +62,6 @@ ATTRIBUTES: tuple[str, ...] = (
 )
 
 #: The prompt a model sees for a QA item; the target continuation is " " + answer.
-QA_PROMPT = "Question: {question} Answer:"
 
 MONTHS: tuple[str, ...] = (
     "January",
@@ -865,8 +864,8 @@ def qa_items(world: BiosWorld, people: Sequence[int] | np.ndarray) -> list[dict[
 
 
 def qa_prompt(question: str) -> str:
-    """Returns the model prompt for a question: QA_PROMPT filled in."""
-    return QA_PROMPT.format(question=question)
+    """Returns the model prompt for a question (`formats.qa_item`: "Question: {q} Answer:")."""
+    return qa_item(question)
 
 
 def qa_target(answer: str) -> str:

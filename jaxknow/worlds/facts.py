@@ -20,6 +20,7 @@ from collections import defaultdict
 from collections.abc import Iterable, Mapping, Sequence
 from typing import Any
 
+from jaxknow.formats import MC_HEADER, MC_LETTERS, mc_item, qa_item
 from jaxknow.worlds.audit import names_overlap
 from jaxknow.worlds.fact_types import (
     Fact,
@@ -30,8 +31,6 @@ from jaxknow.worlds.fact_types import (
 )
 from jaxknow.worlds.referencing import referencing_corpus, referencing_facts
 
-MC_HEADER = "The following are multiple choice questions (with answers).\n\n"
-MC_LETTERS = ("A", "B", "C", "D")
 # The held-out frame of the negation probe: base-world text states base facts (true and negated)
 # in it; no novel corpus ever uses it, so the probe compares narrative and referencing training
 # on a sentence frame that neither of them taught.
@@ -326,16 +325,13 @@ def assign_wrong_tails(world: FactWorld, n: int, seed: int) -> dict[Fact, tuple[
 
 def format_free_form(row: Mapping[str, Any], with_answer: bool = True) -> str:
     """Returns a free-form item, ``"Question: {q} Answer: {a}"`` (or ending at "Answer:")."""
-    text = f"Question: {row['question']} Answer:"
-    return f"{text} {row['answer']}" if with_answer else text
+    return qa_item(str(row["question"]), str(row["answer"]) if with_answer else None)
 
 
 def format_mc_item(row: Mapping[str, Any], with_answer: bool = True) -> str:
     """Returns a multiple-choice item ``"{q}\\nA. ..\\nD. ..\\nAnswer: {letter}"`` (no header)."""
-    lines = [str(row["question"])]
-    lines += [f"{MC_LETTERS[i]}. {c}" for i, c in enumerate(row["choices"])]
-    text = "\n".join(lines) + "\nAnswer:"
-    return f"{text} {MC_LETTERS[int(row['answer'])]}" if with_answer else text
+    return mc_item(str(row["question"]), list(row["choices"]),
+                   int(row["answer"]) if with_answer else None)
 
 
 def format_mc(rows: Sequence[Mapping[str, Any]]) -> str:
