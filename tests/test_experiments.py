@@ -23,6 +23,7 @@ def bios_study(tmp_path_factory):
     return wd, results
 
 
+@pytest.mark.slow  # a whole study end to end: minutes on 2 cores
 def test_bios_study_results_are_complete_and_consistent(bios_study):
     wd, results = bios_study
     on_disk = json.loads((wd / "results.json").read_text())
@@ -65,6 +66,7 @@ def test_bios_study_results_are_complete_and_consistent(bios_study):
     assert all((wd / "plots" / p).stat().st_size > 1000 for p in pngs)
 
 
+@pytest.mark.slow  # a whole study end to end: minutes on 2 cores
 def test_cooccurrence_study_results_and_forgetting_loss_jump(tmp_path):
     cfg = cooc_tiny()
     cfg.modes = ["full"]
