@@ -16,7 +16,7 @@ from jaxknow import config as C
 from jaxknow.config import OptimConfig, OptimConfigError
 from jaxknow.data.jsonl import atomic_path, read_jsonl
 from jaxknow.io.metrics import read_metrics
-from jaxknow.model.lora import ALL_LINEAR, all_linear_targets
+from jaxknow.model.lora import resolve_targets
 from jaxknow.train.loop import TrainResult, train
 
 
@@ -113,10 +113,7 @@ def stage_config(
                        packing=stage.packing, dir=str(data_dir),
                        sources=[dict(s) for s in sources]))
     if lora:
-        lora = dict(lora)
-        if lora.get("targets") == ALL_LINEAR:
-            lora["targets"] = list(all_linear_targets(C.model_config(c.model.to_dict()).mlp))
-        c.lora.update(lora)
+        c.lora.update(resolve_targets(lora, C.model_config(c.model.to_dict()).mlp))
     if forget:
         c.forget = ConfigDict(dict(forget))
     return c

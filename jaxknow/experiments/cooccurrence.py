@@ -291,14 +291,15 @@ def run_cooccurrence_study(config: Any, workdir: str | Path, log: Any = print
                 losses[name] = ([m["step"] for m in res.metrics],
                                 [m["loss"] for m in res.metrics], events)
                 log(f"[eval] {name}")
+                model = load_model(d)
                 run = {"rendering": rendering, "forget": forget, "mode": mode, "seed": seed,
                        "steps": res.final_step, "resets": events,
-                       "metrics": evaluate_model(load_model(d), novel, ev)}
+                       "metrics": evaluate_model(model, novel, ev)}
                 if forget and ev.eval_pass1:
                     run["metrics_pass1"] = evaluate_model(load_model(d, step=pass_steps),
                                                           novel, ev)
                 if ev.base_entities:
-                    run["base_entities"] = evaluate_model(load_model(d), base_subsets, ev)
+                    run["base_entities"] = evaluate_model(model, base_subsets, ev)
                 results["runs"][name] = run
                 run_dirs[(rendering, forget, mode, seed)] = d
     results["conditions"] = aggregate(results["runs"])
@@ -364,7 +365,7 @@ def combine_ablations(per_seed: Mapping[int, Mapping[str, Any]], items: Mapping[
     ``std`` (sample std over seeds, 0 for one seed), ``interval`` (the 95 % Wilson interval of
     the mean, its items pooled over seeds: `items` gives the subset sizes), ``n`` and
     ``per_seed``."""
-    from jaxknow.eval.metrics import wilson_interval
+    from jaxknow.eval.metrics import mean, std, wilson_interval
 
     seeds = list(per_seed)
     first = per_seed[seeds[0]]["results"]
@@ -377,10 +378,9 @@ def combine_ablations(per_seed: Mapping[int, Mapping[str, Any]], items: Mapping[
                 part[side][k] = {}
             for subset in by_subset:
                 vals = [float(per_seed[s]["results"][side][k][subset]) for s in seeds]
-                m = float(np.mean(vals))
+                m = mean(vals)
                 out["results"][side][k][subset] = m
-                out["std"][side][k][subset] = (float(np.std(vals, ddof=1)) if len(vals) > 1
-                                               else 0.0)
+                out["std"][side][k][subset] = std(vals)
                 out["interval"][side][k][subset] = list(
                     wilson_interval(m, items.get(subset, 0) * len(seeds)))
     return {"n_layers": per_seed[seeds[0]]["n_layers"], "n": len(seeds), **out,

@@ -10,6 +10,7 @@ from __future__ import annotations
 import dataclasses
 import math
 import re
+from collections.abc import Mapping
 from typing import Any
 
 import jax
@@ -37,6 +38,19 @@ def all_linear_targets(mlp: str) -> tuple[str, ...]:
     if mlp == "gelu":
         return (*ATTN_TARGETS, "up", "down")
     return ATTN_TARGETS + MLP_TARGETS
+
+
+def resolve_targets(lora: Mapping[str, Any], mlp: str) -> dict[str, Any]:
+    """Returns a copy of a `lora` config section whose ``targets`` = "all-linear" is replaced
+    by the projections of a block with MLP kind `mlp` (`all_linear_targets`); raises
+    ValueError for any other string."""
+    out = dict(lora)
+    targets = out.get("targets")
+    if targets == ALL_LINEAR:
+        out["targets"] = list(all_linear_targets(mlp))
+    elif isinstance(targets, str):
+        raise ValueError(f"lora.targets={targets!r}: a list of projections or {ALL_LINEAR!r}")
+    return out
 
 
 @dataclasses.dataclass(frozen=True)

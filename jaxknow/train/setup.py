@@ -64,13 +64,10 @@ def parse_run_config(config: Any) -> RunSpec:
         raise C.ConfigError("model: section missing")
     model = C.model_config(cfg["model"])
     train = C.section(C.TrainConfig, cfg.get("train"), "train")
-    lora_cfg = dict(cfg.get("lora") or {})
-    targets = lora_cfg.get("targets")
-    if targets == lora_lib.ALL_LINEAR:
-        lora_cfg["targets"] = list(lora_lib.all_linear_targets(model.mlp))
-    elif isinstance(targets, str):
-        raise C.ConfigError(f"lora.targets={targets!r}: a list of projections or "
-                            f"{lora_lib.ALL_LINEAR!r}")
+    try:
+        lora_cfg = lora_lib.resolve_targets(cfg.get("lora") or {}, model.mlp)
+    except ValueError as e:
+        raise C.ConfigError(str(e)) from None
     lora = C.section(lora_lib.LoraConfig, lora_cfg, "lora")
     if lora.enabled:
         model = model.replace(lora_scale=lora.scale)
