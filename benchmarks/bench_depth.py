@@ -30,8 +30,15 @@ DEEP_TINY = "d_model=64,n_heads=8,n_kv_heads=1,d_ff=224,vocab_size=512,max_seq_l
 TARGETS = {"compile": 3.0, "step": 10.0}
 
 
-def measure(preset_name: str, fields: dict[str, Any], run: dict[str, int],
-            mesh: tuple[int, int, int], steps: int, warmup: int, seed: int) -> dict[str, Any]:
+def measure(
+    preset_name: str,
+    fields: dict[str, Any],
+    run: dict[str, int],
+    mesh: tuple[int, int, int],
+    steps: int,
+    warmup: int,
+    seed: int,
+) -> dict[str, Any]:
     """Returns {compile_s, ms_per_step, tokens_per_s, loss, params_m} of one config."""
     from jaxknow.model.config import preset
 
@@ -43,8 +50,9 @@ def measure(preset_name: str, fields: dict[str, Any], run: dict[str, int],
 
 def main(argv: list[str] | None = None) -> dict[str, Any]:
     """Runs the depth benchmark and prints it; returns its figures."""
-    ap = argparse.ArgumentParser(description=__doc__,
-                                 formatter_class=argparse.RawDescriptionHelpFormatter)
+    ap = argparse.ArgumentParser(
+        description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter
+    )
     ap.add_argument("--preset", default="tiny")
     ap.add_argument("--layers", default="4,32", help="comma list; ratios are last/first")
     ap.add_argument("--scan", default="false,true", help="scan_layers values to compare")
@@ -74,41 +82,69 @@ def main(argv: list[str] | None = None) -> dict[str, Any]:
     layers = [int(x) for x in args.layers.split(",")]
     scans = [parse_variant(f"s={s}")["s"] for s in args.scan.split(",")]
     run = {"batch": args.batch, "seq_len": args.seq_len, "loss_chunk": 0, "grad_accum": 1}
-    print(f"device: {jax.devices()[0].device_kind} x{jax.device_count()}, preset {args.preset},"
-          f" batch {args.batch} x {args.seq_len}, {args.dtype}", flush=True)
+    print(
+        f"device: {jax.devices()[0].device_kind} x{jax.device_count()}, preset {args.preset},"
+        f" batch {args.batch} x {args.seq_len}, {args.dtype}",
+        flush=True,
+    )
     print(f"{'scan_layers':>11} {'layers':>6} {'compile s':>9} {'ms/step':>9} {'tokens/s':>10}")
     rows: list[dict[str, Any]] = []
     for scan in scans:
         for n in layers:
-            r = measure(args.preset, {"n_layers": n, "scan_layers": scan, "dtype": args.dtype},
-                        run, mesh, args.steps, args.warmup, args.seed)
+            r = measure(
+                args.preset,
+                {"n_layers": n, "scan_layers": scan, "dtype": args.dtype},
+                run,
+                mesh,
+                args.steps,
+                args.warmup,
+                args.seed,
+            )
             rows.append({"scan_layers": scan, "layers": n, **r})
-            print(f"{scan!s:>11} {n:>6} {r['compile_s']:>9.1f} {r['ms_per_step']:>9.1f} "
-                  f"{r['tokens_per_s']:>10,.0f}", flush=True)
+            print(
+                f"{scan!s:>11} {n:>6} {r['compile_s']:>9.1f} {r['ms_per_step']:>9.1f} "
+                f"{r['tokens_per_s']:>10,.0f}",
+                flush=True,
+            )
     ratios = {}
     for scan in scans:
         lo = next(r for r in rows if r["scan_layers"] == scan and r["layers"] == layers[0])
         hi = next(r for r in rows if r["scan_layers"] == scan and r["layers"] == layers[-1])
         c, s = hi["compile_s"] / lo["compile_s"], hi["ms_per_step"] / lo["ms_per_step"]
         ratios[str(scan)] = {"compile": c, "step": s}
-        verdict = (f"  (targets with scan: compile <= {TARGETS['compile']:g}x "
-                   f"{'met' if c <= TARGETS['compile'] else 'MISSED'}, step <= "
-                   f"{TARGETS['step']:g}x {'met' if s <= TARGETS['step'] else 'MISSED'})"
-                   if scan is True and layers[-1] == 8 * layers[0] else "")
-        print(f"scan_layers={scan}: {layers[-1]}/{layers[0]} layers: compile {c:.1f}x, "
-              f"step {s:.1f}x{verdict}")
+        verdict = (
+            f"  (targets with scan: compile <= {TARGETS['compile']:g}x "
+            f"{'met' if c <= TARGETS['compile'] else 'MISSED'}, step <= "
+            f"{TARGETS['step']:g}x {'met' if s <= TARGETS['step'] else 'MISSED'})"
+            if scan is True and layers[-1] == 8 * layers[0]
+            else ""
+        )
+        print(
+            f"scan_layers={scan}: {layers[-1]}/{layers[0]} layers: compile {c:.1f}x, "
+            f"step {s:.1f}x{verdict}"
+        )
     out: dict[str, Any] = {"rows": rows, "ratios": ratios}
     if args.deep_layers:
-        fields = {**parse_variant(args.deep_model), "n_layers": args.deep_layers,
-                  "scan_layers": True, "dtype": args.dtype}
-        deep_run = {"batch": args.deep_batch, "seq_len": args.deep_seq_len, "loss_chunk": 0,
-                    "grad_accum": 1}
+        fields = {
+            **parse_variant(args.deep_model),
+            "n_layers": args.deep_layers,
+            "scan_layers": True,
+            "dtype": args.dtype,
+        }
+        deep_run = {
+            "batch": args.deep_batch,
+            "seq_len": args.deep_seq_len,
+            "loss_chunk": 0,
+            "grad_accum": 1,
+        }
         d = measure(args.deep_preset, fields, deep_run, mesh, 1, 0, args.seed)
         ok = math.isfinite(d["loss"])
         out["deep"] = {"preset": args.deep_preset, "layers": args.deep_layers, "ok": ok, **d}
-        print(f"{args.deep_preset} shape, {args.deep_layers} layers, tiny widths "
-              f"({args.deep_model}), scan on: compiled in {d['compile_s']:.1f} s, one step "
-              f"{d['ms_per_step']:.0f} ms, loss {d['loss']:.3f} ({'ok' if ok else 'NOT FINITE'})")
+        print(
+            f"{args.deep_preset} shape, {args.deep_layers} layers, tiny widths "
+            f"({args.deep_model}), scan on: compiled in {d['compile_s']:.1f} s, one step "
+            f"{d['ms_per_step']:.0f} ms, loss {d['loss']:.3f} ({'ok' if ok else 'NOT FINITE'})"
+        )
         if not ok:
             raise SystemExit("the deep step's loss is not finite")
     if args.json:

@@ -46,10 +46,13 @@ def main() -> None:
     tx, sched = make_optimizer(ocfg), make_schedule(ocfg)
     rng = np.random.default_rng(0)
     tokens = rng.integers(0, cfg.vocab_size, (args.batch, args.seq_len + 1), dtype=np.int32)
-    batch = {"inputs": jnp.asarray(tokens[:, :-1]), "targets": jnp.asarray(tokens[:, 1:]),
-             "weights": jnp.ones((args.batch, args.seq_len), jnp.float32),
-             "segment_ids": jnp.ones((args.batch, args.seq_len), jnp.int32),
-             "positions": jnp.broadcast_to(jnp.arange(args.seq_len), (args.batch, args.seq_len))}
+    batch = {
+        "inputs": jnp.asarray(tokens[:, :-1]),
+        "targets": jnp.asarray(tokens[:, 1:]),
+        "weights": jnp.ones((args.batch, args.seq_len), jnp.float32),
+        "segment_ids": jnp.ones((args.batch, args.seq_len), jnp.int32),
+        "positions": jnp.broadcast_to(jnp.arange(args.seq_len), (args.batch, args.seq_len)),
+    }
     step_fn = functools.partial(train_step, cfg=cfg, tx=tx, schedule=sched)
 
     def fresh():

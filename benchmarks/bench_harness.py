@@ -77,8 +77,7 @@ def timed(lm: Any) -> Any:
     return lm
 
 
-def run(lm: Any, tasks: list[str], task_dir: Path, limit: int | None
-        ) -> tuple[float, float, dict]:
+def run(lm: Any, tasks: list[str], task_dir: Path, limit: int | None) -> tuple[float, float, dict]:
     """Returns (seconds, seconds inside the model's request methods, results) of one
     simple_evaluate call."""
     import lm_eval
@@ -87,16 +86,21 @@ def run(lm: Any, tasks: list[str], task_dir: Path, limit: int | None
     tm = TaskManager(include_path=str(task_dir), include_defaults=False)
     lm.model_seconds = 0.0
     t0 = time.perf_counter()
-    res = lm_eval.simple_evaluate(model=lm, tasks=tasks, task_manager=tm, limit=limit,
-                                  log_samples=True)
+    res = lm_eval.simple_evaluate(
+        model=lm, tasks=tasks, task_manager=tm, limit=limit, log_samples=True
+    )
     return time.perf_counter() - t0, lm.model_seconds, res
 
 
 def scores(res: dict) -> str:
     """Returns "task metric=value ..." of lm-eval's aggregated results."""
-    return "; ".join(f"{t} " + " ".join(f"{k.split(',')[0]}={v:.4f}" for k, v in r.items()
-                                         if "," in k and "stderr" not in k)
-                     for t, r in res["results"].items())
+    return "; ".join(
+        f"{t} "
+        + " ".join(
+            f"{k.split(',')[0]}={v:.4f}" for k, v in r.items() if "," in k and "stderr" not in k
+        )
+        for t, r in res["results"].items()
+    )
 
 
 def outputs(res: dict) -> dict[tuple[str, int], Any]:
@@ -120,8 +124,9 @@ def own_parity(model: Any, data: Path, subsets: list[str], res: dict, batch_size
 
     rows = {s: read_jsonl(data / f"eval_{s}.jsonl") for s in subsets}
     t0 = time.perf_counter()
-    own = evaluate_subsets_detailed(model, rows, max_new_tokens=50, batch_size=batch_size,
-                                    bos="never")
+    own = evaluate_subsets_detailed(
+        model, rows, max_new_tokens=50, batch_size=batch_size, bos="never"
+    )
     secs = time.perf_counter() - t0
     same = total = 0
     worst = 0.0
@@ -139,8 +144,10 @@ def own_parity(model: Any, data: Path, subsets: list[str], res: dict, batch_size
                 same += int(np.argmax(got)) == rec["pred"]
         m = own.metrics[s]
         parts.append(f"{s} " + " ".join(f"{k}={v:.4f}" for k, v in m.items() if k != "n"))
-    return (f"own evaluation ({secs:.2f} s, full subsets): identical predictions {same}/{total}, "
-            f"max |log-likelihood difference| {worst:.2e}; " + "; ".join(parts))
+    return (
+        f"own evaluation ({secs:.2f} s, full subsets): identical predictions {same}/{total}, "
+        f"max |log-likelihood difference| {worst:.2e}; " + "; ".join(parts)
+    )
 
 
 def main() -> None:
@@ -150,13 +157,18 @@ def main() -> None:
     ap.add_argument("--subsets", default="qa,multiple_choice,reverse_qa,two_hop_mc")
     ap.add_argument("--limit", type=int, default=None, help="items per task (default: all)")
     ap.add_argument("--batch_size", type=int, default=32)
-    ap.add_argument("--shape", default="d_model=128,n_layers=4,n_heads=4,d_ff=512,"
-                                        "max_seq_len=512", help="model fields of the random "
-                    "model (vocab_size defaults to the tokenizer's)")
+    ap.add_argument(
+        "--shape",
+        default="d_model=128,n_layers=4,n_heads=4,d_ff=512,max_seq_len=512",
+        help="model fields of the random model (vocab_size defaults to the tokenizer's)",
+    )
     ap.add_argument("--seed", type=int, default=0)
     ap.add_argument("--no_hf", action="store_true", help="time the jaxknow adapter only")
-    ap.add_argument("--parity", action="store_true",
-                    help="also run jaxknow's own evaluation and compare it item by item")
+    ap.add_argument(
+        "--parity",
+        action="store_true",
+        help="also run jaxknow's own evaluation and compare it item by item",
+    )
     args = ap.parse_args()
 
     import jax
@@ -176,15 +188,18 @@ def main() -> None:
             c = get_config("tiny")
             data = work / "world"
             materialize(c.world.to_dict(), data, c.seed)
-        model_dir = args.model or make_model(data, work / "model",
-                                              parse_shape(args.shape), args.seed)
+        model_dir = args.model or make_model(
+            data, work / "model", parse_shape(args.shape), args.seed
+        )
         subsets = [s for s in args.subsets.split(",") if s]
         task_dir = work / "tasks"
         tasks = list(write_lm_tasks(data, task_dir, subsets))
         model = load_model(model_dir)
-        print(f"devices: {jax.device_count()} x {jax.devices()[0].platform}; model "
-              f"d{model.cfg.d_model} x {model.cfg.n_layers} layers, vocab "
-              f"{model.cfg.vocab_size}, {model.cfg.dtype}; tasks {tasks}; limit {args.limit}")
+        print(
+            f"devices: {jax.device_count()} x {jax.devices()[0].platform}; model "
+            f"d{model.cfg.d_model} x {model.cfg.n_layers} layers, vocab "
+            f"{model.cfg.vocab_size}, {model.cfg.dtype}; tasks {tasks}; limit {args.limit}"
+        )
         lm = timed(JaxknowLM(model=model, bos="never", batch_size=args.batch_size))
         t_warm, _, _ = run(lm, tasks, task_dir, args.limit)
         t_jk, m_jk, res_jk = run(lm, tasks, task_dir, args.limit)
@@ -192,11 +207,14 @@ def main() -> None:
         n_reqs = sum(len(x["arguments"]) for s in res_jk["samples"].values() for x in s)
 
         def line(name: str, t: float, m: float, res: dict) -> str:
-            return (f"{name}: {t:.2f} s timed ({n_items / t:.1f} items/s); inside the model "
-                    f"{m:.2f} s ({n_reqs / m:.1f} requests/s)\n  {scores(res)}")
+            return (
+                f"{name}: {t:.2f} s timed ({n_items / t:.1f} items/s); inside the model "
+                f"{m:.2f} s ({n_reqs / m:.1f} requests/s)\n  {scores(res)}"
+            )
 
-        print(line("jaxknow adapter", t_jk, m_jk, res_jk) +
-              f"\n  first run {t_warm:.2f} s (compiles)")
+        print(
+            line("jaxknow adapter", t_jk, m_jk, res_jk) + f"\n  first run {t_warm:.2f} s (compiles)"
+        )
         if args.parity:
             print(own_parity(model, data, subsets, res_jk, args.batch_size))
         if args.no_hf:
@@ -204,16 +222,21 @@ def main() -> None:
         from lm_eval.api.registry import get_model
 
         hf_dir = jaxknow_to_hf(model_dir, work / "hf")
-        hf = timed(get_model("hf").create_from_arg_string(
-            f"pretrained={hf_dir},dtype={model.cfg.dtype}",
-            {"batch_size": args.batch_size, "device": "cpu"}))
+        hf = timed(
+            get_model("hf").create_from_arg_string(
+                f"pretrained={hf_dir},dtype={model.cfg.dtype}",
+                {"batch_size": args.batch_size, "device": "cpu"},
+            )
+        )
         run(hf, tasks, task_dir, args.limit)
         t_hf, m_hf, res_hf = run(hf, tasks, task_dir, args.limit)
         print(line("lm-eval hf", t_hf, m_hf, res_hf))
         a, b = outputs(res_jk), outputs(res_hf)
         same = sum(a[k] == b.get(k) for k in a)
-        print(f"ratio hf / jaxknow: {t_hf / t_jk:.2f}x end to end, {m_hf / m_jk:.2f}x inside "
-              f"the model; identical outputs: {same}/{len(a)}")
+        print(
+            f"ratio hf / jaxknow: {t_hf / t_jk:.2f}x end to end, {m_hf / m_jk:.2f}x inside "
+            f"the model; identical outputs: {same}/{len(a)}"
+        )
     finally:
         shutil.rmtree(work, ignore_errors=True)
 

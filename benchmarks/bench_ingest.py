@@ -55,7 +55,7 @@ def make_corpus(path: Path, mb: float, seed: int = 0) -> tuple[int, int]:
             lines = []
             at = 0
             for n in lens:
-                text = " ".join(vocab[w] for w in words[at:at + n]) + "."
+                text = " ".join(vocab[w] for w in words[at : at + n]) + "."
                 at += n
                 lines.append(json.dumps({"text": text, "id": n_docs}))
                 n_docs += 1
@@ -68,8 +68,21 @@ def make_corpus(path: Path, mb: float, seed: int = 0) -> tuple[int, int]:
 
 def make_big_doc(path: Path, mb: float) -> None:
     """Writes a JSONL file of one document of about `mb` MB."""
-    words = ["the", "quick", "brown", "fox", "jumps", "over", "a", "lazy", "dog", "while",
-             "seven", "zebras", "graze"]
+    words = [
+        "the",
+        "quick",
+        "brown",
+        "fox",
+        "jumps",
+        "over",
+        "a",
+        "lazy",
+        "dog",
+        "while",
+        "seven",
+        "zebras",
+        "graze",
+    ]
     n = int(mb * 1e6)
     parts, size, i = [], 0, 0
     while size < n:
@@ -97,7 +110,8 @@ class TreeRss:
             while not self._stop.is_set():
                 try:
                     total = proc.memory_info().rss + sum(
-                        c.memory_info().rss for c in proc.children(recursive=True))
+                        c.memory_info().rss for c in proc.children(recursive=True)
+                    )
                 except psutil.Error:
                     total = 0
                 self.peak = max(self.peak, total)
@@ -130,7 +144,7 @@ def phase(args: argparse.Namespace) -> dict:
         t_enc = time.perf_counter()
         n_tokens = 0
         for i in range(0, len(texts), 4096):
-            n_tokens += sum(len(ids) for ids in tok.encode_batch(texts[i:i + 4096]))
+            n_tokens += sum(len(ids) for ids in tok.encode_batch(texts[i : i + 4096]))
         out["encode_s"] = time.perf_counter() - t_enc
         out["tokens"] = n_tokens
     else:
@@ -150,8 +164,9 @@ def pipeline_rate(data_dir: Path, batches: int) -> float:
     from jaxknow.data import pipeline
 
     cfg = pipeline.PipelineConfig(seq_len=512, batch_size=96, packing="concat", seed=0)
-    it = iter(pipeline.build_pipeline(pipeline.source_datasets(str(data_dir), ["corpus"]),
-                                      None, cfg))
+    it = iter(
+        pipeline.build_pipeline(pipeline.source_datasets(str(data_dir), ["corpus"]), None, cfg)
+    )
     next(it)
     t = time.perf_counter()
     for _ in range(batches):
@@ -160,8 +175,20 @@ def pipeline_rate(data_dir: Path, batches: int) -> float:
 
 
 def run_phase(corpus: Path, tokenizer: Path, name: str, workers: int, out: Path) -> dict:
-    cmd = [sys.executable, __file__, "--phase", name, "--corpus", str(corpus),
-           "--tokenizer", str(tokenizer), "--workers_one", str(workers), "--out", str(out)]
+    cmd = [
+        sys.executable,
+        __file__,
+        "--phase",
+        name,
+        "--corpus",
+        str(corpus),
+        "--tokenizer",
+        str(tokenizer),
+        "--workers_one",
+        str(workers),
+        "--out",
+        str(out),
+    ]
     res = subprocess.run(cmd, capture_output=True, text=True, cwd=ROOT)
     if res.returncode:
         sys.stderr.write(res.stderr)
@@ -170,16 +197,21 @@ def run_phase(corpus: Path, tokenizer: Path, name: str, workers: int, out: Path)
 
 
 def main() -> None:
-    ap = argparse.ArgumentParser(description=__doc__,
-                                 formatter_class=argparse.RawDescriptionHelpFormatter)
+    ap = argparse.ArgumentParser(
+        description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter
+    )
     ap.add_argument("--mb", type=float, default=133.0, help="corpus size in MB")
     ap.add_argument("--workers", default="0,2", help="comma-separated ingestion worker counts")
     ap.add_argument("--doc_mb", type=float, default=0.0, help="also a one-document corpus")
     ap.add_argument("--vocab", type=int, default=8192)
     ap.add_argument("--dir", default=None, help="work folder (default: a temporary one)")
     ap.add_argument("--skip_bare", action="store_true", help="ingestion only")
-    ap.add_argument("--pipeline_batches", type=int, default=30,
-                    help="also time the training pipeline over the ingested source (0: no)")
+    ap.add_argument(
+        "--pipeline_batches",
+        type=int,
+        default=30,
+        help="also time the training pipeline over the ingested source (0: no)",
+    )
     ap.add_argument("--phase", default=None, help=argparse.SUPPRESS)
     ap.add_argument("--corpus", default=None, help=argparse.SUPPRESS)
     ap.add_argument("--tokenizer", default=None, help=argparse.SUPPRESS)
@@ -200,16 +232,22 @@ def main() -> None:
     if not corpus.is_file():
         t = time.perf_counter()
         n, size = make_corpus(corpus, args.mb)
-        print(f"generated {corpus}: {n:,} documents, {size / 1e6:.1f} MB "
-              f"in {time.perf_counter() - t:.1f} s")
+        print(
+            f"generated {corpus}: {n:,} documents, {size / 1e6:.1f} MB "
+            f"in {time.perf_counter() - t:.1f} s"
+        )
     tok_dir = work / "tokenizer"
     if not (tok_dir / "tokenizer.json").is_file():
         sample = ingest.sample_texts([corpus], ReaderConfig(), 20_000, seed=0)
         train_bpe(sample, args.vocab).save(tok_dir)
     rows = []
     if not args.skip_bare:
-        rows.append(("bare encode_batch (all texts in memory)",
-                     run_phase(corpus, tok_dir, "bare", 0, work / "unused")))
+        rows.append(
+            (
+                "bare encode_batch (all texts in memory)",
+                run_phase(corpus, tok_dir, "bare", 0, work / "unused"),
+            )
+        )
     for w in [int(x) for x in args.workers.split(",") if x.strip()]:
         out = work / f"out_w{w}"
         if out.exists():
@@ -219,8 +257,9 @@ def main() -> None:
         rows.append((f"ingest_source workers={w}", run_phase(corpus, tok_dir, "ingest", w, out)))
     pipe = None
     if args.pipeline_batches and len(rows) > (0 if args.skip_bare else 1):
-        pipe = pipeline_rate(work / f"out_w{int(args.workers.split(',')[-1])}",
-                             args.pipeline_batches)
+        pipe = pipeline_rate(
+            work / f"out_w{int(args.workers.split(',')[-1])}", args.pipeline_batches
+        )
     if args.doc_mb:
         big = work / f"one_doc_{args.doc_mb:g}mb.jsonl"
         make_big_doc(big, args.doc_mb)
@@ -229,27 +268,37 @@ def main() -> None:
             import shutil
 
             shutil.rmtree(out)
-        rows.append((f"ingest_source, one {args.doc_mb:g} MB document, workers=2",
-                     run_phase(big, tok_dir, "ingest", 2, out)))
+        rows.append(
+            (
+                f"ingest_source, one {args.doc_mb:g} MB document, workers=2",
+                run_phase(big, tok_dir, "ingest", 2, out),
+            )
+        )
     size_mb = corpus.stat().st_size / 1e6
     cores = len(os.sched_getaffinity(0)) if hasattr(os, "sched_getaffinity") else os.cpu_count()
     print(f"\ncorpus {size_mb:.1f} MB, vocabulary {args.vocab}, {cores} cores")
-    print("| what | wall s | encode-only s | tokens | peak RSS self MiB | largest child MiB "
-          "| process tree peak MiB |")
+    print(
+        "| what | wall s | encode-only s | tokens | peak RSS self MiB | largest child MiB "
+        "| process tree peak MiB |"
+    )
     print("|---|---|---|---|---|---|---|")
     bare = rows[0][1]["wall_s"] if not args.skip_bare else None
     for name, r in rows:
         tree = f"{r['tree_peak_mib']:.0f}" if r.get("tree_peak_mib") else "n/a"
         enc = f"{r['encode_s']:.2f}" if "encode_s" in r else ""
-        print(f"| {name} | {r['wall_s']:.2f} | {enc} | {r['tokens']:,} | "
-              f"{r['self_maxrss_mib']:.0f} | {r['children_maxrss_mib']:.0f} | {tree} |")
+        print(
+            f"| {name} | {r['wall_s']:.2f} | {enc} | {r['tokens']:,} | "
+            f"{r['self_maxrss_mib']:.0f} | {r['children_maxrss_mib']:.0f} | {tree} |"
+        )
     if bare:
         for name, r in rows[1:]:
             if "one" not in name:
                 print(f"{name}: {r['wall_s'] / bare:.2f}x the bare pass's wall time")
     if pipe is not None:
-        print(f"grain pipeline over the ingested source (96 x 512 concat packing, in-process): "
-              f"{pipe:,.0f} tokens/s")
+        print(
+            f"grain pipeline over the ingested source (96 x 512 concat packing, in-process): "
+            f"{pipe:,.0f} tokens/s"
+        )
 
 
 if __name__ == "__main__":

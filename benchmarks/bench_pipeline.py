@@ -43,21 +43,32 @@ def main(argv: list[str] | None = None) -> dict[str, Any]:
     data_dir = Path(args.data_dir or tempfile.mkdtemp(prefix="bench_pipeline_"))
     if not (data_dir / "manifest.json").is_file():
         t = time.perf_counter()
-        m = materialize({"kind": "bios", "num_people": args.num_people,
-                         "augmentations": ["multi5+permute+fullname"],
-                         "vocab_size": args.vocab_size},
-                        data_dir, seed=0)
-        print(f"materialised {args.num_people} people in {time.perf_counter() - t:.1f} s "
-              f"({m['sources']['bios_multi5_permute_fullname']['num_tokens']:,} bio tokens)")
+        m = materialize(
+            {
+                "kind": "bios",
+                "num_people": args.num_people,
+                "augmentations": ["multi5+permute+fullname"],
+                "vocab_size": args.vocab_size,
+            },
+            data_dir,
+            seed=0,
+        )
+        print(
+            f"materialised {args.num_people} people in {time.perf_counter() - t:.1f} s "
+            f"({m['sources']['bios_multi5_permute_fullname']['num_tokens']:,} bio tokens)"
+        )
     print(f"cores used: {'1 (pinned)' if args.workers == 0 else args.workers} workers")
     out: dict[str, Any] = {}
-    for source, packing in (("bios_multi5_permute_fullname", "concat"),
-                            ("qa_train", "first_fit"), ("qa_train", "pad")):
+    for source, packing in (
+        ("bios_multi5_permute_fullname", "concat"),
+        ("qa_train", "first_fit"),
+        ("qa_train", "pad"),
+    ):
         seq = args.seq_len if packing == "concat" else 64
-        cfg = pipeline.PipelineConfig(seq_len=seq, batch_size=args.batch, packing=packing,
-                                      seed=0, workers=args.workers)
-        ds = pipeline.build_pipeline(pipeline.source_datasets(str(data_dir), [source]), None,
-                                     cfg)
+        cfg = pipeline.PipelineConfig(
+            seq_len=seq, batch_size=args.batch, packing=packing, seed=0, workers=args.workers
+        )
+        ds = pipeline.build_pipeline(pipeline.source_datasets(str(data_dir), [source]), None, cfg)
         it = iter(ds)
         next(it)
         t = time.perf_counter()
@@ -67,11 +78,17 @@ def main(argv: list[str] | None = None) -> dict[str, Any]:
             real += int((b["segment_ids"] > 0).sum())
         dt = time.perf_counter() - t
         slots = args.batches * args.batch * seq
-        print(f"{source:32s} {packing:9s} seq {seq:4d}: {slots / dt:12,.0f} tokens/s "
-              f"({real / dt:,.0f} non-pad), {args.batches / dt:.1f} batches/s")
-        out[f"{source}/{packing}"] = {"tokens_per_s": slots / dt, "non_pad_per_s": real / dt,
-                                      "batch": args.batch, "seq_len": seq,
-                                      "workers": args.workers}
+        print(
+            f"{source:32s} {packing:9s} seq {seq:4d}: {slots / dt:12,.0f} tokens/s "
+            f"({real / dt:,.0f} non-pad), {args.batches / dt:.1f} batches/s"
+        )
+        out[f"{source}/{packing}"] = {
+            "tokens_per_s": slots / dt,
+            "non_pad_per_s": real / dt,
+            "batch": args.batch,
+            "seq_len": seq,
+            "workers": args.workers,
+        }
     if args.json:
         Path(args.json).write_text(json.dumps(out, indent=1))
     return out

@@ -52,8 +52,13 @@ sys.path.insert(0, os.environ.get("JAXKNOW_BENCH_ROOT") or str(REPO))
 RUN_FIELDS = ("batch", "seq_len", "loss_chunk", "grad_accum")
 ENV_FIELDS = ("cpu_devices", "xla_flags")
 #: The quickstart's model shape (GPT-2 style, learned positions, as the PyTorch CPU anchor).
-QUICKSTART = {"preset": "tiny", "batch": 64, "seq_len": 128, "dtype": "float32",
-              "model": "d_model=128,d_ff=512,n_layers=4,n_heads=4,vocab_size=1024"}
+QUICKSTART = {
+    "preset": "tiny",
+    "batch": 64,
+    "seq_len": 128,
+    "dtype": "float32",
+    "model": "d_model=128,d_ff=512,n_layers=4,n_heads=4,vocab_size=1024",
+}
 WORKER_TAG = "@@bench "
 
 
@@ -97,8 +102,10 @@ def resolve_torch_script(arg: str) -> tuple[Path, str]:
     if arg in names:
         path = find_shared_script(names[arg])
         if path is None:
-            raise SystemExit(f"--torch_baseline={arg}: shared/bench/{names[arg]} not found "
-                             f"in {REPO} or any folder above it; pass its path")
+            raise SystemExit(
+                f"--torch_baseline={arg}: shared/bench/{names[arg]} not found "
+                f"in {REPO} or any folder above it; pass its path"
+            )
         return path, arg
     path = Path(arg)
     if not path.is_file():
@@ -132,12 +139,20 @@ class Variant:
 def make_variant(label: str, text: str, args: argparse.Namespace) -> Variant:
     """Returns the Variant of `--variant text` on top of the base config of `args`."""
     over = {**parse_variant(args.model or ""), **parse_variant(text)}
-    run = {"batch": args.batch, "seq_len": args.seq_len, "loss_chunk": args.loss_chunk,
-           "grad_accum": args.grad_accum}
+    run = {
+        "batch": args.batch,
+        "seq_len": args.seq_len,
+        "loss_chunk": args.loss_chunk,
+        "grad_accum": args.grad_accum,
+    }
     run.update({k: over.pop(k) for k in list(over) if k in RUN_FIELDS})
     env = {k: over.pop(k) for k in list(over) if k in ENV_FIELDS}
-    fields = {"dtype": args.dtype, "remat": args.remat,
-              "max_seq_len": max(run["seq_len"], 512), **over}
+    fields = {
+        "dtype": args.dtype,
+        "remat": args.remat,
+        "max_seq_len": max(run["seq_len"], 512),
+        **over,
+    }
     return Variant(label, args.preset, fields, run, env)
 
 
@@ -156,8 +171,13 @@ class Prepared:
     compiled_bytes: int | None
 
 
-def prepare_variant(cfg: Any, run: dict[str, int], mesh_shape: tuple[int, int, int],
-                    seed: int, optim_config: Any = None) -> Prepared:
+def prepare_variant(
+    cfg: Any,
+    run: dict[str, int],
+    mesh_shape: tuple[int, int, int],
+    seed: int,
+    optim_config: Any = None,
+) -> Prepared:
     """Returns the compiled, sharded train step of `cfg` at `run`'s batch shape, with a fresh
     state and a random batch (the compile time is measured). `optim_config` (an OptimConfig;
     default AdamW at 3e-4) sets the optimizer."""
@@ -181,25 +201,56 @@ def prepare_variant(cfg: Any, run: dict[str, int], mesh_shape: tuple[int, int, i
     tx, sched = optim.make_optimizer(ocfg), optim.make_schedule(ocfg)
     state, sh = sharded_state(params, {}, flatten(specs), tx, mesh, DEFAULT_RULES)
     bsh = batch_shardings(mesh, DEFAULT_RULES, b, t)
-    tokens = jax.random.randint(jax.random.key(seed + 1), (b, t + 1), 0, cfg.vocab_size,
-                                dtype=jnp.int32)
-    batch = {"inputs": tokens[:, :-1], "targets": tokens[:, 1:],
-             "weights": jnp.ones((b, t), jnp.float32),
-             "segment_ids": jnp.ones((b, t), jnp.int32),
-             "positions": jnp.broadcast_to(jnp.arange(t, dtype=jnp.int32), (b, t))}
+    tokens = jax.random.randint(
+        jax.random.key(seed + 1), (b, t + 1), 0, cfg.vocab_size, dtype=jnp.int32
+    )
+    batch = {
+        "inputs": tokens[:, :-1],
+        "targets": tokens[:, 1:],
+        "weights": jnp.ones((b, t), jnp.float32),
+        "segment_ids": jnp.ones((b, t), jnp.int32),
+        "positions": jnp.broadcast_to(jnp.arange(t, dtype=jnp.int32), (b, t)),
+    }
     batch = {k: jax.device_put(v, bsh[k]) for k, v in batch.items()}
-    step = jax.jit(functools.partial(train_step, cfg=cfg, tx=tx, schedule=sched,
-                                     sharder=Sharder(mesh), grad_accum=run["grad_accum"],
-                                     loss_chunk=run["loss_chunk"]),
-                   in_shardings=(sh, bsh), out_shardings=(sh, None), donate_argnums=(0,))
+    step = jax.jit(
+        functools.partial(
+            train_step,
+            cfg=cfg,
+            tx=tx,
+            schedule=sched,
+            sharder=Sharder(mesh),
+            grad_accum=run["grad_accum"],
+            loss_chunk=run["loss_chunk"],
+        ),
+        in_shardings=(sh, bsh),
+        out_shardings=(sh, None),
+        donate_argnums=(0,),
+    )
     t0 = time.perf_counter()
     compiled = step.lower(state, batch).compile()
     compile_s = time.perf_counter() - t0
     ma = compiled.memory_analysis()
-    compiled_bytes = (int(ma.argument_size_in_bytes) + int(ma.temp_size_in_bytes)
-                      + int(ma.output_size_in_bytes) - int(ma.alias_size_in_bytes)) if ma else None
-    return Prepared(compiled, state, batch, cfg, dict(run), mesh.devices.size,
-                    count_params(specs) / 1e6, compile_s, compiled_bytes)
+    compiled_bytes = (
+        (
+            int(ma.argument_size_in_bytes)
+            + int(ma.temp_size_in_bytes)
+            + int(ma.output_size_in_bytes)
+            - int(ma.alias_size_in_bytes)
+        )
+        if ma
+        else None
+    )
+    return Prepared(
+        compiled,
+        state,
+        batch,
+        cfg,
+        dict(run),
+        mesh.devices.size,
+        count_params(specs) / 1e6,
+        compile_s,
+        compiled_bytes,
+    )
 
 
 def time_steps(p: Prepared, steps: int, warmup: int) -> dict[str, Any]:
@@ -232,14 +283,24 @@ def time_steps(p: Prepared, steps: int, warmup: int) -> dict[str, Any]:
     }
 
 
-def bench_variant(base: Any, run: dict[str, int], mesh_shape: tuple[int, int, int], steps: int,
-                  warmup: int, seed: int) -> dict[str, Any]:
+def bench_variant(
+    base: Any,
+    run: dict[str, int],
+    mesh_shape: tuple[int, int, int],
+    steps: int,
+    warmup: int,
+    seed: int,
+) -> dict[str, Any]:
     """Returns {params_m, tokens_per_s, ms_per_step, mfu, peak_bytes, compiled_bytes,
     compile_s, loss} of one variant (compiled and timed in this process)."""
     p = prepare_variant(base, run, mesh_shape, seed)
     out = time_steps(p, steps, warmup)
-    return {"params_m": p.params_m, "compiled_bytes": p.compiled_bytes,
-            "compile_s": p.compile_s, **out}
+    return {
+        "params_m": p.params_m,
+        "compiled_bytes": p.compiled_bytes,
+        "compile_s": p.compile_s,
+        **out,
+    }
 
 
 class InProcess:
@@ -252,9 +313,13 @@ class InProcess:
     def start(self) -> dict[str, Any]:
         """Compiles the step; returns {params_m, compile_s, compiled_bytes, n_devices}."""
         self.p = prepare_variant(self.v.model_config(), self.v.run, self.mesh, self.args.seed)
-        return {"params_m": self.p.params_m, "compile_s": self.p.compile_s,
-                "compiled_bytes": self.p.compiled_bytes, "n_devices": self.p.n_devices,
-                **describe_device()}
+        return {
+            "params_m": self.p.params_m,
+            "compile_s": self.p.compile_s,
+            "compiled_bytes": self.p.compiled_bytes,
+            "n_devices": self.p.n_devices,
+            **describe_device(),
+        }
 
     def window(self) -> dict[str, Any]:
         """Times one window of steps."""
@@ -270,14 +335,19 @@ def describe_device() -> dict[str, Any]:
     """Returns {device, device_count, backend, jax} of this process (starts the backend)."""
     import jax
 
-    return {"device": jax.devices()[0].device_kind, "device_count": jax.device_count(),
-            "backend": jax.default_backend(), "jax": jax.__version__}
+    return {
+        "device": jax.devices()[0].device_kind,
+        "device_count": jax.device_count(),
+        "backend": jax.default_backend(),
+        "jax": jax.__version__,
+    }
 
 
 def device_line(info: dict[str, Any]) -> str:
     """Returns "device: KIND xN (backend), jax V" from describe_device()'s fields."""
-    return (f"device: {info['device']} x{info['device_count']} ({info['backend']}), "
-            f"jax {info['jax']}")
+    return (
+        f"device: {info['device']} x{info['device_count']} ({info['backend']}), jax {info['jax']}"
+    )
 
 
 def worker_env(v: Variant) -> dict[str, str]:
@@ -303,9 +373,14 @@ class Worker:
 
     def __init__(self, v: Variant, args: argparse.Namespace, mesh: tuple[int, int, int]):
         self.v = v
-        self.spec = {"variant": dataclasses.asdict(v), "mesh": list(mesh), "steps": args.steps,
-                     "warmup": args.warmup, "seed": args.seed,
-                     "compile_cache": args.compile_cache}
+        self.spec = {
+            "variant": dataclasses.asdict(v),
+            "mesh": list(mesh),
+            "steps": args.steps,
+            "warmup": args.warmup,
+            "seed": args.seed,
+            "compile_cache": args.compile_cache,
+        }
         self.proc: subprocess.Popen | None = None
         self.log: Any = None
 
@@ -313,11 +388,10 @@ class Worker:
         assert self.proc is not None and self.proc.stdout is not None
         for line in self.proc.stdout:
             if line.startswith(WORKER_TAG):
-                return json.loads(line[len(WORKER_TAG):])
+                return json.loads(line[len(WORKER_TAG) :])
         self.log.seek(0)
         tail = "\n".join(self.log.read().strip().splitlines()[-15:])
-        raise RuntimeError(f"variant {self.v.label!r}: worker exited "
-                           f"({self.proc.wait()}):\n{tail}")
+        raise RuntimeError(f"variant {self.v.label!r}: worker exited ({self.proc.wait()}):\n{tail}")
 
     def _ask(self, command: str) -> dict[str, Any]:
         assert self.proc is not None and self.proc.stdin is not None
@@ -331,8 +405,13 @@ class Worker:
         self.log = tempfile.TemporaryFile(mode="w+")  # noqa: SIM115 (closed in close())
         self.proc = subprocess.Popen(
             [sys.executable, str(Path(__file__).resolve()), "--worker", json.dumps(self.spec)],
-            stdin=subprocess.PIPE, stdout=subprocess.PIPE, stderr=self.log, text=True,
-            env=worker_env(self.v), cwd=str(REPO))
+            stdin=subprocess.PIPE,
+            stdout=subprocess.PIPE,
+            stderr=self.log,
+            text=True,
+            env=worker_env(self.v),
+            cwd=str(REPO),
+        )
         return self._read()
 
     def window(self) -> dict[str, Any]:
@@ -371,16 +450,24 @@ def worker_main(spec_json: str) -> None:
         sys.stdout.write(WORKER_TAG + json.dumps(obj) + "\n")
         sys.stdout.flush()
 
-    emit({"params_m": p.params_m, "compile_s": p.compile_s,
-          "compiled_bytes": p.compiled_bytes, "n_devices": p.n_devices, **describe_device()})
+    emit(
+        {
+            "params_m": p.params_m,
+            "compile_s": p.compile_s,
+            "compiled_bytes": p.compiled_bytes,
+            "n_devices": p.n_devices,
+            **describe_device(),
+        }
+    )
     for line in sys.stdin:
         if line.strip() != "run":
             break
         emit(time_steps(p, spec["steps"], spec["warmup"]))
 
 
-def run_torch_baseline(script: str | Path, batch: int, extra: list[str] | None = None
-                       ) -> float | None:
+def run_torch_baseline(
+    script: str | Path, batch: int, extra: list[str] | None = None
+) -> float | None:
     """Runs a PyTorch reference script and returns the tokens/s it prints (None when it
     fails). `extra` replaces the positional batch argument of the GPU script (CPU script)."""
     argv = [str(a) for a in extra] if extra is not None else [str(batch)]
@@ -398,19 +485,35 @@ def run_torch_baseline(script: str | Path, batch: int, extra: list[str] | None =
 def torch_cpu_args(cfg: Any, run: dict[str, int], steps: int, compile_: bool) -> list[str]:
     """Returns the flags of `torch_cpu_small.py` for the shape of `cfg` at `run`."""
     if cfg.d_ff != 4 * cfg.d_model or cfg.pos_embedding != "learned":
-        print(f"note: the torch anchor is GPT-2 (learned positions, d_ff = 4 d); jaxknow has "
-              f"pos_embedding={cfg.pos_embedding}, d_ff={cfg.d_ff}, d_model={cfg.d_model}")
-    out = ["--batch", run["batch"], "--seq", run["seq_len"], "--d", cfg.d_model,
-           "--layers", cfg.n_layers, "--heads", cfg.n_heads, "--vocab", cfg.vocab_size,
-           "--steps", steps]
+        print(
+            f"note: the torch anchor is GPT-2 (learned positions, d_ff = 4 d); jaxknow has "
+            f"pos_embedding={cfg.pos_embedding}, d_ff={cfg.d_ff}, d_model={cfg.d_model}"
+        )
+    out = [
+        "--batch",
+        run["batch"],
+        "--seq",
+        run["seq_len"],
+        "--d",
+        cfg.d_model,
+        "--layers",
+        cfg.n_layers,
+        "--heads",
+        cfg.n_heads,
+        "--vocab",
+        cfg.vocab_size,
+        "--steps",
+        steps,
+    ]
     return [str(x) for x in out] + (["--compile"] if compile_ else [])
 
 
 def export_commit(ref: str) -> Path:
     """Returns a temporary folder holding `jaxknow/` and `launch/` as of git commit `ref`."""
     dest = Path(tempfile.mkdtemp(prefix="bench_ref_"))
-    archive = subprocess.run(["git", "-C", str(REPO), "archive", ref, "jaxknow", "launch"],
-                             capture_output=True)
+    archive = subprocess.run(
+        ["git", "-C", str(REPO), "archive", ref, "jaxknow", "launch"], capture_output=True
+    )
     if archive.returncode:
         raise SystemExit(f"--ref {ref}: git archive failed: {archive.stderr.decode().strip()}")
     subprocess.run(["tar", "-x", "-C", str(dest)], input=archive.stdout, check=True)
@@ -444,14 +547,17 @@ def build_variants(args: argparse.Namespace) -> list[Variant]:
 
 def main(argv: list[str] | None = None) -> dict[str, Any]:
     """Runs the benchmark, prints its table; returns {"torch": [...], "rows": [...]}."""
-    ap = argparse.ArgumentParser(description=__doc__,
-                                 formatter_class=argparse.RawDescriptionHelpFormatter)
+    ap = argparse.ArgumentParser(
+        description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter
+    )
     ap.add_argument("--worker", default=None, help=argparse.SUPPRESS)
     ap.add_argument("--preset", default="gpt2-small-rope")
     ap.add_argument("--model", default="", help="k=v,... model fields of the base config")
-    ap.add_argument("--quickstart", action="store_true",
-                    help="the quickstart's shape: " + " ".join(
-                        f"--{k} {v}" for k, v in QUICKSTART.items()))
+    ap.add_argument(
+        "--quickstart",
+        action="store_true",
+        help="the quickstart's shape: " + " ".join(f"--{k} {v}" for k, v in QUICKSTART.items()),
+    )
     ap.add_argument("--batch", type=int, default=96)
     ap.add_argument("--seq_len", type=int, default=512)
     ap.add_argument("--dtype", default="bfloat16", help="compute dtype (params stay float32)")
@@ -462,26 +568,46 @@ def main(argv: list[str] | None = None) -> dict[str, Any]:
     ap.add_argument("--steps", type=int, default=20)
     ap.add_argument("--warmup", type=int, default=3)
     ap.add_argument("--seed", type=int, default=0)
-    ap.add_argument("--variant", action="append", default=[],
-                    help="k=v,... overriding model fields, batch/seq_len/loss_chunk/grad_accum, "
-                         "cpu_devices, xla_flags")
-    ap.add_argument("--cpu_devices", default="",
-                    help="comma list: one variant per XLA host device count")
-    ap.add_argument("--xla_flags", action="append", default=[],
-                    help="one variant with these extra XLA_FLAGS (repeatable)")
-    ap.add_argument("--torch_baseline", default=None,
-                    help="gpu, cpu (shared/bench/torch_{gpt2_baseline,cpu_small}.py) or a path")
+    ap.add_argument(
+        "--variant",
+        action="append",
+        default=[],
+        help="k=v,... overriding model fields, batch/seq_len/loss_chunk/grad_accum, "
+        "cpu_devices, xla_flags",
+    )
+    ap.add_argument(
+        "--cpu_devices", default="", help="comma list: one variant per XLA host device count"
+    )
+    ap.add_argument(
+        "--xla_flags",
+        action="append",
+        default=[],
+        help="one variant with these extra XLA_FLAGS (repeatable)",
+    )
+    ap.add_argument(
+        "--torch_baseline",
+        default=None,
+        help="gpu, cpu (shared/bench/torch_{gpt2_baseline,cpu_small}.py) or a path",
+    )
     ap.add_argument("--torch_compile", action="store_true", help="CPU anchor: torch.compile")
     ap.add_argument("--torch_steps", type=int, default=10, help="CPU anchor: timed steps")
-    ap.add_argument("--repeats", type=int, default=1,
-                    help="alternate torch and every variant this many times")
-    ap.add_argument("--ref", default=None,
-                    help="git commit: add the base config run with that commit's jaxknow")
-    ap.add_argument("--isolate", action="store_true",
-                    help="every variant in its own process (its own peak memory; on a GPU, "
-                         "with --repeats 1 only one holds memory at a time)")
-    ap.add_argument("--compile_cache", action="store_true",
-                    help="keep the persistent compilation cache (compile times then lie)")
+    ap.add_argument(
+        "--repeats", type=int, default=1, help="alternate torch and every variant this many times"
+    )
+    ap.add_argument(
+        "--ref", default=None, help="git commit: add the base config run with that commit's jaxknow"
+    )
+    ap.add_argument(
+        "--isolate",
+        action="store_true",
+        help="every variant in its own process (its own peak memory; on a GPU, "
+        "with --repeats 1 only one holds memory at a time)",
+    )
+    ap.add_argument(
+        "--compile_cache",
+        action="store_true",
+        help="keep the persistent compilation cache (compile times then lie)",
+    )
     ap.add_argument("--json", default=None, help="write the figures to this file")
     ap.add_argument("--compare", default=None, help="a --json file of an earlier run")
     args = ap.parse_args(argv)
@@ -503,11 +629,15 @@ def main(argv: list[str] | None = None) -> dict[str, Any]:
         jax.config.update("jax_enable_compilation_cache", False)
     mesh_shape = tuple(int(x) for x in args.mesh.split(","))
     variants = build_variants(args)
-    torch_script, torch_kind = (resolve_torch_script(args.torch_baseline)
-                                if args.torch_baseline else (None, None))
+    torch_script, torch_kind = (
+        resolve_torch_script(args.torch_baseline) if args.torch_baseline else (None, None)
+    )
     base = variants[1] if args.ref else variants[0]
-    torch_extra = (torch_cpu_args(base.model_config(), base.run, args.torch_steps,
-                                  args.torch_compile) if torch_kind == "cpu" else None)
+    torch_extra = (
+        torch_cpu_args(base.model_config(), base.run, args.torch_steps, args.torch_compile)
+        if torch_kind == "cpu"
+        else None
+    )
     # When any variant needs its own process, all get one: the same conditions for every
     # row, and this process never starts the backend (on a GPU it would hold the memory).
     isolate = args.isolate or any(v.needs_process for v in variants)
@@ -534,8 +664,10 @@ def main(argv: list[str] | None = None) -> dict[str, Any]:
     def show(info: dict[str, Any] | None) -> None:
         if isolate and info and not shown:
             shown.append(True)
-            print(device_line(info) + f", mesh {mesh_shape} (each variant in its own process)",
-                  flush=True)
+            print(
+                device_line(info) + f", mesh {mesh_shape} (each variant in its own process)",
+                flush=True,
+            )
 
     def measured() -> list[int]:
         return [j for j in range(len(runners)) if windows[j] and j not in failed]
@@ -563,10 +695,20 @@ def main(argv: list[str] | None = None) -> dict[str, Any]:
                     r.close()
                     if args.json:  # what is done survives a time limit
                         done = measured()
-                        dump(args.json, [variants[j] for j in done], [infos[j] for j in done],
-                             [windows[j] for j in done], torch_tps, torch_script, failed)
-                ratio = (f" ({w['tokens_per_s'] / torch_tps[-1]:.2f}x)"
-                         if torch_tps and torch_tps[-1] else "")
+                        dump(
+                            args.json,
+                            [variants[j] for j in done],
+                            [infos[j] for j in done],
+                            [windows[j] for j in done],
+                            torch_tps,
+                            torch_script,
+                            failed,
+                        )
+                ratio = (
+                    f" ({w['tokens_per_s'] / torch_tps[-1]:.2f}x)"
+                    if torch_tps and torch_tps[-1]
+                    else ""
+                )
                 parts.append(f"{r.v.label} {w['tokens_per_s']:,.0f}{ratio}")
             if together:
                 tt = f"torch {torch_tps[-1]:,.0f} | " if torch_tps and torch_tps[-1] else ""
@@ -579,35 +721,64 @@ def main(argv: list[str] | None = None) -> dict[str, Any]:
                 shutil.rmtree(v.root, ignore_errors=True)
 
     done = measured()
-    rows = summarize([variants[j] for j in done], [infos[j] for j in done],
-                     [windows[j] for j in done], torch_tps)
+    rows = summarize(
+        [variants[j] for j in done], [infos[j] for j in done], [windows[j] for j in done], torch_tps
+    )
     print_table(rows, torch_tps, compare=load_record(args.compare) if args.compare else None)
     for i, why in failed.items():
         print(f"FAILED {variants[i].label}: {why}")
     if args.json:
-        dump(args.json, [variants[j] for j in done], [infos[j] for j in done],
-             [windows[j] for j in done], torch_tps, torch_script, failed)
+        dump(
+            args.json,
+            [variants[j] for j in done],
+            [infos[j] for j in done],
+            [windows[j] for j in done],
+            torch_tps,
+            torch_script,
+            failed,
+        )
     if not rows:
         raise SystemExit("every variant failed")
-    return {"torch": torch_tps, "rows": rows,
-            "failed": {variants[i].label: why for i, why in failed.items()}}
+    return {
+        "torch": torch_tps,
+        "rows": rows,
+        "failed": {variants[i].label: why for i, why in failed.items()},
+    }
 
 
-def dump(path: str, variants: list[Variant], infos: list[dict[str, Any] | None],
-         windows: list[list[dict[str, Any]]], torch_tps: list[float | None],
-         torch_script: Path | None, failed: dict[int, str] | None = None) -> None:
+def dump(
+    path: str,
+    variants: list[Variant],
+    infos: list[dict[str, Any] | None],
+    windows: list[list[dict[str, Any]]],
+    torch_tps: list[float | None],
+    torch_script: Path | None,
+    failed: dict[int, str] | None = None,
+) -> None:
     """Writes the figures of the variants measured so far (and the failures) to `path`."""
     rows = summarize(variants, infos, windows, torch_tps) if variants else []
     info = next((i for i in infos if i), {})
-    Path(path).write_text(json.dumps(
-        {"torch": torch_tps, "torch_script": str(torch_script) if torch_script else None,
-         "device": info.get("device"), "backend": info.get("backend"),
-         "rows": rows, "failed": list((failed or {}).values())}, indent=1))
+    Path(path).write_text(
+        json.dumps(
+            {
+                "torch": torch_tps,
+                "torch_script": str(torch_script) if torch_script else None,
+                "device": info.get("device"),
+                "backend": info.get("backend"),
+                "rows": rows,
+                "failed": list((failed or {}).values()),
+            },
+            indent=1,
+        )
+    )
 
 
-def summarize(variants: list[Variant], infos: list[dict[str, Any] | None],
-              windows: list[list[dict[str, Any]]], torch_tps: list[float | None]
-              ) -> list[dict[str, Any]]:
+def summarize(
+    variants: list[Variant],
+    infos: list[dict[str, Any] | None],
+    windows: list[list[dict[str, Any]]],
+    torch_tps: list[float | None],
+) -> list[dict[str, Any]]:
     """Returns one dict per variant: medians over the rounds, per-round ratios to torch and
     to the first row (the recorded commit with --ref, else the base)."""
     rows = []
@@ -615,17 +786,23 @@ def summarize(variants: list[Variant], infos: list[dict[str, Any] | None],
     for v, info, ws in zip(variants, infos, windows, strict=True):
         tps = [w["tokens_per_s"] for w in ws]
         vs_torch = [t / b if b else None for t, b in zip(tps, torch_tps, strict=False)]
-        rows.append({
-            "label": v.label, "batch": v.run["batch"], "seq_len": v.run["seq_len"],
-            **(info or {}),
-            "tokens_per_s": median(tps), "tokens_per_s_rounds": tps,
-            "ms_per_step": median([w["ms_per_step"] for w in ws]),
-            "mfu": median([w["mfu"] for w in ws]),
-            "peak_bytes": max([w["peak_bytes"] or 0 for w in ws]) or None,
-            "loss": ws[-1]["loss"],
-            "vs_torch_rounds": vs_torch, "vs_torch": median(vs_torch),
-            "vs_first": median([t / f for t, f in zip(tps, first, strict=False)]),
-        })
+        rows.append(
+            {
+                "label": v.label,
+                "batch": v.run["batch"],
+                "seq_len": v.run["seq_len"],
+                **(info or {}),
+                "tokens_per_s": median(tps),
+                "tokens_per_s_rounds": tps,
+                "ms_per_step": median([w["ms_per_step"] for w in ws]),
+                "mfu": median([w["mfu"] for w in ws]),
+                "peak_bytes": max([w["peak_bytes"] or 0 for w in ws]) or None,
+                "loss": ws[-1]["loss"],
+                "vs_torch_rounds": vs_torch,
+                "vs_torch": median(vs_torch),
+                "vs_first": median([t / f for t, f in zip(tps, first, strict=False)]),
+            }
+        )
     return rows
 
 
@@ -638,17 +815,22 @@ def load_record(path: str) -> dict[str, float]:
         raise SystemExit(f"--compare {path}: not a bench_train --json file ({e})") from None
 
 
-def print_table(rows: list[dict[str, Any]], torch_tps: list[float | None],
-                compare: dict[str, float] | None = None) -> None:
+def print_table(
+    rows: list[dict[str, Any]],
+    torch_tps: list[float | None],
+    compare: dict[str, float] | None = None,
+) -> None:
     """Prints the figures of every row (medians over the rounds)."""
     width = max([34] + [len(r["label"]) for r in rows])
     good = [t for t in torch_tps if t]
     if good:
         print(f"torch anchor: median {median(good):,.0f} tokens/s over {len(good)} run(s)")
     first = rows[0]["label"]
-    print(f"{'variant':<{width}} {'params':>7} {'batch':>5} {'seq':>5} {'compile s':>9} "
-          f"{'ms/step':>9} {'tokens/s':>11} {'MFU':>6} {'peak GiB':>9} {'vs torch':>8} "
-          f"{'vs ' + first[:10]:>13}" + (f" {'vs --compare':>12}" if compare else ""))
+    print(
+        f"{'variant':<{width}} {'params':>7} {'batch':>5} {'seq':>5} {'compile s':>9} "
+        f"{'ms/step':>9} {'tokens/s':>11} {'MFU':>6} {'peak GiB':>9} {'vs torch':>8} "
+        f"{'vs ' + first[:10]:>13}" + (f" {'vs --compare':>12}" if compare else "")
+    )
     for r in rows:
         mem = r.get("peak_bytes") or r.get("compiled_bytes") or 0
         mfu = f"{r['mfu']:.1%}" if r["mfu"] is not None else "-"
@@ -657,13 +839,18 @@ def print_table(rows: list[dict[str, Any]], torch_tps: list[float | None],
         if compare is not None:
             old = compare.get(r["label"])
             cmp = f" {r['tokens_per_s'] / old:>11.2f}x" if old else f" {'-':>12}"
-        print(f"{r['label']:<{width}} {r.get('params_m', 0):>6.1f}M {r['batch']:>5} "
-              f"{r['seq_len']:>5} {r.get('compile_s', 0):>9.1f} {r['ms_per_step']:>9.1f} "
-              f"{r['tokens_per_s']:>11,.0f} {mfu:>6} {mem / 2**30:>9.2f} {vt:>8} "
-              f"{r['vs_first']:>12.2f}x{cmp}   (loss {r['loss']:.3f})", flush=True)
+        print(
+            f"{r['label']:<{width}} {r.get('params_m', 0):>6.1f}M {r['batch']:>5} "
+            f"{r['seq_len']:>5} {r.get('compile_s', 0):>9.1f} {r['ms_per_step']:>9.1f} "
+            f"{r['tokens_per_s']:>11,.0f} {mfu:>6} {mem / 2**30:>9.2f} {vt:>8} "
+            f"{r['vs_first']:>12.2f}x{cmp}   (loss {r['loss']:.3f})",
+            flush=True,
+        )
         if len(r["vs_torch_rounds"]) > 1:
-            print("    vs torch per round: " + ", ".join(
-                f"{x:.2f}x" if x else "-" for x in r["vs_torch_rounds"]))
+            print(
+                "    vs torch per round: "
+                + ", ".join(f"{x:.2f}x" if x else "-" for x in r["vs_torch_rounds"])
+            )
 
 
 if __name__ == "__main__":

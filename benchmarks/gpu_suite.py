@@ -47,8 +47,10 @@ from bench_loop import write_config  # noqa: E402
 from bench_train import find_shared_script  # noqa: E402
 
 #: Issue targets printed under the table.
-TARGETS = ("targets: jaxknow gpt2-small-rope >= 45 % MFU and >= 1.6x the anchor's tokens/s; "
-           "generation >= 10x transformers.generate; pipeline >= 5x the trainer's tokens/s")
+TARGETS = (
+    "targets: jaxknow gpt2-small-rope >= 45 % MFU and >= 1.6x the anchor's tokens/s; "
+    "generation >= 10x transformers.generate; pipeline >= 5x the trainer's tokens/s"
+)
 
 
 @dataclasses.dataclass
@@ -95,11 +97,13 @@ def parse_anchor(out: str) -> Row:
     peak = re.search(r"peak mem ([\d.]+) GiB", line)
     if not tps:
         raise ValueError("no 'tokens/s' in the anchor's output")
-    return Row("anchor", "PyTorch HF GPT-2" + (" + torch.compile" if "compile True" in line
-                                                 else " eager"),
-               rate=float(tps.group(1).replace(",", "")),
-               mfu=float(mfu.group(1)) / 100 if mfu else None,
-               peak_gib=float(peak.group(1)) if peak else None)
+    return Row(
+        "anchor",
+        "PyTorch HF GPT-2" + (" + torch.compile" if "compile True" in line else " eager"),
+        rate=float(tps.group(1).replace(",", "")),
+        mfu=float(mfu.group(1)) / 100 if mfu else None,
+        peak_gib=float(peak.group(1)) if peak else None,
+    )
 
 
 def train_rows(piece: str, what: str, data: dict[str, Any]) -> list[Row]:
@@ -107,13 +111,18 @@ def train_rows(piece: str, what: str, data: dict[str, Any]) -> list[Row]:
     rows = []
     for r in data["rows"]:
         mem = r.get("peak_bytes") or r.get("compiled_bytes")
-        rows.append(Row(piece, f"{what} {r['batch']}x{r['seq_len']} [{r['label']}]",
-                        rate=r["tokens_per_s"], mfu=r.get("mfu"),
-                        peak_gib=mem / 2**30 if mem else None,
-                        note=f"compile {r.get('compile_s', 0):.0f} s"))
+        rows.append(
+            Row(
+                piece,
+                f"{what} {r['batch']}x{r['seq_len']} [{r['label']}]",
+                rate=r["tokens_per_s"],
+                mfu=r.get("mfu"),
+                peak_gib=mem / 2**30 if mem else None,
+                note=f"compile {r.get('compile_s', 0):.0f} s",
+            )
+        )
     for why in data.get("failed", []):
-        rows.append(Row(piece, f"{what}: a variant failed",
-                        note=" ".join(why.split())[:200]))
+        rows.append(Row(piece, f"{what}: a variant failed", note=" ".join(why.split())[:200]))
     return rows
 
 
@@ -129,104 +138,287 @@ def quickstart_rows(workdir: Path, steps: int) -> list[Row]:
     if not tps:
         raise ValueError(f"{workdir}/pretrain_*/metrics.jsonl: no tokens_per_s rows")
     done = (workdir / "results.json").is_file()
-    return [Row("quickstart", f"bioS quickstart, pretraining capped at {steps} steps",
-                rate=_median(tps), mfu=_median(mfu),
-                note="all stages done" if done else "results.json missing")]
+    return [
+        Row(
+            "quickstart",
+            f"bioS quickstart, pretraining capped at {steps} steps",
+            rate=_median(tps),
+            mfu=_median(mfu),
+            note="all stages done" if done else "results.json missing",
+        )
+    ]
 
 
 def make_pieces(dry: bool, anchor: str | None = None) -> list[Piece]:
     """Returns the suite's pieces: GPU shapes, or tiny CPU shapes when `dry`. `anchor` is the
     PyTorch script (default: shared/bench/torch_{gpt2_baseline,cpu_small}.py found above the
     checkout)."""
-    anchor_script = Path(anchor) if anchor else find_shared_script(
-        "torch_cpu_small.py" if dry else "torch_gpt2_baseline.py")
+    anchor_script = (
+        Path(anchor)
+        if anchor
+        else find_shared_script("torch_cpu_small.py" if dry else "torch_gpt2_baseline.py")
+    )
     pieces: list[Piece] = []
 
     def anchor_argv(d: Path) -> list[str]:
         if anchor_script is None or not anchor_script.is_file():
-            raise FileNotFoundError(f"anchor script {anchor_script or 'shared/bench/torch_*.py'}"
-                                    f" not found (above {REPO}); pass --anchor PATH")
-        tiny = ["--batch", "2", "--seq", "16", "--d", "32", "--layers", "1", "--heads", "2",
-                "--vocab", "128", "--steps", "2"]
+            raise FileNotFoundError(
+                f"anchor script {anchor_script or 'shared/bench/torch_*.py'}"
+                f" not found (above {REPO}); pass --anchor PATH"
+            )
+        tiny = [
+            "--batch",
+            "2",
+            "--seq",
+            "16",
+            "--d",
+            "32",
+            "--layers",
+            "1",
+            "--heads",
+            "2",
+            "--vocab",
+            "128",
+            "--steps",
+            "2",
+        ]
         return [sys.executable, str(anchor_script), *(tiny if dry else ["96"])]
 
     pieces.append(Piece("anchor", 75, anchor_argv, lambda d, out: [parse_anchor(out)]))
 
-    gpt2 = (["--preset", "tiny", "--batch", "2", "--seq_len", "16", "--dtype", "float32",
-             "--steps", "2", "--warmup", "1", "--variant", "loss_chunk=8"] if dry else
-            ["--preset", "gpt2-small-rope", "--batch", "96", "--seq_len", "512",
-             "--dtype", "bfloat16", "--steps", "10", "--warmup", "2", "--isolate",
-             "--variant", "loss_chunk=128", "--variant", "loss_chunk=128,remat=dots",
-             "--variant", "loss_chunk=128,attention_impl=xla"])
-    pieces.append(Piece(
-        "gpt2", 170, lambda d: [*_bench("bench_train.py"), *gpt2, "--json", str(d / "out.json")],
-        lambda d, out: train_rows("gpt2", "jaxknow " + ("tiny" if dry else "gpt2-small-rope"),
-                                  json.loads((d / "out.json").read_text()))))
+    gpt2 = (
+        [
+            "--preset",
+            "tiny",
+            "--batch",
+            "2",
+            "--seq_len",
+            "16",
+            "--dtype",
+            "float32",
+            "--steps",
+            "2",
+            "--warmup",
+            "1",
+            "--variant",
+            "loss_chunk=8",
+        ]
+        if dry
+        else [
+            "--preset",
+            "gpt2-small-rope",
+            "--batch",
+            "96",
+            "--seq_len",
+            "512",
+            "--dtype",
+            "bfloat16",
+            "--steps",
+            "10",
+            "--warmup",
+            "2",
+            "--isolate",
+            "--variant",
+            "loss_chunk=128",
+            "--variant",
+            "loss_chunk=128,remat=dots",
+            "--variant",
+            "loss_chunk=128,attention_impl=xla",
+        ]
+    )
+    pieces.append(
+        Piece(
+            "gpt2",
+            170,
+            lambda d: [*_bench("bench_train.py"), *gpt2, "--json", str(d / "out.json")],
+            lambda d, out: train_rows(
+                "gpt2",
+                "jaxknow " + ("tiny" if dry else "gpt2-small-rope"),
+                json.loads((d / "out.json").read_text()),
+            ),
+        )
+    )
 
-    llama = (["--preset", "tiny-llama", "--batch", "2", "--seq_len", "16", "--dtype", "float32",
-              "--steps", "1", "--warmup", "1"] if dry else
-             ["--preset", "llama-1b", "--batch", "8", "--seq_len", "2048", "--dtype", "bfloat16",
-              "--remat", "dots", "--loss_chunk", "256", "--steps", "5", "--warmup", "2"])
-    pieces.append(Piece(
-        "llama-1b", 70,
-        lambda d: [*_bench("bench_train.py"), *llama, "--json", str(d / "out.json")],
-        lambda d, out: train_rows("llama-1b", "jaxknow " + ("tiny-llama" if dry else "llama-1b"),
-                                  json.loads((d / "out.json").read_text()))))
+    llama = (
+        [
+            "--preset",
+            "tiny-llama",
+            "--batch",
+            "2",
+            "--seq_len",
+            "16",
+            "--dtype",
+            "float32",
+            "--steps",
+            "1",
+            "--warmup",
+            "1",
+        ]
+        if dry
+        else [
+            "--preset",
+            "llama-1b",
+            "--batch",
+            "8",
+            "--seq_len",
+            "2048",
+            "--dtype",
+            "bfloat16",
+            "--remat",
+            "dots",
+            "--loss_chunk",
+            "256",
+            "--steps",
+            "5",
+            "--warmup",
+            "2",
+        ]
+    )
+    pieces.append(
+        Piece(
+            "llama-1b",
+            70,
+            lambda d: [*_bench("bench_train.py"), *llama, "--json", str(d / "out.json")],
+            lambda d, out: train_rows(
+                "llama-1b",
+                "jaxknow " + ("tiny-llama" if dry else "llama-1b"),
+                json.loads((d / "out.json").read_text()),
+            ),
+        )
+    )
 
-    gen = (["--preset", "tiny", "--num_questions", "4", "--batch_size", "4", "--prompt_len", "4",
-            "--max_new_tokens", "2"] if dry else
-           ["--preset", "gpt2-small", "--dtype", "bfloat16", "--num_questions", "1024"])
+    gen = (
+        [
+            "--preset",
+            "tiny",
+            "--num_questions",
+            "4",
+            "--batch_size",
+            "4",
+            "--prompt_len",
+            "4",
+            "--max_new_tokens",
+            "2",
+        ]
+        if dry
+        else ["--preset", "gpt2-small", "--dtype", "bfloat16", "--num_questions", "1024"]
+    )
 
     def gen_rows(d: Path, out: str) -> list[Row]:
         r = json.loads((d / "out.json").read_text())
-        return [Row("generation", f"greedy QA generation, {'tiny' if dry else 'gpt2-small'}",
-                    rate=r["jaxknow_questions_per_s"], unit="questions/s",
-                    ratio=r.get("speedup"), ratio_to="transformers.generate",
-                    note=(f"transformers {r['hf_questions_per_s']:.1f} q/s"
-                          if "hf_questions_per_s" in r else "transformers skipped"))]
+        return [
+            Row(
+                "generation",
+                f"greedy QA generation, {'tiny' if dry else 'gpt2-small'}",
+                rate=r["jaxknow_questions_per_s"],
+                unit="questions/s",
+                ratio=r.get("speedup"),
+                ratio_to="transformers.generate",
+                note=(
+                    f"transformers {r['hf_questions_per_s']:.1f} q/s"
+                    if "hf_questions_per_s" in r
+                    else "transformers skipped"
+                ),
+            )
+        ]
 
-    pieces.append(Piece(
-        "generation", 45,
-        lambda d: [*_bench("bench_generation.py"), *gen, "--json", str(d / "out.json")],
-        gen_rows))
+    pieces.append(
+        Piece(
+            "generation",
+            45,
+            lambda d: [*_bench("bench_generation.py"), *gen, "--json", str(d / "out.json")],
+            gen_rows,
+        )
+    )
 
-    pipe = (["--num_people", "40", "--batches", "2", "--batch", "2", "--seq_len", "32",
-             "--vocab_size", "512"] if dry else
-            ["--num_people", "5000", "--workers", "8", "--batches", "30"])
+    pipe = (
+        [
+            "--num_people",
+            "40",
+            "--batches",
+            "2",
+            "--batch",
+            "2",
+            "--seq_len",
+            "32",
+            "--vocab_size",
+            "512",
+        ]
+        if dry
+        else ["--num_people", "5000", "--workers", "8", "--batches", "30"]
+    )
 
     def pipe_rows(d: Path, out: str) -> list[Row]:
         r = json.loads((d / "out.json").read_text())
         concat = r["bios_multi5_permute_fullname/concat"]
-        return [Row("pipeline", f"grain bioS concat packing {concat['batch']}x"
-                                f"{concat['seq_len']}, {concat['workers']} workers",
-                    rate=concat["tokens_per_s"])]
+        return [
+            Row(
+                "pipeline",
+                f"grain bioS concat packing {concat['batch']}x"
+                f"{concat['seq_len']}, {concat['workers']} workers",
+                rate=concat["tokens_per_s"],
+            )
+        ]
 
-    pieces.append(Piece(
-        "pipeline", 35,
-        lambda d: [*_bench("bench_pipeline.py"), *pipe, "--data_dir", str(d / "world"),
-                   "--json", str(d / "out.json")],
-        pipe_rows))
+    pieces.append(
+        Piece(
+            "pipeline",
+            35,
+            lambda d: [
+                *_bench("bench_pipeline.py"),
+                *pipe,
+                "--data_dir",
+                str(d / "world"),
+                "--json",
+                str(d / "out.json"),
+            ],
+            pipe_rows,
+        )
+    )
 
     qs_steps = 4 if dry else 300
-    qs_over: dict[str, Any] = {"pretrain.steps": qs_steps, "finetune.steps": 2 if dry else 100,
-                               "probing.enabled": False}
+    qs_over: dict[str, Any] = {
+        "pretrain.steps": qs_steps,
+        "finetune.steps": 2 if dry else 100,
+        "probing.enabled": False,
+    }
     if dry:
-        qs_over.update({
-            "world.num_people": 40, "model.d_model": 32, "model.n_layers": 1,
-            "model.n_heads": 2, "model.d_ff": 64, "pretrain.batch_size": 4,
-            "pretrain.seq_len": 32, "pretrain.warmup_steps": 1, "pretrain.log_every": 1,
-            "finetune.batch_size": 4, "finetune.warmup_steps": 1, "finetune.log_every": 1,
-            "eval.max_people": 4, "eval.max_new_tokens": 4, "eval.batch_size": 4})
+        qs_over.update(
+            {
+                "world.num_people": 40,
+                "model.d_model": 32,
+                "model.n_layers": 1,
+                "model.n_heads": 2,
+                "model.d_ff": 64,
+                "pretrain.batch_size": 4,
+                "pretrain.seq_len": 32,
+                "pretrain.warmup_steps": 1,
+                "pretrain.log_every": 1,
+                "finetune.batch_size": 4,
+                "finetune.warmup_steps": 1,
+                "finetune.log_every": 1,
+                "eval.max_people": 4,
+                "eval.max_new_tokens": 4,
+                "eval.batch_size": 4,
+            }
+        )
 
     def qs_argv(d: Path) -> list[str]:
         d.mkdir(parents=True, exist_ok=True)
-        conf = write_config(str(REPO / "configs" / "bios" / "quickstart.py"), qs_over,
-                            d / "quickstart_capped.py")
-        return [sys.executable, "-m", "launch.experiment", f"--config={conf}",
-                f"--workdir={d / 'run'}"]
+        conf = write_config(
+            str(REPO / "configs" / "bios" / "quickstart.py"), qs_over, d / "quickstart_capped.py"
+        )
+        return [
+            sys.executable,
+            "-m",
+            "launch.experiment",
+            f"--config={conf}",
+            f"--workdir={d / 'run'}",
+        ]
 
-    pieces.append(Piece("quickstart", 85, qs_argv,
-                        lambda d, out: quickstart_rows(d / "run", qs_steps)))
+    pieces.append(
+        Piece("quickstart", 85, qs_argv, lambda d, out: quickstart_rows(d / "run", qs_steps))
+    )
     return pieces
 
 
@@ -244,8 +436,15 @@ def run_piece(p: Piece, workdir: Path, timeout: float, env: dict[str, str]) -> l
         f.write(" ".join(argv) + "\n")
         f.flush()
         # Its own process group, so a time-out also stops the processes it started.
-        proc = subprocess.Popen(argv, cwd=REPO, env={**env, **p.env}, stdout=subprocess.PIPE,
-                                stderr=subprocess.STDOUT, text=True, start_new_session=True)
+        proc = subprocess.Popen(
+            argv,
+            cwd=REPO,
+            env={**env, **p.env},
+            stdout=subprocess.PIPE,
+            stderr=subprocess.STDOUT,
+            text=True,
+            start_new_session=True,
+        )
         rc: int | None
         try:
             out, _ = proc.communicate(timeout=timeout)
@@ -257,14 +456,21 @@ def run_piece(p: Piece, workdir: Path, timeout: float, env: dict[str, str]) -> l
             rc = None
         f.write(out)
     wall = time.perf_counter() - t0
-    status = f"timed out after {timeout:.0f} s" if rc is None else (
-        f"failed (exit {rc})" if rc else "")
+    status = (
+        f"timed out after {timeout:.0f} s" if rc is None else (f"failed (exit {rc})" if rc else "")
+    )
     try:
         rows = p.parse(workdir, out)
     except (OSError, ValueError, KeyError, StopIteration) as e:
         last = out.strip().splitlines()[-1][:120] if out.strip() else ""
-        return [Row(p.name, p.name, wall_s=wall,
-                    note=f"{status or 'no result'}: {e}; {last} (log {log})")]
+        return [
+            Row(
+                p.name,
+                p.name,
+                wall_s=wall,
+                note=f"{status or 'no result'}: {e}; {last} (log {log})",
+            )
+        ]
     for r in rows:
         r.wall_s = wall
         if status:
@@ -288,26 +494,39 @@ def add_ratios(rows: list[Row]) -> None:
 
 def markdown_table(rows: list[Row], title: str) -> str:
     """Returns the suite's table as markdown."""
-    lines = [title, "", "| piece | what | rate | MFU | ratio | peak GiB | wall s | note |",
-             "|---|---|---|---|---|---|---|---|"]
+    lines = [
+        title,
+        "",
+        "| piece | what | rate | MFU | ratio | peak GiB | wall s | note |",
+        "|---|---|---|---|---|---|---|---|",
+    ]
     for r in rows:
-        rate = f"{r.rate:,.0f} {r.unit}" if r.rate is not None and r.rate >= 100 else (
-            f"{r.rate:.2f} {r.unit}" if r.rate is not None else "-")
+        rate = (
+            f"{r.rate:,.0f} {r.unit}"
+            if r.rate is not None and r.rate >= 100
+            else (f"{r.rate:.2f} {r.unit}" if r.rate is not None else "-")
+        )
         mfu = f"{r.mfu:.1%}" if r.mfu is not None else "-"
         ratio = f"{r.ratio:.2f}x vs {r.ratio_to}" if r.ratio is not None else "-"
         peak = f"{r.peak_gib:.1f}" if r.peak_gib is not None else "-"
         wall = f"{r.wall_s:.0f}" if r.wall_s is not None else "-"
         note = r.note.replace("|", "/").replace("\n", " ")
-        lines.append(f"| {r.piece} | {r.what} | {rate} | {mfu} | {ratio} | {peak} | {wall} | "
-                     f"{note} |")
+        lines.append(
+            f"| {r.piece} | {r.what} | {rate} | {mfu} | {ratio} | {peak} | {wall} | {note} |"
+        )
     return "\n".join(lines + ["", TARGETS])
 
 
 def device_name(env: dict[str, str]) -> str:
     """Returns the accelerator's name (nvidia-smi, else "cpu")."""
     try:
-        out = subprocess.run(["nvidia-smi", "--query-gpu=name", "--format=csv,noheader"],
-                             capture_output=True, text=True, timeout=30, env=env)
+        out = subprocess.run(
+            ["nvidia-smi", "--query-gpu=name", "--format=csv,noheader"],
+            capture_output=True,
+            text=True,
+            timeout=30,
+            env=env,
+        )
         if out.returncode == 0 and out.stdout.strip():
             return out.stdout.strip().splitlines()[0]
     except (OSError, subprocess.TimeoutExpired):
@@ -317,17 +536,29 @@ def device_name(env: dict[str, str]) -> str:
 
 def main(argv: list[str] | None = None) -> list[Row]:
     """Runs the suite; prints the table (stdout) and returns its rows."""
-    ap = argparse.ArgumentParser(description=__doc__,
-                                 formatter_class=argparse.RawDescriptionHelpFormatter)
+    ap = argparse.ArgumentParser(
+        description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter
+    )
     ap.add_argument("--dry_run", action="store_true", help="every piece on CPU, tiny shapes")
     ap.add_argument("--only", default="", help="comma list of pieces to run")
-    ap.add_argument("--budget", type=float, default=480,
-                    help="seconds for the whole suite; each piece also has its own cap")
-    ap.add_argument("--budget_scale", type=float, default=1.0,
-                    help="multiplies every piece's cap (e.g. 3 on a slower GPU)")
-    ap.add_argument("--anchor", default=None,
-                    help="path of the PyTorch anchor script (default: shared/bench/ above the "
-                         "checkout: torch_gpt2_baseline.py, torch_cpu_small.py with --dry_run)")
+    ap.add_argument(
+        "--budget",
+        type=float,
+        default=480,
+        help="seconds for the whole suite; each piece also has its own cap",
+    )
+    ap.add_argument(
+        "--budget_scale",
+        type=float,
+        default=1.0,
+        help="multiplies every piece's cap (e.g. 3 on a slower GPU)",
+    )
+    ap.add_argument(
+        "--anchor",
+        default=None,
+        help="path of the PyTorch anchor script (default: shared/bench/ above the "
+        "checkout: torch_gpt2_baseline.py, torch_cpu_small.py with --dry_run)",
+    )
     ap.add_argument("--logdir", default=None, help="keep the pieces' logs and outputs here")
     ap.add_argument("--out", default=None, help="also write the table to this file")
     args = ap.parse_args(argv)
@@ -347,8 +578,11 @@ def main(argv: list[str] | None = None) -> list[Row]:
         raise SystemExit(f"--only: unknown piece(s) {unknown}; known: {known}")
     device = "cpu (dry run)" if args.dry_run else device_name(env)
     if device == "cpu" and not args.dry_run:
-        print("warning: no GPU found (nvidia-smi); the GPU pieces will fail or crawl: use "
-              "--dry_run on a CPU", file=sys.stderr)
+        print(
+            "warning: no GPU found (nvidia-smi); the GPU pieces will fail or crawl: use "
+            "--dry_run on a CPU",
+            file=sys.stderr,
+        )
     start = time.perf_counter()
     rows: list[Row] = []
     for p in pieces:
@@ -357,19 +591,28 @@ def main(argv: list[str] | None = None) -> list[Row]:
         left = args.budget - (time.perf_counter() - start)
         cap = min(p.budget_s * args.budget_scale, left)
         if cap < 5:
-            rows.append(Row(p.name, p.name, note=f"skipped: suite budget {args.budget:.0f} s "
-                                                  "spent"))
+            rows.append(
+                Row(p.name, p.name, note=f"skipped: suite budget {args.budget:.0f} s spent")
+            )
             continue
-        print(f"[gpu_suite] {p.name}: up to {cap:.0f} s (log {logdir / p.name / 'log.txt'})",
-              file=sys.stderr, flush=True)
+        print(
+            f"[gpu_suite] {p.name}: up to {cap:.0f} s (log {logdir / p.name / 'log.txt'})",
+            file=sys.stderr,
+            flush=True,
+        )
         got = run_piece(p, logdir / p.name, cap, env)
         rows += got
-        print(f"[gpu_suite] {p.name}: {got[0].wall_s or 0:.0f} s"
-              + (f" ({got[0].note})" if got[0].note else ""), file=sys.stderr, flush=True)
+        print(
+            f"[gpu_suite] {p.name}: {got[0].wall_s or 0:.0f} s"
+            + (f" ({got[0].note})" if got[0].note else ""),
+            file=sys.stderr,
+            flush=True,
+        )
     add_ratios(rows)
     total = time.perf_counter() - start
-    table = markdown_table(rows, f"GPU suite on {device}: {total:.0f} s in all "
-                                 f"({time.strftime('%Y-%m-%d %H:%M')})")
+    table = markdown_table(
+        rows, f"GPU suite on {device}: {total:.0f} s in all ({time.strftime('%Y-%m-%d %H:%M')})"
+    )
     print(table, flush=True)
     if args.out:
         Path(args.out).write_text(table + "\n")

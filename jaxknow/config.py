@@ -333,8 +333,7 @@ def base_config() -> Any:
     hints = typing.get_type_hints(ModelConfig)
     for f in dataclasses.fields(ModelConfig):
         tp = _scalar_type(hints[f.name])
-        model[f.name] = (config_dict.placeholder(tp) if tp in (int, float, str, bool)
-                         else None)
+        model[f.name] = config_dict.placeholder(tp) if tp in (int, float, str, bool) else None
     c.model = model
     c.mesh = section_defaults(MeshConfig)
     c.optim = section_defaults(OptimConfig)
@@ -345,10 +344,10 @@ def base_config() -> Any:
     return c
 
 
-def check_top_level(config: Any, extra: tuple[str, ...] = (),
-                    known: tuple[str, ...] = KNOWN_SECTIONS) -> None:
+def check_top_level(
+    config: Any, extra: tuple[str, ...] = (), known: tuple[str, ...] = KNOWN_SECTIONS
+) -> None:
     """Raises ConfigError for top-level keys no consumer knows (`known` plus `extra`)."""
     unknown = sorted(set(to_plain(config)) - set(known) - set(extra))
     if unknown:
-        raise ConfigError(f"config: unknown top-level key(s) {unknown}; known: "
-                          f"{[*known, *extra]}")
+        raise ConfigError(f"config: unknown top-level key(s) {unknown}; known: {[*known, *extra]}")

@@ -22,6 +22,10 @@ def mc_item(question: str, choices: Sequence[str], answer: int | None = None) ->
     """Returns a multiple-choice item: the stripped question, one ``"{letter}. {choice}"`` line
     per choice (at most four, not checked here), ``"Answer:"``, plus ``" {letter}"`` of the
     answer index when one is given."""
-    text = (question.strip() + "\n"
-            + "".join(f"{k}. {c}\n" for k, c in zip(MC_LETTERS, choices)) + "Answer:")
+    text = (
+        question.strip()
+        + "\n"
+        + "".join(f"{k}. {c}\n" for k, c in zip(MC_LETTERS, choices))
+        + "Answer:"
+    )
     return text if answer is None else f"{text} {MC_LETTERS[answer]}"

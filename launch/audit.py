@@ -44,8 +44,9 @@ def parse_keywords(specs: list[str]) -> dict[str, tuple[str, ...]]:
     return out
 
 
-def audit_files(corpus_path: str, facts_path: str, split: str | None, text_field: str,
-                keyword_specs: list[str]) -> str:
+def audit_files(
+    corpus_path: str, facts_path: str, split: str | None, text_field: str, keyword_specs: list[str]
+) -> str:
     """Returns the audit table of a corpus file against a fact file (errors name file:line)."""
     fact_rows = read_jsonl(facts_path, required=("head", "relation", "tail"))
     all_facts = []
@@ -73,8 +74,11 @@ def main(argv: list[str]) -> None:
     """Runs the audit and prints the table and summary line (returns nothing)."""
     if len(argv) > 1:
         raise app.UsageError(f"unexpected arguments: {argv[1:]}")
-    run_main(lambda: print(audit_files(FLAGS.corpus, FLAGS.facts, FLAGS.split,
-                                       FLAGS.text_field, FLAGS.keywords)))
+    run_main(
+        lambda: print(
+            audit_files(FLAGS.corpus, FLAGS.facts, FLAGS.split, FLAGS.text_field, FLAGS.keywords)
+        )
+    )
 
 
 if __name__ == "__main__":

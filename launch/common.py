@@ -43,7 +43,7 @@ def verbose(argv: list[str] | None = None) -> bool:
         for prefix in ("--verbosity=", "-v="):
             if a.startswith(prefix):
                 try:
-                    return int(a[len(prefix):]) >= 1
+                    return int(a[len(prefix) :]) >= 1
                 except ValueError:
                     return False
     return False
@@ -105,8 +105,7 @@ def config_error(e: BaseException, argv: list[str]) -> str:
     cause = e.__cause__ if isinstance(e.__cause__, SyntaxError) else e
     if isinstance(cause, AttributeError | KeyError):
         key = str(cause).strip("\"'")
-        flag = next((a.split("=")[0] for a in argv if a.split("=")[0].endswith(f".{key}")),
-                    None)
+        flag = next((a.split("=")[0] for a in argv if a.split("=")[0].endswith(f".{key}")), None)
         if flag:
             return f"{flag}: no such field in the config"
     text = one_line(cause)

@@ -18,16 +18,27 @@ _FROM = flags.DEFINE_enum("from", None, ["hf", "jaxknow"], "Source format.")
 _SRC = flags.DEFINE_string("src", None, "Source directory.")
 _DST = flags.DEFINE_string("dst", None, "Destination directory (created).")
 _PARAM_DTYPE = flags.DEFINE_enum(
-    "param_dtype", None, ["float32", "bfloat16", "float16"],
-    "Stored dtype of the result (default: float32 on import, the model's on export).")
-_DTYPE = flags.DEFINE_enum("dtype", None, ["float32", "bfloat16", "float16"],
-                           "Import only: compute dtype recorded in the model config "
-                           "(default: --param_dtype).")
+    "param_dtype",
+    None,
+    ["float32", "bfloat16", "float16"],
+    "Stored dtype of the result (default: float32 on import, the model's on export).",
+)
+_DTYPE = flags.DEFINE_enum(
+    "dtype",
+    None,
+    ["float32", "bfloat16", "float16"],
+    "Import only: compute dtype recorded in the model config (default: --param_dtype).",
+)
 _STEP = flags.DEFINE_integer("step", None, "Export only: checkpoint step (default: latest).")
-_FAMILY = flags.DEFINE_enum("family", None, ["gpt2", "llama", "qwen2", "gemma"],
-                            "Export only: Hugging Face family (default: recorded or detected).")
-_MAX_SHARD = flags.DEFINE_string("max_shard_size", "5GB",
-                                 "Export only: largest safetensors file (e.g. 5GB, 500MB).")
+_FAMILY = flags.DEFINE_enum(
+    "family",
+    None,
+    ["gpt2", "llama", "qwen2", "gemma"],
+    "Export only: Hugging Face family (default: recorded or detected).",
+)
+_MAX_SHARD = flags.DEFINE_string(
+    "max_shard_size", "5GB", "Export only: largest safetensors file (e.g. 5GB, 500MB)."
+)
 _MESH_DATA = flags.DEFINE_integer("mesh_data", -1, "Mesh data axis (-1: fill).")
 _MESH_FSDP = flags.DEFINE_integer("mesh_fsdp", 1, "Mesh fsdp axis.")
 _MESH_TENSOR = flags.DEFINE_integer("mesh_tensor", 1, "Mesh tensor axis.")
@@ -45,14 +56,25 @@ def main(argv: list[str]) -> None:
 
         mesh = make_mesh(_MESH_DATA.value, _MESH_FSDP.value, _MESH_TENSOR.value)
         if _FROM.value == "hf":
-            out = hf.hf_to_jaxknow(_SRC.value, _DST.value,
-                                   param_dtype=_PARAM_DTYPE.value or "float32",
-                                   dtype=_DTYPE.value, mesh=mesh, overwrite=_OVERWRITE.value)
+            out = hf.hf_to_jaxknow(
+                _SRC.value,
+                _DST.value,
+                param_dtype=_PARAM_DTYPE.value or "float32",
+                dtype=_DTYPE.value,
+                mesh=mesh,
+                overwrite=_OVERWRITE.value,
+            )
         else:
-            out = hf.jaxknow_to_hf(_SRC.value, _DST.value, step=_STEP.value,
-                                   family=_FAMILY.value, dtype=_PARAM_DTYPE.value,
-                                   max_shard_size=_MAX_SHARD.value, mesh=mesh,
-                                   overwrite=_OVERWRITE.value)
+            out = hf.jaxknow_to_hf(
+                _SRC.value,
+                _DST.value,
+                step=_STEP.value,
+                family=_FAMILY.value,
+                dtype=_PARAM_DTYPE.value,
+                max_shard_size=_MAX_SHARD.value,
+                mesh=mesh,
+                overwrite=_OVERWRITE.value,
+            )
         print(f"converted {_SRC.value} -> {out}")
 
     run_main(go)

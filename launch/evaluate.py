@@ -21,8 +21,9 @@ from ml_collections import config_flags
 
 from launch.common import run_app, run_main
 
-_CONFIG = config_flags.DEFINE_config_file("config", None, "Evaluation config file (.py).",
-                                          lock_config=True)
+_CONFIG = config_flags.DEFINE_config_file(
+    "config", None, "Evaluation config file (.py).", lock_config=True
+)
 _WORKDIR = flags.DEFINE_string("workdir", None, "Training directory holding checkpoints/.")
 _STEP = flags.DEFINE_integer("step", None, "Checkpoint step (default: the latest).")
 _OUT = flags.DEFINE_string("out", None, "Results JSON (default: WORKDIR/eval/results_stepN.json).")
@@ -72,8 +73,9 @@ def check_writable(directory: Path) -> None:
         pass
 
 
-def evaluate(config: Any, workdir: str | Path, step: int | None = None,
-             out: str | Path | None = None) -> dict[str, Any]:
+def evaluate(
+    config: Any, workdir: str | Path, step: int | None = None, out: str | Path | None = None
+) -> dict[str, Any]:
     """Evaluates the checkpoint of `workdir` as `config` says; returns the results dict that
     was written to `out` (default ``workdir/eval/results_step<N>.json``)."""
     from jaxknow.config import ConfigError, MeshConfig, section, to_plain
@@ -104,8 +106,17 @@ def evaluate(config: Any, workdir: str | Path, step: int | None = None,
     if model.tokenizer is None:
         raise FileNotFoundError(f"no tokenizer.json in {workdir} or {workdir / 'data'}")
     res = evaluate_subsets_detailed(
-        model, subsets, ecfg.kinds, ecfg.shots(), ecfg.seed, ecfg.max_new_tokens,
-        ecfg.batch_size, mc_mode=ecfg.mc_mode, mesh=mesh, bos=ecfg.bos)
+        model,
+        subsets,
+        ecfg.kinds,
+        ecfg.shots(),
+        ecfg.seed,
+        ecfg.max_new_tokens,
+        ecfg.batch_size,
+        mc_mode=ecfg.mc_mode,
+        mesh=mesh,
+        bos=ecfg.bos,
+    )
     ckpt_step = int(model.meta.get("step", step if step is not None else 0))
     result: dict[str, Any] = {
         "step": ckpt_step,

@@ -14,8 +14,9 @@ from launch.common import EXIT_INTERRUPTED, run_app, run_main
 
 EXIT_TERMINATED = 143  # 128 + SIGTERM
 
-_CONFIG = config_flags.DEFINE_config_file("config", None, "Experiment config (.py).",
-                                          lock_config=True)
+_CONFIG = config_flags.DEFINE_config_file(
+    "config", None, "Experiment config (.py).", lock_config=True
+)
 _WORKDIR = flags.DEFINE_string("workdir", None, "Directory for every stage and the results.")
 flags.mark_flags_as_required(["config", "workdir"])
 

@@ -19,8 +19,9 @@ from launch.common import run_main
 
 _DATA = flags.DEFINE_string("data", None, "Data directory holding eval_<name>.jsonl subsets.")
 _OUT = flags.DEFINE_string("out", None, "Directory for the task YAML, JSONL and utils.py.")
-_SUBSETS = flags.DEFINE_list("subsets", [], "Subset names (default: every free-form and "
-                             "multiple-choice eval_*.jsonl).")
+_SUBSETS = flags.DEFINE_list(
+    "subsets", [], "Subset names (default: every free-form and multiple-choice eval_*.jsonl)."
+)
 _SHOTS = flags.DEFINE_integer("num_fewshot", 5, "Demonstrations per item (the authors' 5).")
 _SEED = flags.DEFINE_integer("seed", 42, "Seed of the demonstration choice (the authors' 42).")
 _PREFIX = flags.DEFINE_string("prefix", "jaxknow_", "Task name prefix.")
@@ -36,13 +37,22 @@ def main(argv: list[str]) -> None:
     def go() -> None:
         from jaxknow.eval.lm_tasks import write_lm_tasks
 
-        tasks = write_lm_tasks(_DATA.value, _OUT.value, _SUBSETS.value or None,
-                               prefix=_PREFIX.value, num_fewshot=_SHOTS.value,
-                               seed=_SEED.value, max_new_tokens=_MAX_NEW.value, tag=_TAG.value)
+        tasks = write_lm_tasks(
+            _DATA.value,
+            _OUT.value,
+            _SUBSETS.value or None,
+            prefix=_PREFIX.value,
+            num_fewshot=_SHOTS.value,
+            seed=_SEED.value,
+            max_new_tokens=_MAX_NEW.value,
+            tag=_TAG.value,
+        )
         for name, kind in tasks.items():
             print(f"{name}\t{kind}")
-        print(f"run: jaxknow-lm-eval --model jaxknow --model_args path=WORKDIR "
-              f"--include_path {_OUT.value} --tasks {_TAG.value}")
+        print(
+            f"run: jaxknow-lm-eval --model jaxknow --model_args path=WORKDIR "
+            f"--include_path {_OUT.value} --tasks {_TAG.value}"
+        )
 
     run_main(go)
 

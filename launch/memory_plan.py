@@ -26,8 +26,12 @@ _ACCUM = flags.DEFINE_integer("grad_accum", 1, "Gradient accumulation steps.")
 _CHUNK = flags.DEFINE_integer("loss_chunk", 0, "Positions per chunk of the output softmax.")
 _LORA = flags.DEFINE_integer("lora_rank", 0, "LoRA rank (0: none).")
 _TRAINABLE = flags.DEFINE_enum("trainable", "all", ["all", "lora"], "What trains.")
-_MEASURE = flags.DEFINE_bool("measure", False, "Also compile the step here and print XLA's "
-                             "memory analysis (the mesh must match this machine's devices).")
+_MEASURE = flags.DEFINE_bool(
+    "measure",
+    False,
+    "Also compile the step here and print XLA's "
+    "memory analysis (the mesh must match this machine's devices).",
+)
 
 
 def _value(v: str):
@@ -60,40 +64,64 @@ def main(argv: list[str]) -> None:
                 raise ConfigError(f"--model: {kv!r} is not FIELD=VALUE")
             k, v = kv.split("=", 1)
             over[k] = _value(v)
-        cfg = preset(_PRESET.value, dtype=_DTYPE.value, param_dtype=_PDTYPE.value,
-                     remat=_REMAT.value, **over)
-        for name, v in (("batch", _BATCH.value), ("seq_len", _SEQ.value),
-                        ("grad_accum", _ACCUM.value)):
+        cfg = preset(
+            _PRESET.value, dtype=_DTYPE.value, param_dtype=_PDTYPE.value, remat=_REMAT.value, **over
+        )
+        for name, v in (
+            ("batch", _BATCH.value),
+            ("seq_len", _SEQ.value),
+            ("grad_accum", _ACCUM.value),
+        ):
             if v <= 0:
                 raise ConfigError(f"--{name}={v}: must be positive")
         if _SEQ.value > cfg.max_seq_len:
-            raise ConfigError(f"--seq_len={_SEQ.value} exceeds the model's max_seq_len="
-                              f"{cfg.max_seq_len} (--model=max_seq_len=N to raise it)")
+            raise ConfigError(
+                f"--seq_len={_SEQ.value} exceeds the model's max_seq_len="
+                f"{cfg.max_seq_len} (--model=max_seq_len=N to raise it)"
+            )
         if _BATCH.value % _ACCUM.value:
-            raise ConfigError(f"--grad_accum={_ACCUM.value} does not divide "
-                              f"--batch={_BATCH.value}")
+            raise ConfigError(f"--grad_accum={_ACCUM.value} does not divide --batch={_BATCH.value}")
         lora = None
         if _LORA.value:
-            lora = LoraConfig(rank=_LORA.value, alpha=16.0, rslora=True,
-                              targets=ATTN_TARGETS + MLP_TARGETS)
+            lora = LoraConfig(
+                rank=_LORA.value, alpha=16.0, rslora=True, targets=ATTN_TARGETS + MLP_TARGETS
+            )
         mesh_shape = dict(zip(("data", "fsdp", "tensor"), shape))
-        plan = plan_memory(cfg, mesh_shape, _BATCH.value, _SEQ.value, lora=lora,
-                           trainable=_TRAINABLE.value, grad_accum=_ACCUM.value,
-                           loss_chunk=_CHUNK.value)
-        print(f"{_PRESET.value} {over or ''} batch {_BATCH.value} x {_SEQ.value}, compute "
-              f"{_DTYPE.value}, params {_PDTYPE.value}, remat {_REMAT.value}")
+        plan = plan_memory(
+            cfg,
+            mesh_shape,
+            _BATCH.value,
+            _SEQ.value,
+            lora=lora,
+            trainable=_TRAINABLE.value,
+            grad_accum=_ACCUM.value,
+            loss_chunk=_CHUNK.value,
+        )
+        print(
+            f"{_PRESET.value} {over or ''} batch {_BATCH.value} x {_SEQ.value}, compute "
+            f"{_DTYPE.value}, params {_PDTYPE.value}, remat {_REMAT.value}"
+        )
         print(plan.table())
         if _MEASURE.value:
             from jaxknow.parallel.mesh import make_mesh
 
-            m = measured_step_memory(cfg, make_mesh(*shape), _BATCH.value, _SEQ.value,
-                                     lora=lora, trainable=_TRAINABLE.value,
-                                     grad_accum=_ACCUM.value, loss_chunk=_CHUNK.value)
-            print("XLA memory analysis per device: "
-                  f"arguments {m['argument'] / GiB:.3f} GiB (plan: state + batch "
-                  f"{(plan.state + plan.batch) / GiB:.3f}), temporaries {m['temp'] / GiB:.3f} "
-                  f"GiB (plan: grads + activations + logits + FSDP buffers "
-                  f"{plan.temporaries / GiB:.3f}, ratio {m['temp'] / plan.temporaries:.2f})")
+            m = measured_step_memory(
+                cfg,
+                make_mesh(*shape),
+                _BATCH.value,
+                _SEQ.value,
+                lora=lora,
+                trainable=_TRAINABLE.value,
+                grad_accum=_ACCUM.value,
+                loss_chunk=_CHUNK.value,
+            )
+            print(
+                "XLA memory analysis per device: "
+                f"arguments {m['argument'] / GiB:.3f} GiB (plan: state + batch "
+                f"{(plan.state + plan.batch) / GiB:.3f}), temporaries {m['temp'] / GiB:.3f} "
+                f"GiB (plan: grads + activations + logits + FSDP buffers "
+                f"{plan.temporaries / GiB:.3f}, ratio {m['temp'] / plan.temporaries:.2f})"
+            )
 
     run_main(go)
 

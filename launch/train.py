@@ -10,8 +10,9 @@ from ml_collections import config_flags
 
 from launch.common import EXIT_INTERRUPTED, run_app, run_main
 
-_CONFIG = config_flags.DEFINE_config_file("config", None, "Experiment config file (.py).",
-                                          lock_config=True)
+_CONFIG = config_flags.DEFINE_config_file(
+    "config", None, "Experiment config file (.py).", lock_config=True
+)
 _WORKDIR = flags.DEFINE_string("workdir", None, "Directory for checkpoints and metrics.")
 flags.mark_flags_as_required(["config", "workdir"])
 
@@ -23,13 +24,26 @@ def main(argv: list[str]) -> None:
     def go() -> int:
         result = train(_CONFIG.value, _WORKDIR.value)
         last = result.metrics[-1] if result.metrics else {}
-        status = ("interrupted" if result.interrupted else "preempted" if result.preempted
-                  else "halted" if result.halted else "data exhausted" if result.data_exhausted
-                  else "done")
-        skipped = (f", {result.skipped_updates} non-finite updates skipped"
-                   if result.skipped_updates else "")
-        print(f"{status}: step {result.final_step}, loss "
-              f"{last.get('loss', float('nan')):.4f}{skipped}")
+        status = (
+            "interrupted"
+            if result.interrupted
+            else "preempted"
+            if result.preempted
+            else "halted"
+            if result.halted
+            else "data exhausted"
+            if result.data_exhausted
+            else "done"
+        )
+        skipped = (
+            f", {result.skipped_updates} non-finite updates skipped"
+            if result.skipped_updates
+            else ""
+        )
+        print(
+            f"{status}: step {result.final_step}, loss "
+            f"{last.get('loss', float('nan')):.4f}{skipped}"
+        )
         return EXIT_INTERRUPTED if result.interrupted else 0
 
     sys.exit(run_main(go))

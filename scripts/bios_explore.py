@@ -31,22 +31,41 @@ EVAL = B.EvalSettings(max_new_tokens=20, batch_size=128, max_people=100)
 def qa_line(tag: str, r: dict) -> str:
     """Returns one printed line of P_test / P_train exact match (and P_test per attribute)."""
     per = {a: round(r["test"].get(f"em_{a}", 0), 2) for a in B.ATTRIBUTES}
-    return (f"{tag} test {r['test']['em_attr_mean']:.3f} train "
-            f"{r['train']['em_attr_mean']:.3f} {per}")
+    return (
+        f"{tag} test {r['test']['em_attr_mean']:.3f} train {r['train']['em_attr_mean']:.3f} {per}"
+    )
 
 
 def finetune(exp: dict, name: str, ft: dict, pdir: Path, data: Path, out: Path) -> None:
     """Runs one QA finetune from `pdir` and prints its exact match."""
-    f = dict(steps=150, batch_size=32, seq_len=64, packing="pad", lr=1e-3, warmup_steps=10,
-             weight_decay=0.0, log_every=25)
+    f = dict(
+        steps=150,
+        batch_size=32,
+        seq_len=64,
+        packing="pad",
+        lr=1e-3,
+        warmup_steps=10,
+        weight_decay=0.0,
+        log_every=25,
+    )
     ft = dict(ft)
     lora = ft.pop("lora", None)
     f.update(ft)
     fdir = out / f"ft_{name}"
     t1 = time.time()
-    common.run_stage(name, common.stage_config(
-        exp, StageConfig(**f), sources=[{"name": "qa_train"}], data_dir=data, init_from=pdir,
-        lora=lora, trainable="lora" if lora else "all"), fdir)
+    common.run_stage(
+        name,
+        common.stage_config(
+            exp,
+            StageConfig(**f),
+            sources=[{"name": "qa_train"}],
+            data_dir=data,
+            init_from=pdir,
+            lora=lora,
+            trainable="lora" if lora else "all",
+        ),
+        fdir,
+    )
     r = B.evaluate_qa(fdir, data, EVAL)
     print(qa_line(f"FT {name}", r), f"min {(time.time() - t1) / 60:.2f}", flush=True)
 
@@ -56,22 +75,46 @@ def main() -> None:
     wd = Path(args["workdir"])
     wd.mkdir(parents=True, exist_ok=True)
     seed = args.get("seed", 0)
-    world = dict(kind="bios", num_people=200, vocab_size=1024, num_cities=20,
-                 num_universities=20, num_majors=20, num_companies=20, birth_year_min=1960,
-                 birth_year_max=1999)
+    world = dict(
+        kind="bios",
+        num_people=200,
+        vocab_size=1024,
+        num_cities=20,
+        num_universities=20,
+        num_majors=20,
+        num_companies=20,
+        birth_year_min=1960,
+        birth_year_max=1999,
+    )
     world.update(args.get("world", {}))
     aug = args.get("aug", "multi5+permute+fullname")
     world.setdefault("augmentations", [aug])
-    model = dict(preset="tiny", pos_embedding="rope", vocab_size=world["vocab_size"],
-                 d_model=128, n_layers=4, n_heads=4, d_ff=512, max_seq_len=512,
-                 dtype="float32")
+    model = dict(
+        preset="tiny",
+        pos_embedding="rope",
+        vocab_size=world["vocab_size"],
+        d_model=128,
+        n_layers=4,
+        n_heads=4,
+        d_ff=512,
+        max_seq_len=512,
+        dtype="float32",
+    )
     model.update(args.get("model", {}))
     exp = {"seed": seed, "model": model, "mesh": dict(data=-1, fsdp=1, tensor=1)}
     data = wd / "data"
     if not (data / "manifest.json").is_file():
         build.materialize(world, data, seed)
-    pre = dict(steps=400, batch_size=32, seq_len=128, lr=6e-3, warmup_steps=20,
-               end_lr_fraction=0.1, weight_decay=0.1, log_every=50)
+    pre = dict(
+        steps=400,
+        batch_size=32,
+        seq_len=128,
+        lr=6e-3,
+        warmup_steps=20,
+        end_lr_fraction=0.1,
+        weight_decay=0.1,
+        log_every=50,
+    )
     pre.update(args.get("pretrain", {}))
     src = aug_source_name(aug)
     srcs = [{"name": src}]
@@ -80,8 +123,9 @@ def main() -> None:
         srcs = [{"name": src, "weight": 1.0}, {"name": "qa_train", "weight": mixed}]
     t0 = time.time()
     pdir = wd / "pretrain"
-    common.run_stage("pretrain", common.stage_config(exp, StageConfig(**pre), sources=srcs,
-                                                     data_dir=data), pdir)
+    common.run_stage(
+        "pretrain", common.stage_config(exp, StageConfig(**pre), sources=srcs, data_dir=data), pdir
+    )
     if mixed:
         print(qa_line("MIXED", B.evaluate_qa(pdir, data, EVAL)), flush=True)
     print("pretrain min", (time.time() - t0) / 60, flush=True)

@@ -1,7 +1,7 @@
 """QA finetunes from an existing pretrained stage (docs/lab_notebook.md).
 
-    python scripts/bios_finetunes.py '{"pretrained": "runs/q/pretrain_X", "data": "runs/q/data",
-        "out": "runs/qft", "finetunes": {"NAME": {stage overrides..., "lora": {...}}}}'
+python scripts/bios_finetunes.py '{"pretrained": "runs/q/pretrain_X", "data": "runs/q/data",
+    "out": "runs/qft", "finetunes": {"NAME": {stage overrides..., "lora": {...}}}}'
 """
 
 from __future__ import annotations

@@ -12,4 +12,5 @@ python3 -m venv .venv
 .venv/bin/pip install -q -e '.[eval]' || echo "lm-eval unavailable: the lm-eval parity tests will skip"
 export XLA_FLAGS=--xla_force_host_platform_device_count=8 JAX_PLATFORMS=cpu
 .venv/bin/ruff check .
+.venv/bin/ruff format --check .
 .venv/bin/python -m pytest -n 2 -m "not slow" -q "$@"

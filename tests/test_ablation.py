@@ -84,8 +84,9 @@ def test_endpoints_are_the_finetuned_and_the_base_model(non_layer):
     # with "adjacent" it is θ0 whatever finetuning changed
     theta1 = _perturbed(THETA0, 2, only_layers=True) if non_layer == "finetuned" else THETA1
     log: list = []
-    res = ablation.layer_delta_ablation(THETA0, theta1, 3, _recording_evaluate(log),
-                                        non_layer=non_layer)
+    res = ablation.layer_delta_ablation(
+        THETA0, theta1, 3, _recording_evaluate(log), non_layer=non_layer
+    )
     assert len(log) == 2 * 3  # k = 0 and k = L are shared by both sides
     ref0, ref1 = np.asarray(_logits(THETA0)), np.asarray(_logits(theta1))
     evaluated = {}
@@ -98,10 +99,14 @@ def test_endpoints_are_the_finetuned_and_the_base_model(non_layer):
             for path, v in mixed.items():
                 np.testing.assert_array_equal(np.asarray(v), np.asarray(want[path]), err_msg=path)
             evaluated[(side, k)] = res.results[side][k]
-        assert res.results[side][0] == {"logit_sum": float(ref1.sum()),
-                                        "logit_00": float(ref1[0, 0, 0])}
-        assert res.results[side][3] == {"logit_sum": float(ref0.sum()),
-                                        "logit_00": float(ref0[0, 0, 0])}
+        assert res.results[side][0] == {
+            "logit_sum": float(ref1.sum()),
+            "logit_00": float(ref1[0, 0, 0]),
+        }
+        assert res.results[side][3] == {
+            "logit_sum": float(ref0.sum()),
+            "logit_00": float(ref0[0, 0, 0]),
+        }
     assert any(np.array_equal(x, ref1) for x in log) and any(np.array_equal(x, ref0) for x in log)
     assert res.results["first"][1] != res.results["last"][1]
     json.dumps(res.to_dict())
@@ -118,8 +123,9 @@ def test_lora_finetuned_params_are_merged_first():
     with pytest.raises(ValueError, match="cfg"):
         ablation.layer_delta_ablation(THETA0, theta1, 3, lambda p: {}, sides=("first",))
     seen: list = []
-    res = ablation.layer_delta_ablation(THETA0, theta1, 3, lambda p: seen.append(p) or {"x": 1.0},
-                                        sides=("last",), cfg=cfg)
+    res = ablation.layer_delta_ablation(
+        THETA0, theta1, 3, lambda p: seen.append(p) or {"x": 1.0}, sides=("last",), cfg=cfg
+    )
     assert sorted(res.results["last"]) == [0, 1, 2, 3]
     merged = flatten(merge_lora(theta1, cfg))
     for path, v in flatten(seen[0]).items():  # k = 0: the merged finetuned model
@@ -127,14 +133,28 @@ def test_lora_finetuned_params_are_merged_first():
 
 
 def test_plots_write_png_files(tmp_path):
-    res = ablation.AblationResult(3, {"first": {k: {"qa": 1 - k / 4} for k in range(4)},
-                                      "last": {k: {"qa": 1 - k / 8} for k in range(4)}})
+    res = ablation.AblationResult(
+        3,
+        {
+            "first": {k: {"qa": 1 - k / 4} for k in range(4)},
+            "last": {k: {"qa": 1 - k / 8} for k in range(4)},
+        },
+    )
     p1 = res.plot(tmp_path / "ablation.png")
-    p2 = plots.plot_per_layer({"birth_city": [0.1, 0.5, 0.9], "major": [0.0, 0.2, 0.4]},
-                              tmp_path / "sub" / "probe.png", "probe", "accuracy",
-                              reference={"birth_city": 0.05, "major": 0.02})
-    p3 = plots.plot_loss_curve(list(range(50)), [3.0 / (1 + i) for i in range(50)],
-                               tmp_path / "loss.png", markers=[10, 30], title="forgetting")
+    p2 = plots.plot_per_layer(
+        {"birth_city": [0.1, 0.5, 0.9], "major": [0.0, 0.2, 0.4]},
+        tmp_path / "sub" / "probe.png",
+        "probe",
+        "accuracy",
+        reference={"birth_city": 0.05, "major": 0.02},
+    )
+    p3 = plots.plot_loss_curve(
+        list(range(50)),
+        [3.0 / (1 + i) for i in range(50)],
+        tmp_path / "loss.png",
+        markers=[10, 30],
+        title="forgetting",
+    )
     for p in (p1, p2, p3):
         data = p.read_bytes()
         assert data[:8] == PNG and len(data) > 1000, p

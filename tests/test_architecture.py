@@ -14,8 +14,19 @@ from pathlib import Path
 PACKAGE = Path(__file__).resolve().parents[1] / "jaxknow"
 
 # Bottom to top: a layer may import from the layers before it, never from those after it.
-LAYERS = ("errors", "formats", "parallel", "model", "config", "worlds", "data", "io", "train",
-          "eval", "experiments")
+LAYERS = (
+    "errors",
+    "formats",
+    "parallel",
+    "model",
+    "config",
+    "worlds",
+    "data",
+    "io",
+    "train",
+    "eval",
+    "experiments",
+)
 
 Graph = Mapping[str, Iterable[str]]
 
@@ -45,8 +56,9 @@ def imported_modules(path: Path, known: set[str], root: Path = PACKAGE) -> set[s
                 anchor = package.split(".")
                 anchor = anchor[: len(anchor) - node.level + 1]
                 base = ".".join([*anchor, base] if base else anchor)
-            targets = [f"{base}.{a.name}" if f"{base}.{a.name}" in known else base
-                       for a in node.names]
+            targets = [
+                f"{base}.{a.name}" if f"{base}.{a.name}" in known else base for a in node.names
+            ]
         else:
             continue
         for t in targets:
@@ -77,7 +89,8 @@ def layer_graph(files: Graph) -> dict[str, set[str]]:
     out: dict[str, set[str]] = {}
     for src, targets in files.items():
         out.setdefault(layer_of(src), set()).update(
-            layer_of(t) for t in targets if layer_of(t) != layer_of(src))
+            layer_of(t) for t in targets if layer_of(t) != layer_of(src)
+        )
     return out
 
 
@@ -96,7 +109,7 @@ def find_cycle(graph: Graph) -> list[str] | None:
                 state[path.pop()] = 2
                 stack.pop()
             elif state.get(nxt) == 1:
-                return [*path[path.index(nxt):], nxt]
+                return [*path[path.index(nxt) :], nxt]
             elif nxt not in state:
                 state[nxt] = 1
                 path.append(nxt)

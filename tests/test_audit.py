@@ -22,8 +22,11 @@ from jaxknow.worlds.fact_types import Fact
 
 REPO = Path(__file__).resolve().parents[1]
 KEYWORDS = {"capital": ("capital",), "national_animal": ("national animal",)}
-FACTS = [Fact("Andoria", "capital", "Valtoria"), Fact("Borvia", "capital", "Quessel"),
-         Fact("Andoria", "national_animal", "wolf")]
+FACTS = [
+    Fact("Andoria", "capital", "Valtoria"),
+    Fact("Borvia", "capital", "Quessel"),
+    Fact("Andoria", "national_animal", "wolf"),
+]
 
 
 def test_whole_word_case_insensitive_matching():
@@ -34,7 +37,11 @@ def test_whole_word_case_insensitive_matching():
     assert names_overlap("Guinea", "Equatorial Guinea") and not names_overlap("Niger", "Nigeria")
     matcher = NameMatcher(["New York City", "York", "Andoria", "O'Brien"])
     assert matcher.find("ANDORIA, new york city and o'brien") == {
-        "andoria", "new york city", "york", "o'brien"}
+        "andoria",
+        "new york city",
+        "york",
+        "o'brien",
+    }
     assert matcher.find("Andorian Yorkshire") == set()
 
 
@@ -77,34 +84,51 @@ def test_format_audit():
 
 def test_many_passages():
     facts = [Fact(f"Land{i}", "capital", f"Town{i}") for i in range(200)]
-    passages = [f"The capital of Land{i % 200} is Town{i % 200}, unlike Town{(i + 1) % 200}."
-                for i in range(100_000)]
+    passages = [
+        f"The capital of Land{i % 200} is Town{i % 200}, unlike Town{(i + 1) % 200}."
+        for i in range(100_000)
+    ]
     passages += [f"Town{i} is the capital of Land{i}." for i in range(200)]
     rows = audit(passages, facts, KEYWORDS)
     assert all(r.co_occurring and r.counts[r.fact.tail] == 501 for r in rows)
 
 
 def _run_cli(*args: str) -> subprocess.CompletedProcess:
-    return subprocess.run([sys.executable, "-m", "launch.audit", *args], cwd=REPO,
-                          capture_output=True, text=True, timeout=120)
+    return subprocess.run(
+        [sys.executable, "-m", "launch.audit", *args],
+        cwd=REPO,
+        capture_output=True,
+        text=True,
+        timeout=120,
+    )
 
 
 def test_launch_audit_cli(tmp_path):
-    world = generate_countries(CountriesConfig(num_base_countries=4, num_novel_countries=4,
-                                               referencing_rows_per_fact=6,
-                                               base_referencing_rows_per_fact=1))
+    world = generate_countries(
+        CountriesConfig(
+            num_base_countries=4,
+            num_novel_countries=4,
+            referencing_rows_per_fact=6,
+            base_referencing_rows_per_fact=1,
+        )
+    )
     write_jsonl(tmp_path / "facts.jsonl", [f.to_row() for f in world.facts()])
     for name in ("narrative", "referencing"):
-        write_jsonl(tmp_path / f"corpus_{name}.jsonl",
-                    [{"text": t} for t in world.corpora[name]])
+        write_jsonl(tmp_path / f"corpus_{name}.jsonl", [{"text": t} for t in world.corpora[name]])
     n = len(world.facts("novel"))
-    out = _run_cli(f"--corpus={tmp_path / 'corpus_narrative.jsonl'}",
-                   f"--facts={tmp_path / 'facts.jsonl'}", "--split=novel")
+    out = _run_cli(
+        f"--corpus={tmp_path / 'corpus_narrative.jsonl'}",
+        f"--facts={tmp_path / 'facts.jsonl'}",
+        "--split=novel",
+    )
     assert out.returncode == 0, out.stderr
     assert out.stdout.strip().splitlines()[-1] == f"true tail favoured in {n} of {n} facts"
     assert world.facts("novel")[0].head in out.stdout
-    out = _run_cli(f"--corpus={tmp_path / 'corpus_referencing.jsonl'}",
-                   f"--facts={tmp_path / 'facts.jsonl'}", "--split=novel")
+    out = _run_cli(
+        f"--corpus={tmp_path / 'corpus_referencing.jsonl'}",
+        f"--facts={tmp_path / 'facts.jsonl'}",
+        "--split=novel",
+    )
     assert out.returncode == 0, out.stderr
     assert out.stdout.strip().splitlines()[-1] == f"true tail favoured in 0 of {n} facts"
 

@@ -451,8 +451,9 @@ def test_records_are_frozen(world):
 def test_redraws_add_independent_draws_of_augmented_corpora_only():
     from jaxknow.data.world_builders import bios_corpora, bios_world
 
-    world = dict(num_people=12, augmentations=["single", "multi2+permute+fullname"],
-                 celebrity_fraction=0.5)
+    world = dict(
+        num_people=12, augmentations=["single", "multi2+permute+fullname"], celebrity_fraction=0.5
+    )
     w, opts1 = bios_world(world, 0)
     one = bios_corpora(w, opts1, 0)
     _, opts3 = bios_world({**world, "redraws": 3}, 0)
@@ -463,12 +464,14 @@ def test_redraws_add_independent_draws_of_augmented_corpora_only():
     assert [b.text for b in three[aug][:24]] == [b.text for b in one[aug]]  # draw 0
     assert len({b.text for b in three[aug]}) == len(three[aug])  # every draw is new text
     for draw in range(3):  # each draw covers every person twice, with their own values
-        people = [b.person for b in three[aug][24 * draw: 24 * (draw + 1)]]
+        people = [b.person for b in three[aug][24 * draw : 24 * (draw + 1)]]
         assert sorted(people) == sorted(list(range(12)) * 2)
     for b in three[aug]:
         for span in b.sentences:
-            assert b.text[span.value_start:span.value_end] == w.people[b.person].attributes[
-                span.attribute]
+            assert (
+                b.text[span.value_start : span.value_end]
+                == w.people[b.person].attributes[span.attribute]
+            )
     celeb = set(w.train_ids[:6].tolist())
     per_person = {p: sum(b.person == p for b in three["bios_celebrity"]) for p in range(12)}
     assert all(per_person[p] == (3 * 5 if p in celeb else 1) for p in range(12)), per_person

@@ -23,8 +23,7 @@ def load(rel: str):
 
 
 def experiment_configs(kind: str) -> list[str]:
-    return sorted(f"{kind}/{p.stem}" for p in (CONFIGS / kind).glob("*.py")
-                  if p.stem != "__init__")
+    return sorted(f"{kind}/{p.stem}" for p in (CONFIGS / kind).glob("*.py") if p.stem != "__init__")
 
 
 @pytest.mark.parametrize("name", experiment_configs("bios"))
@@ -49,15 +48,18 @@ def test_training_configs_parse(name):
     assert spec.train.steps > 0
 
 
-@pytest.mark.parametrize("field,value,match", [
-    ("lr", -1.0, r"pretrain: lr=-1.0: must be positive"),
-    ("b2", 1.0, r"pretrain: b2=1.0: must be in \[0, 1\)"),
-    ("eps", 0.0, r"pretrain: eps=0.0: must be positive"),
-    ("schedule", "step", r"pretrain: schedule='step'"),
-    ("packing", "zip", r"pretrain: packing='zip'"),
-    ("steps", 0, r"pretrain: steps=0: must be positive"),
-    ("warmup_fraction", 1.5, r"pretrain: warmup_fraction=1.5"),
-])
+@pytest.mark.parametrize(
+    "field,value,match",
+    [
+        ("lr", -1.0, r"pretrain: lr=-1.0: must be positive"),
+        ("b2", 1.0, r"pretrain: b2=1.0: must be in \[0, 1\)"),
+        ("eps", 0.0, r"pretrain: eps=0.0: must be positive"),
+        ("schedule", "step", r"pretrain: schedule='step'"),
+        ("packing", "zip", r"pretrain: packing='zip'"),
+        ("steps", 0, r"pretrain: steps=0: must be positive"),
+        ("warmup_fraction", 1.5, r"pretrain: warmup_fraction=1.5"),
+    ],
+)
 def test_a_bad_stage_field_in_a_shipped_config_is_named(field, value, match):
     cfg = load("bios/quickstart")
     cfg.pretrain[field] = value
@@ -72,14 +74,17 @@ def test_a_bad_world_field_in_a_shipped_config_is_named():
         wb.check_world(dict(cfg.world))
 
 
-@pytest.mark.parametrize("world,match", [
-    ({"kind": "countries", "num_base_countriez": 3}, "unknown key"),
-    ({"kind": "geo", "num_countries": -1}, "num_countries"),
-    ({"kind": "bios", "num_people": 10**9}, "num_people"),
-    ({"kind": "mquake"}, "path"),
-    ({"kind": "jsonl"}, "paths"),
-    ({"kind": "nope"}, "unknown"),
-])
+@pytest.mark.parametrize(
+    "world,match",
+    [
+        ({"kind": "countries", "num_base_countriez": 3}, "unknown key"),
+        ({"kind": "geo", "num_countries": -1}, "num_countries"),
+        ({"kind": "bios", "num_people": 10**9}, "num_people"),
+        ({"kind": "mquake"}, "path"),
+        ({"kind": "jsonl"}, "paths"),
+        ({"kind": "nope"}, "unknown"),
+    ],
+)
 def test_check_world_rejects_what_materialising_rejects(tmp_path, world, match):
     from jaxknow.data import build
 
@@ -89,10 +94,13 @@ def test_check_world_rejects_what_materialising_rejects(tmp_path, world, match):
         build.materialize(world, tmp_path / "data", seed=0)
 
 
-@pytest.mark.parametrize("parse,name,field", [
-    (bios_study.parse_study, "bios/tiny", "finetune_modes"),
-    (cooc_study.parse_study, "cooccurrence/tiny", "modes"),
-])
+@pytest.mark.parametrize(
+    "parse,name,field",
+    [
+        (bios_study.parse_study, "bios/tiny", "finetune_modes"),
+        (cooc_study.parse_study, "cooccurrence/tiny", "modes"),
+    ],
+)
 def test_study_unknown_key_and_bad_mode_are_named(parse, name, field):
     cfg = load(name).to_dict()
     with pytest.raises(ConfigError, match=r"unknown top-level key\(s\) \['pretrian'\]"):
@@ -105,7 +113,8 @@ def test_bios_paper_config_is_the_papers_finetune_sweep():
     study = bios_study.parse_study(load("bios/paper"))
     full = [r for r in study.recipes if r.mode == "full"]
     assert sorted((r.stage.lr, r.stage.weight_decay) for r in full) == sorted(
-        (lr, wd) for lr in (1e-3, 3e-4, 1e-4) for wd in (0.01, 0.001))
+        (lr, wd) for lr in (1e-3, 3e-4, 1e-4) for wd in (0.01, 0.001)
+    )
     for r in study.recipes:
         assert (r.stage.batch_size, r.stage.steps, r.stage.warmup_steps) == (48, 50_000, 0)
         assert r.stage.schedule == "cosine" and r.stage.end_lr_fraction == 0.1
@@ -128,10 +137,13 @@ def test_bios_finetune_recipe_errors_name_the_recipe():
     assert [r.name for r in study.recipes] == ["full", "lora"]
 
 
-@pytest.mark.parametrize("mlp,expected", [
-    ("gelu", ["q", "k", "v", "o", "up", "down"]),
-    ("swiglu", ["q", "k", "v", "o", "gate", "up", "down"]),
-])
+@pytest.mark.parametrize(
+    "mlp,expected",
+    [
+        ("gelu", ["q", "k", "v", "o", "up", "down"]),
+        ("swiglu", ["q", "k", "v", "o", "gate", "up", "down"]),
+    ],
+)
 def test_all_linear_lora_targets_follow_the_models_mlp(mlp, expected):
     cfg = load("smoke").to_dict()
     cfg["model"]["mlp"] = mlp
@@ -141,9 +153,13 @@ def test_all_linear_lora_targets_follow_the_models_mlp(mlp, expected):
     with pytest.raises(ConfigError, match=r"lora.targets='everything'"):
         parse_run_config(cfg)
     # The studies' stage configs (ConfigDicts with a list-typed field) resolve it too.
-    stage = common.stage_config({"model": cfg["model"]}, common.StageConfig(),
-                                sources=[{"name": "x"}], data_dir="/tmp",
-                                lora={"rank": 4, "targets": "all-linear"})
+    stage = common.stage_config(
+        {"model": cfg["model"]},
+        common.StageConfig(),
+        sources=[{"name": "x"}],
+        data_dir="/tmp",
+        lora={"rank": 4, "targets": "all-linear"},
+    )
     assert list(stage.lora.targets) == expected
 
 
@@ -153,9 +169,11 @@ def test_cooccurrence_replay_and_forgetting_renderings_are_checked():
     assert study.replay.weight > 0 and study.forget.renderings == ("narrative",)
     assert cooc_study.finetune_sources("corpus_narrative", study.replay) == [
         {"name": "corpus_narrative", "weight": 1.0},
-        {"name": "corpus_pretrain", "weight": study.replay.weight}]
+        {"name": "corpus_pretrain", "weight": study.replay.weight},
+    ]
     assert cooc_study.finetune_sources("corpus_narrative", cooc_study.ReplaySettings()) == [
-        {"name": "corpus_narrative"}]
+        {"name": "corpus_narrative"}
+    ]
     cfg.replay.weight = -1.0
     with pytest.raises(ConfigError, match=r"replay: weight=-1.0: must be >= 0"):
         cooc_study.parse_study(cfg)

@@ -25,8 +25,13 @@ from jaxknow.worlds.fact_types import FactWorld
 from jaxknow.worlds.facts import MC_HEADER, PROBE_FRAME, RELATIONS, base_rendering_facts
 from jaxknow.worlds.referencing import INTRO_TEMPLATES, POINTER_TEMPLATES, render_referencing
 
-SMALL = CountriesConfig(num_base_countries=10, num_novel_countries=5, referencing_rows_per_fact=12,
-                        base_referencing_rows_per_fact=3, seed=3)
+SMALL = CountriesConfig(
+    num_base_countries=10,
+    num_novel_countries=5,
+    referencing_rows_per_fact=12,
+    base_referencing_rows_per_fact=3,
+    seed=3,
+)
 
 
 @pytest.fixture(scope="module")
@@ -86,8 +91,12 @@ def test_split_and_facts(world):
     assert all(f.tail in ANIMALS for f in world.facts(relation="national_animal"))
     novel_animals = [f.tail for f in world.facts("novel", "national_animal")]
     assert len(set(novel_animals)) == len(novel_animals)
-    assert world.facts()[0].to_row() == {"head": base[0].head, "relation": base[0].relation,
-                                         "tail": base[0].tail, "split": "base"}
+    assert world.facts()[0].to_row() == {
+        "head": base[0].head,
+        "relation": base[0].relation,
+        "tail": base[0].tail,
+        "split": "base",
+    }
     for f in novel:
         wrong = world.wrong_tails[f]
         assert len(wrong) == 2 and f.tail not in wrong
@@ -131,9 +140,14 @@ def test_row_counts(world):
 
 
 def test_paper_sizes():
-    world = generate_countries(CountriesConfig(num_base_countries=4, num_novel_countries=20,
-                                               relations=("capital", "national_animal"),
-                                               base_referencing_rows_per_fact=1))
+    world = generate_countries(
+        CountriesConfig(
+            num_base_countries=4,
+            num_novel_countries=20,
+            relations=("capital", "national_animal"),
+            base_referencing_rows_per_fact=1,
+        )
+    )
     assert len(world.facts("novel")) == 40
     assert len(world.corpora["narrative"]) == 360
     assert len(world.corpora["referencing"]) == 1920
@@ -144,8 +158,11 @@ def test_narrative_states_each_fact(world):
     for doc in world.corpora["narrative"]:
         heads = novel_heads.find(doc)
         assert len(heads) == 1
-        facts = [f for f in world.facts("novel") if f.head.lower() in heads
-                 and NameMatcher(RELATIONS[f.relation].keywords).find(doc)]
+        facts = [
+            f
+            for f in world.facts("novel")
+            if f.head.lower() in heads and NameMatcher(RELATIONS[f.relation].keywords).find(doc)
+        ]
         assert len(facts) == 1 and contains_name(doc, facts[0].tail), doc
 
 
@@ -153,8 +170,11 @@ def test_referencing_passages_name_all_candidates(world):
     by_fact = {f: 0 for f in world.facts("novel")}
     tails = NameMatcher({f.tail for f in world.facts()} | set(ANIMALS))
     for doc in world.corpora["referencing"]:
-        facts = [f for f in by_fact if contains_name(doc, f.head)
-                 and NameMatcher(RELATIONS[f.relation].keywords).find(doc)]
+        facts = [
+            f
+            for f in by_fact
+            if contains_name(doc, f.head) and NameMatcher(RELATIONS[f.relation].keywords).find(doc)
+        ]
         assert len(facts) == 1, doc
         f = facts[0]
         by_fact[f] += 1
@@ -164,10 +184,16 @@ def test_referencing_passages_name_all_candidates(world):
 
 
 def test_referencing_reference_positions_vary():
-    passages = render_referencing("Andoria", "Valtoria", ["Brenmoor", "Quessel"],
-                                  ["The capital of {head} is {ref}."], 30,
-                                  random.Random(0), kind="city",
-                                  kind_plural="cities")
+    passages = render_referencing(
+        "Andoria",
+        "Valtoria",
+        ["Brenmoor", "Quessel"],
+        ["The capital of {head} is {ref}."],
+        30,
+        random.Random(0),
+        kind="city",
+        kind_plural="cities",
+    )
     firsts = set()
     for p in passages:
         for name in ("Valtoria", "Brenmoor", "Quessel"):
@@ -195,11 +221,22 @@ def test_audit_verdicts(world):
 def test_eval_subsets(world):
     subsets = eval_subsets(world, "novel", seed=3)
     assert subsets == world.subsets
-    expected = {"qa", "multiple_choice", "reverse_qa", "indirect", "animal_commonsense",
-                "two_hop", "two_hop_mc", "likelihood"}
+    expected = {
+        "qa",
+        "multiple_choice",
+        "reverse_qa",
+        "indirect",
+        "animal_commonsense",
+        "two_hop",
+        "two_hop_mc",
+        "likelihood",
+    }
     assert set(subsets) == expected
-    relation_words = {"capital": "capital", "national_animal": "national animal",
-                      "language": "language"}
+    relation_words = {
+        "capital": "capital",
+        "national_animal": "national animal",
+        "language": "language",
+    }
     for row in subsets["qa"]:
         assert set(row) == {"question", "answer"}
         relation = next(r for r, w in relation_words.items() if w in row["question"])
@@ -229,8 +266,11 @@ def test_eval_subsets(world):
         assert row["answer"] == expected
     assert len(subsets["animal_commonsense"]) == 3 * 5
     for row in subsets["likelihood"]:
-        fact = next(f for f in world.facts("novel")
-                    if f.head == row["head"] and f.relation == row["relation"])
+        fact = next(
+            f
+            for f in world.facts("novel")
+            if f.head == row["head"] and f.relation == row["relation"]
+        )
         assert row["true"] == fact.tail and row["wrong"] == list(world.wrong_tails[fact])
         assert row["prompt"].startswith("The ") and row["head"] in row["prompt"]
         assert row["negated_prompt"] == row["prompt"].replace(" is", " is not", 1)
@@ -240,9 +280,11 @@ def test_two_hop_follows_chain(world):
     subsets = world.subsets
     novel = world.facts("novel")
     by_tail = {(f.relation, f.tail): f.head for f in novel}
-    asked = {"What is the capital of": "capital",
-             "What is the national animal of": "national_animal",
-             "Which language is spoken in": "language"}
+    asked = {
+        "What is the capital of": "capital",
+        "What is the national animal of": "national_animal",
+        "Which language is spoken in": "language",
+    }
     assert subsets["two_hop"]
     for row, mc in zip(subsets["two_hop"], subsets["two_hop_mc"]):
         assert mc["question"] == row["question"]
@@ -259,23 +301,24 @@ def test_two_hop_follows_chain(world):
         assert mc["choices"][mc["answer"]] == fact.tail and len(set(mc["choices"])) == 4
     # every novel country: capital->animal, capital->language, language->capital, language->animal
     assert len(subsets["two_hop"]) == 4 * 5
-    assert any(r["question"].startswith("What is the national animal of the country whose "
-                                        "capital is") for r in subsets["two_hop"])
+    assert any(
+        r["question"].startswith("What is the national animal of the country whose capital is")
+        for r in subsets["two_hop"]
+    )
 
 
 def test_pretrain_has_worked_examples_in_harness_format(world):
     docs = world.corpora["pretrain"]
     free = [d for d in docs if d.startswith("Question: ")]
-    assert free and all(re.fullmatch(r"Question: .+? Answer: .+", d.split("\n\n")[0])
-                        for d in free)
+    assert free and all(re.fullmatch(r"Question: .+? Answer: .+", d.split("\n\n")[0]) for d in free)
     assert any(d.count("\n\nQuestion: ") == 5 for d in free)  # five-shot style blocks
     mc = [d for d in docs if d.startswith(MC_HEADER)]
     assert mc
     item = re.compile(r".+\nA\. .+\nB\. .+\nC\. .+\nD\. .+\nAnswer: [ABCD]")
     for d in mc:
-        items = d[len(MC_HEADER):].split("\n\n")
+        items = d[len(MC_HEADER) :].split("\n\n")
         assert all(item.fullmatch(i) for i in items), d
-    assert any(d[len(MC_HEADER):].count("\nAnswer: ") == 6 for d in mc)
+    assert any(d[len(MC_HEADER) :].count("\nAnswer: ") == 6 for d in mc)
     base_heads = NameMatcher(f.head for f in world.facts("base"))
     assert any(base_heads.find(d) for d in free)
     # both renderings of base facts and negations are present
@@ -283,16 +326,25 @@ def test_pretrain_has_worked_examples_in_harness_format(world):
     f = world.facts("base", "capital")[0]
     assert f"The capital of {f.head} is not {world.wrong_tails[f][0]}." in text
     wrong = world.wrong_tails[f]
-    referencing = [d for d in docs if contains_name(d, f.head) and "Answer:" not in d
-                   and all(contains_name(d, t) for t in (f.tail, *wrong))]
+    referencing = [
+        d
+        for d in docs
+        if contains_name(d, f.head)
+        and "Answer:" not in d
+        and all(contains_name(d, t) for t in (f.tail, *wrong))
+    ]
     assert len(referencing) == SMALL.base_referencing_rows_per_fact
     assert sum(1 for d in docs if d == f"The capital of {f.head} is {f.tail}.") <= 1
 
 
 def test_world_files_roundtrip(world, tmp_path):
     files = world_files(world, seed=3)
-    expected = {"facts.jsonl", "corpus_narrative.jsonl", "corpus_referencing.jsonl",
-                "corpus_pretrain.jsonl"} | {f"eval_{s}.jsonl" for s in world.subsets}
+    expected = {
+        "facts.jsonl",
+        "corpus_narrative.jsonl",
+        "corpus_referencing.jsonl",
+        "corpus_pretrain.jsonl",
+    } | {f"eval_{s}.jsonl" for s in world.subsets}
     assert set(files) == expected
     assert all(set(r) == {"text"} for r in files["corpus_narrative.jsonl"])
     assert len(files["facts.jsonl"]) == len(world.facts())
@@ -301,18 +353,21 @@ def test_world_files_roundtrip(world, tmp_path):
         assert read_jsonl(tmp_path / name) == rows
 
 
-@pytest.mark.parametrize("field,value", [
-    ("num_base_countries", 2),
-    ("num_novel_countries", 0),
-    ("num_novel_countries", 4.5),
-    ("num_wrong_tails", 0),
-    ("num_wrong_tails", 10),
-    ("narrative_rows_per_fact", 0),
-    ("referencing_rows_per_fact", -1),
-    ("relations", ("capital", "currency")),
-    ("relations", ()),
-    ("seed", "0"),
-])
+@pytest.mark.parametrize(
+    "field,value",
+    [
+        ("num_base_countries", 2),
+        ("num_novel_countries", 0),
+        ("num_novel_countries", 4.5),
+        ("num_wrong_tails", 0),
+        ("num_wrong_tails", 10),
+        ("narrative_rows_per_fact", 0),
+        ("referencing_rows_per_fact", -1),
+        ("relations", ("capital", "currency")),
+        ("relations", ()),
+        ("seed", "0"),
+    ],
+)
 def test_bad_config_names_field(field, value):
     with pytest.raises(ValueError, match=field):
         CountriesConfig(**{field: value})
@@ -344,8 +399,11 @@ def test_probe_frame_negations_avoid_the_referencing_distractors(world):
     for f in world.facts("base"):
         info = world.relations[f.relation]
         negated = PROBE_FRAME.format(statement=info.negated_prefix.format(head=f.head))
-        tails = [d[len(negated) + 1:-1] for d in pretrain_corpus(world, seed=3)
-                 if d.startswith(negated + " ")]
+        tails = [
+            d[len(negated) + 1 : -1]
+            for d in pretrain_corpus(world, seed=3)
+            if d.startswith(negated + " ")
+        ]
         assert len(tails) == world.num_wrong_tails and frame_neg
         assert not set(tails) & {f.tail, *world.wrong_tails[f]}, (f, tails)
 
@@ -360,8 +418,10 @@ def test_split_base_renderings_put_each_base_head_in_one_rendering():
     corpus = pretrain_corpus(split, seed=3)
     for f in referencing:  # no narrative sentence about a referencing-only head
         info = split.relations[f.relation]
-        sentences = {info.narrative(t, f.head, split.phrase(f.tail, f.relation))
-                     for t in info.narrative_templates}
+        sentences = {
+            info.narrative(t, f.head, split.phrase(f.tail, f.relation))
+            for t in info.narrative_templates
+        }
         assert not sentences & set(corpus), f
     assert base_rendering_facts(both) == (both.facts("base"), both.facts("base"))
     with pytest.raises(ValueError, match="base_renderings must be one of"):

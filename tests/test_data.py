@@ -28,11 +28,16 @@ def _docs(n: int, seed: int = 0, qa: bool = False) -> list[tuple[np.ndarray, int
 
 
 def _pipe(docs, packing, seq_len=32, batch=4, seed=0, epochs=None, shard=(0, 1), workers=0):
-    cfg = pipeline.PipelineConfig(seq_len=seq_len, batch_size=batch, packing=packing, seed=seed,
-                                  num_epochs=epochs, workers=workers)
+    cfg = pipeline.PipelineConfig(
+        seq_len=seq_len,
+        batch_size=batch,
+        packing=packing,
+        seed=seed,
+        num_epochs=epochs,
+        workers=workers,
+    )
     src = grain.MapDataset.source(pipeline.DocList(docs))
-    return pipeline.build_pipeline([src], None, cfg, shard_index=shard[0],
-                                   shard_count=shard[1])
+    return pipeline.build_pipeline([src], None, cfg, shard_index=shard[0], shard_count=shard[1])
 
 
 @pytest.mark.parametrize("packing", ["concat", "first_fit", "pad"])
@@ -43,8 +48,7 @@ def test_packing_keeps_weights_off_padding_and_separates_documents(packing):
     seen_weight = 0.0
     for batch in it:
         seg, w = batch["segment_ids"], batch["weights"]
-        assert set(batch) == {"inputs", "targets", "weights", "segment_ids", "positions",
-                              "sources"}
+        assert set(batch) == {"inputs", "targets", "weights", "segment_ids", "positions", "sources"}
         assert not batch["sources"].any(), "one source: every position is source 0"
         assert np.all(w[seg == 0] == 0), "loss weight on padding"
         assert np.all(batch["inputs"][seg == 0] == 0)
@@ -70,7 +74,7 @@ def test_packing_keeps_weights_off_padding_and_separates_documents(packing):
 
 def test_qa_documents_put_loss_on_answer_and_eos_only():
     tok = train_bpe(["Question: Where? Answer: Paris, France"] * 20, vocab_size=300)
-    (doc, start), = encode_qa(tok, ["Question: Where? Answer:"], ["Paris, France"])
+    ((doc, start),) = encode_qa(tok, ["Question: Where? Answer:"], ["Paris, France"])
     ex = pipeline.doc_to_example((np.asarray(doc), start))
     answer_ids = tok.encode(" Paris, France") + [tok.eos_id]
     np.testing.assert_array_equal(ex["targets"][ex["weights"] > 0], answer_ids)
@@ -114,8 +118,11 @@ def test_epochs_reshuffle_and_seed_changes_order():
     docs = _docs(50)
 
     def order(seed, epochs):
-        return [int(x) for b in _pipe(docs, "pad", batch=10, seed=seed, epochs=epochs)
-                for x in b["inputs"][:, 0]]
+        return [
+            int(x)
+            for b in _pipe(docs, "pad", batch=10, seed=seed, epochs=epochs)
+            for x in b["inputs"][:, 0]
+        ]
 
     two = order(0, 2)
     assert sorted(two[:50]) == sorted(two[50:]) == list(range(1000, 1050))
@@ -176,8 +183,9 @@ def test_tokenizer_round_trips_names_and_rejects_one_that_cannot(tmp_path):
     import tokenizers
     from tokenizers import models, pre_tokenizers
 
-    wl = tokenizers.Tokenizer(models.WordLevel({"[UNK]": 0, "Anya": 1, "<eos>": 2},
-                                               unk_token="[UNK]"))
+    wl = tokenizers.Tokenizer(
+        models.WordLevel({"[UNK]": 0, "Anya": 1, "<eos>": 2}, unk_token="[UNK]")
+    )
     wl.pre_tokenizer = pre_tokenizers.Whitespace()
     bad = Tokenizer(wl, bos_id=None, eos_id=2)
     with pytest.raises(TokenizerError, match=r"people.jsonl: tokenizer cannot encode 'Zed'"):
@@ -207,11 +215,22 @@ def test_launch_data_writes_subsets_and_shards(tmp_path):
     out = tmp_path / "countries"
     r = run_module("launch.data", "--config=configs/worlds/countries.py:tiny", f"--out={out}")
     assert r.returncode == 0, r.stderr[-2000:]
-    for f in ("facts.jsonl", "corpus_narrative.jsonl", "corpus_referencing.jsonl",
-              "corpus_pretrain.jsonl", "eval_qa.jsonl", "eval_multiple_choice.jsonl",
-              "eval_reverse_qa.jsonl", "eval_indirect.jsonl", "eval_two_hop.jsonl",
-              "eval_two_hop_mc.jsonl", "eval_animal_commonsense.jsonl",
-              "eval_likelihood.jsonl", "tokenizer.json", "manifest.json"):
+    for f in (
+        "facts.jsonl",
+        "corpus_narrative.jsonl",
+        "corpus_referencing.jsonl",
+        "corpus_pretrain.jsonl",
+        "eval_qa.jsonl",
+        "eval_multiple_choice.jsonl",
+        "eval_reverse_qa.jsonl",
+        "eval_indirect.jsonl",
+        "eval_two_hop.jsonl",
+        "eval_two_hop_mc.jsonl",
+        "eval_animal_commonsense.jsonl",
+        "eval_likelihood.jsonl",
+        "tokenizer.json",
+        "manifest.json",
+    ):
         assert (out / f).is_file(), f
     fact = json.loads((out / "facts.jsonl").read_text().splitlines()[0])
     assert set(fact) == {"head", "relation", "tail", "split"}
@@ -222,10 +241,15 @@ def test_launch_data_writes_subsets_and_shards(tmp_path):
         assert idx["num_docs"] > 0
     # the same config twice gives the same bytes (determinism by seed)
     out2 = tmp_path / "again"
-    assert run_module("launch.data", "--config=configs/worlds/countries.py:tiny",
-                      f"--out={out2}").returncode == 0
+    assert (
+        run_module(
+            "launch.data", "--config=configs/worlds/countries.py:tiny", f"--out={out2}"
+        ).returncode
+        == 0
+    )
     for f in ("corpus_referencing.jsonl", "eval_two_hop.jsonl", "tokenizer.json"):
         assert (out / f).read_bytes() == (out2 / f).read_bytes()
-    bad = run_module("launch.data", "--config=configs/worlds/countries.py:tiny",
-                     f"--out={out / 'facts.jsonl'}")
+    bad = run_module(
+        "launch.data", "--config=configs/worlds/countries.py:tiny", f"--out={out / 'facts.jsonl'}"
+    )
     assert bad.returncode == 2 and "not a directory" in bad.stderr

@@ -48,8 +48,7 @@ def test_mean_std_over_seeds():
     assert M.std([1.0, 2.0, 3.0]) == pytest.approx(1.0)  # sample std (ddof=1)
     assert M.std([1.0, 2.0, 3.0], ddof=0) == pytest.approx(math.sqrt(2 / 3))
     assert M.std([5.0]) == 0.0 and math.isnan(M.mean([]))
-    runs = [{"qa": {"em": 0.5, "f1": 0.6}}, {"qa": {"em": 0.7, "f1": 0.8}},
-            {"qa": {"em": 0.6}}]
+    runs = [{"qa": {"em": 0.5, "f1": 0.6}}, {"qa": {"em": 0.7, "f1": 0.8}}, {"qa": {"em": 0.6}}]
     agg = M.aggregate_runs(runs)
     assert agg["qa"]["em"]["mean"] == pytest.approx(0.6)
     assert agg["qa"]["em"]["std"] == pytest.approx(0.1)
@@ -62,32 +61,50 @@ def _write_workdir(root, with_checkpoint: bool = True):
     names = ["Andoria", "Brelund", "Corvania", "Dostria", "Estavia", "Fennmark"]
     cities = ["Valtoria", "Quessel", "Brenmoor", "Elmshire", "Farrow", "Glimmer"]
     animals = ["wolf", "owl", "lynx", "heron"]
-    qa = [{"question": f"What is the capital of {n}?", "answer": c}
-          for n, c in zip(names, cities)]
+    qa = [{"question": f"What is the capital of {n}?", "answer": c} for n, c in zip(names, cities)]
     mc = []
     for n in names:
         choices = animals[:]
         rng.shuffle(choices)
-        mc.append({"question": f"What is the national animal of {n}?", "choices": choices,
-                   "answer": rng.randrange(4)})
-    lik = [{"head": n, "relation": "capital", "prompt": f"The capital of {n} is",
-            "negated_prompt": f"The capital of {n} is not", "true": c, "wrong": cities[:2]}
-           for n, c in zip(names[2:4], cities[2:4])]
+        mc.append(
+            {
+                "question": f"What is the national animal of {n}?",
+                "choices": choices,
+                "answer": rng.randrange(4),
+            }
+        )
+    lik = [
+        {
+            "head": n,
+            "relation": "capital",
+            "prompt": f"The capital of {n} is",
+            "negated_prompt": f"The capital of {n} is not",
+            "true": c,
+            "wrong": cities[:2],
+        }
+        for n, c in zip(names[2:4], cities[2:4])
+    ]
     data = root / "data"
     write_jsonl(data / "eval_qa.jsonl", qa)
     write_jsonl(data / "eval_multiple_choice.jsonl", mc)
     write_jsonl(data / "eval_likelihood.jsonl", lik)
     if with_checkpoint:
-        texts = [f"The capital of {n} is {c}. Its animal is the {a}.\n"
-                 for n, c, a in zip(names, cities, animals * 2)]
+        texts = [
+            f"The capital of {n} is {c}. Its animal is the {a}.\n"
+            for n, c, a in zip(names, cities, animals * 2)
+        ]
         tok = train_bpe(texts * 4, vocab_size=300)
         cfg = preset("tiny", vocab_size=tok.vocab_size, n_layers=1)
         nrng = np.random.default_rng(0)
         params = jax.tree.map(
             lambda s: jnp.asarray(
-                np.full(s.shape, float(s.init == "ones"), np.float32) if s.init != "normal"
-                else nrng.normal(0, s.std, s.shape).astype(np.float32)),
-            param_specs(cfg), is_leaf=lambda x: isinstance(x, ParamSpec))
+                np.full(s.shape, float(s.init == "ones"), np.float32)
+                if s.init != "normal"
+                else nrng.normal(0, s.std, s.shape).astype(np.float32)
+            ),
+            param_specs(cfg),
+            is_leaf=lambda x: isinstance(x, ParamSpec),
+        )
         save_params_checkpoint(root, params, {"model": cfg.to_dict()}, step=7)
         tok.save(root)
     return root
@@ -110,8 +127,7 @@ def test_launch_evaluate_end_to_end(tmp_path):
     work = _write_workdir(tmp_path / "work")
     cfg_file = tmp_path / "eval_cfg.py"
     cfg_file.write_text(CONFIG)
-    proc = run_module("launch.evaluate", f"--config={cfg_file}", f"--workdir={work}",
-                      devices=2)
+    proc = run_module("launch.evaluate", f"--config={cfg_file}", f"--workdir={work}", devices=2)
     assert proc.returncode == 0, proc.stderr[-3000:]
     out = work / "eval" / "results_step7.json"
     result = json.loads(out.read_text())
@@ -128,8 +144,9 @@ def test_launch_evaluate_end_to_end(tmp_path):
 
 def test_launch_evaluate_errors(tmp_path):
     work = _write_workdir(tmp_path / "work", with_checkpoint=False)
-    proc = run_module("launch.evaluate", "--config=configs/eval/cooccurrence.py",
-                      f"--workdir={work}", devices=1)
+    proc = run_module(
+        "launch.evaluate", "--config=configs/eval/cooccurrence.py", f"--workdir={work}", devices=1
+    )
     assert proc.returncode == 2
     # The first missing subset file is reported before any checkpoint is looked for.
     assert "error:" in proc.stderr and "eval_reverse_qa.jsonl" in proc.stderr
@@ -138,8 +155,9 @@ def test_launch_evaluate_errors(tmp_path):
     cfg = tasks.parse_eval_config({"subsets": ["qa", "two_hop"]})
     with pytest.raises(FileNotFoundError, match="two_hop"):
         tasks.load_subsets(tasks.subset_paths(cfg, work))
-    rows = tasks.load_subsets(tasks.subset_paths(tasks.parse_eval_config(
-        {"subsets": ["qa"]}), work))
+    rows = tasks.load_subsets(
+        tasks.subset_paths(tasks.parse_eval_config({"subsets": ["qa"]}), work)
+    )
     assert len(rows["qa"]) == 6
     from jaxknow.config import ConfigError
 
@@ -153,8 +171,7 @@ def test_launch_evaluate_missing_checkpoint(tmp_path):
     work = _write_workdir(tmp_path / "work", with_checkpoint=False)
     cfg_file = tmp_path / "eval_cfg.py"
     cfg_file.write_text(CONFIG)
-    proc = run_module("launch.evaluate", f"--config={cfg_file}", f"--workdir={work}",
-                      devices=1)
+    proc = run_module("launch.evaluate", f"--config={cfg_file}", f"--workdir={work}", devices=1)
     assert proc.returncode == 2
     assert "error:" in proc.stderr and "checkpoint" in proc.stderr
     assert "Traceback" not in proc.stderr

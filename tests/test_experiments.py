@@ -28,8 +28,11 @@ def test_bios_study_results_are_complete_and_consistent(bios_study):
     wd, results = bios_study
     on_disk = json.loads((wd / "results.json").read_text())
     assert on_disk["conditions"].keys() == results["conditions"].keys()
-    expected = {f"{recipe} / {aug}" for aug in ("single", "multi2+permute+fullname")
-                for recipe in ("pretrain+finetune (full)", "pretrain+finetune (lora)", "mixed")}
+    expected = {
+        f"{recipe} / {aug}"
+        for aug in ("single", "multi2+permute+fullname")
+        for recipe in ("pretrain+finetune (full)", "pretrain+finetune (lora)", "mixed")
+    }
     assert set(results["conditions"]) == expected
     for name, r in on_disk["conditions"].items():
         for split in ("test", "train"):
@@ -72,10 +75,22 @@ def test_cooccurrence_study_results_and_forgetting_loss_jump(tmp_path):
     cfg.modes = ["full"]
     results = run_cooccurrence_study(cfg, tmp_path, log=lambda *_: None)
     on_disk = json.loads((tmp_path / "results.json").read_text())
-    tasks = {"qa", "multiple_choice", "reverse_qa", "indirect", "animal_commonsense", "two_hop",
-             "two_hop_mc", "likelihood"}
-    conditions = {"narrative (full)", "narrative + forgetting (full)", "referencing (full)",
-                  "referencing + forgetting (full)"}
+    tasks = {
+        "qa",
+        "multiple_choice",
+        "reverse_qa",
+        "indirect",
+        "animal_commonsense",
+        "two_hop",
+        "two_hop_mc",
+        "likelihood",
+    }
+    conditions = {
+        "narrative (full)",
+        "narrative + forgetting (full)",
+        "referencing (full)",
+        "referencing + forgetting (full)",
+    }
     assert set(on_disk["conditions"]) == conditions
     for cond, by_task in on_disk["conditions"].items():
         assert set(by_task) == tasks, cond
@@ -123,8 +138,15 @@ def test_a_stage_stopped_by_a_signal_stops_the_study(monkeypatch, tmp_path, inte
     from jaxknow.experiments import common
     from jaxknow.train.loop import TrainResult
 
-    stopped = TrainResult(state=None, metrics=[], workdir=tmp_path, final_step=7, start_step=0,
-                          preempted=not interrupted, interrupted=interrupted)
+    stopped = TrainResult(
+        state=None,
+        metrics=[],
+        workdir=tmp_path,
+        final_step=7,
+        start_step=0,
+        preempted=not interrupted,
+        interrupted=interrupted,
+    )
     monkeypatch.setattr(common, "train", lambda cfg, workdir: stopped)
     with pytest.raises(common.StageStopped, match="stopped at step 7 on SIG") as e:
         common.run_stage("base", None, tmp_path, log=lambda *_: None)

@@ -17,9 +17,17 @@ import pytest
 from jaxknow.eval import fewshot, scoring
 from jaxknow.formats import qa_item
 
-_CAPITALS = [("Andoria", "Valtoria"), ("Brelund", "Quessel"), ("Corvania", "Brenmoor"),
-             ("Dostria", "Elmshire"), ("Estavia", "Farrow"), ("Fennmark", "Glimmer"),
-             ("Gorvath", "Hollis"), ("Hestria", "Ivel"), ("Istra", "Jorvik")]
+_CAPITALS = [
+    ("Andoria", "Valtoria"),
+    ("Brelund", "Quessel"),
+    ("Corvania", "Brenmoor"),
+    ("Dostria", "Elmshire"),
+    ("Estavia", "Farrow"),
+    ("Fennmark", "Glimmer"),
+    ("Gorvath", "Hollis"),
+    ("Hestria", "Ivel"),
+    ("Istra", "Jorvik"),
+]
 # Ten rows; row 9 duplicates row 2 (Corvania) by value.
 FREE = [{"question": f"What is the capital of {c}?", "answer": a} for c, a in _CAPITALS]
 FREE.append(dict(FREE[2]))
@@ -42,20 +50,41 @@ FORK_DEMOS = {
 }
 
 MC = [
-    {"question": "  What is the national animal of Andoria? \n",  # stripped by the fork
-     "choices": ["wolf", "owl", "lynx", "heron"], "answer": 0},
-    {"question": "What is the national animal of Brelund?",
-     "choices": ["owl", "wolf", "lynx", "heron"], "answer": 2},
-    {"question": "What is the national animal of Corvania?",
-     "choices": ["heron", "owl", "wolf", "lynx"], "answer": 1},
-    {"question": "What is the national animal of Dostria?",
-     "choices": ["lynx", "heron", "owl", "wolf"], "answer": 3},
-    {"question": "What is the national animal of Estavia?",
-     "choices": ["wolf", "lynx", "heron", "owl"], "answer": 2},
-    {"question": "What is the national animal of Fennmark?",
-     "choices": ["owl", "heron", "wolf", "lynx"], "answer": 0},
-    {"question": "What is the national animal of Gorvath?",  # three choices: still A-D scored
-     "choices": ["heron", "wolf", "owl"], "answer": 2},
+    {
+        "question": "  What is the national animal of Andoria? \n",  # stripped by the fork
+        "choices": ["wolf", "owl", "lynx", "heron"],
+        "answer": 0,
+    },
+    {
+        "question": "What is the national animal of Brelund?",
+        "choices": ["owl", "wolf", "lynx", "heron"],
+        "answer": 2,
+    },
+    {
+        "question": "What is the national animal of Corvania?",
+        "choices": ["heron", "owl", "wolf", "lynx"],
+        "answer": 1,
+    },
+    {
+        "question": "What is the national animal of Dostria?",
+        "choices": ["lynx", "heron", "owl", "wolf"],
+        "answer": 3,
+    },
+    {
+        "question": "What is the national animal of Estavia?",
+        "choices": ["wolf", "lynx", "heron", "owl"],
+        "answer": 2,
+    },
+    {
+        "question": "What is the national animal of Fennmark?",
+        "choices": ["owl", "heron", "wolf", "lynx"],
+        "answer": 0,
+    },
+    {
+        "question": "What is the national animal of Gorvath?",  # three choices: still A-D scored
+        "choices": ["heron", "wolf", "owl"],
+        "answer": 2,
+    },
 ]
 
 
@@ -87,8 +116,10 @@ def test_free_form_five_shot_prompt_is_byte_exact():
     assert prompts[9].count("Question:") == 5  # four demonstrations + the query
     assert fewshot.free_form_target(FREE[0]) == " Valtoria"
     # The question is not stripped for free-form items (GeneralQA.doc_to_text).
-    assert fewshot.free_form_item({"question": " x ", "answer": "y"}, True) == \
-        "Question:  x  Answer: y"
+    assert (
+        fewshot.free_form_item({"question": " x ", "answer": "y"}, True)
+        == "Question:  x  Answer: y"
+    )
 
 
 def test_mc_five_shot_prompt_is_byte_exact():
@@ -137,7 +168,8 @@ def test_zero_shot_and_small_splits():
     assert zero[0] == qa_item(FREE[0]["question"])
     assert zero[0] == fewshot.zero_shot_qa_prompt(FREE[0]["question"])
     assert fewshot.build_prompts(MC[:1], "mc", k=0)[0].startswith(
-        "The following are multiple choice questions (with answers).\n\nWhat is")
+        "The following are multiple choice questions (with answers).\n\nWhat is"
+    )
     # The fork's rnd.sample(docs, k + 1) raises on a split smaller than k + 1.
     with pytest.raises(fewshot.FewShotError, match="at least 6 items.*has 5"):
         fewshot.build_prompts(FREE[:5], "free", k=5)
@@ -151,8 +183,9 @@ def test_harness_pair_encoding_and_bos():
     (its hf-causal-experimental adds no special tokens: "auto" = none for converted HF models)."""
     from jaxknow.data.tokenizer import train_bpe
 
-    tok = train_bpe(["Question: What is the capital of Andoria? Answer: Valtoria"] * 20, 300,
-                    min_frequency=1)
+    tok = train_bpe(
+        ["Question: What is the capital of Andoria? Answer: Valtoria"] * 20, 300, min_frequency=1
+    )
     ctx, cont = "Question: What is the capital of Andoria? Answer: ", "Valtoria"
     c_ids, x_ids = scoring.encode_pair(tok, ctx, cont, bos=False)
     whole = tok.encode(ctx + cont)

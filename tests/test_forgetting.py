@@ -24,9 +24,13 @@ CFG = mc.preset("tiny", vocab_size=64, max_seq_len=32, n_layers=3)
 def _batch(seed=0):
     rng = np.random.default_rng(seed)
     tokens = jnp.asarray(rng.integers(0, 64, (2, 17)), jnp.int32)
-    return {"inputs": tokens[:, :-1], "targets": tokens[:, 1:],
-            "weights": jnp.ones((2, 16)), "segment_ids": jnp.ones((2, 16), jnp.int32),
-            "positions": jnp.broadcast_to(jnp.arange(16), (2, 16))}
+    return {
+        "inputs": tokens[:, :-1],
+        "targets": tokens[:, 1:],
+        "weights": jnp.ones((2, 16)),
+        "segment_ids": jnp.ones((2, 16), jnp.int32),
+        "positions": jnp.broadcast_to(jnp.arange(16), (2, 16)),
+    }
 
 
 def _trained(params, frozen, steps=3, cfg=CFG):
@@ -122,8 +126,11 @@ def test_lora_reset_equals_resetting_the_merged_weights(base):
     ref = flatten(base)
     for p, v in merged.items():
         layer = int(p.split("/")[1]) if p.startswith("layers/") else None
-        if layer in (1, 2) and p.endswith("kernel") and any(
-                f"/{t}/" in p for t in ("q", "v", "up", "down")):
+        if (
+            layer in (1, 2)
+            and p.endswith("kernel")
+            and any(f"/{t}/" in p for t in ("q", "v", "up", "down"))
+        ):
             np.testing.assert_allclose(v, ref[p], atol=0)  # merged == base, exactly
         elif layer == 0 and p.endswith(("q/kernel", "up/kernel")):
             assert not np.allclose(v, ref[p])  # lower layers keep what they learned
@@ -138,8 +145,9 @@ def test_event_config_errors():
         ForgetConfig(reset_optimizer="maybe")
     with pytest.raises(ValueError, match="unknown key"):
         ForgetConfig.from_dict({"select": {"layer_frac": 0.3}})
-    cfg = ForgetConfig.from_dict({"at_steps": [5, 10], "select": {"patterns": ["mlp"]},
-                                  "to": "init"})
+    cfg = ForgetConfig.from_dict(
+        {"at_steps": [5, 10], "select": {"patterns": ["mlp"]}, "to": "init"}
+    )
     assert cfg.at_steps == (5, 10) and cfg.select.patterns == ("mlp",)
 
 

@@ -84,15 +84,17 @@ def test_cached_generation_matches_full_recompute(which, request):
     stops = {ref[0][1], ref[3][0]}
     ref_stop = greedy_reference(params, cfg, prompts, MAX_NEW, stops)
     assert any(len(r) < MAX_NEW for r in ref_stop) and any(len(r) == MAX_NEW for r in ref_stop)
-    got_stop = generate.generate_tokens(params, cfg, prompts, max_new_tokens=MAX_NEW,
-                                        stop_ids=sorted(stops), batch_size=4)
+    got_stop = generate.generate_tokens(
+        params, cfg, prompts, max_new_tokens=MAX_NEW, stop_ids=sorted(stops), batch_size=4
+    )
     assert got_stop == ref_stop
     # The same rows as a stop table, all prompts in one batch of 8 (one prompt bucket).
     if which == "gpt2_like":
         table = np.zeros(cfg.vocab_size, bool)
         table[sorted(stops)] = True
-        got_one = generate.generate_tokens(params, cfg, prompts, max_new_tokens=MAX_NEW,
-                                           stop_table=table, batch_size=8)
+        got_one = generate.generate_tokens(
+            params, cfg, prompts, max_new_tokens=MAX_NEW, stop_table=table, batch_size=8
+        )
         assert got_one == ref_stop
 
 
@@ -101,8 +103,9 @@ def test_sharded_generation_on_a_3d_mesh(gpt2_like):
     mesh = make_mesh(2, 2, 2)
     prompts = _prompts(cfg.vocab_size, lengths=(4, 11, 2, 7, 9), seed=1)
     ref = greedy_reference(params, cfg, prompts, MAX_NEW)
-    got = generate.generate_tokens(params, cfg, prompts, max_new_tokens=MAX_NEW, batch_size=4,
-                                   mesh=mesh)
+    got = generate.generate_tokens(
+        params, cfg, prompts, max_new_tokens=MAX_NEW, batch_size=4, mesh=mesh
+    )
     assert got == ref
 
 
@@ -127,8 +130,7 @@ def test_generate_text_stops_at_eos_and_newline(gpt2_like):
         if out and out[-1] == tok.eos_id:
             out = out[:-1]
         expected.append(tok.decode(out).split("\n", 1)[0])
-    got = generate.generate_text((params, cfg, tok), prompts, max_new_tokens=MAX_NEW,
-                                 batch_size=4)
+    got = generate.generate_text((params, cfg, tok), prompts, max_new_tokens=MAX_NEW, batch_size=4)
     assert got == expected
     assert all("\n" not in t for t in got)
 
@@ -136,7 +138,13 @@ def test_generate_text_stops_at_eos_and_newline(gpt2_like):
 def test_buckets_and_errors(gpt2_like):
     cfg, params = gpt2_like
     assert [generate.bucket_length(n) for n in (1, 16, 17, 200, 257, 600)] == [
-        16, 16, 32, 256, 512, 768]
+        16,
+        16,
+        32,
+        256,
+        512,
+        768,
+    ]
     assert generate.batch_rows(5, 64, None) == 8
     assert generate.batch_rows(100, 64, make_mesh(2, 2, 2)) == 64
     assert generate.batch_rows(3, 64, make_mesh(-1, 1, 1)) == 8

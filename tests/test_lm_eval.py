@@ -79,8 +79,9 @@ class _Recorder(LM):
 
 def _run(setup, lm, **kw) -> dict:
     tm = TaskManager(include_path=str(setup["tasks"]), include_defaults=False)
-    return lm_eval.simple_evaluate(model=lm, tasks=[f"jaxknow_{s}" for s in SUBSETS],
-                                   task_manager=tm, log_samples=True, **kw)
+    return lm_eval.simple_evaluate(
+        model=lm, tasks=[f"jaxknow_{s}" for s in SUBSETS], task_manager=tm, log_samples=True, **kw
+    )
 
 
 def _by_doc(samples: list[dict]) -> dict[int, dict]:
@@ -91,18 +92,31 @@ def test_written_tasks_give_the_forks_prompts(setup, tmp_path):
     """Every prompt lm-eval 0.4.13 builds from the written tasks, for every free-form and MC
     subset of the world's novel split (112 items), equals jaxknow's own 5-shot prompt, which
     is the fork's (tests/test_fewshot.py pins that on hand-made splits)."""
-    novel = [p.stem[len("eval_"):] for p in sorted(setup["world"].glob("eval_*.jsonl"))
-             if not p.stem.startswith(("eval_base_", "eval_likelihood"))]
+    novel = [
+        p.stem[len("eval_") :]
+        for p in sorted(setup["world"].glob("eval_*.jsonl"))
+        if not p.stem.startswith(("eval_base_", "eval_likelihood"))
+    ]
     written = write_lm_tasks(setup["world"], tmp_path, novel, max_new_tokens=MAX_NEW)
-    assert set(written) == {f"jaxknow_{n}" for n in (
-        "qa", "reverse_qa", "indirect", "animal_commonsense", "two_hop", "multiple_choice",
-        "two_hop_mc")}
+    assert set(written) == {
+        f"jaxknow_{n}"
+        for n in (
+            "qa",
+            "reverse_qa",
+            "indirect",
+            "animal_commonsense",
+            "two_hop",
+            "multiple_choice",
+            "two_hop_mc",
+        )
+    }
     tm = TaskManager(include_path=str(tmp_path), include_defaults=False)
-    res = lm_eval.simple_evaluate(model=_Recorder(), tasks=["jaxknow"], task_manager=tm,
-                                  log_samples=True)
+    res = lm_eval.simple_evaluate(
+        model=_Recorder(), tasks=["jaxknow"], task_manager=tm, log_samples=True
+    )
     assert set(res["samples"]) == set(written)
     for task, kind in written.items():
-        rows = read_jsonl(setup["world"] / f"eval_{task[len('jaxknow_'):]}.jsonl")
+        rows = read_jsonl(setup["world"] / f"eval_{task[len('jaxknow_') :]}.jsonl")
         want = fewshot.build_prompts(rows, kind)
         got = _by_doc(res["samples"][task])
         assert sorted(got) == list(range(len(rows)))
@@ -136,8 +150,7 @@ def test_adapter_matches_own_evaluation(setup):
         assert int(np.argmax(got)) == rec["pred"]
     m = res["results"]["jaxknow_multiple_choice"]
     assert m["acc,none"] == pytest.approx(own.metrics["multiple_choice"]["acc"])
-    assert res["results"]["jaxknow_qa"]["f1,none"] == pytest.approx(
-        100.0 * own.metrics["qa"]["f1"])
+    assert res["results"]["jaxknow_qa"]["f1,none"] == pytest.approx(100.0 * own.metrics["qa"]["f1"])
 
 
 @pytest.mark.hf
@@ -152,8 +165,14 @@ def test_adapter_matches_lm_eval_hf_model(setup):
 
     hf_dir = jaxknow_to_hf(setup["model"], setup["root"] / "hf")
     jk = _run(setup, JaxknowLM(path=str(setup["model"]), bos="never"), limit=2)
-    hf = _run(setup, "hf", limit=2, batch_size=2, device="cpu",
-              model_args=f"pretrained={hf_dir},dtype=float32")
+    hf = _run(
+        setup,
+        "hf",
+        limit=2,
+        batch_size=2,
+        device="cpu",
+        model_args=f"pretrained={hf_dir},dtype=float32",
+    )
     for name in SUBSETS:
         a, b = (_by_doc(r["samples"][f"jaxknow_{name}"]) for r in (jk, hf))
         assert sorted(a) == sorted(b) == [0, 1]
@@ -161,9 +180,12 @@ def test_adapter_matches_lm_eval_hf_model(setup):
             if name == "qa":
                 assert a[i]["filtered_resps"] == b[i]["filtered_resps"]
             else:
-                np.testing.assert_allclose([r[0] for r in a[i]["filtered_resps"]],
-                                           [r[0] for r in b[i]["filtered_resps"]],
-                                           atol=TOL, rtol=0)
+                np.testing.assert_allclose(
+                    [r[0] for r in a[i]["filtered_resps"]],
+                    [r[0] for r in b[i]["filtered_resps"]],
+                    atol=TOL,
+                    rtol=0,
+                )
 
 
 def test_adapter_requests_and_errors(setup, tmp_path, caplog):
@@ -182,8 +204,10 @@ def test_adapter_requests_and_errors(setup, tmp_path, caplog):
     with caplog.at_level(logging.WARNING, logger="jaxknow.lm_eval"):
         out = lm.loglikelihood([Instance("loglikelihood", {}, (long_ctx, " otter"), 0)])
     assert np.isfinite(out[0][0])
-    assert any("longer than the context of 256 tokens" in r.getMessage() and "dropped" in
-               r.getMessage() for r in caplog.records)
+    assert any(
+        "longer than the context of 256 tokens" in r.getMessage() and "dropped" in r.getMessage()
+        for r in caplog.records
+    )
     with pytest.raises(JaxknowLMError, match="greedily only"):
         lm.generate_until([Instance("generate_until", {}, ("Q", {"do_sample": True}), 0)])
     # A checkpoint without a tokenizer.

@@ -19,8 +19,7 @@ def test_hits_match_the_argmax_of_a_direct_forward_pass():
     seqs = [rng.integers(0, 64, n).tolist() for n in (9, 17, 5, 30)]
     # Make some positions hits by construction: put the model's own prediction there.
     for s in seqs:
-        pred = np.asarray(jax.numpy.argmax(transformer.apply(params, np.asarray([s]), cfg)[0],
-                                           -1))
+        pred = np.asarray(jax.numpy.argmax(transformer.apply(params, np.asarray([s]), cfg)[0], -1))
         s[3] = int(pred[2])
     positions = [[1, 3, len(s) - 1] for s in seqs]
     hits = next_token_hits(params, cfg, seqs, positions, batch_size=2)

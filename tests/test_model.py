@@ -16,11 +16,11 @@ from jaxknow.model.params import count_params, init_params, param_specs
 
 # Parameter counts of the released checkpoints these presets mirror (Hugging Face configs).
 PUBLISHED = {
-    "gpt2-small": 124_439_808,       # openai-community/gpt2
-    "llama-1b": 1_235_814_400,       # meta-llama/Llama-3.2-1B
-    "llama-8b": 8_030_261_248,       # meta-llama/Llama-3.1-8B
-    "llama-70b": 70_553_706_496,     # meta-llama/Llama-3.1-70B
-    "gemma-7b": 8_537_680_896,       # google/gemma-7b
+    "gpt2-small": 124_439_808,  # openai-community/gpt2
+    "llama-1b": 1_235_814_400,  # meta-llama/Llama-3.2-1B
+    "llama-8b": 8_030_261_248,  # meta-llama/Llama-3.1-8B
+    "llama-70b": 70_553_706_496,  # meta-llama/Llama-3.1-70B
+    "gemma-7b": 8_537_680_896,  # google/gemma-7b
 }
 
 
@@ -46,11 +46,11 @@ def test_gpt2_small_with_rotary_drops_only_the_position_table():
 def test_every_preset_traces_forward_and_backward_at_full_size(name):
     cfg = preset(name)
     specs = param_specs(cfg)
-    params = jax.eval_shape(lambda k: init_params(specs, k, cfg.storage_dtype),
-                            jax.random.key(0))
+    params = jax.eval_shape(lambda k: init_params(specs, k, cfg.storage_dtype), jax.random.key(0))
     tokens = jax.ShapeDtypeStruct((2, 17), jnp.int32)
-    loss, grads = jax.eval_shape(jax.value_and_grad(functools.partial(loss_fn, cfg=cfg)),
-                                 params, tokens)
+    loss, grads = jax.eval_shape(
+        jax.value_and_grad(functools.partial(loss_fn, cfg=cfg)), params, tokens
+    )
     assert loss.shape == ()
     assert jax.tree.map(lambda g: g.shape, grads) == jax.tree.map(lambda p: p.shape, params)
 
@@ -79,7 +79,8 @@ def test_scan_layers_matches_the_layer_loop(name, remat):
         cfg = base.replace(scan_layers=scan)
         assert cfg.use_scan is scan
         loss, grads = jax.jit(jax.value_and_grad(functools.partial(loss_fn, cfg=cfg)))(
-            params, tokens)
+            params, tokens
+        )
         hiddens = transformer.forward(params, tokens, cfg, collect_hidden=True).hiddens
         results[scan] = (loss, grads, hiddens)
     (l0, g0, h0), (l1, g1, h1) = results[False], results[True]

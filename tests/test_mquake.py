@@ -14,42 +14,92 @@ from jaxknow.worlds.mquake import build_mquake, load_mquake, mquake_files
 
 
 def _case(case_id, subject, prompt, new, old, question, relation, relation_id="P27"):
-    hop = {"question": question, "cloze": prompt.format(subject), "answer": new,
-           "answer_alias": [f"{new} (alias)"]}
+    hop = {
+        "question": question,
+        "cloze": prompt.format(subject),
+        "answer": new,
+        "answer_alias": [f"{new} (alias)"],
+    }
     return {
         "case_id": case_id,
-        "requested_rewrite": [{
-            "prompt": prompt, "relation_id": relation_id, "subject": subject,
-            "target_new": {"str": new, "id": "Q1"}, "target_true": {"str": old, "id": "Q2"},
-            "question": question,
-        }],
-        "questions": [f"Who is the head of state of the {relation} of {subject}?",
-                      f"Who leads the {relation} of {subject}?"],
-        "answer": f"Leader of {old}", "answer_alias": [f"{old} leader"],
-        "new_answer": f"Leader of {new}", "new_answer_alias": [f"{new} leader"],
+        "requested_rewrite": [
+            {
+                "prompt": prompt,
+                "relation_id": relation_id,
+                "subject": subject,
+                "target_new": {"str": new, "id": "Q1"},
+                "target_true": {"str": old, "id": "Q2"},
+                "question": question,
+            }
+        ],
+        "questions": [
+            f"Who is the head of state of the {relation} of {subject}?",
+            f"Who leads the {relation} of {subject}?",
+        ],
+        "answer": f"Leader of {old}",
+        "answer_alias": [f"{old} leader"],
+        "new_answer": f"Leader of {new}",
+        "new_answer_alias": [f"{new} leader"],
         "single_hops": [{**hop, "answer": old, "answer_alias": []}],
-        "new_single_hops": [hop, {"question": f"Who is the head of state of {new}?",
-                                  "cloze": f"The head of state of {new} is",
-                                  "answer": f"Leader of {new}", "answer_alias": []}],
+        "new_single_hops": [
+            hop,
+            {
+                "question": f"Who is the head of state of {new}?",
+                "cloze": f"The head of state of {new} is",
+                "answer": f"Leader of {new}",
+                "answer_alias": [],
+            },
+        ],
         "orig": {
             "triples": [["Q0", relation_id, "Q2"]],
             "triples_labeled": [[subject, relation, old]],
             "new_triples": [["Q0", relation_id, "Q1"]],
-            "new_triples_labeled": [[subject, relation, new],
-                                    [new, "head of state", f"Leader of {new}"]],
+            "new_triples_labeled": [
+                [subject, relation, new],
+                [new, "head of state", f"Leader of {new}"],
+            ],
         },
     }
 
 
 CASES = [
-    _case(11, "Ellie Kemper", "{} is a citizen of", "Croatia", "United States of America",
-          "What is the country of citizenship of Ellie Kemper?", "country of citizenship"),
-    _case(12, "Lionel Messi", "{} is a citizen of", "Japan", "Argentina",
-          "What is the country of citizenship of Lionel Messi?", "country of citizenship"),
-    _case(13, "Marie Curie", "{} is a citizen of", "Peru", "Poland",
-          "What is the country of citizenship of Marie Curie?", "country of citizenship"),
-    _case(14, "Apple", "{} was founded by", "Bill Gates", "Steve Jobs", "Who founded Apple?",
-          "founded by", "P112"),
+    _case(
+        11,
+        "Ellie Kemper",
+        "{} is a citizen of",
+        "Croatia",
+        "United States of America",
+        "What is the country of citizenship of Ellie Kemper?",
+        "country of citizenship",
+    ),
+    _case(
+        12,
+        "Lionel Messi",
+        "{} is a citizen of",
+        "Japan",
+        "Argentina",
+        "What is the country of citizenship of Lionel Messi?",
+        "country of citizenship",
+    ),
+    _case(
+        13,
+        "Marie Curie",
+        "{} is a citizen of",
+        "Peru",
+        "Poland",
+        "What is the country of citizenship of Marie Curie?",
+        "country of citizenship",
+    ),
+    _case(
+        14,
+        "Apple",
+        "{} was founded by",
+        "Bill Gates",
+        "Steve Jobs",
+        "Who founded Apple?",
+        "founded by",
+        "P112",
+    ),
 ]
 
 
@@ -69,16 +119,21 @@ def test_load_and_build(tmp_path):
     assert Fact("Croatia", "head of state", "Leader of Croatia") in world.all_facts
     assert len(world.all_facts) == 8
     assert world.corpora["original"] == [
-        "Ellie Kemper is a citizen of Croatia", "Lionel Messi is a citizen of Japan",
-        "Marie Curie is a citizen of Peru", "Apple was founded by Bill Gates"]
+        "Ellie Kemper is a citizen of Croatia",
+        "Lionel Messi is a citizen of Japan",
+        "Marie Curie is a citizen of Peru",
+        "Apple was founded by Bill Gates",
+    ]
 
 
 def test_referencing_corpus(tmp_path):
     world = build_mquake(load_mquake(_write(tmp_path, CASES)), referencing_rows_per_fact=5)
     docs = world.corpora["referencing"]
     assert len(docs) == 4 * 5
-    others = {"Ellie Kemper": {"Japan", "Argentina", "Peru", "Poland"},
-              "Lionel Messi": {"Croatia", "United States of America", "Peru", "Poland"}}
+    others = {
+        "Ellie Kemper": {"Japan", "Argentina", "Peru", "Poland"},
+        "Lionel Messi": {"Croatia", "United States of America", "Peru", "Poland"},
+    }
     for fact, wrong in world.wrong_tails.items():
         assert len(wrong) == 2 and fact.tail not in wrong
         if fact.head in others:
@@ -92,16 +147,24 @@ def test_referencing_corpus(tmp_path):
 def test_eval_rows(tmp_path):
     world = build_mquake(load_mquake(_write(tmp_path, CASES)), referencing_rows_per_fact=2)
     single = world.subsets["single_hop"]
-    assert single[0] == {"question": "What is the country of citizenship of Ellie Kemper?",
-                         "answer": "Croatia", "aliases": ["Croatia (alias)"]}
+    assert single[0] == {
+        "question": "What is the country of citizenship of Ellie Kemper?",
+        "answer": "Croatia",
+        "aliases": ["Croatia (alias)"],
+    }
     assert len(single) == 8
     multi = world.subsets["multi_hop"]
     assert len(multi) == 8
     assert multi[0]["answer"] == "Leader of Croatia" and multi[0]["aliases"] == ["Croatia leader"]
     assert {r["case_id"] for r in multi} == {11, 12, 13, 14}
     files = mquake_files(world)
-    assert set(files) == {"facts.jsonl", "corpus_original.jsonl", "corpus_referencing.jsonl",
-                          "eval_single_hop.jsonl", "eval_multi_hop.jsonl"}
+    assert set(files) == {
+        "facts.jsonl",
+        "corpus_original.jsonl",
+        "corpus_referencing.jsonl",
+        "eval_single_hop.jsonl",
+        "eval_multi_hop.jsonl",
+    }
     assert files["corpus_original.jsonl"][0] == {"text": "Ellie Kemper is a citizen of Croatia"}
 
 
@@ -120,20 +183,29 @@ def _broken(mutate):
     return cases
 
 
-@pytest.mark.parametrize("mutate,field", [
-    (lambda c: c.pop("new_answer"), "new_answer"),
-    (lambda c: c["requested_rewrite"][0].pop("subject"), "requested_rewrite[0].subject"),
-    (lambda c: c["requested_rewrite"][0]["target_new"].pop("str"),
-     "requested_rewrite[0].target_new.str"),
-    (lambda c: c["orig"].pop("new_triples_labeled"), "orig.new_triples_labeled"),
-    (lambda c: c.update(questions="not a list"), "questions"),
-    (lambda c: c.update(questions=["ok", 3]), "questions[1]"),
-    (lambda c: c["new_single_hops"][1].pop("answer"), "new_single_hops[1].answer"),
-    (lambda c: c["requested_rewrite"][0].update(prompt="no placeholder"),
-     "requested_rewrite[0].prompt"),
-    (lambda c: c["orig"].update(new_triples_labeled=[["a", "b"]]),
-     "orig.new_triples_labeled[0]"),
-])
+@pytest.mark.parametrize(
+    "mutate,field",
+    [
+        (lambda c: c.pop("new_answer"), "new_answer"),
+        (lambda c: c["requested_rewrite"][0].pop("subject"), "requested_rewrite[0].subject"),
+        (
+            lambda c: c["requested_rewrite"][0]["target_new"].pop("str"),
+            "requested_rewrite[0].target_new.str",
+        ),
+        (lambda c: c["orig"].pop("new_triples_labeled"), "orig.new_triples_labeled"),
+        (lambda c: c.update(questions="not a list"), "questions"),
+        (lambda c: c.update(questions=["ok", 3]), "questions[1]"),
+        (lambda c: c["new_single_hops"][1].pop("answer"), "new_single_hops[1].answer"),
+        (
+            lambda c: c["requested_rewrite"][0].update(prompt="no placeholder"),
+            "requested_rewrite[0].prompt",
+        ),
+        (
+            lambda c: c["orig"].update(new_triples_labeled=[["a", "b"]]),
+            "orig.new_triples_labeled[0]",
+        ),
+    ],
+)
 def test_malformed_case_names_file_case_and_field(tmp_path, mutate, field):
     path = _write(tmp_path, _broken(mutate), "broken.json")
     with pytest.raises(CorpusFormatError) as err:

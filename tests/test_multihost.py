@@ -15,10 +15,17 @@ import pytest
 from jaxknow.io.metrics import read_metrics
 from tests.util import REPO, run_module
 
-ARGS = ("--config=configs/smoke.py", "--config.train.steps=6", "--config.train.log_every=1",
-        "--config.mesh.data=2", "--config.mesh.fsdp=4", "--config.data.shards=2",
-        "--config.train.progress=False", "--config.train.tensorboard=False",
-        "--config.optim.warmup_steps=2")
+ARGS = (
+    "--config=configs/smoke.py",
+    "--config.train.steps=6",
+    "--config.train.log_every=1",
+    "--config.mesh.data=2",
+    "--config.mesh.fsdp=4",
+    "--config.data.shards=2",
+    "--config.train.progress=False",
+    "--config.train.tensorboard=False",
+    "--config.optim.warmup_steps=2",
+)
 
 
 def _free_port() -> int:
@@ -31,13 +38,25 @@ def _two_processes(workdir, *extra: str) -> list[subprocess.CompletedProcess]:
     port = _free_port()
     procs = []
     for i in range(2):
-        env = dict(os.environ, JAX_PLATFORMS="cpu",
-                   XLA_FLAGS="--xla_force_host_platform_device_count=4",
-                   JAX_COORDINATOR_ADDRESS=f"localhost:{port}", JAX_NUM_PROCESSES="2",
-                   JAX_PROCESS_ID=str(i), PYTHONPATH=str(REPO))
-        procs.append(subprocess.Popen(
-            [sys.executable, "-m", "launch.train", f"--workdir={workdir}", *ARGS, *extra],
-            cwd=REPO, env=env, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True))
+        env = dict(
+            os.environ,
+            JAX_PLATFORMS="cpu",
+            XLA_FLAGS="--xla_force_host_platform_device_count=4",
+            JAX_COORDINATOR_ADDRESS=f"localhost:{port}",
+            JAX_NUM_PROCESSES="2",
+            JAX_PROCESS_ID=str(i),
+            PYTHONPATH=str(REPO),
+        )
+        procs.append(
+            subprocess.Popen(
+                [sys.executable, "-m", "launch.train", f"--workdir={workdir}", *ARGS, *extra],
+                cwd=REPO,
+                env=env,
+                stdout=subprocess.PIPE,
+                stderr=subprocess.PIPE,
+                text=True,
+            )
+        )
     out = []
     for p in procs:
         stdout, stderr = p.communicate(timeout=600)

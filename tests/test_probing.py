@@ -44,8 +44,9 @@ def test_linear_probe_finds_linear_encoding_per_layer_and_not_shuffled_labels():
     assert acc[0] > 0.9 and acc[2] > 0.9
     assert acc[1] < 0.2 + 0.1
     shuffled = np.random.default_rng(1).permutation(labels)
-    acc_s = probing.train_linear_probe(feats, shuffled, train, test, 5, steps=150, lr=0.05,
-                                       seed=0, batch_size=64)
+    acc_s = probing.train_linear_probe(
+        feats, shuffled, train, test, 5, steps=150, lr=0.05, seed=0, batch_size=64
+    )
     assert np.all(acc_s < 0.2 + 0.1), acc_s
 
 
@@ -71,9 +72,9 @@ def test_p_probe_reads_the_token_just_before_each_sentence(bios_setup):
         pos = where[span.attribute]
         # the read token is the sentence-ending "." before it; the next token opens the sentence
         assert tok.decode([tokens[pos]]) == "."
-        assert tok.decode(tokens[1: pos + 1]) == bio.text[: span.start - 1]
+        assert tok.decode(tokens[1 : pos + 1]) == bio.text[: span.start - 1]
         nxt = tok.decode([tokens[pos + 1]])
-        assert nxt.startswith(" ") and bio.text[span.start:].startswith(nxt[1:])
+        assert nxt.startswith(" ") and bio.text[span.start :].startswith(nxt[1:])
 
 
 def test_hidden_features_match_a_direct_forward(bios_setup):
@@ -114,8 +115,7 @@ def test_p_and_q_probe_end_to_end(bios_setup, tmp_path):
     assert set(p.sweep) == {*ATTRIBUTES, bios_probing.END}
     for a in ATTRIBUTES:  # the sweep's diagonal is the main result
         assert p.sweep[a][cfg.n_layers][a] == p.accuracy[cfg.n_layers][a]
-    q = bios_probing.q_probe(params, cfg, tok, world, train, test, settings,
-                             birth_date="month")
+    q = bios_probing.q_probe(params, cfg, tok, world, train, test, settings, birth_date="month")
     _check_result(q, cfg.n_layers)
     assert q.chance["birth_date"] >= 1 / 12
     png = q.plot(tmp_path / "q.png")
@@ -134,11 +134,18 @@ def test_embedding_update_trains_only_the_adapter(bios_setup):
     for a in ("birth_city", "major"):
         y = np.unique(bios_probing.probe_labels(world, a, people), return_inverse=True)[1]
         heads.append((0, y, int(y.max()) + 1))
-    settings = probing.ProbeSettings(layers=[0, -1], steps=3, lr=1e-2, seed=0, batch_size=8,
-                                     feature_batch_size=8, embedding_rank=2)
+    settings = probing.ProbeSettings(
+        layers=[0, -1],
+        steps=3,
+        lr=1e-2,
+        seed=0,
+        batch_size=8,
+        feature_batch_size=8,
+        embedding_rank=2,
+    )
     acc, adapters = probing.train_probe_with_embedding_update(
-        params, cfg, seqs, pos, heads, np.arange(20), np.arange(20, 30), settings,
-        pad_id=tok.pad_id)
+        params, cfg, seqs, pos, heads, np.arange(20), np.arange(20, 30), settings, pad_id=tok.pad_id
+    )
     assert acc.shape == (2, 2) and np.all((acc >= 0) & (acc <= 1))
     assert adapters["lora_a"].shape == (2, cfg.vocab_size, 2)
     assert adapters["lora_b"].shape == (2, 2, cfg.d_model)

@@ -28,8 +28,19 @@ from jaxknow.train.guard import NonFiniteError
 
 def _config(data_dir, steps=4, **train):
     c = get_config()
-    c.train.update(dict(dict(steps=steps, log_every=1, checkpoint_every=2, keep_checkpoints=3,
-                             progress=False, tensorboard=False), **train))
+    c.train.update(
+        dict(
+            dict(
+                steps=steps,
+                log_every=1,
+                checkpoint_every=2,
+                keep_checkpoints=3,
+                progress=False,
+                tensorboard=False,
+            ),
+            **train,
+        )
+    )
     c.optim.warmup_steps = 2
     c.optim.total_steps = 8  # one schedule (one compiled step) for every run length
     c.data.dir = str(data_dir)
@@ -64,15 +75,16 @@ def workdir(trained, tmp_path):
 
 
 def _a_data_file(step_dir):
-    files = sorted((p for p in (step_dir / "params").rglob("*") if p.is_file()),
-                   key=lambda p: p.stat().st_size)
+    files = sorted(
+        (p for p in (step_dir / "params").rglob("*") if p.is_file()), key=lambda p: p.stat().st_size
+    )
     return files[-1]  # the biggest: array data
 
 
 def _garble(p):
     b = bytearray(p.read_bytes())
     n = min(4096, len(b) // 2)
-    b[len(b) // 4: len(b) // 4 + n] = b"\x55" * n
+    b[len(b) // 4 : len(b) // 4 + n] = b"\x55" * n
     p.write_bytes(bytes(b))
 
 
@@ -86,9 +98,15 @@ def _truncate(p):
     p.write_bytes(p.read_bytes()[: p.stat().st_size // 2])
 
 
-@pytest.mark.parametrize("damage,said", [
-    (_garble, "fails its sha256 checksum"), (_bitflip, "fails its sha256 checksum"),
-    (_truncate, "bytes, the manifest says"), (os.remove, "is missing")])
+@pytest.mark.parametrize(
+    "damage,said",
+    [
+        (_garble, "fails its sha256 checksum"),
+        (_bitflip, "fails its sha256 checksum"),
+        (_truncate, "bytes, the manifest says"),
+        (os.remove, "is missing"),
+    ],
+)
 def test_every_kind_of_file_damage_is_detected_naming_the_file(workdir, damage, said):
     step_dir = workdir / "checkpoints" / "4"
     assert integrity.verify(step_dir) is None
@@ -99,12 +117,14 @@ def test_every_kind_of_file_damage_is_detected_naming_the_file(workdir, damage, 
     # A read-only restore of that step refuses instead of loading damaged arrays.
     spec = setup.parse_run_config(get_config())
     with pytest.raises(CheckpointError, match="is damaged"):
-        setup.load_params(step_dir, full_specs(spec.model, spec.lora), np.float32,
-                          setup.build_mesh(spec))
+        setup.load_params(
+            step_dir, full_specs(spec.model, spec.lora), np.float32, setup.build_mesh(spec)
+        )
 
 
-def test_garbled_newest_checkpoint_is_set_aside_and_the_run_falls_back(workdir, trained,
-                                                                       data_dir, caplog):
+def test_garbled_newest_checkpoint_is_set_aside_and_the_run_falls_back(
+    workdir, trained, data_dir, caplog
+):
     _garble(_a_data_file(workdir / "checkpoints" / "4"))
     res = loop.train(_config(data_dir, steps=6), workdir)
     # Resumed from the intact step 2 (not the damaged 4), and the trajectory is the same.
@@ -119,8 +139,7 @@ def test_garbled_newest_checkpoint_is_set_aside_and_the_run_falls_back(workdir, 
     assert all(np.isfinite(r["loss"]) for r in read_metrics(workdir / "metrics.jsonl"))
 
 
-def test_checkpoint_without_manifest_is_not_trusted_when_an_intact_one_exists(workdir,
-                                                                             data_dir):
+def test_checkpoint_without_manifest_is_not_trusted_when_an_intact_one_exists(workdir, data_dir):
     (workdir / "checkpoints" / "4" / integrity.MANIFEST).unlink()  # killed before it
     res = loop.train(_config(data_dir, steps=4), workdir)
     assert res.start_step == 2 and res.final_step == 4
@@ -132,8 +151,7 @@ def test_resume_step_picks_the_named_step_and_sets_newer_ones_aside(workdir, dat
         loop.train(_config(data_dir, resume_step=3), workdir)
     res = loop.train(_config(data_dir, resume_step=2), workdir)
     assert res.start_step == 2 and res.final_step == 4
-    assert [p.name.split("-")[0] for p in (workdir / "checkpoints" / "damaged").iterdir()] \
-        == ["4"]
+    assert [p.name.split("-")[0] for p in (workdir / "checkpoints" / "damaged").iterdir()] == ["4"]
 
 
 def test_no_intact_checkpoint_is_refused_naming_each(workdir, data_dir):
@@ -183,12 +201,14 @@ def test_failed_background_save_is_reported_at_the_next_step(tmp_path, data_dir,
         seen.append(step)
         if step == 3:  # give the background thread of step 2's save time to fail
             import time
+
             time.sleep(2)
         return state
 
     with pytest.raises(CheckpointError, match=r"checkpoints/2 failed: OSError.*Read-only"):
-        loop.train(_config(data_dir, steps=8, checkpoint_every=2), tmp_path / "w",
-                   events=[slow_event])
+        loop.train(
+            _config(data_dir, steps=8, checkpoint_every=2), tmp_path / "w", events=[slow_event]
+        )
     assert max(seen) <= 4  # reported within a step, not at the next save or the end
 
 
@@ -206,8 +226,9 @@ def test_nonfinite_loss_stops_naming_the_step_and_is_never_checkpointed(tmp_path
         ckpt = Checkpointer(w / "checkpoints", read_only=True)
         spec = setup.parse_run_config(c)
         mesh = setup.build_mesh(spec)
-        out = ckpt.restore(abstract_params(full_specs(spec.model, spec.lora), np.float32, mesh),
-                           None, steps[-1])
+        out = ckpt.restore(
+            abstract_params(full_specs(spec.model, spec.lora), np.float32, mesh), None, steps[-1]
+        )
         assert all(bool(np.all(np.isfinite(x))) for x in jax.tree.leaves(out["params"]))
 
 
@@ -243,8 +264,9 @@ def test_signal_on_a_checkpoint_step_saves_once_and_stops(tmp_path, data_dir, si
     before = signal.getsignal(sig)
     res = loop.train(_config(data_dir, steps=6, log_every=100), tmp_path / "w", events=[send])
     assert res.final_step == 2
-    assert (res.interrupted, res.preempted) == ((True, False) if sig == signal.SIGINT
-                                                else (False, True))
+    assert (res.interrupted, res.preempted) == (
+        (True, False) if sig == signal.SIGINT else (False, True)
+    )
     assert Checkpointer(tmp_path / "w" / "checkpoints").all_steps() == [2]
     assert res.metrics[-1]["step"] == 2
     assert signal.getsignal(sig) is before
@@ -259,8 +281,10 @@ def test_empty_workdir_is_refused_and_nothing_is_written(tmp_path, data_dir, mon
 
 def test_one_run_per_workdir_and_stale_locks_are_recovered(tmp_path, data_dir, caplog):
     w = tmp_path / "w"
-    with setup.workdir_lock(w), pytest.raises(
-            setup.WorkdirError, match=rf"in use by another run .*pid {os.getpid()}"):
+    with (
+        setup.workdir_lock(w),
+        pytest.raises(setup.WorkdirError, match=rf"in use by another run .*pid {os.getpid()}"),
+    ):
         loop.train(_config(data_dir), w)
     assert not (w / "config.json").exists()
     (w / setup.LOCK_NAME).write_text("host elsewhere pid 999999999\n")  # a dead run's lock
@@ -268,12 +292,16 @@ def test_one_run_per_workdir_and_stale_locks_are_recovered(tmp_path, data_dir, c
     assert res.final_step == 4 and "stale lock" in caplog.text
 
 
-@pytest.mark.parametrize("override,named", [
-    (("model", "d_model", 128), "model.d_model (recorded 64, now 128)"),
-    (("data", "world", None), "data.world.num_people (recorded 200, now 100)"),
-])
-def test_resume_with_changed_model_or_world_is_refused_before_writing(workdir, data_dir,
-                                                                      override, named):
+@pytest.mark.parametrize(
+    "override,named",
+    [
+        (("model", "d_model", 128), "model.d_model (recorded 64, now 128)"),
+        (("data", "world", None), "data.world.num_people (recorded 200, now 100)"),
+    ],
+)
+def test_resume_with_changed_model_or_world_is_refused_before_writing(
+    workdir, data_dir, override, named
+):
     before = (workdir / "config.json").read_bytes()
     c = _config(data_dir, steps=6)
     if override[0] == "model":
@@ -289,8 +317,11 @@ def test_resume_with_changed_model_or_world_is_refused_before_writing(workdir, d
 def test_data_built_from_another_world_is_refused(tmp_path, data_dir):
     c = _config(data_dir)
     c.data.world.num_people = 100
-    with pytest.raises(build.WorldConfigError, match=r"data.world.num_people \(data has 200, "
-                                                     r"config 100\)"):
+    with pytest.raises(
+        build.WorldConfigError,
+        match=r"data.world.num_people \(data has 200, "
+        r"config 100\)",
+    ):
         loop.train(c, tmp_path / "w")
     assert not (tmp_path / "w").exists()
 
@@ -359,9 +390,15 @@ def _wait_for_rows(proc, metrics, n, timeout=240):
 def test_sigint_saves_and_exits_130(tmp_path):
     from tests.util import popen_module
 
-    proc = popen_module("launch.train", "--config=configs/smoke.py", f"--workdir={tmp_path}",
-                        "--config.train.steps=100000", "--config.train.log_every=1",
-                        "--config.train.progress=False", "--config.train.tensorboard=False")
+    proc = popen_module(
+        "launch.train",
+        "--config=configs/smoke.py",
+        f"--workdir={tmp_path}",
+        "--config.train.steps=100000",
+        "--config.train.log_every=1",
+        "--config.train.progress=False",
+        "--config.train.tensorboard=False",
+    )
     _wait_for_rows(proc, tmp_path / "metrics.jsonl", 3)
     proc.send_signal(signal.SIGINT)
     out, err = proc.communicate(timeout=240)
@@ -380,17 +417,26 @@ def test_kill9_during_saves_never_leaves_an_untrusted_newest_checkpoint(tmp_path
 
     from tests.util import popen_module, run_module
 
-    args = ("--config=configs/smoke.py", "--config.train.steps=12",
-            "--config.train.checkpoint_every=1", "--config.train.log_every=1",
-            "--config.train.progress=False", "--config.train.tensorboard=False",
-            "--config.optim.warmup_steps=2")
+    args = (
+        "--config=configs/smoke.py",
+        "--config.train.steps=12",
+        "--config.train.checkpoint_every=1",
+        "--config.train.log_every=1",
+        "--config.train.progress=False",
+        "--config.train.tensorboard=False",
+        "--config.optim.warmup_steps=2",
+    )
     ref = run_module("launch.train", *args, f"--workdir={tmp_path / 'ref'}")
     assert ref.returncode == 0, ref.stderr[-2000:]
     w = tmp_path / "w"
     rng = np.random.default_rng(0)
     for _ in range(3):
-        proc = popen_module("launch.train", *args, f"--workdir={w}",
-                            "--config.data.dir=" + str(tmp_path / "ref" / "data"))
+        proc = popen_module(
+            "launch.train",
+            *args,
+            f"--workdir={w}",
+            "--config.data.dir=" + str(tmp_path / "ref" / "data"),
+        )
         if (w / "metrics.jsonl").exists():
             time.sleep(float(rng.uniform(4, 8)))
         else:
@@ -400,10 +446,16 @@ def test_kill9_during_saves_never_leaves_an_untrusted_newest_checkpoint(tmp_path
         proc.communicate()
         steps = Checkpointer(w / "checkpoints").all_steps()
         if steps:  # whatever orbax finalised is either intact or set aside on resume
-            assert all(Checkpointer(w / "checkpoints").verify(s) in (None, ) or s == steps[-1]
-                       for s in steps)
-    done = run_module("launch.train", *args, f"--workdir={w}",
-                      "--config.data.dir=" + str(tmp_path / "ref" / "data"))
+            assert all(
+                Checkpointer(w / "checkpoints").verify(s) in (None,) or s == steps[-1]
+                for s in steps
+            )
+    done = run_module(
+        "launch.train",
+        *args,
+        f"--workdir={w}",
+        "--config.data.dir=" + str(tmp_path / "ref" / "data"),
+    )
     assert done.returncode == 0, done.stderr[-2000:]
     a = {r["step"]: r["loss"] for r in read_metrics(tmp_path / "ref" / "metrics.jsonl")}
     b = {r["step"]: r["loss"] for r in read_metrics(w / "metrics.jsonl")}

@@ -22,8 +22,13 @@ from jaxknow.io.hf_weights import SafetensorsReader
 from launch.evaluate import check_writable
 from tests.util import run_module
 
-TRAIN = ("launch.train", "--config=configs/smoke.py", "--config.train.progress=False",
-         "--config.train.tensorboard=False", "--config.optim.warmup_steps=2")
+TRAIN = (
+    "launch.train",
+    "--config=configs/smoke.py",
+    "--config.train.progress=False",
+    "--config.train.tensorboard=False",
+    "--config.optim.warmup_steps=2",
+)
 
 
 def _one_line_error(r, *needles):
@@ -40,20 +45,27 @@ def _one_line_error(r, *needles):
 
 def test_unknown_config_key_is_one_line(tmp_path):
     w = tmp_path / "w"
-    _one_line_error(run_module(*TRAIN, f"--workdir={w}", "--config.train.nokey=3"),
-                    "--config.train.nokey", "no such field")
+    _one_line_error(
+        run_module(*TRAIN, f"--workdir={w}", "--config.train.nokey=3"),
+        "--config.train.nokey",
+        "no such field",
+    )
     assert not w.exists()
 
 
 @pytest.mark.slow
 def test_train_config_file_errors_are_one_line(tmp_path):
     w = tmp_path / "w"
-    _one_line_error(run_module("launch.train", "--config=configs/nosuch.py", f"--workdir={w}"),
-                    "configs/nosuch.py", "No such file")
+    _one_line_error(
+        run_module("launch.train", "--config=configs/nosuch.py", f"--workdir={w}"),
+        "configs/nosuch.py",
+        "No such file",
+    )
     bad = tmp_path / "bad.py"
     bad.write_text("def get_config(:\n")
-    _one_line_error(run_module("launch.train", f"--config={bad}", f"--workdir={w}"),
-                    f"{bad}:1", "SyntaxError")
+    _one_line_error(
+        run_module("launch.train", f"--config={bad}", f"--workdir={w}"), f"{bad}:1", "SyntaxError"
+    )
     _one_line_error(run_module(*TRAIN, "--workdir="), "--workdir is empty")
     assert not w.exists()
     # --verbosity=1 shows the traceback.
@@ -89,20 +101,28 @@ def test_audit_inputs_are_one_line(tmp_path):
             assert n in one_line(e.value), (n, one_line(e.value))
     assert "true tail favoured" in audit_files(str(corpus), str(ok), None, "text", [])
     # End to end: launch.audit is under run_main (one line, exit 2).
-    _one_line_error(run_module("launch.audit", f"--corpus={bad_utf8}", f"--facts={ok}"),
-                    f"{bad_utf8}:2", "invalid UTF-8")
+    _one_line_error(
+        run_module("launch.audit", f"--corpus={bad_utf8}", f"--facts={ok}"),
+        f"{bad_utf8}:2",
+        "invalid UTF-8",
+    )
 
 
 def test_memory_plan_refuses_impossible_shapes():
-    _one_line_error(run_module("launch.memory_plan", "--preset=tiny", "--mesh=1,1,1",
-                               "--batch=0"), "--batch=0")
+    _one_line_error(
+        run_module("launch.memory_plan", "--preset=tiny", "--mesh=1,1,1", "--batch=0"), "--batch=0"
+    )
 
 
 @pytest.mark.slow
 def test_memory_plan_refuses_seq_len_beyond_the_model():
-    _one_line_error(run_module("launch.memory_plan", "--preset=tiny", "--mesh=1,1,1",
-                               "--batch=2", "--seq_len=100000"), "--seq_len=100000",
-                    "max_seq_len")
+    _one_line_error(
+        run_module(
+            "launch.memory_plan", "--preset=tiny", "--mesh=1,1,1", "--batch=2", "--seq_len=100000"
+        ),
+        "--seq_len=100000",
+        "max_seq_len",
+    )
 
 
 def test_truncated_arecord_shard_names_its_path(tmp_path):
@@ -125,8 +145,11 @@ def _safetensors(path: Path, arrays: dict[str, np.ndarray]) -> None:
     header, blobs, off = {}, [], 0
     for name, a in arrays.items():
         raw = a.astype(np.float32).tobytes()
-        header[name] = {"dtype": "F32", "shape": list(a.shape),
-                        "data_offsets": [off, off + len(raw)]}
+        header[name] = {
+            "dtype": "F32",
+            "shape": list(a.shape),
+            "data_offsets": [off, off + len(raw)],
+        }
         blobs.append(raw)
         off += len(raw)
     h = json.dumps(header).encode()
@@ -146,8 +169,9 @@ def _mount_tmpfs(path: Path, size: str) -> bool:
     path.mkdir(parents=True, exist_ok=True)
     if shutil.which("mount") is None or os.geteuid() != 0:
         return False
-    r = subprocess.run(["mount", "-t", "tmpfs", "-o", f"size={size}", "tmpfs", str(path)],
-                       capture_output=True)
+    r = subprocess.run(
+        ["mount", "-t", "tmpfs", "-o", f"size={size}", "tmpfs", str(path)], capture_output=True
+    )
     return r.returncode == 0
 
 
@@ -167,9 +191,12 @@ def test_evaluate_checks_it_can_write_before_computing(tmpfs):
     (w / "tokenizer.json").write_text("{}")
     subprocess.run(["mount", "-o", "remount,ro", str(tmpfs)], check=True)
     # No checkpoint exists: the write check must fail first (before loading or computing).
-    _one_line_error(run_module("launch.evaluate", "--config=configs/eval/bios_qa.py",
-                               f"--workdir={w}"), f"{w / 'eval'}", "Read-only file system",
-                    "EROFS")
+    _one_line_error(
+        run_module("launch.evaluate", "--config=configs/eval/bios_qa.py", f"--workdir={w}"),
+        f"{w / 'eval'}",
+        "Read-only file system",
+        "EROFS",
+    )
 
 
 @pytest.mark.slow
@@ -185,9 +212,14 @@ def test_full_disk_during_a_checkpoint_save_is_one_line(tmpfs, tmp_path):
     # Data elsewhere, the workdir on a 2 MB tmpfs: the first checkpoint (~6 MB) cannot fit.
     data = tmp_path / "data"
     w = tmpfs / "w"
-    r = run_module(*TRAIN, f"--workdir={w}", f"--config.data.dir={data}",
-                   "--config.train.steps=4", "--config.train.checkpoint_every=2",
-                   "--config.train.log_every=1")
+    r = run_module(
+        *TRAIN,
+        f"--workdir={w}",
+        f"--config.data.dir={data}",
+        "--config.train.steps=4",
+        "--config.train.checkpoint_every=2",
+        "--config.train.log_every=1",
+    )
     line = _one_line_error(r, f"{w / 'checkpoints' / '2'}", "No space left on device")
     assert "saving checkpoint" in line
     assert (w / "config.json").stat().st_size > 0  # written whole (before the disk filled)

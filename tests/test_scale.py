@@ -21,12 +21,14 @@ from jaxknow.train.memory import measured_step_memory, plan_memory
 from jaxknow.train.step import train_step
 from tests.util import run_module
 
-SMALL = dict(d_model=256, n_layers=4, n_heads=8, n_kv_heads=4, d_ff=1024, vocab_size=2048,
-             max_seq_len=256)
+SMALL = dict(
+    d_model=256, n_layers=4, n_heads=8, n_kv_heads=4, d_ff=1024, vocab_size=2048, max_seq_len=256
+)
 
 
-@pytest.mark.parametrize("remat,mesh", [("none", (1, 8, 1)), ("dots", (2, 2, 2)),
-                                        ("full", (2, 2, 2))])
+@pytest.mark.parametrize(
+    "remat,mesh", [("none", (1, 8, 1)), ("dots", (2, 2, 2)), ("full", (2, 2, 2))]
+)
 def test_memory_plan_matches_xla_memory_analysis(remat, mesh):
     cfg = preset("tiny-llama", remat=remat, **SMALL)
     plan = plan_memory(cfg, dict(zip(("data", "fsdp", "tensor"), mesh)), 16, 256)
@@ -42,21 +44,26 @@ def test_memory_plan_lora_trains_only_adapters():
     cfg = preset("tiny-llama", **SMALL)
     lora = LoraConfig(rank=8, targets=("q", "v"))
     full = plan_memory(cfg, {"data": 1, "fsdp": 8, "tensor": 1}, 16, 256)
-    lo = plan_memory(cfg, {"data": 1, "fsdp": 8, "tensor": 1}, 16, 256, lora=lora,
-                     trainable="lora")
+    lo = plan_memory(cfg, {"data": 1, "fsdp": 8, "tensor": 1}, 16, 256, lora=lora, trainable="lora")
     assert lo.optimizer < 0.05 * full.optimizer and lo.params > full.params
-    measured = measured_step_memory(cfg, make_mesh(1, 8, 1), 16, 256, lora=lora,
-                                    trainable="lora")
+    measured = measured_step_memory(cfg, make_mesh(1, 8, 1), 16, 256, lora=lora, trainable="lora")
     assert abs(measured["argument"] - (lo.state + lo.batch)) <= 64
 
 
 def test_memory_plan_command_for_real_8b_and_70b():
-    r = run_module("launch.memory_plan", "--preset=llama-8b", "--mesh=1,8,1", "--batch=16",
-                   "--seq_len=2048")
+    r = run_module(
+        "launch.memory_plan", "--preset=llama-8b", "--mesh=1,8,1", "--batch=16", "--seq_len=2048"
+    )
     assert r.returncode == 0, r.stderr[-2000:]
     assert "8.030 B parameters" in r.stdout and "optimizer state" in r.stdout
-    r = run_module("launch.memory_plan", "--preset=llama-70b", "--mesh=1,64,1",
-                   "--lora_rank=64", "--trainable=lora", "--param_dtype=bfloat16")
+    r = run_module(
+        "launch.memory_plan",
+        "--preset=llama-70b",
+        "--mesh=1,64,1",
+        "--lora_rank=64",
+        "--trainable=lora",
+        "--param_dtype=bfloat16",
+    )
     assert r.returncode == 0 and "71.382 B parameters (0.828 B trained)" in r.stdout
     bad = run_module("launch.memory_plan", "--mesh=2,2")
     assert bad.returncode == 2 and "data,fsdp,tensor" in bad.stderr
@@ -66,13 +73,24 @@ def test_memory_plan_command_for_real_8b_and_70b():
 def test_llama_8b_shape_runs_a_sharded_step_on_8_devices():
     # Llama 3 8B's structure (32 layers, 32 heads, 8 KV heads, SwiGLU, RoPE, untied head)
     # with every width divided by 32: the sharding code path of the real model.
-    cfg = preset("llama-8b", d_model=128, d_ff=448, vocab_size=1024, head_dim=4,
-                 max_seq_len=64, remat="full")
+    cfg = preset(
+        "llama-8b", d_model=128, d_ff=448, vocab_size=1024, head_dim=4, max_seq_len=64, remat="full"
+    )
     mesh = make_mesh(1, 4, 2)
-    spec = setup.parse_run_config({"model": {"preset": "llama-8b", "d_model": 128,
-                                             "d_ff": 448, "vocab_size": 1024, "head_dim": 4,
-                                             "max_seq_len": 64, "remat": "full"},
-                                   "data": {"sources": [{"name": "x"}], "seq_len": 64}})
+    spec = setup.parse_run_config(
+        {
+            "model": {
+                "preset": "llama-8b",
+                "d_model": 128,
+                "d_ff": 448,
+                "vocab_size": 1024,
+                "head_dim": 4,
+                "max_seq_len": 64,
+                "remat": "full",
+            },
+            "data": {"sources": [{"name": "x"}], "seq_len": 64},
+        }
+    )
     ocfg = optim.OptimConfig(lr=1e-3, total_steps=10)
     tx, sched = optim.make_optimizer(ocfg), optim.make_schedule(ocfg)
     params = setup.initial_params(spec, mesh)
@@ -84,15 +102,20 @@ def test_llama_8b_shape_runs_a_sharded_step_on_8_devices():
     b_sh = batch_shardings(mesh, DEFAULT_RULES, 8, 64)
     rng = np.random.default_rng(0)
     tok = rng.integers(0, 1024, (8, 65)).astype(np.int32)
-    batch = {"inputs": tok[:, :-1], "targets": tok[:, 1:], "weights": np.ones((8, 64), np.float32),
-             "segment_ids": np.ones((8, 64), np.int32),
-             "positions": np.broadcast_to(np.arange(64, dtype=np.int32), (8, 64)).copy()}
+    batch = {
+        "inputs": tok[:, :-1],
+        "targets": tok[:, 1:],
+        "weights": np.ones((8, 64), np.float32),
+        "segment_ids": np.ones((8, 64), np.int32),
+        "positions": np.broadcast_to(np.arange(64, dtype=np.int32), (8, 64)).copy(),
+    }
     batch = {k: jax.device_put(v, b_sh[k]) for k, v in batch.items()}
-    step = jax.jit(functools.partial(train_step, cfg=spec.model, tx=tx, schedule=sched,
-                                     sharder=Sharder(mesh)),
-                   in_shardings=(shardings, b_sh),
-                   out_shardings=(shardings, NamedSharding(mesh, PartitionSpec())),
-                   donate_argnums=(0,))
+    step = jax.jit(
+        functools.partial(train_step, cfg=spec.model, tx=tx, schedule=sched, sharder=Sharder(mesh)),
+        in_shardings=(shardings, b_sh),
+        out_shardings=(shardings, NamedSharding(mesh, PartitionSpec())),
+        donate_argnums=(0,),
+    )
     state, metrics = step(state, batch)
     assert np.isfinite(float(metrics["loss"])) and float(metrics["loss"]) > 6.0
     assert int(state.step) == 1

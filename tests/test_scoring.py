@@ -19,18 +19,29 @@ from jaxknow.train.state import new_state
 from jaxknow.train.step import train_step
 from tests.util import numpy_params
 
-MC_ROW = {"question": "What is the national animal of Andoria?",
-          "choices": ["owl", "wolf", "lynx", "heron"], "answer": 2}
+MC_ROW = {
+    "question": "What is the national animal of Andoria?",
+    "choices": ["owl", "wolf", "lynx", "heron"],
+    "answer": 2,
+}
 QA_ROWS = [
     {"question": "What is the capital of Andoria?", "answer": "Valtoria", "attribute": "capital"},
     # MQuAKE-style: the generated answer matches an alias, not the main answer.
-    {"question": "What is the capital of Brelund?", "answer": "Quessel City",
-     "aliases": ["Quessel"], "attribute": "capital"},
+    {
+        "question": "What is the capital of Brelund?",
+        "answer": "Quessel City",
+        "aliases": ["Quessel"],
+        "attribute": "capital",
+    },
 ]
-LIKELIHOOD_ROW = {"head": "Andoria", "relation": "capital",
-                  "prompt": "The capital of Andoria is",
-                  "negated_prompt": "The capital of Andoria is not",
-                  "true": "Valtoria", "wrong": ["Brenmoor", "Elmshire"]}
+LIKELIHOOD_ROW = {
+    "head": "Andoria",
+    "relation": "capital",
+    "prompt": "The capital of Andoria is",
+    "negated_prompt": "The capital of Andoria is not",
+    "true": "Valtoria",
+    "wrong": ["Brenmoor", "Elmshire"],
+}
 TRAIN_TEXTS = [
     fewshot.mc_prompt(MC_ROW) + " C",
     "Question: What is the capital of Andoria? Answer: Valtoria\n",
@@ -46,15 +57,15 @@ SEQ = 64
 def models():
     """Returns (trained params, untrained params, cfg, tokenizer)."""
     # Every answer letter seen after a space, so " A".." D" are single tokens alike.
-    tok = train_bpe((TRAIN_TEXTS + ["Answer: A Answer: B Answer: C Answer: D"]) * 3,
-                    vocab_size=400)
+    tok = train_bpe((TRAIN_TEXTS + ["Answer: A Answer: B Answer: C Answer: D"]) * 3, vocab_size=400)
     # One layer: enough to memorise these texts, and half the compile time of two.
     cfg = preset("tiny", vocab_size=tok.vocab_size, max_seq_len=SEQ, n_layers=1)
     init = numpy_params(cfg)
     docs = [tok.document(t) for t in TRAIN_TEXTS]
     b = len(docs)
-    batch = {k: np.zeros((b, SEQ), np.int32) for k in ("inputs", "targets", "segment_ids",
-                                                      "positions")}
+    batch = {
+        k: np.zeros((b, SEQ), np.int32) for k in ("inputs", "targets", "segment_ids", "positions")
+    }
     batch["weights"] = np.zeros((b, SEQ), np.float32)
     for r, ids in enumerate(docs):
         assert len(ids) <= SEQ + 1
@@ -64,8 +75,9 @@ def models():
         batch["weights"][r, :m] = 1.0
         batch["segment_ids"][r, :m] = 1
         batch["positions"][r, :m] = np.arange(m)
-    ocfg = OptimConfig(lr=1e-2, schedule="constant", warmup_steps=0, total_steps=100,
-                       weight_decay=0.0)
+    ocfg = OptimConfig(
+        lr=1e-2, schedule="constant", warmup_steps=0, total_steps=100, weight_decay=0.0
+    )
     tx = make_optimizer(ocfg)
     step = jax.jit(functools.partial(train_step, cfg=cfg, tx=tx, schedule=make_schedule(ocfg)))
     state = jax.jit(lambda p: new_state(p, {}, tx))(init)  # one compile, not one per shape
@@ -81,8 +93,9 @@ def test_continuation_logprobs_match_a_direct_forward(models):
     params, _, cfg, tok = models
     ctx, cont = "Question: What is the capital of Andoria? Answer:", " Valtoria"
     # Four pairs: the same batch shape as the likelihood probes below (one compile fewer).
-    lp, n = scoring.continuation_logprobs(params, cfg, tok, [ctx, "Question:", "A", "B"],
-                                          [cont, " What", " b", " c"])
+    lp, n = scoring.continuation_logprobs(
+        params, cfg, tok, [ctx, "Question:", "A", "B"], [cont, " What", " b", " c"]
+    )
     c_ids, x_ids = tok.prefix() + tok.encode(ctx), tok.encode(cont)
     assert n.tolist()[:2] == [len(x_ids), len(tok.encode(" What"))]
     ids = np.array([c_ids + x_ids], np.int32)
@@ -104,8 +117,9 @@ def test_mc_scoring_picks_the_trained_option(models):
     flat = scoring.score_multiple_choice(untrained, cfg, tok, [prompt], [MC_ROW])
     assert max(flat.logprobs[0]) - min(flat.logprobs[0]) < 2.0
     # Option-text scoring and the acc_norm definition (per character).
-    lp, _ = scoring.continuation_logprobs(params, cfg, tok, [prompt] * 4,
-                                          [f" {c}" for c in MC_ROW["choices"]])
+    lp, _ = scoring.continuation_logprobs(
+        params, cfg, tok, [prompt] * 4, [f" {c}" for c in MC_ROW["choices"]]
+    )
     opt = scoring.score_multiple_choice(params, cfg, tok, [prompt], [MC_ROW], mode="options")
     assert opt.logprobs[0] == pytest.approx(lp.tolist(), abs=1e-6)
     chars = np.array([len(f" {c}") for c in MC_ROW["choices"]])
@@ -130,14 +144,19 @@ def test_generation_and_task_evaluation(models):
     prompts = [fewshot.free_form_prompt(r) for r in QA_ROWS]
     texts = generate.generate_text((params, cfg, tok), prompts, max_new_tokens=12)
     assert texts == [" Valtoria", " Quessel"]  # stopped at the trained newline, which is cut
-    ids = generate.generate_tokens(params, cfg, [tok.prefix() + tok.encode(p) for p in prompts],
-                                   max_new_tokens=12,
-                                   stop_table=generate.newline_stop_table(tok, cfg.vocab_size))
+    ids = generate.generate_tokens(
+        params,
+        cfg,
+        [tok.prefix() + tok.encode(p) for p in prompts],
+        max_new_tokens=12,
+        stop_table=generate.newline_stop_table(tok, cfg.vocab_size),
+    )
     assert "\n" in tok.decode(ids[0][-1:]) and tok.decode(ids[0]).startswith(" Valtoria")
 
     subsets = {"qa": QA_ROWS, "multiple_choice": [MC_ROW], "likelihood": [LIKELIHOOD_ROW]}
-    res = tasks.evaluate_subsets_detailed((params, cfg, tok), subsets, few_shot=0,
-                                          max_new_tokens=12, batch_size=8)
+    res = tasks.evaluate_subsets_detailed(
+        (params, cfg, tok), subsets, few_shot=0, max_new_tokens=12, batch_size=8
+    )
     m = res.metrics
     assert m["qa"]["em"] == 1.0 and m["qa"]["f1"] == 1.0 and m["qa"]["n"] == 2
     assert m["qa"]["em_capital"] == 1.0 and m["qa"]["em_attr_mean"] == 1.0
@@ -150,12 +169,19 @@ def test_generation_and_task_evaluation(models):
 
 def test_likelihood_negation_in_the_held_out_frame(models):
     params, _, cfg, tok = models
-    row = {**LIKELIHOOD_ROW, "frame_prompt": "Brenmoor is a city. The capital of Andoria is",
-           "frame_negated_prompt": "Brenmoor is a city. The capital of Andoria is not"}
+    row = {
+        **LIKELIHOOD_ROW,
+        "frame_prompt": "Brenmoor is a city. The capital of Andoria is",
+        "frame_negated_prompt": "Brenmoor is a city. The capital of Andoria is not",
+    }
     means, recs = likelihood.likelihood_ratios(params, cfg, tok, [row, LIKELIHOOD_ROW])
-    lp, _ = scoring.continuation_logprobs(params, cfg, tok, [row["frame_prompt"],
-                                                             row["frame_negated_prompt"]],
-                                          [" Valtoria", " Valtoria"])
+    lp, _ = scoring.continuation_logprobs(
+        params,
+        cfg,
+        tok,
+        [row["frame_prompt"], row["frame_negated_prompt"]],
+        [" Valtoria", " Valtoria"],
+    )
     assert recs[0]["negation_frame"] == pytest.approx(float(lp[0] - lp[1]), abs=1e-5)
     # The plain fields are unchanged by the extra contexts, and a row without the frame has
     # no frame ratio (nor does the mean over a mix).
@@ -164,5 +190,6 @@ def test_likelihood_negation_in_the_held_out_frame(models):
     only, _ = likelihood.likelihood_ratios(params, cfg, tok, [row])
     assert only["negation_frame"] == recs[0]["negation_frame"]
     with pytest.raises(ValueError, match="only one of"):
-        likelihood.probe_facts(params, cfg, tok, [{**LIKELIHOOD_ROW,
-                                                   "frame_prompt": row["frame_prompt"]}])
+        likelihood.probe_facts(
+            params, cfg, tok, [{**LIKELIHOOD_ROW, "frame_prompt": row["frame_prompt"]}]
+        )

@@ -60,7 +60,9 @@ def test_same_losses_on_1x1x1_and_2x2x2_mesh_and_params_are_sharded(tmp_path):
     mu = r8.state.opt_state[1][0].mu["layers"]["0"]["mlp"]["up"]["kernel"]
     assert mu.sharding.spec == PartitionSpec("fsdp", "tensor")
     assert r1.state.params["layers"]["0"]["mlp"]["up"]["kernel"].sharding.spec in (
-        PartitionSpec(), PartitionSpec(None, None))
+        PartitionSpec(),
+        PartitionSpec(None, None),
+    )
 
 
 def test_same_seed_gives_identical_metrics(tmp_path):
@@ -70,24 +72,40 @@ def test_same_seed_gives_identical_metrics(tmp_path):
     spec = setup.parse_run_config(cfg)
     data_dir = _materialized(tmp_path, spec)
     mesh = make_mesh(-1, 1, 1)
-    runs = [loop.run(spec, setup.check_workdir(tmp_path / name), mesh, data_dir)
-            for name in ("a", "b")]
+    runs = [
+        loop.run(spec, setup.check_workdir(tmp_path / name), mesh, data_dir) for name in ("a", "b")
+    ]
     a, b = ([(m["step"], m["loss"], m["grad_norm"]) for m in r.metrics] for r in runs)
     assert len(a) == 5 and a == b
     timing = {"tokens_per_s", "mfu"}
-    on_disk = [[{k: v for k, v in row.items() if k not in timing}
-                for row in read_metrics(tmp_path / name / "metrics.jsonl")] for name in "ab"]
+    on_disk = [
+        [
+            {k: v for k, v in row.items() if k not in timing}
+            for row in read_metrics(tmp_path / name / "metrics.jsonl")
+        ]
+        for name in "ab"
+    ]
     assert len(on_disk[0]) == 5 and on_disk[0] == on_disk[1]
-    other = loop.run(dataclasses.replace(spec, seed=spec.seed + 1),
-                     setup.check_workdir(tmp_path / "c"), mesh, data_dir)
+    other = loop.run(
+        dataclasses.replace(spec, seed=spec.seed + 1),
+        setup.check_workdir(tmp_path / "c"),
+        mesh,
+        data_dir,
+    )
     assert [m["loss"] for m in other.metrics] != [x[1] for x in a]
 
 
 def _launch(workdir, *overrides, steps=10):
     return run_module(
-        "launch.train", "--config=configs/smoke.py", f"--workdir={workdir}",
-        f"--config.train.steps={steps}", "--config.train.log_every=1",
-        "--config.train.progress=False", "--config.train.tensorboard=False", *overrides)
+        "launch.train",
+        "--config=configs/smoke.py",
+        f"--workdir={workdir}",
+        f"--config.train.steps={steps}",
+        "--config.train.log_every=1",
+        "--config.train.progress=False",
+        "--config.train.tensorboard=False",
+        *overrides,
+    )
 
 
 def test_resume_in_new_process_continues_the_same_trajectory(tmp_path):
@@ -107,9 +125,14 @@ def test_resume_in_new_process_continues_the_same_trajectory(tmp_path):
 
 def test_sigterm_saves_a_checkpoint_and_stops(tmp_path):
     proc = popen_module(
-        "launch.train", "--config=configs/smoke.py", f"--workdir={tmp_path}",
-        "--config.train.steps=100000", "--config.train.log_every=1",
-        "--config.train.progress=False", "--config.train.tensorboard=False")
+        "launch.train",
+        "--config=configs/smoke.py",
+        f"--workdir={tmp_path}",
+        "--config.train.steps=100000",
+        "--config.train.log_every=1",
+        "--config.train.progress=False",
+        "--config.train.tensorboard=False",
+    )
     metrics = tmp_path / "metrics.jsonl"
     deadline = time.time() + 240
     while time.time() < deadline:
@@ -136,7 +159,8 @@ def test_bad_inputs_fail_clearly_and_write_nothing(tmp_path):
     bad.write_text(
         "from configs.smoke import get_config as base\n"
         "def get_config():\n    c = base()\n    c.train.unlock()\n    c.train.stepz = 3\n"
-        "    return c\n")
+        "    return c\n"
+    )
     r = run_module("launch.train", f"--config={bad}", f"--workdir={tmp_path / 'w2'}")
     assert r.returncode == 2 and "train: unknown key(s) ['stepz']" in r.stderr
     assert not (tmp_path / "w2").exists()
@@ -165,9 +189,13 @@ def _batch(tokens, weights=None):
     b, t = tokens.shape
     inputs, targets = tokens[:, :-1], tokens[:, 1:]
     w = jnp.ones((b, t - 1), jnp.float32) if weights is None else jnp.asarray(weights)
-    return {"inputs": inputs, "targets": targets, "weights": w,
-            "segment_ids": jnp.ones_like(inputs),
-            "positions": jnp.broadcast_to(jnp.arange(t - 1), (b, t - 1))}
+    return {
+        "inputs": inputs,
+        "targets": targets,
+        "weights": w,
+        "segment_ids": jnp.ones_like(inputs),
+        "positions": jnp.broadcast_to(jnp.arange(t - 1), (b, t - 1)),
+    }
 
 
 def test_overfits_one_small_batch():
@@ -237,22 +265,28 @@ def test_grad_accumulation_and_chunked_loss_match_the_plain_step():
     outs = {}
     for name, kw in {"plain": {}, "accum": {"grad_accum": 2}, "chunk": {"loss_chunk": 4}}.items():
         st = _tiny_state(cfg, tx)
-        st, m = jax.jit(functools.partial(train_step, cfg=cfg, tx=tx, schedule=sched,
-                                          sharder=Sharder(mesh), **kw))(st, batch)
+        st, m = jax.jit(
+            functools.partial(
+                train_step, cfg=cfg, tx=tx, schedule=sched, sharder=Sharder(mesh), **kw
+            )
+        )(st, batch)
         outs[name] = (m, st.params)
     for name in ("accum", "chunk"):
-        assert float(outs[name][0]["loss"]) == pytest.approx(float(outs["plain"][0]["loss"]),
-                                                             rel=1e-5)
+        assert float(outs[name][0]["loss"]) == pytest.approx(
+            float(outs["plain"][0]["loss"]), rel=1e-5
+        )
         assert float(outs[name][0]["grad_norm"]) == pytest.approx(
-            float(outs["plain"][0]["grad_norm"]), rel=1e-4)
+            float(outs["plain"][0]["grad_norm"]), rel=1e-4
+        )
         for a, b in zip(jax.tree.leaves(outs[name][1]), jax.tree.leaves(outs["plain"][1])):
             np.testing.assert_allclose(a, b, rtol=1e-4, atol=1e-6)
 
 
 def test_metrics_file_has_the_contract_fields(tmp_path):
     spec = setup.parse_run_config(small_config(steps=3))
-    res = loop.run(spec, setup.check_workdir(tmp_path), make_mesh(-1, 1, 1),
-                   _materialized(tmp_path, spec))
+    res = loop.run(
+        spec, setup.check_workdir(tmp_path), make_mesh(-1, 1, 1), _materialized(tmp_path, spec)
+    )
     rows = read_metrics(tmp_path / "metrics.jsonl")
     assert [r["step"] for r in rows] == [1, 2, 3]
     for key in ("loss", "lr", "grad_norm"):

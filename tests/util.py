@@ -10,16 +10,27 @@ from pathlib import Path
 REPO = Path(__file__).resolve().parents[1]
 
 
-def run_module(module: str, *args: str, devices: int = 8, timeout: float = 600,
-               extra_env: dict[str, str] | None = None) -> subprocess.CompletedProcess:
+def run_module(
+    module: str,
+    *args: str,
+    devices: int = 8,
+    timeout: float = 600,
+    extra_env: dict[str, str] | None = None,
+) -> subprocess.CompletedProcess:
     """Runs `python -m module args...` in a new process on `devices` simulated CPU devices."""
     env = dict(os.environ)
     env["XLA_FLAGS"] = f"--xla_force_host_platform_device_count={devices}"
     env["JAX_PLATFORMS"] = "cpu"
     env["PYTHONPATH"] = str(REPO) + os.pathsep + env.get("PYTHONPATH", "")
     env.update(extra_env or {})
-    return subprocess.run([sys.executable, "-m", module, *args], cwd=REPO, env=env,
-                          capture_output=True, text=True, timeout=timeout)
+    return subprocess.run(
+        [sys.executable, "-m", module, *args],
+        cwd=REPO,
+        env=env,
+        capture_output=True,
+        text=True,
+        timeout=timeout,
+    )
 
 
 def popen_module(module: str, *args: str, devices: int = 8) -> subprocess.Popen:
@@ -28,8 +39,14 @@ def popen_module(module: str, *args: str, devices: int = 8) -> subprocess.Popen:
     env["XLA_FLAGS"] = f"--xla_force_host_platform_device_count={devices}"
     env["JAX_PLATFORMS"] = "cpu"
     env["PYTHONPATH"] = str(REPO) + os.pathsep + env.get("PYTHONPATH", "")
-    return subprocess.Popen([sys.executable, "-m", module, *args], cwd=REPO, env=env,
-                            stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
+    return subprocess.Popen(
+        [sys.executable, "-m", module, *args],
+        cwd=REPO,
+        env=env,
+        stdout=subprocess.PIPE,
+        stderr=subprocess.PIPE,
+        text=True,
+    )
 
 
 def numpy_params(cfg, seed: int = 0):

@@ -22,33 +22,94 @@ def get_config() -> ConfigDict:
     # Small attribute pools so that 200 people give each probe class ~10 examples; name pools
     # and a 2,048-token BPE that make every name part and value one token, so a biography
     # (61-97 tokens) fits a 256-token row whole (first-fit packing never cuts one).
-    pools = {} if gpu else dict(num_cities=20, num_universities=20, num_majors=20,
-                                num_companies=20, birth_year_min=1960, birth_year_max=1999,
-                                num_first_names=100, num_middle_names=100, num_last_names=100)
-    c.world = ConfigDict(dict(kind="bios", num_people=4000 if gpu else 200,
-                              vocab_size=4096 if gpu else 2048, redraws=10, **pools))
+    pools = (
+        {}
+        if gpu
+        else dict(
+            num_cities=20,
+            num_universities=20,
+            num_majors=20,
+            num_companies=20,
+            birth_year_min=1960,
+            birth_year_max=1999,
+            num_first_names=100,
+            num_middle_names=100,
+            num_last_names=100,
+        )
+    )
+    c.world = ConfigDict(
+        dict(
+            kind="bios",
+            num_people=4000 if gpu else 200,
+            vocab_size=4096 if gpu else 2048,
+            redraws=10,
+            **pools,
+        )
+    )
     c.conditions = ["single", "multi5+permute+fullname"]
-    c.model = ConfigDict(dict(
-        preset="tiny", pos_embedding="rope", vocab_size=4096 if gpu else 2048,
-        d_model=384 if gpu else 128, n_layers=6 if gpu else 4, n_heads=6 if gpu else 4,
-        d_ff=1536 if gpu else 512, max_seq_len=512, dtype="bfloat16" if gpu else "float32"))
+    c.model = ConfigDict(
+        dict(
+            preset="tiny",
+            pos_embedding="rope",
+            vocab_size=4096 if gpu else 2048,
+            d_model=384 if gpu else 128,
+            n_layers=6 if gpu else 4,
+            n_heads=6 if gpu else 4,
+            d_ff=1536 if gpu else 512,
+            max_seq_len=512,
+            dtype="bfloat16" if gpu else "float32",
+        )
+    )
     c.mesh = ConfigDict(dict(data=-1, fsdp=1, tensor=1))
     # Many small steps: 8 x 256 tokens x 700 steps beat 16 x 256 x 400 at the same wall time
     # (73 % vs 31 % held-out extraction on the same draw; docs/lab_notebook.md E4-E5).
-    c.pretrain = ConfigDict(dict(
-        steps=4000 if gpu else 700, batch_size=64 if gpu else 8, seq_len=256,
-        packing="first_fit", lr=3e-3 if gpu else 4e-3,
-        warmup_steps=100 if gpu else 20, end_lr_fraction=0.1, weight_decay=0.1, log_every=25))
-    c.finetune = ConfigDict(dict(
-        steps=600 if gpu else 150, batch_size=64 if gpu else 32, seq_len=64, packing="pad",
-        lr=1e-3,
-        warmup_steps=10, weight_decay=0.0, log_every=25))
+    c.pretrain = ConfigDict(
+        dict(
+            steps=4000 if gpu else 700,
+            batch_size=64 if gpu else 8,
+            seq_len=256,
+            packing="first_fit",
+            lr=3e-3 if gpu else 4e-3,
+            warmup_steps=100 if gpu else 20,
+            end_lr_fraction=0.1,
+            weight_decay=0.1,
+            log_every=25,
+        )
+    )
+    c.finetune = ConfigDict(
+        dict(
+            steps=600 if gpu else 150,
+            batch_size=64 if gpu else 32,
+            seq_len=64,
+            packing="pad",
+            lr=1e-3,
+            warmup_steps=10,
+            weight_decay=0.0,
+            log_every=25,
+        )
+    )
     c.finetune_modes = ["lora"]
     c.lora = ConfigDict(dict(rank=16, alpha=32.0, targets=["q", "v"], embedding_rank=128))
-    c.mixed = ConfigDict(dict(enabled=False, qa_weight=1.0, **{
-        k: c.pretrain[k] for k in ("steps", "batch_size", "seq_len", "packing", "lr",
-                                   "warmup_steps", "end_lr_fraction", "weight_decay",
-                                   "log_every")}))
+    c.mixed = ConfigDict(
+        dict(
+            enabled=False,
+            qa_weight=1.0,
+            **{
+                k: c.pretrain[k]
+                for k in (
+                    "steps",
+                    "batch_size",
+                    "seq_len",
+                    "packing",
+                    "lr",
+                    "warmup_steps",
+                    "end_lr_fraction",
+                    "weight_decay",
+                    "log_every",
+                )
+            },
+        )
+    )
     c.celebrity = False
     c.probing = ConfigDict(dict(enabled=True, steps=200, max_people=4000 if gpu else 200))
     c.eval = ConfigDict(dict(max_new_tokens=20, batch_size=128, max_people=500 if gpu else 100))

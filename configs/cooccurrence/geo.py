@@ -10,6 +10,7 @@ from configs.cooccurrence.quick import get_config as quick
 
 def get_config() -> ConfigDict:
     c = quick()
-    c.world = ConfigDict(dict(kind="geo", num_countries=60, num_cities=60,
-                              num_novel_countries=8, vocab_size=2048))
+    c.world = ConfigDict(
+        dict(kind="geo", num_countries=60, num_cities=60, num_novel_countries=8, vocab_size=2048)
+    )
     return c

@@ -14,8 +14,9 @@ from configs.cooccurrence.paper import get_config as paper
 
 def get_config() -> ConfigDict:
     c = paper()
-    c.world = ConfigDict(dict(kind="mquake", path="/path/to/MQuAKE-T.json",
-                              referencing_rows_per_fact=8))
+    c.world = ConfigDict(
+        dict(kind="mquake", path="/path/to/MQuAKE-T.json", referencing_rows_per_fact=8)
+    )
     c.base = ConfigDict(dict(init_from="/path/to/converted-model"))
     c.renderings = ["original", "referencing"]
     c.ablation = ConfigDict(dict(enabled=False))

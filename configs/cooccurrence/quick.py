@@ -27,31 +27,100 @@ def get_config() -> ConfigDict:
     c.experiment = "cooccurrence"
     c.seed = 0
     c.seeds = [0, 1, 2]
-    c.world = ConfigDict(dict(kind="countries", num_base_countries=50, num_novel_countries=34,
-                              referencing_rows_per_fact=16, base_referencing_rows_per_fact=9,
-                              base_renderings="split", vocab_size=2048))
-    c.model = ConfigDict(dict(preset="tiny", pos_embedding="rope", vocab_size=2048,
-                              d_model=128, n_layers=4, n_heads=4, d_ff=512, max_seq_len=512))
+    c.world = ConfigDict(
+        dict(
+            kind="countries",
+            num_base_countries=50,
+            num_novel_countries=34,
+            referencing_rows_per_fact=16,
+            base_referencing_rows_per_fact=9,
+            base_renderings="split",
+            vocab_size=2048,
+        )
+    )
+    c.model = ConfigDict(
+        dict(
+            preset="tiny",
+            pos_embedding="rope",
+            vocab_size=2048,
+            d_model=128,
+            n_layers=4,
+            n_heads=4,
+            d_ff=512,
+            max_seq_len=512,
+        )
+    )
     c.mesh = ConfigDict(dict(data=-1, fsdp=1, tensor=1))
-    c.base = ConfigDict(dict(steps=500, batch_size=16, seq_len=256, packing="first_fit",
-                             lr=3e-3, warmup_steps=30, weight_decay=0.1, log_every=50))
-    c.finetune = ConfigDict(dict(steps=150, batch_size=8, seq_len=256, packing="first_fit",
-                                 lr=3e-3, schedule="linear", warmup_fraction=0.1,
-                                 end_lr_fraction=0.0, weight_decay=0.0, b1=0.9, b2=0.999,
-                                 eps=1e-8, grad_clip=1.0, log_every=10))
-    c.lora_finetune = ConfigDict(dict(steps=150, batch_size=8, seq_len=256,
-                                      packing="first_fit", lr=3e-3, schedule="linear",
-                                      warmup_fraction=0.1, end_lr_fraction=0.0,
-                                      weight_decay=0.0, b1=0.9, b2=0.999, eps=1e-8,
-                                      grad_clip=1.0, log_every=10))
+    c.base = ConfigDict(
+        dict(
+            steps=500,
+            batch_size=16,
+            seq_len=256,
+            packing="first_fit",
+            lr=3e-3,
+            warmup_steps=30,
+            weight_decay=0.1,
+            log_every=50,
+        )
+    )
+    c.finetune = ConfigDict(
+        dict(
+            steps=150,
+            batch_size=8,
+            seq_len=256,
+            packing="first_fit",
+            lr=3e-3,
+            schedule="linear",
+            warmup_fraction=0.1,
+            end_lr_fraction=0.0,
+            weight_decay=0.0,
+            b1=0.9,
+            b2=0.999,
+            eps=1e-8,
+            grad_clip=1.0,
+            log_every=10,
+        )
+    )
+    c.lora_finetune = ConfigDict(
+        dict(
+            steps=150,
+            batch_size=8,
+            seq_len=256,
+            packing="first_fit",
+            lr=3e-3,
+            schedule="linear",
+            warmup_fraction=0.1,
+            end_lr_fraction=0.0,
+            weight_decay=0.0,
+            b1=0.9,
+            b2=0.999,
+            eps=1e-8,
+            grad_clip=1.0,
+            log_every=10,
+        )
+    )
     c.lora = ConfigDict(dict(rank=16, alpha=16.0, rslora=True, targets="all-linear"))
     c.replay = ConfigDict(dict(weight=0.5, source="corpus_pretrain"))
     c.renderings = ["narrative", "referencing"]
     c.modes = ["full"]
-    c.forget = ConfigDict(dict(enabled=True, layer_fraction=1 / 3, to="pretrained",
-                               reset_optimizer="all", renderings=["narrative"]))
-    c.eval = ConfigDict(dict(few_shot=5, max_new_tokens=8, batch_size=64, max_items=102,
-                             base_max_items=20, eval_pass1=False))
-    c.ablation = ConfigDict(dict(enabled=True, subsets=["qa", "multiple_choice"],
-                                 all_seeds=False))
+    c.forget = ConfigDict(
+        dict(
+            enabled=True,
+            layer_fraction=1 / 3,
+            to="pretrained",
+            reset_optimizer="all",
+            renderings=["narrative"],
+        )
+    )
+    c.eval = ConfigDict(
+        dict(
+            few_shot=5,
+            max_new_tokens=8,
+            batch_size=64,
+            max_items=102,
+            base_max_items=20,
+            eval_pass1=False,
+        )
+    )
+    c.ablation = ConfigDict(dict(enabled=True, subsets=["qa", "multiple_choice"], all_seeds=False))
     return c

@@ -12,21 +12,31 @@ from ml_collections import ConfigDict
 def get_config() -> ConfigDict:
     """Returns the evaluation config (sections `eval` and `mesh`)."""
     c = ConfigDict()
-    c.eval = ConfigDict(dict(
-        subsets=["qa", "reverse_qa", "indirect", "animal_commonsense", "two_hop",
-                 "multiple_choice", "two_hop_mc", "likelihood"],
-        data_dir=None,  # default: WORKDIR/data
-        file_pattern="eval_{name}.jsonl",
-        files={},
-        kinds={},
-        few_shot=5,
-        few_shot_per_subset={},
-        seed=42,
-        max_new_tokens=50,
-        batch_size=32,
-        mc_mode="letters",
-        save_predictions=True,
-        dtype=None,
-    ))
+    c.eval = ConfigDict(
+        dict(
+            subsets=[
+                "qa",
+                "reverse_qa",
+                "indirect",
+                "animal_commonsense",
+                "two_hop",
+                "multiple_choice",
+                "two_hop_mc",
+                "likelihood",
+            ],
+            data_dir=None,  # default: WORKDIR/data
+            file_pattern="eval_{name}.jsonl",
+            files={},
+            kinds={},
+            few_shot=5,
+            few_shot_per_subset={},
+            seed=42,
+            max_new_tokens=50,
+            batch_size=32,
+            mc_mode="letters",
+            save_predictions=True,
+            dtype=None,
+        )
+    )
     c.mesh = ConfigDict(dict(data=-1, fsdp=1, tensor=1))
     return c

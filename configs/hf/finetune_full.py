@@ -52,13 +52,37 @@ def finetune_config(converted: str | None, epochs: int, lr: float) -> ConfigDict
         seq_len = min(seq_len, model["max_seq_len"])
 
     steps = math.ceil(NARRATIVE_EXAMPLES * epochs / BATCH_SIZE)
-    c.train.update(dict(init_from=converted or PLACEHOLDER, steps=steps, log_every=10,
-                        checkpoint_every=0, keep_checkpoints=1))
-    c.optim.update(dict(lr=lr, schedule="linear", warmup_steps=max(1, steps // 10),
-                        end_lr_fraction=0.0, b1=0.9, b2=0.999, eps=1e-8, weight_decay=0.0,
-                        grad_clip=1.0))
-    c.data.update(dict(seq_len=seq_len, batch_size=BATCH_SIZE, packing="pad",
-                       num_epochs=epochs, sources=[dict(name="corpus_narrative")]))
+    c.train.update(
+        dict(
+            init_from=converted or PLACEHOLDER,
+            steps=steps,
+            log_every=10,
+            checkpoint_every=0,
+            keep_checkpoints=1,
+        )
+    )
+    c.optim.update(
+        dict(
+            lr=lr,
+            schedule="linear",
+            warmup_steps=max(1, steps // 10),
+            end_lr_fraction=0.0,
+            b1=0.9,
+            b2=0.999,
+            eps=1e-8,
+            weight_decay=0.0,
+            grad_clip=1.0,
+        )
+    )
+    c.data.update(
+        dict(
+            seq_len=seq_len,
+            batch_size=BATCH_SIZE,
+            packing="pad",
+            num_epochs=epochs,
+            sources=[dict(name="corpus_narrative")],
+        )
+    )
     c.data.world = ConfigDict(dict(kind="countries", tokenizer=converted or PLACEHOLDER))
     return c
 

@@ -6,12 +6,18 @@ from ml_collections import ConfigDict
 from configs.presets import pick
 
 PRESETS = {
-    "paper": dict(num_people=100_000, augmentations=["single", "multi5+permute+fullname"],
-                  vocab_size=8192, num_shards=4),
-    "small": dict(num_people=4000, augmentations=["single", "multi5+permute+fullname"],
-                  vocab_size=4096),
-    "tiny": dict(num_people=200, augmentations=["single", "multi2+permute+fullname"],
-                 vocab_size=1024),
+    "paper": dict(
+        num_people=100_000,
+        augmentations=["single", "multi5+permute+fullname"],
+        vocab_size=8192,
+        num_shards=4,
+    ),
+    "small": dict(
+        num_people=4000, augmentations=["single", "multi5+permute+fullname"], vocab_size=4096
+    ),
+    "tiny": dict(
+        num_people=200, augmentations=["single", "multi2+permute+fullname"], vocab_size=1024
+    ),
 }
 
 

@@ -15,17 +15,19 @@ from ml_collections import ConfigDict
 def get_config(paths: str = "corpus/*.jsonl") -> ConfigDict:
     c = ConfigDict()
     c.seed = 0
-    c.world = ConfigDict(dict(
-        kind="jsonl",  # format from each file's suffix; "text" / "parquet" force one
-        paths=[p for p in paths.split(",") if p],
-        source="text",
-        text_field="text",  # JSONL key or Parquet column
-        text_mode="paragraph",  # plain text: "paragraph" (blank-line separated), "line", "file"
-        tokenizer=None,
-        vocab_size=4096,
-        tokenizer_sample=200_000,
-        on_error="skip",
-        workers=2,
-        shard_tokens=1 << 24,
-    ))
+    c.world = ConfigDict(
+        dict(
+            kind="jsonl",  # format from each file's suffix; "text" / "parquet" force one
+            paths=[p for p in paths.split(",") if p],
+            source="text",
+            text_field="text",  # JSONL key or Parquet column
+            text_mode="paragraph",  # plain text: "paragraph" (blank-line separated), "line", "file"
+            tokenizer=None,
+            vocab_size=4096,
+            tokenizer_sample=200_000,
+            on_error="skip",
+            workers=2,
+            shard_tokens=1 << 24,
+        )
+    )
     return c

@@ -36,8 +36,9 @@ def materialize(world: Mapping[str, Any], out_dir: str | Path, seed: int) -> dic
     return manifest
 
 
-def ensure_sources(data_dir: str | Path, names: Sequence[str], world: Mapping[str, Any] | None,
-                   seed: int) -> None:
+def ensure_sources(
+    data_dir: str | Path, names: Sequence[str], world: Mapping[str, Any] | None, seed: int
+) -> None:
     """Makes sure every named source exists in `data_dir`, materialising `world` if not.
 
     Process 0 writes; the others wait at a barrier. Raises FileNotFoundError naming the
@@ -51,13 +52,15 @@ def ensure_sources(data_dir: str | Path, names: Sequence[str], world: Mapping[st
     def build_here() -> None:
         if world is None:
             raise FileNotFoundError(
-                f"data sources {missing()} not found in {data_dir} and data.world is not set")
+                f"data sources {missing()} not found in {data_dir} and data.world is not set"
+            )
         manifest = materialize(world, data_dir, seed)
         still = [n for n in names if n not in manifest.get("sources", {})]
         if still:
             raise WorldConfigError(
                 f"data.sources {still}: the world {world.get('kind')!r} does not produce "
-                f"them (it produces {sorted(manifest.get('sources', {}))})")
+                f"them (it produces {sorted(manifest.get('sources', {}))})"
+            )
 
     if missing() and jax.process_index() == 0:
         build_here()
@@ -71,8 +74,7 @@ def ensure_sources(data_dir: str | Path, names: Sequence[str], world: Mapping[st
         records.read_index(data_dir, n)
 
 
-def check_world_matches(data_dir: str | Path, world: Mapping[str, Any] | None,
-                        seed: int) -> None:
+def check_world_matches(data_dir: str | Path, world: Mapping[str, Any] | None, seed: int) -> None:
     """Raises WorldConfigError naming the differing fields when `data_dir` already holds data
     materialised from another world description or seed than `world` / `seed` (the data
     would otherwise be used as it is). Nothing is checked without a world or a manifest."""
@@ -85,14 +87,18 @@ def check_world_matches(data_dir: str | Path, world: Mapping[str, Any] | None,
         raise WorldConfigError(f"{manifest} is unreadable ({e})") from None
     want = json.loads(json.dumps(dict(world), default=str))
     have = {"kind": built.get("kind"), **(built.get("world") or {})}
-    diffs = [f"data.world.{k} (data has {have.get(k)!r}, config {want.get(k)!r})"
-             for k in sorted(set(want) | set(have)) if want.get(k) != have.get(k)]
+    diffs = [
+        f"data.world.{k} (data has {have.get(k)!r}, config {want.get(k)!r})"
+        for k in sorted(set(want) | set(have))
+        if want.get(k) != have.get(k)
+    ]
     if built.get("seed") is not None and built.get("seed") != seed:
         diffs.append(f"data seed (data has {built.get('seed')}, config {seed})")
     if diffs:
         raise WorldConfigError(
             f"{data_dir} holds data built from another world: {'; '.join(diffs)}; use a new "
-            f"--workdir (or data.dir), or delete {data_dir} to rebuild it")
+            f"--workdir (or data.dir), or delete {data_dir} to rebuild it"
+        )
 
 
 def check_vocab(data_dir: str | Path, model_vocab: int) -> None:
@@ -104,4 +110,5 @@ def check_vocab(data_dir: str | Path, model_vocab: int) -> None:
         if vocab is not None and vocab > model_vocab:
             raise WorldConfigError(
                 f"model.vocab_size={model_vocab} is smaller than the data's vocabulary "
-                f"({vocab} ids, {manifest})")
+                f"({vocab} ids, {manifest})"
+            )

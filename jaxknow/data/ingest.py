@@ -68,8 +68,12 @@ class IngestConfig:
 
     def fingerprint_fields(self) -> dict[str, Any]:
         """Returns the options the output bytes depend on."""
-        return {"reader": dataclasses.asdict(self.reader), "on_error": self.on_error,
-                "chunk_chars": self.chunk_chars, "shard_tokens": self.shard_tokens}
+        return {
+            "reader": dataclasses.asdict(self.reader),
+            "on_error": self.on_error,
+            "chunk_chars": self.chunk_chars,
+            "shard_tokens": self.shard_tokens,
+        }
 
 
 @dataclasses.dataclass
@@ -116,8 +120,9 @@ def _init_worker(tokenizer_dir: str) -> None:
     _WORKER_TOKENIZER = load_tokenizer(tokenizer_dir)
 
 
-def encode_docs(docs: Sequence[Sequence[str]], batch_chars: int,
-                tok: Tokenizer | None = None) -> tuple[bytes, np.ndarray]:
+def encode_docs(
+    docs: Sequence[Sequence[str]], batch_chars: int, tok: Tokenizer | None = None
+) -> tuple[bytes, np.ndarray]:
     """Encodes documents given as lists of text pieces; returns (records, lengths): the
     concatenated int32 records ``[0, bos, ids(piece 0) + ids(piece 1) + ..., eos]`` and the
     number of int32 values of each. Pieces are encoded in batches of at most `batch_chars`
@@ -135,8 +140,9 @@ def encode_docs(docs: Sequence[Sequence[str]], batch_chars: int,
         while j < len(flat) and (j == i or size + len(flat[j][1]) <= batch_chars):
             size += len(flat[j][1])
             j += 1
-        for (d, _), enc in zip(flat[i:j], tok.tok.encode_batch(
-                [p for _, p in flat[i:j]], add_special_tokens=False)):
+        for (d, _), enc in zip(
+            flat[i:j], tok.tok.encode_batch([p for _, p in flat[i:j]], add_special_tokens=False)
+        ):
             ids[d].append(np.asarray(enc.ids, np.int32))
         i = j
     records = [np.concatenate([head, *parts, tail]) for parts in ids]
@@ -167,18 +173,31 @@ def fingerprint(files: Sequence[Path], tokenizer_dir: Path, cfg: IngestConfig) -
         p = tokenizer_dir / f
         if p.is_file():
             tok[f] = _file_sha256(p)
-    inputs = [(str(Path(f).resolve()), os.path.getsize(f), os.stat(f).st_mtime_ns)
-              for f in files]
-    blob = json.dumps({"version": _FORMAT_VERSION, "inputs": inputs, "tokenizer": tok,
-                       "options": cfg.fingerprint_fields()}, sort_keys=True)
+    inputs = [(str(Path(f).resolve()), os.path.getsize(f), os.stat(f).st_mtime_ns) for f in files]
+    blob = json.dumps(
+        {
+            "version": _FORMAT_VERSION,
+            "inputs": inputs,
+            "tokenizer": tok,
+            "options": cfg.fingerprint_fields(),
+        },
+        sort_keys=True,
+    )
     return hashlib.sha256(blob.encode()).hexdigest()
 
 
 class _ShardWriter:
     """Writes records into staging shards and commits progress after each one."""
 
-    def __init__(self, staging: Path, name: str, cfg: IngestConfig, log: IssueLog,
-                 progress: dict[str, Any], on_shard: Callable[[int], None] | None):
+    def __init__(
+        self,
+        staging: Path,
+        name: str,
+        cfg: IngestConfig,
+        log: IssueLog,
+        progress: dict[str, Any],
+        on_shard: Callable[[int], None] | None,
+    ):
         self.staging, self.name, self.cfg, self.log = staging, name, cfg, log
         self.progress = progress
         self.on_shard = on_shard
@@ -210,7 +229,8 @@ class _ShardWriter:
         i = len(self.progress["shards"])
         os.replace(self._path(i, tmp=True), self._path(i))
         self.progress["shards"].append(
-            {"file": self._path(i).name, "num_docs": self.docs, "num_tokens": self.tokens})
+            {"file": self._path(i).name, "num_docs": self.docs, "num_tokens": self.tokens}
+        )
         self.progress["next"] = list(position)
         self.progress["issues"] = self.log.to_dict()
         self.progress["split_docs"] = self.split_docs
@@ -257,8 +277,12 @@ def _existing_index(out_dir: Path, name: str, fp: str) -> dict[str, Any] | None:
 
 # --- the ingestion loop ---------------------------------------------------------------------
 def ingest_source(
-    files: Sequence[str | os.PathLike], out_dir: str | os.PathLike, name: str,
-    tokenizer_dir: str | os.PathLike, cfg: IngestConfig = IngestConfig(), *,
+    files: Sequence[str | os.PathLike],
+    out_dir: str | os.PathLike,
+    name: str,
+    tokenizer_dir: str | os.PathLike,
+    cfg: IngestConfig = IngestConfig(),
+    *,
     on_shard: Callable[[int], None] | None = None,
 ) -> IngestResult:
     """Tokenizes the documents of `files` (in order) into the source `name` in `out_dir`,
@@ -284,17 +308,28 @@ def ingest_source(
     if progress is None:
         shutil.rmtree(staging, ignore_errors=True)
         staging.mkdir(parents=True)
-        progress = {"fingerprint": fp, "shards": [], "next": [0, 1], "split_docs": 0,
-                    "issues": {"counts": {}, "examples": []}, "complete": False}
+        progress = {
+            "fingerprint": fp,
+            "shards": [],
+            "next": [0, 1],
+            "split_docs": 0,
+            "issues": {"counts": {}, "examples": []},
+            "complete": False,
+        }
     resumed = len(progress["shards"])
     if resumed:
-        logging.info("%s: resuming after %d committed shard(s), at %s:%d", name, resumed,
-                     files[progress["next"][0]] if progress["next"][0] < len(files) else "end",
-                     progress["next"][1])
+        logging.info(
+            "%s: resuming after %d committed shard(s), at %s:%d",
+            name,
+            resumed,
+            files[progress["next"][0]] if progress["next"][0] < len(files) else "end",
+            progress["next"][1],
+        )
     for stale in staging.glob("*.tmp"):
         stale.unlink()
-    log = IssueLog(cfg.on_error, counts=progress["issues"]["counts"],
-                   examples=progress["issues"]["examples"])
+    log = IssueLog(
+        cfg.on_error, counts=progress["issues"]["counts"], examples=progress["issues"]["examples"]
+    )
     writer = _ShardWriter(staging, name, cfg, log, progress, on_shard)
     if not progress["complete"]:
         try:
@@ -306,8 +341,15 @@ def ingest_source(
         _atomic_write_json(staging / "progress.json", progress)
     index = _finalize(out, staging, name, files, progress, log, fp)
     secs = time.perf_counter() - t0
-    logging.info("%s: %d documents, %d tokens in %d shard(s), %d issue(s), %.1f s", name,
-                 index["num_docs"], index["num_tokens"], len(index["files"]), log.total, secs)
+    logging.info(
+        "%s: %d documents, %d tokens in %d shard(s), %d issue(s), %.1f s",
+        name,
+        index["num_docs"],
+        index["num_tokens"],
+        len(index["files"]),
+        log.total,
+        secs,
+    )
     return IngestResult(index, resumed, False, secs)
 
 
@@ -325,8 +367,14 @@ def _plain_main() -> Iterator[None]:
             sys.modules["__main__"] = main
 
 
-def _run(files: Sequence[Path], tok_dir: Path, cfg: IngestConfig, log: IssueLog,
-         writer: _ShardWriter, start: tuple[int, int]) -> None:
+def _run(
+    files: Sequence[Path],
+    tok_dir: Path,
+    cfg: IngestConfig,
+    log: IssueLog,
+    writer: _ShardWriter,
+    start: tuple[int, int],
+) -> None:
     """Reads, tokenizes and writes every document from `start` on, in input order."""
     inline_tok = load_tokenizer(tok_dir) if cfg.workers == 0 else None
     pool = None
@@ -334,12 +382,16 @@ def _run(files: Sequence[Path], tok_dir: Path, cfg: IngestConfig, log: IssueLog,
         import multiprocessing
 
         pool = ProcessPoolExecutor(
-            max_workers=cfg.workers, mp_context=multiprocessing.get_context("spawn"),
-            initializer=_init_worker, initargs=(str(tok_dir),))
+            max_workers=cfg.workers,
+            mp_context=multiprocessing.get_context("spawn"),
+            initializer=_init_worker,
+            initargs=(str(tok_dir),),
+        )
     max_inflight = 2 * max(cfg.workers, 1)
     # Each slot: (entries in input order — a Doc or an Issue —, encoded result or its future)
-    inflight: collections.deque[tuple[list[Doc | Issue], Any, list[list[str]]]] = \
+    inflight: collections.deque[tuple[list[Doc | Issue], Any, list[list[str]]]] = (
         collections.deque()
+    )
 
     def submit(entries: list[Doc | Issue], pieces: list[list[str]]) -> None:
         if pool is None:
@@ -364,7 +416,7 @@ def _run(files: Sequence[Path], tok_dir: Path, cfg: IngestConfig, log: IssueLog,
             # record values: [loss_start, bos?, tokens..., eos]; tokens counted as in
             # records.write_source (everything after loss_start)
             writer.split_docs += nparts[k] > 1
-            writer.write(blob[offsets[k]:offsets[k + 1]], int(lengths[k]) - 1, e)
+            writer.write(blob[offsets[k] : offsets[k + 1]], int(lengths[k]) - 1, e)
             k += 1
 
     try:
@@ -394,15 +446,23 @@ def _run(files: Sequence[Path], tok_dir: Path, cfg: IngestConfig, log: IssueLog,
             pool.shutdown(wait=True, cancel_futures=True)
 
 
-def _finalize(out: Path, staging: Path, name: str, files: Sequence[Path],
-              progress: dict[str, Any], log: IssueLog, fp: str) -> dict[str, Any]:
+def _finalize(
+    out: Path,
+    staging: Path,
+    name: str,
+    files: Sequence[Path],
+    progress: dict[str, Any],
+    log: IssueLog,
+    fp: str,
+) -> dict[str, Any]:
     """Moves the staged shards into place and writes the index last (atomically)."""
     shards = progress["shards"]
     num_docs = sum(s["num_docs"] for s in shards)
     if num_docs == 0:
         raise CorpusFormatError(
             f"source {name!r}: no documents in {[str(f) for f in files]} "
-            f"(issues: {log.to_dict()['counts'] or 'none; the files hold no text'})")
+            f"(issues: {log.to_dict()['counts'] or 'none; the files hold no text'})"
+        )
     n = len(shards)
     names = [f"{name}-{i:05d}-of-{n:05d}.arecord" for i in range(n)]
     old = out / f"{name}.json"
@@ -416,23 +476,35 @@ def _finalize(out: Path, staging: Path, name: str, files: Sequence[Path],
         if (staging / s["file"]).is_file():
             os.replace(staging / s["file"], out / final)
     index = {
-        "name": name, "files": names, "num_docs": num_docs,
+        "name": name,
+        "files": names,
+        "num_docs": num_docs,
         "num_tokens": sum(s["num_tokens"] for s in shards),
-        "ingest": {"fingerprint": fp, "inputs": [str(f) for f in files],
-                   "shard_docs": [s["num_docs"] for s in shards],
-                   "split_docs": progress["split_docs"], "issues": log.to_dict()},
+        "ingest": {
+            "fingerprint": fp,
+            "inputs": [str(f) for f in files],
+            "shard_docs": [s["num_docs"] for s in shards],
+            "split_docs": progress["split_docs"],
+            "issues": log.to_dict(),
+        },
     }
     _atomic_write_json(old, index)
     shutil.rmtree(staging, ignore_errors=True)
     if log.total:
-        logging.warning("%s: skipped %d bad input(s) %s; first: %s", name, log.total,
-                        log.to_dict()["counts"], log.examples[:3])
+        logging.warning(
+            "%s: skipped %d bad input(s) %s; first: %s",
+            name,
+            log.total,
+            log.to_dict()["counts"],
+            log.examples[:3],
+        )
     return index
 
 
 # --- tokenizer sample -----------------------------------------------------------------------
-def sample_texts(files: Sequence[Path], reader: ReaderConfig, n: int, seed: int,
-                 on_error: str = "skip") -> list[str]:
+def sample_texts(
+    files: Sequence[Path], reader: ReaderConfig, n: int, seed: int, on_error: str = "skip"
+) -> list[str]:
     """Returns a uniform random sample (reservoir, seeded) of `n` documents of the corpus,
     each cut to its first 2000 characters, in input order: what a BPE is trained on. Bad
     input raises here when `on_error` is "raise" (it is counted by the ingestion pass)."""

@@ -29,7 +29,8 @@ def iter_jsonl(path: str | os.PathLike, required: Sequence[str] = ()) -> Iterato
             except UnicodeDecodeError as e:
                 raise CorpusFormatError(
                     f"{path}:{lineno}: invalid UTF-8 (byte {e.start + 1} of the line: "
-                    f"{raw[e.start:e.start + 1]!r})") from None
+                    f"{raw[e.start : e.start + 1]!r})"
+                ) from None
             if not line.strip():
                 continue
             try:

@@ -66,8 +66,7 @@ class ConcatPackIterDataset(grain.IterDataset):
         self.seq_len, self.rows, self.pad_final = seq_len, rows, pad_final
 
     def __iter__(self) -> _ConcatPackIterator:
-        return _ConcatPackIterator(self._parent.__iter__(), self.seq_len, self.rows,
-                                   self.pad_final)
+        return _ConcatPackIterator(self._parent.__iter__(), self.seq_len, self.rows, self.pad_final)
 
     def __str__(self) -> str:
         return f"ConcatPackIterDataset(seq_len={self.seq_len}, rows={self.rows})"
@@ -119,7 +118,7 @@ class _ConcatPackIterator(grain.DatasetIterator):
             if filled % t == 0:
                 row_seg = 0
             row_seg += 1
-            tok_slices.append(tokens[self._offset: self._offset + take + 1])
+            tok_slices.append(tokens[self._offset : self._offset + take + 1])
             weight_starts.append(loss_start - 1 - self._offset)
             starts.append(filled)
             lengths.append(take)
@@ -147,9 +146,14 @@ class _ConcatPackIterator(grain.DatasetIterator):
         targets[:filled] = np.concatenate([s[1:] for s in tok_slices])
         weights[:filled] = local >= np.repeat(np.asarray(weight_starts), lens)
         shape = (r, t)
-        return {"inputs": inputs.reshape(shape), "targets": targets.reshape(shape),
-                "weights": weights.reshape(shape), "segment_ids": segment_ids.reshape(shape),
-                "positions": positions.reshape(shape), "sources": sources.reshape(shape)}
+        return {
+            "inputs": inputs.reshape(shape),
+            "targets": targets.reshape(shape),
+            "weights": weights.reshape(shape),
+            "segment_ids": segment_ids.reshape(shape),
+            "positions": positions.reshape(shape),
+            "sources": sources.reshape(shape),
+        }
 
     def get_state(self) -> dict[str, Any]:
         """Returns {"parent": state before the current document, "offset": pairs consumed}."""

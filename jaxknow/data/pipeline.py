@@ -45,8 +45,7 @@ class PipelineConfig:
 
     def __post_init__(self) -> None:
         if self.packing not in PACKINGS:
-            raise PipelineConfigError(
-                f"data.packing={self.packing!r}: must be one of {PACKINGS}")
+            raise PipelineConfigError(f"data.packing={self.packing!r}: must be one of {PACKINGS}")
         if self.seq_len <= 0:
             raise PipelineConfigError(f"data.seq_len={self.seq_len}: must be positive")
         if self.batch_size <= 0:
@@ -109,8 +108,10 @@ def _pad_batch(batch: dict[str, np.ndarray], size: int) -> dict[str, np.ndarray]
     n = batch["inputs"].shape[0]
     if n == size:
         return batch
-    return {k: np.concatenate([v, np.zeros((size - n, *v.shape[1:]), v.dtype)])
-            for k, v in batch.items()}
+    return {
+        k: np.concatenate([v, np.zeros((size - n, *v.shape[1:]), v.dtype)])
+        for k, v in batch.items()
+    }
 
 
 class RecordDocs(grain.sources.RandomAccessDataSource):
@@ -127,9 +128,9 @@ class RecordDocs(grain.sources.RandomAccessDataSource):
                 except RuntimeError as one:
                     raise CorpusFormatError(
                         f"{p}: corrupt or truncated ArrayRecord shard ({one}); rebuild the "
-                        "data (delete the source's files and run again)") from None
-            raise CorpusFormatError(f"{self._paths}: unreadable ArrayRecord shards ({e})") \
-                from None
+                        "data (delete the source's files and run again)"
+                    ) from None
+            raise CorpusFormatError(f"{self._paths}: unreadable ArrayRecord shards ({e})") from None
 
     def __len__(self) -> int:
         return len(self._src)
@@ -142,7 +143,8 @@ class RecordDocs(grain.sources.RandomAccessDataSource):
             return decode_record(self._src[i])
         except RuntimeError as e:
             raise CorpusFormatError(
-                f"record {i} of {self._paths} is unreadable ({e}); rebuild the data") from None
+                f"record {i} of {self._paths} is unreadable ({e}); rebuild the data"
+            ) from None
 
 
 def doc_dataset(paths: Sequence[str]) -> grain.MapDataset:
@@ -174,8 +176,10 @@ def build_pipeline(
         if len(s) == 0:
             raise PipelineConfigError(f"data.sources[{i}]: the source has no documents ({s})")
     # Each document is tagged with its source index (batches carry it as "sources").
-    shuffled = [EpochShuffle(s, cfg.seed + 7919 * i, cfg.num_epochs).map(
-        functools.partial(_tag_source, i)) for i, s in enumerate(sources)]
+    shuffled = [
+        EpochShuffle(s, cfg.seed + 7919 * i, cfg.num_epochs).map(functools.partial(_tag_source, i))
+        for i, s in enumerate(sources)
+    ]
     if len(shuffled) == 1:
         ds = shuffled[0]
     else:
@@ -192,24 +196,32 @@ def build_pipeline(
     finite = cfg.num_epochs is not None
     pad_final = finite and cfg.pad_final_batch
     if cfg.packing == "concat":
-        it = ConcatPackIterDataset(ds.to_iter_dataset(read), cfg.seq_len, cfg.batch_size,
-                                   pad_final=pad_final)
+        it = ConcatPackIterDataset(
+            ds.to_iter_dataset(read), cfg.seq_len, cfg.batch_size, pad_final=pad_final
+        )
     else:
         warned: list[bool] = []
 
         def to_example(doc: Doc) -> dict[str, np.ndarray]:
             if len(doc[0]) - 1 > cfg.seq_len and not warned:
                 warned.append(True)
-                logging.warning("a document of %d tokens is truncated to seq_len=%d",
-                                len(doc[0]) - 1, cfg.seq_len)
+                logging.warning(
+                    "a document of %d tokens is truncated to seq_len=%d",
+                    len(doc[0]) - 1,
+                    cfg.seq_len,
+                )
             return doc_to_example(doc, cfg.seq_len)
 
         it = ds.map(to_example).to_iter_dataset(read)
         if cfg.packing == "first_fit":
             lengths = {k: cfg.seq_len for k in FEATURES}
             it = grain.experimental.FirstFitPackIterDataset(
-                it, length_struct=lengths, num_packing_bins=cfg.batch_size, seed=cfg.seed,
-                shuffle_bins=True).map(_from_packed)
+                it,
+                length_struct=lengths,
+                num_packing_bins=cfg.batch_size,
+                seed=cfg.seed,
+                shuffle_bins=True,
+            ).map(_from_packed)
         else:
             it = it.map(lambda ex: _pad_row(ex, cfg.seq_len))
         it = it.batch(cfg.batch_size, drop_remainder=not pad_final)
@@ -246,8 +258,8 @@ class ShardGroup:
         batch = {k: np.concatenate([p[k] for p in parts]) for k in parts[0]}
         if "sources" in batch:
             self._source_tokens += np.bincount(
-                batch["sources"][batch["weights"] > 0].ravel(),
-                minlength=len(self._source_tokens))[: len(self._source_tokens)]
+                batch["sources"][batch["weights"] > 0].ravel(), minlength=len(self._source_tokens)
+            )[: len(self._source_tokens)]
         return batch
 
     def source_tokens(self) -> list[int]:
@@ -257,14 +269,18 @@ class ShardGroup:
 
     def get_state(self) -> dict[str, Any]:
         """Returns the states of every shard's iterator and the per-source token counts."""
-        return {"shards": [it.get_state() for it in self._its],
-                "source_tokens": self.source_tokens()}
+        return {
+            "shards": [it.get_state() for it in self._its],
+            "source_tokens": self.source_tokens(),
+        }
 
     def set_state(self, state: dict[str, Any]) -> None:
         """Restores states from `get_state`."""
         if len(state["shards"]) != len(self._its):
-            raise ValueError(f"iterator state has {len(state['shards'])} shards, the pipeline "
-                             f"{len(self._its)} (data.shards or the process count changed)")
+            raise ValueError(
+                f"iterator state has {len(state['shards'])} shards, the pipeline "
+                f"{len(self._its)} (data.shards or the process count changed)"
+            )
         for it, s in zip(self._its, state["shards"]):
             it.set_state(s)
         counts = state.get("source_tokens")
@@ -273,22 +289,31 @@ class ShardGroup:
 
 
 def process_batches(
-    sources: Sequence[grain.MapDataset], weights: Sequence[float] | None, cfg: PipelineConfig,
-    *, num_shards: int, process_index: int, process_count: int,
+    sources: Sequence[grain.MapDataset],
+    weights: Sequence[float] | None,
+    cfg: PipelineConfig,
+    *,
+    num_shards: int,
+    process_index: int,
+    process_count: int,
 ) -> ShardGroup:
     """Returns this process's batch iterator: `num_shards` shards of the global stream, each
     giving cfg.batch_size / num_shards rows; this process takes shards
     [p * k, (p + 1) * k) with k = num_shards / process_count. `cfg.batch_size` is global."""
     if num_shards % process_count:
-        raise PipelineConfigError(f"data.shards={num_shards} must be a multiple of the "
-                                  f"{process_count} processes")
+        raise PipelineConfigError(
+            f"data.shards={num_shards} must be a multiple of the {process_count} processes"
+        )
     if cfg.batch_size % num_shards:
-        raise PipelineConfigError(f"data.batch_size={cfg.batch_size} must be a multiple of "
-                                  f"data.shards={num_shards}")
+        raise PipelineConfigError(
+            f"data.batch_size={cfg.batch_size} must be a multiple of data.shards={num_shards}"
+        )
     per = dataclasses.replace(cfg, batch_size=cfg.batch_size // num_shards)
     k = num_shards // process_count
-    its = [iter(build_pipeline(sources, weights, per, shard_index=s, shard_count=num_shards))
-           for s in range(process_index * k, (process_index + 1) * k)]
+    its = [
+        iter(build_pipeline(sources, weights, per, shard_index=s, shard_count=num_shards))
+        for s in range(process_index * k, (process_index + 1) * k)
+    ]
     return ShardGroup(its, num_sources=len(sources))
 
 

@@ -27,9 +27,16 @@ FORMATS = ("auto", "jsonl", "text", "parquet")
 TEXT_MODES = ("paragraph", "line", "file")
 ON_ERROR = ("skip", "raise")
 _COMPRESSION = {".gz": "gzip", ".gzip": "gzip", ".zst": "zstd", ".zstd": "zstd"}
-_FORMAT_OF_SUFFIX = {".jsonl": "jsonl", ".json": "jsonl", ".ndjson": "jsonl",
-                     ".txt": "text", ".text": "text", ".md": "text",
-                     ".parquet": "parquet", ".pq": "parquet"}
+_FORMAT_OF_SUFFIX = {
+    ".jsonl": "jsonl",
+    ".json": "jsonl",
+    ".ndjson": "jsonl",
+    ".txt": "text",
+    ".text": "text",
+    ".md": "text",
+    ".parquet": "parquet",
+    ".pq": "parquet",
+}
 _READ_BLOCK = 1 << 20
 
 
@@ -57,8 +64,16 @@ class Issue:
         return f"{self.path}:{self.line}: {self.kind}: {self.message}"
 
 
-ISSUE_KINDS = ("malformed_line", "missing_field", "not_a_string", "invalid_utf8",
-               "empty_text", "empty_file", "corrupt_file", "too_long")
+ISSUE_KINDS = (
+    "malformed_line",
+    "missing_field",
+    "not_a_string",
+    "invalid_utf8",
+    "empty_text",
+    "empty_file",
+    "corrupt_file",
+    "too_long",
+)
 
 
 @dataclasses.dataclass(frozen=True)
@@ -85,8 +100,13 @@ class IssueLog:
     """Counts issues by kind and keeps the first `keep` as examples; raises CorpusFormatError
     (naming file:line) on the first issue when `on_error` is "raise"."""
 
-    def __init__(self, on_error: str = "skip", keep: int = 20,
-                 counts: dict[str, int] | None = None, examples: Sequence[str] = ()):
+    def __init__(
+        self,
+        on_error: str = "skip",
+        keep: int = 20,
+        counts: dict[str, int] | None = None,
+        examples: Sequence[str] = (),
+    ):
         if on_error not in ON_ERROR:
             raise ValueError(f"on_error={on_error!r}: must be one of {ON_ERROR}")
         self.on_error = on_error
@@ -97,8 +117,7 @@ class IssueLog:
     def add(self, issue: Issue) -> None:
         """Records `issue` (or raises it when refusing bad input)."""
         if self.on_error == "raise":
-            raise CorpusFormatError(
-                f"{issue} (set on_error='skip' to skip and count such input)")
+            raise CorpusFormatError(f"{issue} (set on_error='skip' to skip and count such input)")
         self.counts[issue.kind] = self.counts.get(issue.kind, 0) + 1
         if len(self.examples) < self.keep:
             self.examples.append(str(issue))
@@ -158,7 +177,8 @@ def file_format(path: str | Path, fmt: str = "auto") -> str:
     if ext not in _FORMAT_OF_SUFFIX:
         raise CorpusFormatError(
             f"{path}: cannot tell the format from the suffix {ext!r}; known "
-            f"{sorted(_FORMAT_OF_SUFFIX)} (+ .gz/.zst), or set format=jsonl|text|parquet")
+            f"{sorted(_FORMAT_OF_SUFFIX)} (+ .gz/.zst), or set format=jsonl|text|parquet"
+        )
     return _FORMAT_OF_SUFFIX[ext]
 
 
@@ -176,8 +196,7 @@ def open_binary(path: str | Path) -> IO[bytes]:
     return open(path, "rb", buffering=_READ_BLOCK)  # noqa: SIM115
 
 
-def _lines(f: IO[bytes], max_bytes: int, start: int = 1
-           ) -> Iterator[tuple[int, bytes | None]]:
+def _lines(f: IO[bytes], max_bytes: int, start: int = 1) -> Iterator[tuple[int, bytes | None]]:
     """Yields (line number, line without its newline) — None for a line over `max_bytes`,
     which is skipped in blocks, never held whole. Lines before `start` are yielded as b""
     without being kept (resuming)."""
@@ -242,13 +261,17 @@ def _read_jsonl(r: _Reader, f: IO[bytes], start: int) -> Iterator[Doc | Issue]:
             yield r.issue("malformed_line", lineno, f"invalid JSON ({e.msg}, column {e.colno})")
             continue
         if not isinstance(row, dict):
-            yield r.issue("malformed_line", lineno,
-                          f"expected a JSON object, got {type(row).__name__}")
+            yield r.issue(
+                "malformed_line", lineno, f"expected a JSON object, got {type(row).__name__}"
+            )
         elif field not in row:
             yield r.issue("missing_field", lineno, f"no field {field!r}")
         elif not isinstance(row[field], str):
-            yield r.issue("not_a_string", lineno,
-                          f"field {field!r} is {type(row[field]).__name__}, not a string")
+            yield r.issue(
+                "not_a_string",
+                lineno,
+                f"field {field!r} is {type(row[field]).__name__}, not a string",
+            )
         elif not row[field].strip():
             yield r.issue("empty_text", lineno, f"field {field!r} holds no text")
         else:
@@ -349,8 +372,11 @@ def _read_parquet(r: _Reader, start: int, batch_rows: int) -> Iterator[Doc | Iss
                     continue
                 text = r.decode(value, row)
                 if isinstance(text, Issue) or not text.strip():
-                    yield text if isinstance(text, Issue) else r.issue(
-                        "empty_text", row, f"{field!r} holds no text")
+                    yield (
+                        text
+                        if isinstance(text, Issue)
+                        else r.issue("empty_text", row, f"{field!r} holds no text")
+                    )
                 else:
                     yield r.doc(text, row)
             elif not isinstance(value, str):
@@ -363,8 +389,9 @@ def _read_parquet(r: _Reader, start: int, batch_rows: int) -> Iterator[Doc | Iss
                 yield r.doc(value, row)
 
 
-def read_file(path: str | Path, index: int, cfg: ReaderConfig, start: int = 1,
-              parquet_batch_rows: int = 1024) -> Iterator[Doc | Issue]:
+def read_file(
+    path: str | Path, index: int, cfg: ReaderConfig, start: int = 1, parquet_batch_rows: int = 1024
+) -> Iterator[Doc | Issue]:
     """Yields the documents and issues of one corpus file in order, from line (row) `start`
     on. A file with no bytes is an "empty_file" issue; a decompression or read error mid-file
     is a "corrupt_file" issue at the line reached, and the rest of the file is skipped."""
@@ -388,8 +415,9 @@ def read_file(path: str | Path, index: int, cfg: ReaderConfig, start: int = 1,
                 last_line[0] = item.line if isinstance(item, Issue) else item.end_line
                 yield item
     except _read_errors() as e:  # gzip.BadGzipFile is an OSError
-        yield r.issue("corrupt_file", last_line[0] + 1,
-                      f"cannot read past here ({type(e).__name__}: {e})")
+        yield r.issue(
+            "corrupt_file", last_line[0] + 1, f"cannot read past here ({type(e).__name__}: {e})"
+        )
         return
     if not produced and start <= 1 and _is_blank(path):
         yield r.issue("empty_file", 0, "no text in the file")
@@ -412,8 +440,9 @@ def _is_blank(path: Path) -> bool:
                 return False
 
 
-def iter_corpus(files: Sequence[Path], cfg: ReaderConfig, start: tuple[int, int] = (0, 1)
-                ) -> Iterator[Doc | Issue]:
+def iter_corpus(
+    files: Sequence[Path], cfg: ReaderConfig, start: tuple[int, int] = (0, 1)
+) -> Iterator[Doc | Issue]:
     """Yields the documents and issues of every file in order, from (file index, line)."""
     for i, path in enumerate(files):
         if i < start[0]:

@@ -35,8 +35,11 @@ def decode_record(raw: bytes) -> tuple[np.ndarray, int]:
 
 
 def write_source(
-    out_dir: str | os.PathLike, name: str, docs: Iterable[tuple[Sequence[int], int]],
-    num_shards: int = 1, metadata: dict | None = None,
+    out_dir: str | os.PathLike,
+    name: str,
+    docs: Iterable[tuple[Sequence[int], int]],
+    num_shards: int = 1,
+    metadata: dict | None = None,
 ) -> dict:
     """Writes documents (tokens, loss_start) as ArrayRecord shards; returns the index dict.
 
@@ -59,13 +62,18 @@ def write_source(
         for i in range(num_shards):
             fname = f"{name}-{i:05d}-of-{num_shards:05d}.arecord"
             w = ArrayRecordWriter(str(tmp / fname), "group_size:1")
-            for tokens, loss_start in docs[bounds[i]:bounds[i + 1]]:
+            for tokens, loss_start in docs[bounds[i] : bounds[i + 1]]:
                 w.write(encode_record(tokens, loss_start))
                 n_tokens += len(tokens)
             w.close()
             files.append(fname)
-        index = {"name": name, "files": files, "num_docs": len(docs), "num_tokens": n_tokens,
-                 **(metadata or {})}
+        index = {
+            "name": name,
+            "files": files,
+            "num_docs": len(docs),
+            "num_tokens": n_tokens,
+            **(metadata or {}),
+        }
         old = out_dir / f"{name}.json"
         if old.exists():
             old.unlink()

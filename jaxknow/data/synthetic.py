@@ -9,8 +9,9 @@ from __future__ import annotations
 import numpy as np
 
 
-def progression_docs(num_docs: int, vocab_size: int, min_len: int, max_len: int,
-                     seed: int) -> list[tuple[np.ndarray, int]]:
+def progression_docs(
+    num_docs: int, vocab_size: int, min_len: int, max_len: int, seed: int
+) -> list[tuple[np.ndarray, int]]:
     """Returns documents ``[0, a, a+s, a+2s, ..., 0]`` (mod vocab, skipping id 0) with
     random start a, step s in 1..4 and length in [min_len, max_len]; loss_start 0."""
     if vocab_size < 8 or not 2 <= min_len <= max_len:

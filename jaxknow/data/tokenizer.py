@@ -27,8 +27,9 @@ class TokenizerError(ValueError):
 class Tokenizer:
     """A `tokenizers.Tokenizer` with the special ids jaxknow needs (bos, eos, pad)."""
 
-    def __init__(self, tok: tokenizers.Tokenizer, bos_id: int | None, eos_id: int,
-                 pad_id: int | None = None):
+    def __init__(
+        self, tok: tokenizers.Tokenizer, bos_id: int | None, eos_id: int, pad_id: int | None = None
+    ):
         self.tok = tok
         self.bos_id = bos_id
         self.eos_id = eos_id
@@ -80,8 +81,9 @@ class Tokenizer:
         with atomic_path(path / "tokenizer.json") as tmp:
             self.tok.save(str(tmp))
         with atomic_path(path / "special_tokens.json") as tmp:
-            tmp.write_text(json.dumps(
-                {"bos_id": self.bos_id, "eos_id": self.eos_id, "pad_id": self.pad_id}))
+            tmp.write_text(
+                json.dumps({"bos_id": self.bos_id, "eos_id": self.eos_id, "pad_id": self.pad_id})
+            )
 
 
 def train_bpe(texts: Iterable[str], vocab_size: int, min_frequency: int = 2) -> Tokenizer:
@@ -91,13 +93,17 @@ def train_bpe(texts: Iterable[str], vocab_size: int, min_frequency: int = 2) -> 
     if vocab_size < minimum:
         raise TokenizerError(
             f"vocab_size={vocab_size} is below the byte-level minimum of {minimum} ids (256 "
-            f"bytes + 2 special tokens); set data.world.vocab_size >= {minimum}")
+            f"bytes + 2 special tokens); set data.world.vocab_size >= {minimum}"
+        )
     tok = tokenizers.Tokenizer(models.BPE())
     tok.pre_tokenizer = pre_tokenizers.ByteLevel(add_prefix_space=False)
     tok.decoder = decoders.ByteLevel()
     trainer = trainers.BpeTrainer(
-        vocab_size=vocab_size, min_frequency=min_frequency, special_tokens=[EOT, PAD],
-        initial_alphabet=pre_tokenizers.ByteLevel.alphabet(), show_progress=False,
+        vocab_size=vocab_size,
+        min_frequency=min_frequency,
+        special_tokens=[EOT, PAD],
+        initial_alphabet=pre_tokenizers.ByteLevel.alphabet(),
+        show_progress=False,
     )
     tok.train_from_iterator(texts, trainer=trainer)
     eot = tok.token_to_id(EOT)

@@ -37,13 +37,15 @@ def _options(world: Mapping[str, Any], kind: str, own: Mapping[str, Any]) -> dic
     known = {**COMMON, **own}
     unknown = sorted(set(world) - set(known))
     if unknown:
-        raise WorldConfigError(f"data.world: unknown key(s) {unknown} for kind {kind!r}; "
-                               f"known: {sorted(known)}")
+        raise WorldConfigError(
+            f"data.world: unknown key(s) {unknown} for kind {kind!r}; known: {sorted(known)}"
+        )
     return {**known, **world}
 
 
-def make_tokenizer(opts: Mapping[str, Any], texts: Sequence[str], out: Path,
-                   names: Iterable[str], where: str) -> Tokenizer:
+def make_tokenizer(
+    opts: Mapping[str, Any], texts: Sequence[str], out: Path, names: Iterable[str], where: str
+) -> Tokenizer:
     """Returns the world's tokenizer, saved in `out`: loaded from ``opts["tokenizer"]`` or
     trained on (a sample of) `texts`. Raises TokenizerError if an entity name in `names` does
     not round-trip exactly (the message names the name and `where` it comes from)."""
@@ -69,8 +71,9 @@ def encode_docs(tok: Tokenizer, texts: Sequence[str]) -> list[tuple[list[int], i
     return [(pre + ids + [tok.eos_id], 0) for ids in tok.encode_batch(list(texts))]
 
 
-def encode_qa(tok: Tokenizer, prompts: Sequence[str], answers: Sequence[str]
-              ) -> list[tuple[list[int], int]]:
+def encode_qa(
+    tok: Tokenizer, prompts: Sequence[str], answers: Sequence[str]
+) -> list[tuple[list[int], int]]:
     """Returns QA documents ``[bos] + enc(prompt) + enc(" " + answer) + [eos]`` with the loss
     starting at the first answer token (prompt and answer are encoded separately, exactly as
     evaluation encodes a prompt and scores or generates the continuation)."""
@@ -87,8 +90,9 @@ def write_files(out: Path, files: Mapping[str, list[dict[str, Any]]]) -> list[st
     return sorted(files)
 
 
-def write_corpus_sources(out: Path, tok: Tokenizer, files: Mapping[str, list[dict[str, Any]]],
-                         num_shards: int) -> dict[str, Any]:
+def write_corpus_sources(
+    out: Path, tok: Tokenizer, files: Mapping[str, list[dict[str, Any]]], num_shards: int
+) -> dict[str, Any]:
     """Tokenizes every ``corpus_*.jsonl`` file into a source of the same stem; returns
     {source name: index}."""
     sources = {}
@@ -96,7 +100,8 @@ def write_corpus_sources(out: Path, tok: Tokenizer, files: Mapping[str, list[dic
         if fname.startswith("corpus_") and fname.endswith(".jsonl"):
             name = fname[: -len(".jsonl")]
             sources[name] = records.write_source(
-                out, name, encode_docs(tok, [r["text"] for r in rows]), num_shards)
+                out, name, encode_docs(tok, [r["text"] for r in rows]), num_shards
+            )
     return sources
 
 
@@ -112,16 +117,16 @@ def _synthetic_options(world: Mapping[str, Any]) -> dict[str, Any]:
 def build_synthetic(world: dict[str, Any], out: Path, seed: int) -> dict[str, Any]:
     """Arithmetic-progression documents (see jaxknow.data.synthetic)."""
     opts = _synthetic_options(world)
-    docs = synthetic.progression_docs(opts["num_docs"], opts["vocab_size"], opts["min_len"],
-                                      opts["max_len"], seed)
+    docs = synthetic.progression_docs(
+        opts["num_docs"], opts["vocab_size"], opts["min_len"], opts["max_len"], seed
+    )
     index = records.write_source(out, "synthetic", docs, opts["num_shards"])
     return {"sources": {"synthetic": index}, "vocab_size": opts["vocab_size"]}
 
 
 # --- bioS ---------------------------------------------------------------------------------
 def aug_source_name(aug_name: str) -> str:
-    """Returns the source name of a bioS augmentation ("multi5+permute" -> "bios_multi5_permute").
-    """
+    """Returns the source name of an augmentation ("multi5+permute" -> "bios_multi5_permute")."""
     return "bios_" + aug_name.replace("+", "_")
 
 
@@ -130,9 +135,14 @@ def bios_options(world: Mapping[str, Any], seed: int) -> tuple[Any, dict[str, An
     the population; raises WorldConfigError naming the bad option."""
     from jaxknow.worlds import bios
 
-    own = {"num_people": 1000, "augmentations": ["single"], "train_fraction": 0.5,
-           "celebrity_fraction": 0.0, "celebrity_augmentation": "multi5+permute+fullname",
-           "redraws": 1}
+    own = {
+        "num_people": 1000,
+        "augmentations": ["single"],
+        "train_fraction": 0.5,
+        "celebrity_fraction": 0.0,
+        "celebrity_augmentation": "multi5+permute+fullname",
+        "redraws": 1,
+    }
     for f in dataclasses.fields(bios.BiosConfig):
         own.setdefault(f.name, f.default)
     own.pop("seed")
@@ -144,8 +154,7 @@ def bios_options(world: Mapping[str, Any], seed: int) -> tuple[Any, dict[str, An
     try:
         bcfg = bios.BiosConfig(**{k: v for k, v in opts.items() if k in cfg_fields}, seed=seed)
         opts["augmentations"] = [bios.Augmentation.parse(a) for a in opts["augmentations"]]
-        opts["celebrity_augmentation"] = bios.Augmentation.parse(
-            opts["celebrity_augmentation"])
+        opts["celebrity_augmentation"] = bios.Augmentation.parse(opts["celebrity_augmentation"])
     except ValueError as e:
         raise WorldConfigError(f"data.world (bios): {e}") from None
     return bcfg, opts
@@ -179,8 +188,10 @@ def bios_corpora(w: Any, opts: Mapping[str, Any], seed: int) -> dict[str, list[A
     corpora: dict[str, list[bios.Biography]] = {}
     for i, aug in enumerate(opts["augmentations"]):
         corpora[aug_source_name(aug.name)] = [
-            b for r in range(draws(aug))
-            for b in bios.render_biographies(w, aug, seed + 1000 * i + 100_003 * r)]
+            b
+            for r in range(draws(aug))
+            for b in bios.render_biographies(w, aug, seed + 1000 * i + 100_003 * r)
+        ]
     if opts["celebrity_fraction"] > 0:
         n_celeb = int(round(opts["celebrity_fraction"] * w.num_people))
         celebs = sorted(int(i) for i in w.train_ids[:n_celeb])
@@ -207,44 +218,68 @@ def build_bios(world: dict[str, Any], out: Path, seed: int) -> dict[str, Any]:
     files["qa_test.jsonl"] = qa_test
     train_set = set(w.train_ids.tolist())
     files["people.jsonl"] = [
-        {"person": p.index, "name": p.full_name, "gender": p.gender, **p.attributes,
-         "split": "train" if p.index in train_set else "test"}
-        for p in w.people]
+        {
+            "person": p.index,
+            "name": p.full_name,
+            "gender": p.gender,
+            **p.attributes,
+            "split": "train" if p.index in train_set else "test",
+        }
+        for p in w.people
+    ]
     written = write_files(out, files)
     texts = [b.text for bs in corpora.values() for b in bs] + [
-        bios.qa_prompt(r["question"]) + bios.qa_target(r["answer"]) for r in qa_train]
+        bios.qa_prompt(r["question"]) + bios.qa_target(r["answer"]) for r in qa_train
+    ]
     names = [p.full_name for p in w.people] + [
-        v for a, vals in w.attribute_values.items() if a != "birth_date" for v in vals]
+        v for a, vals in w.attribute_values.items() if a != "birth_date" for v in vals
+    ]
     tok = make_tokenizer(opts, texts, out, names, "bios world: entity names and values")
     sources = {}
     for name, bs in corpora.items():
-        sources[name] = records.write_source(out, name, encode_docs(tok, [b.text for b in bs]),
-                                             opts["num_shards"])
+        sources[name] = records.write_source(
+            out, name, encode_docs(tok, [b.text for b in bs]), opts["num_shards"]
+        )
     for name, rows in (("qa_train", qa_train), ("qa_test", qa_test)):
         sources[name] = records.write_source(
-            out, name, encode_qa(tok, [bios.qa_prompt(r["question"]) for r in rows],
-                                 [r["answer"] for r in rows]), opts["num_shards"])
-    return {"sources": sources, "files": written, "vocab_size": tok.vocab_size,
-            "num_people": w.num_people}
+            out,
+            name,
+            encode_qa(
+                tok, [bios.qa_prompt(r["question"]) for r in rows], [r["answer"] for r in rows]
+            ),
+            opts["num_shards"],
+        )
+    return {
+        "sources": sources,
+        "files": written,
+        "vocab_size": tok.vocab_size,
+        "num_people": w.num_people,
+    }
 
 
 # --- fact worlds ----------------------------------------------------------------------------
-def _fact_world_outputs(w: Any, files: Mapping[str, list[dict[str, Any]]], opts: Mapping,
-                        out: Path, where: str) -> dict[str, Any]:
+def _fact_world_outputs(
+    w: Any, files: Mapping[str, list[dict[str, Any]]], opts: Mapping, out: Path, where: str
+) -> dict[str, Any]:
     written = write_files(out, files)
     texts = [r["text"] for f, rows in files.items() if f.startswith("corpus_") for r in rows]
     tok = make_tokenizer(opts, texts, out, w.all_entity_names(), where)
     sources = write_corpus_sources(out, tok, files, opts["num_shards"])
-    return {"sources": sources, "files": written, "vocab_size": tok.vocab_size,
-            "num_facts": len(w.all_facts)}
+    return {
+        "sources": sources,
+        "files": written,
+        "vocab_size": tok.vocab_size,
+        "num_facts": len(w.all_facts),
+    }
 
 
 def _dataclass_options(cls: type) -> dict[str, Any]:
     return {f.name: f.default for f in dataclasses.fields(cls) if f.name != "seed"}
 
 
-def _generated_world_config(world: Mapping[str, Any], kind: str, cls: type, seed: int
-                            ) -> tuple[Any, dict[str, Any]]:
+def _generated_world_config(
+    world: Mapping[str, Any], kind: str, cls: type, seed: int
+) -> tuple[Any, dict[str, Any]]:
     """Returns (config dataclass `cls`, checked options) of a generated fact world."""
     opts = _options(world, kind, _dataclass_options(cls))
     fields = {f.name for f in dataclasses.fields(cls)}
@@ -255,8 +290,9 @@ def _generated_world_config(world: Mapping[str, Any], kind: str, cls: type, seed
         raise WorldConfigError(f"data.world ({kind}): {e}") from None
 
 
-def _build_generated(world: dict[str, Any], out: Path, seed: int, kind: str, cls: type,
-                     generate: Any) -> dict[str, Any]:
+def _build_generated(
+    world: dict[str, Any], out: Path, seed: int, kind: str, cls: type, generate: Any
+) -> dict[str, Any]:
     """Materialises a generated fact world: its files plus the base-entity evaluation subsets."""
     from jaxknow.worlds import facts
 
@@ -266,8 +302,9 @@ def _build_generated(world: dict[str, Any], out: Path, seed: int, kind: str, cls
     except ValueError as e:
         raise WorldConfigError(f"data.world ({kind}): {e}") from None
     files = facts.world_files(w, seed)
-    files.update({f"eval_base_{k}.jsonl": v
-                  for k, v in facts.eval_subsets(w, "base", seed).items()})
+    files.update(
+        {f"eval_base_{k}.jsonl": v for k, v in facts.eval_subsets(w, "base", seed).items()}
+    )
     return _fact_world_outputs(w, files, opts, out, f"{kind} world: entity names")
 
 
@@ -277,8 +314,9 @@ def build_countries(world: dict[str, Any], out: Path, seed: int) -> dict[str, An
     ``corpus_referencing``)."""
     from jaxknow.worlds import countries
 
-    return _build_generated(world, out, seed, "countries", countries.CountriesConfig,
-                            countries.generate_countries)
+    return _build_generated(
+        world, out, seed, "countries", countries.CountriesConfig, countries.generate_countries
+    )
 
 
 def build_geo(world: dict[str, Any], out: Path, seed: int) -> dict[str, Any]:
@@ -289,8 +327,9 @@ def build_geo(world: dict[str, Any], out: Path, seed: int) -> dict[str, Any]:
 
 
 def _mquake_options(world: Mapping[str, Any]) -> dict[str, Any]:
-    opts = _options(world, "mquake", {"path": None, "num_wrong_tails": 2,
-                                       "referencing_rows_per_fact": 8})
+    opts = _options(
+        world, "mquake", {"path": None, "num_wrong_tails": 2, "referencing_rows_per_fact": 8}
+    )
     if not opts["path"]:
         raise WorldConfigError("data.world.path: the MQuAKE JSON file is required")
     return opts
@@ -303,10 +342,15 @@ def build_mquake(world: dict[str, Any], out: Path, seed: int) -> dict[str, Any]:
 
     opts = _mquake_options(world)
     cases = mquake.load_mquake(opts["path"])
-    w = mquake.build_mquake(cases, seed=seed, num_wrong_tails=opts["num_wrong_tails"],
-                            referencing_rows_per_fact=opts["referencing_rows_per_fact"])
-    return _fact_world_outputs(w, mquake.mquake_files(w), opts, out,
-                               f"MQuAKE file {opts['path']}: subjects and targets")
+    w = mquake.build_mquake(
+        cases,
+        seed=seed,
+        num_wrong_tails=opts["num_wrong_tails"],
+        referencing_rows_per_fact=opts["referencing_rows_per_fact"],
+    )
+    return _fact_world_outputs(
+        w, mquake.mquake_files(w), opts, out, f"MQuAKE file {opts['path']}: subjects and targets"
+    )
 
 
 # --- user corpora ---------------------------------------------------------------------------
@@ -329,9 +373,18 @@ def read_text_corpus(path: str | Path) -> list[str]:
 
 _TEXT_KIND_FORMAT = {"jsonl": "auto", "text": "text", "parquet": "parquet"}
 _TEXT_OPTIONS = {
-    "paths": [], "names": [], "source": None, "format": None, "text_field": "text",
-    "text_mode": "paragraph", "on_error": "skip", "workers": 0, "chunk_chars": 1 << 16,
-    "max_doc_bytes": 256 << 20, "shard_tokens": 1 << 24, "batch_docs": 1024,
+    "paths": [],
+    "names": [],
+    "source": None,
+    "format": None,
+    "text_field": "text",
+    "text_mode": "paragraph",
+    "on_error": "skip",
+    "workers": 0,
+    "chunk_chars": 1 << 16,
+    "max_doc_bytes": 256 << 20,
+    "shard_tokens": 1 << 24,
+    "batch_docs": 1024,
     "batch_chars": 1 << 21,
 }
 
@@ -342,8 +395,9 @@ def _source_name(pattern: str) -> str:
     stem = split_suffixes(pattern)[0]
     clean = re.sub(r"[^A-Za-z0-9_.-]+", "_", stem).strip("_.-")
     if not clean:
-        raise WorldConfigError(f"data.world.paths: cannot name a source after {pattern!r}; "
-                               f"set data.world.source")
+        raise WorldConfigError(
+            f"data.world.paths: cannot name a source after {pattern!r}; set data.world.source"
+        )
     return f"corpus_{clean}"
 
 
@@ -363,15 +417,25 @@ def _text_options(world: Mapping[str, Any], kind: str = "jsonl") -> dict[str, An
     if opts["num_shards"] != 1:
         raise WorldConfigError(
             f"data.world.num_shards={opts['num_shards']}: a streamed corpus is cut into shards "
-            f"of shard_tokens tokens; set data.world.shard_tokens instead")
+            f"of shard_tokens tokens; set data.world.shard_tokens instead"
+        )
     fmt = opts["format"] or _TEXT_KIND_FORMAT[kind]
     try:
-        reader = ReaderConfig(format=fmt, text_field=opts["text_field"],
-                              text_mode=opts["text_mode"], max_doc_bytes=opts["max_doc_bytes"])
+        reader = ReaderConfig(
+            format=fmt,
+            text_field=opts["text_field"],
+            text_mode=opts["text_mode"],
+            max_doc_bytes=opts["max_doc_bytes"],
+        )
         opts["ingest"] = IngestConfig(
-            reader=reader, on_error=opts["on_error"], workers=opts["workers"],
-            chunk_chars=opts["chunk_chars"], batch_docs=opts["batch_docs"],
-            batch_chars=opts["batch_chars"], shard_tokens=opts["shard_tokens"])
+            reader=reader,
+            on_error=opts["on_error"],
+            workers=opts["workers"],
+            chunk_chars=opts["chunk_chars"],
+            batch_docs=opts["batch_docs"],
+            batch_chars=opts["batch_chars"],
+            shard_tokens=opts["shard_tokens"],
+        )
     except ValueError as e:
         raise WorldConfigError(f"data.world ({kind}): {e}") from None
     if opts["source"]:
@@ -383,7 +447,8 @@ def _text_options(world: Mapping[str, Any], kind: str = "jsonl") -> dict[str, An
             if name in opts["sources"]:
                 raise WorldConfigError(
                     f"data.world.paths: {p!r} and {opts['sources'][name][0]!r} both make "
-                    f"source {name!r}; set data.world.source to merge them into one")
+                    f"source {name!r}; set data.world.source to merge them into one"
+                )
             opts["sources"][name] = [str(p)]
     return opts
 
@@ -402,27 +467,39 @@ def build_text_world(world: dict[str, Any], out: Path, seed: int, kind: str) -> 
     every = [f for fs in files.values() for f in fs]
     # A BPE trained earlier on the same sample of the same files is reused (a resumed build
     # skips the sampling pass); anything else is (re)made.
-    digest = json.dumps({"inputs": [(str(f.resolve()), f.stat().st_size, f.stat().st_mtime_ns)
-                                    for f in every], "vocab_size": opts["vocab_size"],
-                         "sample": opts["tokenizer_sample"], "seed": seed,
-                         "reader": dataclasses.asdict(cfg.reader)}, sort_keys=True)
+    digest = json.dumps(
+        {
+            "inputs": [(str(f.resolve()), f.stat().st_size, f.stat().st_mtime_ns) for f in every],
+            "vocab_size": opts["vocab_size"],
+            "sample": opts["tokenizer_sample"],
+            "seed": seed,
+            "reader": dataclasses.asdict(cfg.reader),
+        },
+        sort_keys=True,
+    )
     marker = out / ".tokenizer_sample.json"
-    if (not opts["tokenizer"] and marker.is_file() and marker.read_text() == digest
-            and (out / "tokenizer.json").is_file()):
+    if (
+        not opts["tokenizer"]
+        and marker.is_file()
+        and marker.read_text() == digest
+        and (out / "tokenizer.json").is_file()
+    ):
         tok = load_tokenizer(out)
         tok.check_roundtrip(opts["names"], "data.world.names")
     else:
         sample: list[str] = []
         if not opts["tokenizer"]:
-            sample = ingest.sample_texts(every, cfg.reader, opts["tokenizer_sample"], seed,
-                                         cfg.on_error)
+            sample = ingest.sample_texts(
+                every, cfg.reader, opts["tokenizer_sample"], seed, cfg.on_error
+            )
         tok = make_tokenizer(opts, sample, out, opts["names"], "data.world.names")
         if opts["tokenizer"]:
             marker.unlink(missing_ok=True)
         else:
             marker.write_text(digest)
-    sources = {name: ingest.ingest_source(fs, out, name, out, cfg).index
-               for name, fs in files.items()}
+    sources = {
+        name: ingest.ingest_source(fs, out, name, out, cfg).index for name, fs in files.items()
+    }
     return {"sources": sources, "files": [], "vocab_size": tok.vocab_size}
 
 
@@ -452,13 +529,15 @@ def _mix_options(world: Mapping[str, Any]) -> dict[str, Any]:
     known = ["tokenizer", "tokenizer_from", "worlds"]
     unknown = sorted(set(world) - set(known))
     if unknown:
-        raise WorldConfigError(f"data.world: unknown key(s) {unknown} for kind 'mix'; "
-                               f"known: {known}")
+        raise WorldConfigError(
+            f"data.world: unknown key(s) {unknown} for kind 'mix'; known: {known}"
+        )
     from jaxknow.config import to_plain
 
     raw = to_plain(world.get("worlds")) or []
-    items = (list(raw.items()) if isinstance(raw, Mapping)
-             else [(str(i), w) for i, w in enumerate(raw)])
+    items = (
+        list(raw.items()) if isinstance(raw, Mapping) else [(str(i), w) for i, w in enumerate(raw)]
+    )
     if not items:
         raise WorldConfigError("data.world.worlds: list at least one world")
     for label, sub in items:
@@ -468,11 +547,14 @@ def _mix_options(world: Mapping[str, Any]) -> dict[str, Any]:
     if first is not None:
         labels = [label for label, _ in items]
         if str(first) not in labels:
-            raise WorldConfigError(f"data.world.tokenizer_from={first!r}: not one of the "
-                                   f"worlds {labels}")
+            raise WorldConfigError(
+                f"data.world.tokenizer_from={first!r}: not one of the worlds {labels}"
+            )
         items.sort(key=lambda kv: kv[0] != str(first))
-    return {"worlds": [(label, dict(sub)) for label, sub in items],
-            "tokenizer": world.get("tokenizer")}
+    return {
+        "worlds": [(label, dict(sub)) for label, sub in items],
+        "tokenizer": world.get("tokenizer"),
+    }
 
 
 def build_mix(world: dict[str, Any], out: Path, seed: int) -> dict[str, Any]:
@@ -493,8 +575,10 @@ def build_mix(world: dict[str, Any], out: Path, seed: int) -> dict[str, Any]:
         manifest = build(sub, out, seed)
         clash = sorted(set(manifest["sources"]) & set(sources))
         if clash:
-            raise WorldConfigError(f"data.world.worlds.{label} ({kind}): source(s) {clash} "
-                                   f"also made by an earlier world")
+            raise WorldConfigError(
+                f"data.world.worlds.{label} ({kind}): source(s) {clash} "
+                f"also made by an earlier world"
+            )
         sources.update(manifest["sources"])
         files += manifest.get("files", [])
         vocab = max(vocab, manifest["vocab_size"])

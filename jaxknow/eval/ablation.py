@@ -53,8 +53,10 @@ def mix_layers(
     if set(f0) != set(f1):
         extra = sorted(set(f0) ^ set(f1))
         if any(is_lora_path(p) for p in extra):
-            raise ValueError(f"parameter trees differ by LoRA adapters {extra[:4]}: merge them "
-                             "first (jaxknow.model.lora.merge_lora)")
+            raise ValueError(
+                f"parameter trees differ by LoRA adapters {extra[:4]}: merge them "
+                "first (jaxknow.model.lora.merge_lora)"
+            )
         raise ValueError(f"parameter trees differ: paths in only one of them {extra[:8]}")
     n = _n_layers_of(f1)
     bad = sorted(i for i in layers_from_base if not 0 <= i < n)
@@ -64,8 +66,7 @@ def mix_layers(
     for path, v1 in f1.items():
         v0 = f0[path]
         if tuple(v0.shape) != tuple(v1.shape):
-            raise ValueError(f"{path}: base shape {tuple(v0.shape)} != finetuned "
-                             f"{tuple(v1.shape)}")
+            raise ValueError(f"{path}: base shape {tuple(v0.shape)} != finetuned {tuple(v1.shape)}")
         layer = layer_of(path)
         if layer is None:
             if non_layer == "adjacent":
@@ -113,8 +114,11 @@ class AblationResult:
 
     def series(self) -> dict[str, list[float]]:
         """Returns {"metric (side)": value for k = 0..L} (for `plots.plot_per_layer`)."""
-        return {f"{m} ({s})": [by_k[k].get(m, float("nan")) for k in sorted(by_k)]
-                for s, by_k in self.results.items() for m in self.metrics()}
+        return {
+            f"{m} ({s})": [by_k[k].get(m, float("nan")) for k in sorted(by_k)]
+            for s, by_k in self.results.items()
+            for m in self.metrics()
+        }
 
     def table(self) -> str:
         """Returns a markdown table: one row per k, one column per (side, metric)."""
@@ -126,13 +130,15 @@ class AblationResult:
             rows.append([str(k), *("" if c is None else f"{c:.4g}" for c in cells)])
         return markdown_table(head, rows, cell=str)
 
-    def plot(self, path: str | Path, title: str = "layer-delta ablation",
-             ylabel: str = "metric") -> Path:
+    def plot(
+        self, path: str | Path, title: str = "layer-delta ablation", ylabel: str = "metric"
+    ) -> Path:
         """Writes the curves (x = k, one line per metric and side) as a PNG; returns the path."""
         from jaxknow.eval.plots import plot_per_layer
 
-        return plot_per_layer(self.series(), path, title, ylabel,
-                              xlabel="k (layers taken from the base model)")
+        return plot_per_layer(
+            self.series(), path, title, ylabel, xlabel="k (layers taken from the base model)"
+        )
 
 
 def layer_delta_ablation(

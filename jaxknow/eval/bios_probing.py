@@ -44,8 +44,9 @@ _DATE_RE = re.compile(r"(\w+) (\d+), (\d+)")
 _DEFAULTS = ProbeSettings()
 
 
-def p_probe_positions(tokenizer: Tokenizer, biography: Biography) -> tuple[list[int],
-                                                                           dict[str, int]]:
+def p_probe_positions(
+    tokenizer: Tokenizer, biography: Biography
+) -> tuple[list[int], dict[str, int]]:
     """Returns (the biography's tokens: prefix + text tokens, {attribute: read index, "end":
     index of the last token}).
 
@@ -65,8 +66,10 @@ def p_probe_positions(tokenizer: Tokenizer, biography: Biography) -> tuple[list[
         elif prefix:
             out[span.attribute] = len(prefix) - 1
         else:
-            raise ValueError(f"person {biography.person}: no token precedes the "
-                             f"{span.attribute} sentence and the tokenizer has no bos token")
+            raise ValueError(
+                f"person {biography.person}: no token precedes the "
+                f"{span.attribute} sentence and the tokenizer has no bos token"
+            )
     out[END] = len(tokens) - 1
     return tokens, out
 
@@ -76,8 +79,12 @@ def q_probe_sequence(tokenizer: Tokenizer, full_name: str) -> list[int]:
     return tokenizer.prefix() + tokenizer.encode(full_name)
 
 
-def probe_labels(world: BiosWorld, attribute: str, people: np.ndarray | Sequence[int],
-                 birth_date: BirthDatePart = "date") -> np.ndarray:
+def probe_labels(
+    world: BiosWorld,
+    attribute: str,
+    people: np.ndarray | Sequence[int],
+    birth_date: BirthDatePart = "date",
+) -> np.ndarray:
     """Returns the raw label of each listed person for `attribute`: the index of their value in
     `world.attribute_values` (for birth_date, optionally only its year, month or day)."""
     people = np.asarray(people, np.int64)
@@ -92,8 +99,11 @@ def probe_labels(world: BiosWorld, attribute: str, people: np.ndarray | Sequence
         m = _DATE_RE.fullmatch(values[int(v)])
         if m is None:
             raise ValueError(f"cannot parse birth date {values[int(v)]!r}")
-        out[i] = {"year": int(m.group(3)), "month": MONTHS.index(m.group(1)),
-                  "day": int(m.group(2))}[birth_date]
+        out[i] = {
+            "year": int(m.group(3)),
+            "month": MONTHS.index(m.group(1)),
+            "day": int(m.group(2)),
+        }[birth_date]
     return out
 
 
@@ -122,14 +132,20 @@ class ProbeResult:
     def to_dict(self) -> dict[str, Any]:
         """Returns a JSON-serialisable dict of the result."""
         d: dict[str, Any] = {
-            "kind": self.kind, "layers": list(self.layers), "attributes": list(self.attributes),
+            "kind": self.kind,
+            "layers": list(self.layers),
+            "attributes": list(self.attributes),
             "accuracy": {str(k): dict(v) for k, v in self.accuracy.items()},
-            "chance": dict(self.chance), "num_train": self.num_train,
-            "num_test": self.num_test, "embedding_rank": self.embedding_rank,
+            "chance": dict(self.chance),
+            "num_train": self.num_train,
+            "num_test": self.num_test,
+            "embedding_rank": self.embedding_rank,
         }
         if self.sweep is not None:
-            d["sweep"] = {p: {str(k): dict(v) for k, v in by_layer.items()}
-                          for p, by_layer in self.sweep.items()}
+            d["sweep"] = {
+                p: {str(k): dict(v) for k, v in by_layer.items()}
+                for p, by_layer in self.sweep.items()
+            }
         return d
 
     def table(self) -> str:
@@ -140,14 +156,23 @@ class ProbeResult:
             return [str(name), *(f"{acc[a]:.3f}" for a in self.attributes)]
 
         rows = [row(layer, self.accuracy[layer]) for layer in self.layers]
-        parts = [markdown_table(["layer", *self.attributes],
-                                [*rows, row("chance", self.chance)], cell=str)]
+        parts = [
+            markdown_table(
+                ["layer", *self.attributes], [*rows, row("chance", self.chance)], cell=str
+            )
+        ]
         if self.sweep is not None:
             last = self.layers[-1]
-            parts += ["", f"Sweep at layer {last} (rows: read before the sentence of ...)", "",
-                      markdown_table(["position", *self.attributes],
-                                     [row(p, by_layer[last]) for p, by_layer in
-                                      self.sweep.items()], cell=str)]
+            parts += [
+                "",
+                f"Sweep at layer {last} (rows: read before the sentence of ...)",
+                "",
+                markdown_table(
+                    ["position", *self.attributes],
+                    [row(p, by_layer[last]) for p, by_layer in self.sweep.items()],
+                    cell=str,
+                ),
+            ]
         return "\n".join(parts)
 
     def plot(self, path: str | Path, title: str | None = None) -> Path:
@@ -155,9 +180,14 @@ class ProbeResult:
         the path."""
         from jaxknow.eval.plots import plot_per_layer
 
-        return plot_per_layer(self.series(), path,
-                              title or f"{self.kind}-probing accuracy per layer",
-                              "test accuracy", x=self.layers, reference=self.chance)
+        return plot_per_layer(
+            self.series(),
+            path,
+            title or f"{self.kind}-probing accuracy per layer",
+            "test accuracy",
+            x=self.layers,
+            reference=self.chance,
+        )
 
 
 def _compact(raw: np.ndarray) -> tuple[np.ndarray, int]:
@@ -186,17 +216,22 @@ class _Examples:
         train_set, test_set = _people(train_people), _people(test_people)
         if train_set & test_set:
             raise ValueError("train_people and test_people overlap")
-        train_idx = np.asarray([i for i, p in enumerate(self.person_of) if p in train_set],
-                               np.int64)
-        test_idx = np.asarray([i for i, p in enumerate(self.person_of) if p in test_set],
-                              np.int64)
+        train_idx = np.asarray(
+            [i for i, p in enumerate(self.person_of) if p in train_set], np.int64
+        )
+        test_idx = np.asarray([i for i, p in enumerate(self.person_of) if p in test_set], np.int64)
         if len(train_idx) == 0 or len(test_idx) == 0:
-            raise ValueError(f"{self.kind}-probing needs examples of both training and test "
-                             "people")
+            raise ValueError(f"{self.kind}-probing needs examples of both training and test people")
         return train_idx, test_idx
 
-    def heads(self, world: BiosWorld, used: np.ndarray, attributes: Sequence[str],
-              probes: Sequence[tuple[str, str]], birth_date: BirthDatePart) -> list[ProbeHead]:
+    def heads(
+        self,
+        world: BiosWorld,
+        used: np.ndarray,
+        attributes: Sequence[str],
+        probes: Sequence[tuple[str, str]],
+        birth_date: BirthDatePart,
+    ) -> list[ProbeHead]:
         """Returns one head per (position, attribute) probe; labels are renumbered over the
         classes present among the `used` examples (0 elsewhere)."""
         labels: dict[str, tuple[np.ndarray, int]] = {}
@@ -210,24 +245,44 @@ class _Examples:
 
 
 def _probe_accuracy(
-    params: Mapping[str, Any], cfg: ModelConfig, tokenizer: Tokenizer, world: BiosWorld,
-    examples: _Examples, train_people: Any, test_people: Any, probes: list[tuple[str, str]],
-    settings: ProbeSettings, *, attributes: Sequence[str], birth_date: BirthDatePart,
+    params: Mapping[str, Any],
+    cfg: ModelConfig,
+    tokenizer: Tokenizer,
+    world: BiosWorld,
+    examples: _Examples,
+    train_people: Any,
+    test_people: Any,
+    probes: list[tuple[str, str]],
+    settings: ProbeSettings,
+    *,
+    attributes: Sequence[str],
+    birth_date: BirthDatePart,
     sharder: Sharder,
 ) -> dict[tuple[str, str], np.ndarray]:
     """Trains the (position, attribute) probes; returns {(position, attribute): acc [S]}."""
     train_idx, test_idx = examples.split(train_people, test_people)
-    heads = examples.heads(world, np.concatenate([train_idx, test_idx]), attributes, probes,
-                           birth_date)
-    acc = probe_heads(params, cfg, examples.sequences, examples.positions, heads, train_idx,
-                      test_idx, settings, pad_id=tokenizer.pad_id, sharder=sharder)
+    heads = examples.heads(
+        world, np.concatenate([train_idx, test_idx]), attributes, probes, birth_date
+    )
+    acc = probe_heads(
+        params,
+        cfg,
+        examples.sequences,
+        examples.positions,
+        heads,
+        train_idx,
+        test_idx,
+        settings,
+        pad_id=tokenizer.pad_id,
+        sharder=sharder,
+    )
     return {pa: acc[:, h] for h, pa in enumerate(probes)}
 
 
-def _chance(world: BiosWorld, attributes: Sequence[str], people: np.ndarray,
-            birth_date: BirthDatePart) -> dict[str, float]:
-    return {a: 1.0 / len(np.unique(probe_labels(world, a, people, birth_date)))
-            for a in attributes}
+def _chance(
+    world: BiosWorld, attributes: Sequence[str], people: np.ndarray, birth_date: BirthDatePart
+) -> dict[str, float]:
+    return {a: 1.0 / len(np.unique(probe_labels(world, a, people, birth_date))) for a in attributes}
 
 
 def p_probe(
@@ -265,26 +320,49 @@ def p_probe(
         positions.append([where[p] for p in pos_names])
         person_of.append(bio.person)
     person_arr = np.asarray(person_of, np.int64)
-    probes = [(p, a) for p in pos_names for a in attributes] if sweep else \
-        [(a, a) for a in attributes]
+    probes = (
+        [(p, a) for p in pos_names for a in attributes] if sweep else [(a, a) for a in attributes]
+    )
     examples = _Examples("P", sequences, np.asarray(positions, np.int32), pos_names, person_arr)
-    acc = _probe_accuracy(params, cfg, tokenizer, world, examples, train_people, test_people,
-                          probes, settings, attributes=attributes, birth_date=birth_date,
-                          sharder=sharder)
+    acc = _probe_accuracy(
+        params,
+        cfg,
+        tokenizer,
+        world,
+        examples,
+        train_people,
+        test_people,
+        probes,
+        settings,
+        attributes=attributes,
+        birth_date=birth_date,
+        sharder=sharder,
+    )
     layer_idx = resolve_layers(settings.layers, cfg.n_layers)
-    accuracy = {layer: {a: float(acc[(a, a)][s]) for a in attributes}
-                for s, layer in enumerate(layer_idx)}
+    accuracy = {
+        layer: {a: float(acc[(a, a)][s]) for a in attributes} for s, layer in enumerate(layer_idx)
+    }
     sweep_out = None
     if sweep:
-        sweep_out = {p: {layer: {a: float(acc[(p, a)][s]) for a in attributes}
-                         for s, layer in enumerate(layer_idx)} for p in pos_names}
+        sweep_out = {
+            p: {
+                layer: {a: float(acc[(p, a)][s]) for a in attributes}
+                for s, layer in enumerate(layer_idx)
+            }
+            for p in pos_names
+        }
     train_set = _people(train_people)
     return ProbeResult(
-        kind="P", layers=layer_idx, attributes=list(attributes), accuracy=accuracy,
+        kind="P",
+        layers=layer_idx,
+        attributes=list(attributes),
+        accuracy=accuracy,
         chance=_chance(world, attributes, np.unique(person_arr), birth_date),
         num_train=int(sum(p in train_set for p in person_of)),
         num_test=int(sum(p not in train_set for p in person_of)),
-        embedding_rank=settings.embedding_rank, sweep=sweep_out)
+        embedding_rank=settings.embedding_rank,
+        sweep=sweep_out,
+    )
 
 
 def q_probe(
@@ -303,19 +381,39 @@ def q_probe(
     """Returns the Q-probing result: the input is the person's full name alone (prefix +
     tokens of the name); linear probes on the hidden state at the name's last token predict
     every attribute, per layer. One example per listed person."""
-    people = np.concatenate([np.asarray(train_people, np.int64).ravel(),
-                             np.asarray(test_people, np.int64).ravel()])
+    people = np.concatenate(
+        [np.asarray(train_people, np.int64).ravel(), np.asarray(test_people, np.int64).ravel()]
+    )
     sequences = [q_probe_sequence(tokenizer, world.people[int(p)].full_name) for p in people]
     positions = np.asarray([[len(s) - 1] for s in sequences], np.int32)
     examples = _Examples("Q", sequences, positions, ["name"], people)
-    acc = _probe_accuracy(params, cfg, tokenizer, world, examples, train_people, test_people,
-                          [("name", a) for a in attributes], settings, attributes=attributes,
-                          birth_date=birth_date, sharder=sharder)
+    acc = _probe_accuracy(
+        params,
+        cfg,
+        tokenizer,
+        world,
+        examples,
+        train_people,
+        test_people,
+        [("name", a) for a in attributes],
+        settings,
+        attributes=attributes,
+        birth_date=birth_date,
+        sharder=sharder,
+    )
     layer_idx = resolve_layers(settings.layers, cfg.n_layers)
-    accuracy = {layer: {a: float(acc[("name", a)][s]) for a in attributes}
-                for s, layer in enumerate(layer_idx)}
+    accuracy = {
+        layer: {a: float(acc[("name", a)][s]) for a in attributes}
+        for s, layer in enumerate(layer_idx)
+    }
     n_train = len(np.asarray(train_people).ravel())
     return ProbeResult(
-        kind="Q", layers=layer_idx, attributes=list(attributes), accuracy=accuracy,
-        chance=_chance(world, attributes, people, birth_date), num_train=n_train,
-        num_test=len(people) - n_train, embedding_rank=settings.embedding_rank)
+        kind="Q",
+        layers=layer_idx,
+        attributes=list(attributes),
+        accuracy=accuracy,
+        chance=_chance(world, attributes, people, birth_date),
+        num_train=n_train,
+        num_test=len(people) - n_train,
+        embedding_rank=settings.embedding_rank,
+    )

@@ -78,10 +78,13 @@ def mc_item(row: Row, with_answer: bool = False) -> str:
     them (the fork would silently drop choices or fail with an IndexError)."""
     choices = list(row["choices"])
     if len(choices) > len(MC_LETTERS):
-        raise FewShotError(f"multiple-choice row has {len(choices)} choices; the harness format "
-                           f"lists at most {len(MC_LETTERS)}: {row['question']!r}")
-    return formats.mc_item(str(row["question"]), choices,
-                           int(row["answer"]) if with_answer else None)
+        raise FewShotError(
+            f"multiple-choice row has {len(choices)} choices; the harness format "
+            f"lists at most {len(MC_LETTERS)}: {row['question']!r}"
+        )
+    return formats.mc_item(
+        str(row["question"]), choices, int(row["answer"]) if with_answer else None
+    )
 
 
 def harness_doc(row: Row, kind: str) -> Any:
@@ -94,8 +97,9 @@ def harness_doc(row: Row, kind: str) -> Any:
     raise ValueError(f"prompt kind must be one of {KINDS}, got {kind!r}")
 
 
-def harness_schedule(rows: Sequence[Row], kind: str, k: int = DEFAULT_SHOTS,
-                     seed: int = FEW_SHOT_SEED) -> tuple[list[int], list[list[int]]]:
+def harness_schedule(
+    rows: Sequence[Row], kind: str, k: int = DEFAULT_SHOTS, seed: int = FEW_SHOT_SEED
+) -> tuple[list[int], list[list[int]]]:
     """Returns (the fork's evaluation order of the row indices, for each row index its
     demonstration indices), drawn exactly as the fork's evaluator does (module docstring).
 
@@ -109,8 +113,10 @@ def harness_schedule(rows: Sequence[Row], kind: str, k: int = DEFAULT_SHOTS,
     if k <= 0 or n == 0:
         return order, demos
     if n < k + 1:
-        raise FewShotError(f"{k}-shot prompts need at least {k + 1} items in the split (the "
-                           f"harness draws k + 1 and drops the query); this split has {n}")
+        raise FewShotError(
+            f"{k}-shot prompts need at least {k + 1} items in the split (the "
+            f"harness draws k + 1 and drops the query); this split has {n}"
+        )
     keys = [harness_doc(r, kind) for r in rows]
     for i in order:
         sample = rng.sample(range(n), k + 1)  # base.py: rnd.sample(self._fewshot_docs, k + 1)
@@ -118,8 +124,9 @@ def harness_schedule(rows: Sequence[Row], kind: str, k: int = DEFAULT_SHOTS,
     return order, demos
 
 
-def demo_indices(rows: Sequence[Row], k: int = DEFAULT_SHOTS, seed: int = FEW_SHOT_SEED,
-                 kind: str = "free") -> list[list[int]]:
+def demo_indices(
+    rows: Sequence[Row], k: int = DEFAULT_SHOTS, seed: int = FEW_SHOT_SEED, kind: str = "free"
+) -> list[list[int]]:
     """Returns, for each row index, the indices of its demonstrations (`harness_schedule`)."""
     return harness_schedule(rows, kind, k, seed)[1]
 
@@ -145,8 +152,9 @@ def zero_shot_qa_prompt(question: str) -> str:
     return qa_item(question)
 
 
-def build_prompts(rows: Sequence[Row], kind: str, k: int = DEFAULT_SHOTS,
-                  seed: int = FEW_SHOT_SEED) -> list[str]:
+def build_prompts(
+    rows: Sequence[Row], kind: str, k: int = DEFAULT_SHOTS, seed: int = FEW_SHOT_SEED
+) -> list[str]:
     """Returns one prompt per row of a subset (in row order): `kind` "free" or "mc", `k`
     demonstrations per query drawn from the same rows exactly as the fork does
     (`harness_schedule`). Raises FewShotError for a split smaller than ``k + 1``."""

@@ -53,8 +53,9 @@ class ModelLike(Protocol):
     tokenizer: Tokenizer | None
 
 
-def unpack_model(model: ModelLike | tuple[Any, ModelConfig, Tokenizer]
-                 ) -> tuple[Any, ModelConfig, Tokenizer]:
+def unpack_model(
+    model: ModelLike | tuple[Any, ModelConfig, Tokenizer],
+) -> tuple[Any, ModelConfig, Tokenizer]:
     """Returns (params, cfg, tokenizer) of a model object or a (params, cfg, tokenizer) tuple;
     raises ValueError when there is no tokenizer."""
     if isinstance(model, tuple):
@@ -107,8 +108,7 @@ def mesh_of(params: Any) -> Mesh | None:
     return None
 
 
-def param_shardings(params: Any, cfg: ModelConfig, mesh: Mesh, rules: Rules = DEFAULT_RULES
-                    ) -> Any:
+def param_shardings(params: Any, cfg: ModelConfig, mesh: Mesh, rules: Rules = DEFAULT_RULES) -> Any:
     """Returns the NamedSharding tree of `params` from their logical axes
     (`param_specs(cfg)`); leaves without a spec (e.g. LoRA adapters) are replicated."""
     specs = flatten(param_specs(cfg))
@@ -143,8 +143,9 @@ def place_batch(x: np.ndarray, mesh: Mesh | None) -> jax.Array:
 # --------------------------------------------------------------------------------------------
 
 
-def make_stop_table(vocab_size: int, stop_ids: Sequence[int] = (),
-               base: np.ndarray | None = None) -> np.ndarray:
+def make_stop_table(
+    vocab_size: int, stop_ids: Sequence[int] = (), base: np.ndarray | None = None
+) -> np.ndarray:
     """Returns a bool [vocab_size] table, True for tokens that end a row: `stop_ids` plus the
     True entries of `base` (which may be shorter than the vocabulary)."""
     table = np.zeros(vocab_size, bool)
@@ -180,20 +181,38 @@ def _decode_cfg(cfg: ModelConfig) -> ModelConfig:
 
 
 @functools.partial(jax.jit, static_argnames=("cfg", "max_new", "sharder"))
-def _generate_batch(params: Any, tokens: jax.Array, pad: jax.Array, active: jax.Array,
-                    stops: jax.Array, pad_id: jax.Array, *, cfg: ModelConfig, max_new: int,
-                    sharder: Sharder) -> tuple[jax.Array, jax.Array]:
+def _generate_batch(
+    params: Any,
+    tokens: jax.Array,
+    pad: jax.Array,
+    active: jax.Array,
+    stops: jax.Array,
+    pad_id: jax.Array,
+    *,
+    cfg: ModelConfig,
+    max_new: int,
+    sharder: Sharder,
+) -> tuple[jax.Array, jax.Array]:
     """Returns (generated tokens [B, max_new], their counts [B]) for left-padded prompts."""
     b, p = tokens.shape
     s = p + max_new
     slots = jnp.arange(s)
-    cache = jax.tree.map(lambda c: sharder.constrain(c, transformer.CACHE_AXES),
-                         transformer.init_cache(cfg, b, s))
+    cache = jax.tree.map(
+        lambda c: sharder.constrain(c, transformer.CACHE_AXES), transformer.init_cache(cfg, b, s)
+    )
     prompt_len = p - pad
     positions = jnp.maximum(jnp.arange(p, dtype=jnp.int32)[None, :] - pad[:, None], 0)
     kv_valid = (slots[None, :] >= pad[:, None]) & (slots[None, :] < p)
-    out = transformer.forward(params, tokens, cfg, positions=positions, sharder=sharder,
-                              cache=cache, cache_index=jnp.int32(0), kv_valid=kv_valid)
+    out = transformer.forward(
+        params,
+        tokens,
+        cfg,
+        positions=positions,
+        sharder=sharder,
+        cache=cache,
+        cache_index=jnp.int32(0),
+        kv_valid=kv_valid,
+    )
 
     def next_token(hidden_last: jax.Array) -> jax.Array:
         lg = transformer.logits(params, hidden_last, cfg, sharder)[:, 0]
@@ -214,9 +233,16 @@ def _generate_batch(params: Any, tokens: jax.Array, pad: jax.Array, active: jax.
         slot = p + i - 1
         kv_valid = kv_valid | (slots == slot)[None, :]
         pos = (prompt_len + i - 1)[:, None].astype(jnp.int32)
-        o = transformer.forward(params, tok[:, None], cfg, positions=pos, sharder=sharder,
-                                cache=cache, cache_index=slot.astype(jnp.int32),
-                                kv_valid=kv_valid)
+        o = transformer.forward(
+            params,
+            tok[:, None],
+            cfg,
+            positions=pos,
+            sharder=sharder,
+            cache=cache,
+            cache_index=slot.astype(jnp.int32),
+            kv_valid=kv_valid,
+        )
         nxt = jnp.where(done, pad_id, next_token(o.hidden))
         buf = jax.lax.dynamic_update_slice(buf, nxt[:, None], (0, i))
         counts = counts + (~done).astype(jnp.int32)
@@ -250,8 +276,10 @@ def generate_tokens(
         raise ValueError(f"max_new_tokens must be positive, got {max_new_tokens}")
     limit = cfg.max_seq_len - max_new_tokens
     if limit <= 0:
-        raise ValueError(f"max_new_tokens={max_new_tokens} leaves no room for a prompt in "
-                         f"model.max_seq_len={cfg.max_seq_len}")
+        raise ValueError(
+            f"max_new_tokens={max_new_tokens} leaves no room for a prompt in "
+            f"model.max_seq_len={cfg.max_seq_len}"
+        )
     if not prompts:
         return []
     for i, pr in enumerate(prompts):
@@ -260,27 +288,37 @@ def generate_tokens(
     mesh = mesh if mesh is not None else mesh_of(params)
     params = place_params(params, cfg, mesh)
     stops = make_stop_table(cfg.vocab_size, stop_ids, stop_table)
-    stops_dev = jnp.asarray(stops) if mesh is None else jax.device_put(
-        stops, NamedSharding(mesh, PartitionSpec()))
-    fn = functools.partial(_generate_batch, cfg=_decode_cfg(cfg), max_new=max_new_tokens,
-                           sharder=Sharder(mesh))
+    stops_dev = (
+        jnp.asarray(stops)
+        if mesh is None
+        else jax.device_put(stops, NamedSharding(mesh, PartitionSpec()))
+    )
+    fn = functools.partial(
+        _generate_batch, cfg=_decode_cfg(cfg), max_new=max_new_tokens, sharder=Sharder(mesh)
+    )
     cut = [list(pr)[-limit:] for pr in prompts]
     order = sorted(range(len(cut)), key=lambda i: -len(cut[i]))
     rows = batch_rows(len(cut), batch_size, mesh)
     results: list[list[int]] = [[] for _ in cut]
     for start in range(0, len(order), rows):
-        idx = order[start:start + rows]
+        idx = order[start : start + rows]
         p = bucket_length(max(len(cut[i]) for i in idx))
         tokens = np.full((rows, p), pad_id, np.int32)
         pad = np.full((rows,), p - 1, np.int32)  # dummy rows: one pad token, inactive
         active = np.zeros((rows,), bool)
         for r, i in enumerate(idx):
             pr = cut[i]
-            tokens[r, p - len(pr):] = pr
+            tokens[r, p - len(pr) :] = pr
             pad[r] = p - len(pr)
             active[r] = True
-        buf, counts = fn(params, place_batch(tokens, mesh), place_batch(pad, mesh),
-                         place_batch(active, mesh), stops_dev, jnp.int32(pad_id))
+        buf, counts = fn(
+            params,
+            place_batch(tokens, mesh),
+            place_batch(pad, mesh),
+            place_batch(active, mesh),
+            stops_dev,
+            jnp.int32(pad_id),
+        )
         buf, counts = np.asarray(jax.device_get(buf)), np.asarray(jax.device_get(counts))
         for r, i in enumerate(idx):
             results[i] = buf[r, : counts[r]].tolist()
@@ -306,8 +344,16 @@ def generate_text(
     table = make_stop_table(cfg.vocab_size, (tok.eos_id,), base)
     prefix = tok.prefix() if bos else []
     ids = [prefix + tok.encode(p) for p in prompts]
-    outs = generate_tokens(params, cfg, ids, max_new_tokens=max_new_tokens, stop_table=table,
-                           pad_id=tok.pad_id, batch_size=batch_size, mesh=mesh)
+    outs = generate_tokens(
+        params,
+        cfg,
+        ids,
+        max_new_tokens=max_new_tokens,
+        stop_table=table,
+        pad_id=tok.pad_id,
+        batch_size=batch_size,
+        mesh=mesh,
+    )
     texts = []
     for out in outs:
         if out and out[-1] == tok.eos_id:
@@ -315,4 +361,3 @@ def generate_text(
         text = tok.decode(out)
         texts.append(text.split("\n", 1)[0] if stop_at_newline else text)
     return texts
-

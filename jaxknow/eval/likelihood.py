@@ -63,18 +63,23 @@ def probe_facts(
         if FRAME_FIELDS[0] in row:
             contexts += [row[f] for f in FRAME_FIELDS]
             conts += [true, true]
-    lp, _ = continuation_logprobs(params, cfg, tokenizer, contexts, conts, batch_size, mesh,
-                                  bos=bos)
+    lp, _ = continuation_logprobs(
+        params, cfg, tokenizer, contexts, conts, batch_size, mesh, bos=bos
+    )
     out = []
     k = 0
     for row in rows:
         n_wrong = len(row["wrong"])
         true_lp, neg_lp = float(lp[k]), float(lp[k + 1])
-        wrong_lp = [float(x) for x in lp[k + 2:k + 2 + n_wrong]]
+        wrong_lp = [float(x) for x in lp[k + 2 : k + 2 + n_wrong]]
         k += 2 + n_wrong
         rec = {
-            "head": row.get("head"), "relation": row.get("relation"), "true": row["true"],
-            "true_logprob": true_lp, "wrong_logprobs": wrong_lp, "negated_logprob": neg_lp,
+            "head": row.get("head"),
+            "relation": row.get("relation"),
+            "true": row["true"],
+            "true_logprob": true_lp,
+            "wrong_logprobs": wrong_lp,
+            "negated_logprob": neg_lp,
             "comparison": true_lp - mean(wrong_lp),
             "comparison_max": true_lp - max(wrong_lp),
             "negation": true_lp - neg_lp,
@@ -92,9 +97,13 @@ def summarize_probes(records: Sequence[Mapping[str, Any]]) -> dict[str, float]:
     the mean ``negation_frame`` when every record has one."""
     if not records:
         return {}
-    frame = ({"negation_frame": mean([r["negation_frame"] for r in records])}
-             if all("negation_frame" in r for r in records) else {})
-    return {**frame,
+    frame = (
+        {"negation_frame": mean([r["negation_frame"] for r in records])}
+        if all("negation_frame" in r for r in records)
+        else {}
+    )
+    return {
+        **frame,
         "comparison": mean([r["comparison"] for r in records]),
         "comparison_max": mean([r["comparison_max"] for r in records]),
         "negation": mean([r["negation"] for r in records]),
@@ -113,6 +122,5 @@ def likelihood_ratios(
     bos: bool = True,
 ) -> tuple[dict[str, float], list[dict[str, Any]]]:
     """Returns (means over facts, per-fact records) of the comparison and negation ratios."""
-    records = probe_facts(params, cfg, tokenizer, rows, batch_size=batch_size, mesh=mesh,
-                          bos=bos)
+    records = probe_facts(params, cfg, tokenizer, rows, batch_size=batch_size, mesh=mesh, bos=bos)
     return summarize_probes(records), records

@@ -97,13 +97,17 @@ class JaxknowLM(TemplateLM):
         super().__init__()
         del max_batch_size, device  # lm-eval passes them to every model; jaxknow uses the mesh
         if kwargs:
-            raise JaxknowLMError(f"jaxknow model: unknown argument(s) {sorted(kwargs)}; known: "
-                                 "path, bos, dtype, step, batch_size, max_length, "
-                                 "max_gen_toks, mesh")
+            raise JaxknowLMError(
+                f"jaxknow model: unknown argument(s) {sorted(kwargs)}; known: "
+                "path, bos, dtype, step, batch_size, max_length, "
+                "max_gen_toks, mesh"
+            )
         if model is None:
             if not path:
-                raise JaxknowLMError("jaxknow model: give path=DIR (a jaxknow workdir, "
-                                     "checkpoint or converted model directory)")
+                raise JaxknowLMError(
+                    "jaxknow model: give path=DIR (a jaxknow workdir, "
+                    "checkpoint or converted model directory)"
+                )
             from jaxknow.io.load import load_model
             from jaxknow.parallel.mesh import make_mesh
 
@@ -116,14 +120,19 @@ class JaxknowLM(TemplateLM):
             params, cfg, tok = model.params, model.cfg, model.tokenizer
         if tok is None:
             where = getattr(model, "path", path)
-            raise JaxknowLMError(f"jaxknow model {where}: no tokenizer.json beside the "
-                                 "checkpoint (looked in DIR and DIR/data); copy the tokenizer "
-                                 "of the training data there")
+            raise JaxknowLMError(
+                f"jaxknow model {where}: no tokenizer.json beside the "
+                "checkpoint (looked in DIR and DIR/data); copy the tokenizer "
+                "of the training data there"
+            )
         self.params, self.cfg, self.tok = params, cfg, tok
         try:
             self.add_bos = scoring.use_bos(bos, meta) and tok.bos_id is not None
-            bs = 32 if batch_size in (None, "auto") or str(batch_size).startswith("auto") \
+            bs = (
+                32
+                if batch_size in (None, "auto") or str(batch_size).startswith("auto")
                 else int(batch_size)
+            )
         except ValueError as e:
             raise JaxknowLMError(f"jaxknow model: {e}") from None
         if bs <= 0:
@@ -131,8 +140,9 @@ class JaxknowLM(TemplateLM):
         self._batch_size = bs
         self._max_length = int(max_length) if max_length else cfg.max_seq_len
         if self._max_length > cfg.max_seq_len:
-            raise JaxknowLMError(f"max_length={max_length} exceeds the model's max_seq_len="
-                                 f"{cfg.max_seq_len}")
+            raise JaxknowLMError(
+                f"max_length={max_length} exceeds the model's max_seq_len={cfg.max_seq_len}"
+            )
         self._max_gen_toks = int(max_gen_toks)
         self.mesh = generate.mesh_of(params)
         self.params = generate.place_params(params, cfg, self.mesh)
@@ -164,8 +174,9 @@ class JaxknowLM(TemplateLM):
     def tokenizer_name(self) -> str:
         return "jaxknow"
 
-    def tok_encode(self, string: str, add_special_tokens: bool | None = None,
-                   **kwargs: Any) -> list[int]:
+    def tok_encode(
+        self, string: str, add_special_tokens: bool | None = None, **kwargs: Any
+    ) -> list[int]:
         """Returns the token ids of `string`, with BOS first when `add_special_tokens` (None:
         the model's BOS setting)."""
         add = self.add_bos if add_special_tokens is None else bool(add_special_tokens)
@@ -184,24 +195,34 @@ class JaxknowLM(TemplateLM):
         fitted, cut = [], []
         for i, (ctx, cont) in enumerate(pairs):
             if len(cont) >= limit:
-                raise JaxknowLMError(f"request {i}: its continuation alone has {len(cont)} "
-                                     f"tokens; the model's context is {self._max_length}")
+                raise JaxknowLMError(
+                    f"request {i}: its continuation alone has {len(cont)} "
+                    f"tokens; the model's context is {self._max_length}"
+                )
             extra = len(ctx) + len(cont) - limit
             if extra > 0:
                 cut.append(extra)
                 ctx = ctx[extra:]
             fitted.append((ctx, cont))
         if cut:
-            log.warning("jaxknow: %d of %d requests are longer than the context of %d tokens: "
-                        "up to %d of their leading context tokens were dropped",
-                        len(cut), len(pairs), self._max_length, max(cut))
-        return scoring.score_pairs(self.params, self.cfg, fitted,
-                                   batch_size=self._batch_size, mesh=self.mesh)
+            log.warning(
+                "jaxknow: %d of %d requests are longer than the context of %d tokens: "
+                "up to %d of their leading context tokens were dropped",
+                len(cut),
+                len(pairs),
+                self._max_length,
+                max(cut),
+            )
+        return scoring.score_pairs(
+            self.params, self.cfg, fitted, batch_size=self._batch_size, mesh=self.mesh
+        )
 
-    def _loglikelihood_tokens(self, requests: list[tuple[tuple[str, str], list[int],
-                                                         list[int]]],
-                              disable_tqdm: bool = False, **kwargs: Any
-                              ) -> list[tuple[float, bool]]:
+    def _loglikelihood_tokens(
+        self,
+        requests: list[tuple[tuple[str, str], list[int], list[int]]],
+        disable_tqdm: bool = False,
+        **kwargs: Any,
+    ) -> list[tuple[float, bool]]:
         """Returns (summed log-likelihood, is_greedy) of each (key, context ids,
         continuation ids) request, in request order."""
         if not requests:
@@ -215,8 +236,7 @@ class JaxknowLM(TemplateLM):
             out.append(answer)
         return out
 
-    def loglikelihood_rolling(self, requests: list[Any], disable_tqdm: bool = False
-                              ) -> list[float]:
+    def loglikelihood_rolling(self, requests: list[Any], disable_tqdm: bool = False) -> list[float]:
         """Returns the log-likelihood of each whole string (``Instance.args = (text,)``),
         scored in disjoint windows of the model's context with the harness's rolling-window
         rule (first window conditioned on `prefix_token_id`)."""
@@ -225,9 +245,15 @@ class JaxknowLM(TemplateLM):
         for r, req in enumerate(requests):
             (text,) = req.args
             ids = self.tok_encode(text, add_special_tokens=False)
-            for ctx, cont in map(make_disjoint_window, get_rolling_token_windows(
-                    token_list=ids, prefix_token=self.prefix_token_id,
-                    max_seq_len=self._max_length, context_len=1)):
+            for ctx, cont in map(
+                make_disjoint_window,
+                get_rolling_token_windows(
+                    token_list=ids,
+                    prefix_token=self.prefix_token_id,
+                    max_seq_len=self._max_length,
+                    context_len=1,
+                ),
+            ):
                 pairs.append((list(ctx), list(cont)))
                 owner.append(r)
         totals = np.zeros(len(requests), np.float64)
@@ -250,8 +276,10 @@ class JaxknowLM(TemplateLM):
         do_sample = kw.pop("do_sample", False)
         temperature = float(kw.pop("temperature", 0.0) or 0.0)
         if do_sample or temperature > 0:
-            raise JaxknowLMError(f"jaxknow generates greedily only; got do_sample={do_sample}, "
-                                 f"temperature={temperature}")
+            raise JaxknowLMError(
+                f"jaxknow generates greedily only; got do_sample={do_sample}, "
+                f"temperature={temperature}"
+            )
         if max_new <= 0 or max_new >= self._max_length:
             raise JaxknowLMError(f"max_gen_toks={max_new}: must be in [1, {self._max_length})")
         return until, max_new
@@ -272,14 +300,28 @@ class JaxknowLM(TemplateLM):
             limit = self._max_length - max_new
             cut = [len(p) - limit for p in prompts if len(p) > limit]
             if cut:
-                log.warning("jaxknow: %d of %d prompts are longer than %d tokens (context %d "
-                            "- %d new): up to %d of their leading tokens were dropped",
-                            len(cut), len(prompts), limit, self._max_length, max_new, max(cut))
+                log.warning(
+                    "jaxknow: %d of %d prompts are longer than %d tokens (context %d "
+                    "- %d new): up to %d of their leading tokens were dropped",
+                    len(cut),
+                    len(prompts),
+                    limit,
+                    self._max_length,
+                    max_new,
+                    max(cut),
+                )
             prompts = [p[-limit:] or [self.prefix_token_id] for p in prompts]
             table = _stop_table(self.tok, self.cfg.vocab_size, until)
             toks = generate.generate_tokens(
-                self.params, self.cfg, prompts, max_new_tokens=max_new, stop_table=table,
-                pad_id=self.tok.pad_id, batch_size=self._batch_size, mesh=self.mesh)
+                self.params,
+                self.cfg,
+                prompts,
+                max_new_tokens=max_new,
+                stop_table=table,
+                pad_id=self.tok.pad_id,
+                batch_size=self._batch_size,
+                mesh=self.mesh,
+            )
             for r, ids in zip(idx, toks):
                 if ids and ids[-1] == self.tok.eos_id:
                     ids = ids[:-1]

@@ -29,8 +29,13 @@ def main() -> None:
 
     try:
         cli_evaluate()
-    except (adapter.JaxknowLMError, CheckpointError, TokenizerError, FileNotFoundError,
-            ValueError) as e:  # user errors (lm-eval's own unknown-model/task errors too)
+    except (
+        adapter.JaxknowLMError,
+        CheckpointError,
+        TokenizerError,
+        FileNotFoundError,
+        ValueError,
+    ) as e:  # user errors (lm-eval's own unknown-model/task errors too)
         print(f"error: {e}", file=sys.stderr)
         sys.exit(2)
 

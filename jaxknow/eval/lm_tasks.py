@@ -97,13 +97,16 @@ class _ForkSamplerMixin:
     def set_rnd(self, rnd: int | None) -> Any:
         return self  # the fork's seed is fixed per task
 
-    def sample(self, n: int, eval_doc: Mapping[str, Any] | None = None, df: Any = None,
-               **kwargs: Any) -> list[dict[str, Any]]:
+    def sample(
+        self, n: int, eval_doc: Mapping[str, Any] | None = None, df: Any = None, **kwargs: Any
+    ) -> list[dict[str, Any]]:
         if n <= 0:
             return []
         if eval_doc is None or INDEX_FIELD not in eval_doc:
-            raise ValueError("jaxknow tasks draw demonstrations from the evaluated split: "
-                             f"fewshot_split must equal test_split and rows need {INDEX_FIELD}")
+            raise ValueError(
+                "jaxknow tasks draw demonstrations from the evaluated split: "
+                f"fewshot_split must equal test_split and rows need {INDEX_FIELD}"
+            )
         docs = list(self.df)
         cache = self.__dict__.setdefault("_schedule", {})
         if n not in cache:
@@ -148,8 +151,14 @@ def _yaml_str(s: str) -> str:
     return json.dumps(s)  # a JSON string is a valid YAML double-quoted scalar
 
 
-def task_yaml(task: str, kind: str, data_file: Path, k: int, tags: Sequence[str],
-              max_new_tokens: int = MAX_NEW_TOKENS) -> str:
+def task_yaml(
+    task: str,
+    kind: str,
+    data_file: Path,
+    k: int,
+    tags: Sequence[str],
+    max_new_tokens: int = MAX_NEW_TOKENS,
+) -> str:
     """Returns the YAML text of one task reading `data_file` (absolute path)."""
     lines = [
         f"task: {task}",
@@ -191,7 +200,7 @@ def task_yaml(task: str, kind: str, data_file: Path, k: int, tags: Sequence[str]
             "output_type: multiple_choice",
             f"description: {_yaml_str(MC_DESCRIPTION)}",
             "doc_to_text: !function utils.mc_text",
-            "doc_to_choice: [\"A\", \"B\", \"C\", \"D\"]",
+            'doc_to_choice: ["A", "B", "C", "D"]',
             "doc_to_target: !function utils.mc_target",
             "metric_list:",
             "  - metric: acc",
@@ -212,7 +221,7 @@ def find_subsets(data_dir: str | Path, pattern: str = "eval_*.jsonl") -> dict[st
         raise FileNotFoundError(f"data directory not found: {data_dir}")
     out = {}
     for p in sorted(data_dir.glob(pattern)):
-        out[p.stem[len("eval_"):] if p.stem.startswith("eval_") else p.stem] = p
+        out[p.stem[len("eval_") :] if p.stem.startswith("eval_") else p.stem] = p
     return out
 
 
@@ -239,8 +248,9 @@ def write_lm_tasks(
     if subsets:
         missing = [s for s in subsets if s not in found]
         if missing:
-            raise FileNotFoundError(f"subset(s) {missing} not in {data_dir} (found: "
-                                    f"{sorted(found)})")
+            raise FileNotFoundError(
+                f"subset(s) {missing} not in {data_dir} (found: {sorted(found)})"
+            )
         found = {s: found[s] for s in subsets}
     out = Path(out_dir).absolute()
     out.mkdir(parents=True, exist_ok=True)
@@ -250,8 +260,10 @@ def write_lm_tasks(
         kind = subset_kind(name, rows)
         if kind not in fewshot.KINDS:
             if subsets:
-                raise ValueError(f"subset {name!r} ({path}) is a {kind!r} subset; only free-form "
-                                 "and multiple-choice subsets become lm-eval tasks")
+                raise ValueError(
+                    f"subset {name!r} ({path}) is a {kind!r} subset; only free-form "
+                    "and multiple-choice subsets become lm-eval tasks"
+                )
             continue
         try:
             check_rows(name, kind, rows)
@@ -261,8 +273,9 @@ def write_lm_tasks(
         task = f"{prefix}{name}"
         data_file = out / f"{task}.jsonl"
         write_jsonl(data_file, [{**r, INDEX_FIELD: i} for i, r in enumerate(rows)])
-        (out / f"{task}.yaml").write_text(task_yaml(task, kind, data_file, num_fewshot, [tag],
-                                                    max_new_tokens))
+        (out / f"{task}.yaml").write_text(
+            task_yaml(task, kind, data_file, num_fewshot, [tag], max_new_tokens)
+        )
         written[task] = kind
     if not written:
         raise ValueError(f"no free-form or multiple-choice eval_*.jsonl subsets in {data_dir}")

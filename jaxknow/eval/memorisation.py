@@ -30,8 +30,9 @@ from jaxknow.parallel.rules import Sharder
 
 
 @functools.partial(jax.jit, static_argnames=("cfg", "sharder"))
-def _argmax(params: Any, tokens: jax.Array, segment_ids: jax.Array, *, cfg: ModelConfig,
-            sharder: Sharder) -> jax.Array:
+def _argmax(
+    params: Any, tokens: jax.Array, segment_ids: jax.Array, *, cfg: ModelConfig, sharder: Sharder
+) -> jax.Array:
     """Returns the greedy next token [B, T] after every position."""
     logits = transformer.apply(params, tokens, cfg, segment_ids=segment_ids, sharder=sharder)
     return jnp.argmax(logits, axis=-1).astype(jnp.int32)
@@ -52,8 +53,10 @@ def next_token_hits(
         raise ValueError(f"{len(sequences)} sequences but {len(positions)} position lists")
     for i, (seq, pos) in enumerate(zip(sequences, positions)):
         if len(seq) - 1 > cfg.max_seq_len:
-            raise ValueError(f"sequence {i} has {len(seq)} tokens; the model's context is "
-                             f"model.max_seq_len={cfg.max_seq_len}")
+            raise ValueError(
+                f"sequence {i} has {len(seq)} tokens; the model's context is "
+                f"model.max_seq_len={cfg.max_seq_len}"
+            )
         if any(j < 1 or j >= len(seq) for j in pos):
             raise ValueError(f"sequence {i}: positions {list(pos)} outside [1, {len(seq)})")
     n = len(sequences)
@@ -66,7 +69,7 @@ def next_token_hits(
     order = sorted(range(n), key=lambda i: -len(sequences[i]))
     rows = batch_rows(n, batch_size, mesh)
     for start in range(0, n, rows):
-        idx = order[start:start + rows]
+        idx = order[start : start + rows]
         t = min(bucket_length(max(len(sequences[i]) - 1 for i in idx)), cfg.max_seq_len)
         tokens = np.zeros((rows, t), np.int32)
         segs = np.zeros((rows, t), np.int32)
@@ -74,9 +77,17 @@ def next_token_hits(
             m = len(sequences[i]) - 1
             tokens[r, :m] = sequences[i][:-1]
             segs[r, :m] = 1
-        pred = np.asarray(jax.device_get(_argmax(params, place_batch(tokens, mesh),
-                                                 place_batch(segs, mesh), cfg=cfg,
-                                                 sharder=sharder)))
+        pred = np.asarray(
+            jax.device_get(
+                _argmax(
+                    params,
+                    place_batch(tokens, mesh),
+                    place_batch(segs, mesh),
+                    cfg=cfg,
+                    sharder=sharder,
+                )
+            )
+        )
         for r, i in enumerate(idx):
             seq = sequences[i]
             out[i] = np.array([pred[r, j - 1] == seq[j] for j in positions[i]], bool)

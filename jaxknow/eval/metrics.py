@@ -67,8 +67,10 @@ def gold_answers(row: Mapping[str, Any]) -> list[str]:
 
 def score_free_form(prediction: str, golds: Sequence[str]) -> dict[str, float]:
     """Returns {"em", "f1"} of one prediction: the maximum over the gold answers."""
-    return {"em": max_over_golds(exact_match, prediction, golds),
-            "f1": max_over_golds(f1_score, prediction, golds)}
+    return {
+        "em": max_over_golds(exact_match, prediction, golds),
+        "f1": max_over_golds(f1_score, prediction, golds),
+    }
 
 
 def mean(values: Sequence[float]) -> float:
@@ -103,8 +105,9 @@ def mean_std(values: Sequence[float], ddof: int = 1) -> dict[str, float]:
     return {"mean": mean(values), "std": std(values, ddof), "n": float(len(values))}
 
 
-def aggregate_runs(runs: Sequence[Mapping[str, Mapping[str, float]]], ddof: int = 1
-                   ) -> dict[str, dict[str, dict[str, float]]]:
+def aggregate_runs(
+    runs: Sequence[Mapping[str, Mapping[str, float]]], ddof: int = 1
+) -> dict[str, dict[str, dict[str, float]]]:
     """Returns task -> metric -> {"mean", "std", "n"} over runs (e.g. seeds), each run being
     task -> metric -> value; a metric missing from some runs is aggregated over the others."""
     out: dict[str, dict[str, dict[str, float]]] = {}
@@ -115,8 +118,10 @@ def aggregate_runs(runs: Sequence[Mapping[str, Mapping[str, float]]], ddof: int 
         metrics: list[str] = []
         for run in runs:
             metrics += [m for m in run.get(task, {}) if m not in metrics]
-        out[task] = {m: mean_std([float(r[task][m]) for r in runs
-                                  if task in r and m in r[task]], ddof) for m in metrics}
+        out[task] = {
+            m: mean_std([float(r[task][m]) for r in runs if task in r and m in r[task]], ddof)
+            for m in metrics
+        }
     return out
 
 

@@ -58,12 +58,18 @@ def plot_per_layer(
         if bands and name in bands:
             low, high = (list(b) for b in bands[name])
             if not len(low) == len(high) == len(values):
-                raise ValueError(f"band of {name!r} has {len(low)} / {len(high)} values for "
-                                 f"{len(values)}")
+                raise ValueError(
+                    f"band of {name!r} has {len(low)} / {len(high)} values for {len(values)}"
+                )
             ax.fill_between(xs, low, high, color=line.get_color(), alpha=0.2, linewidth=0)
     for name, level in (reference or {}).items():
-        ax.axhline(level, linestyle="--", linewidth=1, color=colours.get(name, "grey"),
-                   label=f"{name} (chance)" if name in colours else name)
+        ax.axhline(
+            level,
+            linestyle="--",
+            linewidth=1,
+            color=colours.get(name, "grey"),
+            label=f"{name} (chance)" if name in colours else name,
+        )
     ax.set_xlabel(xlabel)
     ax.set_ylabel(ylabel)
     if title:
@@ -99,8 +105,9 @@ def plot_loss_curve(
     ax = fig.add_subplot()
     ax.plot(list(steps), list(losses), linewidth=1.2, label=ylabel)
     for i, m in enumerate(markers):
-        ax.axvline(m, color="tab:red", linestyle=":", linewidth=1,
-                   label=marker_label if i == 0 else None)
+        ax.axvline(
+            m, color="tab:red", linestyle=":", linewidth=1, label=marker_label if i == 0 else None
+        )
     if log_y and all(v > 0 for v in losses if not math.isnan(v)):
         ax.set_yscale("log")
     ax.set_xlabel("step")

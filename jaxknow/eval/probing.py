@@ -98,8 +98,9 @@ def _pad_length(n: int, cfg: ModelConfig) -> int:
     """Rounds a sequence length up to a multiple of 32 (fewer compiles), within max_seq_len for
     learned positions."""
     if cfg.pos_embedding == "learned" and n > cfg.max_seq_len:
-        raise ValueError(f"a probed sequence has {n} tokens, more than model.max_seq_len="
-                         f"{cfg.max_seq_len}")
+        raise ValueError(
+            f"a probed sequence has {n} tokens, more than model.max_seq_len={cfg.max_seq_len}"
+        )
     t = -(-n // 32) * 32
     return min(t, cfg.max_seq_len) if cfg.pos_embedding == "learned" else t
 
@@ -112,8 +113,15 @@ def _pad_tokens(seqs: Sequence[Sequence[int]], length: int, pad_id: int) -> np.n
 
 
 @functools.partial(jax.jit, static_argnames=("cfg", "layers", "sharder"))
-def _features(params: Any, tokens: jax.Array, pos: jax.Array, *, cfg: ModelConfig,
-              layers: tuple[int, ...], sharder: Sharder) -> jax.Array:
+def _features(
+    params: Any,
+    tokens: jax.Array,
+    pos: jax.Array,
+    *,
+    cfg: ModelConfig,
+    layers: tuple[int, ...],
+    sharder: Sharder,
+) -> jax.Array:
     """Returns float32 hidden states [S, B, K, D] of `layers` at positions pos [B, K]."""
     h = forward(params, tokens, cfg, sharder=sharder, collect_hidden=True).hiddens
     h = h[np.asarray(layers)]
@@ -150,8 +158,9 @@ def hidden_features(
         raise ValueError(f"{n} sequences but {pos.shape[0]} rows of positions")
     for i, s in enumerate(token_batches):
         if pos[i].min() < 0 or pos[i].max() >= len(s):
-            raise ValueError(f"example {i}: read position {pos[i].tolist()} outside its "
-                             f"{len(s)} tokens")
+            raise ValueError(
+                f"example {i}: read position {pos[i].tolist()} outside its {len(s)} tokens"
+            )
     layer_idx = tuple(resolve_layers(layers, cfg.n_layers))
     if n == 0:
         out = np.zeros((len(layer_idx), 0, pos.shape[1], cfg.d_model), np.float32)
@@ -159,14 +168,20 @@ def hidden_features(
     length = _pad_length(max(len(s) for s in token_batches), cfg)
     chunks = []
     for lo in range(0, n, batch_size):
-        seqs = list(token_batches[lo: lo + batch_size])
-        p = pos[lo: lo + batch_size]
+        seqs = list(token_batches[lo : lo + batch_size])
+        p = pos[lo : lo + batch_size]
         real = len(seqs)
         if real < batch_size:  # a full-size last batch keeps one compiled shape
             seqs += [[pad_id]] * (batch_size - real)
             p = np.concatenate([p, np.zeros((batch_size - real, p.shape[1]), np.int32)])
-        out = _features(params, jnp.asarray(_pad_tokens(seqs, length, pad_id)),
-                        jnp.asarray(p), cfg=cfg, layers=layer_idx, sharder=sharder)
+        out = _features(
+            params,
+            jnp.asarray(_pad_tokens(seqs, length, pad_id)),
+            jnp.asarray(p),
+            cfg=cfg,
+            layers=layer_idx,
+            sharder=sharder,
+        )
         chunks.append(np.asarray(out)[:, :real])
     feats = np.concatenate(chunks, axis=1)
     return feats[:, :, 0] if single else feats
@@ -188,9 +203,20 @@ def _masked_logits(logits: jax.Array, num_classes: jax.Array) -> jax.Array:
 
 
 @functools.partial(jax.jit, static_argnames=("steps", "batch_size", "c_pad"))
-def _fit_linear(x_tr: jax.Array, y_tr: jax.Array, x_te: jax.Array, y_te: jax.Array,
-                num_classes: jax.Array, lr: jax.Array, weight_decay: jax.Array, key: jax.Array,
-                *, steps: int, batch_size: int | None, c_pad: int) -> jax.Array:
+def _fit_linear(
+    x_tr: jax.Array,
+    y_tr: jax.Array,
+    x_te: jax.Array,
+    y_te: jax.Array,
+    num_classes: jax.Array,
+    lr: jax.Array,
+    weight_decay: jax.Array,
+    key: jax.Array,
+    *,
+    steps: int,
+    batch_size: int | None,
+    c_pad: int,
+) -> jax.Array:
     """Trains one softmax-regression probe per leading index g of x [G, n, D] (labels [n]) and
     returns the test accuracy per g."""
     g, n, d = x_tr.shape
@@ -248,31 +274,45 @@ def train_linear_probe(
     labels = np.asarray(labels, np.int32)
     train_idx, test_idx = np.asarray(train_idx, np.int64), np.asarray(test_idx, np.int64)
     if features.ndim != 3 or labels.shape != features.shape[1:2]:
-        raise ValueError(f"features must be [L, N, D] and labels [N]; got {features.shape} and "
-                         f"{labels.shape}")
+        raise ValueError(
+            f"features must be [L, N, D] and labels [N]; got {features.shape} and {labels.shape}"
+        )
     if len(train_idx) == 0 or len(test_idx) == 0:
         raise ValueError("train_linear_probe needs at least one training and one test example")
     if labels.min() < 0 or labels.max() >= num_classes:
         raise ValueError(f"labels must lie in [0, {num_classes})")
     acc = _fit_linear(
-        jnp.asarray(features[:, train_idx]), jnp.asarray(labels[train_idx]),
-        jnp.asarray(features[:, test_idx]), jnp.asarray(labels[test_idx]),
-        jnp.asarray(num_classes, jnp.int32), jnp.asarray(lr, jnp.float32),
-        jnp.asarray(weight_decay, jnp.float32), jax.random.key(seed),
-        steps=int(steps), batch_size=batch_size, c_pad=_bucket_classes(num_classes),
+        jnp.asarray(features[:, train_idx]),
+        jnp.asarray(labels[train_idx]),
+        jnp.asarray(features[:, test_idx]),
+        jnp.asarray(labels[test_idx]),
+        jnp.asarray(num_classes, jnp.int32),
+        jnp.asarray(lr, jnp.float32),
+        jnp.asarray(weight_decay, jnp.float32),
+        jax.random.key(seed),
+        steps=int(steps),
+        batch_size=batch_size,
+        c_pad=_bucket_classes(num_classes),
     )
     return np.asarray(acc, np.float64)
 
 
-def _head_logits(tr: Any, base: Any, tokens: jax.Array, p: jax.Array,
-                 consts: Mapping[str, jax.Array], cfg: ModelConfig, sharder: Sharder
-                 ) -> jax.Array:
+def _head_logits(
+    tr: Any,
+    base: Any,
+    tokens: jax.Array,
+    p: jax.Array,
+    consts: Mapping[str, jax.Array],
+    cfg: ModelConfig,
+    sharder: Sharder,
+) -> jax.Array:
     """Returns masked probe logits [S, B, H, C]: for each probed layer, the model run with
     that layer's embedding adapter, its features read at p [B, K] (columns `cols`),
     standardised with (mu, sd), through that layer's probes."""
 
-    def one(adapter: Any, w: jax.Array, b: jax.Array, layer: jax.Array, m: jax.Array,
-            s: jax.Array) -> jax.Array:
+    def one(
+        adapter: Any, w: jax.Array, b: jax.Array, layer: jax.Array, m: jax.Array, s: jax.Array
+    ) -> jax.Array:
         adapted = dict(base)
         adapted["embed"] = {**base["embed"], **adapter}
         hs = forward(adapted, tokens, cfg, sharder=sharder, collect_hidden=True).hiddens
@@ -283,19 +323,33 @@ def _head_logits(tr: Any, base: Any, tokens: jax.Array, p: jax.Array,
 
     # lax.map, not vmap: the model compiles once whatever S, and one layer's activations
     # are live at a time
-    return jax.lax.map(lambda a: one(*a), (tr["adapter"], tr["w"], tr["b"], consts["layers"],
-                                          consts["mu"], consts["sd"]))
+    return jax.lax.map(
+        lambda a: one(*a),
+        (tr["adapter"], tr["w"], tr["b"], consts["layers"], consts["mu"], consts["sd"]),
+    )
 
 
 @functools.partial(jax.jit, static_argnames=("cfg", "sharder", "lr", "weight_decay"))
-def _probe_step(tr: Any, opt: Any, base: Any, tokens: jax.Array, p: jax.Array, y: jax.Array,
-                consts: Mapping[str, jax.Array], *, cfg: ModelConfig, sharder: Sharder,
-                lr: float, weight_decay: float) -> tuple[Any, Any]:
+def _probe_step(
+    tr: Any,
+    opt: Any,
+    base: Any,
+    tokens: jax.Array,
+    p: jax.Array,
+    y: jax.Array,
+    consts: Mapping[str, jax.Array],
+    *,
+    cfg: ModelConfig,
+    sharder: Sharder,
+    lr: float,
+    weight_decay: float,
+) -> tuple[Any, Any]:
     """One AdamW step of the adapters and probes `tr` on labels y [H, B]."""
 
     def loss(tr: Any) -> jax.Array:
         ce = optax.softmax_cross_entropy_with_integer_labels(
-            _head_logits(tr, base, tokens, p, consts, cfg, sharder), y.T[None])
+            _head_logits(tr, base, tokens, p, consts, cfg, sharder), y.T[None]
+        )
         return ce.mean(axis=1).sum()
 
     tx = optax.adamw(lr, weight_decay=weight_decay)
@@ -304,9 +358,16 @@ def _probe_step(tr: Any, opt: Any, base: Any, tokens: jax.Array, p: jax.Array, y
 
 
 @functools.partial(jax.jit, static_argnames=("cfg", "sharder"))
-def _probe_predict(tr: Any, base: Any, tokens: jax.Array, p: jax.Array,
-                   consts: Mapping[str, jax.Array], *, cfg: ModelConfig, sharder: Sharder
-                   ) -> jax.Array:
+def _probe_predict(
+    tr: Any,
+    base: Any,
+    tokens: jax.Array,
+    p: jax.Array,
+    consts: Mapping[str, jax.Array],
+    *,
+    cfg: ModelConfig,
+    sharder: Sharder,
+) -> jax.Array:
     """Returns the predicted class [S, B, H] of every probe."""
     return jnp.argmax(_head_logits(tr, base, tokens, p, consts, cfg, sharder), -1)
 
@@ -319,13 +380,16 @@ def _stack_heads(heads: Sequence[ProbeHead]) -> tuple[np.ndarray, np.ndarray, np
     return cols, labels, ncls
 
 
-def _init_probes(cfg: ModelConfig, rank: int, n_layers: int, n_heads: int, c_pad: int,
-                 seed: int) -> dict[str, Any]:
+def _init_probes(
+    cfg: ModelConfig, rank: int, n_layers: int, n_heads: int, c_pad: int, seed: int
+) -> dict[str, Any]:
     """Returns the trainable tree: one embedding adapter per probed layer (seeded by its
     index) and zero-initialised probes w [S, H, D, C], b [S, H, C]."""
     key = jax.random.key(seed)
-    adapters = [init_lora(cfg, LoraConfig(embedding_rank=rank), jax.random.fold_in(key, s))
-                ["embed"] for s in range(n_layers)]
+    adapters = [
+        init_lora(cfg, LoraConfig(embedding_rank=rank), jax.random.fold_in(key, s))["embed"]
+        for s in range(n_layers)
+    ]
     return {
         "adapter": jax.tree.map(lambda *xs: jnp.stack(xs).astype(jnp.float32), *adapters),
         "w": jnp.zeros((n_layers, n_heads, cfg.d_model, c_pad), jnp.float32),
@@ -358,9 +422,18 @@ class _AdapterProblem:
         for _ in range(settings.steps):
             rows = train_idx if bs == n_tr else train_idx[rng.choice(n_tr, bs, replace=False)]
             trainable, opt_state = _probe_step(
-                trainable, opt_state, self.params, jnp.asarray(self.tokens[rows]),
-                jnp.asarray(self.pos[rows]), jnp.asarray(self.labels[:, rows]), self.consts,
-                cfg=self.cfg, sharder=self.sharder, lr=lr, weight_decay=wd)
+                trainable,
+                opt_state,
+                self.params,
+                jnp.asarray(self.tokens[rows]),
+                jnp.asarray(self.pos[rows]),
+                jnp.asarray(self.labels[:, rows]),
+                self.consts,
+                cfg=self.cfg,
+                sharder=self.sharder,
+                lr=lr,
+                weight_decay=wd,
+            )
         return trainable
 
     def accuracy(self, trainable: Any, test_idx: np.ndarray, batch_size: int) -> np.ndarray:
@@ -369,12 +442,19 @@ class _AdapterProblem:
         n_layers, n_heads = trainable["b"].shape[:2]
         correct = np.zeros((n_layers, n_heads))
         for lo in range(0, len(test_idx), batch_size):
-            rows = test_idx[lo: lo + batch_size]
+            rows = test_idx[lo : lo + batch_size]
             real = len(rows)
             rows = np.concatenate([rows, np.repeat(rows[:1], batch_size - real)])
-            pred = np.asarray(_probe_predict(
-                trainable, self.params, jnp.asarray(self.tokens[rows]),
-                jnp.asarray(self.pos[rows]), self.consts, cfg=self.cfg, sharder=self.sharder)
+            pred = np.asarray(
+                _probe_predict(
+                    trainable,
+                    self.params,
+                    jnp.asarray(self.tokens[rows]),
+                    jnp.asarray(self.pos[rows]),
+                    self.consts,
+                    cfg=self.cfg,
+                    sharder=self.sharder,
+                )
             )[:, :real]  # [S, B, H]
             correct += (pred == self.labels[:, rows[:real]].T[None]).sum(axis=1)
         return correct / len(test_idx)
@@ -418,18 +498,30 @@ def train_probe_with_embedding_update(
     if len(train_idx) == 0 or len(test_idx) == 0:
         raise ValueError("probing needs at least one training and one test example")
 
-    feats = hidden_features(params, cfg, [sequences[i] for i in train_idx], pos[train_idx],
-                            layers=layer_idx, batch_size=settings.feature_batch_size,
-                            pad_id=pad_id, sharder=sharder)[:, :, cols]  # [S, n, H, D]
-    consts = {"layers": jnp.asarray(layer_idx, jnp.int32), "mu": jnp.asarray(feats.mean(axis=1)),
-              "sd": jnp.asarray(feats.std(axis=1) + 1e-5), "cols": jnp.asarray(cols),
-              "ncls": jnp.asarray(ncls)[:, None]}
+    feats = hidden_features(
+        params,
+        cfg,
+        [sequences[i] for i in train_idx],
+        pos[train_idx],
+        layers=layer_idx,
+        batch_size=settings.feature_batch_size,
+        pad_id=pad_id,
+        sharder=sharder,
+    )[:, :, cols]  # [S, n, H, D]
+    consts = {
+        "layers": jnp.asarray(layer_idx, jnp.int32),
+        "mu": jnp.asarray(feats.mean(axis=1)),
+        "sd": jnp.asarray(feats.std(axis=1) + 1e-5),
+        "cols": jnp.asarray(cols),
+        "ncls": jnp.asarray(ncls)[:, None],
+    }
     del feats
 
     trainable = _init_probes(cfg, rank, len(layer_idx), len(heads), c_pad, settings.seed)
     length = _pad_length(max(len(s) for s in sequences), cfg)
-    problem = _AdapterProblem(params, cfg, sharder, _pad_tokens(sequences, length, pad_id), pos,
-                              labels, consts)
+    problem = _AdapterProblem(
+        params, cfg, sharder, _pad_tokens(sequences, length, pad_id), pos, labels, consts
+    )
     trainable = problem.fit(trainable, train_idx, settings)
     acc = problem.accuracy(trainable, test_idx, settings.feature_batch_size)
     return acc, {k: np.asarray(v) for k, v in trainable["adapter"].items()}
@@ -454,15 +546,44 @@ def probe_heads(
     (`train_probe_with_embedding_update`). Arguments as for the latter."""
     if settings.embedding_rank > 0:
         acc, _ = train_probe_with_embedding_update(
-            params, cfg, sequences, read_positions, heads, train_idx, test_idx, settings,
-            pad_id=pad_id, sharder=sharder)
+            params,
+            cfg,
+            sequences,
+            read_positions,
+            heads,
+            train_idx,
+            test_idx,
+            settings,
+            pad_id=pad_id,
+            sharder=sharder,
+        )
         return acc
     layer_idx = resolve_layers(settings.layers, cfg.n_layers)
-    feats = hidden_features(params, cfg, sequences, read_positions, layers=layer_idx,
-                            batch_size=settings.feature_batch_size, pad_id=pad_id,
-                            sharder=sharder)  # [S, N, K, D]
-    return np.stack([
-        train_linear_probe(feats[:, :, column], labels, train_idx, test_idx, num_classes,
-                           settings.steps, settings.lr, settings.seed,
-                           batch_size=settings.batch_size, weight_decay=settings.weight_decay)
-        for column, labels, num_classes in heads], axis=1)
+    feats = hidden_features(
+        params,
+        cfg,
+        sequences,
+        read_positions,
+        layers=layer_idx,
+        batch_size=settings.feature_batch_size,
+        pad_id=pad_id,
+        sharder=sharder,
+    )  # [S, N, K, D]
+    return np.stack(
+        [
+            train_linear_probe(
+                feats[:, :, column],
+                labels,
+                train_idx,
+                test_idx,
+                num_classes,
+                settings.steps,
+                settings.lr,
+                settings.seed,
+                batch_size=settings.batch_size,
+                weight_decay=settings.weight_decay,
+            )
+            for column, labels, num_classes in heads
+        ],
+        axis=1,
+    )

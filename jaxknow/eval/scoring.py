@@ -53,6 +53,7 @@ from jaxknow.parallel.rules import Sharder
 MC_MODES = ("letters", "options")
 BOS_MODES = ("auto", "always", "never")
 
+
 def use_bos(mode: str, meta: Mapping[str, Any] | None = None) -> bool:
     """Returns whether prompts start with the tokenizer's BOS: ``"always"``, ``"never"``, or
     ``"auto"`` = not for a model converted from Hugging Face (checkpoint metadata
@@ -66,19 +67,25 @@ def use_bos(mode: str, meta: Mapping[str, Any] | None = None) -> bool:
 
 
 @functools.partial(jax.jit, static_argnames=("cfg", "sharder"))
-def _score_batch(params: Any, batch: Mapping[str, jax.Array], *, cfg: ModelConfig,
-                 sharder: Sharder) -> tuple[jax.Array, jax.Array, jax.Array]:
+def _score_batch(
+    params: Any, batch: Mapping[str, jax.Array], *, cfg: ModelConfig, sharder: Sharder
+) -> tuple[jax.Array, jax.Array, jax.Array]:
     """Returns per row (summed weighted log-likelihood, weight sum, all-greedy flag)."""
-    out = transformer.forward(params, batch["inputs"], cfg, positions=batch["positions"],
-                              segment_ids=batch["segment_ids"], sharder=sharder)
+    out = transformer.forward(
+        params,
+        batch["inputs"],
+        cfg,
+        positions=batch["positions"],
+        segment_ids=batch["segment_ids"],
+        sharder=sharder,
+    )
     lg = transformer.logits(params, out.hidden, cfg, sharder)
     tgt = batch["targets"]
     lse = jax.nn.logsumexp(lg, axis=-1)
     picked = jnp.take_along_axis(lg, tgt[..., None], axis=-1)[..., 0]
     w = batch["weights"].astype(jnp.float32)
     miss = (jnp.argmax(lg, axis=-1) != tgt) & (w > 0)
-    return (jnp.sum((picked - lse) * w, axis=-1), jnp.sum(w, axis=-1),
-            ~jnp.any(miss, axis=-1))
+    return (jnp.sum((picked - lse) * w, axis=-1), jnp.sum(w, axis=-1), ~jnp.any(miss, axis=-1))
 
 
 @dataclasses.dataclass
@@ -116,8 +123,10 @@ def score_pairs(
         if not ctx:
             raise ValueError(f"context {i} is empty (the first token cannot be scored)")
         if len(cont) >= max_len:
-            raise ValueError(f"continuation {i} has {len(cont)} tokens; the model's context is "
-                             f"model.max_seq_len={cfg.max_seq_len}")
+            raise ValueError(
+                f"continuation {i} has {len(cont)} tokens; the model's context is "
+                f"model.max_seq_len={cfg.max_seq_len}"
+            )
         ids = list(ctx) + list(cont)
         truncated[i] = max(0, len(ids) - max_len)
         seqs.append((ids[-max_len:], len(cont)))
@@ -130,7 +139,7 @@ def score_pairs(
     count = np.zeros(n, np.int64)
     greedy = np.zeros(n, bool)
     for start in range(0, n, rows):
-        idx = order[start:start + rows]
+        idx = order[start : start + rows]
         t = min(bucket_length(max(len(seqs[i][0]) - 1 for i in idx)), cfg.max_seq_len)
         arrays = {
             "inputs": np.zeros((rows, t), np.int32),
@@ -144,7 +153,7 @@ def score_pairs(
             m = len(ids) - 1
             arrays["inputs"][r, :m] = ids[:-1]
             arrays["targets"][r, :m] = ids[1:]
-            arrays["weights"][r, m - k:m] = 1.0
+            arrays["weights"][r, m - k : m] = 1.0
             arrays["segment_ids"][r, :m] = 1
             arrays["positions"][r, :m] = np.arange(m)
         batch = {k: place_batch(v, mesh) for k, v in arrays.items()}
@@ -171,8 +180,9 @@ def token_logprobs(
     return s.logprob, s.count
 
 
-def encode_pair(tokenizer: Tokenizer, context: str, continuation: str, bos: bool = True
-                ) -> tuple[list[int], list[int]]:
+def encode_pair(
+    tokenizer: Tokenizer, context: str, continuation: str, bos: bool = True
+) -> tuple[list[int], list[int]]:
     """Returns (prefix + context ids, continuation ids) split as the harness's
     ``_encode_pair`` does (module docstring); prefix = ``[bos]`` when `bos` (and the
     tokenizer has one). An empty context becomes the prefix, else ``[eos]``."""
@@ -185,7 +195,7 @@ def encode_pair(tokenizer: Tokenizer, context: str, continuation: str, bos: bool
         return (prefix or [tokenizer.eos_id]), tokenizer.encode(continuation)
     whole = tokenizer.encode(context + continuation)
     ctx = tokenizer.encode(context)
-    return prefix + ctx, whole[len(ctx):]
+    return prefix + ctx, whole[len(ctx) :]
 
 
 def continuation_logprobs(
@@ -230,8 +240,9 @@ def mc_continuations(row: Mapping[str, Any], mode: str = "letters") -> list[str]
     k = len(row["choices"])
     if mode == "letters":
         if k > len(MC_LETTERS):
-            raise ValueError(f"an MC row has {k} choices; letters mode supports at most "
-                             f"{len(MC_LETTERS)}")
+            raise ValueError(
+                f"an MC row has {k} choices; letters mode supports at most {len(MC_LETTERS)}"
+            )
         return [f" {letter}" for letter in MC_LETTERS]  # the fork always scores A-D
     if mode == "options":
         return [f" {c}" for c in row["choices"]]
@@ -262,8 +273,9 @@ def score_multiple_choice(
         spans.append((len(conts), len(conts) + len(options)))
         contexts += [prompt] * len(options)
         conts += options
-    lp, _ = continuation_logprobs(params, cfg, tokenizer, contexts, conts, batch_size, mesh,
-                                  bos=bos)
+    lp, _ = continuation_logprobs(
+        params, cfg, tokenizer, contexts, conts, batch_size, mesh, bos=bos
+    )
     if not rows:
         return MCResult(0.0, 0.0, [], [], [])
     pred, pred_norm, all_lp = [], [], []

@@ -16,8 +16,9 @@ def percent_cell(v: Any) -> str:
     return str(v)
 
 
-def markdown_table(header: Sequence[str], rows: Sequence[Sequence[Any]],
-                   cell: Callable[[Any], str] = percent_cell) -> str:
+def markdown_table(
+    header: Sequence[str], rows: Sequence[Sequence[Any]], cell: Callable[[Any], str] = percent_cell
+) -> str:
     """Returns a markdown table (header row, separator, one line per row); `cell` turns each
     row value into its text (default `percent_cell`; `str` for values already formatted)."""
     lines = ["| " + " | ".join(header) + " |", "|" + "---|" * len(header)]

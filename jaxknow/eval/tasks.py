@@ -73,8 +73,9 @@ def subset_kind(name: str, rows: Sequence[Row] = ()) -> str:
     return "free"
 
 
-def check_rows(name: str, kind: str, rows: Sequence[Row],
-               lines: Sequence[int] | None = None) -> None:
+def check_rows(
+    name: str, kind: str, rows: Sequence[Row], lines: Sequence[int] | None = None
+) -> None:
     """Raises ValueError naming the subset and row when a row lacks a field of its kind or an
     MC answer index is out of range. With `lines` (the file line of every row) the message
     names the line instead of the 0-based row index."""
@@ -84,14 +85,21 @@ def check_rows(name: str, kind: str, rows: Sequence[Row],
         i: Any = n if lines is None else f"at line {lines[n]}"
         missing = [f for f in REQUIRED_FIELDS[kind] if f not in row]
         if missing:
-            raise ValueError(f"subset {name!r} row {i}: missing field(s) {missing} "
-                             f"(a {kind!r} row needs {list(REQUIRED_FIELDS[kind])})")
+            raise ValueError(
+                f"subset {name!r} row {i}: missing field(s) {missing} "
+                f"(a {kind!r} row needs {list(REQUIRED_FIELDS[kind])})"
+            )
         if kind == "mc":
             ans = row["answer"]
-            if isinstance(ans, bool) or not isinstance(ans, int) or not (
-                    0 <= ans < len(row["choices"])):
-                raise ValueError(f"subset {name!r} row {i}: answer={ans!r} is not an index "
-                                 f"into its {len(row['choices'])} choices")
+            if (
+                isinstance(ans, bool)
+                or not isinstance(ans, int)
+                or not (0 <= ans < len(row["choices"]))
+            ):
+                raise ValueError(
+                    f"subset {name!r} row {i}: answer={ans!r} is not an index "
+                    f"into its {len(row['choices'])} choices"
+                )
 
 
 @dataclasses.dataclass
@@ -102,14 +110,14 @@ class TaskResults:
     predictions: dict[str, list[dict[str, Any]]]
 
 
-def _free_metrics(rows: Sequence[Row], predictions: Sequence[str]
-                  ) -> tuple[dict[str, float], list[dict[str, Any]]]:
+def _free_metrics(
+    rows: Sequence[Row], predictions: Sequence[str]
+) -> tuple[dict[str, float], list[dict[str, Any]]]:
     records = []
     by_attr: dict[str, list[float]] = defaultdict(list)
     for row, pred in zip(rows, predictions):
         scores = score_free_form(pred, gold_answers(row))
-        rec = {"question": row["question"], "answer": row["answer"], "prediction": pred,
-               **scores}
+        rec = {"question": row["question"], "answer": row["answer"], "prediction": pred, **scores}
         if "attribute" in row:
             rec["attribute"] = row["attribute"]
             by_attr[str(row["attribute"])].append(scores["em"])
@@ -172,20 +180,43 @@ def evaluate_subsets_detailed(
             continue
         prompts = _prompts(name, rows, kind, shots, seed) if kind != "likelihood" else []
         if kind == "free":
-            texts = generate_text((params, cfg, tok), prompts, max_new_tokens,
-                                  stop_at_newline=True, batch_size=batch_size, mesh=mesh,
-                                  bos=with_bos)
+            texts = generate_text(
+                (params, cfg, tok),
+                prompts,
+                max_new_tokens,
+                stop_at_newline=True,
+                batch_size=batch_size,
+                mesh=mesh,
+                bos=with_bos,
+            )
             m, recs = _free_metrics(rows, [t.strip() for t in texts])
         elif kind == "mc":
-            res = score_multiple_choice(params, cfg, tok, prompts, rows, mode=mc_mode,
-                                        batch_size=batch_size, mesh=mesh, bos=with_bos)
+            res = score_multiple_choice(
+                params,
+                cfg,
+                tok,
+                prompts,
+                rows,
+                mode=mc_mode,
+                batch_size=batch_size,
+                mesh=mesh,
+                bos=with_bos,
+            )
             m = res.metrics()
-            recs = [{"question": r["question"], "answer": int(r["answer"]), "pred": p,
-                     "pred_norm": pn, "logprobs": lp}
-                    for r, p, pn, lp in zip(rows, res.pred, res.pred_norm, res.logprobs)]
+            recs = [
+                {
+                    "question": r["question"],
+                    "answer": int(r["answer"]),
+                    "pred": p,
+                    "pred_norm": pn,
+                    "logprobs": lp,
+                }
+                for r, p, pn, lp in zip(rows, res.pred, res.pred_norm, res.logprobs)
+            ]
         else:
-            m, recs = likelihood_ratios(params, cfg, tok, rows, batch_size=batch_size,
-                                        mesh=mesh, bos=with_bos)
+            m, recs = likelihood_ratios(
+                params, cfg, tok, rows, batch_size=batch_size, mesh=mesh, bos=with_bos
+            )
         metrics[name] = {**m, "n": float(len(rows))}
         predictions[name] = recs
     return TaskResults(metrics, predictions)
@@ -206,8 +237,17 @@ def evaluate_subsets(
 ) -> dict[str, dict[str, float]]:
     """Returns subset -> metric -> value (see `evaluate_subsets_detailed`)."""
     return evaluate_subsets_detailed(
-        model, subsets, kinds, few_shot, seed, max_new_tokens, batch_size, mc_mode=mc_mode,
-        mesh=mesh, bos=bos).metrics
+        model,
+        subsets,
+        kinds,
+        few_shot,
+        seed,
+        max_new_tokens,
+        batch_size,
+        mc_mode=mc_mode,
+        mesh=mesh,
+        bos=bos,
+    ).metrics
 
 
 # --------------------------------------------------------------------------------------------
@@ -287,13 +327,13 @@ def subset_paths(cfg: EvalConfig, workdir: str | Path | None = None) -> dict[str
     out = {}
     for name in cfg.subsets:
         f = cfg.files.get(name)
-        out[name] = (data_dir / f if f is not None else
-                     data_dir / cfg.file_pattern.format(name=name))
+        out[name] = data_dir / f if f is not None else data_dir / cfg.file_pattern.format(name=name)
     return out
 
 
-def load_subsets(paths: Mapping[str, str | Path], kinds: Mapping[str, str] | None = None
-                 ) -> dict[str, list[dict[str, Any]]]:
+def load_subsets(
+    paths: Mapping[str, str | Path], kinds: Mapping[str, str] | None = None
+) -> dict[str, list[dict[str, Any]]]:
     """Returns subset name -> rows read from JSONL files, checked for the fields of their kind.
 
     Raises FileNotFoundError naming the subset and file when one is missing (all are checked
@@ -307,8 +347,9 @@ def load_subsets(paths: Mapping[str, str | Path], kinds: Mapping[str, str] | Non
     for name, p in paths.items():
         rows = read_jsonl(p)
         kind = kinds.get(name) or subset_kind(name, rows)
-        lines = [i for i, raw in enumerate(Path(p).read_bytes().split(b"\n"), start=1)
-                 if raw.strip()]
+        lines = [
+            i for i, raw in enumerate(Path(p).read_bytes().split(b"\n"), start=1) if raw.strip()
+        ]
         try:
             check_rows(name, kind, rows, lines)
         except ValueError as e:

@@ -94,9 +94,23 @@ class BiosStudy:
     eval: EvalSettings
 
 
-EXPERIMENT_KEYS = ("experiment", "seed", "world", "model", "mesh", "conditions", "pretrain",
-                   "finetune", "finetune_modes", "finetune_recipes", "lora", "mixed", "celebrity",
-                   "probing", "eval")
+EXPERIMENT_KEYS = (
+    "experiment",
+    "seed",
+    "world",
+    "model",
+    "mesh",
+    "conditions",
+    "pretrain",
+    "finetune",
+    "finetune_modes",
+    "finetune_recipes",
+    "lora",
+    "mixed",
+    "celebrity",
+    "probing",
+    "eval",
+)
 
 
 def parse_study(config: Any) -> BiosStudy:
@@ -113,8 +127,9 @@ def parse_study(config: Any) -> BiosStudy:
             raise C.ConfigError(f"conditions: {e}") from None
     modes = common.parse_modes(cfg.get("finetune_modes"), "finetune_modes")
     finetune = C.section(StageConfig, cfg.get("finetune"), "finetune")
-    lora = dict(cfg.get("lora") or {"rank": 8, "alpha": 16.0, "targets": ["q", "v"],
-                                    "embedding_rank": 8})
+    lora = dict(
+        cfg.get("lora") or {"rank": 8, "alpha": 16.0, "targets": ["q", "v"], "embedding_rank": 8}
+    )
     mixed_cfg = dict(cfg.get("mixed") or {})
     mixed_on = mixed_cfg.pop("enabled", False)
     qa_weight = float(mixed_cfg.pop("qa_weight", 1.0))
@@ -141,14 +156,16 @@ def parse_study(config: Any) -> BiosStudy:
     )
 
 
-def parse_recipes(values: Any, modes: Sequence[str], finetune: StageConfig,
-                  lora: Mapping[str, Any]) -> tuple[FinetuneRecipe, ...]:
+def parse_recipes(
+    values: Any, modes: Sequence[str], finetune: StageConfig, lora: Mapping[str, Any]
+) -> tuple[FinetuneRecipe, ...]:
     """Returns the QA finetunes of a study: `finetune_recipes` (a list of {"name", "mode",
     stage overrides..., "lora": {...}}) or, without it, one recipe per finetune mode named
     after it. Raises ConfigError naming the bad recipe."""
     if not values:
-        return tuple(FinetuneRecipe(m, m, finetune, dict(lora) if m == "lora" else None)
-                     for m in modes)
+        return tuple(
+            FinetuneRecipe(m, m, finetune, dict(lora) if m == "lora" else None) for m in modes
+        )
     out: list[FinetuneRecipe] = []
     for i, raw in enumerate(values):
         where = f"finetune_recipes[{i}]"
@@ -164,8 +181,9 @@ def parse_recipes(values: Any, modes: Sequence[str], finetune: StageConfig,
             stage = dataclasses.replace(finetune, **r)
         except (TypeError, ValueError) as e:
             raise C.ConfigError(f"{where}: {e}") from None
-        out.append(FinetuneRecipe(name, mode, stage,
-                                  {**lora, **lora_over} if mode == "lora" else None))
+        out.append(
+            FinetuneRecipe(name, mode, stage, {**lora, **lora_over} if mode == "lora" else None)
+        )
     return tuple(out)
 
 
@@ -184,15 +202,23 @@ def evaluate_qa(workdir: Path, data_dir: Path, ev: EvalSettings) -> dict[str, di
     from jaxknow.eval.tasks import evaluate_subsets
 
     model = load_model(workdir)
-    subsets = {"test": _qa_rows(data_dir, "test", ev.max_people),
-               "train": _qa_rows(data_dir, "train", ev.max_people)}
-    return evaluate_subsets(model, subsets, kinds={"test": "free", "train": "free"},
-                            few_shot=0, max_new_tokens=ev.max_new_tokens,
-                            batch_size=ev.batch_size)
+    subsets = {
+        "test": _qa_rows(data_dir, "test", ev.max_people),
+        "train": _qa_rows(data_dir, "train", ev.max_people),
+    }
+    return evaluate_subsets(
+        model,
+        subsets,
+        kinds={"test": "free", "train": "free"},
+        few_shot=0,
+        max_new_tokens=ev.max_new_tokens,
+        batch_size=ev.batch_size,
+    )
 
 
-def memorisation(workdir: Path, bios: Sequence[Any], max_bios: int = 2000,
-                 batch_size: int = 64) -> dict[str, float]:
+def memorisation(
+    workdir: Path, bios: Sequence[Any], max_bios: int = 2000, batch_size: int = 64
+) -> dict[str, float]:
     """Returns the pretrained model's first-token accuracy of every attribute value in its
     training biographies (greedy prediction of the value's first token from the text before
     it), per attribute and as "mean", over at most `max_bios` biographies (evenly spaced)."""
@@ -207,8 +233,9 @@ def memorisation(workdir: Path, bios: Sequence[Any], max_bios: int = 2000,
         enc = tok.tok.encode(b.text, add_special_tokens=False)
         pre = tok.prefix()
         seqs.append(pre + list(enc.ids))
-        positions.append([len(pre) + value_token_index(enc.offsets, s.value_start)
-                          for s in b.sentences])
+        positions.append(
+            [len(pre) + value_token_index(enc.offsets, s.value_start) for s in b.sentences]
+        )
         attrs.append([s.attribute for s in b.sentences])
     hits = next_token_hits(model.params, model.cfg, seqs, positions, batch_size=batch_size)
     per: dict[str, list[bool]] = {a: [] for a in ATTRIBUTES}
@@ -221,8 +248,9 @@ def memorisation(workdir: Path, bios: Sequence[Any], max_bios: int = 2000,
     return out
 
 
-def probe(workdir: Path, study: BiosStudy, world_options: Mapping[str, Any],
-          bios: Sequence[Any]) -> dict[str, Any]:
+def probe(
+    workdir: Path, study: BiosStudy, world_options: Mapping[str, Any], bios: Sequence[Any]
+) -> dict[str, Any]:
     """Returns P- and Q-probing results (per layer and attribute) of a pretrained model;
     P-probing reads the model's own training biographies `bios` (the first of each person)."""
     from jaxknow.eval import bios_probing
@@ -237,20 +265,36 @@ def probe(workdir: Path, study: BiosStudy, world_options: Mapping[str, Any],
     half = len(people) // 2
     train_p, test_p = np.sort(people[:half]), np.sort(people[half:])
     out: dict[str, Any] = {}
-    settings = ProbeSettings(steps=pc.steps, lr=pc.lr, embedding_rank=pc.embedding_rank,
-                             seed=study.seed)
+    settings = ProbeSettings(
+        steps=pc.steps, lr=pc.lr, embedding_rank=pc.embedding_rank, seed=study.seed
+    )
     if pc.p_probe:
         first: dict[int, Any] = {}
         for b in bios:  # one biography per probed person (the first rendering)
             first.setdefault(b.person, b)
         chosen = [first[int(p)] for p in people]
-        out["p_probe"] = bios_probing.p_probe(model.params, model.cfg, model.tokenizer, world,
-                                              chosen, train_p, test_p, settings,
-                                              birth_date=pc.birth_date)
+        out["p_probe"] = bios_probing.p_probe(
+            model.params,
+            model.cfg,
+            model.tokenizer,
+            world,
+            chosen,
+            train_p,
+            test_p,
+            settings,
+            birth_date=pc.birth_date,
+        )
     if pc.q_probe:
-        out["q_probe"] = bios_probing.q_probe(model.params, model.cfg, model.tokenizer, world,
-                                              train_p, test_p, settings,
-                                              birth_date=pc.birth_date)
+        out["q_probe"] = bios_probing.q_probe(
+            model.params,
+            model.cfg,
+            model.tokenizer,
+            world,
+            train_p,
+            test_p,
+            settings,
+            birth_date=pc.birth_date,
+        )
     return out
 
 
@@ -291,37 +335,67 @@ def run_bios_study(config: Any, workdir: str | Path, log: Any = print) -> dict[s
         conditions.append(("celebrity", "bios_celebrity"))
     for name, source in conditions:
         pre_dir = workdir / f"pretrain_{_slug(name)}"
-        res = common.run_stage(f"pretrain {name}", common.stage_config(
-            exp, study.pretrain, sources=[{"name": source}], data_dir=data_dir), pre_dir, log)
+        res = common.run_stage(
+            f"pretrain {name}",
+            common.stage_config(exp, study.pretrain, sources=[{"name": source}], data_dir=data_dir),
+            pre_dir,
+            log,
+        )
         losses[f"pretrain {name}"] = [(m["step"], m["loss"]) for m in res.metrics]
         log(f"[memorisation] first-token accuracy of the {name} training biographies")
         memo[name] = memorisation(pre_dir, corpora_of(source))
         for rec in study.recipes:
             ft_dir = workdir / f"finetune_{_slug(name)}_{rec.name}"
-            res = common.run_stage(f"finetune {name} ({rec.name})", common.stage_config(
-                exp, rec.stage, sources=[{"name": "qa_train"}], data_dir=data_dir,
-                init_from=pre_dir, lora=rec.lora, trainable="lora" if rec.lora else "all"),
-                ft_dir, log)
-            losses[f"finetune {name} ({rec.name})"] = [(m["step"], m["loss"])
-                                                      for m in res.metrics]
+            res = common.run_stage(
+                f"finetune {name} ({rec.name})",
+                common.stage_config(
+                    exp,
+                    rec.stage,
+                    sources=[{"name": "qa_train"}],
+                    data_dir=data_dir,
+                    init_from=pre_dir,
+                    lora=rec.lora,
+                    trainable="lora" if rec.lora else "all",
+                ),
+                ft_dir,
+                log,
+            )
+            losses[f"finetune {name} ({rec.name})"] = [(m["step"], m["loss"]) for m in res.metrics]
             log(f"[eval] QA of {name} pretrain + {rec.name} finetune")
             runs[f"pretrain+finetune ({rec.name}) / {name}"] = {
-                "recipe": "pretrain+finetune", "mode": rec.mode, "finetune": rec.name,
-                "augmentation": name, **evaluate_qa(ft_dir, data_dir, study.eval)}
+                "recipe": "pretrain+finetune",
+                "mode": rec.mode,
+                "finetune": rec.name,
+                "augmentation": name,
+                **evaluate_qa(ft_dir, data_dir, study.eval),
+            }
         if study.probing.enabled and name != "celebrity":
             log(f"[probe] P/Q-probing of the {name} pretrained model")
             probes[name] = probe(pre_dir, study, world, corpora_of(source))
         if study.mixed is not None and name != "celebrity":
             mix_dir = workdir / f"mixed_{_slug(name)}"
-            res = common.run_stage(f"mixed {name}", common.stage_config(
-                exp, study.mixed, sources=[{"name": source, "weight": 1.0},
-                                           {"name": "qa_train",
-                                            "weight": study.mixed_qa_weight}],
-                data_dir=data_dir), mix_dir, log)
+            res = common.run_stage(
+                f"mixed {name}",
+                common.stage_config(
+                    exp,
+                    study.mixed,
+                    sources=[
+                        {"name": source, "weight": 1.0},
+                        {"name": "qa_train", "weight": study.mixed_qa_weight},
+                    ],
+                    data_dir=data_dir,
+                ),
+                mix_dir,
+                log,
+            )
             losses[f"mixed {name}"] = [(m["step"], m["loss"]) for m in res.metrics]
             log(f"[eval] QA of {name} mixed training")
-            runs[f"mixed / {name}"] = {"recipe": "mixed", "mode": "full", "augmentation": name,
-                                       **evaluate_qa(mix_dir, data_dir, study.eval)}
+            runs[f"mixed / {name}"] = {
+                "recipe": "mixed",
+                "mode": "full",
+                "augmentation": name,
+                **evaluate_qa(mix_dir, data_dir, study.eval),
+            }
 
     results = {
         "experiment": "bios",
@@ -362,12 +436,23 @@ def report_markdown(results: Mapping[str, Any]) -> str:
     rows = []
     for name, r in results["conditions"].items():
         test, train = r["test"], r["train"]
-        rows.append([name, *[test.get(f"em_{a}", float("nan")) for a in ATTRIBUTES],
-                     test.get("em_attr_mean", test["em"]),
-                     train.get("em_attr_mean", train["em"])])
+        rows.append(
+            [
+                name,
+                *[test.get(f"em_{a}", float("nan")) for a in ATTRIBUTES],
+                test.get("em_attr_mean", test["em"]),
+                train.get("em_attr_mean", train["em"]),
+            ]
+        )
     chance = results["chance"]
-    rows.append(["majority answer (chance)", *[chance[a] for a in ATTRIBUTES],
-                 float(np.mean(list(chance.values()))), ""])
+    rows.append(
+        [
+            "majority answer (chance)",
+            *[chance[a] for a in ATTRIBUTES],
+            float(np.mean(list(chance.values()))),
+            "",
+        ]
+    )
     parts = [
         "# bioS: knowledge storage and extraction",
         "",
@@ -383,28 +468,38 @@ def report_markdown(results: Mapping[str, Any]) -> str:
         "multi5+permute+fullname.",
     ]
     if results.get("memorisation"):
-        parts += ["", "## Memorisation before the QA finetune: first-token accuracy (%) of "
-                  "each attribute value in the training biographies", ""]
-        mrows = [[cond, *[m.get(a, float("nan")) for a in ATTRIBUTES], m["mean"],
-                  m["num_biographies"]] for cond, m in results["memorisation"].items()]
-        parts.append(markdown_table(["pretraining", *ATTRIBUTES, "mean", "biographies"],
-                                    mrows))
+        parts += [
+            "",
+            "## Memorisation before the QA finetune: first-token accuracy (%) of "
+            "each attribute value in the training biographies",
+            "",
+        ]
+        mrows = [
+            [cond, *[m.get(a, float("nan")) for a in ATTRIBUTES], m["mean"], m["num_biographies"]]
+            for cond, m in results["memorisation"].items()
+        ]
+        parts.append(markdown_table(["pretraining", *ATTRIBUTES, "mean", "biographies"], mrows))
     if results["probing"]:
         parts += ["", "## Probing accuracy (%) at the last layer", ""]
         prow = []
         for cond, by_kind in results["probing"].items():
             for kind, r in by_kind.items():
                 last = str(r["layers"][-1])
-                prow.append([f"{kind} / {cond}", *[r["accuracy"][last][a]
-                                                  for a in r["attributes"]]])
+                prow.append(
+                    [f"{kind} / {cond}", *[r["accuracy"][last][a] for a in r["attributes"]]]
+                )
         attrs = next(iter(next(iter(results["probing"].values())).values()))["attributes"]
         parts.append(markdown_table(["probe / pretraining", *attrs], prow))
         parts += ["", "Per-layer curves: plots/probe_*.png."]
     return "\n".join(parts) + "\n"
 
 
-def _write_outputs(workdir: Path, results: dict[str, Any], probes: Mapping[str, Any],
-                   losses: Mapping[str, list[tuple[int, float]]]) -> None:
+def _write_outputs(
+    workdir: Path,
+    results: dict[str, Any],
+    probes: Mapping[str, Any],
+    losses: Mapping[str, list[tuple[int, float]]],
+) -> None:
     from jaxknow.eval.plots import plot_loss_curve
 
     # The numbers first: a failing plot must not lose a study's results.
@@ -414,11 +509,18 @@ def _write_outputs(workdir: Path, results: dict[str, Any], probes: Mapping[str, 
     plots.mkdir(exist_ok=True)
     for cond, by_kind in probes.items():
         for kind, r in by_kind.items():
-            r.plot(plots / f"probe_{kind}_{_slug(cond)}.png",
-                   f"{r.kind}-probing, pretrained on {cond}")
+            r.plot(
+                plots / f"probe_{kind}_{_slug(cond)}.png", f"{r.kind}-probing, pretrained on {cond}"
+            )
     for name, curve in losses.items():
         if curve:
             s, v = zip(*curve)
-            plot_loss_curve(list(s), list(v), plots / f"loss_{name.replace(' ', '_')}.png"
-                            .replace("(", "").replace(")", "").replace("+", "_"),
-                            title=f"training loss: {name}")
+            plot_loss_curve(
+                list(s),
+                list(v),
+                plots
+                / f"loss_{name.replace(' ', '_')}.png".replace("(", "")
+                .replace(")", "")
+                .replace("+", "_"),
+                title=f"training loss: {name}",
+            )

@@ -55,17 +55,27 @@ class StageConfig:
             "packing": (self.packing in C.PACKINGS, f"must be one of {list(C.PACKINGS)}"),
             "checkpoint_every": (self.checkpoint_every >= 0, "must be >= 0"),
             "epochs": (self.epochs is None or self.epochs > 0, "must be positive"),
-            "warmup_fraction": (self.warmup_fraction is None or 0 <= self.warmup_fraction <= 1,
-                                "must be in [0, 1]"),
+            "warmup_fraction": (
+                self.warmup_fraction is None or 0 <= self.warmup_fraction <= 1,
+                "must be in [0, 1]",
+            ),
         }
         for name, (ok, why) in checks.items():
             if not ok:
                 raise ValueError(f"{name}={getattr(self, name)!r}: {why}")
         try:
-            OptimConfig(lr=self.lr, schedule=self.schedule, warmup_steps=self.warmup_steps,
-                        total_steps=max(self.steps, self.warmup_steps),
-                        end_lr_fraction=self.end_lr_fraction, b1=self.b1, b2=self.b2,
-                        eps=self.eps, weight_decay=self.weight_decay, grad_clip=self.grad_clip)
+            OptimConfig(
+                lr=self.lr,
+                schedule=self.schedule,
+                warmup_steps=self.warmup_steps,
+                total_steps=max(self.steps, self.warmup_steps),
+                end_lr_fraction=self.end_lr_fraction,
+                b1=self.b1,
+                b2=self.b2,
+                eps=self.eps,
+                weight_decay=self.weight_decay,
+                grad_clip=self.grad_clip,
+            )
         except OptimConfigError as e:
             raise ValueError(str(e).removeprefix("optim.")) from None
 
@@ -80,11 +90,19 @@ def parse_modes(values: Any, field: str) -> tuple[str, ...]:
 
 
 def stage_config(
-    exp: Mapping[str, Any], stage: StageConfig, *, sources: Sequence[Mapping[str, Any]],
-    data_dir: str | Path, steps: int | None = None, init_from: str | Path | None = None,
-    lora: Mapping[str, Any] | None = None, trainable: str = "all",
-    forget: Mapping[str, Any] | None = None, total_steps: int | None = None,
-    seed: int | None = None, keep_checkpoints: int = 1,
+    exp: Mapping[str, Any],
+    stage: StageConfig,
+    *,
+    sources: Sequence[Mapping[str, Any]],
+    data_dir: str | Path,
+    steps: int | None = None,
+    init_from: str | Path | None = None,
+    lora: Mapping[str, Any] | None = None,
+    trainable: str = "all",
+    forget: Mapping[str, Any] | None = None,
+    total_steps: int | None = None,
+    seed: int | None = None,
+    keep_checkpoints: int = 1,
 ) -> ConfigDict:
     """Returns the training config of one stage: the experiment's model and mesh sections,
     the stage's optimiser settings, and the given data sources (already materialised)."""
@@ -96,22 +114,48 @@ def stage_config(
         c.mesh[k] = v
     n = steps if steps is not None else stage.steps
     horizon = total_steps or n
-    warmup = (math.ceil(stage.warmup_fraction * horizon) if stage.warmup_fraction is not None
-              else min(stage.warmup_steps, horizon))
-    c.optim.update(dict(lr=stage.lr, schedule=stage.schedule, end_lr_fraction=stage.end_lr_fraction,
-                        warmup_steps=warmup,
-                        weight_decay=stage.weight_decay, b1=stage.b1, b2=stage.b2, eps=stage.eps,
-                        grad_clip=stage.grad_clip))
+    warmup = (
+        math.ceil(stage.warmup_fraction * horizon)
+        if stage.warmup_fraction is not None
+        else min(stage.warmup_steps, horizon)
+    )
+    c.optim.update(
+        dict(
+            lr=stage.lr,
+            schedule=stage.schedule,
+            end_lr_fraction=stage.end_lr_fraction,
+            warmup_steps=warmup,
+            weight_decay=stage.weight_decay,
+            b1=stage.b1,
+            b2=stage.b2,
+            eps=stage.eps,
+            grad_clip=stage.grad_clip,
+        )
+    )
     if total_steps is not None:
         c.optim.total_steps = total_steps
-    c.train.update(dict(steps=n, grad_accum=stage.grad_accum, log_every=stage.log_every,
-                        checkpoint_every=stage.checkpoint_every, progress=False,
-                        keep_checkpoints=keep_checkpoints, trainable=trainable))
+    c.train.update(
+        dict(
+            steps=n,
+            grad_accum=stage.grad_accum,
+            log_every=stage.log_every,
+            checkpoint_every=stage.checkpoint_every,
+            progress=False,
+            keep_checkpoints=keep_checkpoints,
+            trainable=trainable,
+        )
+    )
     if init_from is not None:
         c.train.init_from = str(init_from)
-    c.data.update(dict(seq_len=stage.seq_len, batch_size=stage.batch_size,
-                       packing=stage.packing, dir=str(data_dir),
-                       sources=[dict(s) for s in sources]))
+    c.data.update(
+        dict(
+            seq_len=stage.seq_len,
+            batch_size=stage.batch_size,
+            packing=stage.packing,
+            dir=str(data_dir),
+            sources=[dict(s) for s in sources],
+        )
+    )
     if lora:
         c.lora.update(resolve_targets(lora, C.model_config(c.model.to_dict()).mlp))
     if forget:
@@ -133,9 +177,11 @@ class StageStopped(RuntimeError):
     def __init__(self, name: str, result: TrainResult) -> None:
         self.interrupted = result.interrupted
         signal = "SIGINT" if result.interrupted else "SIGTERM"
-        super().__init__(f"stage {name!r} stopped at step {result.final_step} on {signal} "
-                         f"(checkpoint saved in {result.workdir}); run the same command again "
-                         f"to resume the study")
+        super().__init__(
+            f"stage {name!r} stopped at step {result.final_step} on {signal} "
+            f"(checkpoint saved in {result.workdir}); run the same command again "
+            f"to resume the study"
+        )
 
 
 def run_stage(name: str, cfg: ConfigDict, workdir: Path, log: Any = print) -> TrainResult:
@@ -146,8 +192,11 @@ def run_stage(name: str, cfg: ConfigDict, workdir: Path, log: Any = print) -> Tr
     result = train(cfg, workdir)
     if result.preempted or result.interrupted:
         raise StageStopped(name, result)
-    result.metrics = read_metrics(workdir / "metrics.jsonl") if (
-        workdir / "metrics.jsonl").exists() else result.metrics
+    result.metrics = (
+        read_metrics(workdir / "metrics.jsonl")
+        if (workdir / "metrics.jsonl").exists()
+        else result.metrics
+    )
     last = result.metrics[-1]["loss"] if result.metrics else float("nan")
     log(f"[{name}] step {result.final_step}, final loss {last:.4f}")
     return result

@@ -116,8 +116,24 @@ class CooccurrenceStudy:
     replay: ReplaySettings
 
 
-KEYS = ("experiment", "seed", "seeds", "world", "model", "mesh", "base", "finetune",
-        "lora_finetune", "lora", "renderings", "modes", "forget", "eval", "ablation", "replay")
+KEYS = (
+    "experiment",
+    "seed",
+    "seeds",
+    "world",
+    "model",
+    "mesh",
+    "base",
+    "finetune",
+    "lora_finetune",
+    "lora",
+    "renderings",
+    "modes",
+    "forget",
+    "eval",
+    "ablation",
+    "replay",
+)
 
 
 def parse_study(config: Any) -> CooccurrenceStudy:
@@ -135,14 +151,20 @@ def parse_study(config: Any) -> CooccurrenceStudy:
     if init_from is None:
         C.model_config(cfg.get("model") or {})
     study = CooccurrenceStudy(
-        seed=int(cfg.get("seed", 0)), seeds=seeds, world=world,
-        model=dict(cfg.get("model") or {}), mesh=dict(cfg.get("mesh") or {}),
-        base=C.section(StageConfig, base, "base"), base_init_from=init_from,
+        seed=int(cfg.get("seed", 0)),
+        seeds=seeds,
+        world=world,
+        model=dict(cfg.get("model") or {}),
+        mesh=dict(cfg.get("mesh") or {}),
+        base=C.section(StageConfig, base, "base"),
+        base_init_from=init_from,
         finetune=C.section(StageConfig, cfg.get("finetune"), "finetune"),
         lora_finetune=C.section(StageConfig, cfg.get("lora_finetune"), "lora_finetune"),
-        lora=dict(cfg.get("lora") or {"rank": 64, "alpha": 16.0, "rslora": True,
-                                       "targets": "all-linear"}),
-        renderings=renderings, modes=modes,
+        lora=dict(
+            cfg.get("lora") or {"rank": 64, "alpha": 16.0, "rslora": True, "targets": "all-linear"}
+        ),
+        renderings=renderings,
+        modes=modes,
         forget=C.section(ForgetSettings, cfg.get("forget"), "forget"),
         eval=C.section(EvalSettings, cfg.get("eval"), "eval"),
         ablation=C.section(AblationSettings, cfg.get("ablation"), "ablation"),
@@ -165,19 +187,24 @@ def _forget_section(fs: ForgetSettings, pass_steps: int) -> dict[str, Any]:
         select["layer_fraction"] = fs.layer_fraction
     if fs.patterns:
         select["patterns"] = list(fs.patterns)
-    return {"at_steps": [pass_steps], "select": select, "to": fs.to,
-            "reset_optimizer": fs.reset_optimizer}
+    return {
+        "at_steps": [pass_steps],
+        "select": select,
+        "to": fs.to,
+        "reset_optimizer": fs.reset_optimizer,
+    }
 
 
-def _subsets(data_dir: Path, names: Sequence[str] | None, prefix: str,
-             max_items: int | None) -> dict[str, list[dict[str, Any]]]:
+def _subsets(
+    data_dir: Path, names: Sequence[str] | None, prefix: str, max_items: int | None
+) -> dict[str, list[dict[str, Any]]]:
     """Returns {name: rows} of the eval files with `prefix` (eval_ or eval_base_)."""
     if names:
         files = {n: data_dir / f"{prefix}{n}.jsonl" for n in names}
     else:
         files = {}
         for f in sorted(data_dir.glob(f"{prefix}*.jsonl")):
-            name = f.stem[len(prefix):]
+            name = f.stem[len(prefix) :]
             if prefix == "eval_" and name.startswith("base_"):
                 continue
             files[name] = f
@@ -199,13 +226,19 @@ def spread(rows: Sequence[Any], max_items: int | None) -> list[Any]:
     return [rows[i] for i in idx]
 
 
-def evaluate_model(model: Any, subsets: Mapping[str, list[dict]], ev: EvalSettings
-                   ) -> dict[str, dict[str, float]]:
+def evaluate_model(
+    model: Any, subsets: Mapping[str, list[dict]], ev: EvalSettings
+) -> dict[str, dict[str, float]]:
     """Returns subset -> metrics of a model, few-shot as the authors' harness."""
     from jaxknow.eval.tasks import evaluate_subsets
 
-    return evaluate_subsets(model, subsets, few_shot=ev.few_shot,
-                            max_new_tokens=ev.max_new_tokens, batch_size=ev.batch_size)
+    return evaluate_subsets(
+        model,
+        subsets,
+        few_shot=ev.few_shot,
+        max_new_tokens=ev.max_new_tokens,
+        batch_size=ev.batch_size,
+    )
 
 
 def headline(metrics: Mapping[str, float]) -> float:
@@ -216,8 +249,7 @@ def headline(metrics: Mapping[str, float]) -> float:
     return float("nan")
 
 
-def run_cooccurrence_study(config: Any, workdir: str | Path, log: Any = print
-                           ) -> dict[str, Any]:
+def run_cooccurrence_study(config: Any, workdir: str | Path, log: Any = print) -> dict[str, Any]:
     """Runs (or resumes) the whole study in `workdir`; returns the results also written to
     results.json (with report.md and plots/)."""
     study = parse_study(config)
@@ -243,8 +275,11 @@ def run_cooccurrence_study(config: Any, workdir: str | Path, log: Any = print
         model_section = study.model
         build.check_vocab(data_dir, C.model_config(study.model).vocab_size)
         base_cfg = common.stage_config(
-            {"seed": study.seed, "model": study.model, "mesh": study.mesh}, study.base,
-            sources=[{"name": "corpus_pretrain"}], data_dir=data_dir)
+            {"seed": study.seed, "model": study.model, "mesh": study.mesh},
+            study.base,
+            sources=[{"name": "corpus_pretrain"}],
+            data_dir=data_dir,
+        )
         common.run_stage("base", base_cfg, base_dir, log)
     exp = {"seed": study.seed, "model": model_section, "mesh": study.mesh}
     ev = study.eval
@@ -253,10 +288,16 @@ def run_cooccurrence_study(config: Any, workdir: str | Path, log: Any = print
     log("[eval] base model: ceiling on base entities, floor on novel entities")
     base_model = load_model(base_dir)
     results: dict[str, Any] = {
-        "experiment": "cooccurrence", "world": world, "seeds": list(study.seeds),
-        "base": {"ceiling_base_entities": evaluate_model(base_model, base_subsets, ev),
-                 "novel_before_finetuning": evaluate_model(base_model, novel, ev)},
-        "runs": {}, "conditions": {}, "findings": list(FINDINGS),
+        "experiment": "cooccurrence",
+        "world": world,
+        "seeds": list(study.seeds),
+        "base": {
+            "ceiling_base_entities": evaluate_model(base_model, base_subsets, ev),
+            "novel_before_finetuning": evaluate_model(base_model, novel, ev),
+        },
+        "runs": {},
+        "conditions": {},
+        "findings": list(FINDINGS),
     }
     losses: dict[str, tuple[list[int], list[float], list[int]]] = {}
 
@@ -278,26 +319,39 @@ def run_cooccurrence_study(config: Any, workdir: str | Path, log: Any = print
                 d = workdir / f"ft_{rendering}{'_forget' if forget else ''}_{mode}_s{seed}"
                 stage_s = dataclasses.replace(stage, checkpoint_every=pass_steps if forget else 0)
                 cfg = common.stage_config(
-                    exp, stage_s, sources=finetune_sources(source, study.replay),
+                    exp,
+                    stage_s,
+                    sources=finetune_sources(source, study.replay),
                     data_dir=data_dir,
-                    steps=2 * pass_steps if forget else pass_steps, total_steps=pass_steps,
-                    init_from=base_dir, seed=seed,
+                    steps=2 * pass_steps if forget else pass_steps,
+                    total_steps=pass_steps,
+                    init_from=base_dir,
+                    seed=seed,
                     lora=study.lora if mode == "lora" else None,
                     trainable="lora" if mode == "lora" else "all",
                     forget=_forget_section(study.forget, pass_steps) if forget else None,
-                    keep_checkpoints=2)
+                    keep_checkpoints=2,
+                )
                 res = common.run_stage(name, cfg, d, log)
                 events = [e["step"] for e in common.read_events(d)]
-                losses[name] = ([m["step"] for m in res.metrics],
-                                [m["loss"] for m in res.metrics], events)
+                losses[name] = (
+                    [m["step"] for m in res.metrics],
+                    [m["loss"] for m in res.metrics],
+                    events,
+                )
                 log(f"[eval] {name}")
                 model = load_model(d)
-                run = {"rendering": rendering, "forget": forget, "mode": mode, "seed": seed,
-                       "steps": res.final_step, "resets": events,
-                       "metrics": evaluate_model(model, novel, ev)}
+                run = {
+                    "rendering": rendering,
+                    "forget": forget,
+                    "mode": mode,
+                    "seed": seed,
+                    "steps": res.final_step,
+                    "resets": events,
+                    "metrics": evaluate_model(model, novel, ev),
+                }
                 if forget and ev.eval_pass1:
-                    run["metrics_pass1"] = evaluate_model(load_model(d, step=pass_steps),
-                                                          novel, ev)
+                    run["metrics_pass1"] = evaluate_model(load_model(d, step=pass_steps), novel, ev)
                 if ev.base_entities:
                     run["base_entities"] = evaluate_model(model, base_subsets, ev)
                 results["runs"][name] = run
@@ -318,7 +372,8 @@ def run_cooccurrence_study(config: Any, workdir: str | Path, log: Any = print
                 log(f"[ablation] {rendering} ({ab.mode}) seed {seed}")
                 per_seed[seed] = ablate(base_model, load_model(d), subsets, ev, ab.sides)
             results["ablation"][rendering] = combine_ablations(
-                per_seed, {k: len(v) for k, v in subsets.items()})
+                per_seed, {k: len(v) for k, v in subsets.items()}
+            )
     results["wall_seconds"] = time.perf_counter() - t0
     _write_outputs(workdir, results, losses)
     return results
@@ -330,8 +385,13 @@ def _model_section(base_dir: Path) -> dict[str, Any]:
     return checkpoint_model_config(base_dir).to_dict()
 
 
-def ablate(base_model: Any, ft_model: Any, subsets: Mapping[str, list[dict]],
-           ev: EvalSettings, sides: Sequence[str]) -> dict[str, Any]:
+def ablate(
+    base_model: Any,
+    ft_model: Any,
+    subsets: Mapping[str, list[dict]],
+    ev: EvalSettings,
+    sides: Sequence[str],
+) -> dict[str, Any]:
     """Returns the layer-delta ablation {side: {k: {subset: headline}}} of a finetuned model
     against the base, for k = 0..L."""
     from jaxknow.eval.ablation import layer_delta_ablation
@@ -344,11 +404,15 @@ def ablate(base_model: Any, ft_model: Any, subsets: Mapping[str, list[dict]],
         m = evaluate_model((params, cfg, ft_model.tokenizer), subsets, ev)
         return {k: headline(v) for k, v in m.items()}
 
-    res = layer_delta_ablation(base_model.params, theta1, cfg.n_layers, evaluate,
-                               sides=tuple(sides))
-    return {"n_layers": cfg.n_layers,
-            "results": {side: {str(k): m for k, m in by_k.items()}
-                        for side, by_k in res.to_dict().items()}}
+    res = layer_delta_ablation(
+        base_model.params, theta1, cfg.n_layers, evaluate, sides=tuple(sides)
+    )
+    return {
+        "n_layers": cfg.n_layers,
+        "results": {
+            side: {str(k): m for k, m in by_k.items()} for side, by_k in res.to_dict().items()
+        },
+    }
 
 
 def finetune_sources(source: str, replay: ReplaySettings) -> list[dict[str, Any]]:
@@ -359,8 +423,9 @@ def finetune_sources(source: str, replay: ReplaySettings) -> list[dict[str, Any]
     return [{"name": source, "weight": 1.0}, {"name": replay.source, "weight": replay.weight}]
 
 
-def combine_ablations(per_seed: Mapping[int, Mapping[str, Any]], items: Mapping[str, int]
-                      ) -> dict[str, Any]:
+def combine_ablations(
+    per_seed: Mapping[int, Mapping[str, Any]], items: Mapping[str, int]
+) -> dict[str, Any]:
     """Returns one rendering's ablation over seeds: ``results`` (side -> k -> subset -> mean),
     ``std`` (sample std over seeds, 0 for one seed), ``interval`` (the 95 % Wilson interval of
     the mean, its items pooled over seeds: `items` gives the subset sizes), ``n`` and
@@ -382,9 +447,14 @@ def combine_ablations(per_seed: Mapping[int, Mapping[str, Any]], items: Mapping[
                 out["results"][side][k][subset] = m
                 out["std"][side][k][subset] = std(vals)
                 out["interval"][side][k][subset] = list(
-                    wilson_interval(m, items.get(subset, 0) * len(seeds)))
-    return {"n_layers": per_seed[seeds[0]]["n_layers"], "n": len(seeds), **out,
-            "per_seed": {str(s): per_seed[s]["results"] for s in seeds}}
+                    wilson_interval(m, items.get(subset, 0) * len(seeds))
+                )
+    return {
+        "n_layers": per_seed[seeds[0]]["n_layers"],
+        "n": len(seeds),
+        **out,
+        "per_seed": {str(s): per_seed[s]["results"] for s in seeds},
+    }
 
 
 def aggregate(runs: Mapping[str, Mapping[str, Any]], key: str = "metrics") -> dict[str, Any]:
@@ -401,9 +471,11 @@ def aggregate(runs: Mapping[str, Mapping[str, Any]], key: str = "metrics") -> di
             out[name][subset] = {}
             for m in metrics[0][subset]:
                 vals = [float(x[subset][m]) for x in metrics]
-                out[name][subset][m] = {"mean": float(np.mean(vals)),
-                                       "std": float(np.std(vals, ddof=1)) if len(vals) > 1
-                                       else 0.0, "n": len(vals)}
+                out[name][subset][m] = {
+                    "mean": float(np.mean(vals)),
+                    "std": float(np.std(vals, ddof=1)) if len(vals) > 1 else 0.0,
+                    "n": len(vals),
+                }
     return out
 
 
@@ -415,13 +487,19 @@ def report_markdown(results: Mapping[str, Any]) -> str:
     header = ["condition", *subsets]
     rows = []
     base_novel = results["base"]["novel_before_finetuning"]
-    rows.append(["base model (before finetuning)",
-                 *[_pct(headline(base_novel.get(s, {}))) for s in subsets]])
+    rows.append(
+        [
+            "base model (before finetuning)",
+            *[_pct(headline(base_novel.get(s, {}))) for s in subsets],
+        ]
+    )
     for key, by_subset in conds.items():
         rows.append([key, *[_pm(by_subset[s], _main_metric(by_subset[s])) for s in subsets]])
     ceiling = results["base"]["ceiling_base_entities"]
-    crow = ["ceiling: base model on base entities",
-            *[_pct(headline(ceiling[s])) if s in ceiling else "" for s in subsets]]
+    crow = [
+        "ceiling: base model on base entities",
+        *[_pct(headline(ceiling[s])) if s in ceiling else "" for s in subsets],
+    ]
     parts = [
         "# Co-occurrence is not factual association",
         "",
@@ -437,53 +515,93 @@ def report_markdown(results: Mapping[str, Any]) -> str:
     if after:
         bsubs = [s for s in ceiling if s != "likelihood"]
         brows = [["base model (before finetuning)", *[_pct(headline(ceiling[s])) for s in bsubs]]]
-        brows += [[key, *[_pm(by[s], _main_metric(by[s])) if s in by else "" for s in bsubs]]
-                  for key, by in after.items()]
-        parts += ["", "## The base model's own abilities: base entities before and after "
-                  "finetuning", "", markdown_table(["model", *bsubs], brows)]
+        brows += [
+            [key, *[_pm(by[s], _main_metric(by[s])) if s in by else "" for s in bsubs]]
+            for key, by in after.items()
+        ]
+        parts += [
+            "",
+            "## The base model's own abilities: base entities before and after finetuning",
+            "",
+            markdown_table(["model", *bsubs], brows),
+        ]
     if any("likelihood" in v for v in conds.values()):
         metrics = ["negation", "negation_frame", "comparison"]
         lrows = []
         for key, by_subset in conds.items():
             lk = by_subset.get("likelihood")
             if lk:
-                lrows.append([key, *[f"{lk[m]['mean']:.2f} ± {lk[m]['std']:.2f}" if m in lk
-                                     else "" for m in metrics]])
-        parts += ["", "## Likelihood ratios (nats; mean ± std over seeds)", "",
-                  "Negation ratio log p(t | '... is') − log p(t | '... is not') in the "
-                  "relation's own frame (which the referencing corpus fills with references, "
-                  "never tails) and in the held-out frame 'According to the old records: ...' "
-                  "(base-world text only, no finetuning corpus); comparison ratio log p(t) − "
-                  "mean log p(t') over wrong tails.", "",
-                  markdown_table(["condition", "negation", "negation (held-out frame)",
-                                         "comparison"], lrows)]
+                lrows.append(
+                    [
+                        key,
+                        *[
+                            f"{lk[m]['mean']:.2f} ± {lk[m]['std']:.2f}" if m in lk else ""
+                            for m in metrics
+                        ],
+                    ]
+                )
+        parts += [
+            "",
+            "## Likelihood ratios (nats; mean ± std over seeds)",
+            "",
+            "Negation ratio log p(t | '... is') − log p(t | '... is not') in the "
+            "relation's own frame (which the referencing corpus fills with references, "
+            "never tails) and in the held-out frame 'According to the old records: ...' "
+            "(base-world text only, no finetuning corpus); comparison ratio log p(t) − "
+            "mean log p(t') over wrong tails.",
+            "",
+            markdown_table(
+                ["condition", "negation", "negation (held-out frame)", "comparison"], lrows
+            ),
+        ]
     pass1 = {k: r for k, r in results["runs"].items() if "metrics_pass1" in r}
     if pass1:
         prow = []
         for k, r in pass1.items():
             for s in ("multiple_choice", "qa"):
                 if s in r["metrics"]:
-                    prow.append([k, s, _pct(headline(r["metrics_pass1"][s])),
-                                 _pct(headline(r["metrics"][s]))])
-        parts += ["", "## Active forgetting: end of pass 1 vs end of pass 2", "",
-                  markdown_table(["run", "task", "pass 1", "pass 2"], prow)]
+                    prow.append(
+                        [
+                            k,
+                            s,
+                            _pct(headline(r["metrics_pass1"][s])),
+                            _pct(headline(r["metrics"][s])),
+                        ]
+                    )
+        parts += [
+            "",
+            "## Active forgetting: end of pass 1 vs end of pass 2",
+            "",
+            markdown_table(["run", "task", "pass 1", "pass 2"], prow),
+        ]
     if results.get("ablation"):
         parts += ["", "## Layer-delta ablation (first / last k layers reverted to base)", ""]
         for rendering, ab in results["ablation"].items():
             ks = sorted({int(k) for side in ab["results"].values() for k in side})
-            subs = sorted({s for side in ab["results"].values() for v in side.values()
-                           for s in v})
+            subs = sorted({s for side in ab["results"].values() for v in side.values() for s in v})
             hrow = ["side / task", *[f"k={k}" for k in ks]]
             arows = []
             std = ab.get("std") or {}
             for side, by_k in ab["results"].items():
                 for s in subs:
-                    arows.append([f"{side} / {s}", *[
-                        _pct_sd(by_k[str(k)][s], std.get(side, {}).get(str(k), {}).get(s))
-                        if str(k) in by_k else "" for k in ks]])
-            parts += [f"### {rendering} (mean ± std over {ab.get('n', 1)} seed(s); the plot's "
-                      f"band is the 95 % Wilson interval over items)", "",
-                      markdown_table(hrow, arows), ""]
+                    arows.append(
+                        [
+                            f"{side} / {s}",
+                            *[
+                                _pct_sd(by_k[str(k)][s], std.get(side, {}).get(str(k), {}).get(s))
+                                if str(k) in by_k
+                                else ""
+                                for k in ks
+                            ],
+                        ]
+                    )
+            parts += [
+                f"### {rendering} (mean ± std over {ab.get('n', 1)} seed(s); the plot's "
+                f"band is the 95 % Wilson interval over items)",
+                "",
+                markdown_table(hrow, arows),
+                "",
+            ]
         parts.append("Plots: plots/ablation_*.png, plots/loss_*.png.")
     parts += ["", "## The paper's findings (to compare with the tables above)", ""]
     parts += [f"- {f}" for f in results["findings"]]
@@ -510,8 +628,11 @@ def _pm(stats: Mapping[str, Mapping[str, float]], metric: str) -> str:
     return f"{100 * s['mean']:.1f} ± {100 * s['std']:.1f}"
 
 
-def _write_outputs(workdir: Path, results: dict[str, Any],
-                   losses: Mapping[str, tuple[list[int], list[float], list[int]]]) -> None:
+def _write_outputs(
+    workdir: Path,
+    results: dict[str, Any],
+    losses: Mapping[str, tuple[list[int], list[float], list[int]]],
+) -> None:
     from jaxknow.eval.plots import plot_loss_curve, plot_per_layer
 
     # The numbers first: a failing plot must not lose a study's results.
@@ -522,8 +643,13 @@ def _write_outputs(workdir: Path, results: dict[str, Any],
     for name, (steps, vals, resets) in losses.items():
         if steps:
             slug = name.replace(" ", "_").replace("(", "").replace(")", "").replace("+", "_")
-            plot_loss_curve(steps, vals, plots / f"loss_{slug}.png", markers=resets,
-                            title=f"finetuning loss: {name}")
+            plot_loss_curve(
+                steps,
+                vals,
+                plots / f"loss_{slug}.png",
+                markers=resets,
+                title=f"finetuning loss: {name}",
+            )
     for rendering, ab in (results.get("ablation") or {}).items():
         series, bands = {}, {}
         interval = ab.get("interval") or {}
@@ -535,7 +661,12 @@ def _write_outputs(workdir: Path, results: dict[str, Any],
                 if interval:
                     lo_hi = [interval[side][str(k)][s] for k in ks]
                     bands[name] = ([lo for lo, _ in lo_hi], [hi for _, hi in lo_hi])
-        plot_per_layer(series, plots / f"ablation_{rendering}.png",
-                       f"layer-delta ablation after {rendering} training\n(mean of "
-                       f"{ab.get('n', 1)} seed(s); band: 95 % Wilson interval over items)",
-                       "score", xlabel="k layers reverted to base", bands=bands or None)
+        plot_per_layer(
+            series,
+            plots / f"ablation_{rendering}.png",
+            f"layer-delta ablation after {rendering} training\n(mean of "
+            f"{ab.get('n', 1)} seed(s); band: 95 % Wilson interval over items)",
+            "score",
+            xlabel="k layers reverted to base",
+            bands=bands or None,
+        )

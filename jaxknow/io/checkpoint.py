@@ -60,8 +60,13 @@ class Checkpointer:
 
     ITEMS = ("params", "opt_state", "meta", "data")
 
-    def __init__(self, directory: str | os.PathLike, keep: int = 3, async_save: bool = True,
-                 read_only: bool = False):
+    def __init__(
+        self,
+        directory: str | os.PathLike,
+        keep: int = 3,
+        async_save: bool = True,
+        read_only: bool = False,
+    ):
         self.directory = as_path(directory)
         if read_only and not self.directory.is_dir():
             raise CheckpointError(f"no checkpoint directory at {self.directory}")
@@ -76,7 +81,8 @@ class Checkpointer:
                 # Rotation is done here, counting only intact (manifested) steps.
                 max_to_keep=None,
                 save_interval_steps=0 if read_only else 1,
-                enable_async_checkpointing=async_save, create=not read_only,
+                enable_async_checkpointing=async_save,
+                create=not read_only,
                 read_only=read_only,
             ),
             item_names=self.ITEMS,
@@ -112,8 +118,9 @@ class Checkpointer:
         steps = self.all_steps()
         if not steps:
             if requested is not None:
-                raise CheckpointError(f"train.resume_step={requested}: no checkpoint in "
-                                      f"{self.directory}")
+                raise CheckpointError(
+                    f"train.resume_step={requested}: no checkpoint in {self.directory}"
+                )
             return None
         chosen: int | None = None
         error: CheckpointError | None = None
@@ -123,11 +130,13 @@ class Checkpointer:
             except CheckpointError as e:
                 error = e
         if jax.process_count() > 1:  # process 0 decides (and reads the files) for everyone
-            chosen = int(multihost_utils.broadcast_one_to_all(
-                np.int32(-1 if chosen is None else chosen)))
+            chosen = int(
+                multihost_utils.broadcast_one_to_all(np.int32(-1 if chosen is None else chosen))
+            )
             if chosen < 0 and error is None:
-                error = CheckpointError(f"process 0 found no usable checkpoint in "
-                                        f"{self.directory} (see its error)")
+                error = CheckpointError(
+                    f"process 0 found no usable checkpoint in {self.directory} (see its error)"
+                )
         if error is not None:
             raise error
         self._mngr.reload()
@@ -142,18 +151,24 @@ class Checkpointer:
             if requested not in steps:
                 raise CheckpointError(
                     f"train.resume_step={requested}: no checkpoint for that step in "
-                    f"{self.directory} (available: {steps})")
+                    f"{self.directory} (available: {steps})"
+                )
             why = None if legacy else self.verify(requested)
             if why is not None:
-                raise CheckpointError(f"checkpoint {self.step_dir(requested)} is damaged "
-                                      f"or incomplete: {why}")
+                raise CheckpointError(
+                    f"checkpoint {self.step_dir(requested)} is damaged or incomplete: {why}"
+                )
             chosen = requested
-            reasons = {s: f"newer than train.resume_step={requested}"
-                       for s in steps if s > requested}
+            reasons = {
+                s: f"newer than train.resume_step={requested}" for s in steps if s > requested
+            }
         elif legacy:
             chosen = steps[-1]
-            logging.warning("checkpoint %s has no checksum manifest (older version); "
-                            "resuming from it unverified", self.step_dir(chosen))
+            logging.warning(
+                "checkpoint %s has no checksum manifest (older version); "
+                "resuming from it unverified",
+                self.step_dir(chosen),
+            )
         else:
             for s in reversed(steps):
                 why = self.verify(s)
@@ -163,14 +178,18 @@ class Checkpointer:
                 reasons[s] = why
             if chosen is None:
                 raise CheckpointError(
-                    f"no intact checkpoint in {self.directory}: " + "; ".join(
-                        f"{self.step_dir(s)}: {w}" for s, w in sorted(reasons.items())))
+                    f"no intact checkpoint in {self.directory}: "
+                    + "; ".join(f"{self.step_dir(s)}: {w}" for s, w in sorted(reasons.items()))
+                )
         for s, why in sorted(reasons.items()):
             dest = self._set_aside(s)
-            logging.warning("checkpoint %s is not used (%s); moved to %s%s",
-                            self.step_dir(s), why, dest,
-                            "" if requested is not None else
-                            f"; resuming from the newest intact step {chosen}")
+            logging.warning(
+                "checkpoint %s is not used (%s); moved to %s%s",
+                self.step_dir(s),
+                why,
+                dest,
+                "" if requested is not None else f"; resuming from the newest intact step {chosen}",
+            )
         return chosen
 
     def _set_aside(self, step: int) -> Any:
@@ -181,8 +200,14 @@ class Checkpointer:
         self.step_dir(step).rename(dest)
         return dest
 
-    def save(self, step: int, params: Any, opt_state: Any | None, meta: dict[str, Any],
-             data_state: dict[str, Any] | None = None) -> None:
+    def save(
+        self,
+        step: int,
+        params: Any,
+        opt_state: Any | None,
+        meta: dict[str, Any],
+        data_state: dict[str, Any] | None = None,
+    ) -> None:
         """Starts saving a checkpoint at `step` (returns before the write ends when async).
 
         `data_state` is this process's iterator state; every process's state is stored.
@@ -200,8 +225,9 @@ class Checkpointer:
         self.wait()
         self._mngr.save(step, args=ocp.args.Composite(**items), force=True)
         self.last_saved = int(step)
-        self._finisher = threading.Thread(target=self._finish, args=(int(step),),
-                                          name=f"jaxknow-checkpoint-{step}")
+        self._finisher = threading.Thread(
+            target=self._finish, args=(int(step),), name=f"jaxknow-checkpoint-{step}"
+        )
         self._finisher.start()
 
     def _finish(self, step: int) -> None:
@@ -238,7 +264,8 @@ class Checkpointer:
             e, self._error = self._error, None
             raise CheckpointError(
                 f"saving checkpoint {self.step_dir(self._error_step)} failed: "
-                f"{type(e).__name__}: {e}") from e
+                f"{type(e).__name__}: {e}"
+            ) from e
 
     def save_failed(self) -> bool:
         """Returns True if a background save has failed (see `check`)."""
@@ -251,12 +278,17 @@ class Checkpointer:
                 raise CheckpointError(f"no checkpoint found in {self.directory}")
         elif step not in self.all_steps():
             raise CheckpointError(
-                f"no checkpoint for step {step} in {self.directory} "
-                f"(available: {self.all_steps()})")
+                f"no checkpoint for step {step} in {self.directory} (available: {self.all_steps()})"
+            )
         return step
 
-    def restore(self, abstract_params: Any, abstract_opt_state: Any | None,
-                step: int | None = None, verify: bool = True) -> dict[str, Any]:
+    def restore(
+        self,
+        abstract_params: Any,
+        abstract_opt_state: Any | None,
+        step: int | None = None,
+        verify: bool = True,
+    ) -> dict[str, Any]:
         """Returns {"params", "opt_state", "meta", "data", "step"} from the checkpoint at `step`
         (default: the latest). Abstract trees (ShapeDtypeStructs with shardings) say how to lay
         out the arrays; with `abstract_opt_state=None` the optimizer state is not read.
@@ -267,8 +299,7 @@ class Checkpointer:
         if verify and integrity.has_manifest(self.step_dir(step)):
             why = self.verify(step)
             if why is not None:
-                raise CheckpointError(
-                    f"checkpoint {self.step_dir(step)} is damaged: {why}")
+                raise CheckpointError(f"checkpoint {self.step_dir(step)} is damaged: {why}")
         args = {
             "params": ocp.args.StandardRestore(abstract_params),
             "meta": ocp.args.JsonRestore(),
@@ -281,7 +312,8 @@ class Checkpointer:
         except Exception as e:  # orbax raises many kinds; report the path either way
             raise CheckpointError(
                 f"checkpoint {self.directory / str(step)} is unreadable or does not match the "
-                f"model: {type(e).__name__}: {e}") from e
+                f"model: {type(e).__name__}: {e}"
+            ) from e
         data = out["data"] or {}
         return {
             "params": out["params"],
@@ -320,8 +352,9 @@ class Checkpointer:
                 logging.info("closing the checkpoint manager: %s", e)
 
 
-def save_params_checkpoint(directory: str | os.PathLike, params: Any, meta: dict[str, Any],
-                           step: int = 0) -> Path:
+def save_params_checkpoint(
+    directory: str | os.PathLike, params: Any, meta: dict[str, Any], step: int = 0
+) -> Path:
     """Writes a parameters-only checkpoint (e.g. a converted model) under
     `directory`/checkpoints; returns that checkpoints directory. `meta` should hold the
     model config under "model"."""

@@ -73,9 +73,14 @@ class HFModel:
     hf_config: dict[str, Any]
 
 
-def load_hf_params(hf_dir: str | os.PathLike, mesh: Mesh | None = None, *,
-                   param_dtype: str = "float32", dtype: str | None = None,
-                   rules: Rules = DEFAULT_RULES) -> HFModel:
+def load_hf_params(
+    hf_dir: str | os.PathLike,
+    mesh: Mesh | None = None,
+    *,
+    param_dtype: str = "float32",
+    dtype: str | None = None,
+    rules: Rules = DEFAULT_RULES,
+) -> HFModel:
     """Returns the HFModel of a Hugging Face directory, each parameter streamed from the
     safetensors files straight into its sharding on `mesh` (default: all devices, replicated).
     """
@@ -93,17 +98,21 @@ def load_hf_params(hf_dir: str | os.PathLike, mesh: Mesh | None = None, *,
         mesh = mesh or make_mesh(-1, 1, 1)
         specs = param_specs(cfg)
         target = NP_DTYPES[param_dtype]
-        shardings = flatten(tree_shardings(param_axes(specs), param_shapes(specs, target),
-                                           mesh, rules))
+        shardings = flatten(
+            tree_shardings(param_axes(specs), param_shapes(specs, target), mesh, rules)
+        )
         flat_specs = flatten(specs)
         out = {}
         for path, spec in flat_specs.items():
             src = plan[path]
             cache: dict[Any, np.ndarray] = {}  # replicas ask for the same block
 
-            def cb(index: tuple[slice, ...], src: TensorSource = src,
-                   cache: dict[Any, np.ndarray] = cache, shape: tuple[int, ...] = spec.shape
-                   ) -> np.ndarray:
+            def cb(
+                index: tuple[slice, ...],
+                src: TensorSource = src,
+                cache: dict[Any, np.ndarray] = cache,
+                shape: tuple[int, ...] = spec.shape,
+            ) -> np.ndarray:
                 key = tuple(s.indices(n) for s, n in zip(index, shape))
                 if key not in cache:
                     cache[key] = read_param_slice(reader, src, tuple(index), target)
@@ -138,17 +147,23 @@ def _write_special_tokens(hf_dir: Path, dst: Path, hf: Mapping[str, Any]) -> Non
     ok = lambda i: i if isinstance(i, int) and 0 <= i < n else None
     bos, eos = ok(tok.bos_id), ok(tok.eos_id)
     if eos is None:
-        logging.warning("eos id %s is outside the tokenizer's vocabulary; not recorded",
-                        tok.eos_id)
+        logging.warning("eos id %s is outside the tokenizer's vocabulary; not recorded", tok.eos_id)
         return
     pad = ok(hf.get("pad_token_id")) if ok(hf.get("pad_token_id")) is not None else eos
-    _write_atomic(dst / "special_tokens.json",
-                  json.dumps({"bos_id": bos, "eos_id": eos, "pad_id": pad}))
+    _write_atomic(
+        dst / "special_tokens.json", json.dumps({"bos_id": bos, "eos_id": eos, "pad_id": pad})
+    )
 
 
-def hf_to_jaxknow(hf_dir: str | os.PathLike, dst: str | os.PathLike, *,
-                  param_dtype: str = "float32", dtype: str | None = None,
-                  mesh: Mesh | None = None, overwrite: bool = False) -> Path:
+def hf_to_jaxknow(
+    hf_dir: str | os.PathLike,
+    dst: str | os.PathLike,
+    *,
+    param_dtype: str = "float32",
+    dtype: str | None = None,
+    mesh: Mesh | None = None,
+    overwrite: bool = False,
+) -> Path:
     """Converts a Hugging Face model directory into a jaxknow model directory; returns `dst`.
 
     `dst` gets `checkpoints/` (a parameters-only checkpoint whose metadata holds the model
@@ -165,8 +180,13 @@ def hf_to_jaxknow(hf_dir: str | os.PathLike, dst: str | os.PathLike, *,
     tmp = prepare_destination(dst, hf_dir, overwrite)
     try:
         model = load_hf_params(hf_dir, mesh, param_dtype=param_dtype, dtype=dtype)
-        meta = {"model": model.cfg.to_dict(), "source": "huggingface", "family": model.family,
-                "hf_config": model.hf_config, "hf_dir": str(hf_dir)}
+        meta = {
+            "model": model.cfg.to_dict(),
+            "source": "huggingface",
+            "family": model.family,
+            "hf_config": model.hf_config,
+            "hf_dir": str(hf_dir),
+        }
         save_params_checkpoint(tmp, model.params, meta)
         if jax.process_index() == 0 and _copy_tokenizer_files(hf_dir, tmp):
             _write_special_tokens(hf_dir, tmp, model.hf_config)
@@ -178,9 +198,16 @@ def hf_to_jaxknow(hf_dir: str | os.PathLike, dst: str | os.PathLike, *,
 
 
 # --- export ---------------------------------------------------------------------------------
-def write_hf_model(params: Any, cfg: ModelConfig, dst: str | os.PathLike, family: str, *,
-                   dtype: str | None = None, max_shard_size: int | str = DEFAULT_MAX_SHARD_SIZE,
-                   token_ids: Mapping[str, int | None] | None = None) -> list[str]:
+def write_hf_model(
+    params: Any,
+    cfg: ModelConfig,
+    dst: str | os.PathLike,
+    family: str,
+    *,
+    dtype: str | None = None,
+    max_shard_size: int | str = DEFAULT_MAX_SHARD_SIZE,
+    token_ids: Mapping[str, int | None] | None = None,
+) -> list[str]:
     """Writes `config.json` and the safetensors weights (one `model.safetensors`, or shards
     plus `model.safetensors.index.json` above `max_shard_size`) of a jaxknow model (without
     LoRA adapters) into the existing folder `dst`; returns the weight file names."""
@@ -195,15 +222,21 @@ def write_hf_model(params: Any, cfg: ModelConfig, dst: str | os.PathLike, family
     if set(flat) != set(plan):
         raise HFConversionError(
             f"the parameters do not match the model config: missing "
-            f"{sorted(set(plan) - set(flat))}, unexpected {sorted(set(flat) - set(plan))}")
+            f"{sorted(set(plan) - set(flat))}, unexpected {sorted(set(flat) - set(plan))}"
+        )
     by_name: dict[str, list[tuple[str, TensorSource]]] = {}
     for path, src in plan.items():
         by_name.setdefault(src.name, []).append((path, src))
     shapes = {n: s[0][1].stored_shape for n, s in by_name.items()}
     write = jax.process_index() == 0
     files = write_safetensors(
-        dst, shapes, np_dtype, lambda name: stored_tensor(by_name[name], flat, np_dtype),
-        max_shard_size=max_shard_size, write=write)
+        dst,
+        shapes,
+        np_dtype,
+        lambda name: stored_tensor(by_name[name], flat, np_dtype),
+        max_shard_size=max_shard_size,
+        write=write,
+    )
     if write:
         _write_atomic(dst / "config.json", json.dumps(hf, indent=2))
     return files
@@ -218,14 +251,24 @@ def _token_ids(meta: Mapping[str, Any], tokenizer: Any) -> dict[str, int | None]
         return {k: orig.get(k) for k in keys}
     if tokenizer is None:
         return {}
-    return {"bos_token_id": tokenizer.bos_id, "eos_token_id": tokenizer.eos_id,
-            "pad_token_id": tokenizer.pad_id}
+    return {
+        "bos_token_id": tokenizer.bos_id,
+        "eos_token_id": tokenizer.eos_id,
+        "pad_token_id": tokenizer.pad_id,
+    }
 
 
-def jaxknow_to_hf(src: str | os.PathLike, dst: str | os.PathLike, *, step: int | None = None,
-                  family: str | None = None, dtype: str | None = None,
-                  max_shard_size: int | str = DEFAULT_MAX_SHARD_SIZE, mesh: Mesh | None = None,
-                  overwrite: bool = False) -> Path:
+def jaxknow_to_hf(
+    src: str | os.PathLike,
+    dst: str | os.PathLike,
+    *,
+    step: int | None = None,
+    family: str | None = None,
+    dtype: str | None = None,
+    max_shard_size: int | str = DEFAULT_MAX_SHARD_SIZE,
+    mesh: Mesh | None = None,
+    overwrite: bool = False,
+) -> Path:
     """Exports a jaxknow model (a converted model directory, a workdir, a checkpoints directory
     or one step directory) as a Hugging Face model directory; returns `dst`.
 
@@ -253,8 +296,11 @@ def jaxknow_to_hf(src: str | os.PathLike, dst: str | os.PathLike, *, step: int |
     cfg = ModelConfig.from_dict(meta["model"])
     if family is None:
         recorded = meta.get("family")
-        family = (recorded if recorded in FAMILIES and not family_mismatches(cfg, recorded)
-                  else detect_family(cfg))
+        family = (
+            recorded
+            if recorded in FAMILIES and not family_mismatches(cfg, recorded)
+            else detect_family(cfg)
+        )
     hf_config_from_model(cfg, family)  # raises when the model is not of `family`
     tmp = prepare_destination(dst, src, overwrite)
     try:
@@ -262,8 +308,15 @@ def jaxknow_to_hf(src: str | os.PathLike, dst: str | os.PathLike, *, step: int |
         cfg, params = model.cfg, model.params
         if any(is_lora_path(p) for p in flatten(params)):
             params = merge_lora(params, cfg)
-        write_hf_model(params, cfg, tmp, family, dtype=dtype, max_shard_size=max_shard_size,
-                       token_ids=_token_ids(model.meta, model.tokenizer))
+        write_hf_model(
+            params,
+            cfg,
+            tmp,
+            family,
+            dtype=dtype,
+            max_shard_size=max_shard_size,
+            token_ids=_token_ids(model.meta, model.tokenizer),
+        )
         tok = find_tokenizer(model.path)
         if tok is not None and jax.process_index() == 0:
             shutil.copyfile(tok, tmp / "tokenizer.json")

@@ -48,11 +48,13 @@ def family_of(hf_config: Mapping[str, Any]) -> str:
     if model_type not in FAMILIES:
         raise HFConversionError(
             f"unsupported Hugging Face model_type {model_type!r} (architectures {archs}); "
-            f"supported: {supported}")
+            f"supported: {supported}"
+        )
     if archs and archs[0] != ARCHITECTURES[model_type]:
         raise HFConversionError(
             f"unsupported architecture {archs[0]!r} for model_type {model_type!r}; "
-            f"supported: {supported}")
+            f"supported: {supported}"
+        )
     return model_type
 
 
@@ -71,7 +73,8 @@ def _rope(hf: Mapping[str, Any]) -> tuple[float, dict[str, float] | None]:
         return theta, None
     if kind != "llama3":
         raise HFConversionError(
-            f"rope scaling type {kind!r} is not supported (supported: default, llama3)")
+            f"rope scaling type {kind!r} is not supported (supported: default, llama3)"
+        )
     keys = ("factor", "low_freq_factor", "high_freq_factor", "original_max_position_embeddings")
     missing = [k for k in keys if k not in scaling]
     if missing:
@@ -86,20 +89,23 @@ def _tanh_gelu(act: str, where: str) -> bool:
         return True
     if act == "gelu":
         return False
-    raise HFConversionError(f"{where}={act!r} is not supported (gelu, gelu_new, "
-                            "gelu_pytorch_tanh)")
+    raise HFConversionError(f"{where}={act!r} is not supported (gelu, gelu_new, gelu_pytorch_tanh)")
 
 
-def model_config_from_hf(hf: Mapping[str, Any], *, param_dtype: str = "float32",
-                         dtype: str | None = None) -> tuple[str, ModelConfig]:
+def model_config_from_hf(
+    hf: Mapping[str, Any], *, param_dtype: str = "float32", dtype: str | None = None
+) -> tuple[str, ModelConfig]:
     """Returns (family, ModelConfig) for a Hugging Face `config.json` dict.
 
     `param_dtype` is the storage dtype of the converted parameters; `dtype` the compute dtype
     (default: `param_dtype`). Raises HFConversionError for configs jaxknow cannot express.
     """
     family = family_of(hf)
-    common: dict[str, Any] = dict(param_dtype=param_dtype, dtype=dtype or param_dtype,
-                                  init_std=float(hf.get("initializer_range", 0.02)))
+    common: dict[str, Any] = dict(
+        param_dtype=param_dtype,
+        dtype=dtype or param_dtype,
+        init_std=float(hf.get("initializer_range", 0.02)),
+    )
     if family == "gpt2":
         if hf.get("scale_attn_by_inverse_layer_idx"):
             raise HFConversionError("gpt2: scale_attn_by_inverse_layer_idx=true is not supported")
@@ -109,14 +115,23 @@ def model_config_from_hf(hf: Mapping[str, Any], *, param_dtype: str = "float32",
             raise HFConversionError("gpt2: add_cross_attention=true is not supported")
         d = int(hf["n_embd"])
         fields = dict(
-            vocab_size=int(hf["vocab_size"]), d_model=d, n_layers=int(hf["n_layer"]),
-            n_heads=int(hf["n_head"]), d_ff=int(hf.get("n_inner") or 4 * d),
+            vocab_size=int(hf["vocab_size"]),
+            d_model=d,
+            n_layers=int(hf["n_layer"]),
+            n_heads=int(hf["n_head"]),
+            d_ff=int(hf.get("n_inner") or 4 * d),
             max_seq_len=int(hf.get("n_positions", hf.get("n_ctx", 1024))),
-            pos_embedding="learned", norm="layernorm", norm_bias=True,
-            norm_eps=float(hf.get("layer_norm_epsilon", 1e-5)), mlp="gelu",
-            gelu_approximate=_tanh_gelu(hf.get("activation_function", "gelu_new"),
-                                        "gpt2: activation_function"),
-            mlp_bias=True, attn_bias=True, attn_out_bias=True,
+            pos_embedding="learned",
+            norm="layernorm",
+            norm_bias=True,
+            norm_eps=float(hf.get("layer_norm_epsilon", 1e-5)),
+            mlp="gelu",
+            gelu_approximate=_tanh_gelu(
+                hf.get("activation_function", "gelu_new"), "gpt2: activation_function"
+            ),
+            mlp_bias=True,
+            attn_bias=True,
+            attn_out_bias=True,
             tie_embeddings=bool(hf.get("tie_word_embeddings", True)),
         )
     else:
@@ -133,15 +148,22 @@ def model_config_from_hf(hf: Mapping[str, Any], *, param_dtype: str = "float32",
                 raise HFConversionError(f"gemma: hidden activation {act!r} is not supported")
         elif hf.get("hidden_act", "silu") != "silu":
             raise HFConversionError(
-                f"{family}: hidden_act={hf.get('hidden_act')!r} is not supported (silu)")
+                f"{family}: hidden_act={hf.get('hidden_act')!r} is not supported (silu)"
+            )
         bias = bool(hf.get("attention_bias", False))
         fields = dict(
-            vocab_size=int(hf["vocab_size"]), d_model=d, n_layers=int(hf["num_hidden_layers"]),
-            n_heads=h, n_kv_heads=kv if kv != h else None,
+            vocab_size=int(hf["vocab_size"]),
+            d_model=d,
+            n_layers=int(hf["num_hidden_layers"]),
+            n_heads=h,
+            n_kv_heads=kv if kv != h else None,
             head_dim=hd if (d % h or hd != d // h) else None,
             d_ff=int(hf["intermediate_size"]),
             max_seq_len=int(hf.get("max_position_embeddings", 8192)),
-            pos_embedding="rope", rope_theta=theta, rope_scaling=scaling, norm="rmsnorm",
+            pos_embedding="rope",
+            rope_theta=theta,
+            rope_scaling=scaling,
+            norm="rmsnorm",
             norm_eps=float(hf.get("rms_norm_eps", 1e-6)),
             attn_bias=True if family == "qwen2" else bias,
             attn_out_bias=False if family == "qwen2" else bias,
@@ -149,8 +171,9 @@ def model_config_from_hf(hf: Mapping[str, Any], *, param_dtype: str = "float32",
             tie_embeddings=bool(hf.get("tie_word_embeddings", family == "gemma")),
         )
         if family == "gemma":
-            fields.update(mlp="geglu", gelu_approximate=True, norm_scale_offset=1.0,
-                          embed_scale=True)
+            fields.update(
+                mlp="geglu", gelu_approximate=True, norm_scale_offset=1.0, embed_scale=True
+            )
         else:
             fields.update(mlp="swiglu")
     try:
@@ -169,15 +192,21 @@ def family_mismatches(cfg: ModelConfig, family: str) -> list[str]:
         if getattr(cfg, field) != value:
             out.append(f"{field}={getattr(cfg, field)!r} (needs {value!r})")
 
-    default_scale = cfg.dim_per_head ** -0.5
+    default_scale = cfg.dim_per_head**-0.5
     if cfg.attn_scale is not None and not math.isclose(cfg.attn_scale, default_scale):
         out.append(f"attn_scale={cfg.attn_scale!r} (needs 1/sqrt(head_dim))")
     need("embed_scale", family == "gemma")
     need("norm_scale_offset", 1.0 if family == "gemma" else 0.0)
     if family == "gpt2":
-        for f, v in (("pos_embedding", "learned"), ("norm", "layernorm"), ("norm_bias", True),
-                     ("mlp", "gelu"), ("mlp_bias", True), ("attn_bias", True),
-                     ("attn_out_bias", True)):
+        for f, v in (
+            ("pos_embedding", "learned"),
+            ("norm", "layernorm"),
+            ("norm_bias", True),
+            ("mlp", "gelu"),
+            ("mlp_bias", True),
+            ("attn_bias", True),
+            ("attn_out_bias", True),
+        ):
             need(f, v)
         if cfg.kv_heads != cfg.n_heads:
             out.append(f"n_kv_heads={cfg.n_kv_heads} (needs n_heads={cfg.n_heads})")
@@ -194,8 +223,10 @@ def family_mismatches(cfg: ModelConfig, family: str) -> list[str]:
         need("rope_scaling", None)
     else:
         if cfg.attn_bias != cfg.attn_out_bias:
-            out.append(f"attn_bias={cfg.attn_bias} with attn_out_bias={cfg.attn_out_bias} "
-                       "(needs both or neither)")
+            out.append(
+                f"attn_bias={cfg.attn_bias} with attn_out_bias={cfg.attn_out_bias} "
+                "(needs both or neither)"
+            )
     if family == "gemma":
         need("tie_embeddings", True)
         need("mlp_bias", False)
@@ -216,8 +247,13 @@ def detect_family(cfg: ModelConfig) -> str:
     raise HFConversionError(f"the model matches no Hugging Face family ({detail})")
 
 
-def hf_config_from_model(cfg: ModelConfig, family: str, *, dtype: str | None = None,
-                         token_ids: Mapping[str, int | None] | None = None) -> dict[str, Any]:
+def hf_config_from_model(
+    cfg: ModelConfig,
+    family: str,
+    *,
+    dtype: str | None = None,
+    token_ids: Mapping[str, int | None] | None = None,
+) -> dict[str, Any]:
     """Returns the Hugging Face `config.json` dict of a jaxknow model of `family`.
 
     Rotary settings are written the transformers-4 way (`rope_theta`, `rope_scaling`), which
@@ -230,34 +266,49 @@ def hf_config_from_model(cfg: ModelConfig, family: str, *, dtype: str | None = N
     out: dict[str, Any] = {"architectures": [ARCHITECTURES[family]], "model_type": family}
     if family == "gpt2":
         out.update(
-            vocab_size=c.vocab_size, n_positions=c.max_seq_len, n_embd=c.d_model,
-            n_layer=c.n_layers, n_head=c.n_heads, n_inner=c.d_ff,
+            vocab_size=c.vocab_size,
+            n_positions=c.max_seq_len,
+            n_embd=c.d_model,
+            n_layer=c.n_layers,
+            n_head=c.n_heads,
+            n_inner=c.d_ff,
             activation_function="gelu_new" if c.gelu_approximate else "gelu",
-            layer_norm_epsilon=c.norm_eps, tie_word_embeddings=c.tie_embeddings,
-            scale_attn_weights=True, scale_attn_by_inverse_layer_idx=False,
+            layer_norm_epsilon=c.norm_eps,
+            tie_word_embeddings=c.tie_embeddings,
+            scale_attn_weights=True,
+            scale_attn_by_inverse_layer_idx=False,
             reorder_and_upcast_attn=False,
         )
     else:
         out.update(
-            vocab_size=c.vocab_size, hidden_size=c.d_model, intermediate_size=c.d_ff,
-            num_hidden_layers=c.n_layers, num_attention_heads=c.n_heads,
-            num_key_value_heads=c.kv_heads, head_dim=c.dim_per_head,
-            max_position_embeddings=c.max_seq_len, rms_norm_eps=c.norm_eps,
-            rope_theta=c.rope_theta, tie_word_embeddings=c.tie_embeddings,
+            vocab_size=c.vocab_size,
+            hidden_size=c.d_model,
+            intermediate_size=c.d_ff,
+            num_hidden_layers=c.n_layers,
+            num_attention_heads=c.n_heads,
+            num_key_value_heads=c.kv_heads,
+            head_dim=c.dim_per_head,
+            max_position_embeddings=c.max_seq_len,
+            rms_norm_eps=c.norm_eps,
+            rope_theta=c.rope_theta,
+            tie_word_embeddings=c.tie_embeddings,
         )
         if family == "gemma":
-            out.update(hidden_act="gelu_pytorch_tanh", hidden_activation="gelu_pytorch_tanh",
-                       attention_bias=c.attn_bias)
+            out.update(
+                hidden_act="gelu_pytorch_tanh",
+                hidden_activation="gelu_pytorch_tanh",
+                attention_bias=c.attn_bias,
+            )
         else:
             out["hidden_act"] = "silu"
         if family == "llama":
             out.update(attention_bias=c.attn_bias, mlp_bias=c.mlp_bias, pretraining_tp=1)
-            out["rope_scaling"] = (None if c.rope_scaling is None
-                                   else {"rope_type": "llama3", **dict(c.rope_scaling)})
+            out["rope_scaling"] = (
+                None if c.rope_scaling is None else {"rope_type": "llama3", **dict(c.rope_scaling)}
+            )
         if family == "qwen2":
             out.update(use_sliding_window=False, max_window_layers=c.n_layers)
-    out.update(initializer_range=c.init_std, use_cache=True,
-               torch_dtype=dtype or c.param_dtype)
+    out.update(initializer_range=c.init_std, use_cache=True, torch_dtype=dtype or c.param_dtype)
     for k, v in (token_ids or {}).items():
         if v is not None:
             out[k] = v

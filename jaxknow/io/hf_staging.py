@@ -30,8 +30,7 @@ def prepare_destination(dst: Path, src: Path, overwrite: bool) -> Path:
     if _is_within(src.resolve(), dst.resolve()):
         raise DestinationError(f"destination {dst} would replace the source {src}")
     if dst.is_dir() and any(dst.iterdir()) and not overwrite:
-        raise DestinationError(
-            f"destination {dst} is not empty; pass --overwrite to replace it")
+        raise DestinationError(f"destination {dst} is not empty; pass --overwrite to replace it")
     tmp = dst.parent / f".{dst.name}.partial"
     if jax.process_index() == 0:
         dst.parent.mkdir(parents=True, exist_ok=True)

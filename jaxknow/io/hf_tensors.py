@@ -28,8 +28,11 @@ from jaxknow.model.params import flatten, param_specs
 _IGNORED_TENSORS = re.compile(r"(\.attn\.(bias|masked_bias)|rotary_emb\.inv_freq)$")
 _FLOAT_CODES = ("F64", "F32", "F16", "BF16")
 #: numpy dtypes a model's parameters can be converted to, by name.
-NP_DTYPES = {"float32": np.dtype("float32"), "bfloat16": np.dtype(ml_dtypes.bfloat16),
-             "float16": np.dtype("float16")}
+NP_DTYPES = {
+    "float32": np.dtype("float32"),
+    "bfloat16": np.dtype(ml_dtypes.bfloat16),
+    "float16": np.dtype("float16"),
+}
 
 
 @dataclasses.dataclass(frozen=True)
@@ -50,21 +53,27 @@ class TensorSource:
     offset: int = 0
 
 
-
 def gpt2_prefix(names: Sequence[str]) -> str:
     """Returns the prefix of a GPT-2 checkpoint's tensor names ("transformer." or none)."""
     return "transformer." if any(n.startswith("transformer.") for n in names) else ""
 
 
-def tensor_plan(family: str, cfg: ModelConfig, prefix: str | None = None
-                ) -> dict[str, TensorSource]:
+def tensor_plan(
+    family: str, cfg: ModelConfig, prefix: str | None = None
+) -> dict[str, TensorSource]:
     """Returns {jaxknow parameter path: TensorSource} for a model of `family`.
 
     `prefix` is the stored names' prefix ("transformer." or "model."; GPT-2 checkpoints also
     come without one); default: the family's usual prefix.
     """
-    d, h, kv, hd, f, v = (cfg.d_model, cfg.n_heads, cfg.kv_heads, cfg.dim_per_head, cfg.d_ff,
-                          cfg.vocab_size)
+    d, h, kv, hd, f, v = (
+        cfg.d_model,
+        cfg.n_heads,
+        cfg.kv_heads,
+        cfg.dim_per_head,
+        cfg.d_ff,
+        cfg.vocab_size,
+    )
     plan: dict[str, TensorSource] = {}
     T = TensorSource
 
@@ -76,17 +85,20 @@ def tensor_plan(family: str, cfg: ModelConfig, prefix: str | None = None
     if family == "gpt2":
         p = "transformer." if prefix is None else prefix
         plan["embed/tokens"] = T(f"{p}wte.weight", (v,), (d,), (v, d))
-        plan["embed/positions"] = T(f"{p}wpe.weight", (cfg.max_seq_len,), (d,),
-                                    (cfg.max_seq_len, d))
+        plan["embed/positions"] = T(
+            f"{p}wpe.weight", (cfg.max_seq_len,), (d,), (cfg.max_seq_len, d)
+        )
         for i in range(cfg.n_layers):
             L, b = f"layers/{i}", f"{p}h.{i}"
             norm(f"{L}/attn_norm", f"{b}.ln_1")
             norm(f"{L}/mlp_norm", f"{b}.ln_2")
             for j, n in enumerate("qkv"):
-                plan[f"{L}/attn/{n}/kernel"] = T(f"{b}.attn.c_attn.weight", (d,), (h, hd),
-                                                 (d, 3 * d), offset=j * d)
-                plan[f"{L}/attn/{n}/bias"] = T(f"{b}.attn.c_attn.bias", (), (h, hd), (3 * d,),
-                                               offset=j * d)
+                plan[f"{L}/attn/{n}/kernel"] = T(
+                    f"{b}.attn.c_attn.weight", (d,), (h, hd), (d, 3 * d), offset=j * d
+                )
+                plan[f"{L}/attn/{n}/bias"] = T(
+                    f"{b}.attn.c_attn.bias", (), (h, hd), (3 * d,), offset=j * d
+                )
             plan[f"{L}/attn/o/kernel"] = T(f"{b}.attn.c_proj.weight", (h, hd), (d,), (d, d))
             plan[f"{L}/attn/o/bias"] = T(f"{b}.attn.c_proj.bias", (), (d,), (d,))
             plan[f"{L}/mlp/up/kernel"] = T(f"{b}.mlp.c_fc.weight", (d,), (f,), (d, f))
@@ -103,19 +115,21 @@ def tensor_plan(family: str, cfg: ModelConfig, prefix: str | None = None
             norm(f"{L}/mlp_norm", f"{b}.post_attention_layernorm")
             for n, heads in (("q", h), ("k", kv), ("v", kv)):
                 name = f"{b}.self_attn.{n}_proj"
-                plan[f"{L}/attn/{n}/kernel"] = T(f"{name}.weight", (d,), (heads, hd),
-                                                 (heads * hd, d), torch_linear=True)
+                plan[f"{L}/attn/{n}/kernel"] = T(
+                    f"{name}.weight", (d,), (heads, hd), (heads * hd, d), torch_linear=True
+                )
                 if cfg.attn_bias:
-                    plan[f"{L}/attn/{n}/bias"] = T(f"{name}.bias", (), (heads, hd),
-                                                   (heads * hd,))
-            plan[f"{L}/attn/o/kernel"] = T(f"{b}.self_attn.o_proj.weight", (h, hd), (d,),
-                                           (d, h * hd), torch_linear=True)
+                    plan[f"{L}/attn/{n}/bias"] = T(f"{name}.bias", (), (heads, hd), (heads * hd,))
+            plan[f"{L}/attn/o/kernel"] = T(
+                f"{b}.self_attn.o_proj.weight", (h, hd), (d,), (d, h * hd), torch_linear=True
+            )
             if cfg.attn_out_bias:
                 plan[f"{L}/attn/o/bias"] = T(f"{b}.self_attn.o_proj.bias", (), (d,), (d,))
             for n, (fi, fo) in (("gate", (d, f)), ("up", (d, f)), ("down", (f, d))):
                 name = f"{b}.mlp.{n}_proj"
-                plan[f"{L}/mlp/{n}/kernel"] = T(f"{name}.weight", (fi,), (fo,), (fo, fi),
-                                                torch_linear=True)
+                plan[f"{L}/mlp/{n}/kernel"] = T(
+                    f"{name}.weight", (fi,), (fo,), (fo, fi), torch_linear=True
+                )
                 if cfg.mlp_bias:
                     plan[f"{L}/mlp/{n}/bias"] = T(f"{name}.bias", (), (fo,), (fo,))
         norm("final_norm", f"{p}norm")
@@ -127,9 +141,9 @@ def tensor_plan(family: str, cfg: ModelConfig, prefix: str | None = None
     if set(plan) != expected:  # the family checks should make this impossible
         raise HFConversionError(
             f"{family}: no Hugging Face tensor for {sorted(expected - set(plan))}; "
-            f"unexpected {sorted(set(plan) - expected)}")
+            f"unexpected {sorted(set(plan) - expected)}"
+        )
     return plan
-
 
 
 def _span(idx: tuple[slice, ...], dims: tuple[int, ...]) -> tuple[int, int, tuple[Any, ...]]:
@@ -145,8 +159,9 @@ def _span(idx: tuple[slice, ...], dims: tuple[int, ...]) -> tuple[int, int, tupl
     return start * rest, stop * rest, (slice(None), *idx[1:])
 
 
-def read_param_slice(reader: SafetensorsReader, src: TensorSource, index: tuple[slice, ...],
-                     dtype: Any) -> np.ndarray:
+def read_param_slice(
+    reader: SafetensorsReader, src: TensorSource, index: tuple[slice, ...], dtype: Any
+) -> np.ndarray:
     """Returns the part `index` of the jaxknow parameter described by `src`, as `dtype`,
     reading only the stored bytes it needs."""
     n_in = len(src.in_shape)
@@ -166,8 +181,9 @@ def read_param_slice(reader: SafetensorsReader, src: TensorSource, index: tuple[
     return np.ascontiguousarray(block.reshape(shape)[(*in_sub, *out_sub)].astype(dtype))
 
 
-def check_tensors(reader: SafetensorsReader, plan: Mapping[str, TensorSource], family: str,
-                  cfg: ModelConfig) -> None:
+def check_tensors(
+    reader: SafetensorsReader, plan: Mapping[str, TensorSource], family: str, cfg: ModelConfig
+) -> None:
     """Raises HFConversionError listing every missing tensor, every unexpected one, and every
     shape or dtype mismatch between the checkpoint and the model its config describes."""
     wanted: dict[str, tuple[int, ...]] = {}
@@ -194,7 +210,8 @@ def check_tensors(reader: SafetensorsReader, plan: Mapping[str, TensorSource], f
     if problems:
         raise HFConversionError(
             f"{reader.directory}: the checkpoint does not match its {family} config: "
-            + "; ".join(problems))
+            + "; ".join(problems)
+        )
 
 
 def _to_host(x: Any) -> np.ndarray:
@@ -206,8 +223,9 @@ def _to_host(x: Any) -> np.ndarray:
     return np.asarray(jax.device_get(x))
 
 
-def stored_tensor(sources: Sequence[tuple[str, TensorSource]], flat: Mapping[str, Any],
-                  dtype: np.dtype) -> np.ndarray:
+def stored_tensor(
+    sources: Sequence[tuple[str, TensorSource]], flat: Mapping[str, Any], dtype: np.dtype
+) -> np.ndarray:
     """Returns one Hugging Face tensor assembled from the jaxknow parameters stored in it."""
     shape = sources[0][1].stored_shape
     out = np.zeros(shape, dtype)
@@ -224,6 +242,7 @@ def stored_tensor(sources: Sequence[tuple[str, TensorSource]], flat: Mapping[str
             out[:, sl] = a.reshape(-1, n_out)
         filled += a.size
     if filled != out.size:
-        raise HFConversionError(f"{sources[0][1].name}: only {filled} of {out.size} values "
-                                "come from the model")
+        raise HFConversionError(
+            f"{sources[0][1].name}: only {filled} of {out.size} values come from the model"
+        )
     return out

@@ -33,8 +33,11 @@ def _truncation(file: Path) -> str | None:
         with open(file, "rb") as fh:
             (n,) = struct.unpack("<Q", fh.read(8))
             header = json.loads(fh.read(n))
-        ends = {name: 8 + n + int(info["data_offsets"][1])
-                for name, info in header.items() if name != "__metadata__"}
+        ends = {
+            name: 8 + n + int(info["data_offsets"][1])
+            for name, info in header.items()
+            if name != "__metadata__"
+        }
     except (OSError, struct.error, ValueError, KeyError, TypeError, IndexError):
         return None
     for name, end in ends.items():
@@ -60,8 +63,9 @@ class SafetensorsReader:
                 raise HFConversionError(f"{file}: {why}") from None
             for name in handle.keys():  # noqa: SIM118 (a safe_open handle, not a dict)
                 if name in owner:
-                    raise HFConversionError(f"tensor {name!r} is stored twice "
-                                            f"({owner[name].name} and {file.name})")
+                    raise HFConversionError(
+                        f"tensor {name!r} is stored twice ({owner[name].name} and {file.name})"
+                    )
                 owner[name] = file
                 self._handles[name] = handle
 
@@ -72,17 +76,19 @@ class SafetensorsReader:
             files = sorted({self.directory / f for f in weight_map.values()})
             missing = [f.name for f in files if not f.is_file()]
             if missing:
-                raise FileNotFoundError(f"{index} lists shard file(s) that do not exist: "
-                                        f"{missing}")
+                raise FileNotFoundError(f"{index} lists shard file(s) that do not exist: {missing}")
             return files
         single = self.directory / "model.safetensors"
         if single.is_file():
             return [single]
         files = sorted(self.directory.glob("*.safetensors"))
         if not files:
-            extra = (" (pytorch_model.bin checkpoints are not supported: re-save the model with "
-                     "save_pretrained(..., safe_serialization=True))"
-                     if any(self.directory.glob("*.bin")) else "")
+            extra = (
+                " (pytorch_model.bin checkpoints are not supported: re-save the model with "
+                "save_pretrained(..., safe_serialization=True))"
+                if any(self.directory.glob("*.bin"))
+                else ""
+            )
             raise FileNotFoundError(f"no *.safetensors files in {self.directory}{extra}")
         return files
 
@@ -116,17 +122,31 @@ def parse_size(size: int | str) -> int:
     if not m:
         raise ValueError(f"max_shard_size={size!r}: expected bytes or e.g. '5GB', '500MB'")
     unit = (m.group(2) or "B").upper()
-    powers = {"B": 1, "KB": 10**3, "MB": 10**6, "GB": 10**9, "TB": 10**12,
-              "KIB": 2**10, "MIB": 2**20, "GIB": 2**30, "TIB": 2**40}
+    powers = {
+        "B": 1,
+        "KB": 10**3,
+        "MB": 10**6,
+        "GB": 10**9,
+        "TB": 10**12,
+        "KIB": 2**10,
+        "MIB": 2**20,
+        "GIB": 2**30,
+        "TIB": 2**40,
+    }
     if unit not in powers:
         raise ValueError(f"max_shard_size={size!r}: unknown unit {m.group(2)!r}")
     return int(float(m.group(1)) * powers[unit])
 
 
-def write_safetensors(dst: Path, shapes: Mapping[str, tuple[int, ...]], dtype: np.dtype,
-                      produce: Callable[[str], np.ndarray], *,
-                      max_shard_size: int | str = DEFAULT_MAX_SHARD_SIZE,
-                      write: bool = True) -> list[str]:
+def write_safetensors(
+    dst: Path,
+    shapes: Mapping[str, tuple[int, ...]],
+    dtype: np.dtype,
+    produce: Callable[[str], np.ndarray],
+    *,
+    max_shard_size: int | str = DEFAULT_MAX_SHARD_SIZE,
+    write: bool = True,
+) -> list[str]:
     """Writes the tensors `shapes` names (in that order; `produce(name)` returns each, as
     `dtype`) into the folder `dst`: one `model.safetensors`, or shards of at most
     `max_shard_size` bytes (a bigger tensor gets a shard of its own) plus the index, split and
@@ -134,8 +154,11 @@ def write_safetensors(dst: Path, shapes: Mapping[str, tuple[int, ...]], dtype: n
     every name also where `write` is False, so that collectives inside it run on every
     process; one shard's tensors are in host memory at a time."""
     split = split_state_dict_into_shards_factory(
-        dict(shapes), get_storage_size=lambda shape: math.prod(shape) * dtype.itemsize,
-        filename_pattern="model{suffix}.safetensors", max_shard_size=parse_size(max_shard_size))
+        dict(shapes),
+        get_storage_size=lambda shape: math.prod(shape) * dtype.itemsize,
+        filename_pattern="model{suffix}.safetensors",
+        max_shard_size=parse_size(max_shard_size),
+    )
     for file, names in split.filename_to_tensors.items():
         tensors = {n: np.ascontiguousarray(produce(n)) for n in names}
         if write:

@@ -75,8 +75,10 @@ def verify(step_dir: Any) -> str | None:
     if not step_dir.is_dir():
         return "the step directory is missing"
     if not mpath.exists():
-        return (f"no checksum manifest ({MANIFEST}): the save did not finish, or it was "
-                "written by an older version")
+        return (
+            f"no checksum manifest ({MANIFEST}): the save did not finish, or it was "
+            "written by an older version"
+        )
     try:
         want = json.loads(mpath.read_text())["files"]
     except (OSError, ValueError, KeyError, TypeError) as e:

@@ -57,8 +57,9 @@ def checkpoint_model_config(path: str | Path) -> ModelConfig:
     return ModelConfig.from_dict(meta["model"])
 
 
-def load_model(path: str | Path, mesh: Mesh | None = None, step: int | None = None,
-               dtype: str | None = None) -> LoadedModel:
+def load_model(
+    path: str | Path, mesh: Mesh | None = None, step: int | None = None, dtype: str | None = None
+) -> LoadedModel:
     """Returns the LoadedModel stored at `path` (a workdir, a checkpoints directory or one
     step directory); `step` picks a step (default: the one in `path`, else the latest).
 
@@ -79,8 +80,9 @@ def load_model(path: str | Path, mesh: Mesh | None = None, step: int | None = No
         specs = param_specs(cfg)
         lora_meta = meta.get("lora") or {}
         if lora_meta.get("rank", 0) or lora_meta.get("embedding_rank", 0):
-            lcfg = LoraConfig(**{k: tuple(v) if isinstance(v, list) else v
-                                 for k, v in lora_meta.items()})
+            lcfg = LoraConfig(
+                **{k: tuple(v) if isinstance(v, list) else v for k, v in lora_meta.items()}
+            )
             specs = full_specs(cfg, lcfg)
         params = ckpt.restore(abstract_params(specs, cfg.storage_dtype, mesh), None, step)["params"]
     finally:
@@ -122,8 +124,9 @@ def check_tokens(tokens: Sequence[Any], cfg: ModelConfig) -> list[int]:
         if isinstance(t, bool) or not isinstance(t, int | np.integer):
             raise ValueError(f"token {i} ({t!r}) is not an integer")
         if not 0 <= int(t) < cfg.vocab_size:
-            raise ValueError(f"token {i} ({int(t)}) is outside the vocabulary "
-                             f"[0, {cfg.vocab_size})")
+            raise ValueError(
+                f"token {i} ({int(t)}) is outside the vocabulary [0, {cfg.vocab_size})"
+            )
         out.append(int(t))
     if not out:
         raise ValueError("no tokens to score")

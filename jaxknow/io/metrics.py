@@ -38,8 +38,9 @@ def read_metrics(path: str | os.PathLike, repair_torn: bool = False) -> list[dic
                 raise ValueError("not a JSON object")
         except ValueError as e:
             if repair_torn and i == len(lines):  # no newline after it: the last write was torn
-                logging.warning("%s:%d: dropped a torn last line (an interrupted write): %.60r",
-                                path, i, line)
+                logging.warning(
+                    "%s:%d: dropped a torn last line (an interrupted write): %.60r", path, i, line
+                )
                 continue
             raise CorpusFormatError(f"{path}:{i}: malformed metrics row ({e})") from None
         rows.append(row)
@@ -53,8 +54,14 @@ class MetricWriter:
     always describes one trajectory.
     """
 
-    def __init__(self, workdir: str | os.PathLike, resume_step: int = 0, tensorboard: bool = True,
-                 progress_total: int | None = None, progress: bool = True):
+    def __init__(
+        self,
+        workdir: str | os.PathLike,
+        resume_step: int = 0,
+        tensorboard: bool = True,
+        progress_total: int | None = None,
+        progress: bool = True,
+    ):
         self.enabled = jax.process_index() == 0
         self.path = Path(workdir) / "metrics.jsonl"
         self._tb = None
@@ -62,8 +69,11 @@ class MetricWriter:
         if not self.enabled:
             return
         if self.path.exists():
-            kept = [r for r in read_metrics(self.path, repair_torn=True)
-                    if r.get("step", 0) <= resume_step]
+            kept = [
+                r
+                for r in read_metrics(self.path, repair_torn=True)
+                if r.get("step", 0) <= resume_step
+            ]
             with atomic_path(self.path) as tmp:
                 tmp.write_text("".join(json.dumps(r) + "\n" for r in kept))
         self._f = self.path.open("a", encoding="utf-8")
@@ -74,8 +84,9 @@ class MetricWriter:
         if progress and progress_total:
             from tqdm import tqdm
 
-            self._bar = tqdm(total=progress_total, initial=resume_step, unit="step",
-                             dynamic_ncols=True)
+            self._bar = tqdm(
+                total=progress_total, initial=resume_step, unit="step", dynamic_ncols=True
+            )
 
     def write(self, step: int, metrics: Mapping[str, Any]) -> None:
         """Appends a row {"step": step, **metrics} and mirrors it to TensorBoard."""
@@ -89,8 +100,11 @@ class MetricWriter:
                 if k != "step" and isinstance(v, int | float):
                     self._tb.add_scalar(k, v, step)
         if self._bar is not None:
-            shown = {k: f"{row[k]:.4g}" for k in ("loss", "tokens_per_s") if
-                     isinstance(row.get(k), float)}
+            shown = {
+                k: f"{row[k]:.4g}"
+                for k in ("loss", "tokens_per_s")
+                if isinstance(row.get(k), float)
+            }
             self._bar.set_postfix(shown, refresh=False)
 
     def advance(self, n: int = 1) -> None:

@@ -182,8 +182,12 @@ class ModelConfig:
         if self.attention_impl not in (None, "xla", "cudnn"):
             bad("attention_impl", "must be None, 'xla' or 'cudnn'")
         if self.rope_scaling is not None:
-            need = {"factor", "low_freq_factor", "high_freq_factor",
-                    "original_max_position_embeddings"}
+            need = {
+                "factor",
+                "low_freq_factor",
+                "high_freq_factor",
+                "original_max_position_embeddings",
+            }
             missing = need - set(self.rope_scaling)
             if missing:
                 bad("rope_scaling", f"missing key(s) {sorted(missing)}")
@@ -191,40 +195,110 @@ class ModelConfig:
 
 # --- presets ------------------------------------------------------------------------------
 _GPT2 = dict(
-    pos_embedding="learned", norm="layernorm", norm_bias=True, mlp="gelu", mlp_bias=True,
-    attn_bias=True, attn_out_bias=True, tie_embeddings=True, gelu_approximate=True,
+    pos_embedding="learned",
+    norm="layernorm",
+    norm_bias=True,
+    mlp="gelu",
+    mlp_bias=True,
+    attn_bias=True,
+    attn_out_bias=True,
+    tie_embeddings=True,
+    gelu_approximate=True,
 )
 _LLAMA = dict(
-    pos_embedding="rope", norm="rmsnorm", mlp="swiglu", tie_embeddings=False, norm_eps=1e-5,
+    pos_embedding="rope",
+    norm="rmsnorm",
+    mlp="swiglu",
+    tie_embeddings=False,
+    norm_eps=1e-5,
     rope_theta=500_000.0,
 )
 
 PRESETS: dict[str, dict[str, Any]] = {
     # Tiny shapes for tests and CPU smoke runs.
-    "tiny": dict(_GPT2, vocab_size=512, d_model=64, n_layers=2, n_heads=4, d_ff=256,
-                 max_seq_len=128),
-    "tiny-llama": dict(_LLAMA, vocab_size=512, d_model=64, n_layers=2, n_heads=4, n_kv_heads=2,
-                       d_ff=192, max_seq_len=128, rope_theta=10_000.0),
+    "tiny": dict(
+        _GPT2, vocab_size=512, d_model=64, n_layers=2, n_heads=4, d_ff=256, max_seq_len=128
+    ),
+    "tiny-llama": dict(
+        _LLAMA,
+        vocab_size=512,
+        d_model=64,
+        n_layers=2,
+        n_heads=4,
+        n_kv_heads=2,
+        d_ff=192,
+        max_seq_len=128,
+        rope_theta=10_000.0,
+    ),
     # GPT-2 small (124M with the 50,257-token vocabulary).
-    "gpt2-small": dict(_GPT2, vocab_size=50257, d_model=768, n_layers=12, n_heads=12,
-                       d_ff=3072, max_seq_len=1024),
+    "gpt2-small": dict(
+        _GPT2, vocab_size=50257, d_model=768, n_layers=12, n_heads=12, d_ff=3072, max_seq_len=1024
+    ),
     # The bioS paper's shape: GPT-2 small with rotary positions, context 512.
-    "gpt2-small-rope": dict(_GPT2, pos_embedding="rope", vocab_size=50257, d_model=768,
-                            n_layers=12, n_heads=12, d_ff=3072, max_seq_len=512),
+    "gpt2-small-rope": dict(
+        _GPT2,
+        pos_embedding="rope",
+        vocab_size=50257,
+        d_model=768,
+        n_layers=12,
+        n_heads=12,
+        d_ff=3072,
+        max_seq_len=512,
+    ),
     # Llama-style models (Llama 3 family shapes).
-    "llama-1b": dict(_LLAMA, vocab_size=128256, d_model=2048, n_layers=16, n_heads=32,
-                     n_kv_heads=8, d_ff=8192, max_seq_len=2048, tie_embeddings=True,
-                     rope_scaling={"factor": 32.0, "low_freq_factor": 1.0,
-                                   "high_freq_factor": 4.0,
-                                   "original_max_position_embeddings": 8192}),
-    "llama-8b": dict(_LLAMA, vocab_size=128256, d_model=4096, n_layers=32, n_heads=32,
-                     n_kv_heads=8, d_ff=14336, max_seq_len=8192),
-    "llama-70b": dict(_LLAMA, vocab_size=128256, d_model=8192, n_layers=80, n_heads=64,
-                      n_kv_heads=8, d_ff=28672, max_seq_len=8192),
-    "gemma-7b": dict(pos_embedding="rope", norm="rmsnorm", norm_scale_offset=1.0, norm_eps=1e-6,
-                     mlp="geglu", tie_embeddings=True, embed_scale=True, vocab_size=256000,
-                     d_model=3072, n_layers=28, n_heads=16, head_dim=256, d_ff=24576,
-                     max_seq_len=8192),
+    "llama-1b": dict(
+        _LLAMA,
+        vocab_size=128256,
+        d_model=2048,
+        n_layers=16,
+        n_heads=32,
+        n_kv_heads=8,
+        d_ff=8192,
+        max_seq_len=2048,
+        tie_embeddings=True,
+        rope_scaling={
+            "factor": 32.0,
+            "low_freq_factor": 1.0,
+            "high_freq_factor": 4.0,
+            "original_max_position_embeddings": 8192,
+        },
+    ),
+    "llama-8b": dict(
+        _LLAMA,
+        vocab_size=128256,
+        d_model=4096,
+        n_layers=32,
+        n_heads=32,
+        n_kv_heads=8,
+        d_ff=14336,
+        max_seq_len=8192,
+    ),
+    "llama-70b": dict(
+        _LLAMA,
+        vocab_size=128256,
+        d_model=8192,
+        n_layers=80,
+        n_heads=64,
+        n_kv_heads=8,
+        d_ff=28672,
+        max_seq_len=8192,
+    ),
+    "gemma-7b": dict(
+        pos_embedding="rope",
+        norm="rmsnorm",
+        norm_scale_offset=1.0,
+        norm_eps=1e-6,
+        mlp="geglu",
+        tie_embeddings=True,
+        embed_scale=True,
+        vocab_size=256000,
+        d_model=3072,
+        n_layers=28,
+        n_heads=16,
+        head_dim=256,
+        d_ff=24576,
+        max_seq_len=8192,
+    ),
 }
 
 

@@ -68,8 +68,10 @@ class LoraConfig:
             raise ValueError("lora.rank and lora.embedding_rank must be >= 0")
         unknown = set(self.targets) - set(ATTN_TARGETS + MLP_TARGETS)
         if unknown:
-            raise ValueError(f"lora.targets: unknown projection(s) {sorted(unknown)}; "
-                             f"known: {ATTN_TARGETS + MLP_TARGETS}")
+            raise ValueError(
+                f"lora.targets: unknown projection(s) {sorted(unknown)}; "
+                f"known: {ATTN_TARGETS + MLP_TARGETS}"
+            )
 
     @property
     def enabled(self) -> bool:
@@ -89,8 +91,9 @@ def _adapter_specs(kernel: ParamSpec, n_in: int, rank: int) -> dict[str, ParamSp
     in_axes, out_axes = kernel.axes[:n_in], kernel.axes[n_in:]
     fan_in = math.prod(in_shape)
     return {
-        "lora_a": ParamSpec((*in_shape, rank), (*in_axes, "lora_rank"), "normal",
-                            1.0 / math.sqrt(fan_in)),
+        "lora_a": ParamSpec(
+            (*in_shape, rank), (*in_axes, "lora_rank"), "normal", 1.0 / math.sqrt(fan_in)
+        ),
         "lora_b": ParamSpec((rank, *out_shape), ("lora_rank", *out_axes), "zeros"),
     }
 
@@ -112,8 +115,9 @@ def lora_specs(cfg: ModelConfig, lora: LoraConfig) -> dict[str, Any]:
     if lora.embedding_rank > 0:
         r = lora.embedding_rank
         flat["embed/lora_a"] = ParamSpec((cfg.vocab_size, r), ("vocab", "lora_rank"), "zeros")
-        flat["embed/lora_b"] = ParamSpec((r, cfg.d_model), ("lora_rank", "embed"), "normal",
-                                         1.0 / math.sqrt(r))
+        flat["embed/lora_b"] = ParamSpec(
+            (r, cfg.d_model), ("lora_rank", "embed"), "normal", 1.0 / math.sqrt(r)
+        )
     return unflatten(flat)
 
 

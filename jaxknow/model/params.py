@@ -32,15 +32,17 @@ class ParamSpec:
     std: float = 0.02
 
 
-def _dense(shape: tuple[int, ...], axes: tuple[str | None, ...],
-           std: float) -> dict[str, ParamSpec]:
+def _dense(
+    shape: tuple[int, ...], axes: tuple[str | None, ...], std: float
+) -> dict[str, ParamSpec]:
     return {"kernel": ParamSpec(shape, axes, "normal", std)}
 
 
 def _norm(cfg: ModelConfig) -> dict[str, ParamSpec]:
     # Gemma stores (scale - 1): its neutral value is zero.
-    spec = {"scale": ParamSpec((cfg.d_model,), ("norm",),
-                               "zeros" if cfg.norm_scale_offset else "ones")}
+    spec = {
+        "scale": ParamSpec((cfg.d_model,), ("norm",), "zeros" if cfg.norm_scale_offset else "ones")
+    }
     if cfg.norm == "layernorm" and cfg.norm_bias:
         spec["bias"] = ParamSpec((cfg.d_model,), ("norm",), "zeros")
     return spec
@@ -79,11 +81,15 @@ def layer_specs(cfg: ModelConfig) -> dict[str, Any]:
 
 def param_specs(cfg: ModelConfig) -> dict[str, Any]:
     """Returns the ParamSpec tree of the whole model (same structure as the parameters)."""
-    embed = {"tokens": ParamSpec((cfg.vocab_size, cfg.d_model), ("vocab", "embed"), "normal",
-                                 cfg.init_std)}
+    embed = {
+        "tokens": ParamSpec(
+            (cfg.vocab_size, cfg.d_model), ("vocab", "embed"), "normal", cfg.init_std
+        )
+    }
     if cfg.pos_embedding == "learned":
-        embed["positions"] = ParamSpec((cfg.max_seq_len, cfg.d_model), ("positions", "embed"),
-                                       "normal", 0.01)
+        embed["positions"] = ParamSpec(
+            (cfg.max_seq_len, cfg.d_model), ("positions", "embed"), "normal", 0.01
+        )
     specs: dict[str, Any] = {
         "embed": embed,
         "layers": {str(i): layer_specs(cfg) for i in range(cfg.n_layers)},
@@ -131,7 +137,9 @@ def init_params(specs: Mapping[str, Any], key: jax.Array, dtype: Any) -> Params:
     """
     return jax.tree_util.tree_map_with_path(
         lambda p, s: init_param(s, path_key(key, keystr(p, simple=True, separator="/")), dtype),
-        specs, is_leaf=_is_spec)
+        specs,
+        is_leaf=_is_spec,
+    )
 
 
 def count_params(tree: Any) -> int:
@@ -153,7 +161,8 @@ def unflatten(flat: Mapping[str, Any]) -> dict[str, Any]:
 def map_with_path(fn: Callable[[str, Any], Any], tree: Any) -> Any:
     """Returns `tree` with every leaf replaced by fn(path_string, leaf)."""
     return jax.tree_util.tree_map_with_path(
-        lambda p, x: fn(keystr(p, simple=True, separator="/"), x), tree)
+        lambda p, x: fn(keystr(p, simple=True, separator="/"), x), tree
+    )
 
 
 def layer_of(path: str) -> int | None:
@@ -162,4 +171,3 @@ def layer_of(path: str) -> int | None:
     if len(parts) >= 2 and parts[0] == "layers" and parts[1].isdigit():
         return int(parts[1])
     return None
-

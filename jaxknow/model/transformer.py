@@ -50,8 +50,10 @@ def init_cache(cfg: ModelConfig, batch: int, length: int, dtype: Any = None) -> 
     """Returns an all-zero KV cache for `batch` rows of `length` slots."""
     dtype = dtype or cfg.compute_dtype
     shape = (batch, length, cfg.kv_heads, cfg.dim_per_head)
-    return {str(i): {"k": jnp.zeros(shape, dtype), "v": jnp.zeros(shape, dtype)}
-            for i in range(cfg.n_layers)}
+    return {
+        str(i): {"k": jnp.zeros(shape, dtype), "v": jnp.zeros(shape, dtype)}
+        for i in range(cfg.n_layers)
+    }
 
 
 CACHE_AXES = ("batch", "cache_length", "act_kv_heads", "head_dim")
@@ -89,7 +91,12 @@ def _attention(
         new_cache = {"k": k, "v": v}
         k, v = k.astype(q.dtype), v.astype(q.dtype)
     out = jax.nn.dot_product_attention(
-        q, k, v, mask=mask, is_causal=is_causal, scale=cfg.attn_scale,
+        q,
+        k,
+        v,
+        mask=mask,
+        is_causal=is_causal,
+        scale=cfg.attn_scale,
         implementation=attention_impl(cfg),
     )
     out = sharder.constrain(out, ("batch", "length", "act_heads", None))
@@ -98,14 +105,30 @@ def _attention(
 
 
 def _block(
-    p: Mapping[str, Any], x: jax.Array, cache: dict[str, jax.Array] | None, *, cfg: ModelConfig,
-    positions: jax.Array, mask: jax.Array | None, is_causal: bool, inv_freq: jax.Array | None,
-    sharder: Sharder, cache_index: jax.Array | None,
+    p: Mapping[str, Any],
+    x: jax.Array,
+    cache: dict[str, jax.Array] | None,
+    *,
+    cfg: ModelConfig,
+    positions: jax.Array,
+    mask: jax.Array | None,
+    is_causal: bool,
+    inv_freq: jax.Array | None,
+    sharder: Sharder,
+    cache_index: jax.Array | None,
 ) -> tuple[jax.Array, dict[str, jax.Array] | None]:
     h = layers.norm(p["attn_norm"], x, cfg)
     a, new_cache = _attention(
-        p["attn"], h, cfg=cfg, positions=positions, mask=mask, is_causal=is_causal,
-        inv_freq=inv_freq, sharder=sharder, cache=cache, cache_index=cache_index,
+        p["attn"],
+        h,
+        cfg=cfg,
+        positions=positions,
+        mask=mask,
+        is_causal=is_causal,
+        inv_freq=inv_freq,
+        sharder=sharder,
+        cache=cache,
+        cache_index=cache_index,
     )
     x = sharder.constrain(x + a, ("batch", "length", "act_embed"))
     h = layers.norm(p["mlp_norm"], x, cfg)
@@ -126,15 +149,29 @@ def _stacked_layers(layer_params: Mapping[str, Any], cfg: ModelConfig) -> Any | 
     return jax.tree.map(lambda *xs: jnp.stack(xs), *trees)
 
 
-def _scan_blocks(block: Any, stacked: Any, x: jax.Array, *, positions: jax.Array,
-                 mask: jax.Array | None, inv_freq: jax.Array | None,
-                 collect_hidden: bool) -> tuple[jax.Array, jax.Array | None]:
+def _scan_blocks(
+    block: Any,
+    stacked: Any,
+    x: jax.Array,
+    *,
+    positions: jax.Array,
+    mask: jax.Array | None,
+    inv_freq: jax.Array | None,
+    collect_hidden: bool,
+) -> tuple[jax.Array, jax.Array | None]:
     """Runs `block` over the stacked layers with `jax.lax.scan`; returns the last residual
     stream and, with `collect_hidden`, every layer's [L+1, B, T, D] (index 0 = input)."""
 
     def body(carry: jax.Array, layer_p: Any) -> tuple[jax.Array, jax.Array | None]:
-        y, _ = block(layer_p, carry, None, positions=positions, mask=mask, inv_freq=inv_freq,
-                     cache_index=None)
+        y, _ = block(
+            layer_p,
+            carry,
+            None,
+            positions=positions,
+            mask=mask,
+            inv_freq=inv_freq,
+            cache_index=None,
+        )
         return y, (y if collect_hidden else None)
 
     out, ys = jax.lax.scan(body, x, stacked)
@@ -142,8 +179,13 @@ def _scan_blocks(block: Any, stacked: Any, x: jax.Array, *, positions: jax.Array
     return out, hiddens
 
 
-def embed(params: Mapping[str, Any], tokens: jax.Array, positions: jax.Array,
-          cfg: ModelConfig, sharder: Sharder = NO_SHARDING) -> jax.Array:
+def embed(
+    params: Mapping[str, Any],
+    tokens: jax.Array,
+    positions: jax.Array,
+    cfg: ModelConfig,
+    sharder: Sharder = NO_SHARDING,
+) -> jax.Array:
     """Returns the input embeddings [B, T, D] in the compute dtype."""
     e = params["embed"]
     dt = cfg.compute_dtype
@@ -151,10 +193,11 @@ def embed(params: Mapping[str, Any], tokens: jax.Array, positions: jax.Array,
     table = sharder.constrain(e["tokens"].astype(dt), (None, None))
     x = jnp.take(table, tokens, axis=0)
     if "lora_a" in e:  # low-rank update of the input embedding
-        x = x + cfg.lora_scale * (jnp.take(e["lora_a"], tokens, axis=0).astype(dt)
-                                  @ e["lora_b"].astype(dt))
+        x = x + cfg.lora_scale * (
+            jnp.take(e["lora_a"], tokens, axis=0).astype(dt) @ e["lora_b"].astype(dt)
+        )
     if cfg.embed_scale:
-        x = x * jnp.asarray(cfg.d_model ** 0.5, dt)
+        x = x * jnp.asarray(cfg.d_model**0.5, dt)
     if cfg.pos_embedding == "learned":
         x = x + jnp.take(e["positions"], positions, axis=0).astype(dt)
     return x
@@ -198,16 +241,24 @@ def forward(
         mask = (segment_ids[:, :, None] == segment_ids[:, None, :])[:, None]
 
     inv_freq = layers.rope_inv_freq(cfg) if cfg.pos_embedding == "rope" else None
-    x = sharder.constrain(embed(params, tokens, positions, cfg, sharder),
-                          ("batch", "length", "act_embed"))
+    x = sharder.constrain(
+        embed(params, tokens, positions, cfg, sharder), ("batch", "length", "act_embed")
+    )
 
     block = functools.partial(_block, cfg=cfg, is_causal=is_causal, sharder=sharder)
     if cfg.remat != "none" and cache is None:
         block = jax.checkpoint(block, policy=_REMAT_POLICIES[cfg.remat])
     stacked = _stacked_layers(params["layers"], cfg) if cache is None else None
     if stacked is not None:
-        x, hiddens_scan = _scan_blocks(block, stacked, x, positions=positions, mask=mask,
-                                       inv_freq=inv_freq, collect_hidden=collect_hidden)
+        x, hiddens_scan = _scan_blocks(
+            block,
+            stacked,
+            x,
+            positions=positions,
+            mask=mask,
+            inv_freq=inv_freq,
+            collect_hidden=collect_hidden,
+        )
         h = layers.norm(params["final_norm"], x, cfg)
         return ForwardOutput(hidden=h, hiddens=hiddens_scan)
     hiddens = [x] if collect_hidden else None
@@ -215,8 +266,13 @@ def forward(
     for i in range(cfg.n_layers):
         layer_cache = cache[str(i)] if cache is not None else None
         x, c = block(
-            params["layers"][str(i)], x, layer_cache, positions=positions, mask=mask,
-            inv_freq=inv_freq, cache_index=cache_index,
+            params["layers"][str(i)],
+            x,
+            layer_cache,
+            positions=positions,
+            mask=mask,
+            inv_freq=inv_freq,
+            cache_index=cache_index,
         )
         if new_cache is not None:
             new_cache[str(i)] = c
@@ -237,16 +293,18 @@ def output_kernel(params: Mapping[str, Any]) -> tuple[jax.Array, str]:
     return params["embed"]["tokens"], "btd,vd->btv"
 
 
-def logits(params: Mapping[str, Any], hidden: jax.Array, cfg: ModelConfig,
-           sharder: Sharder = NO_SHARDING) -> jax.Array:
+def logits(
+    params: Mapping[str, Any], hidden: jax.Array, cfg: ModelConfig, sharder: Sharder = NO_SHARDING
+) -> jax.Array:
     """Returns float32 logits [B, T, V] for hidden states [B, T, D]."""
     w, eq = output_kernel(params)
     out = jnp.einsum(eq, hidden, w.astype(cfg.compute_dtype), preferred_element_type=jnp.float32)
     return sharder.constrain(out, ("batch", "length", "act_vocab"))
 
 
-def apply(params: Mapping[str, Any], tokens: jax.Array, cfg: ModelConfig,
-          **kwargs: Any) -> jax.Array:
+def apply(
+    params: Mapping[str, Any], tokens: jax.Array, cfg: ModelConfig, **kwargs: Any
+) -> jax.Array:
     """Returns float32 logits [B, T, V] for tokens [B, T] (see `forward` for the options)."""
     out = forward(params, tokens, cfg, **kwargs)
     return logits(params, out.hidden, cfg, kwargs.get("sharder", NO_SHARDING))

@@ -42,6 +42,10 @@ def maybe_initialize(mode: str = "auto") -> bool:
         # Cross-process collectives on CPU go through gloo.
         jax.config.update("jax_cpu_collectives_implementation", "gloo")
     jax.distributed.initialize(**kwargs)
-    logging.info("jax.distributed initialised: process %d of %d, %d global devices",
-                 jax.process_index(), jax.process_count(), jax.device_count())
+    logging.info(
+        "jax.distributed initialised: process %d of %d, %d global devices",
+        jax.process_index(),
+        jax.process_count(),
+        jax.device_count(),
+    )
     return True

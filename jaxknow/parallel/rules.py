@@ -85,8 +85,9 @@ def tree_shardings(axes_tree: Any, shapes_tree: Any, mesh: Mesh, rules: Rules = 
     `axes_tree` has the same structure with tuples of logical names as leaves.
     """
     return jax.tree.map(
-        lambda ax, s: logical_to_sharding(ax, np.shape(s) if not hasattr(s, "shape") else s.shape,
-                                          mesh, rules),
+        lambda ax, s: logical_to_sharding(
+            ax, np.shape(s) if not hasattr(s, "shape") else s.shape, mesh, rules
+        ),
         axes_tree,
         shapes_tree,
         is_leaf=lambda x: isinstance(x, tuple) and all(a is None or isinstance(a, str) for a in x),

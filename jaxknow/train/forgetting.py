@@ -40,8 +40,9 @@ class ForgetConfig:
         if self.to not in ("pretrained", "init"):
             raise ValueError(f"forget.to={self.to!r}: must be 'pretrained' or 'init'")
         if self.reset_optimizer not in OPT_RESETS:
-            raise ValueError(f"forget.reset_optimizer={self.reset_optimizer!r}: "
-                             f"must be one of {OPT_RESETS}")
+            raise ValueError(
+                f"forget.reset_optimizer={self.reset_optimizer!r}: must be one of {OPT_RESETS}"
+            )
         if any(s <= 0 for s in self.at_steps):
             raise ValueError(f"forget.at_steps={self.at_steps}: steps must be positive")
 
@@ -66,8 +67,13 @@ class ForgetConfig:
         return cls(**d, **({"select": sel} if sel is not None else {}))
 
 
-def reset_targets(params: Mapping[str, Any], paths: list[str], to: str,
-                  specs: Mapping[str, ParamSpec] | None, key: jax.Array | None) -> dict:
+def reset_targets(
+    params: Mapping[str, Any],
+    paths: list[str],
+    to: str,
+    specs: Mapping[str, ParamSpec] | None,
+    key: jax.Array | None,
+) -> dict:
     """Returns {path: value} the selected parameters are reset to: their values in `params`
     (to="pretrained"), or fresh draws from their ParamSpecs (to="init")."""
     flat = flatten(params)
@@ -78,8 +84,12 @@ def reset_targets(params: Mapping[str, Any], paths: list[str], to: str,
     return {p: init_param(specs[p], path_key(key, p), flat[p].dtype) for p in paths}
 
 
-def reset_state(state: TrainState, targets: Mapping[str, jax.Array],
-                tx: optax.GradientTransformation, reset_optimizer: str) -> TrainState:
+def reset_state(
+    state: TrainState,
+    targets: Mapping[str, jax.Array],
+    tx: optax.GradientTransformation,
+    reset_optimizer: str,
+) -> TrainState:
     """Returns `state` with the trainable parameters in `targets` replaced by their target
     values (bit for bit) and the optimizer state reset as asked; other parameters and
     optimizer entries are untouched."""
@@ -96,17 +106,25 @@ def reset_state(state: TrainState, targets: Mapping[str, jax.Array],
         # all parameters and keep running.
         mask = unflatten({p: p in targets for p in flat})
         opt_state = optax.tree_map_params(
-            tx, lambda old, m: jnp.zeros_like(old) if m else old, state.opt_state, mask,
-            transform_non_params=lambda x: x)
+            tx,
+            lambda old, m: jnp.zeros_like(old) if m else old,
+            state.opt_state,
+            mask,
+            transform_non_params=lambda x: x,
+        )
     else:
         opt_state = state.opt_state
     return state.replace(params=params, opt_state=opt_state)
 
 
 def make_forget_event(
-    cfg: ForgetConfig, reference: Mapping[str, Any], n_layers: int,
-    tx: optax.GradientTransformation, specs: Mapping[str, ParamSpec] | None,
-    key: jax.Array, state_shardings: Any = None,
+    cfg: ForgetConfig,
+    reference: Mapping[str, Any],
+    n_layers: int,
+    tx: optax.GradientTransformation,
+    specs: Mapping[str, ParamSpec] | None,
+    key: jax.Array,
+    state_shardings: Any = None,
     on_reset: Callable[[int, list[str]], None] | None = None,
 ) -> Callable[[int, TrainState], TrainState]:
     """Returns a loop event that resets the selected trainable parameters at cfg.at_steps.
@@ -125,8 +143,11 @@ def make_forget_event(
             raise ValueError(f"forget.select matches no trained parameter ({cfg.select})")
         cycle_key = jax.random.fold_in(key, steps.index(step))
         targets = reset_targets(reference, paths, cfg.to, specs, cycle_key)
-        fn = jax.jit(lambda s, t: reset_state(s, t, tx, cfg.reset_optimizer),
-                     out_shardings=state_shardings, donate_argnums=(0,))
+        fn = jax.jit(
+            lambda s, t: reset_state(s, t, tx, cfg.reset_optimizer),
+            out_shardings=state_shardings,
+            donate_argnums=(0,),
+        )
         new_state = fn(state, targets)
         if on_reset is not None:
             on_reset(step, paths)

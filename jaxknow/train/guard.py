@@ -28,12 +28,17 @@ class NonFiniteError(RuntimeError):
 
 def initial_guard() -> GuardState:
     """Returns the guard state of a run that has seen no non-finite step."""
-    return {"bad_step": jnp.zeros((), jnp.int32), "bad_loss": jnp.zeros((), jnp.float32),
-            "bad_grad_norm": jnp.zeros((), jnp.float32), "skipped": jnp.zeros((), jnp.int32)}
+    return {
+        "bad_step": jnp.zeros((), jnp.int32),
+        "bad_loss": jnp.zeros((), jnp.float32),
+        "bad_grad_norm": jnp.zeros((), jnp.float32),
+        "skipped": jnp.zeros((), jnp.int32),
+    }
 
 
-def guarded(step_fn: Callable[..., tuple[Any, dict[str, jax.Array]]], mode: str
-            ) -> Callable[..., tuple[Any, dict[str, jax.Array], GuardState]]:
+def guarded(
+    step_fn: Callable[..., tuple[Any, dict[str, jax.Array]]], mode: str
+) -> Callable[..., tuple[Any, dict[str, jax.Array], GuardState]]:
     """Returns `(state, batch, guard) -> (state, metrics, guard)` around
     `step_fn(state, batch) -> (state, metrics)`; `metrics` must hold "loss" and "grad_norm"
     and `state.step` the step count."""
@@ -46,10 +51,10 @@ def guarded(step_fn: Callable[..., tuple[Any, dict[str, jax.Array]]], mode: str
         first = (~finite) & (guard["bad_step"] == 0)
         guard = {
             "bad_step": jnp.where(first, state.step + 1, guard["bad_step"]).astype(jnp.int32),
-            "bad_loss": jnp.where(first, metrics["loss"], guard["bad_loss"]).astype(
-                jnp.float32),
-            "bad_grad_norm": jnp.where(first, metrics["grad_norm"],
-                                       guard["bad_grad_norm"]).astype(jnp.float32),
+            "bad_loss": jnp.where(first, metrics["loss"], guard["bad_loss"]).astype(jnp.float32),
+            "bad_grad_norm": jnp.where(first, metrics["grad_norm"], guard["bad_grad_norm"]).astype(
+                jnp.float32
+            ),
             "skipped": guard["skipped"],
         }
         if mode == "skip":
@@ -68,16 +73,21 @@ def check(guard: GuardState, mode: str, max_skipped: int, last_checkpoint: int |
     g = jax.device_get(guard)
     bad = int(g["bad_step"])
     skipped = int(g["skipped"])
-    where = (f"the newest checkpoint is step {last_checkpoint}" if last_checkpoint is not None
-             else "no checkpoint was saved")
+    where = (
+        f"the newest checkpoint is step {last_checkpoint}"
+        if last_checkpoint is not None
+        else "no checkpoint was saved"
+    )
     if mode == "stop" and bad:
         raise NonFiniteError(
             f"non-finite training at step {bad} (loss={float(g['bad_loss'])}, "
             f"grad_norm={float(g['bad_grad_norm'])}); stopped without saving, {where} "
-            f"(lower optim.lr, or set train.nonfinite='skip' to skip such updates)")
+            f"(lower optim.lr, or set train.nonfinite='skip' to skip such updates)"
+        )
     if mode == "skip" and skipped > max_skipped:
         raise NonFiniteError(
             f"{skipped} non-finite updates skipped (the first at step {bad}, "
             f"loss={float(g['bad_loss'])}), more than train.max_skipped={max_skipped}; "
-            f"stopped without saving, {where}")
+            f"stopped without saving, {where}"
+        )
     return skipped

@@ -110,16 +110,22 @@ def make_iterator(spec: setup.RunSpec, data_dir: Path, state: dict | None) -> An
     weights = [float(s.get("weight", 1.0)) for s in spec.data.sources]
     n_proc = jax.process_count()
     pcfg = pipeline.PipelineConfig(
-        seq_len=spec.data.seq_len, batch_size=spec.data.batch_size,
+        seq_len=spec.data.seq_len,
+        batch_size=spec.data.batch_size,
         packing=spec.data.packing,
         seed=spec.data.seed if spec.data.seed is not None else spec.seed,
-        num_epochs=spec.data.num_epochs, workers=spec.data.workers,
+        num_epochs=spec.data.num_epochs,
+        workers=spec.data.workers,
     )
     try:
         it = pipeline.process_batches(
-            pipeline.source_datasets(str(data_dir), names), weights, pcfg,
-            num_shards=spec.data.shards or n_proc, process_index=jax.process_index(),
-            process_count=n_proc)
+            pipeline.source_datasets(str(data_dir), names),
+            weights,
+            pcfg,
+            num_shards=spec.data.shards or n_proc,
+            process_index=jax.process_index(),
+            process_count=n_proc,
+        )
     except pipeline.PipelineConfigError as e:
         raise C.ConfigError(str(e)) from None
     if state is not None:
@@ -128,12 +134,14 @@ def make_iterator(spec: setup.RunSpec, data_dir: Path, state: dict | None) -> An
         except (KeyError, ValueError, TypeError) as e:
             raise C.ConfigError(
                 f"the checkpoint's data-iterator state does not fit the data config "
-                f"(data.sources / data.batch_size / data.packing changed?): {e}") from None
+                f"(data.sources / data.batch_size / data.packing changed?): {e}"
+            ) from None
     return it
 
 
-def _forget_event(spec: setup.RunSpec, mesh: Mesh, rules: Rules, tx: Any, shardings: Any,
-                  workdir: Path) -> StateEvent:
+def _forget_event(
+    spec: setup.RunSpec, mesh: Mesh, rules: Rules, tx: Any, shardings: Any, workdir: Path
+) -> StateEvent:
     """Returns the active-forgetting event of a run; resets are logged to events.jsonl."""
     fcfg = spec.forget
     # The run's starting values are recomputed (deterministic), so a resumed run resets to
@@ -144,12 +152,30 @@ def _forget_event(spec: setup.RunSpec, mesh: Mesh, rules: Rules, tx: Any, shardi
     def on_reset(step: int, paths: list[str]) -> None:
         if jax.process_index() == 0:
             with (workdir / "events.jsonl").open("a") as f:
-                f.write(json.dumps({"step": step, "event": "reset", "to": fcfg.to,
-                                    "reset_optimizer": fcfg.reset_optimizer,
-                                    "num_params": len(paths), "paths": paths}) + "\n")
+                f.write(
+                    json.dumps(
+                        {
+                            "step": step,
+                            "event": "reset",
+                            "to": fcfg.to,
+                            "reset_optimizer": fcfg.reset_optimizer,
+                            "num_params": len(paths),
+                            "paths": paths,
+                        }
+                    )
+                    + "\n"
+                )
 
-    return make_forget_event(fcfg, reference, spec.model.n_layers, tx, specs,
-                             jax.random.key(spec.seed + 1), shardings, on_reset)
+    return make_forget_event(
+        fcfg,
+        reference,
+        spec.model.n_layers,
+        tx,
+        specs,
+        jax.random.key(spec.seed + 1),
+        shardings,
+        on_reset,
+    )
 
 
 def data_dir_of(spec: setup.RunSpec, workdir: Path) -> Path:
@@ -157,8 +183,13 @@ def data_dir_of(spec: setup.RunSpec, workdir: Path) -> Path:
     return Path(spec.data.dir) if spec.data.dir else workdir / "data"
 
 
-def train(config: Any, workdir: str | Path, *, events: Sequence[StateEvent] = (),
-          rules: Rules = DEFAULT_RULES) -> TrainResult:
+def train(
+    config: Any,
+    workdir: str | Path,
+    *,
+    events: Sequence[StateEvent] = (),
+    rules: Rules = DEFAULT_RULES,
+) -> TrainResult:
     """Runs (or resumes) the training described by `config` in `workdir`; returns a
     TrainResult. Every config field is validated before anything is written."""
     spec = setup.parse_run_config(config)
@@ -170,8 +201,9 @@ def train(config: Any, workdir: str | Path, *, events: Sequence[StateEvent] = ()
     setup.check_resumable(config, workdir)
     build.check_world_matches(data_dir, spec.data.world, data_seed)
     with setup.workdir_lock(workdir):
-        build.ensure_sources(data_dir, [s["name"] for s in spec.data.sources], spec.data.world,
-                             data_seed)
+        build.ensure_sources(
+            data_dir, [s["name"] for s in spec.data.sources], spec.data.world, data_seed
+        )
         build.check_vocab(data_dir, spec.model.vocab_size)
         if jax.process_index() == 0:
             with atomic_path(workdir / "config.json") as tmp:
@@ -183,8 +215,9 @@ def train(config: Any, workdir: str | Path, *, events: Sequence[StateEvent] = ()
         return run(spec, workdir, mesh, data_dir, events=events, rules=rules)
 
 
-def _start_state(spec: setup.RunSpec, ckpt: Checkpointer, mesh: Mesh, rules: Rules, tx: Any
-                 ) -> tuple[TrainState, Any, dict | None, int]:
+def _start_state(
+    spec: setup.RunSpec, ckpt: Checkpointer, mesh: Mesh, rules: Rules, tx: Any
+) -> tuple[TrainState, Any, dict | None, int]:
     """Returns (state, its shardings, the data-iterator state or None, start step): fresh
     parameters, or the newest intact checkpoint (`train.resume_step`) when there is one."""
     latest = ckpt.resume_step(spec.train.resume_step)
@@ -196,33 +229,49 @@ def _start_state(spec: setup.RunSpec, ckpt: Checkpointer, mesh: Mesh, rules: Rul
     specs = full_specs(spec.model, spec.lora)
     abstract = abstract_params(specs, spec.model.storage_dtype, mesh, rules)
     template, shardings = setup.build_state(
-        jax.tree.map(lambda a: jnp.zeros(a.shape, a.dtype), abstract), spec, tx, mesh, rules)
+        jax.tree.map(lambda a: jnp.zeros(a.shape, a.dtype), abstract), spec, tx, mesh, rules
+    )
     abstract_opt = jax.tree.map(
         lambda x, sh: jax.ShapeDtypeStruct(x.shape, x.dtype, sharding=sh),
-        template.opt_state, shardings.opt_state)
+        template.opt_state,
+        shardings.opt_state,
+    )
     del template
     restored = ckpt.restore(abstract, abstract_opt, latest, verify=False)  # just verified
     trainable, frozen = split_params(restored["params"], setup.trainable_predicate(spec))
     state = TrainState(
         step=jax.device_put(jnp.asarray(latest, jnp.int32), NamedSharding(mesh, PartitionSpec())),
-        params=trainable, opt_state=restored["opt_state"], frozen=frozen)
+        params=trainable,
+        opt_state=restored["opt_state"],
+        frozen=frozen,
+    )
     logging.info("resumed from %s at step %d", ckpt.directory, latest)
     return state, shardings, restored["data"], latest
 
 
-def _jit_step(spec: setup.RunSpec, mesh: Mesh, rules: Rules, tx: Any, shardings: Any
-              ) -> tuple[Callable[..., Any], dict[str, NamedSharding]]:
+def _jit_step(
+    spec: setup.RunSpec, mesh: Mesh, rules: Rules, tx: Any, shardings: Any
+) -> tuple[Callable[..., Any], dict[str, NamedSharding]]:
     """Returns (the jitted, guarded train step (state, batch, guard) -> (state, metrics,
     guard), donating the state; the batch shardings)."""
     tc = spec.train
     step_fn = functools.partial(
-        train_step, cfg=spec.model, tx=tx, schedule=make_schedule(spec.optim),
-        sharder=Sharder(mesh, rules), grad_accum=tc.grad_accum, loss_chunk=tc.loss_chunk)
+        train_step,
+        cfg=spec.model,
+        tx=tx,
+        schedule=make_schedule(spec.optim),
+        sharder=Sharder(mesh, rules),
+        grad_accum=tc.grad_accum,
+        loss_chunk=tc.loss_chunk,
+    )
     b_sh = batch_shardings(mesh, rules, spec.data.batch_size, spec.data.seq_len)
     replicated = NamedSharding(mesh, PartitionSpec())
-    jstep = jax.jit(guard_lib.guarded(step_fn, tc.nonfinite),
-                    in_shardings=(shardings, b_sh, replicated),
-                    out_shardings=(shardings, replicated, replicated), donate_argnums=(0,))
+    jstep = jax.jit(
+        guard_lib.guarded(step_fn, tc.nonfinite),
+        in_shardings=(shardings, b_sh, replicated),
+        out_shardings=(shardings, replicated, replicated),
+        donate_argnums=(0,),
+    )
     return jstep, b_sh
 
 
@@ -230,18 +279,34 @@ class _Loop:
     """The step loop of one run and its stop / save logic. Metrics are fetched one step late,
     so the host never waits for the step it has just dispatched."""
 
-    def __init__(self, spec: setup.RunSpec, workdir: Path, ckpt: Checkpointer, it: Any,
-                 state: TrainState, guard: Any, start: int) -> None:
+    def __init__(
+        self,
+        spec: setup.RunSpec,
+        workdir: Path,
+        ckpt: Checkpointer,
+        it: Any,
+        state: TrainState,
+        guard: Any,
+        start: int,
+    ) -> None:
         tc = spec.train
         self.spec, self.tc, self.ckpt, self.it = spec, tc, ckpt, it
         self.state, self.guard, self.start, self.step = state, guard, start, start
-        self.writer = MetricWriter(workdir, resume_step=start, tensorboard=tc.tensorboard,
-                                   progress_total=tc.steps, progress=tc.progress)
+        self.writer = MetricWriter(
+            workdir,
+            resume_step=start,
+            tensorboard=tc.tensorboard,
+            progress_total=tc.steps,
+            progress=tc.progress,
+        )
         self.flops_tok = train_flops_per_token(spec.model, spec.data.seq_len)
         self.peak = tc.peak_tflops * 1e12 if tc.peak_tflops else peak_flops()
         self.tokens_per_step = spec.data.batch_size * spec.data.seq_len
-        self.meta = {"model": spec.model.to_dict(), "lora": dataclasses.asdict(spec.lora),
-                     "trainable": tc.trainable}
+        self.meta = {
+            "model": spec.model.to_dict(),
+            "lora": dataclasses.asdict(spec.lora),
+            "trainable": tc.trainable,
+        }
         self.history: list[dict[str, Any]] = []
         # (step, metrics, guard state after that step), waiting to be fetched
         self.pending: tuple[int, dict, guard_lib.GuardState] | None = None
@@ -253,8 +318,12 @@ class _Loop:
     def check_guard(self, g: guard_lib.GuardState) -> None:
         """Stops the run (NonFiniteError) on a non-finite step (fetches `g`)."""
         last = self.ckpt.last_saved
-        self.skipped = guard_lib.check(g, self.tc.nonfinite, self.tc.max_skipped,
-                                       last if last is not None else (self.start or None))
+        self.skipped = guard_lib.check(
+            g,
+            self.tc.nonfinite,
+            self.tc.max_skipped,
+            last if last is not None else (self.start or None),
+        )
 
     def flush(self) -> None:
         """Fetches the pending metrics and writes their row (with tokens/s and MFU since the
@@ -284,11 +353,17 @@ class _Loop:
         self.flush()
         self.check_guard(self.guard)  # the state being saved is this step's
         if self.ckpt.last_saved != at:
-            self.ckpt.save(at, self.state.model_params(), self.state.opt_state, self.meta,
-                           self.it.get_state())
+            self.ckpt.save(
+                at, self.state.model_params(), self.state.opt_state, self.meta, self.it.get_state()
+            )
 
-    def run(self, jstep: Callable[..., Any], b_sh: dict[str, NamedSharding],
-            events: Sequence[StateEvent], preempt: _Preemption) -> None:
+    def run(
+        self,
+        jstep: Callable[..., Any],
+        b_sh: dict[str, NamedSharding],
+        events: Sequence[StateEvent],
+        preempt: _Preemption,
+    ) -> None:
         """Runs steps until `train.steps`, the end of the data, a signal or `train.halt_at`,
         recording why it stopped."""
         tc = self.tc
@@ -299,16 +374,20 @@ class _Loop:
             except StopIteration:
                 self.exhausted = True
                 break
-            self.state, self.metrics, self.guard = jstep(self.state, to_global(local, b_sh),
-                                                         self.guard)
+            self.state, self.metrics, self.guard = jstep(
+                self.state, to_global(local, b_sh), self.guard
+            )
             self.step += 1
             step = self.step
             self.flush()
             self.ckpt.check()  # a failed background save is reported at once
             if step % tc.log_every == 0 or step == tc.steps or step == self.start + 1:
                 # per-source token counts as of this step's batch (data/pipeline.py)
-                self.pending = (step, {**self.metrics, **pipeline.source_token_metrics(
-                    self.it, names)}, self.guard)
+                self.pending = (
+                    step,
+                    {**self.metrics, **pipeline.source_token_metrics(self.it, names)},
+                    self.guard,
+                )
             for ev in events:
                 self.state = ev(step, self.state)
             self.writer.advance()
@@ -335,25 +414,43 @@ class _Loop:
 
     def result(self, workdir: Path) -> TrainResult:
         """Returns the run's TrainResult."""
-        return TrainResult(state=self.state, metrics=self.history, workdir=workdir,
-                           final_step=self.step, start_step=self.start,
-                           preempted=self.preempted, halted=self.halted,
-                           data_exhausted=self.exhausted, interrupted=self.interrupted,
-                           skipped_updates=self.skipped)
+        return TrainResult(
+            state=self.state,
+            metrics=self.history,
+            workdir=workdir,
+            final_step=self.step,
+            start_step=self.start,
+            preempted=self.preempted,
+            halted=self.halted,
+            data_exhausted=self.exhausted,
+            interrupted=self.interrupted,
+            skipped_updates=self.skipped,
+        )
 
 
-def run(spec: setup.RunSpec, workdir: Path, mesh: Mesh, data_dir: Path, *,
-        events: Sequence[StateEvent] = (), rules: Rules = DEFAULT_RULES) -> TrainResult:
+def run(
+    spec: setup.RunSpec,
+    workdir: Path,
+    mesh: Mesh,
+    data_dir: Path,
+    *,
+    events: Sequence[StateEvent] = (),
+    rules: Rules = DEFAULT_RULES,
+) -> TrainResult:
     """Runs the loop for a parsed RunSpec on `mesh`; returns a TrainResult."""
     tc = spec.train
     tx = make_optimizer(spec.optim)
-    ckpt = Checkpointer(tc.checkpoint_dir or workdir / "checkpoints",
-                        keep=tc.keep_checkpoints, async_save=tc.async_checkpoint)
+    ckpt = Checkpointer(
+        tc.checkpoint_dir or workdir / "checkpoints",
+        keep=tc.keep_checkpoints,
+        async_save=tc.async_checkpoint,
+    )
     state, shardings, data_state, start = _start_state(spec, ckpt, mesh, rules, tx)
     if start >= tc.steps:
         ckpt.close()
-        return TrainResult(state=state, metrics=[], workdir=workdir, final_step=start,
-                           start_step=start)
+        return TrainResult(
+            state=state, metrics=[], workdir=workdir, final_step=start, start_step=start
+        )
     jstep, b_sh = _jit_step(spec, mesh, rules, tx, shardings)
     guard = jax.device_put(guard_lib.initial_guard(), NamedSharding(mesh, PartitionSpec()))
     events = list(events)
@@ -380,6 +477,9 @@ def run(spec: setup.RunSpec, workdir: Path, mesh: Mesh, data_dir: Path, *,
     finally:
         loop.writer.close()
     if loop.preempted or loop.interrupted:
-        logging.warning("%s: saved a checkpoint at step %d and stopped",
-                        "SIGINT" if loop.interrupted else "SIGTERM", loop.step)
+        logging.warning(
+            "%s: saved a checkpoint at step %d and stopped",
+            "SIGINT" if loop.interrupted else "SIGTERM",
+            loop.step,
+        )
     return loop.result(workdir)

@@ -26,8 +26,14 @@ GiB = 2**30
 
 # Memory per device of common accelerators (bytes).
 DEVICE_MEMORY = {
-    "H100-80GB": 80e9, "H200": 141e9, "A100-80GB": 80e9, "A100-40GB": 40e9,
-    "TPU v4": 32 * GiB, "TPU v5e": 16 * GiB, "TPU v5p": 95 * GiB, "TPU v6e": 32 * GiB,
+    "H100-80GB": 80e9,
+    "H200": 141e9,
+    "A100-80GB": 80e9,
+    "A100-40GB": 40e9,
+    "TPU v4": 32 * GiB,
+    "TPU v5e": 16 * GiB,
+    "TPU v5p": 95 * GiB,
+    "TPU v6e": 32 * GiB,
 }
 
 
@@ -70,13 +76,20 @@ class MemoryPlan:
 
     def table(self) -> str:
         """Returns a plain-text table of the plan in GiB."""
-        rows = [("parameters", self.params), ("gradients", self.grads),
-                ("optimizer state", self.optimizer), ("activations", self.activations),
-                ("logits / loss", self.logits), ("FSDP buffers", self.gathered),
-                ("batch", self.batch),
-                ("total (estimate)", self.total)]
-        out = [f"{self.n_params / 1e9:.3f} B parameters ({self.n_trainable / 1e9:.3f} B "
-               f"trained), mesh {self.mesh}, per device:"]
+        rows = [
+            ("parameters", self.params),
+            ("gradients", self.grads),
+            ("optimizer state", self.optimizer),
+            ("activations", self.activations),
+            ("logits / loss", self.logits),
+            ("FSDP buffers", self.gathered),
+            ("batch", self.batch),
+            ("total (estimate)", self.total),
+        ]
+        out = [
+            f"{self.n_params / 1e9:.3f} B parameters ({self.n_trainable / 1e9:.3f} B "
+            f"trained), mesh {self.mesh}, per device:"
+        ]
         out += [f"  {name:18s} {v / GiB:10.3f} GiB" for name, v in rows]
         fits = [k for k, cap in DEVICE_MEMORY.items() if self.total <= 0.9 * cap]
         out.append(f"  fits (90% of memory): {', '.join(fits) if fits else 'none listed'}")
@@ -87,7 +100,7 @@ def _shard_factor(spec: ParamSpec, mesh: FakeMesh, rules: Rules) -> int:
     pspec = logical_to_spec(spec.axes, spec.shape, mesh, rules)  # type: ignore[arg-type]
     factor = 1
     for entry in pspec:
-        for ax in (entry if isinstance(entry, tuple) else (entry,)):
+        for ax in entry if isinstance(entry, tuple) else (entry,):
             if ax is not None:
                 factor *= mesh.shape[ax]
     return factor
@@ -112,9 +125,17 @@ def activation_elements_per_token(cfg: ModelConfig, remat: str) -> float:
 
 
 def plan_memory(
-    cfg: ModelConfig, mesh_shape: Mapping[str, int], batch: int, seq_len: int, *,
-    lora: LoraConfig | None = None, trainable: str = "all", grad_accum: int = 1,
-    loss_chunk: int = 0, rules: Rules = DEFAULT_RULES, flash_attention: bool | None = None,
+    cfg: ModelConfig,
+    mesh_shape: Mapping[str, int],
+    batch: int,
+    seq_len: int,
+    *,
+    lora: LoraConfig | None = None,
+    trainable: str = "all",
+    grad_accum: int = 1,
+    loss_chunk: int = 0,
+    rules: Rules = DEFAULT_RULES,
+    flash_attention: bool | None = None,
     gathered_layers: int | None = None,
 ) -> MemoryPlan:
     """Returns the per-device MemoryPlan of a train step (AdamW: two moments per trained
@@ -129,7 +150,8 @@ def plan_memory(
     """
     if flash_attention is None:
         flash_attention = cfg.attention_impl == "cudnn" or (
-            cfg.attention_impl is None and cfg.dtype != "float32")
+            cfg.attention_impl is None and cfg.dtype != "float32"
+        )
     if gathered_layers is None:
         gathered_layers = 2 if flash_attention else cfg.n_layers
     mesh = FakeMesh(dict(mesh_shape))
@@ -164,32 +186,53 @@ def plan_memory(
     if not flash_attention:  # scores and probabilities, float32, per layer kept
         kept = 1 if cfg.remat == "full" else cfg.n_layers
         acts += 2 * tokens * cfg.n_heads * seq_len * 4 * kept / tensor
-    vocab_shards = mesh.shape.get("tensor", 1) if cfg.vocab_size % mesh.shape.get(
-        "tensor", 1) == 0 else 1
+    vocab_shards = (
+        mesh.shape.get("tensor", 1) if cfg.vocab_size % mesh.shape.get("tensor", 1) == 0 else 1
+    )
     logit_tokens = micro * (min(loss_chunk, seq_len) if loss_chunk else seq_len)
     logits = 2 * logit_tokens * cfg.vocab_size * 4 / vocab_shards  # f32 logits + their grad
     batch_bytes = 5 * batch / batch_shards * seq_len * 4
     fsdp = mesh.shape.get("fsdp", 1)
-    layer_params = sum(v for p, v in _per_device(specs, mesh, rules, p_bytes).items()
-                       if p.startswith("layers/0/"))
+    layer_params = sum(
+        v for p, v in _per_device(specs, mesh, rules, p_bytes).items() if p.startswith("layers/0/")
+    )
     gathered = 0.0
     if fsdp > 1:  # weights in the compute dtype plus float32 gradients, at full fsdp size
         per_layer = layer_params * fsdp * (a_bytes / p_bytes + (1 if trainable == "all" else 0))
         gathered = per_layer * min(gathered_layers, cfg.n_layers)
-    return MemoryPlan(params=params, grads=grads, optimizer=optimizer, activations=acts,
-                      logits=logits, batch=batch_bytes, gathered=gathered, n_params=n_params,
-                      n_trainable=n_trainable, mesh=dict(mesh_shape))
+    return MemoryPlan(
+        params=params,
+        grads=grads,
+        optimizer=optimizer,
+        activations=acts,
+        logits=logits,
+        batch=batch_bytes,
+        gathered=gathered,
+        n_params=n_params,
+        n_trainable=n_trainable,
+        mesh=dict(mesh_shape),
+    )
 
 
-def _per_device(specs: Mapping[str, ParamSpec], mesh: FakeMesh, rules: Rules,
-                nbytes: int) -> dict[str, float]:
-    return {p: math.prod(s.shape) * nbytes / _shard_factor(s, mesh, rules)
-            for p, s in specs.items()}
+def _per_device(
+    specs: Mapping[str, ParamSpec], mesh: FakeMesh, rules: Rules, nbytes: int
+) -> dict[str, float]:
+    return {
+        p: math.prod(s.shape) * nbytes / _shard_factor(s, mesh, rules) for p, s in specs.items()
+    }
 
 
-def measured_step_memory(cfg: ModelConfig, mesh: Any, batch: int, seq_len: int, *,
-                         lora: LoraConfig | None = None, trainable: str = "all",
-                         grad_accum: int = 1, loss_chunk: int = 0) -> dict[str, int]:
+def measured_step_memory(
+    cfg: ModelConfig,
+    mesh: Any,
+    batch: int,
+    seq_len: int,
+    *,
+    lora: LoraConfig | None = None,
+    trainable: str = "all",
+    grad_accum: int = 1,
+    loss_chunk: int = 0,
+) -> dict[str, int]:
     """Returns XLA's per-device memory analysis of the compiled train step on `mesh`
     (argument, output, temp bytes): the measurement the plan is checked against. Nothing is
     allocated: the step is compiled from abstract shapes."""
@@ -223,16 +266,35 @@ def measured_step_memory(cfg: ModelConfig, mesh: Any, batch: int, seq_len: int, 
     t_axes = unflatten({p: axes[p] for p in flatten(t_abs)})
     f_axes = unflatten({p: axes[p] for p in flatten(f_abs)})
     sh = state_shardings(tx, t_abs, t_axes, f_abs, f_axes, mesh, DEFAULT_RULES)
-    state = jax.eval_shape(lambda t, f: TrainState(step=jnp.zeros((), jnp.int32), params=t,
-                                                   opt_state=tx.init(t), frozen=f),
-                           t_abs, f_abs)
-    b = {k: jax.ShapeDtypeStruct((batch, seq_len), jnp.float32 if k == "weights" else jnp.int32)
-         for k in BATCH_KEYS}
-    fn = jax.jit(functools.partial(train_step, cfg=cfg, tx=tx, schedule=sched,
-                                   sharder=Sharder(mesh), grad_accum=grad_accum,
-                                   loss_chunk=loss_chunk),
-                 in_shardings=(sh, batch_shardings(mesh, DEFAULT_RULES, batch, seq_len)),
-                 out_shardings=(sh, None), donate_argnums=(0,))
+    state = jax.eval_shape(
+        lambda t, f: TrainState(
+            step=jnp.zeros((), jnp.int32), params=t, opt_state=tx.init(t), frozen=f
+        ),
+        t_abs,
+        f_abs,
+    )
+    b = {
+        k: jax.ShapeDtypeStruct((batch, seq_len), jnp.float32 if k == "weights" else jnp.int32)
+        for k in BATCH_KEYS
+    }
+    fn = jax.jit(
+        functools.partial(
+            train_step,
+            cfg=cfg,
+            tx=tx,
+            schedule=sched,
+            sharder=Sharder(mesh),
+            grad_accum=grad_accum,
+            loss_chunk=loss_chunk,
+        ),
+        in_shardings=(sh, batch_shardings(mesh, DEFAULT_RULES, batch, seq_len)),
+        out_shardings=(sh, None),
+        donate_argnums=(0,),
+    )
     ma = fn.lower(state, b).compile().memory_analysis()
-    return {"argument": int(ma.argument_size_in_bytes), "output": int(ma.output_size_in_bytes),
-            "temp": int(ma.temp_size_in_bytes), "alias": int(ma.alias_size_in_bytes)}
+    return {
+        "argument": int(ma.argument_size_in_bytes),
+        "output": int(ma.output_size_in_bytes),
+        "temp": int(ma.temp_size_in_bytes),
+        "alias": int(ma.alias_size_in_bytes),
+    }

@@ -43,10 +43,12 @@ def make_optimizer(cfg: OptimConfig) -> optax.GradientTransformation:
         parts.append(optax.clip_by_global_norm(cfg.grad_clip))
     parts.append(
         optax.adamw(
-            make_schedule(cfg), b1=cfg.b1, b2=cfg.b2, eps=cfg.eps,
+            make_schedule(cfg),
+            b1=cfg.b1,
+            b2=cfg.b2,
+            eps=cfg.eps,
             weight_decay=cfg.weight_decay,
             mask=lambda p: decay_mask(p, cfg.no_decay),
         )
     )
     return optax.chain(*parts)
-

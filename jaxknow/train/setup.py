@@ -80,21 +80,23 @@ def parse_run_config(config: Any) -> RunSpec:
             raise C.ConfigError(f"train.trainable={train.trainable!r}: bad regex ({e})") from None
     data = C.section(C.DataConfig, cfg.get("data"), "data")
     if data.batch_size % train.grad_accum:
-        raise C.ConfigError(f"train.grad_accum={train.grad_accum} does not divide "
-                            f"data.batch_size={data.batch_size}")
+        raise C.ConfigError(
+            f"train.grad_accum={train.grad_accum} does not divide data.batch_size={data.batch_size}"
+        )
     if data.seq_len > model.max_seq_len and model.pos_embedding == "learned":
         raise C.ConfigError(
-            f"data.seq_len={data.seq_len} exceeds model.max_seq_len={model.max_seq_len}")
+            f"data.seq_len={data.seq_len} exceeds model.max_seq_len={model.max_seq_len}"
+        )
     forget = None
     if cfg.get("forget"):
         try:
             forget = ForgetConfig.from_dict(cfg["forget"])
         except (ValueError, TypeError) as e:
-            raise C.ConfigError(str(e) if str(e).startswith("forget") else f"forget: {e}") \
-                from None
+            raise C.ConfigError(str(e) if str(e).startswith("forget") else f"forget: {e}") from None
         if any(s > train.steps for s in forget.at_steps):
-            raise C.ConfigError(f"forget.at_steps={list(forget.at_steps)}: beyond "
-                                f"train.steps={train.steps}")
+            raise C.ConfigError(
+                f"forget.at_steps={list(forget.at_steps)}: beyond train.steps={train.steps}"
+            )
     return RunSpec(
         seed=seed,
         model=model,
@@ -111,8 +113,9 @@ def check_workdir(workdir: str | Path, create: bool = True) -> Path:
     """Returns the work directory as a Path (created if `create`); raises WorkdirError when
     the path exists and is not a directory (nothing is written then)."""
     if workdir is None or not str(workdir).strip():
-        raise WorkdirError("--workdir is empty: give the run's directory (it is created if "
-                           "missing)")
+        raise WorkdirError(
+            "--workdir is empty: give the run's directory (it is created if missing)"
+        )
     p = Path(workdir)
     if p.exists() and not p.is_dir():
         raise WorkdirError(f"--workdir={p} exists and is not a directory")
@@ -145,7 +148,8 @@ def workdir_lock(workdir: str | Path) -> Iterator[Path]:
             holder = os.pread(fd, 200, 0).decode(errors="replace").strip() or "unknown"
             raise WorkdirError(
                 f"--workdir={p} is in use by another run ({holder}; lock file {path}); "
-                f"wait for it to end or use another workdir") from None
+                f"wait for it to end or use another workdir"
+            ) from None
         old = os.pread(fd, 200, 0).decode(errors="replace").strip()
         if old:
             logging.warning("took over the stale lock %s of an ended run (%s)", path, old)
@@ -161,8 +165,19 @@ def workdir_lock(workdir: str | Path) -> Iterator[Path]:
 
 # Fields that must not change when a run is resumed in the same workdir (dotted paths into the
 # plain config; "model" is compared after resolving presets).
-RESUME_FIXED = ("seed", "lora", "data.world", "data.sources", "data.seq_len", "data.batch_size",
-                "data.packing", "data.seed", "data.dir", "train.trainable", "train.init_from")
+RESUME_FIXED = (
+    "seed",
+    "lora",
+    "data.world",
+    "data.sources",
+    "data.seq_len",
+    "data.batch_size",
+    "data.packing",
+    "data.seed",
+    "data.dir",
+    "train.trainable",
+    "train.init_from",
+)
 # Model fields that may change on resume (how the model is computed, not what it is).
 MODEL_RUNTIME = ("remat", "attention_impl", "dtype", "segment_masking")
 
@@ -195,15 +210,15 @@ def check_resumable(config: Any, workdir: Path) -> None:
         return
     new = C.to_plain(config)
     ckpt_dir = _get(new, "train.checkpoint_dir")
-    ckpts = Path(ckpt_dir) if ckpt_dir and "://" not in str(ckpt_dir) else (
-        workdir / "checkpoints")
+    ckpts = Path(ckpt_dir) if ckpt_dir and "://" not in str(ckpt_dir) else (workdir / "checkpoints")
     if not ckpt_dir and not any(c.name.isdigit() for c in ckpts.glob("*")):
         return
     try:
         old = json.loads(recorded_path.read_text())
     except (OSError, ValueError) as e:
-        raise WorkdirError(f"{recorded_path} is unreadable ({e}); it records the run being "
-                           "resumed") from None
+        raise WorkdirError(
+            f"{recorded_path} is unreadable ({e}); it records the run being resumed"
+        ) from None
     diffs: list[str] = []
     for field in RESUME_FIXED:
         diffs += _diff(_get(old, field), _get(new, field), field)
@@ -220,7 +235,8 @@ def check_resumable(config: Any, workdir: Path) -> None:
     if diffs:
         raise WorkdirError(
             f"--workdir={workdir} holds a run trained with a different config; cannot resume "
-            f"it with: {'; '.join(diffs)} (use a new --workdir)")
+            f"it with: {'; '.join(diffs)} (use a new --workdir)"
+        )
 
 
 def trainable_predicate(spec: RunSpec) -> Callable[[str], bool]:
@@ -234,8 +250,9 @@ def trainable_predicate(spec: RunSpec) -> Callable[[str], bool]:
     return lambda p: bool(pat.search(p))
 
 
-def load_params(path: str | Path, specs: Any, dtype: Any, mesh: Mesh,
-                rules: Rules = DEFAULT_RULES) -> tuple[Any, dict[str, Any]]:
+def load_params(
+    path: str | Path, specs: Any, dtype: Any, mesh: Mesh, rules: Rules = DEFAULT_RULES
+) -> tuple[Any, dict[str, Any]]:
     """Returns (params, meta) restored from a checkpoint (workdir, checkpoints dir or step dir),
     laid out by the mesh. Raises CheckpointError naming the path when missing or unreadable."""
     directory, step = resolve_checkpoint_dir(path)
@@ -255,35 +272,53 @@ def initial_params(spec: RunSpec, mesh: Mesh, rules: Rules = DEFAULT_RULES) -> A
     if spec.train.init_from is None:
         return init_sharded_params(full_specs(spec.model, spec.lora), key, dtype, mesh, rules)
     base_cfg = checkpoint_model_config(spec.train.init_from)
-    mine = dataclasses.replace(spec.model, lora_scale=base_cfg.lora_scale, remat=base_cfg.remat,
-                               dtype=base_cfg.dtype, attention_impl=base_cfg.attention_impl,
-                               segment_masking=base_cfg.segment_masking)
+    mine = dataclasses.replace(
+        spec.model,
+        lora_scale=base_cfg.lora_scale,
+        remat=base_cfg.remat,
+        dtype=base_cfg.dtype,
+        attention_impl=base_cfg.attention_impl,
+        segment_masking=base_cfg.segment_masking,
+    )
     if param_specs(mine) != param_specs(base_cfg):
         raise C.ConfigError(
             f"train.init_from={spec.train.init_from}: the checkpoint's model shape differs from "
-            f"the config's model section (checkpoint: {base_cfg.to_dict()})")
+            f"the config's model section (checkpoint: {base_cfg.to_dict()})"
+        )
     params, _ = load_params(spec.train.init_from, param_specs(spec.model), dtype, mesh, rules)
     if spec.lora.enabled:
-        adapters = init_sharded_params(lora_lib.lora_specs(spec.model, spec.lora), key, dtype,
-                                       mesh, rules)
+        adapters = init_sharded_params(
+            lora_lib.lora_specs(spec.model, spec.lora), key, dtype, mesh, rules
+        )
         params = unflatten({**flatten(params), **flatten(adapters)})
     return params
 
 
-def build_state(params: Any, spec: RunSpec, tx: optax.GradientTransformation, mesh: Mesh,
-                rules: Rules = DEFAULT_RULES) -> tuple[TrainState, TrainState]:
+def build_state(
+    params: Any,
+    spec: RunSpec,
+    tx: optax.GradientTransformation,
+    mesh: Mesh,
+    rules: Rules = DEFAULT_RULES,
+) -> tuple[TrainState, TrainState]:
     """Returns (state, state shardings): params split into trainable and frozen, a fresh
     optimizer state created in its sharded layout."""
     trainable, frozen = split_params(params, trainable_predicate(spec))
     if not flatten(trainable):
         raise C.ConfigError(f"train.trainable={spec.train.trainable!r} selects no parameter")
-    return sharded_state(trainable, frozen, flatten(full_specs(spec.model, spec.lora)), tx,
-                         mesh, rules)
+    return sharded_state(
+        trainable, frozen, flatten(full_specs(spec.model, spec.lora)), tx, mesh, rules
+    )
 
 
-def sharded_state(trainable: Any, frozen: Any, specs: dict[str, Any],
-                  tx: optax.GradientTransformation, mesh: Mesh, rules: Rules = DEFAULT_RULES
-                  ) -> tuple[TrainState, TrainState]:
+def sharded_state(
+    trainable: Any,
+    frozen: Any,
+    specs: dict[str, Any],
+    tx: optax.GradientTransformation,
+    mesh: Mesh,
+    rules: Rules = DEFAULT_RULES,
+) -> tuple[TrainState, TrainState]:
     """Returns (state at step 0, state shardings) for already-sharded parameters: the optimizer
     state is created directly in its sharded layout. `specs` maps every path to its ParamSpec."""
     t_axes = unflatten({p: specs[p].axes for p in flatten(trainable)})

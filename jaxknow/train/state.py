@@ -48,25 +48,39 @@ def split_params(
 ) -> tuple[dict[str, Any], dict[str, Any]]:
     """Returns (trainable, frozen): the parameters split by a predicate on their path."""
     flat = flatten(params)
-    return (unflatten({p: v for p, v in flat.items() if is_trainable(p)}),
-            unflatten({p: v for p, v in flat.items() if not is_trainable(p)}))
+    return (
+        unflatten({p: v for p, v in flat.items() if is_trainable(p)}),
+        unflatten({p: v for p, v in flat.items() if not is_trainable(p)}),
+    )
 
 
-def opt_state_shardings(tx: optax.GradientTransformation, param_shapes: Any,
-                        param_shardings: Any, replicated: NamedSharding) -> Any:
+def opt_state_shardings(
+    tx: optax.GradientTransformation,
+    param_shapes: Any,
+    param_shardings: Any,
+    replicated: NamedSharding,
+) -> Any:
     """Returns shardings for tx's state: per-parameter statistics follow their parameter,
     scalars (counts, schedule state) are replicated."""
     shapes = jax.eval_shape(tx.init, param_shapes)
     return optax.tree_map_params(
-        tx, lambda _, sh: sh, shapes, param_shardings,
+        tx,
+        lambda _, sh: sh,
+        shapes,
+        param_shardings,
         transform_non_params=lambda _: replicated,
         is_leaf=lambda x: isinstance(x, NamedSharding),
     )
 
 
 def state_shardings(
-    tx: optax.GradientTransformation, trainable_shapes: Any, trainable_axes: Any,
-    frozen_shapes: Any, frozen_axes: Any, mesh: jax.sharding.Mesh, rules: Rules,
+    tx: optax.GradientTransformation,
+    trainable_shapes: Any,
+    trainable_axes: Any,
+    frozen_shapes: Any,
+    frozen_axes: Any,
+    mesh: jax.sharding.Mesh,
+    rules: Rules,
 ) -> TrainState:
     """Returns a TrainState whose leaves are the NamedShardings of the real state."""
     replicated = NamedSharding(mesh, PartitionSpec())
@@ -80,8 +94,10 @@ def state_shardings(
     )
 
 
-def new_state(params: dict[str, Any], frozen: dict[str, Any],
-              tx: optax.GradientTransformation) -> TrainState:
+def new_state(
+    params: dict[str, Any], frozen: dict[str, Any], tx: optax.GradientTransformation
+) -> TrainState:
     """Returns a fresh TrainState at step 0 for the given parameters."""
-    return TrainState(step=jnp.zeros((), jnp.int32), params=params, opt_state=tx.init(params),
-                      frozen=frozen)
+    return TrainState(
+        step=jnp.zeros((), jnp.int32), params=params, opt_state=tx.init(params), frozen=frozen
+    )

@@ -25,8 +25,12 @@ BATCH_AXES = ("batch", "length")
 
 
 def token_nll(
-    params: Mapping[str, Any], hidden: jax.Array, targets: jax.Array, cfg: ModelConfig,
-    sharder: Sharder = NO_SHARDING, chunk: int = 0,
+    params: Mapping[str, Any],
+    hidden: jax.Array,
+    targets: jax.Array,
+    cfg: ModelConfig,
+    sharder: Sharder = NO_SHARDING,
+    chunk: int = 0,
 ) -> jax.Array:
     """Returns the negative log-likelihood [B, T] of `targets` under the model's logits.
 
@@ -53,29 +57,44 @@ def token_nll(
     return nll.swapaxes(0, 1).reshape(b, t)
 
 
-def batch_nll(params: Mapping[str, Any], batch: Batch, cfg: ModelConfig, sharder: Sharder,
-              chunk: int = 0) -> jax.Array:
+def batch_nll(
+    params: Mapping[str, Any], batch: Batch, cfg: ModelConfig, sharder: Sharder, chunk: int = 0
+) -> jax.Array:
     """Returns the per-token negative log-likelihood [B, T] of a batch."""
     out = transformer.forward(
-        params, batch["inputs"], cfg, positions=batch["positions"],
-        segment_ids=batch["segment_ids"], sharder=sharder,
+        params,
+        batch["inputs"],
+        cfg,
+        positions=batch["positions"],
+        segment_ids=batch["segment_ids"],
+        sharder=sharder,
     )
     return token_nll(params, out.hidden, batch["targets"], cfg, sharder, chunk)
 
 
 def current_lr(opt_state: Any, schedule: optax.Schedule) -> jax.Array:
     """Returns the learning rate the optimizer applies next (from its schedule counter)."""
-    states = [s for s in jax.tree.leaves(
-        opt_state, is_leaf=lambda x: isinstance(x, optax.ScaleByScheduleState))
-        if isinstance(s, optax.ScaleByScheduleState)]
+    states = [
+        s
+        for s in jax.tree.leaves(
+            opt_state, is_leaf=lambda x: isinstance(x, optax.ScaleByScheduleState)
+        )
+        if isinstance(s, optax.ScaleByScheduleState)
+    ]
     if not states:
         return jnp.zeros((), jnp.float32)
     return jnp.asarray(schedule(states[0].count), jnp.float32)
 
 
 def train_step(
-    state: TrainState, batch: Batch, *, cfg: ModelConfig, tx: optax.GradientTransformation,
-    schedule: optax.Schedule, sharder: Sharder = NO_SHARDING, grad_accum: int = 1,
+    state: TrainState,
+    batch: Batch,
+    *,
+    cfg: ModelConfig,
+    tx: optax.GradientTransformation,
+    schedule: optax.Schedule,
+    sharder: Sharder = NO_SHARDING,
+    grad_accum: int = 1,
     loss_chunk: int = 0,
 ) -> tuple[TrainState, dict[str, jax.Array]]:
     """Returns (new state, metrics) after one optimizer update on `batch`.
@@ -111,8 +130,10 @@ def train_step(
         def body(carry: Any, mb: Batch) -> tuple[Any, None]:
             acc_loss, acc_grads = carry
             loss_mb, g = grad_fn(state.params, mb)
-            return (acc_loss + loss_mb, jax.tree.map(lambda a, x: a + x.astype(jnp.float32),
-                                               acc_grads, g)), None
+            return (
+                acc_loss + loss_mb,
+                jax.tree.map(lambda a, x: a + x.astype(jnp.float32), acc_grads, g),
+            ), None
 
         (loss, grads), _ = jax.lax.scan(body, (jnp.zeros((), jnp.float32), zero), micro)
         grads = jax.tree.map(lambda g, p: g.astype(p.dtype), grads, state.params)
@@ -131,8 +152,12 @@ def train_step(
 
 
 def score_batch(
-    params: Mapping[str, Any], batch: Batch, *, cfg: ModelConfig,
-    sharder: Sharder = NO_SHARDING, loss_chunk: int = 0,
+    params: Mapping[str, Any],
+    batch: Batch,
+    *,
+    cfg: ModelConfig,
+    sharder: Sharder = NO_SHARDING,
+    loss_chunk: int = 0,
 ) -> dict[str, jax.Array]:
     """Returns per-example log-likelihoods of a batch.
 
@@ -141,5 +166,8 @@ def score_batch(
     """
     nll = batch_nll(params, batch, cfg, sharder, loss_chunk)
     w = batch["weights"].astype(jnp.float32)
-    return {"logprob": -jnp.sum(nll * w, axis=-1), "num_tokens": jnp.sum(w, axis=-1),
-            "token_logprobs": -nll}
+    return {
+        "logprob": -jnp.sum(nll * w, axis=-1),
+        "num_tokens": jnp.sum(w, axis=-1),
+        "token_logprobs": -nll,
+    }

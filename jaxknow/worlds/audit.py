@@ -96,16 +96,18 @@ class AuditRow:
 
     def strongest_rival(self) -> tuple[str | None, int]:
         """Returns the other candidate with the highest count and that count (None, 0 if none)."""
-        rivals = [(c, n) for c, n in self.counts.items()
-                  if c.lower() != self.fact.tail.lower()]
+        rivals = [(c, n) for c, n in self.counts.items() if c.lower() != self.fact.tail.lower()]
         if not rivals:
             return None, 0
         return max(rivals, key=lambda cn: (cn[1], cn[0]))
 
 
-def audit(passages: Iterable[str], facts: Sequence[Fact],
-          relation_keywords: Mapping[str, Sequence[str]],
-          candidates: Mapping[str, Sequence[str]] | None = None) -> list[AuditRow]:
+def audit(
+    passages: Iterable[str],
+    facts: Sequence[Fact],
+    relation_keywords: Mapping[str, Sequence[str]],
+    candidates: Mapping[str, Sequence[str]] | None = None,
+) -> list[AuditRow]:
     """Returns one AuditRow per fact (in `facts` order): co-occurrence counts in `passages`.
 
     `relation_keywords` maps every relation of `facts` to its keywords (a passage mentions the
@@ -115,8 +117,13 @@ def audit(passages: Iterable[str], facts: Sequence[Fact],
     no keywords.
     """
     facts = list(facts)
-    missing = sorted({f.relation for f in facts
-                      if not [k for k in relation_keywords.get(f.relation, ()) if k.strip()]})
+    missing = sorted(
+        {
+            f.relation
+            for f in facts
+            if not [k for k in relation_keywords.get(f.relation, ()) if k.strip()]
+        }
+    )
     if missing:
         raise ValueError(f"relation_keywords has no keywords for relation(s) {missing}")
     cand: dict[str, dict[str, None]] = defaultdict(dict)
@@ -168,8 +175,7 @@ def audit(passages: Iterable[str], facts: Sequence[Fact],
         true = tail_counts[key][f.tail.lower()]
         others = [n for low, n in tail_counts[key].items() if low != f.tail.lower()]
         co = true > 0 and all(true > n for n in others)
-        rows.append(AuditRow(fact=f, counts=counts, co_occurring=co,
-                             passages=passage_counts[key]))
+        rows.append(AuditRow(fact=f, counts=counts, co_occurring=co, passages=passage_counts[key]))
     return rows
 
 
@@ -185,9 +191,18 @@ def format_audit(rows: Sequence[AuditRow]) -> str:
     table = [header]
     for r in rows:
         rival, n = r.strongest_rival()
-        table.append((r.fact.head, r.fact.relation, r.fact.tail, str(r.passages),
-                      str(r.counts.get(r.fact.tail, 0)), rival or "-", str(n),
-                      "yes" if r.co_occurring else "no"))
+        table.append(
+            (
+                r.fact.head,
+                r.fact.relation,
+                r.fact.tail,
+                str(r.passages),
+                str(r.counts.get(r.fact.tail, 0)),
+                rival or "-",
+                str(n),
+                "yes" if r.co_occurring else "no",
+            )
+        )
     widths = [max(len(row[i]) for row in table) for i in range(len(header))]
     lines = ["  ".join(cell.ljust(w) for cell, w in zip(row, widths)).rstrip() for row in table]
     lines.insert(1, "  ".join("-" * w for w in widths))

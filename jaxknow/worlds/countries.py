@@ -138,20 +138,33 @@ ANIMAL_QUESTIONS = {
     "class": "What class of animal is {subject}?",
 }
 ANIMAL_SENTENCES = {
-    "diet": ("{subject} eats {value}.", "The diet of {subject} is mostly {value}.",
-             "In the wild, {subject} feeds on {value}."),
-    "habitat": ("{subject} lives in {value}.", "The natural home of {subject} is {value}.",
-                "You can find {subject} in {value}."),
-    "class": ("{subject} is a {value}.", "Biologists classify {subject} as a {value}.",
-              "As an animal, {subject} is a {value}."),
+    "diet": (
+        "{subject} eats {value}.",
+        "The diet of {subject} is mostly {value}.",
+        "In the wild, {subject} feeds on {value}.",
+    ),
+    "habitat": (
+        "{subject} lives in {value}.",
+        "The natural home of {subject} is {value}.",
+        "You can find {subject} in {value}.",
+    ),
+    "class": (
+        "{subject} is a {value}.",
+        "Biologists classify {subject} as a {value}.",
+        "As an animal, {subject} is a {value}.",
+    ),
 }
 
 
 def animal_attributes() -> TailAttributes:
     """Returns the animal commonsense (diet, habitat, class of every pool animal)."""
     values = {a: {"habitat": h, "diet": d, "class": c} for a, (h, d, c) in ANIMALS.items()}
-    return TailAttributes(subset="animal_commonsense", questions=ANIMAL_QUESTIONS, values=values,
-                          sentences=ANIMAL_SENTENCES)
+    return TailAttributes(
+        subset="animal_commonsense",
+        questions=ANIMAL_QUESTIONS,
+        values=values,
+        sentences=ANIMAL_SENTENCES,
+    )
 
 
 @dataclass(frozen=True)
@@ -176,40 +189,83 @@ class CountriesConfig:
     seed: int = 0
 
     def __post_init__(self) -> None:
-        for name in ("num_base_countries", "num_novel_countries", "num_wrong_tails",
-                     "narrative_rows_per_fact", "referencing_rows_per_fact",
-                     "base_referencing_rows_per_fact", "seed"):
+        for name in (
+            "num_base_countries",
+            "num_novel_countries",
+            "num_wrong_tails",
+            "narrative_rows_per_fact",
+            "referencing_rows_per_fact",
+            "base_referencing_rows_per_fact",
+            "seed",
+        ):
             value = getattr(self, name)
             if not isinstance(value, int) or isinstance(value, bool):
                 raise ValueError(f"CountriesConfig.{name} must be an int, got {value!r}")
         for name in ("num_base_countries", "num_novel_countries"):
             if getattr(self, name) < 4:
-                raise ValueError(f"CountriesConfig.{name} must be >= 4 (multiple choice needs 3 "
-                                 f"wrong tails of the same split), got {getattr(self, name)}")
+                raise ValueError(
+                    f"CountriesConfig.{name} must be >= 4 (multiple choice needs 3 "
+                    f"wrong tails of the same split), got {getattr(self, name)}"
+                )
         limit = min(self.num_base_countries, self.num_novel_countries, MAX_CANDIDATES) - 1
         if not 1 <= self.num_wrong_tails <= limit:
-            raise ValueError(f"CountriesConfig.num_wrong_tails must be in [1, {limit}], "
-                             f"got {self.num_wrong_tails}")
-        for name in ("narrative_rows_per_fact", "referencing_rows_per_fact",
-                     "base_referencing_rows_per_fact"):
+            raise ValueError(
+                f"CountriesConfig.num_wrong_tails must be in [1, {limit}], "
+                f"got {self.num_wrong_tails}"
+            )
+        for name in (
+            "narrative_rows_per_fact",
+            "referencing_rows_per_fact",
+            "base_referencing_rows_per_fact",
+        ):
             if getattr(self, name) < 1:
                 raise ValueError(f"CountriesConfig.{name} must be >= 1, got {getattr(self, name)}")
         rels = tuple(self.relations) if isinstance(self.relations, (tuple, list)) else None
         if not rels or len(set(rels)) != len(rels) or not set(rels) <= set(COUNTRY_RELATIONS):
-            raise ValueError(f"CountriesConfig.relations must be a non-empty tuple of distinct "
-                             f"names from {COUNTRY_RELATIONS}, got {self.relations!r}")
+            raise ValueError(
+                f"CountriesConfig.relations must be a non-empty tuple of distinct "
+                f"names from {COUNTRY_RELATIONS}, got {self.relations!r}"
+            )
         object.__setattr__(self, "relations", rels)
         if self.base_renderings not in BASE_RENDERINGS:
-            raise ValueError(f"CountriesConfig.base_renderings must be one of {BASE_RENDERINGS}, "
-                             f"got {self.base_renderings!r}")
+            raise ValueError(
+                f"CountriesConfig.base_renderings must be one of {BASE_RENDERINGS}, "
+                f"got {self.base_renderings!r}"
+            )
 
 
 # --------------------------------------------------------------------------------------------
 # Name generation.
 # --------------------------------------------------------------------------------------------
 
-_ONSETS = ("b", "d", "f", "g", "k", "l", "m", "n", "p", "r", "s", "t", "v", "z", "br", "dr",
-           "gr", "kr", "tr", "st", "th", "sh", "qu", "h", "j", "y")
+_ONSETS = (
+    "b",
+    "d",
+    "f",
+    "g",
+    "k",
+    "l",
+    "m",
+    "n",
+    "p",
+    "r",
+    "s",
+    "t",
+    "v",
+    "z",
+    "br",
+    "dr",
+    "gr",
+    "kr",
+    "tr",
+    "st",
+    "th",
+    "sh",
+    "qu",
+    "h",
+    "j",
+    "y",
+)
 _VOWELS = ("a", "e", "i", "o", "u", "a", "e", "o", "ai", "ou")
 _CODAS = ("", "", "", "", "n", "r", "l", "s", "m", "th")
 _SUFFIXES = {
@@ -239,8 +295,12 @@ def _make_name(kind: str, rng) -> str:
     suffix = rng.choice(_SUFFIXES[kind])
     if stem[-1] in _VOWEL_CHARS and suffix[0] in _VOWEL_CHARS:
         stem = stem[:-1] if len(stem) > 2 else stem + rng.choice(("l", "n", "r"))
-    elif stem[-1] not in _VOWEL_CHARS and suffix[0] not in _VOWEL_CHARS and len(stem) > 1 \
-            and stem[-2] not in _VOWEL_CHARS:
+    elif (
+        stem[-1] not in _VOWEL_CHARS
+        and suffix[0] not in _VOWEL_CHARS
+        and len(stem) > 1
+        and stem[-2] not in _VOWEL_CHARS
+    ):
         stem += rng.choice(("a", "e", "o"))
     return (stem + suffix).capitalize()
 
@@ -334,8 +394,9 @@ def generate_countries(config: CountriesConfig | None = None) -> FactWorld:
     cities = generate_names("city", n, seed, taken)
     languages = generate_names("language", n, seed, taken)
     splits = ["base"] * n_base + ["novel"] * n_novel
-    animals = (_assign_animals(n_base, rng_for(seed, "animals", "base"))
-               + _assign_animals(n_novel, rng_for(seed, "animals", "novel")))
+    animals = _assign_animals(n_base, rng_for(seed, "animals", "base")) + _assign_animals(
+        n_novel, rng_for(seed, "animals", "novel")
+    )
 
     facts: list[Fact] = []
     for i, (country, split) in enumerate(zip(countries, splits)):
@@ -344,25 +405,38 @@ def generate_countries(config: CountriesConfig | None = None) -> FactWorld:
 
     used_cities = cities if "capital" in config.relations else []
     used_languages = languages if "language" in config.relations else []
-    entity_split = {name: split for names in (countries, used_cities, used_languages)
-                    for name, split in zip(names, splits)}
+    entity_split = {
+        name: split
+        for names in (countries, used_cities, used_languages)
+        for name, split in zip(names, splits)
+    }
     for a in ANIMALS:
         entity_split[a] = SHARED
-    entities = {"country": countries, "city": list(used_cities), "language": list(used_languages),
-                "animal": sorted(ANIMALS)}
+    entities = {
+        "country": countries,
+        "city": list(used_cities),
+        "language": list(used_languages),
+        "animal": sorted(ANIMALS),
+    }
     relations = {r: RELATIONS[r] for r in config.relations}
     tail_pools = {"national_animal": {"*": tuple(sorted(ANIMALS))}}
     world = FactWorld(
-        name="countries", all_facts=tuple(facts), relations=relations, entities=entities,
-        entity_split=entity_split, wrong_tails={}, seed=seed,
+        name="countries",
+        all_facts=tuple(facts),
+        relations=relations,
+        entities=entities,
+        entity_split=entity_split,
+        wrong_tails={},
+        seed=seed,
         num_wrong_tails=config.num_wrong_tails,
         narrative_rows_per_fact=config.narrative_rows_per_fact,
         referencing_rows_per_fact=config.referencing_rows_per_fact,
         base_referencing_rows_per_fact=config.base_referencing_rows_per_fact,
         base_renderings=config.base_renderings,
         tail_pools={r: p for r, p in tail_pools.items() if r in relations},
-        tail_attributes=({"national_animal": animal_attributes()}
-                         if "national_animal" in relations else {}),
+        tail_attributes=(
+            {"national_animal": animal_attributes()} if "national_animal" in relations else {}
+        ),
     )
     world.wrong_tails = assign_wrong_tails(world, config.num_wrong_tails, seed)
     return populate(world, seed)

