@@ -185,7 +185,11 @@ def prepare_variant(
     import jax.numpy as jnp
 
     from jaxknow.model.params import count_params, flatten, param_specs
-    from jaxknow.model.sharded import init_sharded_params
+
+    try:
+        from jaxknow.model.sharded import init_sharded_params
+    except ImportError:  # a --ref commit from before the module moved
+        from jaxknow.train.setup import init_sharded_params
     from jaxknow.parallel.mesh import make_mesh
     from jaxknow.parallel.rules import DEFAULT_RULES, Sharder
     from jaxknow.train import optim

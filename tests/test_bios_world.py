@@ -340,20 +340,6 @@ def test_render_subset_and_bad_ids(world):
         render_biographies(world, Augmentation(), seed=0, people=[-1])
 
 
-def test_celebrity_setting(world):
-    celebs = [1, 4, 9]
-    aug = Augmentation.parse("multi3+permute+fullname")
-    bs = bios.render_celebrity_biographies(world, celebs, aug, seed=0)
-    counts = Counter(b.person for b in bs)
-    assert all(counts[i] == (3 if i in celebs else 1) for i in range(N))
-    assert [b.person for b in bs] == sorted(b.person for b in bs)
-    for b in bs:
-        if b.person in celebs:
-            assert not PRONOUN_RE.search(b.text)
-        else:
-            assert tuple(s.attribute for s in b.sentences) == ATTRIBUTES
-
-
 # ------------------------------------------------------------------------------ templates
 
 
@@ -473,8 +459,15 @@ def test_redraws_add_independent_draws_of_augmented_corpora_only():
                 == w.people[b.person].attributes[span.attribute]
             )
     celeb = set(w.train_ids[:6].tolist())
-    per_person = {p: sum(b.person == p for b in three["bios_celebrity"]) for p in range(12)}
-    assert all(per_person[p] == (3 * 5 if p in celeb else 1) for p in range(12)), per_person
+    per_person = Counter(b.person for b in three["bios_celebrity"])
+    assert per_person == {p: 3 * 5 for p in celeb}, per_person
+    minority = three["bios_minority"]
+    assert sorted(b.person for b in minority) == sorted(set(range(12)) - celeb)
+    for b in minority:  # one plain biography: pronouns after the first sentence, fixed order
+        assert tuple(s.attribute for s in b.sentences) == ATTRIBUTES
+    assert [b.text for b in minority] == [b.text for b in one["bios_minority"]]
+    for b in three["bios_celebrity"]:
+        assert not PRONOUN_RE.search(b.text)
 
 
 def test_redraws_must_be_a_positive_int():

@@ -154,3 +154,28 @@ def test_a_stage_stopped_by_a_signal_stops_the_study(monkeypatch, tmp_path, inte
     done = dataclasses.replace(stopped, preempted=False, interrupted=False)
     monkeypatch.setattr(common, "train", lambda cfg, workdir: done)
     assert common.run_stage("base", None, tmp_path, log=lambda *_: None) is done
+
+
+def test_celebrity_sources_weight_the_minority_as_configured():
+    from jaxknow.config import ConfigError
+    from jaxknow.experiments.bios import celebrity_sources, parse_study
+
+    sizes = {"bios_celebrity": list(range(30)), "bios_minority": list(range(6))}
+    cfg = bios_tiny().to_dict()
+    cfg["celebrity"] = True
+    study = parse_study(cfg)
+    assert study.celebrity_minority_weight is None
+    assert celebrity_sources(study, sizes.__getitem__) == [
+        {"name": "bios_celebrity", "weight": 30.0},
+        {"name": "bios_minority", "weight": 6.0},
+    ]
+    cfg["celebrity_minority_weight"] = 2
+    study = parse_study(cfg)
+    assert celebrity_sources(study, sizes.__getitem__)[1] == {
+        "name": "bios_minority",
+        "weight": 2.0,
+    }
+    for bad in (0, -1.0, "1", True):
+        cfg["celebrity_minority_weight"] = bad
+        with pytest.raises(ConfigError, match="celebrity_minority_weight"):
+            parse_study(cfg)

@@ -4,7 +4,9 @@ The quickstart's world and model; two pretrainings: every person with one plain 
 (bioS single), and a "celebrity" corpus in which the P_train half (the celebrities) get
 re-drawn multi5+permute+fullname biographies while the P_test half (the minority) keep their
 single biography. Both are QA-finetuned on the celebrities and asked about the minority: the
-paper's minority accuracy rises from 4.4 % to 86.8 %.
+paper's minority accuracy rises from 4.4 % to 86.8 %. `celebrity_minority_weight=1.0` draws
+half of the celebrity pretraining's biographies from the minority, so each minority person is
+seen about as often as in the single pretraining (as one corpus they would be ~10 times less).
 
     python -m launch.experiment --config=configs/bios/celebrity.py --workdir=runs/celebrity
 """
@@ -18,6 +20,7 @@ def get_config() -> ConfigDict:
     c = quickstart()
     c.conditions = ["single"]
     c.celebrity = True
+    c.celebrity_minority_weight = 1.0
     c.world.celebrity_augmentation = "multi5+permute+fullname"
     c.probing.enabled = False
     return c

@@ -175,8 +175,9 @@ def bios_corpora(w: Any, opts: Mapping[str, Any], seed: int) -> dict[str, list[A
     With ``redraws`` = R > 1 every augmented corpus (any augmentation but "single", which is
     one fixed biography per person by definition) holds R independent draws of its
     augmentation (draw 0 is the R = 1 corpus): the text about a person changes from one pass
-    over the data to the next while what it says stays the same. In the celebrity corpus only
-    the celebrities' biographies are re-drawn.
+    over the data to the next while what it says stays the same. The celebrity setting has two
+    sources: ``bios_celebrity`` (the celebrities' augmented biographies, re-drawn) and
+    ``bios_minority`` (everyone else's one single biography), so that a study can weight them.
     """
     from jaxknow.worlds import bios
 
@@ -195,11 +196,16 @@ def bios_corpora(w: Any, opts: Mapping[str, Any], seed: int) -> dict[str, list[A
     if opts["celebrity_fraction"] > 0:
         n_celeb = int(round(opts["celebrity_fraction"] * w.num_people))
         celebs = sorted(int(i) for i in w.train_ids[:n_celeb])
+        minority = sorted(set(range(w.num_people)) - set(celebs))
         caug = opts["celebrity_augmentation"]
-        corpus = bios.render_celebrity_biographies(w, celebs, caug, seed + 999)
-        for r in range(1, draws(caug)):
-            corpus += bios.render_biographies(w, caug, seed + 999 + 100_003 * r, people=celebs)
-        corpora["bios_celebrity"] = corpus
+        corpora["bios_celebrity"] = [
+            b
+            for r in range(draws(caug))
+            for b in bios.render_biographies(w, caug, seed + 999 + 100_003 * r, people=celebs)
+        ]
+        corpora["bios_minority"] = bios.render_biographies(
+            w, bios.Augmentation(), seed + 998, people=minority
+        )
     return corpora
 
 

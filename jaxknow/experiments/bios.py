@@ -15,7 +15,7 @@ from __future__ import annotations
 
 import dataclasses
 import time
-from collections.abc import Mapping, Sequence
+from collections.abc import Callable, Mapping, Sequence
 from pathlib import Path
 from typing import Any
 
@@ -90,6 +90,7 @@ class BiosStudy:
     mixed: StageConfig | None
     mixed_qa_weight: float
     celebrity: bool
+    celebrity_minority_weight: float | None
     probing: ProbingConfig
     eval: EvalSettings
 
@@ -108,6 +109,7 @@ EXPERIMENT_KEYS = (
     "lora",
     "mixed",
     "celebrity",
+    "celebrity_minority_weight",
     "probing",
     "eval",
 )
@@ -138,6 +140,15 @@ def parse_study(config: Any) -> BiosStudy:
         raise C.ConfigError(f"world.kind={world.get('kind')!r}: the bioS study needs 'bios'")
     world["kind"] = "bios"
     C.model_config(cfg.get("model") or {})  # validate early
+    minority_weight = cfg.get("celebrity_minority_weight")
+    if minority_weight is not None and not (
+        isinstance(minority_weight, (int, float))
+        and not isinstance(minority_weight, bool)
+        and minority_weight > 0
+    ):
+        raise C.ConfigError(
+            f"celebrity_minority_weight={minority_weight!r}: must be a positive number or None"
+        )
     return BiosStudy(
         seed=int(cfg.get("seed", 0)),
         world=world,
@@ -151,6 +162,7 @@ def parse_study(config: Any) -> BiosStudy:
         mixed=C.section(StageConfig, mixed_cfg, "mixed") if mixed_on else None,
         mixed_qa_weight=qa_weight,
         celebrity=bool(cfg.get("celebrity", False)),
+        celebrity_minority_weight=None if minority_weight is None else float(minority_weight),
         probing=C.section(ProbingConfig, cfg.get("probing"), "probing"),
         eval=C.section(EvalSettings, cfg.get("eval"), "eval"),
     )
@@ -330,20 +342,22 @@ def run_bios_study(config: Any, workdir: str | Path, log: Any = print) -> dict[s
 
     losses: dict[str, list[tuple[int, float]]] = {}
     probes: dict[str, Any] = {}
-    conditions = [(a.name, aug_source_name(a.name)) for a in augs]
+    conditions = [(a.name, [{"name": aug_source_name(a.name)}]) for a in augs]
     if study.celebrity:
-        conditions.append(("celebrity", "bios_celebrity"))
-    for name, source in conditions:
+        conditions.append(("celebrity", celebrity_sources(study, corpora_of)))
+    for name, sources in conditions:
         pre_dir = workdir / f"pretrain_{_slug(name)}"
         res = common.run_stage(
             f"pretrain {name}",
-            common.stage_config(exp, study.pretrain, sources=[{"name": source}], data_dir=data_dir),
+            common.stage_config(exp, study.pretrain, sources=sources, data_dir=data_dir),
             pre_dir,
             log,
         )
         losses[f"pretrain {name}"] = [(m["step"], m["loss"]) for m in res.metrics]
-        log(f"[memorisation] first-token accuracy of the {name} training biographies")
-        memo[name] = memorisation(pre_dir, corpora_of(source))
+        for src in sources:
+            label = name if len(sources) == 1 else f"{name}: {src['name']}"
+            log(f"[memorisation] first-token accuracy of the {label} training biographies")
+            memo[label] = memorisation(pre_dir, corpora_of(src["name"]))
         for rec in study.recipes:
             ft_dir = workdir / f"finetune_{_slug(name)}_{rec.name}"
             res = common.run_stage(
@@ -371,7 +385,7 @@ def run_bios_study(config: Any, workdir: str | Path, log: Any = print) -> dict[s
             }
         if study.probing.enabled and name != "celebrity":
             log(f"[probe] P/Q-probing of the {name} pretrained model")
-            probes[name] = probe(pre_dir, study, world, corpora_of(source))
+            probes[name] = probe(pre_dir, study, world, corpora_of(sources[0]["name"]))
         if study.mixed is not None and name != "celebrity":
             mix_dir = workdir / f"mixed_{_slug(name)}"
             res = common.run_stage(
@@ -380,7 +394,7 @@ def run_bios_study(config: Any, workdir: str | Path, log: Any = print) -> dict[s
                     exp,
                     study.mixed,
                     sources=[
-                        {"name": source, "weight": 1.0},
+                        {"name": sources[0]["name"], "weight": 1.0},
                         {"name": "qa_train", "weight": study.mixed_qa_weight},
                     ],
                     data_dir=data_dir,
@@ -410,6 +424,23 @@ def run_bios_study(config: Any, workdir: str | Path, log: Any = print) -> dict[s
     }
     _write_outputs(workdir, results, probes, losses)
     return results
+
+
+def celebrity_sources(
+    study: BiosStudy, corpora_of: Callable[[str], Sequence[Any]]
+) -> list[dict[str, Any]]:
+    """Returns the celebrity pretraining's sources: the celebrities' augmented biographies and
+    the minority's single ones. Weights draw documents; without `celebrity_minority_weight`
+    they are the two corpora's sizes (every biography equally likely, as one corpus), with it
+    the minority gets that weight against the celebrities' 1.0 (1.0: half of the biographies
+    drawn are the minority's)."""
+    weight = study.celebrity_minority_weight
+    if weight is None:
+        return [
+            {"name": n, "weight": float(len(corpora_of(n)))}
+            for n in ("bios_celebrity", "bios_minority")
+        ]
+    return [{"name": "bios_celebrity", "weight": 1.0}, {"name": "bios_minority", "weight": weight}]
 
 
 def _slug(name: str) -> str:

@@ -44,7 +44,6 @@ __all__ = [
     "qa_prompt",
     "qa_target",
     "render_biographies",
-    "render_celebrity_biographies",
     "attribute_pool_sizes",
     "us_cities",
     "load_universities",
@@ -813,25 +812,6 @@ def render_biographies(
         raise ValueError(f"aug must be an Augmentation, got {type(aug).__name__}")
     ids = _check_people(world, people)
     return _render(world, aug, np.random.default_rng(seed), ids)
-
-
-def render_celebrity_biographies(
-    world: BiosWorld,
-    celebrities: Sequence[int] | np.ndarray,
-    celebrity_aug: Augmentation,
-    seed: int,
-    base_aug: Augmentation | None = None,
-) -> list[Biography]:
-    """Returns biographies for everyone, ordered by person index: `celebrity_aug` for the
-    listed celebrities and `base_aug` (default: single) for the rest (spec section 7)."""
-    celeb = set(_check_people(world, celebrities))
-    base_aug = base_aug or Augmentation()
-    rest = [i for i in range(world.num_people) if i not in celeb]
-    ss = np.random.SeedSequence(seed).spawn(2)
-    bios = _render(world, celebrity_aug, np.random.default_rng(ss[0]), sorted(celeb))
-    bios += _render(world, base_aug, np.random.default_rng(ss[1]), rest)
-    bios.sort(key=lambda b: b.person)  # stable: each person's biographies keep their order
-    return bios
 
 
 def bios_rows(bios: Sequence[Biography]) -> list[dict[str, Any]]:
