@@ -8,7 +8,7 @@ import json
 import math
 from collections.abc import Mapping, Sequence
 from pathlib import Path
-from typing import Any
+from typing import Any, get_args
 
 from ml_collections import ConfigDict
 
@@ -52,7 +52,10 @@ class StageConfig:
             if not getattr(self, name) > 0:
                 raise ValueError(f"{name}={getattr(self, name)!r}: must be positive")
         checks = {
-            "packing": (self.packing in C.PACKINGS, f"must be one of {list(C.PACKINGS)}"),
+            "packing": (
+                self.packing in get_args(C.Packing),
+                f"must be one of {get_args(C.Packing)}",
+            ),
             "checkpoint_every": (self.checkpoint_every >= 0, "must be >= 0"),
             "epochs": (self.epochs is None or self.epochs > 0, "must be positive"),
             "warmup_fraction": (
