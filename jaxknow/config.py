@@ -12,8 +12,9 @@ import re
 import types
 import typing
 from collections.abc import Mapping
-from typing import Any
+from typing import Any, Literal
 
+from jaxknow.errors import check_choices
 from jaxknow.model.config import ModelConfig, ModelConfigError, preset
 
 
@@ -33,6 +34,7 @@ def to_plain(x: Any) -> Any:
 
 
 def _check_type(value: Any, tp: Any, where: str) -> Any:
+    # Literal fields pass through: each dataclass checks them itself (errors.check_choices).
     origin = typing.get_origin(tp)
     if tp is Any:
         return value
@@ -49,10 +51,6 @@ def _check_type(value: Any, tp: Any, where: str) -> Any:
             except ConfigError as e:
                 errors.append(str(e))
         raise ConfigError(errors[0] if errors else f"{where}={value!r}: bad value")
-    if origin is typing.Literal:
-        if value not in typing.get_args(tp):
-            raise ConfigError(f"{where}={value!r}: must be one of {typing.get_args(tp)}")
-        return value
     if origin in (tuple, list):
         if not isinstance(value, list | tuple):
             raise ConfigError(f"{where}={value!r}: must be a list")
@@ -127,15 +125,43 @@ class MeshConfig:
     tensor: int = 1
 
 
+# How a run starts jax.distributed: "on" calls jax.distributed.initialize().
+Distributed = Literal["auto", "on", "off"]
+# A non-finite loss or gradient norm: "stop" (no checkpoint of the damaged state) or "skip"
+# (drop that update; stop after more than max_skipped).
+Nonfinite = Literal["stop", "skip"]
+
+
 @dataclasses.dataclass(frozen=True)
-class TrainConfig:
-    """Loop settings of a training run."""
+class LoopConfig:
+    """The loop settings one training stage of a study chooses (see TrainConfig)."""
 
     steps: int = 100
     grad_accum: int = 1
     loss_chunk: int = 0
     log_every: int = 10
     checkpoint_every: int = 0  # 0: only at the end (and on preemption)
+
+    def __post_init__(self) -> None:
+        def bad(field: str, why: str) -> None:
+            raise ConfigError(f"train.{field}={getattr(self, field)!r}: {why}")
+
+        check_choices(self, "train", ConfigError)
+        if self.steps <= 0:
+            bad("steps", "must be positive")
+        for f in ("grad_accum", "log_every"):
+            if getattr(self, f) <= 0:
+                bad(f, "must be positive")
+        if self.loss_chunk < 0:
+            bad("loss_chunk", "must be >= 0")
+        if self.checkpoint_every < 0:
+            bad("checkpoint_every", "must be >= 0")
+
+
+@dataclasses.dataclass(frozen=True)
+class TrainConfig(LoopConfig):
+    """Loop settings of a training run: LoopConfig's plus those of the run as a whole."""
+
     keep_checkpoints: int = 3
     async_checkpoint: bool = True
     progress: bool = True
@@ -151,10 +177,8 @@ class TrainConfig:
     trainable: str = "all"
     peak_tflops: float | None = None  # per device, for MFU; None: known accelerators only
     preemption_check_every: int = 1
-    distributed: str = "auto"  # "auto", "on" (jax.distributed.initialize()) or "off"
-    # A non-finite loss or gradient norm: "stop" (no checkpoint of the damaged state) or
-    # "skip" (drop that update; stop after more than max_skipped).
-    nonfinite: str = "stop"
+    distributed: Distributed = "auto"
+    nonfinite: Nonfinite = "stop"
     max_skipped: int = 100
     # Resume from this checkpoint step (newer steps are set aside); None: the newest intact.
     resume_step: int | None = None
@@ -163,40 +187,44 @@ class TrainConfig:
         def bad(field: str, why: str) -> None:
             raise ConfigError(f"train.{field}={getattr(self, field)!r}: {why}")
 
-        if self.steps <= 0:
-            bad("steps", "must be positive")
-        for f in ("grad_accum", "log_every", "keep_checkpoints", "preemption_check_every"):
+        super().__post_init__()
+        for f in ("keep_checkpoints", "preemption_check_every"):
             if getattr(self, f) <= 0:
                 bad(f, "must be positive")
-        if self.loss_chunk < 0:
-            bad("loss_chunk", "must be >= 0")
-        if self.checkpoint_every < 0:
-            bad("checkpoint_every", "must be >= 0")
         if self.halt_at is not None and not 0 < self.halt_at <= self.steps:
             bad("halt_at", f"must be in (0, steps={self.steps}]")
-        if self.distributed not in ("auto", "on", "off"):
-            bad("distributed", "must be 'auto', 'on' or 'off'")
-        if self.nonfinite not in ("stop", "skip"):
-            bad("nonfinite", "must be 'stop' or 'skip'")
         if self.max_skipped < 0:
             bad("max_skipped", "must be >= 0")
         if self.resume_step is not None and self.resume_step <= 0:
             bad("resume_step", "must be positive")
 
 
-# How documents become fixed-length rows (jaxknow.data.pipeline).
-PACKINGS = ("concat", "first_fit", "pad")
+# How documents become fixed-length rows (jaxknow.data.pipeline): concat splits them across
+# rows; first_fit keeps each whole; pad puts one per row.
+Packing = Literal["concat", "first_fit", "pad"]
 
 
 @dataclasses.dataclass(frozen=True)
-class DataConfig:
-    """Where training documents come from and how they are batched."""
+class BatchConfig:
+    """How documents are batched: the data settings one training stage of a study chooses."""
 
     seq_len: int = 128
     batch_size: int = 8  # global, across processes
+    packing: Packing = "concat"
+
+    def __post_init__(self) -> None:
+        check_choices(self, "data", ConfigError)
+        for f in ("seq_len", "batch_size"):
+            if getattr(self, f) <= 0:
+                raise ConfigError(f"data.{f}={getattr(self, f)!r}: must be positive")
+
+
+@dataclasses.dataclass(frozen=True)
+class DataConfig(BatchConfig):
+    """Where training documents come from and how they are batched."""
+
     sources: tuple[dict, ...] = ()  # [{"name": ..., "weight": ...}]
     dir: str | None = None  # default: WORKDIR/data
-    packing: str = "concat"
     num_epochs: int | None = None
     workers: int = 0
     seed: int | None = None  # default: the config's seed
@@ -206,6 +234,7 @@ class DataConfig:
     shards: int | None = None
 
     def __post_init__(self) -> None:
+        super().__post_init__()
         if not self.sources:
             raise ConfigError("data.sources: at least one source is required")
         for i, s in enumerate(self.sources):
@@ -216,10 +245,6 @@ class DataConfig:
                 raise ConfigError(f"data.sources[{i}]: unknown key(s) {sorted(unknown)}")
             if float(s.get("weight", 1.0)) <= 0:
                 raise ConfigError(f"data.sources[{i}].weight: must be positive")
-        if self.packing not in PACKINGS:
-            raise ConfigError(f"data.packing={self.packing!r}: must be concat, first_fit or pad")
-        if self.seq_len <= 0 or self.batch_size <= 0:
-            raise ConfigError("data.seq_len and data.batch_size must be positive")
         if self.num_epochs is not None and self.num_epochs <= 0:
             raise ConfigError(f"data.num_epochs={self.num_epochs}: must be positive")
 
@@ -228,12 +253,16 @@ class OptimConfigError(ValueError):
     """An optimizer setting is invalid; the message names the field."""
 
 
+# The learning-rate schedule after the linear warmup.
+Schedule = Literal["cosine", "linear", "constant"]
+
+
 @dataclasses.dataclass(frozen=True)
 class OptimConfig:
     """AdamW hyperparameters and the learning-rate schedule."""
 
     lr: float = 1e-3
-    schedule: str = "cosine"  # "cosine", "linear" or "constant" (each after linear warmup)
+    schedule: Schedule = "cosine"
     warmup_steps: int = 0
     total_steps: int = 1000
     end_lr_fraction: float = 0.1  # final lr as a fraction of `lr` (cosine and linear)
@@ -249,8 +278,7 @@ class OptimConfig:
         def bad(field: str, why: str) -> None:
             raise OptimConfigError(f"optim.{field}={getattr(self, field)!r}: {why}")
 
-        if self.schedule not in ("cosine", "linear", "constant"):
-            bad("schedule", "must be 'cosine', 'linear' or 'constant'")
+        check_choices(self, "optim", OptimConfigError)
         if not self.lr > 0:
             bad("lr", "must be positive")
         if self.total_steps <= 0:
@@ -287,8 +315,12 @@ KNOWN_SECTIONS = ("seed", "model", "mesh", "optim", "train", "data", "lora", "fo
 
 
 def _scalar_type(tp: Any) -> Any:
+    """Returns the type of a field's values: X of `X | None`, str of a Literal of strings."""
     args = [a for a in typing.get_args(tp) if a is not type(None)]
-    return args[0] if args else tp
+    tp = args[0] if args and typing.get_origin(tp) is not typing.Literal else tp
+    if typing.get_origin(tp) is typing.Literal:
+        return type(typing.get_args(tp)[0])
+    return tp
 
 
 def section_defaults(cls: type, skip: tuple[str, ...] = ()) -> Any:

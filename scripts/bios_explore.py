@@ -23,7 +23,6 @@ from jaxknow.data import build  # noqa: E402
 from jaxknow.data.world_builders import aug_source_name, bios_corpora, bios_world  # noqa: E402
 from jaxknow.experiments import bios as B  # noqa: E402
 from jaxknow.experiments import common  # noqa: E402
-from jaxknow.experiments.common import StageConfig  # noqa: E402
 
 EVAL = B.EvalSettings(max_new_tokens=20, batch_size=128, max_people=100)
 
@@ -57,7 +56,7 @@ def finetune(exp: dict, name: str, ft: dict, pdir: Path, data: Path, out: Path) 
         name,
         common.stage_config(
             exp,
-            StageConfig(**f),
+            common.parse_stage(f, "finetune"),
             sources=[{"name": "qa_train"}],
             data_dir=data,
             init_from=pdir,
@@ -124,7 +123,9 @@ def main() -> None:
     t0 = time.time()
     pdir = wd / "pretrain"
     common.run_stage(
-        "pretrain", common.stage_config(exp, StageConfig(**pre), sources=srcs, data_dir=data), pdir
+        "pretrain",
+        common.stage_config(exp, common.parse_stage(pre, "pretrain"), sources=srcs, data_dir=data),
+        pdir,
     )
     if mixed:
         print(qa_line("MIXED", B.evaluate_qa(pdir, data, EVAL)), flush=True)

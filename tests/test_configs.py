@@ -188,3 +188,39 @@ def test_evaluation_caps_spread_over_the_subset():
     picked = cooc_study.spread(rows, 102)
     assert len(picked) == 102 == len(set(picked)) and picked[0] == 0 and picked[-1] == 305
     assert cooc_study.spread(rows[:5], 102) == rows[:5] and cooc_study.spread(rows, None) == rows
+
+
+def test_flat_stage_keys_go_to_the_section_that_declares_them():
+    stage = common.parse_stage(
+        {"lr": 1, "batch_size": 4, "steps": 7, "loss_chunk": 2, "no_decay": ["x"], "epochs": 2},
+        "pretrain",
+    )
+    assert (stage.optim.lr, stage.data.batch_size, stage.train.steps) == (1.0, 4, 7)
+    assert stage.lr == stage.optim.lr and stage.epochs == 2
+    cfg = common.stage_config({}, stage, sources=[{"name": "x"}], data_dir="/d")
+    assert (cfg.train.loss_chunk, list(cfg.optim.no_decay), cfg.data.seq_len) == (2, ["x"], 256)
+    # A recipe's overrides keep the rest of its base stage.
+    recipe = common.parse_stage({"lr": 3e-4}, "finetune_recipes[0]", base=stage)
+    assert (recipe.lr, recipe.batch_size, recipe.loss_chunk) == (3e-4, 4, 2)
+    for key in ("total_steps", "sources", "lrr"):
+        with pytest.raises(ConfigError, match=rf"pretrain: unexpected keyword\(s\) \['{key}'\]"):
+            common.parse_stage({key: 1}, "pretrain")
+    with pytest.raises(ConfigError, match=r"pretrain: loss_chunk=-1: must be >= 0"):
+        common.parse_stage({"loss_chunk": -1}, "pretrain")
+    with pytest.raises(AttributeError, match="nope"):
+        _ = stage.nope
+
+
+def test_literal_fields_are_checked_by_their_dataclass_naming_the_allowed_values():
+    from jaxknow.config import DataConfig, TrainConfig, section
+    from jaxknow.model.config import ModelConfig, ModelConfigError
+
+    with pytest.raises(ModelConfigError, match=r"model.dtype='int8': must be one of \("):
+        ModelConfig(dtype="int8")
+    with pytest.raises(ModelConfigError, match=r"'xla', 'cudnn', None\)"):
+        ModelConfig(attention_impl="flash")
+    assert ModelConfig(attention_impl=None).attention_impl is None
+    with pytest.raises(ConfigError, match=r"train.nonfinite='x': .*\('stop', 'skip'\)"):
+        section(TrainConfig, {"nonfinite": "x"}, "train")
+    with pytest.raises(ConfigError, match=r"data.packing='zip'"):
+        DataConfig(packing="zip", sources=({"name": "a"},))

@@ -37,8 +37,9 @@ import numpy as np
 from absl import logging
 
 from jaxknow.data.jsonl import CorpusFormatError
-from jaxknow.data.readers import Doc, Issue, IssueLog, ReaderConfig, iter_corpus
+from jaxknow.data.readers import Doc, Issue, IssueLog, OnError, ReaderConfig, iter_corpus
 from jaxknow.data.tokenizer import Tokenizer, load_tokenizer
+from jaxknow.errors import check_choices
 
 _FORMAT_VERSION = 1
 # An ArrayRecord writer keeps ~46 bytes per record until closed: bound the records per shard.
@@ -51,7 +52,7 @@ class IngestConfig:
     """How a corpus is tokenized into a source (see the module docstring)."""
 
     reader: ReaderConfig = ReaderConfig()
-    on_error: str = "skip"  # bad input: "skip" (count, report file:line) or "raise"
+    on_error: OnError = "skip"
     workers: int = 0  # tokenizer processes; 0: tokenize in this process
     chunk_chars: int = 1 << 16  # longer documents are tokenized in pieces of at most this
     batch_docs: int = 1024  # documents per worker task
@@ -59,7 +60,7 @@ class IngestConfig:
     shard_tokens: int = 1 << 24  # a shard is closed at this many tokens (or 2^18 docs)
 
     def __post_init__(self) -> None:
-        IssueLog(self.on_error)  # validates on_error
+        check_choices(self, "")
         for f in ("chunk_chars", "batch_docs", "batch_chars", "shard_tokens"):
             if getattr(self, f) <= 0:
                 raise ValueError(f"{f}={getattr(self, f)}: must be positive")

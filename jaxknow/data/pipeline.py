@@ -17,10 +17,11 @@ import grain
 import numpy as np
 from absl import logging
 
-from jaxknow.config import PACKINGS
+from jaxknow.config import Packing
 from jaxknow.data.jsonl import CorpusFormatError
 from jaxknow.data.packing import ConcatPackIterDataset, EpochShuffle
 from jaxknow.data.records import decode_record, shard_paths
+from jaxknow.errors import check_choices
 
 Doc = tuple[np.ndarray, int]  # (tokens, loss_start)
 FEATURES = ("inputs", "targets", "weights", "sources")
@@ -32,11 +33,12 @@ class PipelineConfigError(ValueError):
 
 @dataclasses.dataclass(frozen=True)
 class PipelineConfig:
-    """How documents become batches."""
+    """How documents become batches (made from a run's validated DataConfig, whose checks of
+    seq_len, batch_size and num_epochs are not repeated here)."""
 
     seq_len: int
     batch_size: int  # per process
-    packing: str = "concat"  # concat: split across rows; first_fit: whole docs; pad: one per row
+    packing: Packing = "concat"
     seed: int = 0
     num_epochs: int | None = None  # None: repeat forever
     workers: int = 0  # grain multiprocessing workers (0: in-process)
@@ -44,14 +46,7 @@ class PipelineConfig:
     pad_final_batch: bool = True  # finite epochs: pad the last batch with zero-weight rows
 
     def __post_init__(self) -> None:
-        if self.packing not in PACKINGS:
-            raise PipelineConfigError(f"data.packing={self.packing!r}: must be one of {PACKINGS}")
-        if self.seq_len <= 0:
-            raise PipelineConfigError(f"data.seq_len={self.seq_len}: must be positive")
-        if self.batch_size <= 0:
-            raise PipelineConfigError(f"data.batch_size={self.batch_size}: must be positive")
-        if self.num_epochs is not None and self.num_epochs <= 0:
-            raise PipelineConfigError(f"data.num_epochs={self.num_epochs}: must be positive")
+        check_choices(self, "data", PipelineConfigError)
 
 
 class DocList(grain.sources.RandomAccessDataSource):

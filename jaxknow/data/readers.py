@@ -17,15 +17,21 @@ import gzip
 import io
 import json
 import os
+import typing
 from collections.abc import Iterator, Sequence
 from pathlib import Path
-from typing import IO, Any
+from typing import IO, Any, Literal
 
 from jaxknow.data.jsonl import CorpusFormatError
+from jaxknow.errors import check_choices
 
-FORMATS = ("auto", "jsonl", "text", "parquet")
-TEXT_MODES = ("paragraph", "line", "file")
-ON_ERROR = ("skip", "raise")
+# auto: from the file suffix (.jsonl/.json/.ndjson, .txt/.md, .parquet)
+Format = Literal["auto", "jsonl", "text", "parquet"]
+# plain text: blank-line separated, one per line, one per file
+TextMode = Literal["paragraph", "line", "file"]
+# bad input: "skip" (count, report file:line) or "raise"
+OnError = Literal["skip", "raise"]
+ON_ERROR = typing.get_args(OnError)
 _COMPRESSION = {".gz": "gzip", ".gzip": "gzip", ".zst": "zstd", ".zstd": "zstd"}
 _FORMAT_OF_SUFFIX = {
     ".jsonl": "jsonl",
@@ -80,16 +86,13 @@ ISSUE_KINDS = (
 class ReaderConfig:
     """How documents are read out of corpus files."""
 
-    format: str = "auto"  # auto: from the file suffix (.jsonl/.json/.ndjson, .txt/.md, .parquet)
+    format: Format = "auto"
     text_field: str = "text"  # JSONL key / Parquet column holding the text
-    text_mode: str = "paragraph"  # plain text: blank-line separated, one per line, one per file
+    text_mode: TextMode = "paragraph"
     max_doc_bytes: int = 256 << 20  # longer documents are an issue ("too_long")
 
     def __post_init__(self) -> None:
-        if self.format not in FORMATS:
-            raise ValueError(f"format={self.format!r}: must be one of {FORMATS}")
-        if self.text_mode not in TEXT_MODES:
-            raise ValueError(f"text_mode={self.text_mode!r}: must be one of {TEXT_MODES}")
+        check_choices(self, "")
         if not self.text_field:
             raise ValueError("text_field: must be a non-empty field name")
         if self.max_doc_bytes <= 0:

@@ -30,7 +30,7 @@ from __future__ import annotations
 import dataclasses
 import functools
 from collections.abc import Mapping, Sequence
-from typing import Any
+from typing import Any, Literal, get_args
 
 import jax
 import jax.numpy as jnp
@@ -50,8 +50,11 @@ from jaxknow.model import transformer
 from jaxknow.model.config import ModelConfig
 from jaxknow.parallel.rules import Sharder
 
-MC_MODES = ("letters", "options")
-BOS_MODES = ("auto", "always", "never")
+McMode = Literal["letters", "options"]
+# "auto": none for models converted from Hugging Face
+BosMode = Literal["auto", "always", "never"]
+MC_MODES = get_args(McMode)
+BOS_MODES = get_args(BosMode)
 
 
 def use_bos(mode: str, meta: Mapping[str, Any] | None = None) -> bool:

@@ -30,11 +30,13 @@ from typing import Any
 from jax.sharding import Mesh
 
 from jaxknow.data.jsonl import read_jsonl
+from jaxknow.errors import check_choices
 from jaxknow.eval import fewshot
 from jaxknow.eval.generate import ModelLike, generate_text, mesh_of, unpack_model
 from jaxknow.eval.likelihood import likelihood_ratios
 from jaxknow.eval.metrics import gold_answers, mean, score_free_form
-from jaxknow.eval.scoring import BOS_MODES, MC_MODES, score_multiple_choice, use_bos
+from jaxknow.eval.scoring import MC_MODES, BosMode, McMode, score_multiple_choice, use_bos
+from jaxknow.model.config import Dtype
 
 KINDS = ("free", "mc", "likelihood")
 
@@ -274,14 +276,15 @@ class EvalConfig:
     seed: int = fewshot.FEW_SHOT_SEED
     max_new_tokens: int = 50
     batch_size: int = 32
-    mc_mode: str = "letters"
-    bos: str = "auto"  # "auto" (none for models converted from Hugging Face), "always", "never"
+    mc_mode: McMode = "letters"
+    bos: BosMode = "auto"
     save_predictions: bool = False
-    dtype: str | None = None  # compute dtype override (e.g. "bfloat16"); None: the model's
+    dtype: Dtype | None = None  # compute dtype override (e.g. "bfloat16"); None: the model's
 
     def __post_init__(self) -> None:
         from jaxknow.config import ConfigError
 
+        check_choices(self, "eval", ConfigError)
         if not self.subsets:
             raise ConfigError("eval.subsets: name at least one subset")
         if "{name}" not in self.file_pattern:
@@ -298,10 +301,6 @@ class EvalConfig:
             raise ConfigError(f"eval.max_new_tokens={self.max_new_tokens}: must be positive")
         if self.batch_size <= 0:
             raise ConfigError(f"eval.batch_size={self.batch_size}: must be positive")
-        if self.mc_mode not in MC_MODES:
-            raise ConfigError(f"eval.mc_mode={self.mc_mode!r}: must be one of {MC_MODES}")
-        if self.bos not in BOS_MODES:
-            raise ConfigError(f"eval.bos={self.bos!r}: must be one of {BOS_MODES}")
 
     def shots(self) -> dict[str, int]:
         """Returns subset -> number of demonstrations."""

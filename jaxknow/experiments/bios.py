@@ -128,7 +128,7 @@ def parse_study(config: Any) -> BiosStudy:
         except ValueError as e:
             raise C.ConfigError(f"conditions: {e}") from None
     modes = common.parse_modes(cfg.get("finetune_modes"), "finetune_modes")
-    finetune = C.section(StageConfig, cfg.get("finetune"), "finetune")
+    finetune = common.parse_stage(cfg.get("finetune"), "finetune")
     lora = dict(
         cfg.get("lora") or {"rank": 8, "alpha": 16.0, "targets": ["q", "v"], "embedding_rank": 8}
     )
@@ -155,11 +155,11 @@ def parse_study(config: Any) -> BiosStudy:
         model=dict(cfg.get("model") or {}),
         mesh=dict(cfg.get("mesh") or {}),
         conditions=conditions,
-        pretrain=C.section(StageConfig, cfg.get("pretrain"), "pretrain"),
+        pretrain=common.parse_stage(cfg.get("pretrain"), "pretrain"),
         finetune=finetune,
         recipes=parse_recipes(cfg.get("finetune_recipes"), modes, finetune, lora),
         lora=lora,
-        mixed=C.section(StageConfig, mixed_cfg, "mixed") if mixed_on else None,
+        mixed=common.parse_stage(mixed_cfg, "mixed") if mixed_on else None,
         mixed_qa_weight=qa_weight,
         celebrity=bool(cfg.get("celebrity", False)),
         celebrity_minority_weight=None if minority_weight is None else float(minority_weight),
@@ -189,10 +189,7 @@ def parse_recipes(
             raise C.ConfigError(f"{where}.name={name!r}: repeated")
         common.parse_modes([mode], f"{where}.mode")
         lora_over = dict(r.pop("lora", None) or {})
-        try:
-            stage = dataclasses.replace(finetune, **r)
-        except (TypeError, ValueError) as e:
-            raise C.ConfigError(f"{where}: {e}") from None
+        stage = common.parse_stage(r, where, base=finetune)
         out.append(
             FinetuneRecipe(name, mode, stage, {**lora, **lora_over} if mode == "lora" else None)
         )

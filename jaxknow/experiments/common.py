@@ -13,71 +13,103 @@ from typing import Any
 from ml_collections import ConfigDict
 
 from jaxknow import config as C
-from jaxknow.config import OptimConfig, OptimConfigError
 from jaxknow.data.jsonl import atomic_path, read_jsonl
 from jaxknow.io.metrics import read_metrics
 from jaxknow.model.lora import resolve_targets
 from jaxknow.train.loop import TrainResult, train
 
+# The training-config sections a stage fills, by section name (as in launch.train's configs).
+STAGE_SECTIONS: dict[str, type] = {
+    "optim": C.OptimConfig,
+    "train": C.LoopConfig,
+    "data": C.BatchConfig,
+}
+
 
 @dataclasses.dataclass(frozen=True)
 class StageConfig:
-    """Optimisation settings of one training stage (pretraining, finetuning, ...)."""
+    """Settings of one training stage (pretraining, finetuning, ...): the optimiser, loop and
+    batching sections of its training config, each checked by its own dataclass.
 
-    steps: int = 100
-    batch_size: int = 32
-    seq_len: int = 256
-    packing: str = "concat"
-    lr: float = 1e-3
-    schedule: str = "cosine"
-    warmup_steps: int = 0
-    end_lr_fraction: float = 0.1
-    weight_decay: float = 0.1
-    b1: float = 0.9
-    b2: float = 0.98
-    eps: float = 1e-6
-    grad_clip: float = 1.0
-    grad_accum: int = 1
-    log_every: int = 10
-    checkpoint_every: int = 0
+    A study config names a stage's fields flat (``pretrain.lr``, ``pretrain.batch_size``):
+    `parse_stage` puts each in the section that declares it, and ``stage.lr`` reads it back.
+    The schedule's length (`optim.total_steps`) is the study's: `stage_config` sets it.
+    """
+
+    optim: C.OptimConfig = C.OptimConfig()
+    train: C.LoopConfig = C.LoopConfig()
+    data: C.BatchConfig = C.BatchConfig(seq_len=256, batch_size=32)
     # Epochs instead of steps: when set, steps = ceil(epochs * documents / batch_size).
     epochs: float | None = None
     # Warmup as a fraction of the schedule's length (overrides warmup_steps when set).
     warmup_fraction: float | None = None
 
     def __post_init__(self) -> None:
-        # Checked here so that a bad value stops the study before its first stage runs; the
-        # optimiser fields are checked by OptimConfig itself.
-        for name in ("steps", "batch_size", "seq_len", "grad_accum", "log_every"):
-            if not getattr(self, name) > 0:
-                raise ValueError(f"{name}={getattr(self, name)!r}: must be positive")
-        checks = {
-            "packing": (self.packing in C.PACKINGS, f"must be one of {list(C.PACKINGS)}"),
-            "checkpoint_every": (self.checkpoint_every >= 0, "must be >= 0"),
-            "epochs": (self.epochs is None or self.epochs > 0, "must be positive"),
-            "warmup_fraction": (
-                self.warmup_fraction is None or 0 <= self.warmup_fraction <= 1,
-                "must be in [0, 1]",
-            ),
-        }
-        for name, (ok, why) in checks.items():
-            if not ok:
-                raise ValueError(f"{name}={getattr(self, name)!r}: {why}")
+        if self.epochs is not None and not self.epochs > 0:
+            raise ValueError(f"epochs={self.epochs!r}: must be positive")
+        if self.warmup_fraction is not None and not 0 <= self.warmup_fraction <= 1:
+            raise ValueError(f"warmup_fraction={self.warmup_fraction!r}: must be in [0, 1]")
+
+    def __getattr__(self, name: str) -> Any:
+        """Returns a section's field by its flat name: ``stage.lr`` is ``stage.optim.lr``."""
+        section = _home(name)
+        if section is None or section not in self.__dict__:
+            raise AttributeError(f"{type(self).__name__!r} object has no attribute {name!r}")
+        return getattr(self.__dict__[section], name)
+
+
+def _home(key: str) -> str | None:
+    """Returns the section of STAGE_SECTIONS that declares field `key`, or None."""
+    for section, cls in STAGE_SECTIONS.items():
+        if key in {f.name for f in dataclasses.fields(cls)}:
+            return section
+    return None
+
+
+def _values(obj: Any) -> dict[str, Any]:
+    """Returns a dataclass's fields as a dict (tuples as lists, as ConfigDicts hold them)."""
+    return {
+        f.name: list(v) if isinstance(v := getattr(obj, f.name), tuple) else v
+        for f in dataclasses.fields(obj)
+    }
+
+
+def parse_stage(
+    values: Mapping[str, Any] | None, name: str, base: StageConfig | None = None
+) -> StageConfig:
+    """Returns `base` (default: StageConfig()) with the flat stage keys of `values` (``lr``,
+    ``steps``, ``batch_size``, ``epochs``, ...) set: each key goes to the section that declares
+    it and is checked there. Raises ConfigError naming `name` and the key."""
+    base = base or StageConfig()
+    own = {
+        f.name: getattr(base, f.name)
+        for f in dataclasses.fields(StageConfig)
+        if f.name not in STAGE_SECTIONS
+    }
+    parts = {s: _values(getattr(base, s)) for s in STAGE_SECTIONS}
+    unknown = []
+    for key, value in (C.to_plain(values) or {}).items():
+        home = _home(key)
+        if key in own:
+            own[key] = value
+        elif home is not None and key != "total_steps":
+            parts[home][key] = value
+        else:
+            unknown.append(key)
+    if unknown:
+        known = sorted({*own, *(k for p in parts.values() for k in p)} - {"total_steps"})
+        raise C.ConfigError(f"{name}: unexpected keyword(s) {unknown}; known: {known}")
+    # Validated against a schedule long enough for the warmup: stage_config clamps it.
+    warmup, steps = parts["optim"]["warmup_steps"], parts["train"]["steps"]
+    numbers = all(isinstance(x, int) and not isinstance(x, bool) for x in (warmup, steps))
+    parts["optim"]["total_steps"] = max(steps, warmup) if numbers else steps
+    sections = {}
+    for section, cls in STAGE_SECTIONS.items():
         try:
-            OptimConfig(
-                lr=self.lr,
-                schedule=self.schedule,
-                warmup_steps=self.warmup_steps,
-                total_steps=max(self.steps, self.warmup_steps),
-                end_lr_fraction=self.end_lr_fraction,
-                b1=self.b1,
-                b2=self.b2,
-                eps=self.eps,
-                weight_decay=self.weight_decay,
-                grad_clip=self.grad_clip,
-            )
-        except OptimConfigError as e:
-            raise ValueError(str(e).removeprefix("optim.")) from None
+            sections[section] = C.section(cls, parts[section], section)
+        except C.ConfigError as e:
+            raise C.ConfigError(f"{name}: {str(e).removeprefix(section + '.')}") from None
+    return C.section(StageConfig, own, name, **sections)
 
 
 def parse_modes(values: Any, field: str) -> tuple[str, ...]:
@@ -112,34 +144,22 @@ def stage_config(
         c.model[k] = v
     for k, v in (exp.get("mesh") or {}).items():
         c.mesh[k] = v
-    n = steps if steps is not None else stage.steps
+    n = steps if steps is not None else stage.train.steps
     horizon = total_steps or n
-    warmup = (
+    optim = _values(stage.optim)
+    del optim["total_steps"]  # the schedule's length is the study's, not the stage's
+    optim["warmup_steps"] = (
         math.ceil(stage.warmup_fraction * horizon)
         if stage.warmup_fraction is not None
-        else min(stage.warmup_steps, horizon)
+        else min(stage.optim.warmup_steps, horizon)
     )
-    c.optim.update(
-        dict(
-            lr=stage.lr,
-            schedule=stage.schedule,
-            end_lr_fraction=stage.end_lr_fraction,
-            warmup_steps=warmup,
-            weight_decay=stage.weight_decay,
-            b1=stage.b1,
-            b2=stage.b2,
-            eps=stage.eps,
-            grad_clip=stage.grad_clip,
-        )
-    )
+    c.optim.update(optim)
     if total_steps is not None:
         c.optim.total_steps = total_steps
     c.train.update(
         dict(
+            _values(stage.train),
             steps=n,
-            grad_accum=stage.grad_accum,
-            log_every=stage.log_every,
-            checkpoint_every=stage.checkpoint_every,
             progress=False,
             keep_checkpoints=keep_checkpoints,
             trainable=trainable,
@@ -147,15 +167,7 @@ def stage_config(
     )
     if init_from is not None:
         c.train.init_from = str(init_from)
-    c.data.update(
-        dict(
-            seq_len=stage.seq_len,
-            batch_size=stage.batch_size,
-            packing=stage.packing,
-            dir=str(data_dir),
-            sources=[dict(s) for s in sources],
-        )
-    )
+    c.data.update(dict(_values(stage.data), dir=str(data_dir), sources=[dict(s) for s in sources]))
     if lora:
         c.lora.update(resolve_targets(lora, C.model_config(c.model.to_dict()).mlp))
     if forget:
@@ -166,8 +178,8 @@ def stage_config(
 def steps_for_epochs(stage: StageConfig, num_docs: int) -> int:
     """Returns the steps of `stage.epochs` passes over `num_docs` documents (one per row)."""
     if stage.epochs is None:
-        return stage.steps
-    return max(1, math.ceil(stage.epochs * num_docs / stage.batch_size))
+        return stage.train.steps
+    return max(1, math.ceil(stage.epochs * num_docs / stage.data.batch_size))
 
 
 class StageStopped(RuntimeError):

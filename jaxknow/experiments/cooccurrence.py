@@ -156,10 +156,10 @@ def parse_study(config: Any) -> CooccurrenceStudy:
         world=world,
         model=dict(cfg.get("model") or {}),
         mesh=dict(cfg.get("mesh") or {}),
-        base=C.section(StageConfig, base, "base"),
+        base=common.parse_stage(base, "base"),
         base_init_from=init_from,
-        finetune=C.section(StageConfig, cfg.get("finetune"), "finetune"),
-        lora_finetune=C.section(StageConfig, cfg.get("lora_finetune"), "lora_finetune"),
+        finetune=common.parse_stage(cfg.get("finetune"), "finetune"),
+        lora_finetune=common.parse_stage(cfg.get("lora_finetune"), "lora_finetune"),
         lora=dict(
             cfg.get("lora") or {"rank": 64, "alpha": 16.0, "rslora": True, "targets": "all-linear"}
         ),
@@ -317,7 +317,9 @@ def run_cooccurrence_study(config: Any, workdir: str | Path, log: Any = print) -
             for seed in study.seeds:
                 name = f"{rendering}{'+forget' if forget else ''} ({mode}) seed {seed}"
                 d = workdir / f"ft_{rendering}{'_forget' if forget else ''}_{mode}_s{seed}"
-                stage_s = dataclasses.replace(stage, checkpoint_every=pass_steps if forget else 0)
+                stage_s = common.parse_stage(
+                    {"checkpoint_every": pass_steps if forget else 0}, mode, base=stage
+                )
                 cfg = common.stage_config(
                     exp,
                     stage_s,

@@ -9,10 +9,14 @@ from typing import Any, Literal
 
 import jax.numpy as jnp
 
+from jaxknow.errors import check_choices
+
 PosEmbedding = Literal["learned", "rope"]
 Norm = Literal["layernorm", "rmsnorm"]
 Mlp = Literal["gelu", "swiglu", "geglu"]
 Remat = Literal["none", "full", "dots", "dots_no_batch"]
+Dtype = Literal["float32", "bfloat16", "float16"]
+AttentionImpl = Literal["xla", "cudnn"]
 
 #: Depth from which `scan_layers=None` scans over the layers.
 SCAN_LAYERS_FROM = 8
@@ -79,15 +83,15 @@ class ModelConfig:
     # Attention logits scale; None: 1/sqrt(head_dim).
     attn_scale: float | None = None
     init_std: float = 0.02
-    dtype: str = "float32"
-    param_dtype: str = "float32"
+    dtype: Dtype = "float32"
+    param_dtype: Dtype = "float32"
     remat: Remat = "none"
     # Run the layers as one `jax.lax.scan` over stacked layer parameters (compile time and
     # program size independent of depth); None: on from SCAN_LAYERS_FROM layers. Parameters
     # keep their per-layer paths (`layers/3/...`): they are stacked inside the step.
     scan_layers: bool | None = None
     # "xla", "cudnn" or None (automatic: cuDNN flash attention on a GPU in bf16/fp16, else XLA).
-    attention_impl: str | None = None
+    attention_impl: AttentionImpl | None = None
     # Mask attention across document boundaries of packed sequences (segment ids).
     segment_masking: bool = True
     # Scale of LoRA adapter outputs (alpha / r, or alpha / sqrt(r) for rank-stabilised LoRA);
@@ -153,6 +157,7 @@ class ModelConfig:
         def bad(field: str, why: str) -> None:
             raise ModelConfigError(f"model.{field}={getattr(self, field)!r}: {why}")
 
+        check_choices(self, "model", ModelConfigError)
         for f in ("vocab_size", "d_model", "n_layers", "n_heads", "d_ff", "max_seq_len"):
             v = getattr(self, f)
             if not isinstance(v, int) or isinstance(v, bool) or v <= 0:
@@ -163,24 +168,10 @@ class ModelConfig:
             bad("head_dim", "must be positive")
         if self.kv_heads <= 0 or self.n_heads % self.kv_heads:
             bad("n_kv_heads", f"must be positive and divide n_heads={self.n_heads}")
-        if self.pos_embedding not in ("learned", "rope"):
-            bad("pos_embedding", "must be 'learned' or 'rope'")
         if self.pos_embedding == "rope" and self.dim_per_head % 2:
             bad("head_dim", "must be even for rotary embeddings")
-        if self.norm not in ("layernorm", "rmsnorm"):
-            bad("norm", "must be 'layernorm' or 'rmsnorm'")
-        if self.mlp not in ("gelu", "swiglu", "geglu"):
-            bad("mlp", "must be 'gelu', 'swiglu' or 'geglu'")
-        if self.dtype not in _DTYPES:
-            bad("dtype", f"must be one of {sorted(_DTYPES)}")
-        if self.param_dtype not in _DTYPES:
-            bad("param_dtype", f"must be one of {sorted(_DTYPES)}")
-        if self.remat not in ("none", "full", "dots", "dots_no_batch"):
-            bad("remat", "must be 'none', 'full', 'dots' or 'dots_no_batch'")
         if self.scan_layers not in (None, True, False):
             bad("scan_layers", "must be None (automatic), True or False")
-        if self.attention_impl not in (None, "xla", "cudnn"):
-            bad("attention_impl", "must be None, 'xla' or 'cudnn'")
         if self.rope_scaling is not None:
             need = {
                 "factor",

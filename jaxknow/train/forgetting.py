@@ -14,17 +14,20 @@ from __future__ import annotations
 
 import dataclasses
 from collections.abc import Callable, Mapping
-from typing import Any
+from typing import Any, Literal
 
 import jax
 import jax.numpy as jnp
 import optax
 
+from jaxknow.errors import check_choices
 from jaxknow.model.params import ParamSpec, flatten, init_param, path_key, unflatten
 from jaxknow.train.select import Selection
 from jaxknow.train.state import TrainState
 
-OPT_RESETS = ("all", "selected", "none")
+# "pretrained": the run's starting values; "init": a fresh initialisation.
+ResetTo = Literal["pretrained", "init"]
+OptReset = Literal["all", "selected", "none"]
 
 
 @dataclasses.dataclass(frozen=True)
@@ -33,16 +36,11 @@ class ForgetConfig:
 
     at_steps: tuple[int, ...] = ()
     select: Selection = Selection(layer_fraction=1 / 3)
-    to: str = "pretrained"  # "pretrained" (the run's starting values) or "init"
-    reset_optimizer: str = "all"
+    to: ResetTo = "pretrained"
+    reset_optimizer: OptReset = "all"
 
     def __post_init__(self) -> None:
-        if self.to not in ("pretrained", "init"):
-            raise ValueError(f"forget.to={self.to!r}: must be 'pretrained' or 'init'")
-        if self.reset_optimizer not in OPT_RESETS:
-            raise ValueError(
-                f"forget.reset_optimizer={self.reset_optimizer!r}: must be one of {OPT_RESETS}"
-            )
+        check_choices(self, "forget")
         if any(s <= 0 for s in self.at_steps):
             raise ValueError(f"forget.at_steps={self.at_steps}: steps must be positive")
 

@@ -11,13 +11,16 @@ already synchronises (logged steps, checkpoint saves, the end of the run) and, w
 
 from __future__ import annotations
 
+import typing
 from collections.abc import Callable
 from typing import Any
 
 import jax
 import jax.numpy as jnp
 
-MODES = ("stop", "skip")
+from jaxknow.config import Nonfinite
+
+MODES = typing.get_args(Nonfinite)
 
 GuardState = dict[str, jax.Array]
 
