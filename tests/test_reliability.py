@@ -314,6 +314,20 @@ def test_resume_with_changed_model_or_world_is_refused_before_writing(
     assert Checkpointer(workdir / "checkpoints").all_steps() == [2, 4]
 
 
+def test_data_with_another_tokenizer_is_refused_before_writing(workdir, data_dir):
+    # As if the data directory had been re-materialised with other text since this run
+    # trained: its token ids would mean other words.
+    own = workdir / "tokenizer.json"
+    trained_with = json.loads(own.read_text())
+    trained_with["added_tokens"] = [*trained_with.get("added_tokens", []), {"id": -1}]
+    own.write_text(json.dumps(trained_with))
+    before = own.read_bytes()
+    with pytest.raises(setup.WorkdirError, match=r"tokenizer\.json differs from .*re-materialised"):
+        loop.train(_config(data_dir, steps=6), workdir)
+    assert own.read_bytes() == before
+    assert Checkpointer(workdir / "checkpoints").all_steps() == [2, 4]
+
+
 def test_data_built_from_another_world_is_refused(tmp_path, data_dir):
     c = _config(data_dir)
     c.data.world.num_people = 100

@@ -205,6 +205,7 @@ def train(
             data_dir, [s["name"] for s in spec.data.sources], spec.data.world, data_seed
         )
         build.check_vocab(data_dir, spec.model.vocab_size)
+        setup.check_tokenizer_matches(config, workdir, data_dir)
         if jax.process_index() == 0:
             with atomic_path(workdir / "config.json") as tmp:
                 tmp.write_text(json.dumps(C.to_plain(config), indent=1, default=str))

@@ -206,13 +206,9 @@ def check_resumable(config: Any, workdir: Path) -> None:
     (config.json and checkpoints) whose model, world or data differ from `config`. Fields
     like steps, learning rate or the mesh may change."""
     recorded_path = workdir / "config.json"
-    if not recorded_path.is_file():
+    if not recorded_path.is_file() or not has_checkpoints(config, workdir):
         return
     new = C.to_plain(config)
-    ckpt_dir = _get(new, "train.checkpoint_dir")
-    ckpts = Path(ckpt_dir) if ckpt_dir and "://" not in str(ckpt_dir) else (workdir / "checkpoints")
-    if not ckpt_dir and not any(c.name.isdigit() for c in ckpts.glob("*")):
-        return
     try:
         old = json.loads(recorded_path.read_text())
     except (OSError, ValueError) as e:
@@ -236,6 +232,30 @@ def check_resumable(config: Any, workdir: Path) -> None:
         raise WorkdirError(
             f"--workdir={workdir} holds a run trained with a different config; cannot resume "
             f"it with: {'; '.join(diffs)} (use a new --workdir)"
+        )
+
+
+def has_checkpoints(config: Any, workdir: Path) -> bool:
+    """Returns whether the run of `config` in `workdir` may hold checkpoints: a step folder in
+    workdir/checkpoints, or any `train.checkpoint_dir` (remote ones are not listed)."""
+    ckpt_dir = _get(C.to_plain(config), "train.checkpoint_dir")
+    if ckpt_dir:
+        return True
+    return any(c.name.isdigit() for c in (workdir / "checkpoints").glob("*"))
+
+
+def check_tokenizer_matches(config: Any, workdir: Path, data_dir: Path) -> None:
+    """Raises WorkdirError when `workdir` holds checkpoints trained with a tokenizer other than
+    the data directory's: its token ids would mean other text (e.g. the world was
+    re-materialised with other documents, which retrains the BPE)."""
+    own, data = workdir / "tokenizer.json", data_dir / "tokenizer.json"
+    if not (own.is_file() and data.is_file()) or data_dir == workdir:
+        return
+    if own.read_bytes() != data.read_bytes() and has_checkpoints(config, workdir):
+        raise WorkdirError(
+            f"{data} differs from {own}, the tokenizer the checkpoints in --workdir={workdir} "
+            "were trained with (was the data directory re-materialised?); use the original "
+            "data directory or a new --workdir"
         )
 
 
