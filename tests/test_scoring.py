@@ -106,6 +106,24 @@ def test_continuation_logprobs_match_a_direct_forward(models):
     assert lp[0] > -0.5  # trained: the true tail is likely
 
 
+def test_score_pairs_shares_one_forward_per_context_of_one_token_continuations(models):
+    params, _, cfg, tok = models
+    ctx = tok.prefix() + tok.encode("Question: What is the capital of Andoria? Answer:")
+    letters = [tok.encode(f" {x}") for x in "ABCD"]
+    assert all(len(x) == 1 for x in letters)  # the shared-context path is the one tested
+    tail = tok.encode(" Valtoria")
+    pairs = [(ctx, x) for x in letters] + [(ctx, tail), (ctx[:5], letters[0])]
+    scores = scoring.score_pairs(params, cfg, pairs, batch_size=4)
+    fwd = jax.jit(lambda p, t: jax.nn.log_softmax(transformer.apply(p, t, cfg), axis=-1))
+    for i, (c, x) in enumerate(pairs):
+        logp = np.asarray(fwd(params, jnp.asarray([c + x], jnp.int32))[0])
+        want = sum(float(logp[len(c) - 1 + j, t]) for j, t in enumerate(x))
+        greedy = all(int(np.argmax(logp[len(c) - 1 + j])) == t for j, t in enumerate(x))
+        assert scores.logprob[i] == pytest.approx(want, abs=1e-4), i
+        assert scores.count[i] == len(x) and bool(scores.greedy[i]) == greedy, i
+    assert len(set(scores.logprob[:4].round(6))) == 4  # each letter read off its own token
+
+
 def test_mc_scoring_picks_the_trained_option(models):
     params, untrained, cfg, tok = models
     prompt = fewshot.mc_prompt(MC_ROW)

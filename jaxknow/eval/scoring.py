@@ -15,7 +15,9 @@ capped at ``cfg.max_seq_len``) and scored in batches of equal shape; pad positio
 weight 0. A pair longer than the model's context is cut from the left of the context (the
 harness's ``(context + continuation)[-(max_length + 1):]``). Besides the summed
 log-likelihood, each pair reports whether every continuation token is the greedy (argmax)
-token, the harness's ``is_greedy``.
+token, the harness's ``is_greedy``. Pairs whose continuation is one token (multiple-choice
+letters) are grouped by context: one forward pass per context gives every such continuation's
+log-likelihood (lm-eval's own ``hf`` model shares contexts the same way).
 
 Multiple choice: either the log-likelihood of the answer letters ``" A"`` .. ``" D"`` after
 the MC prompt (``mode="letters"``, the co-occurrence paper's harness: always all four letters,
@@ -91,6 +93,24 @@ def _score_batch(
     return (jnp.sum((picked - lse) * w, axis=-1), jnp.sum(w, axis=-1), ~jnp.any(miss, axis=-1))
 
 
+@functools.partial(jax.jit, static_argnames=("cfg", "sharder"))
+def _last_logprobs(
+    params: Any, batch: Mapping[str, jax.Array], *, cfg: ModelConfig, sharder: Sharder
+) -> jax.Array:
+    """Returns per row the log-softmax over the vocabulary after its last real token."""
+    out = transformer.forward(
+        params,
+        batch["inputs"],
+        cfg,
+        positions=batch["positions"],
+        segment_ids=batch["segment_ids"],
+        sharder=sharder,
+    )
+    rows = jnp.arange(batch["inputs"].shape[0])
+    last = out.hidden[rows, batch["last"]][:, None]
+    return jax.nn.log_softmax(transformer.logits(params, last, cfg, sharder)[:, 0], axis=-1)
+
+
 @dataclasses.dataclass
 class TokenScores:
     """Per pair: summed continuation log-likelihood, continuation token count, whether every
@@ -136,12 +156,26 @@ def score_pairs(
     mesh = mesh if mesh is not None else mesh_of(params)
     params = place_params(params, cfg, mesh)
     sharder = Sharder(mesh)
-    order = sorted(range(n), key=lambda i: -len(seqs[i][0]))
-    rows = batch_rows(n, batch_size, mesh)
     logprob = np.zeros(n, np.float64)
     count = np.zeros(n, np.int64)
     greedy = np.zeros(n, bool)
-    for start in range(0, n, rows):
+    # One-token continuations of one context (multiple-choice letters) share one forward pass.
+    shared: dict[tuple[int, ...], list[int]] = {}
+    for i, (ids, k) in enumerate(seqs):
+        if k == 1:
+            shared.setdefault(tuple(ids[:-1]), []).append(i)
+    if shared:
+        ctxs = list(shared)
+        rows_by_ctx = _score_last_tokens(params, cfg, ctxs, batch_size, mesh, sharder)
+        for ctx, row in zip(ctxs, rows_by_ctx):
+            best = int(np.argmax(row))
+            for i in shared[ctx]:
+                tok = seqs[i][0][-1]
+                logprob[i], count[i], greedy[i] = float(row[tok]), 1, tok == best
+    rest = [i for i in range(n) if seqs[i][1] > 1]
+    order = sorted(rest, key=lambda i: -len(seqs[i][0]))
+    rows = batch_rows(len(rest), batch_size, mesh)
+    for start in range(0, len(order), rows):
         idx = order[start : start + rows]
         t = min(bucket_length(max(len(seqs[i][0]) - 1 for i in idx)), cfg.max_seq_len)
         arrays = {
@@ -166,6 +200,40 @@ def score_pairs(
             count[i] = int(round(float(cnt[r])))
             greedy[i] = bool(gr[r])
     return TokenScores(logprob, count, greedy, truncated)
+
+
+def _score_last_tokens(
+    params: Any,
+    cfg: ModelConfig,
+    contexts: Sequence[Sequence[int]],
+    batch_size: int,
+    mesh: Mesh,
+    sharder: Sharder,
+) -> list[np.ndarray]:
+    """Returns, per context, the log-softmax (float32, vocabulary-sized) of the next token."""
+    out: list[np.ndarray | None] = [None] * len(contexts)
+    order = sorted(range(len(contexts)), key=lambda i: -len(contexts[i]))
+    rows = batch_rows(len(contexts), batch_size, mesh)
+    for start in range(0, len(order), rows):
+        idx = order[start : start + rows]
+        t = min(bucket_length(max(len(contexts[i]) for i in idx)), cfg.max_seq_len)
+        arrays = {
+            "inputs": np.zeros((rows, t), np.int32),
+            "segment_ids": np.zeros((rows, t), np.int32),
+            "positions": np.zeros((rows, t), np.int32),
+            "last": np.zeros((rows,), np.int32),
+        }
+        for r, i in enumerate(idx):
+            m = len(contexts[i])
+            arrays["inputs"][r, :m] = contexts[i]
+            arrays["segment_ids"][r, :m] = 1
+            arrays["positions"][r, :m] = np.arange(m)
+            arrays["last"][r] = m - 1
+        batch = {k: place_batch(v, mesh) for k, v in arrays.items()}
+        lp = jax.device_get(_last_logprobs(params, batch, cfg=cfg, sharder=sharder))
+        for r, i in enumerate(idx):
+            out[i] = np.asarray(lp[r])
+    return out  # type: ignore[return-value]
 
 
 def token_logprobs(
