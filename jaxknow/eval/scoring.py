@@ -71,20 +71,26 @@ def use_bos(mode: str, meta: Mapping[str, Any] | None = None) -> bool:
     return mode == "always"
 
 
-@functools.partial(jax.jit, static_argnames=("cfg", "sharder"))
-def _score_batch(
-    params: Any, batch: Mapping[str, jax.Array], *, cfg: ModelConfig, sharder: Sharder
-) -> tuple[jax.Array, jax.Array, jax.Array]:
-    """Returns per row (summed weighted log-likelihood, weight sum, all-greedy flag)."""
-    out = transformer.forward(
+def _hidden(
+    params: Any, batch: Mapping[str, jax.Array], cfg: ModelConfig, sharder: Sharder
+) -> jax.Array:
+    """Returns the final hidden states of a padded batch (inputs, positions, segment ids)."""
+    return transformer.forward(
         params,
         batch["inputs"],
         cfg,
         positions=batch["positions"],
         segment_ids=batch["segment_ids"],
         sharder=sharder,
-    )
-    lg = transformer.logits(params, out.hidden, cfg, sharder)
+    ).hidden
+
+
+@functools.partial(jax.jit, static_argnames=("cfg", "sharder"))
+def _score_batch(
+    params: Any, batch: Mapping[str, jax.Array], *, cfg: ModelConfig, sharder: Sharder
+) -> tuple[jax.Array, jax.Array, jax.Array]:
+    """Returns per row (summed weighted log-likelihood, weight sum, all-greedy flag)."""
+    lg = transformer.logits(params, _hidden(params, batch, cfg, sharder), cfg, sharder)
     tgt = batch["targets"]
     lse = jax.nn.logsumexp(lg, axis=-1)
     picked = jnp.take_along_axis(lg, tgt[..., None], axis=-1)[..., 0]
@@ -98,16 +104,8 @@ def _last_logprobs(
     params: Any, batch: Mapping[str, jax.Array], *, cfg: ModelConfig, sharder: Sharder
 ) -> jax.Array:
     """Returns per row the log-softmax over the vocabulary after its last real token."""
-    out = transformer.forward(
-        params,
-        batch["inputs"],
-        cfg,
-        positions=batch["positions"],
-        segment_ids=batch["segment_ids"],
-        sharder=sharder,
-    )
     rows = jnp.arange(batch["inputs"].shape[0])
-    last = out.hidden[rows, batch["last"]][:, None]
+    last = _hidden(params, batch, cfg, sharder)[rows, batch["last"]][:, None]
     return jax.nn.log_softmax(transformer.logits(params, last, cfg, sharder)[:, 0], axis=-1)
 
 
