@@ -106,6 +106,17 @@ def parse_anchor(out: str) -> Row:
     )
 
 
+def train_piece(name: str, budget: int, args: list[str], what: str) -> Piece:
+    """Returns the piece that runs `bench_train.py` with `args` and reports its rows as
+    `what` (the figures go through the piece's own out.json)."""
+    return Piece(
+        name,
+        budget,
+        lambda d: [*_bench("bench_train.py"), *args, "--json", str(d / "out.json")],
+        lambda d, out: train_rows(name, what, json.loads((d / "out.json").read_text())),
+    )
+
+
 def train_rows(piece: str, what: str, data: dict[str, Any]) -> list[Row]:
     """Returns one row per variant of a `bench_train.py --json` file."""
     rows = []
@@ -227,16 +238,7 @@ def make_pieces(dry: bool, anchor: str | None = None) -> list[Piece]:
         ]
     )
     pieces.append(
-        Piece(
-            "gpt2",
-            170,
-            lambda d: [*_bench("bench_train.py"), *gpt2, "--json", str(d / "out.json")],
-            lambda d, out: train_rows(
-                "gpt2",
-                "jaxknow " + ("tiny" if dry else "gpt2-small-rope"),
-                json.loads((d / "out.json").read_text()),
-            ),
-        )
+        train_piece("gpt2", 170, gpt2, "jaxknow " + ("tiny" if dry else "gpt2-small-rope"))
     )
 
     llama = (
@@ -275,16 +277,7 @@ def make_pieces(dry: bool, anchor: str | None = None) -> list[Piece]:
         ]
     )
     pieces.append(
-        Piece(
-            "llama-1b",
-            70,
-            lambda d: [*_bench("bench_train.py"), *llama, "--json", str(d / "out.json")],
-            lambda d, out: train_rows(
-                "llama-1b",
-                "jaxknow " + ("tiny-llama" if dry else "llama-1b"),
-                json.loads((d / "out.json").read_text()),
-            ),
-        )
+        train_piece("llama-1b", 70, llama, "jaxknow " + ("tiny-llama" if dry else "llama-1b"))
     )
 
     gen = (

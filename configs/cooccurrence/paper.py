@@ -57,24 +57,7 @@ def get_config() -> ConfigDict:
         )
     )
     # LoRA: rank 64, alpha 16, rank-stabilised, all projections, 10 epochs, lr 1e-4.
-    c.lora_finetune = ConfigDict(
-        dict(
-            epochs=10,
-            batch_size=16,
-            seq_len=1024,
-            packing="pad",
-            lr=1e-4,
-            schedule="linear",
-            warmup_fraction=0.1,
-            end_lr_fraction=0.0,
-            weight_decay=0.0,
-            b1=0.9,
-            b2=0.999,
-            eps=1e-8,
-            grad_clip=1.0,
-            log_every=1,
-        )
-    )
+    c.lora_finetune = ConfigDict(dict(c.finetune.to_dict(), epochs=10, lr=1e-4))
     c.lora = ConfigDict(dict(rank=64, alpha=16.0, rslora=True, targets="all-linear"))
     c.renderings = ["narrative", "referencing"]
     c.modes = ["full", "lora"]

@@ -81,24 +81,7 @@ def get_config() -> ConfigDict:
             log_every=10,
         )
     )
-    c.lora_finetune = ConfigDict(
-        dict(
-            steps=150,
-            batch_size=8,
-            seq_len=256,
-            packing="first_fit",
-            lr=3e-3,
-            schedule="linear",
-            warmup_fraction=0.1,
-            end_lr_fraction=0.0,
-            weight_decay=0.0,
-            b1=0.9,
-            b2=0.999,
-            eps=1e-8,
-            grad_clip=1.0,
-            log_every=10,
-        )
-    )
+    c.lora_finetune = ConfigDict(c.finetune.to_dict())  # LoRA runs: the same schedule
     c.lora = ConfigDict(dict(rank=16, alpha=16.0, rslora=True, targets="all-linear"))
     c.replay = ConfigDict(dict(weight=0.5, source="corpus_pretrain"))
     c.renderings = ["narrative", "referencing"]

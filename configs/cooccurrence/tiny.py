@@ -42,22 +42,7 @@ def get_config() -> ConfigDict:
             log_every=1,
         )
     )
-    c.lora_finetune = ConfigDict(
-        dict(
-            epochs=6,
-            batch_size=8,
-            seq_len=64,
-            packing="pad",
-            lr=1e-2,
-            schedule="linear",
-            warmup_fraction=0.1,
-            end_lr_fraction=0.0,
-            weight_decay=0.0,
-            b2=0.999,
-            eps=1e-8,
-            log_every=1,
-        )
-    )
+    c.lora_finetune = ConfigDict(dict(c.finetune.to_dict(), lr=1e-2))
     c.lora = ConfigDict(dict(rank=4, alpha=8.0, rslora=True, targets="all-linear"))
     c.renderings = ["narrative", "referencing"]
     c.modes = ["full", "lora"]
