@@ -28,7 +28,7 @@ uses the XLA attention path: the fused cuDNN kernel is meant for training shapes
 from __future__ import annotations
 
 import functools
-from collections.abc import Sequence
+from collections.abc import Iterator, Sequence
 from typing import Any, Protocol
 
 import jax
@@ -128,6 +128,26 @@ def place_params(params: Any, cfg: ModelConfig, mesh: Mesh | None) -> Any:
     if mesh is None:
         return params
     return jax.device_put(params, param_shardings(params, cfg, mesh))
+
+
+def padded_batches(
+    inputs: Sequence[Sequence[int]], cfg: ModelConfig, batch_size: int, mesh: Mesh | None
+) -> Iterator[tuple[list[int], dict[str, np.ndarray]]]:
+    """Yields (indices into `inputs`, host arrays) batches of the input sequences, longest
+    first, each right-padded to a bucketed length (capped at ``cfg.max_seq_len``): ``inputs``,
+    ``segment_ids`` (1 on real tokens) and ``positions``; every batch has the same row count."""
+    order = sorted(range(len(inputs)), key=lambda i: -len(inputs[i]))
+    rows = batch_rows(len(inputs), batch_size, mesh)
+    for start in range(0, len(order), rows):
+        idx = order[start : start + rows]
+        t = min(bucket_length(max(len(inputs[i]) for i in idx)), cfg.max_seq_len)
+        arrays = {k: np.zeros((rows, t), np.int32) for k in ("inputs", "segment_ids", "positions")}
+        for r, i in enumerate(idx):
+            m = len(inputs[i])
+            arrays["inputs"][r, :m] = inputs[i]
+            arrays["segment_ids"][r, :m] = 1
+            arrays["positions"][r, :m] = np.arange(m)
+        yield idx, arrays
 
 
 def place_batch(x: np.ndarray, mesh: Mesh | None) -> jax.Array:

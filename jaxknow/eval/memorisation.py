@@ -18,9 +18,8 @@ import numpy as np
 from jax.sharding import Mesh
 
 from jaxknow.eval.generate import (
-    batch_rows,
-    bucket_length,
     mesh_of,
+    padded_batches,
     place_batch,
     place_params,
 )
@@ -66,23 +65,13 @@ def next_token_hits(
     mesh = mesh if mesh is not None else mesh_of(params)
     params = place_params(params, cfg, mesh)
     sharder = Sharder(mesh)
-    order = sorted(range(n), key=lambda i: -len(sequences[i]))
-    rows = batch_rows(n, batch_size, mesh)
-    for start in range(0, n, rows):
-        idx = order[start : start + rows]
-        t = min(bucket_length(max(len(sequences[i]) - 1 for i in idx)), cfg.max_seq_len)
-        tokens = np.zeros((rows, t), np.int32)
-        segs = np.zeros((rows, t), np.int32)
-        for r, i in enumerate(idx):
-            m = len(sequences[i]) - 1
-            tokens[r, :m] = sequences[i][:-1]
-            segs[r, :m] = 1
+    for idx, arrays in padded_batches([q[:-1] for q in sequences], cfg, batch_size, mesh):
         pred = np.asarray(
             jax.device_get(
                 _argmax(
                     params,
-                    place_batch(tokens, mesh),
-                    place_batch(segs, mesh),
+                    place_batch(arrays["inputs"], mesh),
+                    place_batch(arrays["segment_ids"], mesh),
                     cfg=cfg,
                     sharder=sharder,
                 )

@@ -40,13 +40,7 @@ import numpy as np
 from jax.sharding import Mesh
 
 from jaxknow.data.tokenizer import Tokenizer
-from jaxknow.eval.generate import (
-    batch_rows,
-    bucket_length,
-    mesh_of,
-    place_batch,
-    place_params,
-)
+from jaxknow.eval.generate import mesh_of, padded_batches, place_batch, place_params
 from jaxknow.formats import MC_LETTERS
 from jaxknow.model import transformer
 from jaxknow.model.config import ModelConfig
@@ -171,29 +165,18 @@ def score_pairs(
                 tok = seqs[i][0][-1]
                 logprob[i], count[i], greedy[i] = float(row[tok]), 1, tok == best
     rest = [i for i in range(n) if seqs[i][1] > 1]
-    order = sorted(rest, key=lambda i: -len(seqs[i][0]))
-    rows = batch_rows(len(rest), batch_size, mesh)
-    for start in range(0, len(order), rows):
-        idx = order[start : start + rows]
-        t = min(bucket_length(max(len(seqs[i][0]) - 1 for i in idx)), cfg.max_seq_len)
-        arrays = {
-            "inputs": np.zeros((rows, t), np.int32),
-            "targets": np.zeros((rows, t), np.int32),
-            "weights": np.zeros((rows, t), np.float32),
-            "segment_ids": np.zeros((rows, t), np.int32),
-            "positions": np.zeros((rows, t), np.int32),
-        }
-        for r, i in enumerate(idx):
-            ids, k = seqs[i]
+    for idx, arrays in padded_batches([seqs[i][0][:-1] for i in rest], cfg, batch_size, mesh):
+        arrays["targets"] = np.zeros_like(arrays["inputs"])
+        arrays["weights"] = np.zeros(arrays["inputs"].shape, np.float32)
+        for r, j in enumerate(idx):
+            ids, k = seqs[rest[j]]
             m = len(ids) - 1
-            arrays["inputs"][r, :m] = ids[:-1]
             arrays["targets"][r, :m] = ids[1:]
             arrays["weights"][r, m - k : m] = 1.0
-            arrays["segment_ids"][r, :m] = 1
-            arrays["positions"][r, :m] = np.arange(m)
         batch = {k: place_batch(v, mesh) for k, v in arrays.items()}
         lp, cnt, gr = jax.device_get(_score_batch(params, batch, cfg=cfg, sharder=sharder))
-        for r, i in enumerate(idx):
+        for r, j in enumerate(idx):
+            i = rest[j]
             logprob[i] = float(lp[r])
             count[i] = int(round(float(cnt[r])))
             greedy[i] = bool(gr[r])
@@ -210,23 +193,10 @@ def _score_last_tokens(
 ) -> list[np.ndarray]:
     """Returns, per context, the log-softmax (float32, vocabulary-sized) of the next token."""
     out: list[np.ndarray | None] = [None] * len(contexts)
-    order = sorted(range(len(contexts)), key=lambda i: -len(contexts[i]))
-    rows = batch_rows(len(contexts), batch_size, mesh)
-    for start in range(0, len(order), rows):
-        idx = order[start : start + rows]
-        t = min(bucket_length(max(len(contexts[i]) for i in idx)), cfg.max_seq_len)
-        arrays = {
-            "inputs": np.zeros((rows, t), np.int32),
-            "segment_ids": np.zeros((rows, t), np.int32),
-            "positions": np.zeros((rows, t), np.int32),
-            "last": np.zeros((rows,), np.int32),
-        }
+    for idx, arrays in padded_batches(contexts, cfg, batch_size, mesh):
+        arrays["last"] = np.zeros(arrays["inputs"].shape[0], np.int32)
         for r, i in enumerate(idx):
-            m = len(contexts[i])
-            arrays["inputs"][r, :m] = contexts[i]
-            arrays["segment_ids"][r, :m] = 1
-            arrays["positions"][r, :m] = np.arange(m)
-            arrays["last"][r] = m - 1
+            arrays["last"][r] = len(contexts[i]) - 1
         batch = {k: place_batch(v, mesh) for k, v in arrays.items()}
         lp = jax.device_get(_last_logprobs(params, batch, cfg=cfg, sharder=sharder))
         for r, i in enumerate(idx):
