@@ -203,7 +203,13 @@ def prepare_variant(
     params = init_sharded_params(specs, jax.random.key(seed), cfg.storage_dtype, mesh)
     ocfg = optim_config or optim.OptimConfig(lr=3e-4, warmup_steps=2, total_steps=1000)
     tx, sched = optim.make_optimizer(ocfg), optim.make_schedule(ocfg)
-    state, sh = sharded_state(params, {}, flatten(specs), tx, mesh, DEFAULT_RULES)
+    try:  # layers stacked in the state when the model scans them, as training does
+        from jaxknow.train.state import stacks_layers
+
+        kw = {"stack": stacks_layers(cfg, params, {}, ocfg.no_decay)}
+    except ImportError:  # a --ref commit from before stacked layer storage
+        kw = {}
+    state, sh = sharded_state(params, {}, flatten(specs), tx, mesh, DEFAULT_RULES, **kw)
     bsh = batch_shardings(mesh, DEFAULT_RULES, b, t)
     tokens = jax.random.randint(
         jax.random.key(seed + 1), (b, t + 1), 0, cfg.vocab_size, dtype=jnp.int32

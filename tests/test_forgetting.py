@@ -153,3 +153,37 @@ def test_event_config_errors():
 
 def test_unflatten_roundtrip(base):
     assert jax.tree.structure(unflatten(flatten(base))) == jax.tree.structure(base)
+
+
+@pytest.mark.parametrize("opt_mode", ["all", "selected"])
+def test_reset_of_a_stacked_state_equals_the_per_layer_reset(base, trained, opt_mode):
+    """A state holding its layers stacked (a scanned model's training) is reset layer by
+    layer, bit for bit as the same state stored per layer, and stays stacked."""
+    from jaxknow.model.params import is_stacked, stack_layers, unstack_layers
+
+    state, tx = trained
+    specs = flatten(param_specs(CFG))
+    for to in ("pretrained", "init"):
+        fcfg = ForgetConfig(
+            at_steps=(3,), select=Selection(layer_fraction=1 / 3), to=to, reset_optimizer=opt_mode
+        )
+        event = make_forget_event(fcfg, base, CFG.n_layers, tx, specs, jax.random.key(0))
+        copy = functools.partial(jax.tree.map, jnp.copy)  # the event donates its state
+        want = event(3, copy(state))
+        got = event(3, stack_layers(copy(state)))
+        assert is_stacked(got)
+        jax.tree.map(np.testing.assert_array_equal, unstack_layers(got), want)
+        # the upper layers changed, layer 0 did not
+        assert not np.array_equal(
+            got.params["layers"]["mlp"]["up"]["kernel"][2],
+            state.params["layers"]["2"]["mlp"]["up"]["kernel"],
+        )
+        np.testing.assert_array_equal(
+            got.params["layers"]["mlp"]["up"]["kernel"][0],
+            state.params["layers"]["0"]["mlp"]["up"]["kernel"],
+        )
+
+
+def test_selections_refuse_stacked_paths():
+    with pytest.raises(ValueError, match="per-layer paths"):
+        Selection(layer_fraction=0.5).matches("layers/mlp/up/kernel", 4)

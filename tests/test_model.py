@@ -91,6 +91,127 @@ def test_scan_layers_matches_the_layer_loop(name, remat):
     np.testing.assert_allclose(h1, h0, rtol=1e-5, atol=1e-6)
 
 
+def _adapted_params(cfg, n_layers=3):
+    """Tiny model params plus LoRA adapters on q and up (every layer), per layer."""
+    from jaxknow.model import lora as lora_lib
+
+    lcfg = lora_lib.LoraConfig(rank=2, targets=("q", "up"))
+    specs = lora_lib.full_specs(cfg, lcfg)
+    return init_params(specs, jax.random.key(0), jnp.float32)
+
+
+def test_stack_layers_round_trips_params_optimizer_state_and_shardings():
+    from jax.sharding import NamedSharding, PartitionSpec
+
+    from jaxknow.model.params import (
+        can_stack_layers,
+        flatten,
+        is_stacked,
+        stack_layers,
+        stacked_layer_count,
+        unstack_layers,
+    )
+    from jaxknow.parallel.mesh import make_mesh
+    from jaxknow.train import optim
+    from jaxknow.train.state import stacked_shardings
+
+    cfg = preset("tiny", n_layers=3, vocab_size=64, max_seq_len=32)
+    params = _adapted_params(cfg)
+    stacked = stack_layers(params)
+    flat = flatten(stacked)
+    assert is_stacked(stacked) and not is_stacked(params)
+    assert stacked_layer_count(stacked) == 3 and stacked_layer_count(params) is None
+    assert flat["layers/attn/q/kernel"].shape == (
+        3,
+        *params["layers"]["0"]["attn"]["q"]["kernel"].shape,
+    )
+    assert "layers/mlp/up/lora_a" in flat and not any(p.startswith("layers/0/") for p in flat)
+    np.testing.assert_array_equal(
+        flat["layers/mlp/up/kernel"][2], params["layers"]["2"]["mlp"]["up"]["kernel"]
+    )
+    np.testing.assert_array_equal(flat["embed/tokens"], params["embed"]["tokens"])
+    back = unstack_layers(stacked)
+    assert jax.tree.structure(back) == jax.tree.structure(params)
+    jax.tree.map(np.testing.assert_array_equal, back, params)
+    # no-ops on the other layout: the very same leaves come back
+    for tree, fn in ((stacked, stack_layers), (params, unstack_layers)):
+        assert all(a is b for a, b in zip(jax.tree.leaves(fn(tree)), jax.tree.leaves(tree)))
+
+    # Optax states: the stacked state of the per-layer state is the state of stacked params.
+    tx = optim.make_optimizer(optim.OptimConfig(lr=1e-3, grad_clip=1.0, total_steps=10))
+    opt = tx.init(params)
+    opt = jax.tree.map(lambda x: x + 1, opt)  # non-zero moments
+    s_opt = stack_layers(opt)
+    assert jax.tree.structure(s_opt) == jax.tree.structure(tx.init(stacked))
+    assert s_opt[1][0].mu["layers"]["attn"]["q"]["kernel"].shape[0] == 3
+    jax.tree.map(np.testing.assert_array_equal, unstack_layers(s_opt), opt)
+
+    # Shardings: an unsharded leading layer axis.
+    mesh = make_mesh(2, 2, 2)
+    sh = jax.tree.map(lambda _: NamedSharding(mesh, PartitionSpec("fsdp")), params)
+    s_sh = stacked_shardings(sh)
+    assert s_sh["layers"]["attn"]["q"]["kernel"].spec == PartitionSpec(None, "fsdp")
+    assert s_sh["embed"]["tokens"].spec == PartitionSpec("fsdp")
+
+    # Layers that differ or are missing cannot be stacked.
+    partial = {"layers": {k: v for k, v in params["layers"].items() if k != "1"}}
+    uneven = {"layers": {**params["layers"], "2": params["layers"]["2"]["attn"]}}
+    for bad in (partial, uneven):
+        assert not can_stack_layers(bad)
+        with pytest.raises(ValueError, match="cannot stack the layers"):
+            stack_layers(bad)
+    assert can_stack_layers(params) and can_stack_layers({"embed": params["embed"]})
+
+
+def test_stacked_and_per_layer_paths():
+    from jaxknow.model.params import (
+        is_stacked_path,
+        layer_of,
+        per_layer_paths,
+        same_for_every_layer,
+        stacked_path,
+    )
+
+    assert is_stacked_path("layers/attn/q/kernel") and not is_stacked_path("layers/3/attn")
+    assert layer_of("layers/attn/q/kernel") is None and layer_of("layers/3/attn/q") == 3
+    assert per_layer_paths("layers/mlp/up/kernel", 2) == [
+        "layers/0/mlp/up/kernel",
+        "layers/1/mlp/up/kernel",
+    ]
+    assert per_layer_paths("embed/tokens", 2) == ["embed/tokens"]
+    assert stacked_path("layers/12/mlp/up/kernel") == "layers/mlp/up/kernel"
+    paths = [f"layers/{i}/{k}" for i in range(3) for k in ("attn_norm/scale", "mlp/up/kernel")]
+    assert same_for_every_layer(lambda p: "norm" in p, paths)
+    assert not same_for_every_layer(lambda p: p.startswith("layers/0/"), paths)
+
+
+@pytest.mark.parametrize("name,remat", [("tiny", "none"), ("tiny-llama", "full")])
+def test_forward_on_stacked_params_matches_per_layer_params(name, remat):
+    """Stacked storage scans directly: same loss, gradients that are the stacked per-layer
+    gradients, same hidden states; cached decoding runs on it too."""
+    from jaxknow.model.params import stack_layers
+
+    cfg = preset(name, n_layers=3, remat=remat, dtype="float32", scan_layers=True)
+    params = _adapted_params(cfg)
+    stacked = stack_layers(params)
+    tokens = jax.random.randint(jax.random.key(1), (2, 17), 0, cfg.vocab_size)
+    grad = jax.jit(jax.value_and_grad(functools.partial(loss_fn, cfg=cfg)))
+    (l0, g0), (l1, g1) = grad(params, tokens), grad(stacked, tokens)
+    np.testing.assert_allclose(l1, l0, rtol=1e-6)
+    assert jax.tree.structure(g1) == jax.tree.structure(stacked)
+    jax.tree.map(
+        lambda a, b: np.testing.assert_allclose(a, b, rtol=1e-5, atol=1e-7), g1, stack_layers(g0)
+    )
+    h0 = transformer.forward(params, tokens, cfg, collect_hidden=True).hiddens
+    h1 = transformer.forward(stacked, tokens, cfg, collect_hidden=True).hiddens
+    np.testing.assert_allclose(h1, h0, rtol=1e-5, atol=1e-6)
+    cache = transformer.init_cache(cfg, 2, 17)
+    kw = dict(cache=cache, cache_index=jnp.int32(0), kv_valid=jnp.ones((2, 17), bool))
+    c0 = transformer.apply(params, tokens, cfg, **kw)
+    c1 = transformer.apply(stacked, tokens, cfg, **kw)
+    np.testing.assert_allclose(c1, c0, rtol=1e-5, atol=1e-6)
+
+
 def test_scan_layers_is_automatic_from_depth():
     from jaxknow.model.config import SCAN_LAYERS_FROM
 

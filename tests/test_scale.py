@@ -27,10 +27,16 @@ SMALL = dict(
 
 
 @pytest.mark.parametrize(
-    "remat,mesh", [("none", (1, 8, 1)), ("dots", (2, 2, 2)), ("full", (2, 2, 2))]
+    "remat,mesh,scan",
+    [
+        ("none", (1, 8, 1), False),
+        ("dots", (2, 2, 2), False),
+        ("full", (2, 2, 2), False),
+        ("full", (2, 2, 2), True),  # the state holds the layers stacked
+    ],
 )
-def test_memory_plan_matches_xla_memory_analysis(remat, mesh):
-    cfg = preset("tiny-llama", remat=remat, **SMALL)
+def test_memory_plan_matches_xla_memory_analysis(remat, mesh, scan):
+    cfg = preset("tiny-llama", remat=remat, scan_layers=scan, **SMALL)
     plan = plan_memory(cfg, dict(zip(("data", "fsdp", "tensor"), mesh)), 16, 256)
     measured = measured_step_memory(cfg, make_mesh(*mesh), 16, 256)
     # Parameters, optimizer state and batch: exact (up to the step counter).

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import copy
 import dataclasses
 import functools
 import json
@@ -20,7 +21,7 @@ from jaxknow.model import config as mc
 from jaxknow.model import transformer
 from jaxknow.model.params import init_params, param_specs
 from jaxknow.parallel.mesh import make_mesh
-from jaxknow.parallel.rules import Sharder
+from jaxknow.parallel.rules import DEFAULT_RULES, Sharder
 from jaxknow.train import loop, optim, setup
 from jaxknow.train.state import new_state
 from jaxknow.train.step import train_step
@@ -302,3 +303,175 @@ def _materialized(tmp_path, spec):
     d = tmp_path / "data"
     build.ensure_sources(d, [s["name"] for s in spec.data.sources], spec.data.world, spec.seed)
     return d
+
+
+def _token_batches(n, vocab, b=8, t=16):
+    rng = np.random.default_rng(0)
+    out = []
+    for _ in range(n):
+        tokens = jnp.asarray(rng.integers(0, vocab, (b, t + 1)), jnp.int32)
+        out.append(
+            {
+                "inputs": tokens[:, :-1],
+                "targets": tokens[:, 1:],
+                "weights": jnp.ones((b, t), jnp.float32),
+                "segment_ids": jnp.ones((b, t), jnp.int32),
+                "positions": jnp.broadcast_to(jnp.arange(t, dtype=jnp.int32), (b, t)),
+            }
+        )
+    return out
+
+
+@pytest.mark.parametrize("lora", [False, True])
+def test_stacked_layer_storage_trains_like_per_layer_storage(lora):
+    """A scanned model's state with its layers stacked (one [L, ...] leaf per parameter kind,
+    an unsharded layer axis, on a data x fsdp x tensor mesh) takes the same steps as the same
+    state stored per layer: losses and parameters to fp32 round-off, weight decay included."""
+    from jax.sharding import NamedSharding
+
+    from jaxknow.model.lora import LoraConfig, full_specs, is_lora_path
+    from jaxknow.model.params import flatten
+    from jaxknow.model.sharded import init_sharded_params
+    from jaxknow.train.state import split_params, stacks_layers, to_per_layer
+
+    cfg = mc.preset(
+        "tiny", n_layers=3, vocab_size=128, max_seq_len=32, dtype="float32", scan_layers=True
+    )
+    lcfg = LoraConfig(rank=2, targets=("q", "up")) if lora else LoraConfig()
+    cfg = cfg.replace(lora_scale=lcfg.scale)
+    specs = full_specs(cfg, lcfg)
+    mesh = make_mesh(2, 2, 2)
+    params = init_sharded_params(specs, jax.random.key(0), jnp.float32, mesh)
+    if lora:  # non-zero B, so the adapters change the loss
+        params["layers"] = {
+            i: {
+                **p,
+                "mlp": {
+                    **p["mlp"],
+                    "up": {**p["mlp"]["up"], "lora_b": p["mlp"]["up"]["lora_b"] + 0.1},
+                },
+            }
+            for i, p in params["layers"].items()
+        }
+    trainable, frozen = split_params(params, is_lora_path if lora else (lambda p: True))
+    ocfg = optim.OptimConfig(
+        lr=1e-2, weight_decay=0.1, grad_clip=1.0, warmup_steps=1, total_steps=10
+    )
+    tx, sched = optim.make_optimizer(ocfg), optim.make_schedule(ocfg)
+    assert stacks_layers(cfg, trainable, frozen, ocfg.no_decay)
+    bsh = loop.batch_shardings(mesh, DEFAULT_RULES, 8, 16)
+    batches = [{k: jax.device_put(v, bsh[k]) for k, v in b.items()} for b in _token_batches(4, 128)]
+    runs = {}
+    for stack in (False, True):
+        state, sh = setup.sharded_state(trainable, frozen, flatten(specs), tx, mesh, stack=stack)
+        step = jax.jit(
+            functools.partial(train_step, cfg=cfg, tx=tx, schedule=sched, sharder=Sharder(mesh)),
+            in_shardings=(sh, bsh),
+            out_shardings=(sh, None),
+        )
+        losses = []
+        for b in batches:
+            state, m = step(state, b)
+            losses.append(float(m["loss"]))
+        runs[stack] = (losses, state)
+    (l0, s0), (l1, s1) = runs[False], runs[True]
+    np.testing.assert_allclose(l1, l0, rtol=1e-5)
+    assert l1[-1] != l1[0]
+    # Stacked: one leaf per kind, leading layer axis unsharded; Adam moments follow.
+    name = "lora_a" if lora else "kernel"
+    up = s1.params["layers"]["mlp"]["up"][name]
+    assert up.shape[0] == 3 and "0" not in s1.params["layers"]
+    assert isinstance(up.sharding, NamedSharding) and up.sharding.spec[0] is None
+    if not lora:
+        assert up.sharding.spec == PartitionSpec(None, "fsdp", "tensor")
+        assert s1.opt_state[1][0].mu["layers"]["mlp"]["up"]["kernel"].sharding == up.sharding
+    else:
+        assert s1.frozen["layers"]["mlp"]["up"]["kernel"].shape[0] == 3
+    back = to_per_layer(s1)
+    assert jax.tree.structure(back) == jax.tree.structure(s0)
+    jax.tree.map(
+        lambda a, b: np.testing.assert_allclose(a, b, rtol=1e-5, atol=1e-6),
+        (back.params, back.opt_state, back.frozen),
+        (s0.params, s0.opt_state, s0.frozen),
+    )
+    assert (
+        back.params["layers"]["1"]["mlp"]["up"][name].sharding.spec
+        == s0.params["layers"]["1"]["mlp"]["up"][name].sharding.spec
+    )
+
+
+def test_runs_that_cannot_stack_their_layers_keep_per_layer_storage():
+    from jaxknow.model.params import init_params
+    from jaxknow.train.state import split_params, stacks_layers
+
+    cfg = mc.preset("tiny", n_layers=3, vocab_size=64, max_seq_len=32, scan_layers=True)
+    params = jax.eval_shape(lambda: init_params(param_specs(cfg), jax.random.key(0), jnp.float32))
+    assert stacks_layers(cfg, params, {}, (r"norm/",))
+    assert not stacks_layers(cfg.replace(scan_layers=False), params, {}, ())
+    # a weight-decay pattern that treats layers differently
+    assert not stacks_layers(cfg, params, {}, (r"layers/0/",))
+    # only some layers trained (the frozen part still has every layer)
+    upper, lower = split_params(params, lambda p: p.startswith(("layers/1/", "layers/2/")))
+    assert not stacks_layers(cfg, upper, lower, ())
+    # the same projections of every layer trained: both parts stack
+    attn, rest = split_params(params, lambda p: "/attn/" in p)
+    assert stacks_layers(cfg, attn, rest, ())
+
+
+def test_stacked_run_saves_per_layer_checkpoints_and_resumes_identically(tmp_path):
+    """A scanned run trains with stacked layers but its checkpoints hold per-layer paths (as
+    before stacking); halting and resuming gives the uninterrupted run's losses and params;
+    load_model and the returned state see per-layer parameters."""
+    import orbax.checkpoint as ocp
+
+    from jaxknow.io.load import load_model
+    from jaxknow.model.params import flatten, is_stacked
+
+    cfg = small_config(steps=6)
+    cfg.model.n_layers = 3
+    cfg.model.scan_layers = True
+    cfg.train.checkpoint_every = 3
+    cfg.data.batch_size = 8
+    cfg.data.seq_len = 64
+    spec = setup.parse_run_config(cfg)
+    data_dir = _materialized(tmp_path, spec)
+    mesh = make_mesh(2, 2, 2)
+    seen = []
+
+    def record(step, state):
+        seen.append(is_stacked(state))
+        return state
+
+    full = loop.run(spec, setup.check_workdir(tmp_path / "a"), mesh, data_dir, events=[record])
+    assert seen and all(seen)  # the state held stacked layers at every step
+    assert not is_stacked(full.state)
+    assert "0" in full.state.params["layers"]
+    meta = ocp.StandardCheckpointer().metadata(tmp_path / "a" / "checkpoints" / "3" / "params")
+    tree = getattr(meta, "item_metadata", meta)
+    tree = getattr(tree, "tree", tree)
+    paths = set(flatten(dict(tree)))
+    assert "layers/2/attn/q/kernel" in paths and "layers/attn/q/kernel" not in paths
+    assert paths == set(flatten(full.state.params))
+
+    half_cfg = copy.deepcopy(cfg)
+    half_cfg.train.halt_at = 3
+    half = setup.parse_run_config(half_cfg)
+    b = setup.check_workdir(tmp_path / "b")
+    assert loop.run(half, b, mesh, data_dir).halted
+    rest = loop.run(spec, b, mesh, data_dir)
+    assert rest.start_step == 3 and rest.final_step == 6
+    la = {m["step"]: m["loss"] for m in full.metrics}
+    lb = {m["step"]: m["loss"] for m in rest.metrics}
+    for s in (4, 5, 6):
+        assert lb[s] == pytest.approx(la[s], rel=1e-6, abs=1e-7), s
+    jax.tree.map(
+        lambda x, y: np.testing.assert_allclose(x, y, rtol=1e-6, atol=1e-7),
+        rest.state.model_params(),
+        full.state.model_params(),
+    )
+    loaded = load_model(tmp_path / "a").params
+    jax.tree.map(
+        lambda x, y: np.testing.assert_array_equal(np.asarray(x), np.asarray(y)),
+        flatten(loaded),
+        flatten(full.state.model_params()),
+    )

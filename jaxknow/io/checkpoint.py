@@ -3,6 +3,8 @@
 A checkpoint directory holds numbered steps; each step has the items
 ``params`` (the full parameter tree the model runs with), ``opt_state``, ``meta`` (step, model
 config, anything the caller adds) and ``data`` (the grain iterator state of every process).
+Parameter paths are per layer (``layers/3/...``): the train loop saves a state that holds
+stacked layers in the per-layer layout (`jaxknow.train.state.to_per_layer`).
 Saves are asynchronous. When a save has finished, a checksum manifest is written into the
 step (`jaxknow.io.integrity`) and old steps are rotated away; a step without a valid manifest
 is never counted as one of the N kept, so rotation never deletes the newest intact step.

@@ -87,8 +87,9 @@ class ModelConfig:
     param_dtype: Dtype = "float32"
     remat: Remat = "none"
     # Run the layers as one `jax.lax.scan` over stacked layer parameters (compile time and
-    # program size independent of depth); None: on from SCAN_LAYERS_FROM layers. Parameters
-    # keep their per-layer paths (`layers/3/...`): they are stacked inside the step.
+    # program size independent of depth); None: on from SCAN_LAYERS_FROM layers. Training
+    # then keeps the layers stacked in its state (`params.stack_layers`); checkpoints and
+    # every other reader keep their per-layer paths (`layers/3/...`).
     scan_layers: bool | None = None
     # "xla", "cudnn" or None (automatic: cuDNN flash attention on a GPU in bf16/fp16, else XLA).
     attention_impl: AttentionImpl | None = None

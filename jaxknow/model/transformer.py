@@ -138,8 +138,11 @@ def _block(
 
 
 def _stacked_layers(layer_params: Mapping[str, Any], cfg: ModelConfig) -> Any | None:
-    """Returns the layers' parameters stacked along a new leading axis [L, ...] when
-    `cfg.use_scan` and every layer has the same tree structure, else None."""
+    """Returns the layers' parameters stacked along a leading axis [L, ...]: as given when
+    they are stored stacked (`params.stack_layers`), stacked here when `cfg.use_scan` and
+    every layer has the same tree structure, else None (the per-layer loop)."""
+    if not _is_layer_dict(layer_params):
+        return layer_params
     if not cfg.use_scan or cfg.n_layers < 2:
         return None
     trees = [layer_params[str(i)] for i in range(cfg.n_layers)]
@@ -147,6 +150,18 @@ def _stacked_layers(layer_params: Mapping[str, Any], cfg: ModelConfig) -> Any | 
     if any(jax.tree.structure(t) != first for t in trees[1:]):
         return None  # e.g. adapters on some layers only: keep the per-layer loop
     return jax.tree.map(lambda *xs: jnp.stack(xs), *trees)
+
+
+def _is_layer_dict(layer_params: Mapping[str, Any]) -> bool:
+    """True for per-layer storage ({"0": .., "1": ..}); False for stacked layers."""
+    return all(str(k).isdigit() for k in layer_params)
+
+
+def _layer(layer_params: Mapping[str, Any], i: int) -> Any:
+    """Returns layer i's parameters from per-layer or stacked storage."""
+    if _is_layer_dict(layer_params):
+        return layer_params[str(i)]
+    return jax.tree.map(lambda x: x[i], layer_params)
 
 
 def _scan_blocks(
@@ -223,6 +238,10 @@ def forward(
     Cached decoding: pass `cache` (see `init_cache`), `cache_index` (the slot of tokens[:, 0])
     and `kv_valid` [B, S] (which cache slots hold real tokens once these are written); the
     tokens attend to valid slots up to their own.
+
+    `params["layers"]` may be per layer (``{"0": .., "1": ..}``; scanned over when
+    `cfg.use_scan`, stacked inside this call) or stacked (`params.stack_layers`: one tree
+    with a leading [L] axis, scanned over directly; cached decoding slices it per layer).
     """
     b, t = tokens.shape
     if positions is None:
@@ -266,7 +285,7 @@ def forward(
     for i in range(cfg.n_layers):
         layer_cache = cache[str(i)] if cache is not None else None
         x, c = block(
-            params["layers"][str(i)],
+            _layer(params["layers"], i),
             x,
             layer_cache,
             positions=positions,

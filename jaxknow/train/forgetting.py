@@ -21,7 +21,16 @@ import jax.numpy as jnp
 import optax
 
 from jaxknow.errors import check_choices
-from jaxknow.model.params import ParamSpec, flatten, init_param, path_key, unflatten
+from jaxknow.model.params import (
+    ParamSpec,
+    flatten,
+    init_param,
+    is_stacked,
+    path_key,
+    stack_layers,
+    unflatten,
+    unstack_layers,
+)
 from jaxknow.train.select import Selection
 from jaxknow.train.state import TrainState
 
@@ -126,6 +135,8 @@ def make_forget_event(
     on_reset: Callable[[int, list[str]], None] | None = None,
 ) -> Callable[[int, TrainState], TrainState]:
     """Returns a loop event that resets the selected trainable parameters at cfg.at_steps.
+    The state may hold its layers per layer or stacked (`params.stack_layers`); selections
+    are made on per-layer paths either way.
 
     `reference` holds the parameters' starting values (for to="pretrained"); cycle c of a
     to="init" reset draws from fold_in(key, c). `on_reset(step, paths)` is told of each reset.
@@ -135,17 +146,24 @@ def make_forget_event(
     def event(step: int, state: TrainState) -> TrainState:
         if step not in steps:
             return state
-        trainable = list(flatten(state.params))
-        paths = cfg.select.paths(trainable, n_layers)
+        stacked = is_stacked(state)
+        # Selections are by per-layer path (shapes only: nothing is copied here).
+        per_layer = jax.eval_shape(unstack_layers, state.params) if stacked else state.params
+        paths = cfg.select.paths(list(flatten(per_layer)), n_layers)
         if not paths:
             raise ValueError(f"forget.select matches no trained parameter ({cfg.select})")
         cycle_key = jax.random.fold_in(key, steps.index(step))
         targets = reset_targets(reference, paths, cfg.to, specs, cycle_key)
-        fn = jax.jit(
-            lambda s, t: reset_state(s, t, tx, cfg.reset_optimizer),
-            out_shardings=state_shardings,
-            donate_argnums=(0,),
-        )
+
+        def reset(s: TrainState, t: dict) -> TrainState:
+            # Stacked layers are reset in the per-layer layout and stacked again, inside the
+            # jit: the same values, bit for bit, as resetting a per-layer state.
+            if stacked:
+                s = unstack_layers(s)
+            s = reset_state(s, t, tx, cfg.reset_optimizer)
+            return stack_layers(s) if stacked else s
+
+        fn = jax.jit(reset, out_shardings=state_shardings, donate_argnums=(0,))
         new_state = fn(state, targets)
         if on_reset is not None:
             on_reset(step, paths)

@@ -35,7 +35,14 @@ from jaxknow.train import guard as guard_lib
 from jaxknow.train import setup
 from jaxknow.train.forgetting import make_forget_event
 from jaxknow.train.optim import make_optimizer, make_schedule
-from jaxknow.train.state import TrainState, split_params
+from jaxknow.train.state import (
+    TrainState,
+    split_params,
+    stacked_shardings,
+    stacks_layers,
+    to_per_layer,
+    to_stacked,
+)
 from jaxknow.train.step import BATCH_AXES, BATCH_KEYS, train_step
 
 # A state event runs between steps: (step just completed, state) -> state.
@@ -44,7 +51,7 @@ StateEvent = Callable[[int, TrainState], TrainState]
 
 @dataclasses.dataclass
 class TrainResult:
-    """What a training run returns."""
+    """What a training run returns (`state` in the per-layer layout, as checkpoints are)."""
 
     state: TrainState
     metrics: list[dict[str, Any]]
@@ -220,18 +227,26 @@ def _start_state(
     spec: setup.RunSpec, ckpt: Checkpointer, mesh: Mesh, rules: Rules, tx: Any
 ) -> tuple[TrainState, Any, dict | None, int]:
     """Returns (state, its shardings, the data-iterator state or None, start step): fresh
-    parameters, or the newest intact checkpoint (`train.resume_step`) when there is one."""
+    parameters, or the newest intact checkpoint (`train.resume_step`) when there is one. The
+    state holds the layers stacked when the run can (`state.stacks_layers`); checkpoints hold
+    them per layer."""
     latest = ckpt.resume_step(spec.train.resume_step)
     if latest is None:
         params = setup.initial_params(spec, mesh, rules)
         state, shardings = setup.build_state(params, spec, tx, mesh, rules)
         return state, shardings, None, 0
-    # Resume: shapes come from the config, values from the checkpoint.
+    # Resume: shapes come from the config, values from the checkpoint (per layer).
     specs = full_specs(spec.model, spec.lora)
     abstract = abstract_params(specs, spec.model.storage_dtype, mesh, rules)
     template, shardings = setup.build_state(
-        jax.tree.map(lambda a: jnp.zeros(a.shape, a.dtype), abstract), spec, tx, mesh, rules
+        jax.tree.map(lambda a: jnp.zeros(a.shape, a.dtype), abstract),
+        spec,
+        tx,
+        mesh,
+        rules,
+        stack=False,
     )
+    stack = stacks_layers(spec.model, template.params, template.frozen, spec.optim.no_decay)
     abstract_opt = jax.tree.map(
         lambda x, sh: jax.ShapeDtypeStruct(x.shape, x.dtype, sharding=sh),
         template.opt_state,
@@ -246,6 +261,9 @@ def _start_state(
         opt_state=restored["opt_state"],
         frozen=frozen,
     )
+    if stack:
+        shardings = stacked_shardings(shardings)
+        state = to_stacked(state, shardings)
     logging.info("resumed from %s at step %d", ckpt.directory, latest)
     return state, shardings, restored["data"], latest
 
@@ -354,8 +372,9 @@ class _Loop:
         self.flush()
         self.check_guard(self.guard)  # the state being saved is this step's
         if self.ckpt.last_saved != at:
+            saved = to_per_layer(self.state)  # checkpoints keep per-layer paths
             self.ckpt.save(
-                at, self.state.model_params(), self.state.opt_state, self.meta, self.it.get_state()
+                at, saved.model_params(), saved.opt_state, self.meta, self.it.get_state()
             )
 
     def run(
@@ -416,7 +435,7 @@ class _Loop:
     def result(self, workdir: Path) -> TrainResult:
         """Returns the run's TrainResult."""
         return TrainResult(
-            state=self.state,
+            state=to_per_layer(self.state),
             metrics=self.history,
             workdir=workdir,
             final_step=self.step,
@@ -450,7 +469,11 @@ def run(
     if start >= tc.steps:
         ckpt.close()
         return TrainResult(
-            state=state, metrics=[], workdir=workdir, final_step=start, start_step=start
+            state=to_per_layer(state),
+            metrics=[],
+            workdir=workdir,
+            final_step=start,
+            start_step=start,
         )
     jstep, b_sh = _jit_step(spec, mesh, rules, tx, shardings)
     guard = jax.device_put(guard_lib.initial_guard(), NamedSharding(mesh, PartitionSpec()))

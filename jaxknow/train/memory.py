@@ -1,7 +1,8 @@
 """A per-device memory plan of a training step: parameters, gradients, optimizer state and
 activations for a model, a mesh and a batch, computed from shapes alone (no devices needed).
 
-Parameters and optimizer state are exact (the same sharding rules as training). Activations
+Parameters and optimizer state are exact (the same sharding rules as training; layers stored
+stacked have an unsharded layer axis, so they take the same bytes per device). Activations
 are an estimate of what the backward pass keeps per token and layer for the chosen remat
 policy, plus the float32 logits (or one chunk of them with `loss_chunk`); see
 `activation_elements_per_token` for the accounting. Compare with XLA's own count with
@@ -242,12 +243,18 @@ def measured_step_memory(
     import jax.numpy as jnp
 
     from jaxknow.config import OptimConfig
-    from jaxknow.model.params import param_axes
+    from jaxknow.model.params import param_axes, stack_layers
     from jaxknow.model.sharded import abstract_params
     from jaxknow.parallel.rules import Sharder
     from jaxknow.train import optim
     from jaxknow.train.loop import batch_shardings
-    from jaxknow.train.state import TrainState, split_params, state_shardings
+    from jaxknow.train.state import (
+        TrainState,
+        split_params,
+        stack_axes,
+        stacks_layers,
+        state_shardings,
+    )
     from jaxknow.train.step import BATCH_KEYS, train_step
 
     specs = flatten(param_specs(cfg))
@@ -265,6 +272,9 @@ def measured_step_memory(
     axes = flatten(param_axes(tree))
     t_axes = unflatten({p: axes[p] for p in flatten(t_abs)})
     f_axes = unflatten({p: axes[p] for p in flatten(f_abs)})
+    if stacks_layers(cfg, t_abs, f_abs, ocfg.no_decay):  # the layout training uses
+        t_abs, f_abs = jax.eval_shape(stack_layers, (t_abs, f_abs))
+        t_axes, f_axes = stack_axes(t_axes), stack_axes(f_axes)
     sh = state_shardings(tx, t_abs, t_axes, f_abs, f_axes, mesh, DEFAULT_RULES)
     state = jax.eval_shape(
         lambda t, f: TrainState(

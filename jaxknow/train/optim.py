@@ -11,7 +11,7 @@ from typing import Any
 import optax
 
 from jaxknow.config import OptimConfig
-from jaxknow.model.params import map_with_path
+from jaxknow.model.params import is_stacked_path, map_with_path, per_layer_paths
 
 
 def make_schedule(cfg: OptimConfig) -> optax.Schedule:
@@ -30,10 +30,31 @@ def make_schedule(cfg: OptimConfig) -> optax.Schedule:
     return optax.join_schedules([warmup, decay], [cfg.warmup_steps])
 
 
+def decays(path: str, no_decay: Sequence[str]) -> bool:
+    """Returns True when weight decay applies to the parameter at a per-layer `path`."""
+    return not any(re.search(p, path) for p in no_decay)
+
+
 def decay_mask(params: Any, no_decay: Sequence[str]) -> Any:
-    """Returns a tree of bools: True where weight decay applies (paths not matching no_decay)."""
-    pats = [re.compile(p) for p in no_decay]
-    return map_with_path(lambda path, _: not any(p.search(path) for p in pats), params)
+    """Returns a tree of bools: True where weight decay applies (paths not matching no_decay).
+
+    Stacked layers (`params.stack_layers`) are judged by their per-layer paths
+    (``layers/0/...``, ``layers/1/...``), so both layouts decay the same parameters; raises
+    ValueError when the layers of one stacked parameter would get different answers (such a
+    run keeps per-layer storage: `state.stacks_layers`).
+    """
+
+    def mask(path: str, x: Any) -> bool:
+        if not is_stacked_path(path):
+            return decays(path, no_decay)
+        answers = {decays(p, no_decay) for p in per_layer_paths(path, x.shape[0])}
+        if len(answers) != 1:
+            raise ValueError(
+                f"optim.no_decay={tuple(no_decay)} decays some layers of {path} and not others"
+            )
+        return answers.pop()
+
+    return map_with_path(mask, params)
 
 
 def make_optimizer(cfg: OptimConfig) -> optax.GradientTransformation:

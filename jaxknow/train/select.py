@@ -8,7 +8,7 @@ import math
 import re
 from collections.abc import Iterable
 
-from jaxknow.model.params import layer_of
+from jaxknow.model.params import is_stacked_path, layer_of
 
 
 @dataclasses.dataclass(frozen=True)
@@ -56,7 +56,10 @@ class Selection:
         return range(max(0, start), min(n_layers, stop))
 
     def matches(self, path: str, n_layers: int) -> bool:
-        """Returns True when the parameter at `path` is selected."""
+        """Returns True when the parameter at `path` (a per-layer path) is selected; raises
+        ValueError for a path into stacked layers (convert with `params.unstack_layers`)."""
+        if is_stacked_path(path):
+            raise ValueError(f"select by per-layer paths, not the stacked path {path!r}")
         if self.has_layers:
             layer = layer_of(path)
             if layer is None:

@@ -27,12 +27,18 @@ from jaxknow.io.load import checkpoint_model_config
 from jaxknow.model import lora as lora_lib
 from jaxknow.model.config import ModelConfig
 from jaxknow.model.lora import full_specs
-from jaxknow.model.params import flatten, param_specs, unflatten
+from jaxknow.model.params import flatten, param_specs, stack_layers, unflatten
 from jaxknow.model.sharded import abstract_params, init_sharded_params
 from jaxknow.parallel.mesh import make_mesh
-from jaxknow.parallel.rules import DEFAULT_RULES, Rules
+from jaxknow.parallel.rules import DEFAULT_RULES, Rules, tree_shardings
 from jaxknow.train.forgetting import ForgetConfig
-from jaxknow.train.state import TrainState, split_params, state_shardings
+from jaxknow.train.state import (
+    TrainState,
+    split_params,
+    stack_axes,
+    stacks_layers,
+    state_shardings,
+)
 
 
 class WorkdirError(ValueError):
@@ -320,14 +326,24 @@ def build_state(
     tx: optax.GradientTransformation,
     mesh: Mesh,
     rules: Rules = DEFAULT_RULES,
+    stack: bool | None = None,
 ) -> tuple[TrainState, TrainState]:
-    """Returns (state, state shardings): params split into trainable and frozen, a fresh
-    optimizer state created in its sharded layout."""
+    """Returns (state, state shardings): per-layer params split into trainable and frozen, a
+    fresh optimizer state created in its sharded layout. The layers are stored stacked when
+    `stack`, by default when `stacks_layers` says the run can (see `train.state`)."""
     trainable, frozen = split_params(params, trainable_predicate(spec))
     if not flatten(trainable):
         raise C.ConfigError(f"train.trainable={spec.train.trainable!r} selects no parameter")
+    if stack is None:
+        stack = stacks_layers(spec.model, trainable, frozen, spec.optim.no_decay)
     return sharded_state(
-        trainable, frozen, flatten(full_specs(spec.model, spec.lora)), tx, mesh, rules
+        trainable,
+        frozen,
+        flatten(full_specs(spec.model, spec.lora)),
+        tx,
+        mesh,
+        rules,
+        stack=stack,
     )
 
 
@@ -338,11 +354,20 @@ def sharded_state(
     tx: optax.GradientTransformation,
     mesh: Mesh,
     rules: Rules = DEFAULT_RULES,
+    stack: bool = False,
 ) -> tuple[TrainState, TrainState]:
-    """Returns (state at step 0, state shardings) for already-sharded parameters: the optimizer
-    state is created directly in its sharded layout. `specs` maps every path to its ParamSpec."""
+    """Returns (state at step 0, state shardings) for already-sharded per-layer parameters:
+    the optimizer state is created directly in its sharded layout. `specs` maps every path to
+    its ParamSpec. With `stack` the layers are stored stacked (`train.state.stack_axes`; the
+    trees must be stackable, see `stacks_layers`)."""
     t_axes = unflatten({p: specs[p].axes for p in flatten(trainable)})
     f_axes = unflatten({p: specs[p].axes for p in flatten(frozen)})
+    if stack:
+        t_axes, f_axes = stack_axes(t_axes), stack_axes(f_axes)
+        stacked = jax.eval_shape(stack_layers, (trainable, frozen))
+        t_sh = tree_shardings(t_axes, stacked[0], mesh, rules)
+        f_sh = tree_shardings(f_axes, stacked[1], mesh, rules)
+        trainable, frozen = jax.jit(stack_layers, out_shardings=(t_sh, f_sh))((trainable, frozen))
     shardings = state_shardings(tx, trainable, t_axes, frozen, f_axes, mesh, rules)
     opt_state = jax.jit(tx.init, out_shardings=shardings.opt_state)(trainable)
     step = jax.device_put(jnp.zeros((), jnp.int32), NamedSharding(mesh, PartitionSpec()))
