@@ -295,9 +295,10 @@ def test_data_parallel_step_sums_local_gradients_like_the_one_device_step(scan):
     rng = np.random.default_rng(5)
     batch = _batch(rng.integers(0, 64, (8, 17)), rng.random((8, 16)).astype(np.float32))
     dp = make_mesh(4, 1, 1, devices=jax.devices()[:4])
-    assert pure_data_axis(Sharder(dp)) == "data"
-    assert pure_data_axis(Sharder(make_mesh(2, 2, 1, devices=jax.devices()[:4]))) is None
-    assert pure_data_axis(Sharder(None)) is None
+    assert pure_data_axis(Sharder(dp), 8) == "data"
+    assert pure_data_axis(Sharder(dp), 2) is None  # uneven: the partitioner's path
+    assert pure_data_axis(Sharder(make_mesh(2, 2, 1, devices=jax.devices()[:4])), 8) is None
+    assert pure_data_axis(Sharder(None), 8) is None
     outs = []
     for sharder in (Sharder(None), Sharder(dp)):
         st = _tiny_state(cfg, tx)

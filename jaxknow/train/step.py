@@ -87,11 +87,12 @@ def current_lr(opt_state: Any, schedule: optax.Schedule) -> jax.Array:
     return jnp.asarray(schedule(states[0].count), jnp.float32)
 
 
-def pure_data_axis(sharder: Sharder) -> str | None:
+def pure_data_axis(sharder: Sharder, batch_size: int) -> str | None:
     """Returns "data" when the sharder's mesh splits only the batch (every other mesh axis has
-    size 1, so every parameter is replicated), else None."""
+    size 1, so every parameter is replicated) and `batch_size` rows divide evenly over it,
+    else None."""
     mesh = sharder.mesh
-    if mesh is None or mesh.shape.get("data", 1) < 2:
+    if mesh is None or mesh.shape.get("data", 1) < 2 or batch_size % mesh.shape["data"]:
         return None
     if any(size > 1 for name, size in mesh.shape.items() if name != "data"):
         return None
@@ -166,7 +167,7 @@ def train_step(
         return jnp.sum(nll * mb["weights"].astype(jnp.float32)) / denom
 
     grad_fn = jax.value_and_grad(loss_of)
-    data_axis = pure_data_axis(sharder)
+    data_axis = pure_data_axis(sharder, batch["inputs"].shape[0])
     if grad_accum == 1 and data_axis is not None:
         loss, grads = _data_parallel_grads(
             state, batch, denom, sharder.mesh, data_axis, cfg, loss_chunk
