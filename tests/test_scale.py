@@ -101,10 +101,12 @@ def test_llama_8b_shape_runs_a_sharded_step_on_8_devices():
     tx, sched = optim.make_optimizer(ocfg), optim.make_schedule(ocfg)
     params = setup.initial_params(spec, mesh)
     state, shardings = setup.build_state(params, spec, tx, mesh)
-    q = state.params["layers"]["31"]["attn"]["q"]["kernel"]
-    assert q.sharding.spec == PartitionSpec("fsdp", "tensor", None)
-    down = state.params["layers"]["0"]["mlp"]["down"]["kernel"]
-    assert down.sharding.spec == PartitionSpec("tensor", "fsdp")
+    # 32 scanned layers: the train state holds them stacked, the layer axis unsharded.
+    q = state.params["layers"]["attn"]["q"]["kernel"]
+    assert q.shape[0] == 32
+    assert q.sharding.spec == PartitionSpec(None, "fsdp", "tensor", None)
+    down = state.params["layers"]["mlp"]["down"]["kernel"]
+    assert down.sharding.spec == PartitionSpec(None, "tensor", "fsdp")
     b_sh = batch_shardings(mesh, DEFAULT_RULES, 8, 64)
     rng = np.random.default_rng(0)
     tok = rng.integers(0, 1024, (8, 65)).astype(np.int32)
