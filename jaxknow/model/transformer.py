@@ -16,6 +16,7 @@ import jax.numpy as jnp
 
 from jaxknow.model import layers
 from jaxknow.model.config import ModelConfig
+from jaxknow.model.params import can_stack_layers, holds_stacked, stack_layers
 from jaxknow.parallel.rules import NO_SHARDING, Sharder
 
 Cache = dict[str, dict[str, jax.Array]]
@@ -137,31 +138,23 @@ def _block(
     return x, new_cache
 
 
-def _stacked_layers(layer_params: Mapping[str, Any], cfg: ModelConfig) -> Any | None:
+def _stacked_layers(params: Mapping[str, Any], cfg: ModelConfig) -> Any | None:
     """Returns the layers' parameters stacked along a leading axis [L, ...]: as given when
     they are stored stacked (`params.stack_layers`), stacked here when `cfg.use_scan` and
     every layer has the same tree structure, else None (the per-layer loop)."""
-    if not _is_layer_dict(layer_params):
+    layer_params = params["layers"]
+    if holds_stacked(params):
         return layer_params
-    if not cfg.use_scan or cfg.n_layers < 2:
-        return None
-    trees = [layer_params[str(i)] for i in range(cfg.n_layers)]
-    first = jax.tree.structure(trees[0])
-    if any(jax.tree.structure(t) != first for t in trees[1:]):
+    if not cfg.use_scan or cfg.n_layers < 2 or not can_stack_layers(params):
         return None  # e.g. adapters on some layers only: keep the per-layer loop
-    return jax.tree.map(lambda *xs: jnp.stack(xs), *trees)
+    return stack_layers(params)["layers"]
 
 
-def _is_layer_dict(layer_params: Mapping[str, Any]) -> bool:
-    """True for per-layer storage ({"0": .., "1": ..}); False for stacked layers."""
-    return all(str(k).isdigit() for k in layer_params)
-
-
-def _layer(layer_params: Mapping[str, Any], i: int) -> Any:
+def _layer(params: Mapping[str, Any], i: int) -> Any:
     """Returns layer i's parameters from per-layer or stacked storage."""
-    if _is_layer_dict(layer_params):
-        return layer_params[str(i)]
-    return jax.tree.map(lambda x: x[i], layer_params)
+    if holds_stacked(params):
+        return jax.tree.map(lambda x: x[i], params["layers"])
+    return params["layers"][str(i)]
 
 
 def _scan_blocks(
@@ -267,7 +260,7 @@ def forward(
     block = functools.partial(_block, cfg=cfg, is_causal=is_causal, sharder=sharder)
     if cfg.remat != "none" and cache is None:
         block = jax.checkpoint(block, policy=_REMAT_POLICIES[cfg.remat])
-    stacked = _stacked_layers(params["layers"], cfg) if cache is None else None
+    stacked = _stacked_layers(params, cfg) if cache is None else None
     if stacked is not None:
         x, hiddens_scan = _scan_blocks(
             block,
@@ -285,7 +278,7 @@ def forward(
     for i in range(cfg.n_layers):
         layer_cache = cache[str(i)] if cache is not None else None
         x, c = block(
-            _layer(params["layers"], i),
+            _layer(params, i),
             x,
             layer_cache,
             positions=positions,

@@ -243,7 +243,7 @@ def measured_step_memory(
     import jax.numpy as jnp
 
     from jaxknow.config import OptimConfig
-    from jaxknow.model.params import param_axes, stack_layers
+    from jaxknow.model.params import param_axes
     from jaxknow.model.sharded import abstract_params
     from jaxknow.parallel.rules import Sharder
     from jaxknow.train import optim
@@ -251,7 +251,7 @@ def measured_step_memory(
     from jaxknow.train.state import (
         TrainState,
         split_params,
-        stack_axes,
+        stacked_layout,
         stacks_layers,
         state_shardings,
     )
@@ -273,8 +273,7 @@ def measured_step_memory(
     t_axes = unflatten({p: axes[p] for p in flatten(t_abs)})
     f_axes = unflatten({p: axes[p] for p in flatten(f_abs)})
     if stacks_layers(cfg, t_abs, f_abs, ocfg.no_decay):  # the layout training uses
-        t_abs, f_abs = jax.eval_shape(stack_layers, (t_abs, f_abs))
-        t_axes, f_axes = stack_axes(t_axes), stack_axes(f_axes)
+        t_abs, f_abs, t_axes, f_axes = stacked_layout(t_abs, f_abs, t_axes, f_axes)
     sh = state_shardings(tx, t_abs, t_axes, f_abs, f_axes, mesh, DEFAULT_RULES)
     state = jax.eval_shape(
         lambda t, f: TrainState(

@@ -35,7 +35,7 @@ from jaxknow.train.forgetting import ForgetConfig
 from jaxknow.train.state import (
     TrainState,
     split_params,
-    stack_axes,
+    stacked_layout,
     stacks_layers,
     state_shardings,
 )
@@ -363,10 +363,9 @@ def sharded_state(
     t_axes = unflatten({p: specs[p].axes for p in flatten(trainable)})
     f_axes = unflatten({p: specs[p].axes for p in flatten(frozen)})
     if stack:
-        t_axes, f_axes = stack_axes(t_axes), stack_axes(f_axes)
-        stacked = jax.eval_shape(stack_layers, (trainable, frozen))
-        t_sh = tree_shardings(t_axes, stacked[0], mesh, rules)
-        f_sh = tree_shardings(f_axes, stacked[1], mesh, rules)
+        t_abs, f_abs, t_axes, f_axes = stacked_layout(trainable, frozen, t_axes, f_axes)
+        t_sh = tree_shardings(t_axes, t_abs, mesh, rules)
+        f_sh = tree_shardings(f_axes, f_abs, mesh, rules)
         trainable, frozen = jax.jit(stack_layers, out_shardings=(t_sh, f_sh))((trainable, frozen))
     shardings = state_shardings(tx, trainable, t_axes, frozen, f_axes, mesh, rules)
     opt_state = jax.jit(tx.init, out_shardings=shardings.opt_state)(trainable)

@@ -146,6 +146,13 @@ def stack_axes(axes: Any) -> Any:
     return stack_layers(axes, combine=lambda xs: (None, *xs[0]), is_leaf=_is_axes)
 
 
+def stacked_layout(trainable: Any, frozen: Any, t_axes: Any, f_axes: Any) -> tuple[Any, ...]:
+    """Returns (trainable shapes, frozen shapes, trainable axes, frozen axes) of per-layer
+    parameters (arrays or shapes) and their logical axes, in the stacked layout."""
+    t_abs, f_abs = jax.eval_shape(stack_layers, (trainable, frozen))
+    return t_abs, f_abs, stack_axes(t_axes), stack_axes(f_axes)
+
+
 def _is_sharding(x: Any) -> bool:
     return isinstance(x, jax.sharding.Sharding)
 

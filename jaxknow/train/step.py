@@ -87,6 +87,21 @@ def current_lr(opt_state: Any, schedule: optax.Schedule) -> jax.Array:
     return jnp.asarray(schedule(states[0].count), jnp.float32)
 
 
+def weighted_loss(
+    trainable: Any,
+    frozen: Any,
+    batch: Batch,
+    denom: jax.Array,
+    cfg: ModelConfig,
+    sharder: Sharder,
+    loss_chunk: int = 0,
+) -> jax.Array:
+    """Returns the weighted NLL sum of `batch` divided by `denom` (the whole batch's weight
+    sum, so that micro-batches and device shards add up to the batch's weighted mean)."""
+    nll = batch_nll(merge_params(trainable, frozen), batch, cfg, sharder, loss_chunk)
+    return jnp.sum(nll * batch["weights"].astype(jnp.float32)) / denom
+
+
 def pure_data_axis(sharder: Sharder, batch_size: int) -> str | None:
     """Returns "data" when the sharder's mesh splits only the batch (every other mesh axis has
     size 1, so every parameter is replicated) and `batch_size` rows divide evenly over it,
@@ -117,11 +132,9 @@ def _data_parallel_grads(
     after the backward pass. Only for a mesh that splits nothing but the batch."""
 
     def local(trainable: Any, frozen: Any, mb: Batch, den: jax.Array) -> tuple[jax.Array, Any]:
-        def loss_of(tr: Any) -> jax.Array:
-            nll = batch_nll(merge_params(tr, frozen), mb, cfg, NO_SHARDING, loss_chunk)
-            return jnp.sum(nll * mb["weights"].astype(jnp.float32)) / den
-
-        loss, grads = jax.value_and_grad(loss_of)(trainable)
+        loss, grads = jax.value_and_grad(weighted_loss)(
+            trainable, frozen, mb, den, cfg, NO_SHARDING, loss_chunk
+        )
         return jax.lax.psum((loss, grads), axis)
 
     replicated = PartitionSpec()
@@ -162,9 +175,7 @@ def train_step(
     denom = jnp.maximum(total_w, 1e-9)
 
     def loss_of(trainable: Any, mb: Batch) -> jax.Array:
-        params = merge_params(trainable, state.frozen)
-        nll = batch_nll(params, mb, cfg, sharder, loss_chunk)
-        return jnp.sum(nll * mb["weights"].astype(jnp.float32)) / denom
+        return weighted_loss(trainable, state.frozen, mb, denom, cfg, sharder, loss_chunk)
 
     grad_fn = jax.value_and_grad(loss_of)
     data_axis = pure_data_axis(sharder, batch["inputs"].shape[0])
