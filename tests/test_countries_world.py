@@ -230,6 +230,7 @@ def test_eval_subsets(world):
         "two_hop",
         "two_hop_mc",
         "likelihood",
+        "resolution",
     }
     assert set(subsets) == expected
     relation_words = {
@@ -363,6 +364,7 @@ def test_world_files_roundtrip(world, tmp_path):
         ("num_wrong_tails", 10),
         ("narrative_rows_per_fact", 0),
         ("referencing_rows_per_fact", -1),
+        ("base_worked_rows_per_fact", -1),
         ("relations", ("capital", "currency")),
         ("relations", ()),
         ("seed", "0"),
@@ -426,3 +428,52 @@ def test_split_base_renderings_put_each_base_head_in_one_rendering():
     assert base_rendering_facts(both) == (both.facts("base"), both.facts("base"))
     with pytest.raises(ValueError, match="base_renderings must be one of"):
         CountriesConfig(base_renderings="half")
+
+
+def test_resolution_rows_point_at_the_true_tail(world):
+    rows = world.subsets["resolution"]
+    k = 1 + world.num_wrong_tails
+    facts = {(f.head, f.relation): f for f in world.facts("novel")}
+    assert len(rows) == len(facts) * (2 * k - 1)
+    positions = set()
+    for row in rows:
+        f = facts[(row["head"], row["relation"])]
+        info = world.relations[f.relation]
+        listed = [world.phrase(t, f.relation) for t in (f.tail, *world.wrong_tails[f])]
+        ctx = row["context"]
+        # Every candidate listed once, before the statement about the head.
+        statement = info.statement_prefix.format(head=world.phrase(f.head))
+        cut, low = ctx.index(statement), ctx.lower()
+        order = sorted(listed, key=lambda t: low.index(t.lower()))
+        assert all(low.count(t.lower()) == 1 and low.index(t.lower()) < cut for t in listed)
+        true_at = order.index(world.phrase(f.tail, f.relation))
+        assert true_at == row["position"]
+        positions.add(true_at)
+        if row["reference"] == "ordinal":
+            assert ctx.endswith(f"{statement} the")
+            assert row["choices"] == ["first", "second", "third"][:k]
+            assert row["answer"] == true_at
+        else:
+            assert ctx.endswith(f"the {info.tail_kind} named just before")
+            assert row["choices"] == order and row["answer"] == true_at + 1
+    assert positions == set(range(k))
+
+
+def test_worked_resolution_passages_state_the_fact_beside_the_reference():
+    plain = generate_countries(SMALL)
+    worked = generate_countries(dataclasses.replace(SMALL, base_worked_rows_per_fact=2))
+    before, after = pretrain_corpus(plain, seed=3), pretrain_corpus(worked, seed=3)
+    added = set(after) - set(before)
+    assert len(after) == len(before) + 2 * len(plain.facts("base")) and len(added) > 0
+    for f in worked.facts("base"):
+        info = worked.relations[f.relation]
+        tail = worked.phrase(f.tail, f.relation)
+        narrative = {info.narrative(t, f.head, tail) for t in info.narrative_templates}
+        mine = [d for d in added if contains_name(d, f.head) and any(s in d for s in narrative)]
+        assert len(mine) == 2, f
+        for d in mine:  # the candidates listed, the fact stated, then a reference
+            for t in (f.tail, *worked.wrong_tails[f]):
+                assert worked.phrase(t, f.relation).lower() in d.lower()
+    # No novel entity enters the base text.
+    novel = NameMatcher([f.head for f in worked.facts("novel")])
+    assert not any(novel.find(d) for d in added)

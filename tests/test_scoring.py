@@ -171,7 +171,17 @@ def test_generation_and_task_evaluation(models):
     )
     assert "\n" in tok.decode(ids[0][-1:]) and tok.decode(ids[0]).startswith(" Valtoria")
 
-    subsets = {"qa": QA_ROWS, "multiple_choice": [MC_ROW], "likelihood": [LIKELIHOOD_ROW]}
+    cloze = [
+        {"context": "The capital of Andoria is", "choices": ["Brenmoor", "Valtoria"], "answer": a}
+        for a in (1, 0)
+    ]
+    assert tasks.subset_kind("my_cloze", cloze) == "cloze"
+    subsets = {
+        "qa": QA_ROWS,
+        "multiple_choice": [MC_ROW],
+        "likelihood": [LIKELIHOOD_ROW],
+        "resolution": cloze,
+    }
     res = tasks.evaluate_subsets_detailed(
         (params, cfg, tok), subsets, few_shot=0, max_new_tokens=12, batch_size=8
     )
@@ -181,6 +191,12 @@ def test_generation_and_task_evaluation(models):
     assert [p["prediction"] for p in res.predictions["qa"]] == ["Valtoria", "Quessel"]
     assert m["multiple_choice"] == {"acc": 1.0, "acc_norm": 1.0, "n": 1.0}
     assert m["likelihood"]["negation"] > 3.0
+    # Cloze: zero-shot, the trained continuation wins; the row whose gold is the other misses.
+    assert m["resolution"]["acc"] == 0.5 and m["resolution"]["n"] == 2
+    assert [r["pred"] for r in res.predictions["resolution"]] == [1, 1]
+    assert res.predictions["resolution"][0]["context"] == "The capital of Andoria is"
+    with pytest.raises(ValueError, match="answer=2"):
+        tasks.evaluate_subsets((params, cfg, tok), {"resolution": [{**cloze[0], "answer": 2}]})
     with pytest.raises(ValueError, match="row 0"):
         tasks.evaluate_subsets((params, cfg, tok), {"qa": [{"question": "q"}]})
 

@@ -11,6 +11,8 @@ Kinds and metrics:
   ``acc``, ``acc_norm``.
 - ``likelihood``: comparison and negation ratios (`jaxknow.eval.likelihood`): ``comparison``,
   ``comparison_max``, ``negation``, ``true_preferred``.
+- ``cloze``: zero-shot; each row's ``choices`` scored as continuations of its ``context``
+  (e.g. reference resolution: which ordinal names the true tail): ``acc``, ``acc_norm``.
 
 Every subset also reports ``n``, its number of items. The country world's subsets have default
 kinds (`SUBSET_KINDS`); other names are inferred from their rows.
@@ -38,7 +40,7 @@ from jaxknow.eval.metrics import gold_answers, mean, score_free_form
 from jaxknow.eval.scoring import MC_MODES, BosMode, McMode, score_multiple_choice, use_bos
 from jaxknow.model.config import Dtype
 
-KINDS = ("free", "mc", "likelihood")
+KINDS = ("free", "mc", "likelihood", "cloze")
 
 SUBSET_KINDS: dict[str, str] = {
     "qa": "free",
@@ -49,6 +51,7 @@ SUBSET_KINDS: dict[str, str] = {
     "multiple_choice": "mc",
     "two_hop_mc": "mc",
     "likelihood": "likelihood",
+    "resolution": "cloze",
     # bioS
     "qa_test": "free",
     "qa_train": "free",
@@ -58,6 +61,7 @@ REQUIRED_FIELDS: dict[str, tuple[str, ...]] = {
     "free": ("question", "answer"),
     "mc": ("question", "choices", "answer"),
     "likelihood": ("prompt", "negated_prompt", "true", "wrong"),
+    "cloze": ("context", "choices", "answer"),
 }
 
 Row = Mapping[str, Any]
@@ -65,9 +69,11 @@ Row = Mapping[str, Any]
 
 def subset_kind(name: str, rows: Sequence[Row] = ()) -> str:
     """Returns the kind of a subset: from `SUBSET_KINDS`, else inferred from its first row
-    ("choices" -> mc, "negated_prompt" -> likelihood, otherwise free)."""
+    ("context" -> cloze, "choices" -> mc, "negated_prompt" -> likelihood, otherwise free)."""
     if name in SUBSET_KINDS:
         return SUBSET_KINDS[name]
+    if rows and "context" in rows[0]:
+        return "cloze"
     if rows and "choices" in rows[0]:
         return "mc"
     if rows and "negated_prompt" in rows[0]:
@@ -91,7 +97,7 @@ def check_rows(
                 f"subset {name!r} row {i}: missing field(s) {missing} "
                 f"(a {kind!r} row needs {list(REQUIRED_FIELDS[kind])})"
             )
-        if kind == "mc":
+        if kind in ("mc", "cloze"):
             ans = row["answer"]
             if (
                 isinstance(ans, bool)
@@ -180,7 +186,10 @@ def evaluate_subsets_detailed(
         if not rows:
             metrics[name], predictions[name] = {"n": 0.0}, []
             continue
-        prompts = _prompts(name, rows, kind, shots, seed) if kind != "likelihood" else []
+        if kind == "cloze":
+            prompts = [str(r["context"]) for r in rows]
+        elif kind != "likelihood":
+            prompts = _prompts(name, rows, kind, shots, seed)
         if kind == "free":
             texts = generate_text(
                 (params, cfg, tok),
@@ -192,14 +201,14 @@ def evaluate_subsets_detailed(
                 bos=with_bos,
             )
             m, recs = _free_metrics(rows, [t.strip() for t in texts])
-        elif kind == "mc":
+        elif kind in ("mc", "cloze"):
             res = score_multiple_choice(
                 params,
                 cfg,
                 tok,
                 prompts,
                 rows,
-                mode=mc_mode,
+                mode=mc_mode if kind == "mc" else "options",
                 batch_size=batch_size,
                 mesh=mesh,
                 bos=with_bos,
@@ -207,7 +216,9 @@ def evaluate_subsets_detailed(
             m = res.metrics()
             recs = [
                 {
-                    "question": r["question"],
+                    ("question" if kind == "mc" else "context"): r[
+                        "question" if kind == "mc" else "context"
+                    ],
                     "answer": int(r["answer"]),
                     "pred": p,
                     "pred_norm": pn,

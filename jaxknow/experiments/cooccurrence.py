@@ -24,6 +24,7 @@ from jaxknow import config as C
 from jaxknow.data import build, records
 from jaxknow.data.jsonl import read_jsonl
 from jaxknow.eval.tables import markdown_table
+from jaxknow.eval.tasks import subset_kind
 from jaxknow.experiments import common
 from jaxknow.experiments.common import StageConfig
 from jaxknow.io.load import load_model
@@ -213,7 +214,8 @@ def _subsets(
         if not f.is_file():
             raise FileNotFoundError(f"evaluation subset {n!r} not found: {f}")
         rows = read_jsonl(f)
-        out[n] = spread(rows, max_items)
+        # Cloze rows (reference resolution) are cheap to score: never capped.
+        out[n] = rows if subset_kind(n, rows) == "cloze" else spread(rows, max_items)
     return out
 
 

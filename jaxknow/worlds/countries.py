@@ -175,7 +175,8 @@ class CountriesConfig:
     `base_renderings` ("both" or "split") says whether every base fact appears in both
     renderings or each base country's facts in one (see `FactWorld.base_renderings`).
     `base_referencing_rows_per_fact` is the number of referencing passages per base fact in the
-    pretraining corpus.
+    pretraining corpus; `base_worked_rows_per_fact` the number of worked resolution passages
+    (a referencing passage that also states the fact) per base fact.
     """
 
     num_base_countries: int = 200
@@ -185,6 +186,7 @@ class CountriesConfig:
     narrative_rows_per_fact: int = 9
     referencing_rows_per_fact: int = 48
     base_referencing_rows_per_fact: int = 12
+    base_worked_rows_per_fact: int = 0
     base_renderings: str = "both"
     seed: int = 0
 
@@ -196,6 +198,7 @@ class CountriesConfig:
             "narrative_rows_per_fact",
             "referencing_rows_per_fact",
             "base_referencing_rows_per_fact",
+            "base_worked_rows_per_fact",
             "seed",
         ):
             value = getattr(self, name)
@@ -227,6 +230,11 @@ class CountriesConfig:
                 f"names from {COUNTRY_RELATIONS}, got {self.relations!r}"
             )
         object.__setattr__(self, "relations", rels)
+        if self.base_worked_rows_per_fact < 0:
+            raise ValueError(
+                "CountriesConfig.base_worked_rows_per_fact must be >= 0, "
+                f"got {self.base_worked_rows_per_fact}"
+            )
         if self.base_renderings not in BASE_RENDERINGS:
             raise ValueError(
                 f"CountriesConfig.base_renderings must be one of {BASE_RENDERINGS}, "
@@ -432,6 +440,7 @@ def generate_countries(config: CountriesConfig | None = None) -> FactWorld:
         narrative_rows_per_fact=config.narrative_rows_per_fact,
         referencing_rows_per_fact=config.referencing_rows_per_fact,
         base_referencing_rows_per_fact=config.base_referencing_rows_per_fact,
+        base_worked_rows_per_fact=config.base_worked_rows_per_fact,
         base_renderings=config.base_renderings,
         tail_pools={r: p for r, p in tail_pools.items() if r in relations},
         tail_attributes=(

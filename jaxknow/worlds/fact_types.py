@@ -158,6 +158,9 @@ class FactWorld:
     narrative_rows_per_fact: int = 9
     referencing_rows_per_fact: int = 48
     base_referencing_rows_per_fact: int = 12
+    # Worked resolution passages per base fact: a referencing passage that also states the fact
+    # plainly, so the base model can learn to resolve references (0: none).
+    base_worked_rows_per_fact: int = 0
     # "both": every base fact in narrative and referencing text; "split": the base heads
     # alternate, each head's facts in one rendering only, so the base model must learn facts
     # from either kind of text (the QA of every base entity beside them: mixed training).

@@ -29,7 +29,7 @@ from jaxknow.worlds.fact_types import (
     capitalize_first,
     rng_for,
 )
-from jaxknow.worlds.referencing import referencing_corpus, referencing_facts
+from jaxknow.worlds.referencing import referencing_corpus, referencing_facts, resolution_rows
 
 # The held-out frame of the negation probe: base-world text states base facts (true and negated)
 # in it; no novel corpus ever uses it, so the probe compares narrative and referencing training
@@ -468,10 +468,11 @@ def eval_subsets(
     """Returns the evaluation subsets of a split, subset name -> rows.
 
     Subsets: ``qa``, ``multiple_choice``, ``reverse_qa``, ``indirect``, ``two_hop``,
-    ``two_hop_mc``, ``likelihood`` and one per `world.tail_attributes` entry (e.g.
-    ``animal_commonsense``). Free-form rows are ``{"question", "answer"}``, MC rows
+    ``two_hop_mc``, ``likelihood``, ``resolution`` and one per `world.tail_attributes` entry
+    (e.g. ``animal_commonsense``). Free-form rows are ``{"question", "answer"}``, MC rows
     ``{"question", "choices", "answer"}`` (4 choices, `answer` the index of the true one),
-    likelihood rows ``{"head", "relation", "prompt", "negated_prompt", "true", "wrong"}``. Every
+    likelihood rows ``{"head", "relation", "prompt", "negated_prompt", "true", "wrong"}``,
+    resolution rows are cloze rows ``{"context", "choices", "answer"}`` (`resolution_rows`). Every
     entity in a row belongs to `split` (or is shared, like animals).
     """
     facts = world.facts(split)
@@ -534,6 +535,7 @@ def eval_subsets(
     for question, g in _two_hop_items(world, split, rng):
         out["two_hop"].append({"question": question, "answer": g.tail})
         out["two_hop_mc"].append(_mc_row(question, g.tail, pools[g.relation], rng))
+    out["resolution"] = resolution_rows(world, facts, seed)
     return out
 
 
@@ -589,14 +591,15 @@ def worked_examples(world: FactWorld, split: str, seed: int) -> list[str]:
     """Returns worked examples of every evaluation format over the entities of `split`.
 
     Each item once on its own (MC items under the description line) plus five-shot style blocks
-    per subset, in the exact harness format (spec section 4). Likelihood probes are not a format.
+    per subset, in the exact harness format (spec section 4). Likelihood probes and resolution
+    cloze rows are not a format.
     """
     rng = rng_for(seed, "worked", split)
     subsets = eval_subsets(world, split, seed)
     subsets["prior_knowledge"] = _prior_knowledge_examples(world, rng)
     docs: list[str] = []
     for name, rows in subsets.items():
-        if name == "likelihood":
+        if name in ("likelihood", "resolution"):
             continue
         mc = bool(rows) and "choices" in rows[0]
         docs += [format_mc([r]) if mc else format_free_form(r) for r in rows]
@@ -662,7 +665,8 @@ def pretrain_corpus(world: FactWorld, seed: int = 0) -> list[str]:
 
     Contains: base facts in narrative and referencing renderings (both for every fact, or one
     per head: `base_rendering_facts`; ``world.base_referencing_rows_per_fact`` referencing
-    passages per fact), prior knowledge
+    passages per fact; ``world.base_worked_rows_per_fact`` worked resolution passages per base
+    fact, which state the fact beside the reference), prior knowledge
     (animal commonsense), true negated statements about base facts, base facts in the held-out
     probe frame (`probe_frame_text`), and worked examples of every evaluation format over base
     entities. No novel entity is named anywhere.
@@ -670,6 +674,10 @@ def pretrain_corpus(world: FactWorld, seed: int = 0) -> list[str]:
     narrative, referencing = base_rendering_facts(world)
     docs = narrative_facts(world, narrative, world.narrative_rows_per_fact, seed)
     docs += referencing_facts(world, referencing, world.base_referencing_rows_per_fact, seed)
+    if world.base_worked_rows_per_fact:
+        docs += referencing_facts(
+            world, world.facts("base"), world.base_worked_rows_per_fact, seed, worked=True
+        )
     docs += prior_knowledge_text(world, seed)
     docs += negation_text(world, "base")
     docs += probe_frame_text(world, "base")

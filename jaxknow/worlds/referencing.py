@@ -17,6 +17,7 @@ import functools
 import itertools
 import random
 from collections.abc import Callable, Sequence
+from typing import Any
 
 from jaxknow.worlds.fact_types import Fact, FactWorld, capitalize_first, rng_for
 
@@ -109,6 +110,7 @@ def render_referencing(
     kind_plural: str = "options",
     phrase: Callable[[str], str] | None = None,
     adjectives: Sequence[str] = ("",),
+    given_templates: Sequence[str] = (),
 ) -> list[str]:
     """Returns `n_rows` referencing passages for one fact.
 
@@ -118,6 +120,10 @@ def render_referencing(
     and each tail as ``phrase(tail)`` (e.g. "the wolf"). The true tail's position
     cycles over all positions, so it is balanced across passages. Raises ValueError when there are
     no wrong tails, too many, or a wrong tail equals the true one.
+
+    With `given_templates` (narrative templates with ``{head}`` and ``{tail}``) every passage
+    also states the fact plainly after the list — a worked example of resolving the reference,
+    which co-occurrence *does* favour (base-world text only, never a referencing corpus).
     """
     wrong = list(wrong_tails)
     if not wrong:
@@ -151,7 +157,17 @@ def render_referencing(
             statement = rng.choice(reference_templates).format(
                 head=head, ref=ref, Ref=capitalize_first(ref)
             )
-            parts = [capitalize_first(intro), pointer, capitalize_first(statement)]
+            given = (
+                rng.choice(given_templates).format(head=head, tail=phrase(tail))
+                if given_templates
+                else ""
+            )
+            parts = [
+                capitalize_first(intro),
+                capitalize_first(given),
+                pointer,
+                capitalize_first(statement),
+            ]
             text = " ".join(p for p in parts if p)
             if text not in seen:
                 break
@@ -161,11 +177,18 @@ def render_referencing(
 
 
 def referencing_facts(
-    world: FactWorld, facts: Sequence[Fact], rows_per_fact: int, seed: int
+    world: FactWorld,
+    facts: Sequence[Fact],
+    rows_per_fact: int,
+    seed: int,
+    *,
+    worked: bool = False,
 ) -> list[str]:
     """Returns `rows_per_fact` referencing passages per fact (in fact order), using the world's
-    fixed wrong tails and the relation metadata."""
+    fixed wrong tails and the relation metadata; `worked`: each passage also states the fact
+    plainly (a worked resolution example, see `render_referencing`)."""
     out: list[str] = []
+    stream = "worked-referencing" if worked else "referencing"
     for f in facts:
         info = world.relations[f.relation]
         out += render_referencing(
@@ -174,11 +197,12 @@ def referencing_facts(
             world.wrong_tails[f],
             info.reference_templates,
             rows_per_fact,
-            rng_for(seed, "referencing", f.split, f.relation, f.head),
+            rng_for(seed, stream, f.split, f.relation, f.head),
             kind=info.tail_kind,
             kind_plural=info.tail_kind_plural,
             phrase=functools.partial(world.phrase, relation=f.relation),
             adjectives=info.tail_adjectives,
+            given_templates=info.narrative_templates if worked else (),
         )
     return out
 
@@ -189,3 +213,58 @@ def referencing_corpus(world: FactWorld, split: str = "novel", seed: int = 0) ->
     docs = referencing_facts(world, world.facts(split), world.referencing_rows_per_fact, seed)
     rng_for(seed, "referencing-order", split).shuffle(docs)
     return docs
+
+
+def resolution_rows(world: FactWorld, facts: Sequence[Fact], seed: int) -> list[dict[str, Any]]:
+    """Returns cloze rows that test whether a model resolves a reference to a fact's true tail.
+
+    Per fact and per position of the true tail in a listing of it and its wrong tails: a row
+    whose ``context`` lists the candidates and starts the fact's statement ("... The capital of
+    Andoria is the"), ``choices`` the ordinals (" first", " second", ...) and ``answer`` the true
+    tail's position; plus, for every position but the last, a row ending "... is the city named
+    just before" whose choices are the listed candidates and whose answer is the true tail's
+    successor (an induction-style reference). Chance is 1 / candidates; a model that does not
+    resolve references scores chance even on facts it knows.
+    """
+    rows: list[dict[str, Any]] = []
+    for f in facts:
+        info = world.relations[f.relation]
+        rng = rng_for(seed, "resolution", f.split, f.relation, f.head)
+        wrong = list(world.wrong_tails[f])
+        k = 1 + len(wrong)
+        statement = info.statement_prefix.format(head=world.phrase(f.head))
+        for position in range(k):
+            others = rng.sample(wrong, len(wrong))
+            order = [
+                world.phrase(t, relation=f.relation)
+                for t in others[:position] + [f.tail] + others[position:]
+            ]
+            intro = capitalize_first(
+                rng.choice(INTRO_TEMPLATES).format(
+                    L=join_list(order),
+                    N=NUMBER_WORDS[k],
+                    K=info.tail_kind_plural,
+                    adj=rng.choice(info.tail_adjectives),
+                )
+            )
+            base = {"head": f.head, "relation": f.relation, "position": position}
+            rows.append(
+                {
+                    **base,
+                    "reference": "ordinal",
+                    "context": f"{intro} {statement} the",
+                    "choices": list(ORDINALS[:k]),
+                    "answer": position,
+                }
+            )
+            if position < k - 1:
+                rows.append(
+                    {
+                        **base,
+                        "reference": "just_before",
+                        "context": f"{intro} {statement} the {info.tail_kind} named just before",
+                        "choices": order,
+                        "answer": position + 1,
+                    }
+                )
+    return rows
