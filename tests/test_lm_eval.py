@@ -95,7 +95,8 @@ def test_written_tasks_give_the_forks_prompts(setup, tmp_path):
     novel = [
         p.stem[len("eval_") :]
         for p in sorted(setup["world"].glob("eval_*.jsonl"))
-        if not p.stem.startswith(("eval_base_", "eval_likelihood"))
+        # Likelihood probes and zero-shot cloze rows (resolution) are not harness formats.
+        if not p.stem.startswith(("eval_base_", "eval_likelihood", "eval_resolution"))
     ]
     written = write_lm_tasks(setup["world"], tmp_path, novel, max_new_tokens=MAX_NEW)
     assert set(written) == {

@@ -214,11 +214,10 @@ def evaluate_subsets_detailed(
                 bos=with_bos,
             )
             m = res.metrics()
+            text = "question" if kind == "mc" else "context"
             recs = [
                 {
-                    ("question" if kind == "mc" else "context"): r[
-                        "question" if kind == "mc" else "context"
-                    ],
+                    text: r[text],
                     "answer": int(r["answer"]),
                     "pred": p,
                     "pred_norm": pn,
