@@ -10,6 +10,7 @@ import pytest
 
 from configs.bios.tiny import get_config as bios_tiny
 from configs.cooccurrence.tiny import get_config as cooc_tiny
+from jaxknow.data.jsonl import read_jsonl
 from jaxknow.experiments.bios import run_bios_study
 from jaxknow.experiments.cooccurrence import run_cooccurrence_study
 from jaxknow.io.metrics import read_metrics
@@ -84,6 +85,7 @@ def test_cooccurrence_study_results_and_forgetting_loss_jump(tmp_path):
         "two_hop",
         "two_hop_mc",
         "likelihood",
+        "resolution",
     }
     conditions = {
         "narrative (full)",
@@ -101,6 +103,10 @@ def test_cooccurrence_study_results_and_forgetting_loss_jump(tmp_path):
                 assert 0.0 <= main["mean"] <= 1.0
     assert set(on_disk["base"]["ceiling_base_entities"]) >= {"qa", "multiple_choice"}
     # Every finetuned model is also scored on the base entities (its own abilities kept?).
+    # Resolution cloze rows are never capped: every row of the file is scored.
+    n_rows = len(read_jsonl(tmp_path / "data" / "eval_resolution.jsonl"))
+    for r in on_disk["runs"].values():
+        assert r["metrics"]["resolution"]["n"] == n_rows > cfg.eval.max_items
     assert set(on_disk["base_entities_after"]) == conditions
     for by_task in on_disk["base_entities_after"].values():
         assert set(by_task) == set(on_disk["base"]["ceiling_base_entities"])
