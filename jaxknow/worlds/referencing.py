@@ -71,6 +71,18 @@ def join_list(items: Sequence[str]) -> str:
     return ", ".join(items[:-1]) + " and " + items[-1]
 
 
+def listing_sentence(
+    order: Sequence[str], kind_plural: str, adjectives: Sequence[str], rng: random.Random
+) -> str:
+    """Returns a sentence introducing the listed candidates `order` ("Valtoria, Brenmoor and
+    Quessel are three old cities."), its template and adjective drawn from `rng` in that order
+    (not capitalised)."""
+    template = rng.choice(INTRO_TEMPLATES)
+    return template.format(
+        L=join_list(order), N=NUMBER_WORDS[len(order)], K=kind_plural, adj=rng.choice(adjectives)
+    )
+
+
 def reference_phrases(position: int, order: Sequence[str], kind: str) -> list[tuple[str, str]]:
     """Returns (pointer sentence, reference noun phrase) options for the item at `position`.
 
@@ -150,9 +162,7 @@ def render_referencing(
             else:
                 others = rng.sample(wrong, len(wrong))
             order = [phrase(t) for t in others[:position] + [tail] + others[position:]]
-            intro = rng.choice(INTRO_TEMPLATES).format(
-                L=join_list(order), N=NUMBER_WORDS[k], K=kind_plural, adj=rng.choice(adjectives)
-            )
+            intro = listing_sentence(order, kind_plural, adjectives, rng)
             pointer, ref = rng.choice(reference_phrases(position, order, kind))
             statement = rng.choice(reference_templates).format(
                 head=head, ref=ref, Ref=capitalize_first(ref)
@@ -240,12 +250,7 @@ def resolution_rows(world: FactWorld, facts: Sequence[Fact], seed: int) -> list[
                 for t in others[:position] + [f.tail] + others[position:]
             ]
             intro = capitalize_first(
-                rng.choice(INTRO_TEMPLATES).format(
-                    L=join_list(order),
-                    N=NUMBER_WORDS[k],
-                    K=info.tail_kind_plural,
-                    adj=rng.choice(info.tail_adjectives),
-                )
+                listing_sentence(order, info.tail_kind_plural, info.tail_adjectives, rng)
             )
             base = {"head": f.head, "relation": f.relation, "position": position}
             rows.append(
