@@ -9,6 +9,7 @@ import os
 import re
 import shutil
 import signal
+from pathlib import Path
 
 import jax
 import numpy as np
@@ -188,6 +189,38 @@ def test_rotation_never_deletes_the_last_intact_checkpoint(tmp_path, monkeypatch
     ckpt.save(3, _tiny_tree(3.0), None, {})
     ckpt.close()
     assert Checkpointer(tmp_path / "c").all_steps() == [3]
+
+
+def test_a_kill_during_rotation_never_leaves_a_half_deleted_step_listed(tmp_path, monkeypatch):
+    from jaxknow.io import checkpoint
+
+    ckpt = Checkpointer(tmp_path / "c", keep=1)
+    ckpt.save(1, _tiny_tree(1.0), None, {})
+    ckpt.wait()
+    real_rmtree = shutil.rmtree
+
+    def killed_midway(path, ignore_errors=False):
+        # delete one file of the step (orbax's metadata), then die as a kill -9 would
+        victim = next(p for p in Path(path).rglob("_CHECKPOINT_METADATA"))
+        victim.unlink()
+        raise KeyboardInterrupt
+
+    monkeypatch.setattr(checkpoint.shutil, "rmtree", killed_midway)
+    ckpt.save(2, _tiny_tree(2.0), None, {})  # its finisher rotates step 1 away
+    ckpt._finisher.join()
+    assert isinstance(ckpt._error, KeyboardInterrupt)
+    ckpt._error = None
+    ckpt.close()
+    monkeypatch.setattr(checkpoint.shutil, "rmtree", real_rmtree)
+    fresh = Checkpointer(tmp_path / "c")
+    assert fresh.all_steps() == [2], "a half-deleted step is still listed"
+    assert fresh.verify(2) is None and fresh.resume_step() == 2
+    # the next rotation also removes what the killed deletion left in the trash
+    fresh.keep = 1
+    fresh.save(3, _tiny_tree(3.0), None, {})
+    fresh.close()
+    assert fresh.all_steps() == [3]
+    assert not (tmp_path / "c" / checkpoint.TRASH).exists()
 
 
 def test_failed_background_save_is_reported_at_the_next_step(tmp_path, data_dir, monkeypatch):

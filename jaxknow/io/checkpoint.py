@@ -57,6 +57,10 @@ def _gather_strings(s: str) -> list[str]:
     return [bytes(allp[i][: lens[i]]).decode() for i in range(len(lens))]
 
 
+# Where rotated-out steps are moved before they are deleted (not a step name, so never listed).
+TRASH = ".trash"
+
+
 class Checkpointer:
     """Saves and restores training checkpoints under one directory."""
 
@@ -253,11 +257,21 @@ class Checkpointer:
         oldest_kept = intact[-self.keep]
         for s in steps:
             if s < oldest_kept:
-                path = self.step_dir(s)
-                if isinstance(path, Path):
-                    shutil.rmtree(path, ignore_errors=True)
-                else:
-                    path.rmtree()
+                self._discard(s)
+
+    def _discard(self, step: int) -> None:
+        """Deletes step `step`. On a local file system the step is first renamed into
+        DIR/.trash (atomic), so that a kill during the deletion never leaves a half-deleted step
+        that orbax would still list; the trash (with anything an earlier kill left) is then
+        removed."""
+        path = self.step_dir(step)
+        if not isinstance(path, Path):
+            path.rmtree()
+            return
+        trash = self.directory / TRASH
+        trash.mkdir(exist_ok=True)
+        path.rename(trash / f"{step}-{os.getpid()}-{time.time_ns()}")
+        shutil.rmtree(trash, ignore_errors=True)
 
     def check(self) -> None:
         """Raises CheckpointError (naming the step's path and the cause) if a background save
