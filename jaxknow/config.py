@@ -211,6 +211,10 @@ class BatchConfig:
     seq_len: int = 128
     batch_size: int = 8  # global, across processes
     packing: Packing = "concat"
+    # False: a token attends only within its own document (segment masks, positions from 0
+    # per document). True: within its whole row, as in GPT-style packing, so a document is
+    # read after whatever documents precede it in the row.
+    cross_document_attention: bool = False
 
     def __post_init__(self) -> None:
         check_choices(self, "data", ConfigError)

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import dataclasses
 import json
 from collections import Counter
 
@@ -70,6 +71,31 @@ def test_packing_keeps_weights_off_padding_and_separates_documents(packing):
     # first_fit keep whole documents, concat splits them)
     total = sum(float((np.arange(1, len(t)) >= s).sum()) for t, s in docs)
     assert seen_weight == pytest.approx(total)
+
+
+@pytest.mark.parametrize("packing", ["concat", "first_fit", "pad"])
+def test_cross_document_attention_joins_a_rows_documents_and_changes_nothing_else(packing):
+    docs = _docs(120, qa=True)
+    cfg = pipeline.PipelineConfig(seq_len=32, batch_size=4, packing=packing, num_epochs=1)
+    joined_cfg = dataclasses.replace(cfg, cross_document_attention=True)
+    src = grain.MapDataset.source(pipeline.DocList(docs))
+    plain = list(pipeline.build_pipeline([src], None, cfg))
+    joined = list(pipeline.build_pipeline([src], None, joined_cfg))
+    assert len(plain) == len(joined)
+    several = 0
+    for a, b in zip(plain, joined):
+        for k in ("inputs", "targets", "weights", "sources"):
+            np.testing.assert_array_equal(a[k], b[k])
+        real = a["segment_ids"] > 0
+        np.testing.assert_array_equal(b["segment_ids"], real.astype(np.int32))
+        for r in range(real.shape[0]):
+            n = int(real[r].sum())
+            assert real[r, :n].all(), "padding only at the row's end"
+            np.testing.assert_array_equal(b["positions"][r, :n], np.arange(n))
+            assert not b["positions"][r, n:].any()
+            several += a["segment_ids"][r].max() > 1
+    # pad puts one document per row: joining must then change nothing at all
+    assert several if packing != "pad" else not several
 
 
 def test_qa_documents_put_loss_on_answer_and_eos_only():

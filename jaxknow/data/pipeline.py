@@ -44,6 +44,7 @@ class PipelineConfig:
     workers: int = 0  # grain multiprocessing workers (0: in-process)
     read_threads: int = 0  # grain reader threads per process (0: read in the iterating thread)
     pad_final_batch: bool = True  # finite epochs: pad the last batch with zero-weight rows
+    cross_document_attention: bool = False  # see config.BatchConfig
 
     def __post_init__(self) -> None:
         check_choices(self, "data", PipelineConfigError)
@@ -97,6 +98,14 @@ def _from_packed(ex: dict[str, np.ndarray]) -> dict[str, np.ndarray]:
         "positions": ex["inputs_positions"].astype(np.int32),
         "sources": ex["sources"].astype(np.int32),
     }
+
+
+def join_documents(batch: dict[str, np.ndarray]) -> dict[str, np.ndarray]:
+    """Returns `batch` with every row's documents made one segment (id 1; padding stays 0) and
+    positions counted along the row, so that attention crosses document boundaries."""
+    real = batch["segment_ids"] > 0
+    positions = np.where(real, np.cumsum(real, axis=-1) - 1, 0)
+    return {**batch, "segment_ids": real.astype(np.int32), "positions": positions.astype(np.int32)}
 
 
 def _pad_batch(batch: dict[str, np.ndarray], size: int) -> dict[str, np.ndarray]:
@@ -222,6 +231,8 @@ def build_pipeline(
         it = it.batch(cfg.batch_size, drop_remainder=not pad_final)
         if pad_final:
             it = it.map(lambda b: _pad_batch(b, cfg.batch_size))
+    if cfg.cross_document_attention:
+        it = it.map(join_documents)
     if cfg.workers > 0:
         it = it.mp_prefetch(grain.MultiprocessingOptions(num_workers=cfg.workers))
     return it

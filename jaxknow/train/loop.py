@@ -120,6 +120,7 @@ def make_iterator(spec: setup.RunSpec, data_dir: Path, state: dict | None) -> An
         seq_len=spec.data.seq_len,
         batch_size=spec.data.batch_size,
         packing=spec.data.packing,
+        cross_document_attention=spec.data.cross_document_attention,
         seed=spec.data.seed if spec.data.seed is not None else spec.seed,
         num_epochs=spec.data.num_epochs,
         workers=spec.data.workers,
