@@ -30,7 +30,7 @@ from jaxknow.eval.scoring import continuation_logprobs  # noqa: E402
 from jaxknow.io.load import load_model  # noqa: E402
 from jaxknow.worlds import countries  # noqa: E402
 from jaxknow.worlds.fact_types import FactWorld, capitalize_first  # noqa: E402
-from jaxknow.worlds.referencing import ORDINALS, listing_sentence  # noqa: E402
+from jaxknow.worlds.referencing import ORDINALS, listing_sentence, reference_start  # noqa: E402
 
 FORMS = ("ordinal", "after", "before")
 
@@ -70,13 +70,12 @@ def items(
             if given:
                 template = rng.choice(info.narrative_templates)
                 parts.append(capitalize_first(template.format(head=head, tail=tail)))
-            parts.append(info.statement_prefix.format(head=head))
+            parts.append(reference_start(info.statement_prefix.format(head=head)))
             if form == "ordinal":
-                parts.append("the")
                 choices, answer = [f" {o}" for o in ORDINALS[:k]], pos
             else:
                 words = "right after" if form == "after" else "just before"
-                parts.append(f"the {info.tail_kind} named {words}")
+                parts.append(f"{info.tail_kind} named {words}")
                 choices = [f" {o}" for o in order]
                 answer = pos - 1 if form == "after" else pos + 1
             context = " ".join(parts)

@@ -225,6 +225,13 @@ def referencing_corpus(world: FactWorld, split: str = "novel", seed: int = 0) ->
     return docs
 
 
+def reference_start(statement_prefix: str) -> str:
+    """Returns a relation's statement prefix ("The capital of X is") continued up to where a
+    reference's ordinal or description starts ("... is the"); a prefix that already ends with
+    the article ("The national animal of X is the") is returned as is."""
+    return statement_prefix if statement_prefix.endswith(" the") else f"{statement_prefix} the"
+
+
 def resolution_rows(world: FactWorld, facts: Sequence[Fact], seed: int) -> list[dict[str, Any]]:
     """Returns cloze rows that test whether a model resolves a reference to a fact's true tail.
 
@@ -242,7 +249,7 @@ def resolution_rows(world: FactWorld, facts: Sequence[Fact], seed: int) -> list[
         rng = rng_for(seed, "resolution", f.split, f.relation, f.head)
         wrong = list(world.wrong_tails[f])
         k = 1 + len(wrong)
-        statement = info.statement_prefix.format(head=world.phrase(f.head))
+        start = reference_start(info.statement_prefix.format(head=world.phrase(f.head)))
         for position in range(k):
             others = rng.sample(wrong, len(wrong))
             order = [
@@ -257,7 +264,7 @@ def resolution_rows(world: FactWorld, facts: Sequence[Fact], seed: int) -> list[
                 {
                     **base,
                     "reference": "ordinal",
-                    "context": f"{intro} {statement} the",
+                    "context": f"{intro} {start}",
                     "choices": list(ORDINALS[:k]),
                     "answer": position,
                 }
@@ -267,7 +274,7 @@ def resolution_rows(world: FactWorld, facts: Sequence[Fact], seed: int) -> list[
                     {
                         **base,
                         "reference": "just_before",
-                        "context": f"{intro} {statement} the {info.tail_kind} named just before",
+                        "context": f"{intro} {start} {info.tail_kind} named just before",
                         "choices": order,
                         "answer": position + 1,
                     }
