@@ -20,6 +20,7 @@ import json
 import random
 import sys
 from pathlib import Path
+from typing import Any
 
 import numpy as np
 
@@ -35,15 +36,15 @@ from jaxknow.worlds.referencing import ORDINALS, listing_sentence, reference_sta
 FORMS = ("ordinal", "after", "before")
 
 
-def world_of(config_path: str) -> FactWorld:
-    """Returns the country world of a co-occurrence config file."""
+def config_of(config_path: str) -> tuple[Any, FactWorld]:
+    """Returns (the co-occurrence config of a config file, its country world)."""
     spec = importlib.util.spec_from_file_location("study_config", config_path)
     module = importlib.util.module_from_spec(spec)
     spec.loader.exec_module(module)
     cfg = module.get_config()
     fields = {f.name for f in dataclasses.fields(countries.CountriesConfig)} - {"seed"}
     opts = {k: v for k, v in dict(cfg.world).items() if k in fields}
-    return countries.generate_countries(countries.CountriesConfig(**opts, seed=cfg.seed))
+    return cfg, countries.generate_countries(countries.CountriesConfig(**opts, seed=cfg.seed))
 
 
 def items(
@@ -85,22 +86,26 @@ def items(
     return contexts, continuations, np.array(gold), k
 
 
+def probe_row(world: FactWorld, model_dir: str, given: bool) -> dict[str, Any]:
+    """Returns the accuracy of every split and reference form for the model in `model_dir`."""
+    model = load_model(model_dir)
+    row: dict[str, Any] = {"model": model_dir, "given": given}
+    for split in ("base", "novel"):
+        for form in FORMS:
+            ctx, cont, gold, k = items(world, split, form, given)
+            lp, _ = continuation_logprobs(
+                model.params, model.cfg, model.tokenizer, ctx, cont, batch_size=64
+            )
+            row[f"{split}/{form}"] = round(float((lp.reshape(-1, k).argmax(1) == gold).mean()), 3)
+    return row
+
+
 def main() -> None:
     args = [a for a in sys.argv[1:] if a != "--given"]
     given = "--given" in sys.argv[1:]
-    world = world_of(args[0])
+    _, world = config_of(args[0])
     for model_dir in args[1:]:
-        model = load_model(model_dir)
-        row: dict[str, object] = {"model": model_dir, "given": given}
-        for split in ("base", "novel"):
-            for form in FORMS:
-                ctx, cont, gold, k = items(world, split, form, given)
-                lp, _ = continuation_logprobs(
-                    model.params, model.cfg, model.tokenizer, ctx, cont, batch_size=64
-                )
-                acc = float((lp.reshape(-1, k).argmax(1) == gold).mean())
-                row[f"{split}/{form}"] = round(acc, 3)
-        print(json.dumps(row), flush=True)
+        print(json.dumps(probe_row(world, model_dir, given)), flush=True)
 
 
 if __name__ == "__main__":
