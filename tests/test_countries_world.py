@@ -482,3 +482,21 @@ def test_worked_resolution_passages_state_the_fact_beside_the_reference():
     # No novel entity enters the base text.
     novel = NameMatcher([f.head for f in worked.facts("novel")])
     assert not any(novel.find(d) for d in added)
+
+
+def test_resolution_drills_use_made_up_heads_and_state_a_listed_tail(world):
+    from scripts.resolution_drills import drills
+
+    texts = drills(world, 40, seed=0)
+    assert len(texts) == 40 and texts == drills(world, 40, seed=0)
+    assert texts != drills(world, 40, seed=1)
+    heads = {f.head for f in world.all_facts}
+    tails = {world.phrase(f.tail, f.relation) for f in world.all_facts}
+    for text in texts:
+        assert not any(contains_name(text, h) for h in heads), f"a world head in {text!r}"
+        listed = [t for t in tails if t.lower() in text.lower()]
+        # the listing names 1 + num_wrong_tails of the world's tails; the sentence after it
+        # states the fact with exactly one of them
+        assert len(listed) == 1 + world.num_wrong_tails, text
+        stated = text.split(". ")[1].lower()
+        assert sum(t.lower() in stated for t in listed) == 1, text

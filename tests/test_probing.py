@@ -154,3 +154,19 @@ def test_embedding_update_trains_only_the_adapter(bios_setup):
     assert set(after) == set(before)
     for k, v in before.items():
         np.testing.assert_array_equal(np.asarray(after[k]), v, err_msg=k)
+
+
+def test_probe_positions_read_the_names_last_token_and_the_prompts_end():
+    from scripts.probe_positions import read_points
+
+    name, question = "Ada Lin Okafor", "What is the birth city of Ada Lin Okafor?"
+    tok = train_bpe([f"Question: {question} Answer: Paris", name] * 20, vocab_size=300)
+    points = read_points(tok, name, question)
+    alone, at = points["name"]
+    assert tok.decode(alone[: at + 1]).strip().endswith("Okafor") and at == len(alone) - 1
+    full, at = points["question_name"]
+    assert tok.decode(full[: at + 1]).endswith("of Ada Lin Okafor")
+    assert tok.decode(full[at + 1 :]).startswith("?")
+    full_end, end = points["question_end"]
+    assert full_end == full and end == len(full) - 1
+    assert tok.decode(full).endswith("Answer:")
