@@ -62,6 +62,7 @@ def test_bios_study_results_are_complete_and_consistent(bios_study):
         vals = [m[a] for a in ATTRIBUTES]
         assert all(0.0 <= v <= 1.0 for v in vals), m
         assert m["mean"] == pytest.approx(np.mean(vals))
+        assert 0.0 <= m["mean_not_sentence_initial"] <= 1.0, m
     report = (wd / "report.md").read_text()
     assert "P_test" in report and "multi2+permute+fullname" in report
     assert "Memorisation before the QA finetune" in report

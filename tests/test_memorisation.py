@@ -41,3 +41,22 @@ def test_bad_positions_and_token_lookup():
     assert value_token_index(offsets, 4) == 1
     with pytest.raises(ValueError, match="character 11"):
         value_token_index(offsets, 11)
+
+
+def test_memorisation_summary_leaves_sentence_initial_values_out_of_its_second_mean():
+    from jaxknow.experiments.bios import ATTRIBUTES, memorisation_summary
+    from jaxknow.worlds.bios import SentenceSpan
+
+    # one biography per attribute: its sentence opens with the value (missed) or not (hit)
+    def span(attribute: str, opens: bool) -> SentenceSpan:
+        return SentenceSpan(attribute, 10, 40, 10 if opens else 25, 30)
+
+    sentences = [[span(a, True), span(a, False)] for a in ATTRIBUTES]
+    hits = [[False, True] for _ in ATTRIBUTES]
+    out = memorisation_summary(hits, sentences)
+    assert all(out[a] == 0.5 for a in ATTRIBUTES)
+    assert out["mean"] == 0.5 and out["mean_not_sentence_initial"] == 1.0
+    # a missed value inside a sentence counts against the second mean
+    hits[0] = [False, False]
+    out = memorisation_summary(hits, sentences)
+    assert out["mean_not_sentence_initial"] == pytest.approx(5 / 6)

@@ -63,10 +63,11 @@ def get_config() -> ConfigDict:
     c.mesh = ConfigDict(dict(data=-1, fsdp=1, tensor=1))
     # Many small steps: 8 x 256 tokens x 700 steps beat 16 x 256 x 400 at the same wall time
     # (73 % vs 31 % held-out extraction on the same draw), and 4 x 256 x 1400 beat 8 x 700
-    # (83 % vs 73 %; 2 x 2800: 74 %) for the same tokens (docs/lab_notebook.md E4-E5, E14).
+    # (83 % vs 73 %; 2 x 2800: 74 %) for the same tokens; 2000 steps of 4 x 256 then reached
+    # 90 % (docs/lab_notebook.md E4-E5, E14, E20).
     c.pretrain = ConfigDict(
         dict(
-            steps=4000 if gpu else 1400,
+            steps=4000 if gpu else 2000,
             batch_size=64 if gpu else 4,
             seq_len=256,
             packing="first_fit",

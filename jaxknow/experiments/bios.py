@@ -225,19 +225,43 @@ def evaluate_qa(workdir: Path, data_dir: Path, ev: EvalSettings) -> dict[str, di
     )
 
 
+def memorisation_summary(
+    hits: Sequence[Sequence[bool]], sentences: Sequence[Sequence[Any]]
+) -> dict[str, float]:
+    """Returns first-token accuracy per attribute, its mean over attributes ("mean") and the
+    same mean over only the values that do not open their sentence
+    ("mean_not_sentence_initial"): a value that opens a sentence ("Dallas, TX is where ...")
+    comes before anything that says which attribute it is, so in a permuted biography its first
+    token is a guess between the attributes still to come, however well the person is known.
+    `hits[i][j]` is the hit of biography i's sentence j (`sentences[i][j]`, a `SentenceSpan`)."""
+    per: dict[str, list[bool]] = {a: [] for a in ATTRIBUTES}
+    inner: dict[str, list[bool]] = {a: [] for a in ATTRIBUTES}
+    for h, spans in zip(hits, sentences):
+        for ok, s in zip(list(h), spans):
+            per[s.attribute].append(bool(ok))
+            if s.value_start > s.start:
+                inner[s.attribute].append(bool(ok))
+    out = {a: float(np.mean(v)) for a, v in per.items() if v}
+    out["mean"] = float(np.mean(list(out.values())))
+    inner_means = [float(np.mean(v)) for v in inner.values() if v]
+    out["mean_not_sentence_initial"] = float(np.mean(inner_means)) if inner_means else float("nan")
+    return out
+
+
 def memorisation(
     workdir: Path, bios: Sequence[Any], max_bios: int = 2000, batch_size: int = 64
 ) -> dict[str, float]:
     """Returns the pretrained model's first-token accuracy of every attribute value in its
     training biographies (greedy prediction of the value's first token from the text before
-    it), per attribute and as "mean", over at most `max_bios` biographies (evenly spaced)."""
+    it), per attribute, as "mean" and as "mean_not_sentence_initial" (`memorisation_summary`),
+    over at most `max_bios` biographies (evenly spaced)."""
     from jaxknow.eval.memorisation import next_token_hits, value_token_index
 
     model = load_model(workdir)
     tok = model.tokenizer
     step = max(1, -(-len(bios) // max_bios))
     chosen = list(bios)[::step]
-    seqs, positions, attrs = [], [], []
+    seqs, positions = [], []
     for b in chosen:
         enc = tok.tok.encode(b.text, add_special_tokens=False)
         pre = tok.prefix()
@@ -245,14 +269,8 @@ def memorisation(
         positions.append(
             [len(pre) + value_token_index(enc.offsets, s.value_start) for s in b.sentences]
         )
-        attrs.append([s.attribute for s in b.sentences])
     hits = next_token_hits(model.params, model.cfg, seqs, positions, batch_size=batch_size)
-    per: dict[str, list[bool]] = {a: [] for a in ATTRIBUTES}
-    for h, names in zip(hits, attrs):
-        for ok, a in zip(h.tolist(), names):
-            per[a].append(ok)
-    out = {a: float(np.mean(v)) for a, v in per.items() if v}
-    out["mean"] = float(np.mean(list(out.values())))
+    out = memorisation_summary([h.tolist() for h in hits], [b.sentences for b in chosen])
     out["num_biographies"] = len(chosen)
     return out
 
@@ -503,10 +521,23 @@ def report_markdown(results: Mapping[str, Any]) -> str:
             "",
         ]
         mrows = [
-            [cond, *[m.get(a, float("nan")) for a in ATTRIBUTES], m["mean"], m["num_biographies"]]
+            [
+                cond,
+                *[m.get(a, float("nan")) for a in ATTRIBUTES],
+                m["mean"],
+                m.get("mean_not_sentence_initial", float("nan")),
+                m["num_biographies"],
+            ]
             for cond, m in results["memorisation"].items()
         ]
-        parts.append(markdown_table(["pretraining", *ATTRIBUTES, "mean", "biographies"], mrows))
+        header = ["pretraining", *ATTRIBUTES, "mean", "mean, values inside a sentence"]
+        parts.append(markdown_table([*header, "biographies"], mrows))
+        parts += [
+            "",
+            "A value that opens its sentence comes before the words saying which attribute "
+            "it is; in a permuted biography its first token is a guess between the attributes "
+            "still to come, so the last mean leaves those values out.",
+        ]
     if results["probing"]:
         parts += ["", "## Probing accuracy (%) at the last layer", ""]
         prow = []
