@@ -77,6 +77,7 @@ def main() -> None:
         model = load_model(Path(study) / sub)
         per_position: dict[str, dict[str, list[float]]] = {k: {} for k in POSITIONS}
         chance = {}
+        name_feats = None
         for attribute in ATTRIBUTES:
             values = [people[p][attribute] for p in order]
             classes = {v: i for i, v in enumerate(sorted(set(values)))}
@@ -86,9 +87,14 @@ def main() -> None:
                 read_points(model.tokenizer, people[p]["name"], qs[(p, attribute)]) for p in order
             ]
             for kind in POSITIONS:
-                seqs = [pt[kind][0] for pt in points]
-                at = [pt[kind][1] for pt in points]
-                feats = hidden_features(model.params, model.cfg, seqs, at, batch_size=64)
+                if kind == "name" and name_feats is not None:
+                    feats = name_feats  # the name alone does not depend on the attribute
+                else:
+                    seqs = [pt[kind][0] for pt in points]
+                    at = [pt[kind][1] for pt in points]
+                    feats = hidden_features(model.params, model.cfg, seqs, at, batch_size=64)
+                    if kind == "name":
+                        name_feats = feats
                 acc = train_linear_probe(
                     feats, labels, train_idx, test_idx, len(classes), steps=1000, lr=1e-2, seed=0
                 )

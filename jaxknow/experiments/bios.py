@@ -237,10 +237,10 @@ def memorisation_summary(
     per: dict[str, list[bool]] = {a: [] for a in ATTRIBUTES}
     inner: dict[str, list[bool]] = {a: [] for a in ATTRIBUTES}
     for h, spans in zip(hits, sentences):
-        for ok, s in zip(list(h), spans):
-            per[s.attribute].append(bool(ok))
+        for ok, s in zip(h, spans):
+            per[s.attribute].append(ok)
             if s.value_start > s.start:
-                inner[s.attribute].append(bool(ok))
+                inner[s.attribute].append(ok)
     out = {a: float(np.mean(v)) for a, v in per.items() if v}
     out["mean"] = float(np.mean(list(out.values())))
     inner_means = [float(np.mean(v)) for v in inner.values() if v]
