@@ -141,6 +141,9 @@ class LoopConfig:
     loss_chunk: int = 0
     log_every: int = 10
     checkpoint_every: int = 0  # 0: only at the end (and on preemption)
+    # Run the caller's evaluation (train(..., evaluate=)) every this many steps and at the last
+    # step, its scalars logged as "eval/NAME"; 0: never (no cost).
+    eval_every: int = 0
 
     def __post_init__(self) -> None:
         def bad(field: str, why: str) -> None:
@@ -156,6 +159,8 @@ class LoopConfig:
             bad("loss_chunk", "must be >= 0")
         if self.checkpoint_every < 0:
             bad("checkpoint_every", "must be >= 0")
+        if self.eval_every < 0:
+            bad("eval_every", "must be >= 0 (0: no evaluation during training)")
 
 
 @dataclasses.dataclass(frozen=True)

@@ -6,7 +6,13 @@ import jax
 import numpy as np
 import pytest
 
-from jaxknow.eval.memorisation import next_token_hits, value_token_index
+from jaxknow.eval.memorisation import (
+    extension_table,
+    next_token_hits,
+    value_token_index,
+    value_token_span,
+    whole_value_hits,
+)
 from jaxknow.model import transformer
 from jaxknow.model.config import preset
 from jaxknow.model.params import init_params, param_specs
@@ -60,3 +66,41 @@ def test_memorisation_summary_leaves_sentence_initial_values_out_of_its_second_m
     hits[0] = [False, False]
     out = memorisation_summary(hits, sentences)
     assert out["mean_not_sentence_initial"] == pytest.approx(5 / 6)
+
+
+def _greedy(params, cfg, prompt, n):
+    """Step-by-step greedy continuation of `prompt` (n tokens), without a cache."""
+    seq = list(prompt)
+    for _ in range(n):
+        logits = transformer.apply(params, np.asarray([seq]), cfg)[0]
+        seq.append(int(np.argmax(logits[-1])))
+    return seq[len(prompt) :]
+
+
+def test_whole_value_hits_need_every_token_and_no_longer_value():
+    cfg = preset("tiny", vocab_size=64, max_seq_len=64)
+    params = init_params(param_specs(cfg), jax.random.key(1), cfg.storage_dtype)
+    prompt = [5, 9, 2, 17, 33]
+    g = _greedy(params, cfg, prompt, 4)
+    wrong = (g[1] + 1) % 64
+    right = prompt + g[:3] + [7]  # the value is the model's own 3-token continuation
+    first_only = prompt + [g[0], wrong, g[2], 7]  # first token right, second wrong
+    spans = [[(5, 8)], [(5, 8)]]
+    hits = whole_value_hits(params, cfg, [right, first_only], spans, batch_size=2)
+    assert [h.tolist() for h in hits] == [[True], [False]]
+    # First-token accuracy counts both: the whole value is what tells them apart.
+    first = next_token_hits(params, cfg, [right, first_only], [[5], [5]])
+    assert [h.tolist() for h in first] == [[True], [True]]
+    # A generation that runs on into a longer value (value + g[3]) did not recall this one.
+    ext = extension_table([g[:3], g[:4]])
+    assert ext[tuple(g[:3])] == {g[3]}
+    hits = whole_value_hits(params, cfg, [right], [[(5, 8)]], extensions=ext)
+    assert hits[0].tolist() == [False]
+    with pytest.raises(ValueError, match="outside"):
+        whole_value_hits(params, cfg, [right], [[(0, 2)]])
+
+
+def test_value_token_span_covers_the_value():
+    offsets = [(0, 4), (4, 10), (10, 14), (14, 15)]  # "Anna", " Dallas", ", TX", "."
+    assert value_token_span(offsets, 5, 14) == (1, 3)
+    assert value_token_span(offsets, 5, 10) == (1, 2)

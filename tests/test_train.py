@@ -506,3 +506,27 @@ def test_stacked_run_saves_per_layer_checkpoints_and_resumes_identically(tmp_pat
         flatten(loaded),
         flatten(full.state.model_params()),
     )
+
+
+@pytest.mark.parametrize("every", [0, 3])
+def test_eval_every_writes_the_evaluation_at_its_steps_and_costs_nothing_when_off(tmp_path, every):
+    cfg = small_config(steps=7)
+    cfg.train.eval_every = every
+    calls = []
+
+    def evaluate(step, params, model_cfg):
+        assert "embed" in params or params  # the model's parameter tree
+        calls.append(step)
+        return {"score": step / 10}
+
+    r = loop.train(cfg, tmp_path, evaluate=evaluate)
+    rows = read_metrics(tmp_path / "metrics.jsonl")
+    evals = [r_ for r_ in rows if "eval/score" in r_]
+    if every == 0:
+        assert calls == [] and evals == [] and r.eval_seconds == 0.0
+        return
+    assert calls == [3, 6, 7]  # every 3 steps and the last one
+    assert [(e["step"], e["eval/score"]) for e in evals] == [(3, 0.3), (6, 0.6), (7, 0.7)]
+    assert all(e["eval/seconds"] >= 0 for e in evals)
+    assert [e["step"] for e in r.eval_metrics] == [3, 6, 7] and r.eval_seconds > 0
+    assert len([r_ for r_ in rows if "loss" in r_]) == 7  # training rows unchanged

@@ -1,8 +1,10 @@
 """Quickstart: a small bioS study that runs on a 2-core CPU in about fifteen minutes.
 
-bioS single versus multi5+permute+fullname (re-drawn: every pass over the data shows a
-person in other templates and another sentence order), each pretrained on biographies for the
-same number of steps, then QA-finetuned on P_train (LoRA on query/value plus a low-rank update
+bioS single versus multi5x10+permute+fullname (5 biographies per person, drawn 10 times
+independently: 50 renderings per person in other templates and sentence orders, the 10 draws
+fixed and shuffled together, each rendering seen ~2-3 times; the paper's
+multi5+permute+fullname is 5 renderings, no re-draws), each pretrained on biographies for the
+same number of tokens, then QA-finetuned on P_train (LoRA on query/value plus a low-rank update
 of the input embedding, the paper's best finetune); exact match of greedy answers on P_test
 shows whether the knowledge became extractable. report.md also gives how well each model
 memorised its biographies before the finetune and P-/Q-probing per layer. On a GPU the same
@@ -42,11 +44,11 @@ def get_config() -> ConfigDict:
             kind="bios",
             num_people=4000 if gpu else 200,
             vocab_size=4096 if gpu else 2048,
-            redraws=10,
+            redraws=10,  # the "x10" of multi5x10+permute+fullname
             **pools,
         )
     )
-    c.conditions = ["single", "multi5+permute+fullname"]
+    c.conditions = ["single", "multi5x10+permute+fullname"]
     c.model = ConfigDict(
         dict(
             preset="tiny",

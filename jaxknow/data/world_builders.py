@@ -213,6 +213,7 @@ def build_bios(world: dict[str, Any], out: Path, seed: int) -> dict[str, Any]:
     """bioS: biographies per augmentation (sources ``bios_<aug>``), QA of P_train / P_test
     (sources ``qa_train`` / ``qa_test``, loss on the answer), optional celebrity corpus."""
     from jaxknow.worlds import bios
+    from jaxknow.worlds.bios_leakage import check_no_leak
 
     w, opts = bios_world(world, seed)
     corpora = bios_corpora(w, opts, seed)
@@ -223,6 +224,12 @@ def build_bios(world: dict[str, Any], out: Path, seed: int) -> dict[str, Any]:
     files["qa_train.jsonl"] = qa_train
     files["qa_test.jsonl"] = qa_test
     train_set = set(w.train_ids.tolist())
+    # Refuse the world before anything is written if a question about a P_test person
+    # reaches a training source (every corpus and re-draw, the QA of P_train).
+    check_no_leak(
+        {n.removesuffix(".jsonl"): rows for n, rows in files.items() if n != "qa_test.jsonl"},
+        {w.people[int(i)].full_name: int(i) for i in w.test_ids},
+    )
     files["people.jsonl"] = [
         {
             "person": p.index,

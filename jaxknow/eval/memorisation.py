@@ -1,4 +1,5 @@
-"""Did the model memorise its training text? Greedy next-token hits at chosen positions.
+"""Did the model memorise its training text? Greedy next-token hits at chosen positions, and
+whole values reproduced by greedy generation.
 
 `next_token_hits` runs the model once per batch of token sequences (jitted, right-padded to a
 bucketed length) and reports, for each requested position j, whether the argmax of the logits
@@ -91,3 +92,82 @@ def value_token_index(offsets: Sequence[tuple[int, int]], char_start: int) -> in
         if s <= char_start < e:
             return j
     raise ValueError(f"no token covers character {char_start}")
+
+
+def value_token_span(
+    offsets: Sequence[tuple[int, int]], char_start: int, char_end: int
+) -> tuple[int, int]:
+    """Returns [first, end) token indices of the character span [char_start, char_end): from
+    the token holding `char_start` (`value_token_index`) to the first token that starts at or
+    after `char_end`."""
+    first = value_token_index(offsets, char_start)
+    end = first + 1
+    while end < len(offsets) and offsets[end][0] < char_end:
+        end += 1
+    return first, end
+
+
+def extension_table(values: Sequence[Sequence[int]]) -> dict[tuple[int, ...], frozenset[int]]:
+    """Returns, for every proper token prefix of the given values (token ids), the set of
+    tokens that continue it into a longer value: a generation that reproduces value A and then
+    continues into value B (A a prefix of B) has not recalled A."""
+    out: dict[tuple[int, ...], set[int]] = {}
+    for v in values:
+        for m in range(1, len(v)):
+            out.setdefault(tuple(v[:m]), set()).add(int(v[m]))
+    return {k: frozenset(s) for k, s in out.items()}
+
+
+def whole_value_hits(
+    params: Any,
+    cfg: ModelConfig,
+    sequences: Sequence[Sequence[int]],
+    spans: Sequence[Sequence[tuple[int, int]]],
+    *,
+    extensions: dict[tuple[int, ...], frozenset[int]] | None = None,
+    stop_table: np.ndarray | None = None,
+    batch_size: int = 64,
+    mesh: Mesh | None = None,
+) -> list[np.ndarray]:
+    """Returns, per sequence, a bool array: for each value span (j, k) in `spans[i]`, whether
+    greedy generation after `sequences[i][:j]` reproduces the whole value `sequences[i][j:k]`
+    token for token, and (with `extensions`, see `extension_table`) does not then continue it
+    into a longer value. A value whose first token is right but not the rest is a miss.
+
+    Every (sequence, span) is one prompt; all prompts go through one batched greedy generation
+    (`generate.generate_tokens`) of max(k - j) + 1 tokens, stopping at `stop_table` tokens."""
+    from jaxknow.eval.generate import generate_tokens
+
+    if len(sequences) != len(spans):
+        raise ValueError(f"{len(sequences)} sequences but {len(spans)} span lists")
+    prompts: list[list[int]] = []
+    where: list[tuple[int, int, int]] = []  # (sequence, span index, prompt index)
+    for i, (seq, sp) in enumerate(zip(sequences, spans)):
+        for s, (j, k) in enumerate(sp):
+            if not 1 <= j < k <= len(seq):
+                raise ValueError(f"sequence {i}: value span {(j, k)} outside [1, {len(seq)}]")
+            where.append((i, s, len(prompts)))
+            prompts.append(list(seq[:j]))
+    out = [np.zeros(len(sp), bool) for sp in spans]
+    if not prompts:
+        return out
+    longest = max(k - j for sp in spans for j, k in sp)
+    gens = generate_tokens(
+        params,
+        cfg,
+        prompts,
+        max_new_tokens=longest + 1,
+        stop_table=stop_table,
+        batch_size=batch_size,
+        mesh=mesh,
+    )
+    ext = extensions or {}
+    for i, s, p in where:
+        j, k = spans[i][s]
+        target = [int(t) for t in sequences[i][j:k]]
+        g = [int(t) for t in gens[p]]
+        ok = g[: len(target)] == target
+        if ok and len(g) > len(target):
+            ok = g[len(target)] not in ext.get(tuple(target), frozenset())
+        out[i][s] = ok
+    return out

@@ -16,7 +16,7 @@ from jaxknow import config as C
 from jaxknow.data.jsonl import atomic_path, read_jsonl
 from jaxknow.io.metrics import read_metrics
 from jaxknow.model.lora import resolve_targets
-from jaxknow.train.loop import TrainResult, train
+from jaxknow.train.loop import Evaluator, TrainResult, train
 
 # The training-config sections a stage fills, by section name (as in launch.train's configs).
 STAGE_SECTIONS: dict[str, type] = {
@@ -196,19 +196,25 @@ class StageStopped(RuntimeError):
         )
 
 
-def run_stage(name: str, cfg: ConfigDict, workdir: Path, log: Any = print) -> TrainResult:
+def run_stage(
+    name: str,
+    cfg: ConfigDict,
+    workdir: Path,
+    log: Any = print,
+    evaluate: Evaluator | None = None,
+) -> TrainResult:
     """Trains (or resumes, or finds finished) the stage `name` in `workdir`; returns its
-    TrainResult with `metrics` read back from metrics.jsonl (the whole trajectory). Raises
+    TrainResult with `metrics` (training rows) and `eval_metrics` (the rows of `evaluate`, run
+    every `train.eval_every` steps) read back from metrics.jsonl (the whole trajectory). Raises
     StageStopped when a signal stopped the stage early."""
     log(f"[{name}] training in {workdir}")
-    result = train(cfg, workdir)
+    result = train(cfg, workdir) if evaluate is None else train(cfg, workdir, evaluate=evaluate)
     if result.preempted or result.interrupted:
         raise StageStopped(name, result)
-    result.metrics = (
-        read_metrics(workdir / "metrics.jsonl")
-        if (workdir / "metrics.jsonl").exists()
-        else result.metrics
-    )
+    if (workdir / "metrics.jsonl").exists():
+        rows = read_metrics(workdir / "metrics.jsonl")
+        result.metrics = [r for r in rows if "loss" in r]
+        result.eval_metrics = [r for r in rows if any(k.startswith("eval/") for k in r)]
     last = result.metrics[-1]["loss"] if result.metrics else float("nan")
     log(f"[{name}] step {result.final_step}, final loss {last:.4f}")
     return result

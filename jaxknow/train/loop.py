@@ -9,7 +9,7 @@ import functools
 import json
 import signal
 import time
-from collections.abc import Callable, Sequence
+from collections.abc import Callable, Mapping, Sequence
 from pathlib import Path
 from typing import Any
 
@@ -47,6 +47,9 @@ from jaxknow.train.step import BATCH_AXES, BATCH_KEYS, train_step
 
 # A state event runs between steps: (step just completed, state) -> state.
 StateEvent = Callable[[int, TrainState], TrainState]
+# An evaluation during training (train.eval_every): (step just completed, the model's full
+# parameter tree in the per-layer layout, its ModelConfig) -> scalars, logged as "eval/NAME".
+Evaluator = Callable[[int, Any, Any], Mapping[str, float]]
 
 
 @dataclasses.dataclass
@@ -63,6 +66,8 @@ class TrainResult:
     data_exhausted: bool = False
     interrupted: bool = False  # SIGINT (Ctrl-C): saved, then stopped
     skipped_updates: int = 0  # non-finite updates skipped (train.nonfinite="skip")
+    eval_seconds: float = 0.0  # time spent in the evaluations of train.eval_every (this call)
+    eval_metrics: list[dict[str, Any]] = dataclasses.field(default_factory=list)
 
 
 class _Preemption:
@@ -197,9 +202,11 @@ def train(
     *,
     events: Sequence[StateEvent] = (),
     rules: Rules = DEFAULT_RULES,
+    evaluate: Evaluator | None = None,
 ) -> TrainResult:
     """Runs (or resumes) the training described by `config` in `workdir`; returns a
-    TrainResult. Every config field is validated before anything is written."""
+    TrainResult. Every config field is validated before anything is written. `evaluate` runs
+    every `train.eval_every` steps (and at the last step) when that is > 0."""
     spec = setup.parse_run_config(config)
     workdir = setup.check_workdir(workdir, create=False)
     distributed.maybe_initialize(spec.train.distributed)
@@ -221,7 +228,7 @@ def train(
             if tok.is_file() and data_dir != workdir:
                 with atomic_path(workdir / "tokenizer.json") as tmp:
                     tmp.write_bytes(tok.read_bytes())
-        return run(spec, workdir, mesh, data_dir, events=events, rules=rules)
+        return run(spec, workdir, mesh, data_dir, events=events, rules=rules, evaluate=evaluate)
 
 
 def _start_state(
@@ -308,6 +315,7 @@ class _Loop:
         state: TrainState,
         guard: Any,
         start: int,
+        evaluate: Evaluator | None = None,
     ) -> None:
         tc = spec.train
         self.spec, self.tc, self.ckpt, self.it = spec, tc, ckpt, it
@@ -334,6 +342,26 @@ class _Loop:
         self.skipped = 0
         self.metrics: dict | None = None
         self.preempted = self.halted = self.exhausted = self.interrupted = False
+        # Off (None) unless train.eval_every > 0 and the caller gave an evaluation.
+        self.evaluate = evaluate if tc.eval_every > 0 else None
+        self.eval_seconds = 0.0
+        self.eval_history: list[dict[str, Any]] = []
+
+    def run_eval(self, step: int) -> None:
+        """Runs the evaluation on the state after `step`; writes its scalars ("eval/NAME" and
+        "eval/seconds") as a row of that step. Its time is kept out of tokens/s."""
+        assert self.evaluate is not None
+        t0 = time.perf_counter()
+        params = to_per_layer(self.state).model_params()
+        scalars = self.evaluate(step, params, self.spec.model)
+        dt = time.perf_counter() - t0
+        self.eval_seconds += dt
+        row = {f"eval/{k}": float(v) for k, v in scalars.items()}
+        row["eval/seconds"] = dt
+        self.eval_history.append({"step": step, **row})
+        self.writer.write(step, row)
+        if self.clock["t"] is not None:
+            self.clock["t"] += dt
 
     def check_guard(self, g: guard_lib.GuardState) -> None:
         """Stops the run (NonFiniteError) on a non-finite step (fetches `g`)."""
@@ -411,6 +439,8 @@ class _Loop:
                 )
             for ev in events:
                 self.state = ev(step, self.state)
+            if self.evaluate is not None and (step % tc.eval_every == 0 or step == tc.steps):
+                self.run_eval(step)
             self.writer.advance()
             if tc.checkpoint_every and step % tc.checkpoint_every == 0 and step < tc.steps:
                 self.save(step)
@@ -446,6 +476,8 @@ class _Loop:
             data_exhausted=self.exhausted,
             interrupted=self.interrupted,
             skipped_updates=self.skipped,
+            eval_seconds=self.eval_seconds,
+            eval_metrics=self.eval_history,
         )
 
 
@@ -457,8 +489,10 @@ def run(
     *,
     events: Sequence[StateEvent] = (),
     rules: Rules = DEFAULT_RULES,
+    evaluate: Evaluator | None = None,
 ) -> TrainResult:
-    """Runs the loop for a parsed RunSpec on `mesh`; returns a TrainResult."""
+    """Runs the loop for a parsed RunSpec on `mesh`; returns a TrainResult (`evaluate`: see
+    `train`)."""
     tc = spec.train
     tx = make_optimizer(spec.optim)
     ckpt = Checkpointer(
@@ -482,7 +516,7 @@ def run(
     if spec.forget is not None:
         events.append(_forget_event(spec, mesh, rules, tx, shardings, workdir))
     it = make_iterator(spec, data_dir, data_state)
-    loop = _Loop(spec, workdir, ckpt, it, state, guard, start)
+    loop = _Loop(spec, workdir, ckpt, it, state, guard, start, evaluate)
     if jax.process_index() == 0:
         with atomic_path(workdir / "model_config.json") as tmp:
             tmp.write_text(json.dumps(spec.model.to_dict(), indent=1))
