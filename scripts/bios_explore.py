@@ -131,7 +131,12 @@ def main() -> None:
         print(qa_line("MIXED", B.evaluate_qa(pdir, data, EVAL)), flush=True)
     print("pretrain min", (time.time() - t0) / 60, flush=True)
     w, opts = bios_world(world, seed)
-    mem = B.memorisation(pdir, bios_corpora(w, opts, seed)[src], max_bios=1000)
+    mem = B.memorisation(
+        pdir,
+        bios_corpora(w, opts, seed)[src],
+        B.EvalSettings(memorisation_bios=1000),
+        [v for vals in w.attribute_values.values() for v in vals],
+    )
     print("MEM", json.dumps({k: round(v, 3) for k, v in mem.items()}), flush=True)
     for name, ft in args.get("finetunes", {}).items():
         finetune(exp, name, ft, pdir, data, wd)
