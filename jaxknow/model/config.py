@@ -1,5 +1,5 @@
-"""Model configuration: one decoder-only transformer covering the GPT-2, Llama, Qwen2 and Gemma
-families, plus named presets."""
+"""Model configuration: one decoder-only transformer covering the GPT-2, Llama, Qwen2, Gemma and
+Gemma 3 families, plus named presets."""
 
 from __future__ import annotations
 
@@ -64,9 +64,14 @@ class ModelConfig:
     max_seq_len: int = 128
     pos_embedding: PosEmbedding = "learned"
     rope_theta: float = 10_000.0
-    # Llama 3 style frequency scaling: {"factor", "low_freq_factor", "high_freq_factor",
-    # "original_max_position_embeddings"}; None for plain RoPE.
+    # RoPE frequency scaling: Llama 3 style {"factor", "low_freq_factor", "high_freq_factor",
+    # "original_max_position_embeddings"}, or linear {"factor"} alone (positions divided by
+    # the factor, Gemma 3's global layers); None for plain RoPE.
     rope_scaling: Mapping[str, float] | None = None
+    # RoPE base of the local (sliding-window) layers, which then rotate without rope_scaling
+    # (Gemma 3: 10,000 while global layers use rope_theta = 1e6); None: local layers rotate
+    # as the global ones. Needs sliding_window.
+    rope_local_theta: float | None = None
     norm: Norm = "layernorm"
     norm_eps: float = 1e-5
     # Gemma's RMSNorm multiplies by (1 + scale) instead of scale.
@@ -80,8 +85,24 @@ class ModelConfig:
     mlp_bias: bool = False
     norm_bias: bool = False  # LayerNorm bias (GPT-2)
     embed_scale: bool = False  # multiply token embeddings by sqrt(d_model) (Gemma)
-    # Attention logits scale; None: 1/sqrt(head_dim).
+    # Attention logits scale; None: 1/sqrt(head_dim). Gemma 2/3: query_pre_attn_scalar**-0.5.
     attn_scale: float | None = None
+    # Gemma 3: RMSNorm over each head's query and key vectors after their projections, before
+    # RoPE (with norm_scale_offset and norm_eps; parameters attn/q_norm, attn/k_norm [head_dim]).
+    qk_norm: bool = False
+    # Gemma 2/3's "sandwich" norms: the attention and MLP outputs are normalised before their
+    # residual adds (parameters attn_post_norm, mlp_post_norm beside attn_norm, mlp_norm).
+    post_norms: bool = False
+    # Sliding-window (local) attention: a local layer's token attends to itself and the
+    # sliding_window - 1 tokens before it. None: every layer attends globally.
+    sliding_window: int | None = None
+    # With sliding_window: layer i is global iff (i + 1) % sliding_window_pattern == 0
+    # (Gemma 3: 6, i.e. every 6th layer; Gemma 2: 2); None: every layer is local.
+    sliding_window_pattern: int | None = None
+    # tanh soft-capping, cap * tanh(x / cap), of the attention logits (after scaling) and of
+    # the output logits (Gemma 2); None: off.
+    attn_logit_softcap: float | None = None
+    final_logit_softcap: float | None = None
     init_std: float = 0.02
     dtype: Dtype = "float32"
     param_dtype: Dtype = "float32"
@@ -114,6 +135,18 @@ class ModelConfig:
     def dim_per_head(self) -> int:
         """Returns the per-head width."""
         return self.head_dim if self.head_dim is not None else self.d_model // self.n_heads
+
+    def is_local_layer(self, i: int) -> bool:
+        """Returns whether layer i attends within the sliding window (see `sliding_window`)."""
+        if self.sliding_window is None:
+            return False
+        p = self.sliding_window_pattern
+        return p is None or (i + 1) % p != 0
+
+    @property
+    def local_layers(self) -> tuple[bool, ...]:
+        """Returns, per layer, whether it is a local (sliding-window) layer."""
+        return tuple(self.is_local_layer(i) for i in range(self.n_layers))
 
     @property
     def use_scan(self) -> bool:
@@ -173,7 +206,7 @@ class ModelConfig:
             bad("head_dim", "must be even for rotary embeddings")
         if self.scan_layers not in (None, True, False):
             bad("scan_layers", "must be None (automatic), True or False")
-        if self.rope_scaling is not None:
+        if self.rope_scaling is not None and set(self.rope_scaling) != {"factor"}:
             need = {
                 "factor",
                 "low_freq_factor",
@@ -182,7 +215,24 @@ class ModelConfig:
             }
             missing = need - set(self.rope_scaling)
             if missing:
-                bad("rope_scaling", f"missing key(s) {sorted(missing)}")
+                bad("rope_scaling", f"missing key(s) {sorted(missing)} (or {{'factor'}} alone)")
+        for f in ("sliding_window", "sliding_window_pattern"):
+            v = getattr(self, f)
+            if v is not None and (not isinstance(v, int) or isinstance(v, bool) or v <= 0):
+                bad(f, "must be None or a positive integer")
+        if self.sliding_window_pattern is not None and self.sliding_window is None:
+            bad("sliding_window_pattern", "needs sliding_window")
+        if self.rope_local_theta is not None:
+            if self.sliding_window is None:
+                bad("rope_local_theta", "needs sliding_window (there are no local layers)")
+            if self.pos_embedding != "rope" or self.rope_local_theta <= 0:
+                bad("rope_local_theta", "needs rotary embeddings and must be positive")
+        for f in ("attn_logit_softcap", "final_logit_softcap"):
+            v = getattr(self, f)
+            if v is not None and not v > 0:
+                bad(f, "must be None or positive")
+        if self.qk_norm and self.norm != "rmsnorm":
+            bad("qk_norm", "needs norm='rmsnorm'")
 
 
 # --- presets ------------------------------------------------------------------------------
@@ -274,6 +324,44 @@ PRESETS: dict[str, dict[str, Any]] = {
         n_kv_heads=8,
         d_ff=28672,
         max_seq_len=8192,
+    ),
+    # HuggingFaceTB/SmolLM2-135M (Llama blocks, tied embeddings).
+    "smollm2-135m": dict(
+        _LLAMA,
+        vocab_size=49152,
+        d_model=576,
+        n_layers=30,
+        n_heads=9,
+        n_kv_heads=3,
+        d_ff=1536,
+        max_seq_len=8192,
+        rope_theta=100_000.0,
+        tie_embeddings=True,
+    ),
+    # google/gemma-3-270m: query/key norms, sandwich norms, 5 local (window 512) : 1 global.
+    "gemma3-270m": dict(
+        pos_embedding="rope",
+        norm="rmsnorm",
+        norm_scale_offset=1.0,
+        norm_eps=1e-6,
+        mlp="geglu",
+        tie_embeddings=True,
+        embed_scale=True,
+        qk_norm=True,
+        post_norms=True,
+        vocab_size=262144,
+        d_model=640,
+        n_layers=18,
+        n_heads=4,
+        n_kv_heads=1,
+        head_dim=256,
+        d_ff=2048,
+        max_seq_len=32768,
+        rope_theta=1_000_000.0,
+        rope_local_theta=10_000.0,
+        sliding_window=512,
+        sliding_window_pattern=6,
+        attn_scale=256**-0.5,
     ),
     "gemma-7b": dict(
         pos_embedding="rope",

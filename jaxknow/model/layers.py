@@ -78,13 +78,19 @@ def mlp(p: Mapping[str, Any], x: jax.Array, cfg: ModelConfig, sharder: Any) -> j
     return dense(p["down"], hidden, "btf,fd->btd", cfg)
 
 
-def rope_inv_freq(cfg: ModelConfig) -> jax.Array:
-    """Returns the rotary inverse frequencies [head_dim/2] (with Llama 3 scaling if set)."""
+def rope_inv_freq(cfg: ModelConfig, local: bool = False) -> jax.Array:
+    """Returns the rotary inverse frequencies [head_dim/2] of the global layers (with Llama 3
+    or linear scaling if set) or, with `local`, of the sliding-window layers (base
+    `cfg.rope_local_theta` without scaling, when set; else the global frequencies)."""
     d = cfg.dim_per_head
-    inv = 1.0 / (cfg.rope_theta ** (jnp.arange(0, d, 2, dtype=jnp.float32) / d))
-    sc = cfg.rope_scaling
+    theta, sc = cfg.rope_theta, cfg.rope_scaling
+    if local and cfg.rope_local_theta is not None:
+        theta, sc = cfg.rope_local_theta, None
+    inv = 1.0 / (theta ** (jnp.arange(0, d, 2, dtype=jnp.float32) / d))
     if sc is None:
         return inv
+    if set(sc) == {"factor"}:  # linear scaling: positions divided by the factor
+        return inv / sc["factor"]
     factor, lo, hi = sc["factor"], sc["low_freq_factor"], sc["high_freq_factor"]
     old_len = sc["original_max_position_embeddings"]
     low_wavelen, high_wavelen = old_len / lo, old_len / hi
@@ -105,3 +111,10 @@ def apply_rope(x: jax.Array, positions: jax.Array, inv_freq: jax.Array) -> jax.A
     x1, x2 = jnp.split(xf, 2, axis=-1)
     out = jnp.concatenate([x1 * cos - x2 * sin, x2 * cos + x1 * sin], axis=-1)
     return out.astype(x.dtype)
+
+
+def softcap(x: jax.Array, cap: float | None) -> jax.Array:
+    """Returns cap * tanh(x / cap) (Gemma 2's logit soft-capping), or x when cap is None."""
+    if cap is None:
+        return x
+    return cap * jnp.tanh(x / cap)

@@ -78,7 +78,15 @@ def layer_specs(cfg: ModelConfig) -> dict[str, Any]:
         mlp["down"]["bias"] = ParamSpec((d,), ("norm",), "zeros")
         if "gate" in mlp:
             mlp["gate"]["bias"] = ParamSpec((f,), ("mlp",), "zeros")
-    return {"attn_norm": _norm(cfg), "attn": attn, "mlp_norm": _norm(cfg), "mlp": mlp}
+    if cfg.qk_norm:  # one scale over head_dim, shared by every head
+        init = "zeros" if cfg.norm_scale_offset else "ones"
+        attn["q_norm"] = {"scale": ParamSpec((hd,), ("head_dim",), init)}
+        attn["k_norm"] = {"scale": ParamSpec((hd,), ("head_dim",), init)}
+    block = {"attn_norm": _norm(cfg), "attn": attn, "mlp_norm": _norm(cfg), "mlp": mlp}
+    if cfg.post_norms:
+        block["attn_post_norm"] = _norm(cfg)
+        block["mlp_post_norm"] = _norm(cfg)
+    return block
 
 
 def param_specs(cfg: ModelConfig) -> dict[str, Any]:

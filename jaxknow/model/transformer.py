@@ -60,6 +60,35 @@ def init_cache(cfg: ModelConfig, batch: int, length: int, dtype: Any = None) -> 
 CACHE_AXES = ("batch", "cache_length", "act_kv_heads", "head_dim")
 
 
+def _softcapped_attention(
+    q: jax.Array,
+    k: jax.Array,
+    v: jax.Array,
+    *,
+    mask: jax.Array | None,
+    is_causal: bool,
+    cfg: ModelConfig,
+) -> jax.Array:
+    """Returns attention [B, T, N, H] with soft-capped logits (`cfg.attn_logit_softcap`),
+    written out in XLA ops (`jax.nn.dot_product_attention` has no soft-capping); query head i
+    reads key/value head i // (N / K), as there."""
+    b, t, n, h = q.shape
+    s, kv = k.shape[1], k.shape[2]
+    scale = cfg.attn_scale if cfg.attn_scale is not None else h**-0.5
+    qg = q.reshape(b, t, kv, n // kv, h)
+    scores = jnp.einsum("btkgh,bskh->bkgts", qg, k, preferred_element_type=jnp.float32)
+    scores = layers.softcap(scores * scale, cfg.attn_logit_softcap)
+    allowed = jnp.ones((1, 1, t, s), bool)
+    if mask is not None:
+        allowed = allowed & mask
+    if is_causal:
+        allowed = allowed & jnp.tril(jnp.ones((t, s), bool), s - t)[None, None]
+    scores = jnp.where(allowed[:, :, None], scores, jnp.finfo(jnp.float32).min)
+    probs = jax.nn.softmax(scores, axis=-1).astype(v.dtype)
+    out = jnp.einsum("bkgts,bskh->btkgh", probs, v)
+    return out.reshape(b, t, n, h)
+
+
 def _attention(
     p: Mapping[str, Any],
     x: jax.Array,
@@ -79,6 +108,9 @@ def _attention(
     q = sharder.constrain(q, ("batch", "length", "act_heads", None))
     k = sharder.constrain(k, ("batch", "length", "act_kv_heads", None))
     v = sharder.constrain(v, ("batch", "length", "act_kv_heads", None))
+    if cfg.qk_norm:
+        q = layers.norm(p["q_norm"], q, cfg)
+        k = layers.norm(p["k_norm"], k, cfg)
     if inv_freq is not None:
         q = layers.apply_rope(q, positions, inv_freq)
         k = layers.apply_rope(k, positions, inv_freq)
@@ -91,15 +123,18 @@ def _attention(
         v = sharder.constrain(v, CACHE_AXES)
         new_cache = {"k": k, "v": v}
         k, v = k.astype(q.dtype), v.astype(q.dtype)
-    out = jax.nn.dot_product_attention(
-        q,
-        k,
-        v,
-        mask=mask,
-        is_causal=is_causal,
-        scale=cfg.attn_scale,
-        implementation=attention_impl(cfg),
-    )
+    if cfg.attn_logit_softcap is not None:
+        out = _softcapped_attention(q, k, v, mask=mask, is_causal=is_causal, cfg=cfg)
+    else:
+        out = jax.nn.dot_product_attention(
+            q,
+            k,
+            v,
+            mask=mask,
+            is_causal=is_causal,
+            scale=cfg.attn_scale,
+            implementation=attention_impl(cfg),
+        )
     out = sharder.constrain(out, ("batch", "length", "act_heads", None))
     y = layers.dense(p["o"], out, "btnh,nhd->btd", cfg)
     return y, new_cache
@@ -131,9 +166,13 @@ def _block(
         cache=cache,
         cache_index=cache_index,
     )
+    if cfg.post_norms:
+        a = layers.norm(p["attn_post_norm"], a, cfg)
     x = sharder.constrain(x + a, ("batch", "length", "act_embed"))
     h = layers.norm(p["mlp_norm"], x, cfg)
     m = layers.mlp(p["mlp"], h, cfg, sharder)
+    if cfg.post_norms:
+        m = layers.norm(p["mlp_post_norm"], m, cfg)
     x = sharder.constrain(x + m, ("batch", "length", "act_embed"))
     return x, new_cache
 
@@ -157,6 +196,36 @@ def _layer(params: Mapping[str, Any], i: int) -> Any:
     return params["layers"][str(i)]
 
 
+@dataclasses.dataclass
+class _LocalLayers:
+    """What the sliding-window layers use instead of the global layers' mask and rotary
+    frequencies, and which layers they are (bool [L])."""
+
+    mask: jax.Array
+    inv_freq: jax.Array | None
+    flags: jax.Array
+
+
+def _window_masks(
+    cfg: ModelConfig,
+    mask: jax.Array | None,
+    is_causal: bool,
+    q_slot: jax.Array,
+    s: int,
+) -> tuple[jax.Array, jax.Array]:
+    """Returns (global mask, local mask) for queries at slots `q_slot` [T] over `s` key slots:
+    the local one also hides keys `cfg.sliding_window` or more slots back. The global mask is
+    made explicit (causal) when `mask` is None, so that a scan can select between the two."""
+    k_slot = jnp.arange(s)
+    causal = (k_slot[None, :] <= q_slot[:, None])[None, None]  # [1, 1, T, S]
+    window = (k_slot[None, :] > q_slot[:, None] - cfg.sliding_window)[None, None]
+    if mask is None:
+        mask = causal if is_causal else jnp.ones_like(causal)
+    elif is_causal:
+        mask = mask & causal
+    return mask, mask & window
+
+
 def _scan_blocks(
     block: Any,
     stacked: Any,
@@ -166,23 +235,34 @@ def _scan_blocks(
     mask: jax.Array | None,
     inv_freq: jax.Array | None,
     collect_hidden: bool,
+    local: _LocalLayers | None = None,
 ) -> tuple[jax.Array, jax.Array | None]:
     """Runs `block` over the stacked layers with `jax.lax.scan`; returns the last residual
-    stream and, with `collect_hidden`, every layer's [L+1, B, T, D] (index 0 = input)."""
+    stream and, with `collect_hidden`, every layer's [L+1, B, T, D] (index 0 = input).
 
-    def body(carry: jax.Array, layer_p: Any) -> tuple[jax.Array, jax.Array | None]:
+    With `local` (a mix of sliding-window and global layers) the per-layer is-local flags are
+    scanned beside the parameters and select each layer's mask and rotary frequencies."""
+
+    def body(carry: jax.Array, xs: Any) -> tuple[jax.Array, jax.Array | None]:
+        layer_p, is_local = xs
+        m, f = mask, inv_freq
+        if local is not None:
+            m = jnp.where(is_local, local.mask, mask)
+            if inv_freq is not None:
+                f = jnp.where(is_local, local.inv_freq, inv_freq)
         y, _ = block(
             layer_p,
             carry,
             None,
             positions=positions,
-            mask=mask,
-            inv_freq=inv_freq,
+            mask=m,
+            inv_freq=f,
             cache_index=None,
         )
         return y, (y if collect_hidden else None)
 
-    out, ys = jax.lax.scan(body, x, stacked)
+    flags = local.flags if local is not None else None
+    out, ys = jax.lax.scan(body, x, (stacked, flags))
     hiddens = jnp.concatenate([x[None], ys]) if collect_hidden else None
     return out, hiddens
 
@@ -230,7 +310,8 @@ def forward(
     cfg.segment_masking attention never crosses a boundary) and `positions` [B, T].
     Cached decoding: pass `cache` (see `init_cache`), `cache_index` (the slot of tokens[:, 0])
     and `kv_valid` [B, S] (which cache slots hold real tokens once these are written); the
-    tokens attend to valid slots up to their own.
+    tokens attend to valid slots up to their own. Sliding-window layers (`cfg.sliding_window`)
+    also hide keys that many slots back or more, in every mode.
 
     `params["layers"]` may be per layer (``{"0": .., "1": ..}``; scanned over when
     `cfg.use_scan`, stacked inside this call) or stacked (`params.stack_layers`: one tree
@@ -252,7 +333,20 @@ def forward(
     elif segment_ids is not None and cfg.segment_masking:
         mask = (segment_ids[:, :, None] == segment_ids[:, None, :])[:, None]
 
-    inv_freq = layers.rope_inv_freq(cfg) if cfg.pos_embedding == "rope" else None
+    rope = cfg.pos_embedding == "rope"
+    inv_freq = layers.rope_inv_freq(cfg) if rope else None
+    kinds = cfg.local_layers
+    local: _LocalLayers | None = None
+    if any(kinds):  # sliding-window layers: their own mask (and rotary base)
+        q_slot = jnp.arange(t) if cache is None else cache_index + jnp.arange(t)
+        s = t if cache is None else kv_valid.shape[1]
+        global_mask, local_mask = _window_masks(cfg, mask, is_causal, q_slot, s)
+        local_inv = layers.rope_inv_freq(cfg, local=True) if rope else None
+        if all(kinds):
+            mask, inv_freq = local_mask, local_inv
+        else:
+            mask = global_mask
+            local = _LocalLayers(local_mask, local_inv, jnp.asarray(kinds))
     x = sharder.constrain(
         embed(params, tokens, positions, cfg, sharder), ("batch", "length", "act_embed")
     )
@@ -270,6 +364,7 @@ def forward(
             mask=mask,
             inv_freq=inv_freq,
             collect_hidden=collect_hidden,
+            local=local,
         )
         h = layers.norm(params["final_norm"], x, cfg)
         return ForwardOutput(hidden=h, hiddens=hiddens_scan)
@@ -277,13 +372,14 @@ def forward(
     new_cache: Cache | None = {} if cache is not None else None
     for i in range(cfg.n_layers):
         layer_cache = cache[str(i)] if cache is not None else None
+        is_local = local is not None and kinds[i]
         x, c = block(
             _layer(params, i),
             x,
             layer_cache,
             positions=positions,
-            mask=mask,
-            inv_freq=inv_freq,
+            mask=local.mask if is_local else mask,
+            inv_freq=local.inv_freq if is_local else inv_freq,
             cache_index=cache_index,
         )
         if new_cache is not None:
@@ -308,9 +404,11 @@ def output_kernel(params: Mapping[str, Any]) -> tuple[jax.Array, str]:
 def logits(
     params: Mapping[str, Any], hidden: jax.Array, cfg: ModelConfig, sharder: Sharder = NO_SHARDING
 ) -> jax.Array:
-    """Returns float32 logits [B, T, V] for hidden states [B, T, D]."""
+    """Returns float32 logits [B, T, V] for hidden states [B, T, D] (soft-capped when
+    `cfg.final_logit_softcap` is set)."""
     w, eq = output_kernel(params)
     out = jnp.einsum(eq, hidden, w.astype(cfg.compute_dtype), preferred_element_type=jnp.float32)
+    out = layers.softcap(out, cfg.final_logit_softcap)
     return sharder.constrain(out, ("batch", "length", "act_vocab"))
 
 
