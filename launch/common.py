@@ -157,3 +157,15 @@ def run_main(fn: Callable[[], Any]) -> Any:
         if verbose():
             raise
         fail(e)
+
+
+def resolve_named_models(config: Any) -> None:
+    """Replaces a named model ("gguf:NAME") in `train.init_from` or a study's `base.init_from`
+    by its converted cache directory (converting it on first use), so every later stage, the
+    data's tokenizer and the recorded config see a plain path."""
+    from jaxknow.io.named_models import is_named, resolve_model_path
+
+    for section in ("train", "base"):
+        sec = config.get(section) if hasattr(config, "get") else None
+        if sec is not None and hasattr(sec, "get") and is_named(sec.get("init_from")):
+            sec["init_from"] = str(resolve_model_path(sec["init_from"]))

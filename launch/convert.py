@@ -4,8 +4,11 @@
 [--mesh_fsdp=N ...]`` imports a GPT-2, Llama, Qwen2 or Gemma checkpoint (config.json,
 safetensors, tokenizer.json), streaming each tensor into its sharding on the mesh;
 ``python -m launch.convert --from=jaxknow --src=DIR --dst=HF_DIR [--step=N]`` exports a
-converted model or a training workdir (LoRA adapters merged) to the Hugging Face layout.
-A non-empty destination is only replaced with --overwrite.
+converted model or a training workdir (LoRA adapters merged) to the Hugging Face layout;
+``python -m launch.convert --from=gguf --src=FILE.gguf --dst=JAXKNOW_DIR`` imports a llama.cpp
+GGUF file (Llama or Gemma 3, quantized or not: dequantized to float32, tokenizer rebuilt from
+the file's metadata; needs ``pip install 'jaxknow[gguf]'``). A non-empty destination is only
+replaced with --overwrite.
 """
 
 from __future__ import annotations
@@ -14,8 +17,8 @@ from absl import app, flags
 
 from launch.common import run_app, run_main
 
-_FROM = flags.DEFINE_enum("from", None, ["hf", "jaxknow"], "Source format.")
-_SRC = flags.DEFINE_string("src", None, "Source directory.")
+_FROM = flags.DEFINE_enum("from", None, ["hf", "jaxknow", "gguf"], "Source format.")
+_SRC = flags.DEFINE_string("src", None, "Source directory (a .gguf file with --from=gguf).")
 _DST = flags.DEFINE_string("dst", None, "Destination directory (created).")
 _PARAM_DTYPE = flags.DEFINE_enum(
     "param_dtype",
@@ -55,7 +58,21 @@ def main(argv: list[str]) -> None:
         from jaxknow.parallel.mesh import make_mesh
 
         mesh = make_mesh(_MESH_DATA.value, _MESH_FSDP.value, _MESH_TENSOR.value)
-        if _FROM.value == "hf":
+        if _FROM.value == "gguf":
+            from jaxknow.io.gguf import gguf_to_jaxknow
+
+            # Without mesh flags, the parameters are spread over the devices (fsdp): one copy
+            # of the model in host memory.
+            chosen = any(flags.FLAGS[f].present for f in ("mesh_data", "mesh_fsdp", "mesh_tensor"))
+            out = gguf_to_jaxknow(
+                _SRC.value,
+                _DST.value,
+                param_dtype=_PARAM_DTYPE.value or "float32",
+                dtype=_DTYPE.value,
+                mesh=mesh if chosen else None,
+                overwrite=_OVERWRITE.value,
+            )
+        elif _FROM.value == "hf":
             out = hf.hf_to_jaxknow(
                 _SRC.value,
                 _DST.value,

@@ -10,7 +10,7 @@ import sys
 from absl import flags
 from ml_collections import config_flags
 
-from launch.common import EXIT_INTERRUPTED, run_app, run_main
+from launch.common import EXIT_INTERRUPTED, resolve_named_models, run_app, run_main
 
 EXIT_TERMINATED = 143  # 128 + SIGTERM
 
@@ -39,6 +39,7 @@ def main(argv: list[str]) -> None:
         if kind not in RUNNERS:
             raise ConfigError(f"experiment={kind!r}: must be one of {sorted(RUNNERS)}")
         module, fn = RUNNERS[kind].split(":")
+        resolve_named_models(_CONFIG.value)
         try:
             getattr(importlib.import_module(module), fn)(_CONFIG.value, _WORKDIR.value)
         except StageStopped as e:

@@ -8,7 +8,7 @@ import sys
 from absl import flags
 from ml_collections import config_flags
 
-from launch.common import EXIT_INTERRUPTED, run_app, run_main
+from launch.common import EXIT_INTERRUPTED, resolve_named_models, run_app, run_main
 
 _CONFIG = config_flags.DEFINE_config_file(
     "config", None, "Experiment config file (.py).", lock_config=True
@@ -22,6 +22,7 @@ def main(argv: list[str]) -> None:
     from jaxknow.train.loop import train
 
     def go() -> int:
+        resolve_named_models(_CONFIG.value)
         result = train(_CONFIG.value, _WORKDIR.value)
         last = result.metrics[-1] if result.metrics else {}
         status = (

@@ -84,45 +84,61 @@ def load_hf_params(
     """Returns the HFModel of a Hugging Face directory, each parameter streamed from the
     safetensors files straight into its sharding on `mesh` (default: all devices, replicated).
     """
+    hf = read_hf_config(hf_dir)
+    reader = SafetensorsReader(hf_dir)
+    try:
+        return load_params_from_reader(
+            hf, reader, mesh, param_dtype=param_dtype, dtype=dtype, rules=rules
+        )
+    finally:
+        reader.close()
+
+
+def load_params_from_reader(
+    hf: dict[str, Any],
+    reader: Any,
+    mesh: Mesh | None = None,
+    *,
+    param_dtype: str = "float32",
+    dtype: str | None = None,
+    rules: Rules = DEFAULT_RULES,
+) -> HFModel:
+    """Returns the HFModel of a Hugging Face config dict and a tensor reader (anything with
+    the `SafetensorsReader` methods names / shape / dtype_code / read and a `directory` for
+    messages, e.g. a GGUF file's dequantizing reader), each parameter streamed into its
+    sharding on `mesh` (default: all devices, replicated)."""
     from jaxknow.parallel.mesh import make_mesh
 
     if param_dtype not in NP_DTYPES:
         raise HFConversionError(f"param_dtype={param_dtype!r}: must be one of {list(NP_DTYPES)}")
-    hf = read_hf_config(hf_dir)
     family, cfg = model_config_from_hf(hf, param_dtype=param_dtype, dtype=dtype)
-    reader = SafetensorsReader(hf_dir)
-    try:
-        prefix = gpt2_prefix(reader.names()) if family == "gpt2" else None
-        plan = tensor_plan(family, cfg, prefix)
-        check_tensors(reader, plan, family, cfg)
-        mesh = mesh or make_mesh(-1, 1, 1)
-        specs = param_specs(cfg)
-        target = NP_DTYPES[param_dtype]
-        shardings = flatten(
-            tree_shardings(param_axes(specs), param_shapes(specs, target), mesh, rules)
-        )
-        flat_specs = flatten(specs)
-        out = {}
-        for path, spec in flat_specs.items():
-            src = plan[path]
-            cache: dict[Any, np.ndarray] = {}  # replicas ask for the same block
+    prefix = gpt2_prefix(reader.names()) if family == "gpt2" else None
+    plan = tensor_plan(family, cfg, prefix)
+    check_tensors(reader, plan, family, cfg)
+    mesh = mesh or make_mesh(-1, 1, 1)
+    specs = param_specs(cfg)
+    target = NP_DTYPES[param_dtype]
+    shardings = flatten(tree_shardings(param_axes(specs), param_shapes(specs, target), mesh, rules))
+    flat_specs = flatten(specs)
+    out = {}
+    for path, spec in flat_specs.items():
+        src = plan[path]
+        cache: dict[Any, np.ndarray] = {}  # replicas ask for the same block
 
-            def cb(
-                index: tuple[slice, ...],
-                src: TensorSource = src,
-                cache: dict[Any, np.ndarray] = cache,
-                shape: tuple[int, ...] = spec.shape,
-            ) -> np.ndarray:
-                key = tuple(s.indices(n) for s, n in zip(index, shape))
-                if key not in cache:
-                    cache[key] = read_param_slice(reader, src, tuple(index), target)
-                return cache[key]
+        def cb(
+            index: tuple[slice, ...],
+            src: TensorSource = src,
+            cache: dict[Any, np.ndarray] = cache,
+            shape: tuple[int, ...] = spec.shape,
+        ) -> np.ndarray:
+            key = tuple(s.indices(n) for s, n in zip(index, shape))
+            if key not in cache:
+                cache[key] = read_param_slice(reader, src, tuple(index), target)
+            return cache[key]
 
-            out[path] = jax.make_array_from_callback(spec.shape, shardings[path], cb)
-            cache.clear()
-        return HFModel(params=unflatten(out), cfg=cfg, family=family, hf_config=hf)
-    finally:
-        reader.close()
+        out[path] = jax.make_array_from_callback(spec.shape, shardings[path], cb)
+        cache.clear()
+    return HFModel(params=unflatten(out), cfg=cfg, family=family, hf_config=hf)
 
 
 def _copy_tokenizer_files(src: Path, dst: Path) -> bool:
