@@ -7,7 +7,7 @@ set -euo pipefail
 cd "$(dirname "$0")/.."
 python3 -m venv .venv
 .venv/bin/pip install -q --upgrade pip
-.venv/bin/pip install -q -e '.[test]'
+.venv/bin/pip install -q -e '.[test,gguf]'
 .venv/bin/pip install -q 'torch==2.13.0' 'transformers==5.23.0' || echo "torch/transformers unavailable: HF parity tests will skip"
 .venv/bin/pip install -q -e '.[eval]' || echo "lm-eval unavailable: the lm-eval parity tests will skip"
 export XLA_FLAGS=--xla_force_host_platform_device_count=8 JAX_PLATFORMS=cpu
