@@ -90,6 +90,41 @@ SPECS = {
         "GemmaForCausalLM",
         dict(_ROPE_COMMON, num_key_value_heads=1, head_dim=16),
     ),
+    # Gemma 3: 7 layers (0-4 and 6 local, 5 global), a window of 5 (< the 24-token sequence),
+    # distinct local / global rotary bases with linear scaling on the global layer, and a
+    # query_pre_attn_scalar other than head_dim.
+    "gemma3": (
+        "Gemma3TextConfig",
+        "Gemma3ForCausalLM",
+        dict(
+            _ROPE_COMMON,
+            num_hidden_layers=7,
+            num_key_value_heads=2,
+            head_dim=16,
+            sliding_window=5,
+            query_pre_attn_scalar=24,
+            rope_parameters={
+                "full_attention": {"rope_type": "linear", "factor": 2.0, "rope_theta": 10_000.0},
+                "sliding_attention": {"rope_type": "default", "rope_theta": 100.0},
+            },
+        ),
+    ),
+    # Gemma 3 with soft-capped output logits; transformers' Gemma 3 ignores the attention cap
+    # (so must the import).
+    "gemma3_softcap": (
+        "Gemma3TextConfig",
+        "Gemma3ForCausalLM",
+        dict(
+            _ROPE_COMMON,
+            num_hidden_layers=3,
+            num_key_value_heads=1,
+            head_dim=16,
+            sliding_window=3,
+            sliding_window_pattern=2,
+            attn_logit_softcapping=2.0,
+            final_logit_softcapping=1.5,
+        ),
+    ),
 }
 
 
@@ -138,11 +173,15 @@ def _jaxknow_logits(params, cfg) -> list[np.ndarray]:
     return [out[i, : len(s)] for i, s in enumerate(SEQS)]
 
 
-def _check_parity(model: torch.nn.Module, logits: list[np.ndarray]) -> None:
+def _check_parity(model: torch.nn.Module, logits: list[np.ndarray]) -> float:
+    """Asserts the logits equal transformers' to TOL; returns the largest difference."""
+    worst = 0.0
     for seq, got in zip(SEQS, logits):
         want = _hf_logits(model, seq)
         assert got.shape == want.shape
         np.testing.assert_allclose(got, want, atol=TOL, rtol=0)
+        worst = max(worst, float(np.abs(got - want).max()))
+    return worst
 
 
 @pytest.fixture(scope="module")
@@ -153,7 +192,9 @@ def gpt2_dir(tmp_path_factory) -> tuple[Path, torch.nn.Module]:
     return path, model
 
 
-@pytest.mark.parametrize("name", ["gpt2", "llama", "qwen2", "qwen2_tied", "gemma"])
+@pytest.mark.parametrize(
+    "name", ["gpt2", "llama", "qwen2", "qwen2_tied", "gemma", "gemma3", "gemma3_softcap"]
+)
 def test_import_export_parity(name, tmp_path, gpt2_dir):
     if name == "gpt2":
         src, model = gpt2_dir
@@ -162,7 +203,7 @@ def test_import_export_parity(name, tmp_path, gpt2_dir):
     else:
         src = tmp_path / "hf"
         model = _make_hf(name, src)
-    family = name.split("_")[0]
+    family = "gemma3_text" if name.startswith("gemma3") else name.split("_")[0]
     mesh = _one_device()
     dst = hf.hf_to_jaxknow(src, tmp_path / "jk", mesh=mesh)
     loaded = load_model(dst, mesh=mesh)
@@ -173,17 +214,78 @@ def test_import_export_parity(name, tmp_path, gpt2_dir):
         assert loaded.cfg.kv_heads == 2 and loaded.cfg.rope_scaling["factor"] == 8.0
     assert loaded.cfg.tie_embeddings == ("lm_head" not in loaded.params)
     _check_parity(model, _jaxknow_logits(loaded.params, loaded.cfg))
+    if name == "gemma3_softcap":
+        assert loaded.cfg.final_logit_softcap == 1.5 and loaded.cfg.attn_logit_softcap is None
+    if name == "gemma3":
+        assert loaded.cfg.local_layers == (True,) * 5 + (False, True)
+        assert loaded.cfg.rope_scaling == {"factor": 2.0} and loaded.cfg.rope_local_theta == 100
 
     out = hf.jaxknow_to_hf(
         dst, tmp_path / "export", mesh=mesh, max_shard_size="16KB" if name == "llama" else "5GB"
     )
     hf_cfg = json.loads((out / "config.json").read_text())
     assert hf_cfg["model_type"] == family
+    assert hf_config.model_config_from_hf(hf_cfg) == (family, loaded.cfg)
     assert hf_cfg["architectures"] == [hf_config.ARCHITECTURES[family]]
     assert (out / "model.safetensors.index.json").is_file() == (name == "llama")
     back = transformers.AutoModelForCausalLM.from_pretrained(out, dtype=torch.float32).eval()
     for seq in SEQS:
         np.testing.assert_allclose(_hf_logits(back, seq), _hf_logits(model, seq), atol=TOL, rtol=0)
+
+
+@pytest.fixture(scope="module")
+def gemma3_model(tmp_path_factory):
+    """(transformers model, imported jaxknow model) of the 7-layer Gemma 3 of SPECS."""
+    src = tmp_path_factory.mktemp("hf") / "gemma3"
+    model = _make_hf("gemma3", src)
+    return model, hf.load_hf_params(src, _one_device())
+
+
+def test_gemma3_scan_packed_segments_and_window(gemma3_model):
+    """Scanned and looped layers, and documents packed into one row, all match transformers;
+    ignoring the sliding window (or the local rotary base) would not."""
+    model, m = gemma3_model
+    cfg = m.cfg
+    assert not cfg.use_scan and any(cfg.local_layers) and not all(cfg.local_layers)
+    worst = _check_parity(model, _jaxknow_logits(m.params, cfg.replace(scan_layers=True)))
+    assert worst < TOL
+    # SEQS[1] and SEQS[2] packed into one row: positions restart, attention stays inside.
+    a, b = SEQS[1], SEQS[2]
+    tokens = jnp.asarray([a + b], jnp.int32)
+    positions = jnp.asarray([list(range(len(a))) + list(range(len(b)))], jnp.int32)
+    segments = jnp.asarray([[1] * len(a) + [2] * len(b)], jnp.int32)
+    for scan in (False, True):
+        c = cfg.replace(scan_layers=scan)
+        out = transformer.forward(
+            m.params, tokens, c, positions=positions, segment_ids=segments, collect_hidden=True
+        )
+        assert out.hiddens.shape[0] == cfg.n_layers + 1
+        got = np.asarray(transformer.logits(m.params, out.hidden, c))[0]
+        np.testing.assert_allclose(got[: len(a)], _hf_logits(model, a), atol=TOL, rtol=0)
+        np.testing.assert_allclose(got[len(a) :], _hf_logits(model, b), atol=TOL, rtol=0)
+    # The tests can fail: without the window, or with one rotary base, the logits move.
+    want = _hf_logits(model, SEQS[2])
+    for wrong in (
+        cfg.replace(sliding_window=None, sliding_window_pattern=None, rope_local_theta=None),
+        cfg.replace(rope_local_theta=None),
+    ):
+        got = np.asarray(transformer.apply(m.params, jnp.asarray([SEQS[2]]), wrong))[0]
+        assert np.abs(got - want).max() > 100 * TOL
+
+
+def test_gemma3_cached_generation_matches_full_forward(gemma3_model):
+    """KV-cache greedy decoding (left-padded prompts, generated text longer than the window)
+    equals the argmax of transformers' full forward pass over the final sequence."""
+    from jaxknow.eval import generate
+
+    model, m = gemma3_model
+    prompts = [SEQS[1], SEQS[2][:13], [7, 3]]
+    got = generate.generate_tokens(m.params, m.cfg, prompts, max_new_tokens=10, batch_size=4)
+    assert all(len(g) == 10 for g in got)
+    for prompt, new in zip(prompts, got):
+        seq = prompt + new
+        want = np.argmax(_hf_logits(model, seq), axis=-1)[len(prompt) - 1 : -1]
+        assert new == want.tolist()
 
 
 def test_bf16_source_and_fsdp_streaming(tmp_path):
@@ -468,6 +570,60 @@ GEMMA_7B = {
     "torch_dtype": "bfloat16",
     "vocab_size": 256000,
 }
+SMOLLM2_135M = {
+    "architectures": ["LlamaForCausalLM"],
+    "attention_bias": False,
+    "bos_token_id": 0,
+    "eos_token_id": 0,
+    "hidden_act": "silu",
+    "hidden_size": 576,
+    "initializer_range": 0.041666666666666664,
+    "intermediate_size": 1536,
+    "max_position_embeddings": 8192,
+    "model_type": "llama",
+    "num_attention_heads": 9,
+    "num_hidden_layers": 30,
+    "num_key_value_heads": 3,
+    "pretraining_tp": 1,
+    "rms_norm_eps": 1e-05,
+    "rope_scaling": None,
+    "rope_theta": 100000,
+    "tie_word_embeddings": True,
+    "torch_dtype": "bfloat16",
+    "vocab_size": 49152,
+}
+GEMMA3_270M = {
+    "_sliding_window_pattern": 6,
+    "architectures": ["Gemma3ForCausalLM"],
+    "attention_bias": False,
+    "attention_dropout": 0.0,
+    "attn_logit_softcapping": None,
+    "bos_token_id": 2,
+    "eos_token_id": 1,
+    "final_logit_softcapping": None,
+    "head_dim": 256,
+    "hidden_activation": "gelu_pytorch_tanh",
+    "hidden_size": 640,
+    "initializer_range": 0.02,
+    "intermediate_size": 2048,
+    "layer_types": (["sliding_attention"] * 5 + ["full_attention"]) * 3,
+    "max_position_embeddings": 32768,
+    "model_type": "gemma3_text",
+    "num_attention_heads": 4,
+    "num_hidden_layers": 18,
+    "num_key_value_heads": 1,
+    "pad_token_id": 0,
+    "query_pre_attn_scalar": 256,
+    "rms_norm_eps": 1e-06,
+    "rope_local_base_freq": 10000.0,
+    "rope_scaling": None,
+    "rope_theta": 1000000.0,
+    "sliding_window": 512,
+    "torch_dtype": "bfloat16",
+    "use_bidirectional_attention": False,
+    "use_cache": True,
+    "vocab_size": 262144,
+}
 GPT2_SMALL = {
     "activation_function": "gelu_new",
     "architectures": ["GPT2LMHeadModel"],
@@ -483,7 +639,14 @@ GPT2_SMALL = {
 
 
 @pytest.mark.parametrize(
-    "hf_cfg, name", [(LLAMA31_8B, "llama-8b"), (GEMMA_7B, "gemma-7b"), (GPT2_SMALL, "gpt2-small")]
+    "hf_cfg, name",
+    [
+        (LLAMA31_8B, "llama-8b"),
+        (GEMMA_7B, "gemma-7b"),
+        (GPT2_SMALL, "gpt2-small"),
+        (SMOLLM2_135M, "smollm2-135m"),
+        (GEMMA3_270M, "gemma3-270m"),
+    ],
 )
 def test_published_configs_map_to_presets(hf_cfg, name):
     family, cfg = hf_config.model_config_from_hf(hf_cfg, param_dtype="bfloat16")
@@ -501,9 +664,17 @@ def test_published_configs_map_to_presets(hf_cfg, name):
         "attn_bias",
         "pos_embedding",
         "gelu_approximate",
+        "qk_norm",
+        "post_norms",
+        "attn_scale",
+        "sliding_window",
+        "sliding_window_pattern",
+        "rope_local_theta",
+        "attn_logit_softcap",
+        "final_logit_softcap",
     ):
         assert getattr(cfg, field) == getattr(ref, field), field
-    if family == "llama":
+    if name == "llama-8b":
         assert cfg.rope_scaling == {
             "factor": 8.0,
             "low_freq_factor": 1.0,

@@ -106,13 +106,22 @@ def tensor_plan(
             plan[f"{L}/mlp/down/kernel"] = T(f"{b}.mlp.c_proj.weight", (f,), (d,), (f, d))
             plan[f"{L}/mlp/down/bias"] = T(f"{b}.mlp.c_proj.bias", (), (d,), (d,))
         norm("final_norm", f"{p}ln_f")
-    elif family in ("llama", "qwen2", "gemma"):
+    elif family in ("llama", "qwen2", "gemma", "gemma3_text"):
         p = "model." if prefix is None else prefix
         plan["embed/tokens"] = T(f"{p}embed_tokens.weight", (v,), (d,), (v, d))
         for i in range(cfg.n_layers):
             L, b = f"layers/{i}", f"{p}layers.{i}"
             norm(f"{L}/attn_norm", f"{b}.input_layernorm")
-            norm(f"{L}/mlp_norm", f"{b}.post_attention_layernorm")
+            if cfg.post_norms:  # Gemma 2/3: four norms per layer
+                norm(f"{L}/attn_post_norm", f"{b}.post_attention_layernorm")
+                norm(f"{L}/mlp_norm", f"{b}.pre_feedforward_layernorm")
+                norm(f"{L}/mlp_post_norm", f"{b}.post_feedforward_layernorm")
+            else:
+                norm(f"{L}/mlp_norm", f"{b}.post_attention_layernorm")
+            if cfg.qk_norm:  # Gemma 3: per-head query / key RMSNorm
+                for n in ("q", "k"):
+                    name = f"{b}.self_attn.{n}_norm.weight"
+                    plan[f"{L}/attn/{n}_norm/scale"] = T(name, (), (hd,), (hd,))
             for n, heads in (("q", h), ("k", kv), ("v", kv)):
                 name = f"{b}.self_attn.{n}_proj"
                 plan[f"{L}/attn/{n}/kernel"] = T(

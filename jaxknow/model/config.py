@@ -337,6 +337,7 @@ PRESETS: dict[str, dict[str, Any]] = {
         max_seq_len=8192,
         rope_theta=100_000.0,
         tie_embeddings=True,
+        init_std=1 / 24,  # its initializer_range
     ),
     # google/gemma-3-270m: query/key norms, sandwich norms, 5 local (window 512) : 1 global.
     "gemma3-270m": dict(
