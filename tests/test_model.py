@@ -280,3 +280,19 @@ def test_configs_are_hashable_static_jit_arguments():
     assert float(f(jnp.ones(()), cfg=cfg, sharder=Sharder(None))) == 32.0
     f(jnp.ones(()), cfg=same, sharder=Sharder(None))
     assert len(traces) == 1  # equal configs and sharders share the compiled function
+
+
+def test_softcapped_attention_matches_plain_attention_when_the_cap_is_far():
+    """The written-out soft-capped attention (GQA, sliding window, packed segments) computes
+    what `jax.nn.dot_product_attention` does when the cap is far above the logits."""
+    cfg = preset("tiny-llama", sliding_window=4, sliding_window_pattern=2, dtype="float32")
+    params = init_params(param_specs(cfg), jax.random.key(0), jnp.float32)
+    tokens = jax.random.randint(jax.random.key(1), (2, 13), 0, cfg.vocab_size)
+    segments = jnp.asarray([[1] * 6 + [2] * 7, [1] * 13])
+    positions = jnp.asarray([list(range(6)) + list(range(7)), list(range(13))])
+    kw = dict(segment_ids=segments, positions=positions)
+    plain = transformer.apply(params, tokens, cfg, **kw)
+    far = transformer.apply(params, tokens, cfg.replace(attn_logit_softcap=1e6), **kw)
+    near = transformer.apply(params, tokens, cfg.replace(attn_logit_softcap=0.01), **kw)
+    np.testing.assert_allclose(far, plain, rtol=1e-5, atol=1e-5)
+    assert np.abs(np.asarray(near) - np.asarray(plain)).max() > 1e-3
