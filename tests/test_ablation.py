@@ -160,3 +160,18 @@ def test_plots_write_png_files(tmp_path):
         assert data[:8] == PNG and len(data) > 1000, p
     with pytest.raises(ValueError):
         plots.plot_loss_curve([1, 2], [1.0], tmp_path / "bad.png")
+
+
+def test_k_grid_evaluates_only_its_ks_and_always_ends_at_l():
+    assert ablation.ablation_ks(30, 3) == list(range(0, 31, 3))
+    assert ablation.ablation_ks(30, 4) == [*range(0, 29, 4), 30]
+    assert ablation.ablation_ks(3) == [0, 1, 2, 3]
+    with pytest.raises(ValueError, match="step=0"):
+        ablation.ablation_ks(3, 0)
+    log: list = []
+    res = ablation.layer_delta_ablation(
+        THETA0, THETA1, 3, _recording_evaluate(log), ks=ablation.ablation_ks(3, 2)
+    )
+    assert sorted(res.results["first"]) == sorted(res.results["last"]) == [0, 2, 3]
+    assert len(log) == 4  # k = 0 and k = L shared by both sides, k = 2 once per side
+    assert res.results["first"][2] != res.results["last"][2]

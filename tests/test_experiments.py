@@ -186,3 +186,32 @@ def test_celebrity_sources_weight_the_minority_as_configured():
         cfg["celebrity_minority_weight"] = bad
         with pytest.raises(ConfigError, match="celebrity_minority_weight"):
             parse_study(cfg)
+
+
+@pytest.mark.slow  # two miniature studies end to end: minutes on 2 cores
+def test_cooccurrence_study_on_an_imported_base_model(tmp_path):
+    # A first study's base model stands in for an imported pretrained model (its own tokenizer,
+    # a world it never saw): no ceiling on base entities, real facts of a second world scored,
+    # the ablation on a coarser k grid that still ends at L.
+    first = cooc_tiny()
+    first.renderings, first.modes, first.seeds = ("narrative",), ("full",), (0,)
+    first.forget.enabled, first.ablation.enabled = False, False
+    first.finetune.epochs = 1
+    run_cooccurrence_study(first, tmp_path / "first", log=lambda *_: None)
+    cfg = cooc_tiny()
+    cfg.base.init_from = str(tmp_path / "first" / "base")
+    cfg.renderings, cfg.modes, cfg.seeds = ("narrative",), ("full",), (0,)
+    cfg.forget.enabled = False
+    cfg.eval.base_entities = False
+    cfg.eval.real_facts = {"kind": "geo", "num_countries": 12, "num_cities": 6}
+    cfg.ablation.k_step = 2
+    results = run_cooccurrence_study(cfg, tmp_path / "second", log=lambda *_: None)
+    assert "ceiling_base_entities" not in results["base"]
+    assert set(results["base"]["real_facts"]) == {"qa", "multiple_choice"}
+    n_real = len(read_jsonl(tmp_path / "second" / "data_real_facts" / "eval_base_qa.jsonl"))
+    assert results["base"]["real_facts"]["qa"]["n"] == n_real > 0
+    ab = results["ablation"]["narrative"]
+    for side in ("first", "last"):
+        assert sorted(int(k) for k in ab["results"][side]) == [0, 2, 3]
+    report = (tmp_path / "second" / "report.md").read_text()
+    assert "real facts" in report and "ceiling" not in report

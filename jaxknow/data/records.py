@@ -58,13 +58,14 @@ def write_source(
     try:
         files = []
         bounds = np.linspace(0, len(docs), num_shards + 1).astype(int)
-        n_tokens = 0
+        n_tokens = longest = 0
         for i in range(num_shards):
             fname = f"{name}-{i:05d}-of-{num_shards:05d}.arecord"
             w = ArrayRecordWriter(str(tmp / fname), "group_size:1")
             for tokens, loss_start in docs[bounds[i] : bounds[i + 1]]:
                 w.write(encode_record(tokens, loss_start))
                 n_tokens += len(tokens)
+                longest = max(longest, len(tokens))
             w.close()
             files.append(fname)
         index = {
@@ -72,6 +73,7 @@ def write_source(
             "files": files,
             "num_docs": len(docs),
             "num_tokens": n_tokens,
+            "max_doc_tokens": longest,
             **(metadata or {}),
         }
         old = out_dir / f"{name}.json"
@@ -105,6 +107,25 @@ def read_index(data_dir: str | os.PathLike, name: str) -> dict:
         if not (Path(data_dir) / f).is_file():
             raise FileNotFoundError(f"{path}: shard {f} is missing")
     return index
+
+
+def longest_document(data_dir: str | os.PathLike, name: str) -> int:
+    """Returns the token count of source `name`'s longest document (from its index; sources
+    written before the index recorded it are read through once)."""
+    index = read_index(data_dir, name)
+    if "max_doc_tokens" in index:
+        return int(index["max_doc_tokens"])
+    from array_record.python.array_record_module import ArrayRecordReader
+
+    longest = 0
+    for path in shard_paths(data_dir, name):
+        reader = ArrayRecordReader(path)
+        try:
+            for raw in reader.read_all():
+                longest = max(longest, len(decode_record(raw)[0]))
+        finally:
+            reader.close()
+    return longest
 
 
 def shard_paths(data_dir: str | os.PathLike, name: str) -> list[str]:

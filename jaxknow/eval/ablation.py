@@ -19,7 +19,7 @@ from jaxknow.model.config import ModelConfig
 from jaxknow.model.lora import is_lora_path, merge_lora
 from jaxknow.model.params import flatten, layer_of, unflatten
 
-__all__ = ["AblationResult", "ablated_layers", "layer_delta_ablation", "mix_layers"]
+__all__ = ["AblationResult", "ablated_layers", "ablation_ks", "layer_delta_ablation", "mix_layers"]
 
 Side = Literal["first", "last"]
 NonLayer = Literal["finetuned", "base", "adjacent"]
@@ -78,6 +78,13 @@ def mix_layers(
             base = layer in layers_from_base
         out[path] = v0 if base else v1
     return unflatten(out)
+
+
+def ablation_ks(n_layers: int, step: int = 1) -> list[int]:
+    """Returns the k grid 0, step, 2·step, ... that always ends at n_layers."""
+    if step < 1:
+        raise ValueError(f"step={step}: must be >= 1")
+    return sorted({*range(0, n_layers + 1, step), n_layers})
 
 
 def ablated_layers(side: Side, k: int, n_layers: int) -> frozenset[int]:
@@ -150,9 +157,11 @@ def layer_delta_ablation(
     *,
     non_layer: NonLayer = "finetuned",
     cfg: ModelConfig | None = None,
+    ks: Sequence[int] | None = None,
 ) -> AblationResult:
     """Returns the metrics of the models whose first (resp. last) k layers take θ0 and the rest
-    θ1, for k = 0..n_layers and each side (see `mix_layers` for the non-layer parameters).
+    θ1, for each k of `ks` (default: 0..n_layers) and each side (see `mix_layers` for the
+    non-layer parameters).
 
     `evaluate` maps parameters to {metric: value}; a layer selection shared by both sides
     (k = 0, k = L) is evaluated once. If θ1 (or θ0) holds LoRA adapters, pass `cfg` to merge
@@ -169,11 +178,12 @@ def layer_delta_ablation(
     found = _n_layers_of(flatten(theta1))
     if found != n_layers:
         raise ValueError(f"n_layers={n_layers} but the parameters have {found} layers")
+    ks = range(n_layers + 1) if ks is None else sorted(set(ks))
     cache: dict[frozenset[int], Metrics] = {}
     results: dict[str, dict[int, Metrics]] = {}
     for side in sides:
         results[side] = {}
-        for k in range(n_layers + 1):
+        for k in ks:
             sel = ablated_layers(side, k, n_layers)
             if sel not in cache:
                 mixed = mix_layers(theta0, theta1, sel, non_layer=non_layer)

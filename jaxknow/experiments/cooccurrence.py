@@ -66,6 +66,11 @@ class EvalSettings:
     eval_pass1: bool = True  # also evaluate forgetting runs at the end of pass 1
     base_entities: bool = True  # also evaluate every finetuned model on the base entities
     base_max_items: int | None = None  # per base-entity subset; None: as max_items
+    # A second world whose base entities hold facts a pretrained model may know (e.g.
+    # {"kind": "geo", "num_countries": 40}): its base-entity subsets `real_facts_subsets` are
+    # evaluated on the base model before finetuning. {} = off.
+    real_facts: Mapping[str, Any] = dataclasses.field(default_factory=dict)
+    real_facts_subsets: tuple[str, ...] = ("qa", "multiple_choice")
 
 
 @dataclasses.dataclass(frozen=True)
@@ -78,6 +83,11 @@ class AblationSettings:
     mode: str = "full"
     sides: tuple[str, ...] = ("first", "last")
     all_seeds: bool = True  # ablate every seed's model (mean and std per k); else the first
+    k_step: int = 1  # k = 0, k_step, 2·k_step, ..., L (1: every layer)
+
+    def __post_init__(self) -> None:
+        if self.k_step < 1:
+            raise ValueError(f"k_step={self.k_step}: must be >= 1")
 
 
 @dataclasses.dataclass(frozen=True)
@@ -115,6 +125,10 @@ class CooccurrenceStudy:
     eval: EvalSettings
     ablation: AblationSettings
     replay: ReplaySettings
+    # With "pad" packing (one example per row), cut each finetune's rows to its corpus's
+    # longest document rounded up to 8 tokens (at most the stage's seq_len): the same
+    # examples and loss, without computing padding.
+    fit_seq_len: bool = False
 
 
 KEYS = (
@@ -134,6 +148,7 @@ KEYS = (
     "eval",
     "ablation",
     "replay",
+    "fit_seq_len",
 )
 
 
@@ -170,7 +185,10 @@ def parse_study(config: Any) -> CooccurrenceStudy:
         eval=C.section(EvalSettings, cfg.get("eval"), "eval"),
         ablation=C.section(AblationSettings, cfg.get("ablation"), "ablation"),
         replay=C.section(ReplaySettings, cfg.get("replay"), "replay"),
+        fit_seq_len=cfg.get("fit_seq_len", False),
     )
+    if not isinstance(study.fit_seq_len, bool):
+        raise C.ConfigError(f"fit_seq_len={study.fit_seq_len!r}: must be true or false")
     for r in study.ablation.renderings if study.ablation.enabled else ():
         if r not in renderings:
             raise C.ConfigError(f"ablation.renderings: {r!r} is not among renderings")
@@ -287,20 +305,18 @@ def run_cooccurrence_study(config: Any, workdir: str | Path, log: Any = print) -
     ev = study.eval
     novel = _subsets(data_dir, ev.subsets or None, "eval_", ev.max_items)
     base_subsets = _subsets(data_dir, None, "eval_base_", ev.base_max_items or ev.max_items)
-    log("[eval] base model: ceiling on base entities, floor on novel entities")
     base_model = load_model(base_dir)
     results: dict[str, Any] = {
         "experiment": "cooccurrence",
         "world": world,
         "seeds": list(study.seeds),
-        "base": {
-            "ceiling_base_entities": evaluate_model(base_model, base_subsets, ev),
-            "novel_before_finetuning": evaluate_model(base_model, novel, ev),
-        },
+        "base": base_scores(study, base_model, novel, base_subsets, workdir, log),
         "runs": {},
         "conditions": {},
         "findings": list(FINDINGS),
     }
+    if ev.real_facts:
+        results["real_facts_world"] = dict(ev.real_facts)
     losses: dict[str, tuple[list[int], list[float], list[int]]] = {}
 
     # 2. Knowledge finetuning conditions.
@@ -316,11 +332,15 @@ def run_cooccurrence_study(config: Any, workdir: str | Path, log: Any = print) -
             source = f"corpus_{rendering}"
             n_docs = records.read_index(data_dir, source)["num_docs"]
             pass_steps = common.steps_for_epochs(stage, n_docs)
+            rows = {}
+            if study.fit_seq_len and stage.data.packing == "pad" and study.replay.weight <= 0:
+                longest = records.longest_document(data_dir, source)
+                rows = {"seq_len": min(stage.data.seq_len, -(-longest // 8) * 8)}
             for seed in study.seeds:
                 name = f"{rendering}{'+forget' if forget else ''} ({mode}) seed {seed}"
                 d = workdir / f"ft_{rendering}{'_forget' if forget else ''}_{mode}_s{seed}"
                 stage_s = common.parse_stage(
-                    {"checkpoint_every": pass_steps if forget else 0}, mode, base=stage
+                    {"checkpoint_every": pass_steps if forget else 0, **rows}, mode, base=stage
                 )
                 cfg = common.stage_config(
                     exp,
@@ -374,13 +394,46 @@ def run_cooccurrence_study(config: Any, workdir: str | Path, log: Any = print) -
             for seed in study.seeds if ab.all_seeds else study.seeds[:1]:
                 d = run_dirs[(rendering, False, ab.mode, seed)]
                 log(f"[ablation] {rendering} ({ab.mode}) seed {seed}")
-                per_seed[seed] = ablate(base_model, load_model(d), subsets, ev, ab.sides)
+                per_seed[seed] = ablate(
+                    base_model, load_model(d), subsets, ev, ab.sides, k_step=ab.k_step
+                )
             results["ablation"][rendering] = combine_ablations(
                 per_seed, {k: len(v) for k, v in subsets.items()}
             )
     results["wall_seconds"] = time.perf_counter() - t0
     _write_outputs(workdir, results, losses)
     return results
+
+
+def base_scores(
+    study: CooccurrenceStudy,
+    base_model: Any,
+    novel: Mapping[str, list[dict]],
+    base_subsets: Mapping[str, list[dict]],
+    workdir: Path,
+    log: Any,
+) -> dict[str, Any]:
+    """Returns the base model's scores before finetuning: the novel entities (the floor), the
+    base entities when the study pretrained the base model on them (the ceiling; a model
+    imported with `base.init_from` never saw the base world, so none), and the real facts of
+    `eval.real_facts` when set."""
+    ev = study.eval
+    out: dict[str, Any] = {}
+    if study.base_init_from is None:
+        log("[eval] base model: ceiling on base entities")
+        out["ceiling_base_entities"] = evaluate_model(base_model, base_subsets, ev)
+    log("[eval] base model: floor on novel entities")
+    out["novel_before_finetuning"] = evaluate_model(base_model, novel, ev)
+    if ev.real_facts:
+        real_dir = workdir / "data_real_facts"
+        if not (real_dir / "manifest.json").is_file():
+            # The study world's tokenizer (the imported model's own, when there is one).
+            world = {**ev.real_facts, "tokenizer": str(workdir / "data")}
+            build.materialize(world, real_dir, study.seed)
+        subsets = _subsets(real_dir, ev.real_facts_subsets, "eval_base_", ev.base_max_items)
+        log(f"[eval] base model: real facts ({', '.join(subsets)})")
+        out["real_facts"] = evaluate_model(base_model, subsets, ev)
+    return out
 
 
 def _model_section(base_dir: Path) -> dict[str, Any]:
@@ -395,10 +448,11 @@ def ablate(
     subsets: Mapping[str, list[dict]],
     ev: EvalSettings,
     sides: Sequence[str],
+    k_step: int = 1,
 ) -> dict[str, Any]:
     """Returns the layer-delta ablation {side: {k: {subset: headline}}} of a finetuned model
-    against the base, for k = 0..L."""
-    from jaxknow.eval.ablation import layer_delta_ablation
+    against the base, for k = 0, k_step, ..., L."""
+    from jaxknow.eval.ablation import ablation_ks, layer_delta_ablation
     from jaxknow.model.lora import merge_lora
 
     cfg = ft_model.cfg
@@ -409,7 +463,12 @@ def ablate(
         return {k: headline(v) for k, v in m.items()}
 
     res = layer_delta_ablation(
-        base_model.params, theta1, cfg.n_layers, evaluate, sides=tuple(sides)
+        base_model.params,
+        theta1,
+        cfg.n_layers,
+        evaluate,
+        sides=tuple(sides),
+        ks=ablation_ks(cfg.n_layers, k_step),
     )
     return {
         "n_layers": cfg.n_layers,
@@ -499,11 +558,15 @@ def report_markdown(results: Mapping[str, Any]) -> str:
     )
     for key, by_subset in conds.items():
         rows.append([key, *[_pm(by_subset[s], _main_metric(by_subset[s])) for s in subsets]])
-    ceiling = results["base"]["ceiling_base_entities"]
-    crow = [
-        "ceiling: base model on base entities",
-        *[_pct(headline(ceiling[s])) if s in ceiling else "" for s in subsets],
-    ]
+    ceiling = results["base"].get("ceiling_base_entities") or {}
+    extra_rows = []
+    if ceiling:
+        extra_rows.append(
+            [
+                "ceiling: base model on base entities",
+                *[_pct(headline(ceiling[s])) if s in ceiling else "" for s in subsets],
+            ]
+        )
     parts = [
         "# Co-occurrence is not factual association",
         "",
@@ -513,10 +576,19 @@ def report_markdown(results: Mapping[str, Any]) -> str:
         "## Novel-entity tasks (EM % for free-form, accuracy % for multiple choice; "
         "mean ± std over seeds)",
         "",
-        markdown_table(header, [*rows, crow]),
+        markdown_table(header, [*rows, *extra_rows]),
     ]
+    real = results["base"].get("real_facts")
+    if real:
+        parts += [
+            "",
+            "## The base model on real facts (before finetuning; "
+            f"{results.get('real_facts_world', {}).get('kind', 'real')} world, base entities)",
+            "",
+            markdown_table(list(real), [[_pct(headline(m)) for m in real.values()]]),
+        ]
     after = results.get("base_entities_after")
-    if after:
+    if after and ceiling:
         bsubs = [s for s in ceiling if s != "likelihood"]
         brows = [["base model (before finetuning)", *[_pct(headline(ceiling[s])) for s in bsubs]]]
         brows += [
@@ -657,6 +729,7 @@ def _write_outputs(
     for rendering, ab in (results.get("ablation") or {}).items():
         series, bands = {}, {}
         interval = ab.get("interval") or {}
+        ks: list[int] = []
         for side, by_k in ab["results"].items():
             ks = sorted(int(k) for k in by_k)
             for s in next(iter(by_k.values())):
@@ -672,5 +745,6 @@ def _write_outputs(
             f"{ab.get('n', 1)} seed(s); band: 95 % Wilson interval over items)",
             "score",
             xlabel="k layers reverted to base",
+            x=ks,
             bands=bands or None,
         )
