@@ -189,6 +189,13 @@ def parse_study(config: Any) -> CooccurrenceStudy:
     )
     if not isinstance(study.fit_seq_len, bool):
         raise C.ConfigError(f"fit_seq_len={study.fit_seq_len!r}: must be true or false")
+    if study.eval.real_facts:
+        from jaxknow.data.world_builders import WorldConfigError, check_world
+
+        try:
+            check_world({**study.eval.real_facts, "tokenizer": "checked-at-build"})
+        except WorldConfigError as e:
+            raise C.ConfigError(f"eval.real_facts: {e}") from None
     for r in study.ablation.renderings if study.ablation.enabled else ():
         if r not in renderings:
             raise C.ConfigError(f"ablation.renderings: {r!r} is not among renderings")
