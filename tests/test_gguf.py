@@ -330,7 +330,7 @@ def test_named_model_cache(tiny: dict, tmp_path: Path, monkeypatch: pytest.Monke
     stamp = (Path(out) / "tokenizer.json").stat().st_mtime_ns
     assert named_models.resolve_model_path("gguf:tiny") == out
     assert (Path(out) / "tokenizer.json").stat().st_mtime_ns == stamp
-    got = load_model("gguf:tiny")  # resolve_checkpoint_dir takes the name too
+    got = load_model("gguf:tiny")  # load.resolve_model_dir takes the name too
     np.testing.assert_allclose(score_tokens(got, SEQ), score_tokens(tiny["model"], SEQ))
     assert named_models.resolve_model_path("some/dir") == "some/dir"
 

@@ -385,12 +385,8 @@ def save_params_checkpoint(
 
 def resolve_checkpoint_dir(path: str | os.PathLike) -> tuple[Path, int | None]:
     """Returns (checkpoint directory, step or None) for a workdir, a checkpoints directory, or
-    a single step directory, or a named model ("gguf:NAME", converted into its cache directory
-    on first use). Raises CheckpointError naming `path` when nothing is there."""
-    if str(path).startswith("gguf:"):
-        from jaxknow.io.named_models import resolve_model_path
-
-        path = resolve_model_path(str(path))
+    a single step directory. Raises CheckpointError naming `path` when nothing is there.
+    (Named models, "gguf:NAME", are resolved above this: `jaxknow.io.load.resolve_model_dir`.)"""
     p = as_path(path)
     if not p.exists():
         raise CheckpointError(f"checkpoint path does not exist: {p}")

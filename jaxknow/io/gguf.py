@@ -4,7 +4,7 @@ directory, the layout `launch.convert --from=hf` writes (`checkpoints/` + `token
 
 The file's metadata becomes a Hugging Face config dict and its tensor names Hugging Face names
 (`gguf_config`), and `GGUFTensorReader` serves those tensors, dequantized to float32, to the
-Hugging Face importer's tensor plan (`hf.load_params_from_reader`): whatever family the
+Hugging Face importer's tensor plan (`hf_params.load_params_from_reader`): whatever family the
 Hugging Face path supports, a GGUF file of that family goes the same way. Each parameter
 slice is dequantized from the memory-mapped file when it is placed on the devices, so host
 memory holds the model being written plus one tensor, never the model twice.
@@ -24,7 +24,7 @@ from jax.sharding import Mesh
 from jaxknow.io.gguf_config import HFTensor, hf_config_from_gguf, hf_tensor_map
 from jaxknow.io.gguf_file import GGUFError, GGUFFile
 from jaxknow.io.gguf_tokenizer import tokenizer_from_gguf
-from jaxknow.io.hf import HFModel, load_params_from_reader
+from jaxknow.io.hf_params import HFModel, load_params_from_reader
 from jaxknow.io.hf_staging import abandon, finalize_destination, prepare_destination
 
 __all__ = [

@@ -8,12 +8,12 @@ or in host memory at once. Export gathers the tensors of one safetensors shard a
 and writes it.
 
 The pieces: `hf_config` (config.json <-> ModelConfig), `hf_tensors` (which stored tensor holds
-which parameter), `hf_weights` (safetensors files), `hf_staging` (crash-safe destinations).
+which parameter), `hf_params` (a tensor reader streamed onto the mesh), `hf_weights`
+(safetensors files), `hf_staging` (crash-safe destinations).
 """
 
 from __future__ import annotations
 
-import dataclasses
 import json
 import os
 import shutil
@@ -22,7 +22,6 @@ from pathlib import Path
 from typing import Any
 
 import jax
-import numpy as np
 from absl import logging
 from jax.sharding import Mesh
 
@@ -36,20 +35,13 @@ from jaxknow.io.hf_config import (
     model_config_from_hf,
     read_hf_config,
 )
+from jaxknow.io.hf_params import HFModel, check_param_dtype, load_params_from_reader
 from jaxknow.io.hf_staging import abandon, finalize_destination, prepare_destination
-from jaxknow.io.hf_tensors import (
-    NP_DTYPES,
-    TensorSource,
-    check_tensors,
-    gpt2_prefix,
-    read_param_slice,
-    stored_tensor,
-    tensor_plan,
-)
+from jaxknow.io.hf_tensors import NP_DTYPES, TensorSource, stored_tensor, tensor_plan
 from jaxknow.io.hf_weights import DEFAULT_MAX_SHARD_SIZE, SafetensorsReader, write_safetensors
 from jaxknow.model.config import ModelConfig
-from jaxknow.model.params import flatten, param_axes, param_shapes, param_specs, unflatten
-from jaxknow.parallel.rules import DEFAULT_RULES, Rules, tree_shardings
+from jaxknow.model.params import flatten
+from jaxknow.parallel.rules import DEFAULT_RULES, Rules
 
 # Files of a Hugging Face tokenizer that travel with the model in both directions.
 TOKENIZER_FILES = ("tokenizer.json", "tokenizer_config.json", "special_tokens_map.json")
@@ -62,17 +54,6 @@ def _write_atomic(path: Path, text: str) -> None:
 
 
 # --- import ---------------------------------------------------------------------------------
-@dataclasses.dataclass
-class HFModel:
-    """An imported model: jaxknow parameters (sharded on the mesh), its config, its family and
-    the original Hugging Face config."""
-
-    params: Any
-    cfg: ModelConfig
-    family: str
-    hf_config: dict[str, Any]
-
-
 def load_hf_params(
     hf_dir: str | os.PathLike,
     mesh: Mesh | None = None,
@@ -83,8 +64,11 @@ def load_hf_params(
 ) -> HFModel:
     """Returns the HFModel of a Hugging Face directory, each parameter streamed from the
     safetensors files straight into its sharding on `mesh` (default: all devices, replicated).
+    The config is checked (dtype, family) before any weight file is opened.
     """
+    check_param_dtype(param_dtype)
     hf = read_hf_config(hf_dir)
+    model_config_from_hf(hf, param_dtype=param_dtype, dtype=dtype)  # an unknown model fails here
     reader = SafetensorsReader(hf_dir)
     try:
         return load_params_from_reader(
@@ -92,53 +76,6 @@ def load_hf_params(
         )
     finally:
         reader.close()
-
-
-def load_params_from_reader(
-    hf: dict[str, Any],
-    reader: Any,
-    mesh: Mesh | None = None,
-    *,
-    param_dtype: str = "float32",
-    dtype: str | None = None,
-    rules: Rules = DEFAULT_RULES,
-) -> HFModel:
-    """Returns the HFModel of a Hugging Face config dict and a tensor reader (anything with
-    the `SafetensorsReader` methods names / shape / dtype_code / read and a `directory` for
-    messages, e.g. a GGUF file's dequantizing reader), each parameter streamed into its
-    sharding on `mesh` (default: all devices, replicated)."""
-    from jaxknow.parallel.mesh import make_mesh
-
-    if param_dtype not in NP_DTYPES:
-        raise HFConversionError(f"param_dtype={param_dtype!r}: must be one of {list(NP_DTYPES)}")
-    family, cfg = model_config_from_hf(hf, param_dtype=param_dtype, dtype=dtype)
-    prefix = gpt2_prefix(reader.names()) if family == "gpt2" else None
-    plan = tensor_plan(family, cfg, prefix)
-    check_tensors(reader, plan, family, cfg)
-    mesh = mesh or make_mesh(-1, 1, 1)
-    specs = param_specs(cfg)
-    target = NP_DTYPES[param_dtype]
-    shardings = flatten(tree_shardings(param_axes(specs), param_shapes(specs, target), mesh, rules))
-    flat_specs = flatten(specs)
-    out = {}
-    for path, spec in flat_specs.items():
-        src = plan[path]
-        cache: dict[Any, np.ndarray] = {}  # replicas ask for the same block
-
-        def cb(
-            index: tuple[slice, ...],
-            src: TensorSource = src,
-            cache: dict[Any, np.ndarray] = cache,
-            shape: tuple[int, ...] = spec.shape,
-        ) -> np.ndarray:
-            key = tuple(s.indices(n) for s, n in zip(index, shape))
-            if key not in cache:
-                cache[key] = read_param_slice(reader, src, tuple(index), target)
-            return cache[key]
-
-        out[path] = jax.make_array_from_callback(spec.shape, shardings[path], cb)
-        cache.clear()
-    return HFModel(params=unflatten(out), cfg=cfg, family=family, hf_config=hf)
 
 
 def _copy_tokenizer_files(src: Path, dst: Path) -> bool:

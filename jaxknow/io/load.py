@@ -16,6 +16,7 @@ from jax.sharding import Mesh
 
 from jaxknow.data.tokenizer import Tokenizer, load_tokenizer
 from jaxknow.io.checkpoint import Checkpointer, CheckpointError, resolve_checkpoint_dir
+from jaxknow.io.named_models import resolve_model_path
 from jaxknow.model import transformer
 from jaxknow.model.config import ModelConfig
 from jaxknow.model.lora import LoraConfig, full_specs
@@ -44,9 +45,17 @@ def find_tokenizer(root: Path) -> Path | None:
     return None
 
 
+def resolve_model_dir(path: str | os.PathLike) -> tuple[Path, int | None]:
+    """Returns (checkpoint directory, step or None) for a workdir, a checkpoints directory, a
+    single step directory, or a named model ("gguf:NAME", converted into its cache directory
+    on first use). Raises CheckpointError naming `path` when nothing is there."""
+    return resolve_checkpoint_dir(resolve_model_path(path))
+
+
 def checkpoint_model_config(path: str | Path) -> ModelConfig:
-    """Returns the ModelConfig recorded in a checkpoint's metadata."""
-    directory, step = resolve_checkpoint_dir(path)
+    """Returns the ModelConfig recorded in a checkpoint's metadata (`path` as in
+    `resolve_model_dir`)."""
+    directory, step = resolve_model_dir(path)
     ckpt = Checkpointer(directory, read_only=True)
     try:
         meta = ckpt.read_meta(step)
@@ -60,13 +69,14 @@ def checkpoint_model_config(path: str | Path) -> ModelConfig:
 def load_model(
     path: str | Path, mesh: Mesh | None = None, step: int | None = None, dtype: str | None = None
 ) -> LoadedModel:
-    """Returns the LoadedModel stored at `path` (a workdir, a checkpoints directory or one
-    step directory); `step` picks a step (default: the one in `path`, else the latest).
+    """Returns the LoadedModel stored at `path` (a workdir, a checkpoints directory, one
+    step directory or a named model "gguf:NAME"); `step` picks a step (default: the one in
+    `path`, else the latest).
 
     Parameters are laid out over `mesh` (default: all devices on the data axis, i.e.
     replicated); `dtype` overrides the compute dtype. Raises CheckpointError naming the path.
     """
-    directory, path_step = resolve_checkpoint_dir(path)
+    directory, path_step = resolve_model_dir(path)
     step = step if step is not None else path_step
     mesh = mesh or make_mesh(-1, 1, 1)
     ckpt = Checkpointer(directory, read_only=True)

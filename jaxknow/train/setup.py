@@ -22,8 +22,8 @@ from absl import logging
 from jax.sharding import Mesh, NamedSharding, PartitionSpec
 
 from jaxknow import config as C
-from jaxknow.io.checkpoint import Checkpointer, resolve_checkpoint_dir
-from jaxknow.io.load import checkpoint_model_config
+from jaxknow.io.checkpoint import Checkpointer
+from jaxknow.io.load import checkpoint_model_config, resolve_model_dir
 from jaxknow.model import lora as lora_lib
 from jaxknow.model.config import ModelConfig
 from jaxknow.model.lora import full_specs
@@ -281,7 +281,7 @@ def load_params(
 ) -> tuple[Any, dict[str, Any]]:
     """Returns (params, meta) restored from a checkpoint (workdir, checkpoints dir or step dir),
     laid out by the mesh. Raises CheckpointError naming the path when missing or unreadable."""
-    directory, step = resolve_checkpoint_dir(path)
+    directory, step = resolve_model_dir(path)
     ckpt = Checkpointer(directory, read_only=True)
     try:
         out = ckpt.restore(abstract_params(specs, dtype, mesh, rules), None, step)
