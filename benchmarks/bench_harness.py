@@ -5,6 +5,7 @@ lm-eval's own `hf` model (transformers) on the same checkpoint exported with
     .venv/bin/python benchmarks/bench_harness.py [--model DIR] [--data DIR]
         [--subsets qa,multiple_choice,...] [--limit N] [--batch_size 32]
         [--shape d_model=128,n_layers=4,n_heads=4,d_ff=512,max_seq_len=512]
+        [--preset smollm2-135m]   # the 135M pretrained shape, random weights
 
 Without --model, a random model of --shape (default: the quickstart model, d128 x 4 layers)
 with the world's tokenizer is written; without --data, the tiny country world
@@ -30,6 +31,14 @@ sys.path.insert(0, str(REPO))
 
 import launch  # noqa: E402,F401  (CPU device count and compilation cache, before jax loads)
 
+QUICKSTART_SHAPE = "d_model=128,n_layers=4,n_heads=4,d_ff=512,max_seq_len=512"
+
+
+def default_shape(preset_name: str) -> str:
+    """Returns the default `--shape` of a preset: the quickstart model's fields for "tiny",
+    none (the preset's own shape) otherwise."""
+    return QUICKSTART_SHAPE if preset_name == "tiny" else ""
+
 
 def parse_shape(text: str) -> dict[str, int]:
     """Returns {field: int} of "k=v,k=v"."""
@@ -40,8 +49,11 @@ def parse_shape(text: str) -> dict[str, int]:
     return out
 
 
-def make_model(world: Path, dst: Path, shape: dict[str, int], seed: int) -> Path:
-    """Writes a random GPT-2-style model of `shape` with the world's tokenizer to `dst`."""
+def make_model(
+    world: Path, dst: Path, shape: dict[str, int], seed: int, base: str = "tiny"
+) -> Path:
+    """Writes a random model of preset `base` (default a GPT-2-style one) with the fields of
+    `shape` and the world's tokenizer (its vocabulary size) to `dst`."""
     import json
 
     import jax
@@ -51,7 +63,7 @@ def make_model(world: Path, dst: Path, shape: dict[str, int], seed: int) -> Path
     from tests.util import numpy_params
 
     vocab = json.loads((world / "manifest.json").read_text())["vocab_size"]
-    cfg = preset("tiny").replace(**{"vocab_size": vocab, **shape})
+    cfg = preset(base).replace(**{"vocab_size": vocab, **shape})
     params = jax.tree.map(lambda x: 4.0 * x if x.ndim >= 2 else x, numpy_params(cfg, seed))
     save_params_checkpoint(dst, params, {"model": cfg.to_dict()})
     for f in ("tokenizer.json", "special_tokens.json"):
@@ -159,8 +171,15 @@ def main() -> None:
     ap.add_argument("--batch_size", type=int, default=32)
     ap.add_argument(
         "--shape",
-        default="d_model=128,n_layers=4,n_heads=4,d_ff=512,max_seq_len=512",
-        help="model fields of the random model (vocab_size defaults to the tokenizer's)",
+        default=None,
+        help="model fields of the random model (vocab_size defaults to the tokenizer's; "
+        f"default with the tiny preset: {QUICKSTART_SHAPE})",
+    )
+    ap.add_argument(
+        "--preset",
+        default="tiny",
+        help="preset of the random model, e.g. smollm2-135m (the 135M pretrained shape; its "
+        "vocabulary becomes the world tokenizer's)",
     )
     ap.add_argument("--seed", type=int, default=0)
     ap.add_argument("--no_hf", action="store_true", help="time the jaxknow adapter only")
@@ -188,8 +207,9 @@ def main() -> None:
             c = get_config("tiny")
             data = work / "world"
             materialize(c.world.to_dict(), data, c.seed)
+        shape = args.shape if args.shape is not None else default_shape(args.preset)
         model_dir = args.model or make_model(
-            data, work / "model", parse_shape(args.shape), args.seed
+            data, work / "model", parse_shape(shape), args.seed, args.preset
         )
         subsets = [s for s in args.subsets.split(",") if s]
         task_dir = work / "tasks"

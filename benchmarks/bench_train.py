@@ -18,6 +18,15 @@ shape against HF GPT-2 in PyTorch eager, `shared/bench/torch_cpu_small.py`):
     python benchmarks/bench_train.py --quickstart --torch_baseline cpu --repeats 5 \\
         --cpu_devices 1,2 --ref a57f7a5
 
+The pretrained shape of the pretrained-models work (SmolLM2-135M, random weights) against
+transformers' LlamaForCausalLM in PyTorch eager (`shared/bench/torch_cpu_llama.py`), full
+finetuning or, with `--lora 64`, rank-64 rsLoRA (alpha 16) on all seven projections on both
+sides; a CPU anchor also measures this machine's fp32 matmul limit each round, and GFLOP/s
+follow the anchor's accounting (`anchor_flops_per_token`):
+
+    python benchmarks/bench_train.py --preset smollm2-135m --batch 16 --seq_len 64 \\
+        --dtype float32 --torch_baseline cpu-llama --repeats 2 [--lora 64]
+
 `--repeats R` alternates the runs (torch, then every variant) R times and prints each round's
 ratios and their median, which is robust to load drifting on a shared machine. `--ref COMMIT`
 adds the base config run with jaxknow exported from that commit (same machine, same run);
@@ -49,7 +58,7 @@ REPO = Path(__file__).resolve().parents[1]
 # A worker benchmarking a recorded commit imports jaxknow from that commit's export.
 sys.path.insert(0, os.environ.get("JAXKNOW_BENCH_ROOT") or str(REPO))
 
-RUN_FIELDS = ("batch", "seq_len", "loss_chunk", "grad_accum")
+RUN_FIELDS = ("batch", "seq_len", "loss_chunk", "grad_accum", "lora")
 ENV_FIELDS = ("cpu_devices", "xla_flags")
 #: The quickstart's model shape (GPT-2 style, learned positions, as the PyTorch CPU anchor).
 QUICKSTART = {
@@ -96,9 +105,17 @@ def find_shared_script(name: str) -> Path | None:
     return None
 
 
+TORCH_SCRIPTS = {
+    "cpu": "torch_cpu_small.py",
+    "cpu-llama": "torch_cpu_llama.py",
+    "gpu": "torch_gpt2_baseline.py",
+}
+
+
 def resolve_torch_script(arg: str) -> tuple[Path, str]:
-    """Returns (script path, "cpu" | "gpu") for `--torch_baseline` (gpu, cpu or a path)."""
-    names = {"cpu": "torch_cpu_small.py", "gpu": "torch_gpt2_baseline.py"}
+    """Returns (script path, "cpu" | "cpu-llama" | "gpu") for `--torch_baseline` (one of
+    TORCH_SCRIPTS' keys or a path; a path's kind is told by its name)."""
+    names = TORCH_SCRIPTS
     if arg in names:
         path = find_shared_script(names[arg])
         if path is None:
@@ -110,7 +127,9 @@ def resolve_torch_script(arg: str) -> tuple[Path, str]:
     path = Path(arg)
     if not path.is_file():
         raise SystemExit(f"--torch_baseline={arg}: no such file")
-    return path, "cpu" if "cpu" in path.name else "gpu"
+    if "cpu" not in path.name:
+        return path, "gpu"
+    return path, "cpu-llama" if "llama" in path.name else "cpu"
 
 
 @dataclasses.dataclass
@@ -144,6 +163,7 @@ def make_variant(label: str, text: str, args: argparse.Namespace) -> Variant:
         "seq_len": args.seq_len,
         "loss_chunk": args.loss_chunk,
         "grad_accum": args.grad_accum,
+        "lora": args.lora,
     }
     run.update({k: over.pop(k) for k in list(over) if k in RUN_FIELDS})
     env = {k: over.pop(k) for k in list(over) if k in ENV_FIELDS}
@@ -169,6 +189,67 @@ class Prepared:
     params_m: float
     compile_s: float
     compiled_bytes: int | None
+    adapter_m: float = 0.0  # LoRA adapter parameters (millions); 0: full finetuning
+
+
+def lora_config(cfg: Any, rank: int) -> tuple[Any, Any]:
+    """Returns (cfg with its adapter scale, LoraConfig) for rank-`rank` adapters with alpha 16,
+    rsLoRA, on every linear projection of the blocks: the torch anchor's peft LoRA."""
+    from jaxknow.model.lora import LoraConfig, all_linear_targets
+
+    lora = LoraConfig(rank=rank, alpha=16.0, rslora=True, targets=all_linear_targets(cfg.mlp))
+    return cfg.replace(lora_scale=lora.scale), lora
+
+
+def initial_state(
+    cfg: Any, lora_rank: int, mesh: Any, seed: int, tx: Any, no_decay: tuple[str, ...]
+) -> tuple[Any, Any, Any, int, int]:
+    """Returns (cfg, state, state shardings, base parameter count, adapter parameter count):
+    random weights laid out as the trainer lays them out; with `lora_rank` > 0 the base is
+    frozen and only the adapters train (`train.trainable = "lora"`)."""
+    import jax
+
+    from jaxknow.model.params import count_params, flatten, param_specs
+
+    try:
+        from jaxknow.model.sharded import init_sharded_params
+    except ImportError:  # a --ref commit from before the module moved
+        from jaxknow.train.setup import init_sharded_params
+    from jaxknow.train.setup import sharded_state
+
+    specs = param_specs(cfg)
+    n_base, n_adapter = count_params(specs), 0
+    is_trainable: Any = None
+    if lora_rank > 0:
+        from jaxknow.model.lora import full_specs, is_lora_path, lora_specs
+
+        cfg, lora = lora_config(cfg, lora_rank)
+        n_adapter = count_params(lora_specs(cfg, lora))
+        specs, is_trainable = full_specs(cfg, lora), is_lora_path
+    params = init_sharded_params(specs, jax.random.key(seed), cfg.storage_dtype, mesh)
+    frozen: Any = {}
+    if is_trainable is not None:
+        from jaxknow.train.state import split_params
+
+        params, frozen = split_params(params, is_trainable)
+    try:  # layers stacked in the state when the model scans them, as training does
+        from jaxknow.train.state import stacks_layers
+
+        kw = {"stack": stacks_layers(cfg, params, frozen, no_decay)}
+    except ImportError:  # a --ref commit from before stacked layer storage
+        kw = {}
+    state, sh = sharded_state(params, frozen, flatten(specs), tx, mesh, **kw)
+    return cfg, state, sh, n_base, n_adapter
+
+
+def anchor_flops_per_token(cfg: Any, seq_len: int, n_base: float, n_adapter: float) -> float:
+    """Returns training FLOPs per token as the torch anchors count them: 6 x parameters for
+    full finetuning, 4 x frozen + 6 x adapter parameters under LoRA (no weight gradients of
+    the frozen base), plus 12·L·d·T for attention scores and values."""
+    attn = 12.0 * cfg.n_layers * cfg.n_heads * cfg.dim_per_head * seq_len
+    if n_adapter:
+        return 4.0 * n_base + 6.0 * n_adapter + attn
+    return 6.0 * n_base + attn
 
 
 def prepare_variant(
@@ -184,32 +265,19 @@ def prepare_variant(
     import jax
     import jax.numpy as jnp
 
-    from jaxknow.model.params import count_params, flatten, param_specs
-
-    try:
-        from jaxknow.model.sharded import init_sharded_params
-    except ImportError:  # a --ref commit from before the module moved
-        from jaxknow.train.setup import init_sharded_params
     from jaxknow.parallel.mesh import make_mesh
     from jaxknow.parallel.rules import DEFAULT_RULES, Sharder
     from jaxknow.train import optim
     from jaxknow.train.loop import batch_shardings
-    from jaxknow.train.setup import sharded_state
     from jaxknow.train.step import train_step
 
     mesh = make_mesh(*mesh_shape)
     b, t = run["batch"], run["seq_len"]
-    specs = param_specs(cfg)
-    params = init_sharded_params(specs, jax.random.key(seed), cfg.storage_dtype, mesh)
     ocfg = optim_config or optim.OptimConfig(lr=3e-4, warmup_steps=2, total_steps=1000)
     tx, sched = optim.make_optimizer(ocfg), optim.make_schedule(ocfg)
-    try:  # layers stacked in the state when the model scans them, as training does
-        from jaxknow.train.state import stacks_layers
-
-        kw = {"stack": stacks_layers(cfg, params, {}, ocfg.no_decay)}
-    except ImportError:  # a --ref commit from before stacked layer storage
-        kw = {}
-    state, sh = sharded_state(params, {}, flatten(specs), tx, mesh, DEFAULT_RULES, **kw)
+    cfg, state, sh, n_base, n_adapter = initial_state(
+        cfg, int(run.get("lora") or 0), mesh, seed, tx, ocfg.no_decay
+    )
     bsh = batch_shardings(mesh, DEFAULT_RULES, b, t)
     tokens = jax.random.randint(
         jax.random.key(seed + 1), (b, t + 1), 0, cfg.vocab_size, dtype=jnp.int32
@@ -257,9 +325,10 @@ def prepare_variant(
         cfg,
         dict(run),
         mesh.devices.size,
-        count_params(specs) / 1e6,
+        n_base / 1e6,
         compile_s,
         compiled_bytes,
+        n_adapter / 1e6,
     )
 
 
@@ -268,7 +337,7 @@ def time_steps(p: Prepared, steps: int, warmup: int) -> dict[str, Any]:
     returns {tokens_per_s, ms_per_step, mfu, peak_bytes, loss}."""
     import jax
 
-    from jaxknow.model.flops import peak_flops, train_flops_per_token
+    from jaxknow.model.flops import peak_flops
 
     m = None
     for _ in range(warmup):
@@ -282,12 +351,14 @@ def time_steps(p: Prepared, steps: int, warmup: int) -> dict[str, Any]:
     dt = (time.perf_counter() - t0) / steps
     b, t = p.run["batch"], p.run["seq_len"]
     tok_s = b * t / dt
+    flops = anchor_flops_per_token(p.cfg, t, p.params_m * 1e6, p.adapter_m * 1e6)
     peak = peak_flops()
     stats = jax.devices()[0].memory_stats() or {}
     return {
         "tokens_per_s": tok_s,
         "ms_per_step": dt * 1e3,
-        "mfu": tok_s * train_flops_per_token(p.cfg, t) / (peak * p.n_devices) if peak else None,
+        "mfu": tok_s * flops / (peak * p.n_devices) if peak else None,
+        "gflops": tok_s * flops / 1e9,
         "peak_bytes": stats.get("peak_bytes_in_use"),
         "loss": float(m["loss"]),
     }
@@ -475,12 +546,9 @@ def worker_main(spec_json: str) -> None:
         emit(time_steps(p, spec["steps"], spec["warmup"]))
 
 
-def run_torch_baseline(
-    script: str | Path, batch: int, extra: list[str] | None = None
-) -> float | None:
-    """Runs a PyTorch reference script and returns the tokens/s it prints (None when it
-    fails). `extra` replaces the positional batch argument of the GPU script (CPU script)."""
-    argv = [str(a) for a in extra] if extra is not None else [str(batch)]
+def run_torch_anchor(script: str | Path, argv: list[str]) -> dict[str, float | None]:
+    """Runs a PyTorch reference script with `argv`; returns the {tokens_per_s, gflops} it
+    prints (None where it fails or prints none)."""
     proc = subprocess.run([sys.executable, str(script), *argv], capture_output=True, text=True)
     out = proc.stdout + proc.stderr
     lines = [ln for ln in out.splitlines() if "tokens/s" in ln] or out.strip().splitlines()
@@ -488,8 +556,21 @@ def run_torch_baseline(
     found = re.search(r"([\d,]+) tokens/s", out)
     if proc.returncode or not found:
         print(f"torch baseline failed (exit {proc.returncode})")
-        return None
-    return float(found.group(1).replace(",", ""))
+        return {"tokens_per_s": None, "gflops": None}
+    gf = re.search(r"([\d.]+) GFLOP/s", out)
+    return {
+        "tokens_per_s": float(found.group(1).replace(",", "")),
+        "gflops": float(gf.group(1)) if gf else None,
+    }
+
+
+def run_torch_baseline(
+    script: str | Path, batch: int, extra: list[str] | None = None
+) -> float | None:
+    """Runs a PyTorch reference script and returns the tokens/s it prints (None when it
+    fails). `extra` replaces the positional batch argument of the GPU script (CPU script)."""
+    argv = [str(a) for a in extra] if extra is not None else [str(batch)]
+    return run_torch_anchor(script, argv)["tokens_per_s"]
 
 
 def torch_cpu_args(cfg: Any, run: dict[str, int], steps: int, compile_: bool) -> list[str]:
@@ -499,6 +580,12 @@ def torch_cpu_args(cfg: Any, run: dict[str, int], steps: int, compile_: bool) ->
             f"note: the torch anchor is GPT-2 (learned positions, d_ff = 4 d); jaxknow has "
             f"pos_embedding={cfg.pos_embedding}, d_ff={cfg.d_ff}, d_model={cfg.d_model}"
         )
+    return shape_flags(cfg, run, steps) + (["--compile"] if compile_ else [])
+
+
+def shape_flags(cfg: Any, run: dict[str, int], steps: int) -> list[str]:
+    """Returns the shape flags the CPU anchors share (batch, seq, d, layers, heads, vocab,
+    steps)."""
     out = [
         "--batch",
         run["batch"],
@@ -515,7 +602,84 @@ def torch_cpu_args(cfg: Any, run: dict[str, int], steps: int, compile_: bool) ->
         "--steps",
         steps,
     ]
-    return [str(x) for x in out] + (["--compile"] if compile_ else [])
+    return [str(x) for x in out]
+
+
+def torch_llama_args(cfg: Any, run: dict[str, int], steps: int, compile_: bool) -> list[str]:
+    """Returns the flags of `torch_cpu_llama.py` (transformers' LlamaForCausalLM, tied
+    embeddings; peft LoRA with `run["lora"]` > 0) for the shape of `cfg` at `run`."""
+    if cfg.mlp != "swiglu" or cfg.pos_embedding != "rope" or not cfg.tie_embeddings:
+        print(
+            f"note: the torch anchor is Llama (rope, swiglu, tied embeddings); jaxknow has "
+            f"pos_embedding={cfg.pos_embedding}, mlp={cfg.mlp}, tie={cfg.tie_embeddings}"
+        )
+    out = shape_flags(cfg, run, steps) + ["--kv_heads", str(cfg.kv_heads), "--ff", str(cfg.d_ff)]
+    out += ["--lora", str(run.get("lora") or 0)]
+    return out + (["--compile"] if compile_ else [])
+
+
+def matmul_limit_gflops(n: int = 2048, reps: int = 5) -> float:
+    """Returns this machine's fp32 matmul limit: GFLOP/s of the best of `reps` jitted n x n
+    float32 matmuls with jax on its first device."""
+    import jax
+    import jax.numpy as jnp
+
+    a = jax.random.normal(jax.random.key(0), (n, n), jnp.float32)
+    f = jax.jit(jnp.dot)
+    f(a, a).block_until_ready()
+    best = float("inf")
+    for _ in range(reps):
+        t0 = time.perf_counter()
+        f(a, a).block_until_ready()
+        best = min(best, time.perf_counter() - t0)
+    return 2.0 * n**3 / best / 1e9
+
+
+@dataclasses.dataclass
+class Anchor:
+    """The PyTorch anchor, run once per round; on a CPU the fp32 matmul limit is measured
+    beside it in each round (`matmul_limit_gflops`)."""
+
+    script: Path | None = None
+    kind: str | None = None
+    argv: list[str] | None = None
+    tps: list[float | None] = dataclasses.field(default_factory=list)
+    gflops: list[float | None] = dataclasses.field(default_factory=list)
+    limits: list[float] = dataclasses.field(default_factory=list)
+
+    @classmethod
+    def from_args(cls, args: argparse.Namespace, base: Variant) -> Anchor:
+        """Returns the anchor of `--torch_baseline` for the base variant's shape (none
+        without the flag)."""
+        if not args.torch_baseline:
+            return cls()
+        script, kind = resolve_torch_script(args.torch_baseline)
+        make = {"cpu": torch_cpu_args, "cpu-llama": torch_llama_args}.get(kind)
+        if make is None:
+            return cls(script, kind, [str(base.run["batch"])])
+        cfg = base.model_config()
+        return cls(script, kind, make(cfg, base.run, args.torch_steps, args.torch_compile))
+
+    def round(self) -> None:
+        """Runs the anchor once (and measures the matmul limit on a CPU)."""
+        if self.script is None:
+            return
+        out = run_torch_anchor(self.script, self.argv or [])
+        self.tps.append(out["tokens_per_s"])
+        self.gflops.append(out["gflops"])
+        if (self.kind or "").startswith("cpu"):
+            self.limits.append(matmul_limit_gflops())
+            print(f"  matmul limit (jax, fp32 2048²): {self.limits[-1]:.1f} GFLOP/s", flush=True)
+
+    def summary(self) -> str:
+        """Returns "median GFLOP/s of the anchor and the matmul limit" for the table."""
+        parts = []
+        g, lim = median(self.gflops), median(self.limits)
+        if g is not None:
+            parts.append(f"{g:.1f} GFLOP/s" + (f" ({g / lim:.0%} of the limit)" if lim else ""))
+        if lim:
+            parts.append(f"fp32 matmul limit {lim:.1f} GFLOP/s (median of {len(self.limits)})")
+        return "; ".join(parts)
 
 
 def export_commit(ref: str) -> Path:
@@ -574,6 +738,12 @@ def main(argv: list[str] | None = None) -> dict[str, Any]:
     ap.add_argument("--remat", default="none")
     ap.add_argument("--loss_chunk", type=int, default=0)
     ap.add_argument("--grad_accum", type=int, default=1)
+    ap.add_argument(
+        "--lora",
+        type=int,
+        default=0,
+        help="LoRA rank R: adapters (alpha 16, rsLoRA) on every linear projection, base frozen",
+    )
     ap.add_argument("--mesh", default="-1,1,1", help="data,fsdp,tensor")
     ap.add_argument("--steps", type=int, default=20)
     ap.add_argument("--warmup", type=int, default=3)
@@ -597,7 +767,8 @@ def main(argv: list[str] | None = None) -> dict[str, Any]:
     ap.add_argument(
         "--torch_baseline",
         default=None,
-        help="gpu, cpu (shared/bench/torch_{gpt2_baseline,cpu_small}.py) or a path",
+        help="gpu, cpu, cpu-llama (shared/bench/torch_{gpt2_baseline,cpu_small,cpu_llama}.py) "
+        "or a path",
     )
     ap.add_argument("--torch_compile", action="store_true", help="CPU anchor: torch.compile")
     ap.add_argument("--torch_steps", type=int, default=10, help="CPU anchor: timed steps")
@@ -639,15 +810,8 @@ def main(argv: list[str] | None = None) -> dict[str, Any]:
         jax.config.update("jax_enable_compilation_cache", False)
     mesh_shape = tuple(int(x) for x in args.mesh.split(","))
     variants = build_variants(args)
-    torch_script, torch_kind = (
-        resolve_torch_script(args.torch_baseline) if args.torch_baseline else (None, None)
-    )
-    base = variants[1] if args.ref else variants[0]
-    torch_extra = (
-        torch_cpu_args(base.model_config(), base.run, args.torch_steps, args.torch_compile)
-        if torch_kind == "cpu"
-        else None
-    )
+    anchor = Anchor.from_args(args, variants[1] if args.ref else variants[0])
+    torch_tps, torch_script = anchor.tps, anchor.script
     # When any variant needs its own process, all get one: the same conditions for every
     # row, and this process never starts the backend (on a GPU it would hold the memory).
     isolate = args.isolate or any(v.needs_process for v in variants)
@@ -658,7 +822,6 @@ def main(argv: list[str] | None = None) -> dict[str, Any]:
     windows: list[list[dict[str, Any]]] = [[] for _ in runners]
     failed: dict[int, str] = {}
     shown: list[bool] = []
-    torch_tps: list[float | None] = []
     together = args.repeats > 1
 
     def attempt(i: int, fn: Any) -> Any:
@@ -690,8 +853,7 @@ def main(argv: list[str] | None = None) -> dict[str, Any]:
                 if i not in failed:
                     print(f"  compiled {r.v.label}: {infos[i]['compile_s']:.1f} s", flush=True)
         for rnd in range(args.repeats):
-            if torch_script is not None:
-                torch_tps.append(run_torch_baseline(torch_script, base.run["batch"], torch_extra))
+            anchor.round()
             parts = []
             for i, r in enumerate(runners):
                 if not together and i not in failed:
@@ -734,7 +896,7 @@ def main(argv: list[str] | None = None) -> dict[str, Any]:
     rows = summarize(
         [variants[j] for j in done], [infos[j] for j in done], [windows[j] for j in done], torch_tps
     )
-    print_table(rows, torch_tps, compare=load_record(args.compare) if args.compare else None)
+    print_table(rows, anchor, compare=load_record(args.compare) if args.compare else None)
     for i, why in failed.items():
         print(f"FAILED {variants[i].label}: {why}")
     if args.json:
@@ -753,6 +915,7 @@ def main(argv: list[str] | None = None) -> dict[str, Any]:
         "torch": torch_tps,
         "rows": rows,
         "failed": {variants[i].label: why for i, why in failed.items()},
+        "anchor": {"gflops": anchor.gflops, "matmul_limit": anchor.limits},
     }
 
 
@@ -806,6 +969,7 @@ def summarize(
                 "tokens_per_s_rounds": tps,
                 "ms_per_step": median([w["ms_per_step"] for w in ws]),
                 "mfu": median([w["mfu"] for w in ws]),
+                "gflops": median([w.get("gflops") for w in ws]),
                 "peak_bytes": max([w["peak_bytes"] or 0 for w in ws]) or None,
                 "loss": ws[-1]["loss"],
                 "vs_torch_rounds": vs_torch,
@@ -814,6 +978,15 @@ def summarize(
             }
         )
     return rows
+
+
+def print_gflops(rows: list[dict[str, Any]], limit: float | None) -> None:
+    """Prints each row's GFLOP/s (the anchor's FLOP accounting) and its share of `limit`."""
+    for r in rows:
+        if r.get("gflops") is None:
+            continue
+        share = f" = {r['gflops'] / limit:.0%} of the fp32 matmul limit" if limit else ""
+        print(f"  {r['label']}: {r['gflops']:.1f} GFLOP/s{share}")
 
 
 def load_record(path: str) -> dict[str, float]:
@@ -827,14 +1000,22 @@ def load_record(path: str) -> dict[str, float]:
 
 def print_table(
     rows: list[dict[str, Any]],
-    torch_tps: list[float | None],
+    anchor: Anchor | list[float | None],
     compare: dict[str, float] | None = None,
 ) -> None:
-    """Prints the figures of every row (medians over the rounds)."""
+    """Prints the figures of every row (medians over the rounds); `anchor` is the torch
+    anchor (or its tokens/s per round)."""
+    if not isinstance(anchor, Anchor):
+        anchor = Anchor(tps=list(anchor))
     width = max([34] + [len(r["label"]) for r in rows])
-    good = [t for t in torch_tps if t]
+    good = [t for t in anchor.tps if t]
     if good:
-        print(f"torch anchor: median {median(good):,.0f} tokens/s over {len(good)} run(s)")
+        extra = anchor.summary()
+        print(
+            f"torch anchor: median {median(good):,.0f} tokens/s over {len(good)} run(s)"
+            + (f", {extra}" if extra else "")
+        )
+    print_gflops(rows, median(anchor.limits))
     first = rows[0]["label"]
     print(
         f"{'variant':<{width}} {'params':>7} {'batch':>5} {'seq':>5} {'compile s':>9} "

@@ -1,7 +1,8 @@
 """The GPU benchmark suite in one call: every figure of the performance issue, one table.
 
 Runs, one after the other on the same GPU, each in its own process under a time budget
-(the whole suite fits 8 minutes on one H100/H200; `--budget` caps the total):
+(the whole suite fits 580 s, under a 10-minute command, on one H100/H200; `--budget` caps the
+total):
 
   anchor      PyTorch HF GPT-2 small, 96 x 512, bf16, fused AdamW, torch.compile
               (`shared/bench/torch_gpt2_baseline.py 96`)
@@ -9,6 +10,9 @@ Runs, one after the other on the same GPU, each in its own process under a time 
               (`benchmarks/bench_train.py`; loss_chunk, remat=dots, attention_impl)
   llama-1b    jaxknow llama-1b step at 8 x 2048 (`bench_train.py`)
   generation  greedy QA generation vs `transformers.generate` (`bench_generation.py`)
+  smollm2-*   the 135M pretrained shape (SmolLM2-135M, random weights): full and LoRA-64
+              (rsLoRA, all projections) finetuning at 64 x 512 bf16 (`bench_train.py`),
+              greedy generation vs `transformers.generate` (`bench_generation.py`)
   pipeline    the grain pipeline's tokens/s vs the trainer's (`bench_pipeline.py`)
   quickstart  `launch.experiment --config=configs/bios/quickstart.py` (its GPU default) with a
               step cap; tokens/s and MFU from the pretraining metrics.jsonl
@@ -160,6 +164,71 @@ def quickstart_rows(workdir: Path, steps: int) -> list[Row]:
     ]
 
 
+def generation_piece(name: str, budget: int, args: list[str], what: str) -> Piece:
+    """Returns the piece that runs `bench_generation.py` with `args` (jaxknow's greedy
+    generation vs `transformers.generate`) and reports questions/s of `what`."""
+
+    def rows(d: Path, out: str) -> list[Row]:
+        r = json.loads((d / "out.json").read_text())
+        return [
+            Row(
+                name,
+                f"greedy QA generation, {what}",
+                rate=r["jaxknow_questions_per_s"],
+                unit="questions/s",
+                ratio=r.get("speedup"),
+                ratio_to="transformers.generate",
+                note=(
+                    f"transformers {r['hf_questions_per_s']:.1f} q/s"
+                    if "hf_questions_per_s" in r
+                    else "transformers skipped"
+                ),
+            )
+        ]
+
+    return Piece(
+        name,
+        budget,
+        lambda d: [*_bench("bench_generation.py"), *args, "--json", str(d / "out.json")],
+        rows,
+    )
+
+
+#: A SmolLM2-shaped model small enough for the dry run (2 layers, GQA 4:2, tied embeddings).
+SMOLLM2_DRY = "n_layers=2,d_model=64,n_heads=4,n_kv_heads=2,d_ff=128,vocab_size=512"
+
+
+def smollm2_train_args(dry: bool, lora: int) -> list[str]:
+    """Returns `bench_train.py` flags of the 135M pretrained shape (SmolLM2-135M, random
+    weights) at a GPU-sized batch, full finetuning or rank-`lora` rsLoRA on every projection
+    (tiny widths on the CPU when `dry`)."""
+    shape = (
+        ["--model", SMOLLM2_DRY, "--batch", "2", "--seq_len", "16", "--dtype", "float32"]
+        if dry
+        else ["--batch", "64", "--seq_len", "512", "--dtype", "bfloat16", "--loss_chunk", "128"]
+    )
+    steps = ["--steps", "1", "--warmup", "1"] if dry else ["--steps", "10", "--warmup", "2"]
+    return ["--preset", "smollm2-135m", *shape, *steps, *(["--lora", str(lora)] if lora else [])]
+
+
+def smollm2_pieces(dry: bool) -> list[Piece]:
+    """Returns the pieces of the workload users now run, the 135M pretrained shape: full and
+    LoRA-64 finetuning steps, greedy generation vs `transformers.generate` (each its own
+    process)."""
+    what = "jaxknow smollm2-135m" + (" (dry: 2 layers, d64)" if dry else "")
+    gen = (
+        ["--preset", "tiny-llama", "--num_questions", "4", "--batch_size", "4"]
+        + ["--prompt_len", "4", "--max_new_tokens", "2"]
+        if dry
+        else ["--preset", "smollm2-135m", "--dtype", "bfloat16", "--num_questions", "512"]
+    )
+    return [
+        train_piece("smollm2-full", 35, smollm2_train_args(dry, 0), what + " full finetune"),
+        train_piece("smollm2-lora", 35, smollm2_train_args(dry, 64), what + " LoRA-64 (rsLoRA)"),
+        generation_piece("smollm2-gen", 30, gen, "tiny-llama" if dry else "smollm2-135m"),
+    ]
+
+
 def make_pieces(dry: bool, anchor: str | None = None) -> list[Piece]:
     """Returns the suite's pieces: GPU shapes, or tiny CPU shapes when `dry`. `anchor` is the
     PyTorch script (default: shared/bench/torch_{gpt2_baseline,cpu_small}.py found above the
@@ -297,32 +366,8 @@ def make_pieces(dry: bool, anchor: str | None = None) -> list[Piece]:
         else ["--preset", "gpt2-small", "--dtype", "bfloat16", "--num_questions", "1024"]
     )
 
-    def gen_rows(d: Path, out: str) -> list[Row]:
-        r = json.loads((d / "out.json").read_text())
-        return [
-            Row(
-                "generation",
-                f"greedy QA generation, {'tiny' if dry else 'gpt2-small'}",
-                rate=r["jaxknow_questions_per_s"],
-                unit="questions/s",
-                ratio=r.get("speedup"),
-                ratio_to="transformers.generate",
-                note=(
-                    f"transformers {r['hf_questions_per_s']:.1f} q/s"
-                    if "hf_questions_per_s" in r
-                    else "transformers skipped"
-                ),
-            )
-        ]
-
-    pieces.append(
-        Piece(
-            "generation",
-            45,
-            lambda d: [*_bench("bench_generation.py"), *gen, "--json", str(d / "out.json")],
-            gen_rows,
-        )
-    )
+    pieces.append(generation_piece("generation", 45, gen, f"{'tiny' if dry else 'gpt2-small'}"))
+    pieces += smollm2_pieces(dry)
 
     pipe = (
         [
@@ -473,8 +518,9 @@ def run_piece(p: Piece, workdir: Path, timeout: float, env: dict[str, str]) -> l
 
 def add_ratios(rows: list[Row]) -> None:
     """Fills the ratio column: jaxknow GPT-2 rows vs the anchor, the pipeline vs the best
-    GPT-2 trainer row."""
+    GPT-2 trainer row, the 135M LoRA step vs the full one."""
     anchor = next((r.rate for r in rows if r.piece == "anchor" and r.rate), None)
+    full = next((r.rate for r in rows if r.piece == "smollm2-full" and r.rate), None)
     trainer = max((r.rate for r in rows if r.piece == "gpt2" and r.rate), default=None)
     for r in rows:
         if r.piece == "anchor" and r.rate:
@@ -483,6 +529,8 @@ def add_ratios(rows: list[Row]) -> None:
             r.ratio, r.ratio_to = r.rate / anchor, "anchor"
         elif r.piece == "pipeline" and r.rate and trainer:
             r.ratio, r.ratio_to = r.rate / trainer, "best gpt2 trainer"
+        elif r.piece == "smollm2-lora" and r.rate and full:
+            r.ratio, r.ratio_to = r.rate / full, "smollm2 full finetune"
 
 
 def markdown_table(rows: list[Row], title: str) -> str:
@@ -537,7 +585,7 @@ def main(argv: list[str] | None = None) -> list[Row]:
     ap.add_argument(
         "--budget",
         type=float,
-        default=480,
+        default=580,
         help="seconds for the whole suite; each piece also has its own cap",
     )
     ap.add_argument(

@@ -33,6 +33,7 @@ def _args(**over):
         seq_len=32,
         loss_chunk=0,
         grad_accum=1,
+        lora=0,
         dtype="float32",
         remat="none",
         preset="tiny",
@@ -163,17 +164,23 @@ def test_suite_train_rows_keep_failed_variants():
     assert bad.rate is None and "remat=dots" in bad.note and "\n" not in bad.note
 
 
-def test_suite_budgets_fit_eight_minutes(tmp_path):
+def test_suite_budgets_fit_a_ten_minute_command(tmp_path):
     pieces = gpu_suite.make_pieces(False)
     assert [p.name for p in pieces] == [
         "anchor",
         "gpt2",
         "llama-1b",
         "generation",
+        "smollm2-full",
+        "smollm2-lora",
+        "smollm2-gen",
         "pipeline",
         "quickstart",
     ]
-    assert sum(p.budget_s for p in pieces) <= 480
+    assert sum(p.budget_s for p in pieces) <= 580
+    assert "--lora" in pieces[5].argv(tmp_path / "x") and "smollm2-135m" in pieces[4].argv(
+        tmp_path / "x"
+    )
     for p in pieces[1:]:  # every script a piece runs exists and takes its flags
         argv = p.argv(tmp_path / p.name)
         if argv[1].endswith(".py"):
@@ -217,7 +224,18 @@ def test_gpu_suite_dry_run(tmp_path):
         ]
     )
     by_piece = {r.piece: r for r in rows}
-    assert set(by_piece) == {"anchor", "gpt2", "llama-1b", "generation", "pipeline", "quickstart"}
+    assert set(by_piece) == {
+        "anchor",
+        "gpt2",
+        "llama-1b",
+        "generation",
+        "smollm2-full",
+        "smollm2-lora",
+        "smollm2-gen",
+        "pipeline",
+        "quickstart",
+    }
+    assert by_piece["smollm2-lora"].ratio_to == "smollm2 full finetune"
     for r in rows:
         assert r.rate and r.rate > 0 and "fail" not in r.note and "timed out" not in r.note, r
     assert [r.ratio_to for r in rows if r.piece == "gpt2"] == ["anchor", "anchor"]
