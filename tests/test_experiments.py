@@ -215,3 +215,38 @@ def test_cooccurrence_study_on_an_imported_base_model(tmp_path):
         assert sorted(int(k) for k in ab["results"][side]) == [0, 2, 3]
     report = (tmp_path / "second" / "report.md").read_text()
     assert "real facts" in report and "ceiling" not in report
+
+
+def test_cooccurrence_evaluations_are_cached_per_checkpoint_items_and_settings(
+    tmp_path, monkeypatch
+):
+    from jaxknow.experiments import cooccurrence as cs
+
+    calls = []
+
+    def fake_evaluate(model, subsets, ev):
+        calls.append(dict(subsets))
+        return {
+            name: {"em": float(len(rows)), "n": float(len(rows))} for name, rows in subsets.items()
+        }
+
+    monkeypatch.setattr(cs, "evaluate_model", fake_evaluate)
+    steps = tmp_path / "run" / "checkpoints"
+    for step in (3, 6):
+        (steps / str(step)).mkdir(parents=True)
+        (steps / str(step) / "jaxknow_manifest.json").write_text(f'{{"step": {step}}}')
+    model = dataclasses.make_dataclass("M", ["path"])(tmp_path / "run")
+    cache = tmp_path / "evals.json"
+    ev = cs.EvalSettings()
+    qa = {"qa": [{"question": "q", "answer": "a"}]}
+    first = cs.evaluate_cached(model, qa, ev, cache)
+    assert cs.evaluate_cached(model, qa, ev, cache) == first and len(calls) == 1
+    cs.evaluate_cached(model, qa, ev, cache, step=3)  # another checkpoint step
+    cs.evaluate_cached(model, {"qa": [*qa["qa"], *qa["qa"]]}, ev, cache)  # other items
+    cs.evaluate_cached(model, qa, dataclasses.replace(ev, few_shot=2), cache)  # other settings
+    assert len(calls) == 4
+    (steps / "6" / "jaxknow_manifest.json").write_text('{"step": 6, "changed": 1}')
+    cs.evaluate_cached(model, qa, ev, cache)  # the same step with other weights
+    assert len(calls) == 5
+    cs.evaluate_cached(model, qa, ev, None)  # no cache: always evaluated
+    assert len(calls) == 6

@@ -268,6 +268,64 @@ def evaluate_model(
     )
 
 
+#: Evaluation results of the study's models, by model checkpoint, items and settings.
+EVAL_CACHE = "evals.json"
+
+
+def model_fingerprint(model: Any, step: int | None = None) -> str | None:
+    """Returns the sha256 of the checksum manifest of the checkpoint step a loaded model came
+    from (`step`, else the step in its path, else the latest; the manifest names every file's
+    hash, so it changes with any weight), or None when there is none to read."""
+    import hashlib
+
+    from jaxknow.io.integrity import MANIFEST
+    from jaxknow.io.load import resolve_model_dir
+
+    path = getattr(model, "path", None)
+    if path is None:
+        return None
+    directory, path_step = resolve_model_dir(path)
+    step = step if step is not None else path_step
+    if step is None:
+        steps = [int(d.name) for d in directory.iterdir() if d.name.isdigit()]
+        if not steps:
+            return None
+        step = max(steps)
+    manifest = directory / str(step) / MANIFEST
+    return hashlib.sha256(manifest.read_bytes()).hexdigest() if manifest.is_file() else None
+
+
+def evaluate_cached(
+    model: Any,
+    subsets: Mapping[str, list[dict]],
+    ev: EvalSettings,
+    cache: Path | None,
+    step: int | None = None,
+) -> dict[str, dict[str, float]]:
+    """`evaluate_model`, with the metrics kept in `cache` (a JSON file) under a key of the
+    model's checkpoint manifest (`step` as in `model_fingerprint`), the items and the
+    evaluation settings: a resumed study scores an unchanged model on unchanged items once."""
+    import hashlib
+    import json
+
+    fingerprint = model_fingerprint(model, step) if cache is not None else None
+    if fingerprint is None:
+        return evaluate_model(model, subsets, ev)
+    settings = (ev.few_shot, ev.max_new_tokens)
+    blob = json.dumps([fingerprint, settings, subsets], sort_keys=True, default=str)
+    key = hashlib.sha256(blob.encode()).hexdigest()
+    stored = json.loads(cache.read_text()) if cache.is_file() else {}
+    if key in stored:
+        return stored[key]
+    metrics = evaluate_model(model, subsets, ev)
+    stored[key] = metrics
+    cache.parent.mkdir(parents=True, exist_ok=True)
+    tmp = cache.with_name(f".{cache.name}.tmp")
+    tmp.write_text(json.dumps(stored, indent=1))
+    tmp.replace(cache)
+    return metrics
+
+
 def headline(metrics: Mapping[str, float]) -> float:
     """Returns the main number of a subset's metrics (EM, MC accuracy or negation ratio)."""
     for k in ("em", "acc", "negation"):
@@ -325,6 +383,7 @@ def run_cooccurrence_study(config: Any, workdir: str | Path, log: Any = print) -
     if ev.real_facts:
         results["real_facts_world"] = dict(ev.real_facts)
     losses: dict[str, tuple[list[int], list[float], list[int]]] = {}
+    evals = workdir / EVAL_CACHE
 
     # 2. Knowledge finetuning conditions.
     conditions = []
@@ -379,12 +438,14 @@ def run_cooccurrence_study(config: Any, workdir: str | Path, log: Any = print) -
                     "seed": seed,
                     "steps": res.final_step,
                     "resets": events,
-                    "metrics": evaluate_model(model, novel, ev),
+                    "metrics": evaluate_cached(model, novel, ev, evals),
                 }
                 if forget and ev.eval_pass1:
-                    run["metrics_pass1"] = evaluate_model(load_model(d, step=pass_steps), novel, ev)
+                    run["metrics_pass1"] = evaluate_cached(
+                        load_model(d, step=pass_steps), novel, ev, evals, step=pass_steps
+                    )
                 if ev.base_entities:
-                    run["base_entities"] = evaluate_model(model, base_subsets, ev)
+                    run["base_entities"] = evaluate_cached(model, base_subsets, ev, evals)
                 results["runs"][name] = run
                 run_dirs[(rendering, forget, mode, seed)] = d
     results["conditions"] = aggregate(results["runs"])
@@ -425,12 +486,13 @@ def base_scores(
     imported with `base.init_from` never saw the base world, so none), and the real facts of
     `eval.real_facts` when set."""
     ev = study.eval
+    evals = workdir / EVAL_CACHE
     out: dict[str, Any] = {}
     if study.base_init_from is None:
         log("[eval] base model: ceiling on base entities")
-        out["ceiling_base_entities"] = evaluate_model(base_model, base_subsets, ev)
+        out["ceiling_base_entities"] = evaluate_cached(base_model, base_subsets, ev, evals)
     log("[eval] base model: floor on novel entities")
-    out["novel_before_finetuning"] = evaluate_model(base_model, novel, ev)
+    out["novel_before_finetuning"] = evaluate_cached(base_model, novel, ev, evals)
     if ev.real_facts:
         real_dir = workdir / "data_real_facts"
         if not (real_dir / "manifest.json").is_file():
@@ -439,7 +501,7 @@ def base_scores(
             build.materialize(world, real_dir, study.seed)
         subsets = _subsets(real_dir, ev.real_facts_subsets, "eval_base_", ev.base_max_items)
         log(f"[eval] base model: real facts ({', '.join(subsets)})")
-        out["real_facts"] = evaluate_model(base_model, subsets, ev)
+        out["real_facts"] = evaluate_cached(base_model, subsets, ev, evals)
     return out
 
 
