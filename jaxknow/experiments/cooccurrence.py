@@ -295,6 +295,17 @@ def model_fingerprint(model: Any, step: int | None = None) -> str | None:
     return hashlib.sha256(manifest.read_bytes()).hexdigest() if manifest.is_file() else None
 
 
+def eval_cache_key(fingerprint: str, subsets: Mapping[str, list[dict]], ev: EvalSettings) -> str:
+    """Returns the key of one evaluation in the cache: the model's checkpoint fingerprint, the
+    items and the settings that change the scores."""
+    import hashlib
+    import json
+
+    settings = (ev.few_shot, ev.max_new_tokens)
+    blob = json.dumps([fingerprint, settings, subsets], sort_keys=True, default=str)
+    return hashlib.sha256(blob.encode()).hexdigest()
+
+
 def evaluate_cached(
     model: Any,
     subsets: Mapping[str, list[dict]],
@@ -305,15 +316,12 @@ def evaluate_cached(
     """`evaluate_model`, with the metrics kept in `cache` (a JSON file) under a key of the
     model's checkpoint manifest (`step` as in `model_fingerprint`), the items and the
     evaluation settings: a resumed study scores an unchanged model on unchanged items once."""
-    import hashlib
     import json
 
     fingerprint = model_fingerprint(model, step) if cache is not None else None
     if fingerprint is None:
         return evaluate_model(model, subsets, ev)
-    settings = (ev.few_shot, ev.max_new_tokens)
-    blob = json.dumps([fingerprint, settings, subsets], sort_keys=True, default=str)
-    key = hashlib.sha256(blob.encode()).hexdigest()
+    key = eval_cache_key(fingerprint, subsets, ev)
     stored = json.loads(cache.read_text()) if cache.is_file() else {}
     if key in stored:
         return stored[key]
