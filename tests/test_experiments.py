@@ -205,7 +205,14 @@ def test_cooccurrence_study_on_an_imported_base_model(tmp_path):
     cfg.eval.base_entities = False
     cfg.eval.real_facts = {"kind": "geo", "num_countries": 12, "num_cities": 6}
     cfg.ablation.k_step = 2
+    cfg.epochs_per_rendering = {"narrative": 2.0}
+    cfg.fit_seq_len = True
     results = run_cooccurrence_study(cfg, tmp_path / "second", log=lambda *_: None)
+    (run,) = results["runs"].values()
+    rows = len(read_jsonl(tmp_path / "second" / "data" / "corpus_narrative.jsonl"))
+    assert run["corpus_rows"] == rows and run["epochs_per_pass"] == 2.0
+    assert run["steps"] == -(-2 * rows // cfg.finetune.batch_size)
+    assert run["seq_len"] % 8 == 0 and run["seq_len"] <= cfg.finetune.seq_len
     assert "ceiling_base_entities" not in results["base"]
     assert set(results["base"]["real_facts"]) == {"qa", "multiple_choice"}
     n_real = len(read_jsonl(tmp_path / "second" / "data_real_facts" / "eval_base_qa.jsonl"))

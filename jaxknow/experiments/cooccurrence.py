@@ -129,6 +129,10 @@ class CooccurrenceStudy:
     # longest document rounded up to 8 tokens (at most the stage's seq_len): the same
     # examples and loss, without computing padding.
     fit_seq_len: bool = False
+    # Passes over each rendering's corpus where they differ from the finetune stage's `epochs`
+    # (e.g. {"referencing": 1}: the referencing corpus once, as many steps as 5 narrative
+    # passes); {} = the stage's epochs for every rendering.
+    epochs_per_rendering: Mapping[str, float] = dataclasses.field(default_factory=dict)
 
 
 KEYS = (
@@ -149,6 +153,7 @@ KEYS = (
     "ablation",
     "replay",
     "fit_seq_len",
+    "epochs_per_rendering",
 )
 
 
@@ -186,6 +191,7 @@ def parse_study(config: Any) -> CooccurrenceStudy:
         ablation=C.section(AblationSettings, cfg.get("ablation"), "ablation"),
         replay=C.section(ReplaySettings, cfg.get("replay"), "replay"),
         fit_seq_len=cfg.get("fit_seq_len", False),
+        epochs_per_rendering=dict(cfg.get("epochs_per_rendering") or {}),
     )
     if not isinstance(study.fit_seq_len, bool):
         raise C.ConfigError(f"fit_seq_len={study.fit_seq_len!r}: must be true or false")
@@ -202,6 +208,11 @@ def parse_study(config: Any) -> CooccurrenceStudy:
     for r in study.forget.renderings:
         if r not in renderings:
             raise C.ConfigError(f"forget.renderings: {r!r} is not among renderings")
+    for r, e in study.epochs_per_rendering.items():
+        if r not in renderings:
+            raise C.ConfigError(f"epochs_per_rendering: {r!r} is not among renderings")
+        if isinstance(e, bool) or not isinstance(e, int | float) or not e > 0:
+            raise C.ConfigError(f"epochs_per_rendering.{r}={e!r}: must be a positive number")
     return study
 
 
@@ -401,10 +412,14 @@ def run_cooccurrence_study(config: Any, workdir: str | Path, log: Any = print) -
             conditions.append((rendering, True))
     run_dirs: dict[tuple[str, bool, str, int], Path] = {}
     for mode in study.modes:
-        stage = study.finetune if mode == "full" else study.lora_finetune
+        mode_stage = study.finetune if mode == "full" else study.lora_finetune
         for rendering, forget in conditions:
             source = f"corpus_{rendering}"
             n_docs = records.read_index(data_dir, source)["num_docs"]
+            stage = mode_stage
+            if rendering in study.epochs_per_rendering:
+                epochs = float(study.epochs_per_rendering[rendering])
+                stage = dataclasses.replace(stage, epochs=epochs)
             pass_steps = common.steps_for_epochs(stage, n_docs)
             rows = {}
             if study.fit_seq_len and stage.data.packing == "pad" and study.replay.weight <= 0:
@@ -445,6 +460,9 @@ def run_cooccurrence_study(config: Any, workdir: str | Path, log: Any = print) -
                     "mode": mode,
                     "seed": seed,
                     "steps": res.final_step,
+                    "corpus_rows": n_docs,
+                    "epochs_per_pass": stage.epochs,
+                    "seq_len": stage_s.data.seq_len,
                     "resets": events,
                     "metrics": evaluate_cached(model, novel, ev, evals),
                 }
@@ -644,11 +662,31 @@ def report_markdown(results: Mapping[str, Any]) -> str:
                 *[_pct(headline(ceiling[s])) if s in ceiling else "" for s in subsets],
             ]
         )
+    trained = {}
+    for r in results["runs"].values():
+        key = f"{r['rendering']}{' + forgetting' if r['forget'] else ''} ({r['mode']})"
+        trained.setdefault(
+            key,
+            [
+                key,
+                str(r.get("corpus_rows", "")),
+                str(r.get("epochs_per_pass", "")),
+                str(r["steps"]),
+                str(r.get("seq_len", "")),
+            ],
+        )
     parts = [
         "# Co-occurrence is not factual association",
         "",
         f"World: {results['world'].get('kind')}; seeds {results['seeds']}; "
         f"wall time {results['wall_seconds'] / 60:.1f} min.",
+        "",
+        "## What each condition trained on",
+        "",
+        markdown_table(
+            ["condition", "corpus rows", "epochs per pass", "steps", "row length"],
+            list(trained.values()),
+        ),
         "",
         "## Novel-entity tasks (EM % for free-form, accuracy % for multiple choice; "
         "mean ± std over seeds)",
