@@ -317,6 +317,25 @@ def eval_cache_key(fingerprint: str, subsets: Mapping[str, list[dict]], ev: Eval
     return hashlib.sha256(blob.encode()).hexdigest()
 
 
+def cached_result(cache: Path | None, key: str | None, compute: Any) -> Any:
+    """Returns the JSON value stored under `key` in the `cache` file, else `compute()`, stored
+    there (atomically) first; computes without storing when `cache` or `key` is None."""
+    import json
+
+    if cache is None or key is None:
+        return compute()
+    stored = json.loads(cache.read_text()) if cache.is_file() else {}
+    if key in stored:
+        return stored[key]
+    value = compute()
+    stored[key] = value
+    cache.parent.mkdir(parents=True, exist_ok=True)
+    tmp = cache.with_name(f".{cache.name}.tmp")
+    tmp.write_text(json.dumps(stored, indent=1))
+    tmp.replace(cache)
+    return value
+
+
 def evaluate_cached(
     model: Any,
     subsets: Mapping[str, list[dict]],
@@ -327,22 +346,9 @@ def evaluate_cached(
     """`evaluate_model`, with the metrics kept in `cache` (a JSON file) under a key of the
     model's checkpoint manifest (`step` as in `model_fingerprint`), the items and the
     evaluation settings: a resumed study scores an unchanged model on unchanged items once."""
-    import json
-
     fingerprint = model_fingerprint(model, step) if cache is not None else None
-    if fingerprint is None:
-        return evaluate_model(model, subsets, ev)
-    key = eval_cache_key(fingerprint, subsets, ev)
-    stored = json.loads(cache.read_text()) if cache.is_file() else {}
-    if key in stored:
-        return stored[key]
-    metrics = evaluate_model(model, subsets, ev)
-    stored[key] = metrics
-    cache.parent.mkdir(parents=True, exist_ok=True)
-    tmp = cache.with_name(f".{cache.name}.tmp")
-    tmp.write_text(json.dumps(stored, indent=1))
-    tmp.replace(cache)
-    return metrics
+    key = eval_cache_key(fingerprint, subsets, ev) if fingerprint else None
+    return cached_result(cache, key, lambda: evaluate_model(model, subsets, ev))
 
 
 def headline(metrics: Mapping[str, float]) -> float:
@@ -488,8 +494,18 @@ def run_cooccurrence_study(config: Any, workdir: str | Path, log: Any = print) -
             for seed in study.seeds if ab.all_seeds else study.seeds[:1]:
                 d = run_dirs[(rendering, False, ab.mode, seed)]
                 log(f"[ablation] {rendering} ({ab.mode}) seed {seed}")
-                per_seed[seed] = ablate(
-                    base_model, load_model(d), subsets, ev, ab.sides, k_step=ab.k_step
+                ft_model = load_model(d)
+                fps = (model_fingerprint(ft_model), model_fingerprint(base_model))
+                key = None
+                if all(fps):
+                    tag = f"ablation {fps} sides={ab.sides} k_step={ab.k_step}"
+                    key = eval_cache_key(tag, subsets, ev)
+                per_seed[seed] = cached_result(
+                    evals,
+                    key,
+                    lambda m=ft_model: ablate(
+                        base_model, m, subsets, ev, ab.sides, k_step=ab.k_step
+                    ),
                 )
             results["ablation"][rendering] = combine_ablations(
                 per_seed, {k: len(v) for k, v in subsets.items()}
