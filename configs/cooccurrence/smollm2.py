@@ -57,6 +57,7 @@ def get_config() -> ConfigDict:
             eps=1e-8,
             grad_clip=1.0,
             log_every=5,
+            checkpoint_every=25,  # minutes of CPU each: a killed run resumes
         )
     )
     # LoRA: rank 64, alpha 16, rank-stabilised, q,k,v,o,gate,up,down, 10 epochs, lr 1e-4.

@@ -434,8 +434,11 @@ def run_cooccurrence_study(config: Any, workdir: str | Path, log: Any = print) -
             for seed in study.seeds:
                 name = f"{rendering}{'+forget' if forget else ''} ({mode}) seed {seed}"
                 d = workdir / f"ft_{rendering}{'_forget' if forget else ''}_{mode}_s{seed}"
+                # A forgetting run saves at the end of pass 1 (its reset point); a plain run
+                # at the stage's own interval (0: at the end and on preemption only).
+                every = pass_steps if forget else stage.train.checkpoint_every
                 stage_s = common.parse_stage(
-                    {"checkpoint_every": pass_steps if forget else 0, **rows}, mode, base=stage
+                    {"checkpoint_every": every, **rows}, mode, base=stage
                 )
                 cfg = common.stage_config(
                     exp,
