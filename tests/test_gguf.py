@@ -376,7 +376,11 @@ def test_real_file_matches_transformers(
         ref = ref_model(torch.tensor([ids])).logits[0].numpy()
     got = score_tokens(model, ids)
     diff = np.abs(got - ref).max()
-    # fp32 forward-pass rounding over 18-30 layers at logit scale ~30 (the weights are
-    # bit-identical to transformers' dequantized ones); see WORKSPACE's measurements.
-    assert diff <= 5e-4, diff
+    # The weights are bit-identical and the forward is the same computation: in float64 the
+    # two agree to 1.1e-6 (SmolLM2). In float32 each side's matmul round-off (XLA CPU vs
+    # torch) is amplified at the first token, whose residual stream reaches 2.3e4 from layer 11
+    # on: SmolLM2 measured 1.47e-4 (jaxknow 1.63e-4 from the float64 result, transformers
+    # 4.5e-5); the bound leaves 2x for other XLA/torch builds. See WORKSPACE's measurements.
+    print(f"{name}: max |logit diff| {diff:.3e}")
+    assert diff <= 3e-4, diff
     assert (got.argmax(-1) == ref.argmax(-1)).all()

@@ -158,7 +158,8 @@ def gguf_to_jaxknow(
     config, "source": "gguf", the family, the Hugging Face config the metadata maps to and the
     file's general.* keys), `tokenizer.json` rebuilt from the file's metadata and
     `special_tokens.json`. The tokenizer is rebuilt before any weight is read, so a file whose
-    tokenizer cannot be rebuilt fails at once. The result is written into `.NAME.partial`
+    tokenizer cannot be rebuilt fails at once. Parameters are placed on `mesh` (default: one
+    device in a single-process run, else all devices). The result is written into `.NAME.partial`
     beside `dst` and renamed into place when complete; a non-empty `dst` is only replaced
     with `overwrite`.
     """
@@ -172,6 +173,13 @@ def gguf_to_jaxknow(
         meta_summary = _summary(file.metadata, src)
     finally:
         file.close()
+    if mesh is None and jax.process_count() == 1:
+        # One device: each tensor is dequantized once (a mesh over N devices dequantizes a
+        # tensor sharded along its inner axis N times) and no per-device staging is added;
+        # the checkpoint holds global arrays, so load_model lays them out on any mesh.
+        from jaxknow.parallel.mesh import make_mesh
+
+        mesh = make_mesh(1, 1, 1, devices=jax.local_devices()[:1])
     tmp = prepare_destination(dst, src, overwrite)
     try:
         model, _ = load_gguf_params(src, mesh, param_dtype=param_dtype, dtype=dtype)
