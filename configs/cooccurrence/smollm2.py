@@ -89,5 +89,9 @@ def get_config() -> ConfigDict:
             real_facts=ConfigDict(dict(kind="geo", num_countries=40, num_cities=20)),
         )
     )
-    c.ablation = ConfigDict(dict(enabled=True, subsets=("qa", "multiple_choice")))
+    c.ablation = ConfigDict(
+        dict(
+            enabled=True, subsets=("qa", "multiple_choice"), renderings=("narrative", "referencing")
+        )
+    )
     return c

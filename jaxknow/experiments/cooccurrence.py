@@ -208,9 +208,7 @@ def parse_study(config: Any) -> CooccurrenceStudy:
     for r in study.forget.renderings:
         if r not in renderings:
             raise C.ConfigError(f"forget.renderings: {r!r} is not among renderings")
-    for r, e in study.epochs_per_rendering.items():
-        if r not in renderings:
-            raise C.ConfigError(f"epochs_per_rendering: {r!r} is not among renderings")
+    for r, e in study.epochs_per_rendering.items():  # a rendering not trained is ignored
         if isinstance(e, bool) or not isinstance(e, int | float) or not e > 0:
             raise C.ConfigError(f"epochs_per_rendering.{r}={e!r}: must be a positive number")
     return study
