@@ -21,7 +21,14 @@ from typing import Any, Literal
 import numpy as np
 
 from jaxknow.data.tokenizer import Tokenizer
-from jaxknow.eval.probing import ProbeHead, ProbeSettings, probe_heads, resolve_layers
+from jaxknow.eval.probing import (
+    ProbeHead,
+    ProbeSettings,
+    hidden_features,
+    probe_heads,
+    resolve_layers,
+    train_linear_probe,
+)
 from jaxknow.eval.tables import markdown_table
 from jaxknow.model.config import ModelConfig
 from jaxknow.parallel.rules import NO_SHARDING, Sharder
@@ -33,6 +40,7 @@ __all__ = [
     "p_probe",
     "p_probe_positions",
     "probe_labels",
+    "probe_size_curve",
     "q_probe",
     "q_probe_sequence",
 ]
@@ -417,3 +425,99 @@ def q_probe(
         num_test=len(people) - n_train,
         embedding_rank=settings.embedding_rank,
     )
+
+
+def probe_size_curve(
+    params: Mapping[str, Any],
+    cfg: ModelConfig,
+    tokenizer: Tokenizer,
+    world: BiosWorld,
+    kind: Literal["P", "Q"],
+    train_pool: np.ndarray | Sequence[int],
+    test_people: np.ndarray | Sequence[int],
+    sizes: Sequence[int],
+    settings: ProbeSettings = _DEFAULTS,
+    *,
+    biographies: Sequence[Biography] = (),
+    attributes: Sequence[str] = ATTRIBUTES,
+    birth_date: BirthDatePart = "date",
+    sharder: Sharder = NO_SHARDING,
+) -> dict[int, ProbeResult]:
+    """Returns {n: ProbeResult} of linear probes trained on the first n people of
+    `train_pool` and tested on the same `test_people` for every n in `sizes`: the Q-probe
+    (the name alone, its last token) or the P-probe (one biography per person: the first of
+    `biographies` about them, read before each attribute's sentence). The hidden states are
+    read once for all people; labels are numbered over every probed person's classes, and
+    chance is 1 / the classes among them. Linear probes only (`settings.embedding_rank` 0)."""
+    if settings.embedding_rank:
+        raise ValueError("probe_size_curve trains linear probes: embedding_rank must be 0")
+    pool = [int(p) for p in np.asarray(train_pool).ravel()]
+    test = [int(p) for p in np.asarray(test_people).ravel()]
+    if set(pool) & set(test):
+        raise ValueError("train_pool and test_people overlap")
+    if not sizes or min(sizes) < 1 or max(sizes) > len(pool):
+        raise ValueError(f"sizes {list(sizes)} must lie in 1..{len(pool)} (the training pool)")
+    people = np.asarray(pool + test, np.int64)
+    if kind == "Q":
+        sequences = [q_probe_sequence(tokenizer, world.people[int(p)].full_name) for p in people]
+        positions = np.asarray([[len(s) - 1] * len(attributes) for s in sequences], np.int32)
+    elif kind == "P":
+        first: dict[int, Biography] = {}
+        for b in biographies:
+            first.setdefault(b.person, b)
+        missing = [int(p) for p in people if int(p) not in first]
+        if missing:
+            raise ValueError(f"no biography of {len(missing)} probed people, e.g. {missing[:3]}")
+        sequences, rows = [], []
+        for p in people:
+            tokens, where = p_probe_positions(tokenizer, first[int(p)])
+            sequences.append(tokens)
+            rows.append([where[a] for a in attributes])
+        positions = np.asarray(rows, np.int32)
+    else:
+        raise ValueError(f"kind must be 'P' or 'Q', got {kind!r}")
+    layer_idx = resolve_layers(settings.layers, cfg.n_layers)
+    feats = hidden_features(
+        params,
+        cfg,
+        sequences,
+        positions,
+        layers=layer_idx,
+        batch_size=settings.feature_batch_size,
+        pad_id=tokenizer.pad_id,
+        sharder=sharder,
+    )  # [S, N, K, D]
+    labels = {a: _compact(probe_labels(world, a, people, birth_date)) for a in attributes}
+    test_idx = np.arange(len(pool), len(people))
+    chance = _chance(world, attributes, people, birth_date)
+    out: dict[int, ProbeResult] = {}
+    for n in sizes:
+        train_idx = np.arange(int(n))
+        acc = {
+            a: train_linear_probe(
+                feats[:, :, k],
+                labels[a][0],
+                train_idx,
+                test_idx,
+                labels[a][1],
+                settings.steps,
+                settings.lr,
+                settings.seed,
+                batch_size=settings.batch_size,
+                weight_decay=settings.weight_decay,
+            )
+            for k, a in enumerate(attributes)
+        }
+        out[int(n)] = ProbeResult(
+            kind=kind,
+            layers=layer_idx,
+            attributes=list(attributes),
+            accuracy={
+                layer: {a: float(acc[a][s]) for a in attributes}
+                for s, layer in enumerate(layer_idx)
+            },
+            chance=chance,
+            num_train=int(n),
+            num_test=len(test),
+        )
+    return out

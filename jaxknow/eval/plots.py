@@ -36,6 +36,7 @@ def plot_per_layer(
     reference: Mapping[str, float] | None = None,
     ylim: tuple[float, float] | None = None,
     bands: Mapping[str, tuple[Sequence[float], Sequence[float]]] | None = None,
+    log_x: bool = False,
 ) -> Path:
     """Writes one line per series (values over layers, or over k for ablations) as a PNG and
     returns its path.
@@ -45,6 +46,7 @@ def plot_per_layer(
 
     `x` gives the abscissae (default 0..n-1). `reference` draws dashed horizontal lines (e.g.
     chance level per attribute), in the colour of the series of the same name when there is one.
+    `log_x` puts the abscissa on a log scale (ticks still at the x values, labelled plainly).
     """
     fig = Figure(figsize=(7, 4.5))
     ax = fig.add_subplot()
@@ -78,8 +80,13 @@ def plot_per_layer(
         ax.set_ylim(*ylim)
     n = max((len(v) for v in result.values()), default=0)
     ticks = list(x) if x is not None else list(range(n))
+    if log_x:
+        ax.set_xscale("log")
+        ax.minorticks_off()
     if 0 < len(ticks) <= 40:  # integer ticks: layers and k are discrete
         ax.set_xticks(ticks)
+        if log_x:
+            ax.set_xticklabels([f"{t:g}" for t in ticks])
     ax.grid(True, alpha=0.3)
     if result or reference:
         ax.legend(fontsize="small", ncol=2 if len(result) + len(reference or {}) > 8 else 1)

@@ -104,6 +104,9 @@ class BiosStudy:
     lora: dict[str, Any]
     mixed: StageConfig | None
     mixed_qa_weight: float
+    # False: no plain pretraining, memorisation or QA finetune of the conditions, only their
+    # mixed training (the mixed-training scale curve's points).
+    pretrain_finetune: bool
     celebrity: bool
     celebrity_minority_weight: float | None
     probing: ProbingConfig
@@ -123,6 +126,7 @@ EXPERIMENT_KEYS = (
     "finetune_recipes",
     "lora",
     "mixed",
+    "pretrain_finetune",
     "celebrity",
     "celebrity_minority_weight",
     "probing",
@@ -185,6 +189,15 @@ def parse_study(config: Any) -> BiosStudy:
         raise C.ConfigError(
             f"celebrity_minority_weight={minority_weight!r}: must be a positive number or None"
         )
+    pretrain_finetune = cfg.get("pretrain_finetune", True)
+    if not isinstance(pretrain_finetune, bool):
+        raise C.ConfigError(f"pretrain_finetune={pretrain_finetune!r}: must be True or False")
+    if not pretrain_finetune and not mixed_on:
+        raise C.ConfigError(
+            "pretrain_finetune=False leaves only mixed training: set mixed.enabled=True"
+        )
+    if not pretrain_finetune and cfg.get("celebrity", False):
+        raise C.ConfigError("celebrity=True needs pretrain_finetune=True (it is a pretraining)")
     return BiosStudy(
         seed=int(cfg.get("seed", 0)),
         world=world,
@@ -197,6 +210,7 @@ def parse_study(config: Any) -> BiosStudy:
         lora=lora,
         mixed=common.parse_stage(mixed_cfg, "mixed") if mixed_on else None,
         mixed_qa_weight=qa_weight,
+        pretrain_finetune=pretrain_finetune,
         celebrity=bool(cfg.get("celebrity", False)),
         celebrity_minority_weight=None if minority_weight is None else float(minority_weight),
         probing=C.section(ProbingConfig, cfg.get("probing"), "probing"),
@@ -526,9 +540,10 @@ def training_sources(study: BiosStudy, world: Mapping[str, Any]) -> dict[str, li
     is trained on)."""
     out: dict[str, list[str]] = {}
     for p in pretrainings(study, world):
-        out[f"pretrain {p.label}"] = list(p.sources)
-        for rec in study.recipes:
-            out[f"finetune {p.label} ({rec.name})"] = [QA_SOURCE]
+        if study.pretrain_finetune:
+            out[f"pretrain {p.label}"] = list(p.sources)
+            for rec in study.recipes:
+                out[f"finetune {p.label} ({rec.name})"] = [QA_SOURCE]
         if study.mixed is not None and p.key != "celebrity":
             out[f"mixed {p.label}"] = [p.sources[0], QA_SOURCE]
     return out
@@ -712,62 +727,63 @@ def run_bios_study(config: Any, workdir: str | Path, log: Any = print) -> dict[s
 
     plan = pretrainings(study, world)
     for p in plan:
-        if p.key == "celebrity":
-            sources = celebrity_sources(study, corpora_of)
-        else:
-            sources = [{"name": p.sources[0]}]
-        expo = exposures(data_dir, study.pretrain, sources)
-        pre_info[p.label] = {
-            "augmentation": p.key,
-            "sources": {
-                s: {"renderings_per_person": p.renderings[s], **expo[s]} for s in p.sources
-            },
-            "renderings_per_person": p.renderings[p.sources[0]],
-            "exposures_per_rendering": expo[p.sources[0]]["exposures_per_rendering"],
-        }
-        pre_dir = workdir / f"pretrain_{_slug(p.key)}"
-        stage(
-            f"pretrain {p.label}",
-            common.stage_config(exp, study.pretrain, sources=sources, data_dir=data_dir),
-            pre_dir,
-            evaluator(study.pretrain, p.sources[0], qa=False),
-        )
-        for src in p.sources:
-            label = p.label if len(p.sources) == 1 else f"{p.label}: {src}"
-            log(f"[memorisation] first-token and whole-value recall of the {label} biographies")
-            memo[label] = memorisation(pre_dir, corpora_of(src), study.eval, values())
-        size = {
-            "renderings_per_person": pre_info[p.label]["renderings_per_person"],
-            "exposures_per_rendering": pre_info[p.label]["exposures_per_rendering"],
-        }
-        for rec in study.recipes:
-            ft_dir = workdir / f"finetune_{_slug(p.key)}_{rec.name}"
-            stage(
-                f"finetune {p.label} ({rec.name})",
-                common.stage_config(
-                    exp,
-                    rec.stage,
-                    sources=[{"name": QA_SOURCE}],
-                    data_dir=data_dir,
-                    init_from=pre_dir,
-                    lora=rec.lora,
-                    trainable="lora" if rec.lora else "all",
-                ),
-                ft_dir,
-                evaluator(rec.stage, None, qa=True),
-            )
-            log(f"[eval] QA of {p.label} pretrain + {rec.name} finetune")
-            runs[f"pretrain+finetune ({rec.name}) / {p.label}"] = {
-                "recipe": "pretrain+finetune",
-                "mode": rec.mode,
-                "finetune": rec.name,
-                "augmentation": p.label,
-                **size,
-                **evaluate_qa(ft_dir, data_dir, study.eval),
+        if study.pretrain_finetune:
+            if p.key == "celebrity":
+                sources = celebrity_sources(study, corpora_of)
+            else:
+                sources = [{"name": p.sources[0]}]
+            expo = exposures(data_dir, study.pretrain, sources)
+            pre_info[p.label] = {
+                "augmentation": p.key,
+                "sources": {
+                    s: {"renderings_per_person": p.renderings[s], **expo[s]} for s in p.sources
+                },
+                "renderings_per_person": p.renderings[p.sources[0]],
+                "exposures_per_rendering": expo[p.sources[0]]["exposures_per_rendering"],
             }
-        if study.probing.enabled and p.key != "celebrity":
-            log(f"[probe] P/Q-probing of the {p.label} pretrained model")
-            probes[p.label] = probe(pre_dir, study, world, corpora_of(p.sources[0]))
+            pre_dir = workdir / f"pretrain_{_slug(p.key)}"
+            stage(
+                f"pretrain {p.label}",
+                common.stage_config(exp, study.pretrain, sources=sources, data_dir=data_dir),
+                pre_dir,
+                evaluator(study.pretrain, p.sources[0], qa=False),
+            )
+            for src in p.sources:
+                label = p.label if len(p.sources) == 1 else f"{p.label}: {src}"
+                log(f"[memorisation] first-token and whole-value recall of the {label} biographies")
+                memo[label] = memorisation(pre_dir, corpora_of(src), study.eval, values())
+            size = {
+                "renderings_per_person": pre_info[p.label]["renderings_per_person"],
+                "exposures_per_rendering": pre_info[p.label]["exposures_per_rendering"],
+            }
+            for rec in study.recipes:
+                ft_dir = workdir / f"finetune_{_slug(p.key)}_{rec.name}"
+                stage(
+                    f"finetune {p.label} ({rec.name})",
+                    common.stage_config(
+                        exp,
+                        rec.stage,
+                        sources=[{"name": QA_SOURCE}],
+                        data_dir=data_dir,
+                        init_from=pre_dir,
+                        lora=rec.lora,
+                        trainable="lora" if rec.lora else "all",
+                    ),
+                    ft_dir,
+                    evaluator(rec.stage, None, qa=True),
+                )
+                log(f"[eval] QA of {p.label} pretrain + {rec.name} finetune")
+                runs[f"pretrain+finetune ({rec.name}) / {p.label}"] = {
+                    "recipe": "pretrain+finetune",
+                    "mode": rec.mode,
+                    "finetune": rec.name,
+                    "augmentation": p.label,
+                    **size,
+                    **evaluate_qa(ft_dir, data_dir, study.eval),
+                }
+            if study.probing.enabled and p.key != "celebrity":
+                log(f"[probe] P/Q-probing of the {p.label} pretrained model")
+                probes[p.label] = probe(pre_dir, study, world, corpora_of(p.sources[0]))
         if study.mixed is not None and p.key != "celebrity":
             mix_dir = workdir / f"mixed_{_slug(p.key)}"
             mix_sources = [
@@ -786,10 +802,14 @@ def run_bios_study(config: Any, workdir: str | Path, log: Any = print) -> dict[s
                 "recipe": "mixed",
                 "mode": "full",
                 "augmentation": p.label,
-                "renderings_per_person": size["renderings_per_person"],
+                "renderings_per_person": p.renderings[p.sources[0]],
                 "exposures_per_rendering": mexpo["exposures_per_rendering"],
                 **evaluate_qa(mix_dir, data_dir, study.eval),
             }
+            log(f"[memorisation] whole-value recall of the {p.label} biographies, mixed")
+            memo[f"mixed / {p.label}"] = memorisation(
+                mix_dir, corpora_of(p.sources[0]), study.eval, values()
+            )
 
     results = {
         "experiment": "bios",

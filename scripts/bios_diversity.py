@@ -1,0 +1,80 @@
+"""The bioS diversity curve (issue 27 item 2): P_test extraction and memorisation against
+renderings per person at a fixed token budget.
+
+    python scripts/bios_diversity.py configs/bios/quickstart.py --renderings 1,5,10,25,50,100 \
+        --seeds 0,1 --workdir runs/diversity
+
+One bioS study per (R, seed) in WORKDIR/R<R>_s<seed> (`jaxknow.experiments.bios_sweep`): the
+config's pretraining (the quickstart's 2,000 steps of 4 x 256) and QA finetune on a world with R
+renderings per person (R = 1: bioS single; R = 5: the paper's multi5+permute+fullname, no
+re-draws; R = 5 D: multi5xD+permute+fullname), no probing, no mixed training. Finished points
+are skipped, so the same command resumes. Then WORKDIR/results.json (per point and per R:
+P_test QA exact match, whole-value and first-token memorisation, renderings per person,
+exposures per rendering) and WORKDIR/diversity.png, copied to --figure. `--set KEY=VALUE`
+overrides the config (e.g. `--set pretrain.steps=20` for a smoke run); `--dry_run` prints the
+points and the estimate only.
+"""
+
+from __future__ import annotations
+
+import argparse
+import shlex
+import sys
+from pathlib import Path
+
+sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
+
+import launch  # noqa: E402,F401  (CPU device count, compilation cache)
+from jaxknow.experiments import bios_sweep as S  # noqa: E402
+
+
+def ints(text: str) -> list[int]:
+    """Returns the comma-separated integers of `text`."""
+    return [int(t) for t in text.split(",") if t.strip()]
+
+
+def main(argv: list[str] | None = None) -> None:
+    ap = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
+    ap.add_argument("config", help="bioS study config file (optionally FILE.py:ARG)")
+    ap.add_argument("--renderings", type=ints, default=[1, 5, 10, 25, 50, 100])
+    ap.add_argument("--seeds", type=ints, default=[0, 1])
+    ap.add_argument("--workdir", required=True)
+    ap.add_argument("--figure", default="docs/figures/bios_diversity.png", help="'' for none")
+    ap.add_argument("--set", action="append", default=[], metavar="KEY=VALUE")
+    ap.add_argument("--dry_run", action="store_true")
+    args = ap.parse_args(argv)
+    config = S.apply_overrides(S.load_config_file(args.config), S.parse_assignments(args.set))
+    points = S.diversity_points(args.renderings, args.seeds)
+    est = S.estimate_minutes(config, points)
+    for p in points:
+        print(f"{p.name}: {p.overrides['conditions'][0]}, ~{est[p.name]:.1f} CPU min", flush=True)
+    print(
+        f"estimated {sum(est.values()):.0f} min on the 2-core CPU for {len(points)} points "
+        f"(finished points are skipped)",
+        flush=True,
+    )
+    if args.dry_run:
+        return
+    results = S.run_sweep(config, points, args.workdir)
+    rows = S.curve_rows(points, results, "pretrain+finetune")
+    S.write_curve(
+        args.workdir,
+        "diversity",
+        rows,
+        xlabel="renderings per person (R)",
+        title="bioS: extraction vs renderings per person, fixed token budget",
+        command=shlex.join(["python", "scripts/bios_diversity.py", *(argv or sys.argv[1:])]),
+        figure=args.figure or None,
+    )
+    for e in S.summarise(rows):
+        print(
+            f"R={e['x']:g}: P_test {100 * e['p_test_em']['mean']:.1f} "
+            f"({100 * e['p_test_em']['min']:.1f}-{100 * e['p_test_em']['max']:.1f}), "
+            f"memorisation whole {100 * e['memorisation_whole_value']['mean']:.1f}, "
+            f"first token {100 * e['memorisation_first_token']['mean']:.1f}",
+            flush=True,
+        )
+
+
+if __name__ == "__main__":
+    main()

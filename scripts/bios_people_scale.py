@@ -1,0 +1,81 @@
+"""A bioS study against the number of people (issue 27 item 6): by default mixed training on
+bioS single (configs/bios/mixed_scale.py), P_test extraction vs N.
+
+    python scripts/bios_people_scale.py configs/bios/mixed_scale.py --people 200,1000,4000 \
+        --seeds 0 --workdir runs/mixed_scale --figure docs/figures/bios_mixed_scale.png
+
+One study per (N, seed) in WORKDIR/N<N>_s<seed> (`jaxknow.experiments.bios_sweep`): the
+config at N people, every stage's steps scaled by N / the config's num_people (each biography
+seen as often as at the base N, times --exposure; each QA finetune as many epochs). Finished
+points are skipped. Then WORKDIR/results.json and WORKDIR/<name>.png (P_test exact match and
+memorisation vs N), copied to --figure. The curve reads the config's mixed-training rows
+(`--recipe mixed`) or its pretrain + QA finetune rows (`--recipe pretrain+finetune`).
+"""
+
+from __future__ import annotations
+
+import argparse
+import shlex
+import sys
+from pathlib import Path
+
+sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
+
+import launch  # noqa: E402,F401  (CPU device count, compilation cache)
+from jaxknow.experiments import bios_sweep as S  # noqa: E402
+
+
+def ints(text: str) -> list[int]:
+    """Returns the comma-separated integers of `text`."""
+    return [int(t) for t in text.split(",") if t.strip()]
+
+
+def main(argv: list[str] | None = None) -> None:
+    ap = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
+    ap.add_argument("config", help="bioS study config file (optionally FILE.py:ARG)")
+    ap.add_argument("--people", type=ints, default=[200, 1000, 4000])
+    ap.add_argument("--seeds", type=ints, default=[0])
+    ap.add_argument("--exposure", type=float, default=1.0)
+    ap.add_argument("--recipe", default="mixed", choices=["mixed", "pretrain+finetune"])
+    ap.add_argument("--name", default="mixed_scale")
+    ap.add_argument("--workdir", required=True)
+    ap.add_argument("--figure", default="", help="copy the plot here (e.g. docs/figures/...)")
+    ap.add_argument("--set", action="append", default=[], metavar="KEY=VALUE")
+    ap.add_argument("--dry_run", action="store_true")
+    args = ap.parse_args(argv)
+    config = S.apply_overrides(S.load_config_file(args.config), S.parse_assignments(args.set))
+    points = S.people_points(config, args.people, args.seeds, args.exposure)
+    est = S.estimate_minutes(config, points)
+    for p in points:
+        steps = {k: v for k, v in p.overrides.items() if k.endswith(".steps")}
+        print(f"{p.name}: {steps}, ~{est[p.name]:.1f} CPU min", flush=True)
+    print(
+        f"estimated {sum(est.values()):.0f} min on the 2-core CPU for {len(points)} points "
+        f"(finished points are skipped)",
+        flush=True,
+    )
+    if args.dry_run:
+        return
+    results = S.run_sweep(config, points, args.workdir)
+    rows = S.curve_rows(points, results, args.recipe)
+    S.write_curve(
+        args.workdir,
+        args.name,
+        rows,
+        xlabel="people (N)",
+        title=f"bioS {args.recipe}: extraction vs number of people",
+        command=shlex.join(["python", "scripts/bios_people_scale.py", *(argv or sys.argv[1:])]),
+        figure=args.figure or None,
+    )
+    for e in S.summarise(rows):
+        print(
+            f"N={e['x']:g}: P_test {100 * e['p_test_em']['mean']:.1f} "
+            f"(chance {100 * e['chance']['mean']:.1f}), P_train "
+            f"{100 * e['p_train_em']['mean']:.1f}, memorisation whole "
+            f"{100 * e['memorisation_whole_value']['mean']:.1f}",
+            flush=True,
+        )
+
+
+if __name__ == "__main__":
+    main()
