@@ -107,14 +107,15 @@ def scale_people(
     """Returns the overrides that move a study config to `people` people: world.num_people and
     the steps of its stages scaled by people / the config's num_people, so that every
     biography is seen as often (times `exposure` for the pretraining and mixed stages) and
-    every QA finetune runs as many epochs. `stages` (default: pretrain, finetune and, when
-    enabled, mixed) names the stages scaled."""
+    every QA finetune runs as many epochs. `stages` (default: the stages the study runs:
+    pretrain and finetune unless pretrain_finetune is False, mixed when enabled) names the
+    stages scaled."""
     cfg = C.to_plain(config)
     base = int(cfg["world"]["num_people"])
     if people < 2:
         raise ValueError(f"people={people}: a study needs at least 2 (P_train and P_test)")
     if stages is None:
-        stages = ["pretrain", "finetune"]
+        stages = ["pretrain", "finetune"] if cfg.get("pretrain_finetune", True) else []
         if (cfg.get("mixed") or {}).get("enabled"):
             stages.append("mixed")
     out: dict[str, Any] = {"world.num_people": int(people)}
