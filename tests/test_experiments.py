@@ -203,7 +203,12 @@ def test_cooccurrence_study_on_an_imported_base_model(tmp_path):
     cfg.renderings, cfg.modes, cfg.seeds = ("narrative",), ("full",), (0,)
     cfg.forget.enabled = False
     cfg.eval.base_entities = False
-    cfg.eval.real_facts = {"kind": "geo", "num_countries": 12, "num_cities": 6}
+    cfg.eval.real_facts = {
+        "kind": "geo",
+        "num_countries": 12,
+        "num_cities": 6,
+        "num_novel_countries": 4,
+    }
     cfg.ablation.k_step = 2
     cfg.epochs_per_rendering = {"narrative": 2.0}
     cfg.fit_seq_len = True

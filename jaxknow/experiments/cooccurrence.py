@@ -435,9 +435,7 @@ def run_cooccurrence_study(config: Any, workdir: str | Path, log: Any = print) -
                 # A forgetting run saves at the end of pass 1 (its reset point); a plain run
                 # at the stage's own interval (0: at the end and on preemption only).
                 every = pass_steps if forget else stage.train.checkpoint_every
-                stage_s = common.parse_stage(
-                    {"checkpoint_every": every, **rows}, mode, base=stage
-                )
+                stage_s = common.parse_stage({"checkpoint_every": every, **rows}, mode, base=stage)
                 cfg = common.stage_config(
                     exp,
                     stage_s,
