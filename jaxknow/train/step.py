@@ -1,4 +1,5 @@
-"""The pure training and evaluation steps.
+"""The pure training step and the losses it is built from (scoring for evaluation lives in
+`eval/scoring`).
 
 A batch is a dict of [B, T] arrays: ``inputs`` (token ids), ``targets`` (next-token ids),
 ``weights`` (float per-token loss weights; 0 removes a token from loss and gradient),
@@ -220,25 +221,3 @@ def train_step(
         "tokens": jnp.sum((batch["segment_ids"] > 0).astype(jnp.float32)),
     }
     return state.replace(step=state.step + 1, params=params, opt_state=opt_state), metrics
-
-
-def score_batch(
-    params: Mapping[str, Any],
-    batch: Batch,
-    *,
-    cfg: ModelConfig,
-    sharder: Sharder = NO_SHARDING,
-    loss_chunk: int = 0,
-) -> dict[str, jax.Array]:
-    """Returns per-example log-likelihoods of a batch.
-
-    ``logprob`` [B]: sum of weighted target log-probabilities of each row; ``num_tokens`` [B]:
-    sum of weights; ``token_logprobs`` [B, T]: log p(target) at every position.
-    """
-    nll = batch_nll(params, batch, cfg, sharder, loss_chunk)
-    w = batch["weights"].astype(jnp.float32)
-    return {
-        "logprob": -jnp.sum(nll * w, axis=-1),
-        "num_tokens": jnp.sum(w, axis=-1),
-        "token_logprobs": -nll,
-    }
