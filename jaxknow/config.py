@@ -332,9 +332,25 @@ def _scalar_type(tp: Any) -> Any:
     return tp
 
 
+def command_line_any(value: Any) -> Any:
+    """Returns `value` in an untyped ml_collections `FieldReference`: a config file may assign
+    it any value, and ``--config.KEY=TEXT`` gives the Python literal TEXT stands for (a tuple,
+    list, number, ...) or else TEXT itself as a string."""
+    from ml_collections import config_dict
+
+    return config_dict.FieldReference(value, field_type=object)
+
+
 def section_defaults(cls: type, skip: tuple[str, ...] = ()) -> Any:
     """Returns a ConfigDict holding every field of dataclass `cls` with its default, so that
-    each can be overridden from the command line (None defaults become typed placeholders)."""
+    each can be overridden from the command line (None defaults become typed placeholders).
+
+    Tuple defaults become lists held by an untyped `FieldReference` (`command_line_any`):
+    ml_collections cannot override a list field from the command line, and a tuple field would
+    refuse a string, while e.g. ``lora.targets`` takes either a preset name
+    (``--config.lora.targets=all-linear``) or a tuple (``--config.lora.targets='("q","v")'``).
+    The dataclass checks the value when the section is parsed.
+    """
     from ml_collections import ConfigDict, config_dict
 
     hints = typing.get_type_hints(cls)
@@ -352,7 +368,7 @@ def section_defaults(cls: type, skip: tuple[str, ...] = ()) -> Any:
         if value is None and tp in (int, float, str, bool):
             value = config_dict.placeholder(tp)
         elif isinstance(value, tuple):
-            value = list(value)
+            value = command_line_any(list(value))
         setattr(out, f.name, value)
     return out
 

@@ -163,6 +163,36 @@ def test_all_linear_lora_targets_follow_the_models_mlp(mlp, expected):
     assert list(stage.lora.targets) == expected
 
 
+@pytest.mark.parametrize(
+    "flag,expected",
+    [
+        ("all-linear", ["q", "k", "v", "o", "up", "down"]),  # smoke: a gelu MLP
+        ('("q","v","o")', ["q", "v", "o"]),
+        ('["k","up"]', ["k", "up"]),
+    ],
+)
+def test_lora_targets_flag_takes_a_preset_or_a_tuple(flag, expected):
+    """``launch.train --config.lora.targets=...``: the flag parsing launch.train does (an
+    ml_collections config file flag, locked) accepts a preset name and a tuple or list."""
+
+    def parsed(*overrides: str):
+        from absl import flags
+        from ml_collections import config_flags
+
+        argv = ["train", f"--config={CONFIGS / 'smoke.py'}", *overrides]
+        fv = flags.FlagValues()
+        config_flags.DEFINE_config_file(
+            "config", None, "", flag_values=fv, lock_config=True, sys_argv=argv
+        )
+        fv(argv)
+        return parse_run_config(fv.config)
+
+    spec = parsed("--config.lora.rank=4", f"--config.lora.targets={flag}")
+    assert list(spec.lora.targets) == expected and spec.lora.rank == 4
+    # Other list defaults are overridable the same way.
+    assert list(parsed("--config.optim.no_decay=('norm/',)").optim.no_decay) == ["norm/"]
+
+
 def test_cooccurrence_replay_and_forgetting_renderings_are_checked():
     cfg = load("cooccurrence/quick")
     study = cooc_study.parse_study(cfg)
