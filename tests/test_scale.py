@@ -4,6 +4,7 @@ tiny widths running a sharded step on a simulated 8-device mesh (the same code p
 from __future__ import annotations
 
 import functools
+import logging
 
 import jax
 import jax.numpy as jnp
@@ -13,6 +14,8 @@ from jax.sharding import NamedSharding, PartitionSpec
 
 from jaxknow.model.config import preset
 from jaxknow.model.lora import LoraConfig
+from jaxknow.model.params import param_axes, param_shapes, param_specs
+from jaxknow.parallel import rules
 from jaxknow.parallel.mesh import make_mesh
 from jaxknow.parallel.rules import DEFAULT_RULES, Sharder
 from jaxknow.train import optim, setup
@@ -73,6 +76,45 @@ def test_memory_plan_command_for_real_8b_and_70b():
     assert r.returncode == 0 and "71.382 B parameters (0.828 B trained)" in r.stdout
     bad = run_module("launch.memory_plan", "--mesh=2,2")
     assert bad.returncode == 2 and "data,fsdp,tensor" in bad.stderr
+
+
+@pytest.mark.parametrize("vocab", [513, 512])
+def test_a_mesh_axis_that_does_not_divide_a_parameter_is_logged_once_and_planned(vocab, caplog):
+    """A vocabulary not divisible by tensor=2 leaves the embedding replicated over the tensor
+    axis: one warning for every parameter and state tree that has it, and the memory plan
+    (API and command) lists it; a dividing vocabulary says nothing."""
+    rules.forget_reported_drops()
+    cfg = preset("tiny", vocab_size=vocab)
+    specs = param_specs(cfg)
+    mesh = make_mesh(2, 2, 2)
+    with caplog.at_level(logging.WARNING):
+        for _ in range(2):  # e.g. parameters, then the optimizer state laid out like them
+            sh = rules.tree_shardings(param_axes(specs), param_shapes(specs, "float32"), mesh)
+    logged = [r.getMessage() for r in caplog.records if r.getMessage().startswith("sharding:")]
+    plan = plan_memory(cfg, {"data": 2, "fsdp": 2, "tensor": 2}, 8, 64)
+    r = run_module(
+        "launch.memory_plan",
+        "--preset=tiny",
+        f"--model=vocab_size={vocab}",
+        "--mesh=2,2,2",
+        "--batch=8",
+        "--seq_len=64",
+    )
+    assert r.returncode == 0, r.stderr[-2000:]
+    if vocab % 2 == 0:
+        assert logged == [] and plan.dropped == [] and rules.reported_drops() == []
+        assert "not sharded" not in r.stdout
+        assert sh["embed"]["tokens"].spec == PartitionSpec("tensor", "fsdp")
+        return
+    assert len(logged) == 1, logged
+    assert "'vocab' of size 513" in logged[0] and "mesh axis 'tensor'" in logged[0]
+    assert [(d.logical, d.dim, d.mesh_axis) for d in rules.reported_drops()] == [
+        ("vocab", 513, "tensor")
+    ]
+    assert [(d.logical, d.dim, d.mesh_axis) for d in plan.dropped] == [("vocab", 513, "tensor")]
+    assert sh["embed"]["tokens"].spec == PartitionSpec(None, "fsdp")
+    assert "not sharded as the rules ask" in r.stdout
+    assert "logical axis 'vocab' of size 513" in r.stdout and "'tensor'" in r.stdout
 
 
 @pytest.mark.slow

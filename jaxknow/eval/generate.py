@@ -118,7 +118,7 @@ def param_shardings(params: Any, cfg: ModelConfig, mesh: Mesh, rules: Rules = DE
         spec = specs.get(path)
         if spec is None or tuple(spec.shape) != shape:
             return NamedSharding(mesh, PartitionSpec())
-        return logical_to_sharding(spec.axes, shape, mesh, rules)
+        return logical_to_sharding(spec.axes, shape, mesh, rules, where=path)
 
     return map_with_path(one, params)
 

@@ -21,7 +21,7 @@ import numpy as np
 from jaxknow.model.config import ModelConfig
 from jaxknow.model.lora import LoraConfig, is_lora_path, lora_specs
 from jaxknow.model.params import ParamSpec, flatten, param_specs
-from jaxknow.parallel.rules import DEFAULT_RULES, Rules, logical_to_spec
+from jaxknow.parallel.rules import DEFAULT_RULES, DroppedAxis, Rules, dropped_axes, logical_to_spec
 
 GiB = 2**30
 
@@ -59,6 +59,8 @@ class MemoryPlan:
     n_params: int
     n_trainable: int
     mesh: dict[str, int]
+    # mesh axes the rules ask for that do not divide a parameter dimension (one per kind)
+    dropped: list[DroppedAxis] = dataclasses.field(default_factory=list)
 
     @property
     def state(self) -> float:
@@ -94,6 +96,9 @@ class MemoryPlan:
         out += [f"  {name:18s} {v / GiB:10.3f} GiB" for name, v in rows]
         fits = [k for k, cap in DEVICE_MEMORY.items() if self.total <= 0.9 * cap]
         out.append(f"  fits (90% of memory): {', '.join(fits) if fits else 'none listed'}")
+        if self.dropped:
+            out.append("  not sharded as the rules ask (a mesh axis does not divide the size):")
+            out += [f"    {d}" for d in self.dropped]
         return "\n".join(out)
 
 
@@ -164,6 +169,10 @@ def plan_memory(
     params = grads = 0.0
     n_params = n_trainable = 0
     per_device = _per_device(specs, mesh, rules, p_bytes)
+    dropped: dict[tuple[str, int, str, int], DroppedAxis] = {}
+    for path, spec in specs.items():
+        for d in dropped_axes(spec.axes, spec.shape, mesh, rules):  # type: ignore[arg-type]
+            dropped.setdefault(d.key, dataclasses.replace(d, where=path))
     for path, spec in specs.items():
         n = math.prod(spec.shape)
         per_dev = per_device[path]
@@ -212,6 +221,7 @@ def plan_memory(
         n_params=n_params,
         n_trainable=n_trainable,
         mesh=dict(mesh_shape),
+        dropped=list(dropped.values()),
     )
 
 
