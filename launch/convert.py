@@ -15,6 +15,7 @@ from __future__ import annotations
 
 from absl import app, flags
 
+from jaxknow.io.hf_config import FAMILIES
 from launch.common import run_app, run_main
 
 _FROM = flags.DEFINE_enum("from", None, ["hf", "jaxknow", "gguf"], "Source format.")
@@ -36,7 +37,7 @@ _STEP = flags.DEFINE_integer("step", None, "Export only: checkpoint step (defaul
 _FAMILY = flags.DEFINE_enum(
     "family",
     None,
-    ["gpt2", "llama", "qwen2", "gemma"],
+    list(FAMILIES),
     "Export only: Hugging Face family (default: recorded or detected).",
 )
 _MAX_SHARD = flags.DEFINE_string(
