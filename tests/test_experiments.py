@@ -210,6 +210,7 @@ def test_cooccurrence_study_on_an_imported_base_model(tmp_path):
         "num_novel_countries": 4,
     }
     cfg.ablation.k_step = 2
+    cfg.ablation.renderings = ("narrative",)
     cfg.epochs_per_rendering = {"narrative": 2.0}
     cfg.fit_seq_len = True
     results = run_cooccurrence_study(cfg, tmp_path / "second", log=lambda *_: None)
