@@ -26,18 +26,14 @@ sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
 import launch  # noqa: E402,F401  (CPU device count, compilation cache)
 from jaxknow.experiments import bios_sweep as S  # noqa: E402
-
-
-def ints(text: str) -> list[int]:
-    """Returns the comma-separated integers of `text`."""
-    return [int(t) for t in text.split(",") if t.strip()]
+from jaxknow.experiments.bios_sweep import comma_ints  # noqa: E402
 
 
 def main(argv: list[str] | None = None) -> None:
     ap = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     ap.add_argument("config", help="bioS study config file (optionally FILE.py:ARG)")
-    ap.add_argument("--renderings", type=ints, default=[1, 5, 10, 25, 50, 100])
-    ap.add_argument("--seeds", type=ints, default=[0, 1])
+    ap.add_argument("--renderings", type=comma_ints, default=[1, 5, 10, 25, 50, 100])
+    ap.add_argument("--seeds", type=comma_ints, default=[0, 1])
     ap.add_argument("--workdir", required=True)
     ap.add_argument("--figure", default="docs/figures/bios_diversity.png", help="'' for none")
     ap.add_argument("--set", action="append", default=[], metavar="KEY=VALUE")

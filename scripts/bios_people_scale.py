@@ -23,18 +23,14 @@ sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
 import launch  # noqa: E402,F401  (CPU device count, compilation cache)
 from jaxknow.experiments import bios_sweep as S  # noqa: E402
-
-
-def ints(text: str) -> list[int]:
-    """Returns the comma-separated integers of `text`."""
-    return [int(t) for t in text.split(",") if t.strip()]
+from jaxknow.experiments.bios_sweep import comma_ints  # noqa: E402
 
 
 def main(argv: list[str] | None = None) -> None:
     ap = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     ap.add_argument("config", help="bioS study config file (optionally FILE.py:ARG)")
-    ap.add_argument("--people", type=ints, default=[200, 1000, 4000])
-    ap.add_argument("--seeds", type=ints, default=[0])
+    ap.add_argument("--people", type=comma_ints, default=[200, 1000, 4000])
+    ap.add_argument("--seeds", type=comma_ints, default=[0])
     ap.add_argument("--exposure", type=float, default=1.0)
     ap.add_argument("--recipe", default="mixed", choices=["mixed", "pretrain+finetune"])
     ap.add_argument("--name", default="mixed_scale")

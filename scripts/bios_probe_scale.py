@@ -32,12 +32,8 @@ from jaxknow.eval.bios_probing import probe_size_curve  # noqa: E402
 from jaxknow.eval.plots import plot_per_layer  # noqa: E402
 from jaxknow.eval.probing import ProbeSettings  # noqa: E402
 from jaxknow.experiments import common  # noqa: E402
+from jaxknow.experiments.bios_sweep import comma_ints  # noqa: E402
 from jaxknow.io.load import load_model  # noqa: E402
-
-
-def ints(text: str) -> list[int]:
-    """Returns the comma-separated integers of `text`."""
-    return [int(t) for t in text.split(",") if t.strip()]
 
 
 def split_people(num_people: int, test: int, pool: int, seed: int) -> tuple[list[int], list[int]]:
@@ -52,7 +48,7 @@ def main(argv: list[str] | None = None) -> None:
     ap = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     ap.add_argument("study", help="a finished bioS study's workdir (its results.json)")
     ap.add_argument("model", help="the model's stage directory inside it")
-    ap.add_argument("--train_people", type=ints, default=[100, 300, 1000, 3000, 5000])
+    ap.add_argument("--train_people", type=comma_ints, default=[100, 300, 1000, 3000, 5000])
     ap.add_argument("--test_people", type=int, default=1000)
     ap.add_argument("--kinds", default="Q,P")
     ap.add_argument("--source", default="", help="biography corpus of the P-probe")

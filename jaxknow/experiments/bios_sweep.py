@@ -60,6 +60,11 @@ class SweepPoint:
         }
 
 
+def comma_ints(text: str) -> list[int]:
+    """Returns the comma-separated integers of `text` (the curve scripts' list flags)."""
+    return [int(t) for t in text.split(",") if t.strip()]
+
+
 def diversity_condition(renderings: int) -> tuple[str, int]:
     """Returns (condition name, world.redraws) for R renderings per person: 1 -> ("single",
     1); 2..5 -> ("multiR+permute+fullname", 1); 5 D -> ("multi5xD+permute+fullname", D).
