@@ -530,3 +530,75 @@ def test_eval_every_writes_the_evaluation_at_its_steps_and_costs_nothing_when_of
     assert all(e["eval/seconds"] >= 0 for e in evals)
     assert [e["step"] for e in r.eval_metrics] == [3, 6, 7] and r.eval_seconds > 0
     assert len([r_ for r_ in rows if "loss" in r_]) == 7  # training rows unchanged
+
+
+def _whole_copies(sharded_shapes: set[tuple[int, ...]]) -> list[str]:
+    """Live arrays with the shape of a tensor the mesh shards that some device holds whole."""
+    out = []
+    for a in jax.live_arrays():
+        if a.is_deleted() or tuple(a.shape) not in sharded_shapes:
+            continue
+        whole = [s.device for s in a.addressable_shards if tuple(s.data.shape) == a.shape]
+        if whole:
+            out.append(f"{a.shape} {a.dtype} whole on {whole[0]} ({a.sharding})")
+    return out
+
+
+@pytest.mark.parametrize("scan", [False, True])
+def test_resume_on_an_fsdp_mesh_never_holds_a_whole_sharded_tensor(tmp_path, monkeypatch, scan):
+    """Resuming over 8 CPU devices (fsdp=8) builds its restore template from shapes only:
+    at every point the state passes through (state building, checkpoint restore, stacking,
+    the step's compilation) no device holds a whole copy of a tensor the mesh shards. With
+    the template made of `jnp.zeros(shape)` (the old resume) the state-building probe fails."""
+    from jaxknow.io.checkpoint import Checkpointer
+    from jaxknow.model.lora import full_specs
+    from jaxknow.model.sharded import abstract_params
+
+    cfg = small_config(steps=4)
+    cfg.model.scan_layers = scan
+    cfg.train.checkpoint_every = 2
+    cfg.data.batch_size = 8
+    cfg.data.seq_len = 64
+    spec = setup.parse_run_config(cfg)
+    data_dir = _materialized(tmp_path, spec)
+    mesh = make_mesh(1, 8, 1)
+    half_cfg = copy.deepcopy(cfg)
+    half_cfg.train.halt_at = 2
+    w = setup.check_workdir(tmp_path / "w")
+    assert loop.run(setup.parse_run_config(half_cfg), w, mesh, data_dir).halted
+    import gc
+
+    gc.collect()
+    abstract = abstract_params(full_specs(spec.model, spec.lora), "float32", mesh)
+    sharded = {
+        tuple(a.shape) for a in jax.tree.leaves(abstract) if not a.sharding.is_fully_replicated
+    }
+    assert sharded, "the fsdp mesh shards nothing: the test would check nothing"
+    assert not _whole_copies(sharded), "the halted run left whole copies behind"
+    found: list[str] = []
+    probes: list[str] = []
+
+    def probe(where):
+        probes.append(where)
+        found.extend(f"{where}: {w}" for w in _whole_copies(sharded))
+
+    def watch(obj, name):
+        fn = getattr(obj, name)
+
+        def wrapped(*a, **k):
+            probe(f"{name} (enter)")
+            out = fn(*a, **k)
+            probe(f"{name} (exit)")
+            return out
+
+        monkeypatch.setattr(obj, name, wrapped)
+
+    watch(setup, "build_state")
+    watch(setup, "sharded_state")
+    watch(Checkpointer, "restore")
+    watch(loop, "to_stacked")
+    watch(loop, "_jit_step")
+    rest = loop.run(spec, w, mesh, data_dir)
+    assert rest.start_step == 2 and rest.final_step == 4
+    assert "restore (exit)" in probes and "_jit_step (enter)" in probes
+    assert not found, found[:3]

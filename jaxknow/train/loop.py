@@ -27,8 +27,7 @@ from jaxknow.io.checkpoint import Checkpointer
 from jaxknow.io.metrics import MetricWriter
 from jaxknow.model.flops import peak_flops, train_flops_per_token
 from jaxknow.model.lora import full_specs
-from jaxknow.model.params import flatten
-from jaxknow.model.sharded import abstract_params
+from jaxknow.model.params import flatten, unflatten
 from jaxknow.parallel import distributed
 from jaxknow.parallel.rules import DEFAULT_RULES, Rules, Sharder, logical_to_sharding
 from jaxknow.train import guard as guard_lib
@@ -243,24 +242,12 @@ def _start_state(
         params = setup.initial_params(spec, mesh, rules)
         state, shardings = setup.build_state(params, spec, tx, mesh, rules)
         return state, shardings, None, 0
-    # Resume: shapes come from the config, values from the checkpoint (per layer).
-    specs = full_specs(spec.model, spec.lora)
-    abstract = abstract_params(specs, spec.model.storage_dtype, mesh, rules)
-    template, shardings = setup.build_state(
-        jax.tree.map(lambda a: jnp.zeros(a.shape, a.dtype), abstract),
-        spec,
-        tx,
-        mesh,
-        rules,
-        stack=False,
-    )
+    # Resume: shapes and shardings come from the config (nothing allocated), values from the
+    # checkpoint (per layer), read straight into their shards.
+    template, shardings = setup.abstract_state(spec, tx, mesh, rules)
     stack = stacks_layers(spec.model, template.params, template.frozen, spec.optim.no_decay)
-    abstract_opt = jax.tree.map(
-        lambda x, sh: jax.ShapeDtypeStruct(x.shape, x.dtype, sharding=sh),
-        template.opt_state,
-        shardings.opt_state,
-    )
-    del template
+    abstract = unflatten({**flatten(template.params), **flatten(template.frozen)})
+    abstract_opt = template.opt_state
     restored = ckpt.restore(abstract, abstract_opt, latest, verify=False)  # just verified
     trainable, frozen = split_params(restored["params"], setup.trainable_predicate(spec))
     state = TrainState(

@@ -347,6 +347,32 @@ def build_state(
     )
 
 
+def abstract_state(
+    spec: RunSpec, tx: optax.GradientTransformation, mesh: Mesh, rules: Rules = DEFAULT_RULES
+) -> tuple[TrainState, TrainState]:
+    """Returns (the run's per-layer TrainState as ShapeDtypeStructs that carry their
+    shardings, those shardings): the restore template of a resume. Nothing is allocated: the
+    optimizer state's shapes come from `jax.eval_shape`, so no device ever holds a whole copy
+    of a tensor the mesh shards."""
+    specs = full_specs(spec.model, spec.lora)
+    flat_specs = flatten(specs)
+    params = abstract_params(specs, spec.model.storage_dtype, mesh, rules)
+    trainable, frozen = split_params(params, trainable_predicate(spec))
+    if not flatten(trainable):
+        raise C.ConfigError(f"train.trainable={spec.train.trainable!r} selects no parameter")
+    t_axes = unflatten({p: flat_specs[p].axes for p in flatten(trainable)})
+    f_axes = unflatten({p: flat_specs[p].axes for p in flatten(frozen)})
+    shardings = state_shardings(tx, trainable, t_axes, frozen, f_axes, mesh, rules)
+    opt_state = jax.tree.map(
+        lambda x, sh: jax.ShapeDtypeStruct(x.shape, x.dtype, sharding=sh),
+        jax.eval_shape(tx.init, trainable),
+        shardings.opt_state,
+    )
+    step = jax.ShapeDtypeStruct((), jnp.int32, sharding=shardings.step)
+    state = TrainState(step=step, params=trainable, opt_state=opt_state, frozen=frozen)
+    return state, shardings
+
+
 def sharded_state(
     trainable: Any,
     frozen: Any,
