@@ -31,38 +31,26 @@ from jaxknow.experiments.bios_sweep import comma_ints  # noqa: E402
 
 def main(argv: list[str] | None = None) -> None:
     ap = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
-    ap.add_argument("config", help="bioS study config file (optionally FILE.py:ARG)")
+    S.add_curve_arguments(ap, seeds=[0, 1])
     ap.add_argument("--renderings", type=comma_ints, default=[1, 5, 10, 25, 50, 100])
-    ap.add_argument("--seeds", type=comma_ints, default=[0, 1])
-    ap.add_argument("--workdir", required=True)
-    ap.add_argument("--figure", default="docs/figures/bios_diversity.png", help="'' for none")
-    ap.add_argument("--set", action="append", default=[], metavar="KEY=VALUE")
-    ap.add_argument("--dry_run", action="store_true")
+    ap.set_defaults(figure="docs/figures/bios_diversity.png")
     args = ap.parse_args(argv)
-    config = S.apply_overrides(S.load_config_file(args.config), S.parse_assignments(args.set))
+    config = S.config_from_arguments(args)
     points = S.diversity_points(args.renderings, args.seeds)
-    est = S.estimate_minutes(config, points)
-    for p in points:
-        print(f"{p.name}: {p.overrides['conditions'][0]}, ~{est[p.name]:.1f} CPU min", flush=True)
-    print(
-        f"estimated {sum(est.values()):.0f} min on the 2-core CPU for {len(points)} points "
-        f"(finished points are skipped)",
-        flush=True,
-    )
-    if args.dry_run:
-        return
-    results = S.run_sweep(config, points, args.workdir)
-    rows = S.curve_rows(points, results, "pretrain+finetune")
-    S.write_curve(
+    summary = S.run_curve(
+        config,
+        points,
         args.workdir,
-        "diversity",
-        rows,
+        describe=lambda p: p.overrides["conditions"][0],
+        recipe="pretrain+finetune",
+        name="diversity",
         xlabel="renderings per person (R)",
         title="bioS: extraction vs renderings per person, fixed token budget",
         command=shlex.join(["python", "scripts/bios_diversity.py", *(argv or sys.argv[1:])]),
-        figure=args.figure or None,
+        figure=args.figure,
+        dry_run=args.dry_run,
     )
-    for e in S.summarise(rows):
+    for e in summary or []:
         print(
             f"R={e['x']:g}: P_test {100 * e['p_test_em']['mean']:.1f} "
             f"({100 * e['p_test_em']['min']:.1f}-{100 * e['p_test_em']['max']:.1f}), "

@@ -28,42 +28,28 @@ from jaxknow.experiments.bios_sweep import comma_ints  # noqa: E402
 
 def main(argv: list[str] | None = None) -> None:
     ap = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
-    ap.add_argument("config", help="bioS study config file (optionally FILE.py:ARG)")
+    S.add_curve_arguments(ap, seeds=[0])
     ap.add_argument("--people", type=comma_ints, default=[200, 1000, 4000])
-    ap.add_argument("--seeds", type=comma_ints, default=[0])
     ap.add_argument("--exposure", type=float, default=1.0)
     ap.add_argument("--recipe", default="mixed", choices=["mixed", "pretrain+finetune"])
     ap.add_argument("--name", default="mixed_scale")
-    ap.add_argument("--workdir", required=True)
-    ap.add_argument("--figure", default="", help="copy the plot here (e.g. docs/figures/...)")
-    ap.add_argument("--set", action="append", default=[], metavar="KEY=VALUE")
-    ap.add_argument("--dry_run", action="store_true")
     args = ap.parse_args(argv)
-    config = S.apply_overrides(S.load_config_file(args.config), S.parse_assignments(args.set))
+    config = S.config_from_arguments(args)
     points = S.people_points(config, args.people, args.seeds, args.exposure)
-    est = S.estimate_minutes(config, points)
-    for p in points:
-        steps = {k: v for k, v in p.overrides.items() if k.endswith(".steps")}
-        print(f"{p.name}: {steps}, ~{est[p.name]:.1f} CPU min", flush=True)
-    print(
-        f"estimated {sum(est.values()):.0f} min on the 2-core CPU for {len(points)} points "
-        f"(finished points are skipped)",
-        flush=True,
-    )
-    if args.dry_run:
-        return
-    results = S.run_sweep(config, points, args.workdir)
-    rows = S.curve_rows(points, results, args.recipe)
-    S.write_curve(
+    summary = S.run_curve(
+        config,
+        points,
         args.workdir,
-        args.name,
-        rows,
+        describe=lambda p: str({k: v for k, v in p.overrides.items() if k.endswith(".steps")}),
+        recipe=args.recipe,
+        name=args.name,
         xlabel="people (N)",
         title=f"bioS {args.recipe}: extraction vs number of people",
         command=shlex.join(["python", "scripts/bios_people_scale.py", *(argv or sys.argv[1:])]),
-        figure=args.figure or None,
+        figure=args.figure,
+        dry_run=args.dry_run,
     )
-    for e in S.summarise(rows):
+    for e in summary or []:
         print(
             f"N={e['x']:g}: P_test {100 * e['p_test_em']['mean']:.1f} "
             f"(chance {100 * e['chance']['mean']:.1f}), P_train "

@@ -203,3 +203,34 @@ def test_probe_size_curve_trains_on_the_first_n_and_tests_on_the_same_people(mon
         bios_probing.probe_size_curve(params, cfg, tok, world, "Q", pool, [pool[0]], [5], s)
     with pytest.raises(ValueError, match="1..40"):
         bios_probing.probe_size_curve(params, cfg, tok, world, "Q", pool, test, [41], s)
+
+
+def test_run_curve_runs_every_point_then_writes_the_curve_and_a_dry_run_runs_none(tmp_path, capsys):
+    points = S.diversity_points([1, 5], [0, 1])
+    ran = []
+
+    def run(cfg, workdir, log):
+        ran.append(workdir.name)
+        seed = int(workdir.name.split("_s")[1])
+        (workdir / "results.json").write_text(json.dumps(_fake_results(1, seed)))
+        return {}
+
+    common = dict(
+        describe=lambda p: p.overrides["conditions"][0],
+        recipe="pretrain+finetune",
+        name="diversity",
+        xlabel="R",
+        title="t",
+        command="cmd",
+        figure=None,
+        run=run,
+    )
+    assert S.run_curve(bios_tiny(), points, tmp_path / "dry", dry_run=True, **common) is None
+    out = capsys.readouterr().out
+    assert ran == [] and "R5_s1: multi5+permute+fullname" in out and "for 4 points" in out
+    summary = S.run_curve(bios_tiny(), points, tmp_path / "c", **common)
+    assert ran == ["R1_s0", "R1_s1", "R5_s0", "R5_s1"]
+    assert [e["x"] for e in summary] == [1.0, 5.0] and summary[0]["seeds"] == [0, 1]
+    saved = json.loads((tmp_path / "c" / "results.json").read_text())
+    assert saved["command"] == "cmd" and len(saved["points"]) == 4
+    assert (tmp_path / "c" / "diversity.png").stat().st_size > 0

@@ -375,3 +375,57 @@ def curve_rows(
         {"point": p.name, "x": p.x, "seed": p.seed, **point_row(results[p.name], recipe)}
         for p in points
     ]
+
+
+def add_curve_arguments(ap: Any, seeds: Sequence[int]) -> None:
+    """Adds the arguments every curve script takes to an argparse parser: the study config,
+    --seeds, --workdir, --figure, --set KEY=VALUE (repeatable) and --dry_run."""
+    ap.add_argument("config", help="bioS study config file (optionally FILE.py:ARG)")
+    ap.add_argument("--seeds", type=comma_ints, default=list(seeds))
+    ap.add_argument("--workdir", required=True)
+    ap.add_argument("--figure", default="", help="copy the plot here (e.g. docs/figures/...)")
+    ap.add_argument("--set", action="append", default=[], metavar="KEY=VALUE")
+    ap.add_argument("--dry_run", action="store_true")
+
+
+def config_from_arguments(args: Any) -> ConfigDict:
+    """Returns the study config named by `add_curve_arguments`' arguments, overridden by
+    their --set assignments."""
+    return apply_overrides(load_config_file(args.config), parse_assignments(args.set))
+
+
+def run_curve(
+    config: Any,
+    points: Sequence[SweepPoint],
+    workdir: str | Path,
+    *,
+    describe: Callable[[SweepPoint], str],
+    recipe: str,
+    name: str,
+    xlabel: str,
+    title: str,
+    command: str,
+    figure: str | None,
+    dry_run: bool = False,
+    run: StudyRunner = _run_study,
+) -> list[dict[str, Any]] | None:
+    """Prints each point (`describe(point)`) with its CPU estimate and the total; unless
+    `dry_run`, runs or resumes every point (`run_sweep`), writes the curve (`write_curve`) and
+    returns its per-abscissa summary (`summarise`). Returns None for a dry run. `run` runs
+    one point's study (see `run_sweep`)."""
+    est = estimate_minutes(config, points)
+    for p in points:
+        print(f"{p.name}: {describe(p)}, ~{est[p.name]:.1f} CPU min", flush=True)
+    print(
+        f"estimated {sum(est.values()):.0f} min on the 2-core CPU for {len(points)} points "
+        f"(finished points are skipped)",
+        flush=True,
+    )
+    if dry_run:
+        return None
+    results = run_sweep(config, points, workdir, run=run)
+    rows = curve_rows(points, results, recipe)
+    write_curve(
+        workdir, name, rows, xlabel=xlabel, title=title, command=command, figure=figure or None
+    )
+    return summarise(rows)
