@@ -25,7 +25,7 @@ from jaxknow.io.gguf_config import HFTensor, hf_config_from_gguf, hf_tensor_map
 from jaxknow.io.gguf_file import GGUFError, GGUFFile
 from jaxknow.io.gguf_tokenizer import tokenizer_from_gguf
 from jaxknow.io.hf_params import HFModel, load_params_from_reader
-from jaxknow.io.hf_staging import abandon, finalize_destination, prepare_destination
+from jaxknow.io.hf_staging import write_model_directory
 
 __all__ = [
     "GGUFError",
@@ -164,7 +164,6 @@ def gguf_to_jaxknow(
     with `overwrite`.
     """
     from jaxknow.data.tokenizer import Tokenizer
-    from jaxknow.io.checkpoint import save_params_checkpoint
 
     src, dst = Path(src).absolute(), Path(dst).absolute()
     file, hf = open_gguf(src)  # fail on a bad file before touching dst
@@ -180,22 +179,16 @@ def gguf_to_jaxknow(
         from jaxknow.parallel.mesh import make_mesh
 
         mesh = make_mesh(1, 1, 1, devices=jax.local_devices()[:1])
-    tmp = prepare_destination(dst, src, overwrite)
-    try:
-        model, _ = load_gguf_params(src, mesh, param_dtype=param_dtype, dtype=dtype)
-        meta = {
-            "model": model.cfg.to_dict(),
-            "source": "gguf",
-            "family": model.family,
-            "hf_config": model.hf_config,
-            "gguf": meta_summary,
-        }
-        save_params_checkpoint(tmp, model.params, meta)
-        if jax.process_index() == 0:
-            Tokenizer(tok, ids["bos_id"], ids["eos_id"], ids["pad_id"]).save(tmp)
-            (tmp / "gguf_source.json").write_text(json.dumps(meta_summary, indent=2))
-        finalize_destination(tmp, dst)
-    except BaseException:
-        abandon(tmp)
-        raise
-    return dst
+
+    def write_files(folder: Path, model: Any) -> None:
+        Tokenizer(tok, ids["bos_id"], ids["eos_id"], ids["pad_id"]).save(folder)
+        (folder / "gguf_source.json").write_text(json.dumps(meta_summary, indent=2))
+
+    return write_model_directory(
+        src,
+        dst,
+        overwrite,
+        lambda: load_gguf_params(src, mesh, param_dtype=param_dtype, dtype=dtype)[0],
+        {"source": "gguf", "gguf": meta_summary},
+        write_files,
+    )

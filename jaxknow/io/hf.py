@@ -36,7 +36,12 @@ from jaxknow.io.hf_config import (
     read_hf_config,
 )
 from jaxknow.io.hf_params import HFModel, check_param_dtype, load_params_from_reader
-from jaxknow.io.hf_staging import abandon, finalize_destination, prepare_destination
+from jaxknow.io.hf_staging import (
+    abandon,
+    finalize_destination,
+    prepare_destination,
+    write_model_directory,
+)
 from jaxknow.io.hf_tensors import NP_DTYPES, TensorSource, stored_tensor, tensor_plan
 from jaxknow.io.hf_weights import DEFAULT_MAX_SHARD_SIZE, SafetensorsReader, write_safetensors
 from jaxknow.model.config import ModelConfig
@@ -126,28 +131,21 @@ def hf_to_jaxknow(
     streamed onto `mesh` (default: all devices, replicated) in `param_dtype`. A non-empty
     `dst` is only replaced with `overwrite`; the result appears at once when complete.
     """
-    from jaxknow.io.checkpoint import save_params_checkpoint
-
     hf_dir, dst = Path(hf_dir).absolute(), Path(dst).absolute()
     read_hf_config(hf_dir)  # fail on a missing directory before touching dst
-    tmp = prepare_destination(dst, hf_dir, overwrite)
-    try:
-        model = load_hf_params(hf_dir, mesh, param_dtype=param_dtype, dtype=dtype)
-        meta = {
-            "model": model.cfg.to_dict(),
-            "source": "huggingface",
-            "family": model.family,
-            "hf_config": model.hf_config,
-            "hf_dir": str(hf_dir),
-        }
-        save_params_checkpoint(tmp, model.params, meta)
-        if jax.process_index() == 0 and _copy_tokenizer_files(hf_dir, tmp):
-            _write_special_tokens(hf_dir, tmp, model.hf_config)
-        finalize_destination(tmp, dst)
-    except BaseException:
-        abandon(tmp)
-        raise
-    return dst
+
+    def write_files(folder: Path, model: Any) -> None:
+        if _copy_tokenizer_files(hf_dir, folder):
+            _write_special_tokens(hf_dir, folder, model.hf_config)
+
+    return write_model_directory(
+        hf_dir,
+        dst,
+        overwrite,
+        lambda: load_hf_params(hf_dir, mesh, param_dtype=param_dtype, dtype=dtype),
+        {"source": "huggingface", "hf_dir": str(hf_dir)},
+        write_files,
+    )
 
 
 # --- export ---------------------------------------------------------------------------------

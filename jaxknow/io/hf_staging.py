@@ -6,7 +6,9 @@ the others wait at barriers."""
 from __future__ import annotations
 
 import shutil
+from collections.abc import Callable, Mapping
 from pathlib import Path
+from typing import Any
 
 import jax
 
@@ -61,6 +63,41 @@ def abandon(tmp: Path) -> None:
     """Removes the temporary folder of a conversion that failed."""
     if jax.process_index() == 0 and tmp.exists():
         shutil.rmtree(tmp, ignore_errors=True)
+
+
+def write_model_directory(
+    src: Path,
+    dst: Path,
+    overwrite: bool,
+    load: Callable[[], Any],
+    meta: Mapping[str, Any],
+    write_files: Callable[[Path, Any], None],
+) -> Path:
+    """Writes an imported model into `dst` crash-safely and returns `dst`: `load()` returns
+    the model (an `hf_params.HFModel`), saved as a parameters-only checkpoint whose metadata
+    holds its config, family and Hugging Face config plus `meta`; process 0 then writes the
+    other files (`write_files(folder, model)`: tokenizer, provenance). Everything is written
+    into `.NAME.partial` and renamed into place when complete; a failure leaves `dst` as it
+    was."""
+    from jaxknow.io.checkpoint import save_params_checkpoint
+
+    tmp = prepare_destination(dst, src, overwrite)
+    try:
+        model = load()
+        full_meta = {
+            "model": model.cfg.to_dict(),
+            "family": model.family,
+            "hf_config": model.hf_config,
+            **meta,
+        }
+        save_params_checkpoint(tmp, model.params, full_meta)
+        if jax.process_index() == 0:
+            write_files(tmp, model)
+        finalize_destination(tmp, dst)
+    except BaseException:
+        abandon(tmp)
+        raise
+    return dst
 
 
 def _barrier(name: str) -> None:
