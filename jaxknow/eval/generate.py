@@ -34,6 +34,7 @@ from typing import Any, Protocol
 import jax
 import jax.numpy as jnp
 import numpy as np
+from jax.experimental import multihost_utils
 from jax.sharding import Mesh, NamedSharding, PartitionSpec
 
 from jaxknow.data.tokenizer import Tokenizer
@@ -151,11 +152,26 @@ def padded_batches(
 
 
 def place_batch(x: np.ndarray, mesh: Mesh | None) -> jax.Array:
-    """Returns a host array on the devices, rows split over the mesh's (data, fsdp) axes."""
+    """Returns a host array on the devices, rows split over the mesh's (data, fsdp) axes. On a
+    mesh spanning several processes every process passes the same whole array and keeps its
+    own rows (`jax.device_put` of a host value onto a global sharding)."""
     if mesh is None:
         return jnp.asarray(x)
     axes = ("batch",) + (None,) * (x.ndim - 1)
     return jax.device_put(x, logical_to_sharding(axes, x.shape, mesh))
+
+
+def to_host(tree: Any) -> Any:
+    """Returns the arrays of `tree` as whole numpy arrays. An array spread over several
+    processes' devices is all-gathered (`multihost_utils.process_allgather`), so every process
+    gets all of it; every process must then call this alike."""
+
+    def one(x: Any) -> np.ndarray:
+        if isinstance(x, jax.Array) and not x.is_fully_addressable:
+            return np.asarray(multihost_utils.process_allgather(x, tiled=True))
+        return np.asarray(jax.device_get(x))
+
+    return jax.tree.map(one, tree)
 
 
 # --------------------------------------------------------------------------------------------
@@ -339,7 +355,7 @@ def generate_tokens(
             stops_dev,
             jnp.int32(pad_id),
         )
-        buf, counts = np.asarray(jax.device_get(buf)), np.asarray(jax.device_get(counts))
+        buf, counts = to_host((buf, counts))
         for r, i in enumerate(idx):
             results[i] = buf[r, : counts[r]].tolist()
     return results

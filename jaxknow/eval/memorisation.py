@@ -23,6 +23,7 @@ from jaxknow.eval.generate import (
     padded_batches,
     place_batch,
     place_params,
+    to_host,
 )
 from jaxknow.model import transformer
 from jaxknow.model.config import ModelConfig
@@ -67,15 +68,13 @@ def next_token_hits(
     params = place_params(params, cfg, mesh)
     sharder = Sharder(mesh)
     for idx, arrays in padded_batches([q[:-1] for q in sequences], cfg, batch_size, mesh):
-        pred = np.asarray(
-            jax.device_get(
-                _argmax(
-                    params,
-                    place_batch(arrays["inputs"], mesh),
-                    place_batch(arrays["segment_ids"], mesh),
-                    cfg=cfg,
-                    sharder=sharder,
-                )
+        pred = to_host(
+            _argmax(
+                params,
+                place_batch(arrays["inputs"], mesh),
+                place_batch(arrays["segment_ids"], mesh),
+                cfg=cfg,
+                sharder=sharder,
             )
         )
         for r, i in enumerate(idx):

@@ -22,6 +22,7 @@ import jax.numpy as jnp
 import numpy as np
 import optax
 
+from jaxknow.eval.generate import to_host
 from jaxknow.model.config import ModelConfig
 from jaxknow.model.lora import LoraConfig, init_lora, merge_lora
 from jaxknow.model.transformer import forward
@@ -182,7 +183,7 @@ def hidden_features(
             layers=layer_idx,
             sharder=sharder,
         )
-        chunks.append(np.asarray(out)[:, :real])
+        chunks.append(to_host(out)[:, :real])
     feats = np.concatenate(chunks, axis=1)
     return feats[:, :, 0] if single else feats
 
@@ -445,7 +446,7 @@ class _AdapterProblem:
             rows = test_idx[lo : lo + batch_size]
             real = len(rows)
             rows = np.concatenate([rows, np.repeat(rows[:1], batch_size - real)])
-            pred = np.asarray(
+            pred = to_host(
                 _probe_predict(
                     trainable,
                     self.params,
@@ -524,7 +525,7 @@ def train_probe_with_embedding_update(
     )
     trainable = problem.fit(trainable, train_idx, settings)
     acc = problem.accuracy(trainable, test_idx, settings.feature_batch_size)
-    return acc, {k: np.asarray(v) for k, v in trainable["adapter"].items()}
+    return acc, {k: to_host(v) for k, v in trainable["adapter"].items()}
 
 
 def probe_heads(

@@ -40,7 +40,7 @@ import numpy as np
 from jax.sharding import Mesh
 
 from jaxknow.data.tokenizer import Tokenizer
-from jaxknow.eval.generate import mesh_of, padded_batches, place_batch, place_params
+from jaxknow.eval.generate import mesh_of, padded_batches, place_batch, place_params, to_host
 from jaxknow.formats import MC_LETTERS
 from jaxknow.model import transformer
 from jaxknow.model.config import ModelConfig
@@ -174,7 +174,7 @@ def score_pairs(
             arrays["targets"][r, :m] = ids[1:]
             arrays["weights"][r, m - k : m] = 1.0
         batch = {k: place_batch(v, mesh) for k, v in arrays.items()}
-        lp, cnt, gr = jax.device_get(_score_batch(params, batch, cfg=cfg, sharder=sharder))
+        lp, cnt, gr = to_host(_score_batch(params, batch, cfg=cfg, sharder=sharder))
         for r, j in enumerate(idx):
             i = rest[j]
             logprob[i] = float(lp[r])
@@ -198,7 +198,7 @@ def _score_last_tokens(
         for r, i in enumerate(idx):
             arrays["last"][r] = len(contexts[i]) - 1
         batch = {k: place_batch(v, mesh) for k, v in arrays.items()}
-        lp = jax.device_get(_last_logprobs(params, batch, cfg=cfg, sharder=sharder))
+        lp = to_host(_last_logprobs(params, batch, cfg=cfg, sharder=sharder))
         for r, i in enumerate(idx):
             out[i] = np.asarray(lp[r])
     return out  # type: ignore[return-value]
