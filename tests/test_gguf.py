@@ -243,6 +243,23 @@ def test_tokenizer_round_trips(tiny: dict) -> None:
             assert tok.encode(text) == ref.encode(text, add_special_tokens=False)
 
 
+@pytest.mark.skipif(not HAVE_HF, reason="transformers not installed")
+def test_export_names_the_special_tokens_for_transformers(tiny: dict, tmp_path: Path) -> None:
+    """A model converted from GGUF carries no tokenizer_config.json; its HF export writes one,
+    so AutoTokenizer (and lm-eval's `hf` model, which needs an end-of-text id) knows eos."""
+    import transformers
+
+    from jaxknow.io.hf import jaxknow_to_hf
+
+    out = jaxknow_to_hf(tiny["dir"] / "model", tmp_path / "hf")
+    ref = transformers.AutoTokenizer.from_pretrained(str(out))
+    tok = tiny["model"].tokenizer
+    assert ref.eos_token_id == tok.eos_id and ref.bos_token_id == tok.bos_id
+    assert ref.pad_token_id == tok.pad_id
+    for text in ["the theory of Veldoria", "Zürich — naïve!"]:
+        assert ref.encode(text, add_special_tokens=False) == tok.encode(text)
+
+
 def _one_line_error(fn, *needles: str) -> str:
     with pytest.raises(GGUFError) as e:
         fn()

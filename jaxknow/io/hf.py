@@ -113,6 +113,22 @@ def _write_special_tokens(hf_dir: Path, dst: Path, hf: Mapping[str, Any]) -> Non
     )
 
 
+def _write_tokenizer_config(dst: Path, tokenizer: Any) -> None:
+    """Writes a tokenizer_config.json naming the bos/eos/pad tokens of a jaxknow tokenizer
+    (one rebuilt from a GGUF file or trained on a world has none), so that transformers'
+    AutoTokenizer (and lm-eval's `hf` model, which needs an end-of-text token) knows them."""
+    config: dict[str, Any] = {"tokenizer_class": "PreTrainedTokenizerFast"}
+    for key, token_id in (
+        ("bos_token", tokenizer.bos_id),
+        ("eos_token", tokenizer.eos_id),
+        ("pad_token", tokenizer.pad_id),
+    ):
+        token = tokenizer.tok.id_to_token(token_id) if token_id is not None else None
+        if token is not None:
+            config[key] = token
+    _write_atomic(dst / "tokenizer_config.json", json.dumps(config, indent=1))
+
+
 def hf_to_jaxknow(
     hf_dir: str | os.PathLike,
     dst: str | os.PathLike,
@@ -274,6 +290,8 @@ def jaxknow_to_hf(
             for name in TOKENIZER_FILES[1:]:
                 if (tok.parent / name).is_file():
                     shutil.copyfile(tok.parent / name, tmp / name)
+            if model.tokenizer is not None and not (tmp / "tokenizer_config.json").is_file():
+                _write_tokenizer_config(tmp, model.tokenizer)
         finalize_destination(tmp, dst)
     except BaseException:
         abandon(tmp)
