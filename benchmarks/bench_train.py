@@ -719,12 +719,9 @@ def build_variants(args: argparse.Namespace) -> list[Variant]:
     return rows
 
 
-def main(argv: list[str] | None = None) -> dict[str, Any]:
-    """Runs the benchmark, prints its table; returns {"torch": [...], "rows": [...]}."""
-    ap = argparse.ArgumentParser(
-        description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter
-    )
-    ap.add_argument("--worker", default=None, help=argparse.SUPPRESS)
+def add_model_arguments(ap: argparse.ArgumentParser) -> None:
+    """Adds the flags of the base config: preset, model fields, shape, dtype, remat, loss
+    chunking, gradient accumulation, LoRA rank."""
     ap.add_argument("--preset", default="gpt2-small-rope")
     ap.add_argument("--model", default="", help="k=v,... model fields of the base config")
     ap.add_argument(
@@ -744,6 +741,11 @@ def main(argv: list[str] | None = None) -> dict[str, Any]:
         default=0,
         help="LoRA rank R: adapters (alpha 16, rsLoRA) on every linear projection, base frozen",
     )
+
+
+def add_run_arguments(ap: argparse.ArgumentParser) -> None:
+    """Adds the flags of the timed run (mesh, steps, warm-up, seed) and of the variants
+    measured beside the base (--variant, --cpu_devices, --xla_flags)."""
     ap.add_argument("--mesh", default="-1,1,1", help="data,fsdp,tensor")
     ap.add_argument("--steps", type=int, default=20)
     ap.add_argument("--warmup", type=int, default=3)
@@ -764,6 +766,10 @@ def main(argv: list[str] | None = None) -> dict[str, Any]:
         default=[],
         help="one variant with these extra XLA_FLAGS (repeatable)",
     )
+
+
+def add_torch_arguments(ap: argparse.ArgumentParser) -> None:
+    """Adds the flags of the PyTorch anchor and of the alternating rounds (--repeats)."""
     ap.add_argument(
         "--torch_baseline",
         default=None,
@@ -775,6 +781,11 @@ def main(argv: list[str] | None = None) -> dict[str, Any]:
     ap.add_argument(
         "--repeats", type=int, default=1, help="alternate torch and every variant this many times"
     )
+
+
+def add_record_arguments(ap: argparse.ArgumentParser) -> None:
+    """Adds the flags of the comparison with a recorded commit (--ref), process isolation, the
+    compilation cache, and the figures' records (--json, --compare)."""
     ap.add_argument(
         "--ref", default=None, help="git commit: add the base config run with that commit's jaxknow"
     )
@@ -791,132 +802,220 @@ def main(argv: list[str] | None = None) -> dict[str, Any]:
     )
     ap.add_argument("--json", default=None, help="write the figures to this file")
     ap.add_argument("--compare", default=None, help="a --json file of an earlier run")
+
+
+def build_parser() -> argparse.ArgumentParser:
+    """Returns the command line's parser (the module docstring as its description)."""
+    ap = argparse.ArgumentParser(
+        description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter
+    )
+    ap.add_argument("--worker", default=None, help=argparse.SUPPRESS)
+    add_model_arguments(ap)
+    add_run_arguments(ap)
+    add_torch_arguments(ap)
+    add_record_arguments(ap)
+    return ap
+
+
+def parse_args(argv: list[str] | None) -> argparse.Namespace:
+    """Returns the parsed command line; outside `--worker`, `--quickstart` fills the shape
+    flags left at their defaults and `--repeats` must be at least 1."""
+    ap = build_parser()
     args = ap.parse_args(argv)
     if args.worker is not None:
-        worker_main(args.worker)
-        return {}
+        return args
     if args.quickstart:
         for k, v in QUICKSTART.items():
             if getattr(args, k) == ap.get_default(k):
                 setattr(args, k, v)
     if args.repeats < 1:
         raise SystemExit(f"--repeats={args.repeats}: must be at least 1")
+    return args
 
+
+def configure_jax(compile_cache: bool) -> None:
+    """Imports jax and `launch` (CPU device count, compilation cache); turns the persistent
+    compilation cache off unless `compile_cache`."""
     import jax
 
     import launch  # noqa: F401  (CPU device count, compilation cache)
 
-    if not args.compile_cache:
+    if not compile_cache:
         jax.config.update("jax_enable_compilation_cache", False)
-    mesh_shape = tuple(int(x) for x in args.mesh.split(","))
-    variants = build_variants(args)
-    anchor = Anchor.from_args(args, variants[1] if args.ref else variants[0])
-    torch_tps, torch_script = anchor.tps, anchor.script
-    # When any variant needs its own process, all get one: the same conditions for every
-    # row, and this process never starts the backend (on a GPU it would hold the memory).
-    isolate = args.isolate or any(v.needs_process for v in variants)
-    runners = [(Worker if isolate else InProcess)(v, args, mesh_shape) for v in variants]
-    if not isolate:
-        print(device_line(describe_device()) + f", mesh {mesh_shape}", flush=True)
-    infos: list[dict[str, Any] | None] = [None] * len(runners)
-    windows: list[list[dict[str, Any]]] = [[] for _ in runners]
-    failed: dict[int, str] = {}
-    shown: list[bool] = []
-    together = args.repeats > 1
 
-    def attempt(i: int, fn: Any) -> Any:
+
+def make_runners(
+    variants: list[Variant], args: argparse.Namespace, mesh_shape: tuple[int, ...]
+) -> tuple[list[Any], bool]:
+    """Returns (one runner per variant, whether they run in their own processes). When any
+    variant needs its own process, all get one: the same conditions for every row, and this
+    process never starts the backend (on a GPU it would hold the memory)."""
+    isolate = args.isolate or any(v.needs_process for v in variants)
+    runner = Worker if isolate else InProcess
+    return [runner(v, args, mesh_shape) for v in variants], isolate
+
+
+@dataclasses.dataclass
+class Rounds:
+    """The alternating rounds: the anchor then a window of every variant, `repeats` times
+    (every variant compiled first when `repeats` > 1; with one round, each variant is started,
+    timed and closed in turn). Keeps what each variant measured and why it failed."""
+
+    variants: list[Variant]
+    runners: list[Any]
+    anchor: Anchor
+    mesh_shape: tuple[int, ...]
+    isolate: bool
+    repeats: int
+    json_path: str | None = None
+    infos: list[dict[str, Any] | None] = dataclasses.field(default_factory=list)
+    windows: list[list[dict[str, Any]]] = dataclasses.field(default_factory=list)
+    failed: dict[int, str] = dataclasses.field(default_factory=dict)
+    shown: bool = False
+
+    def __post_init__(self) -> None:
+        """Starts with no figures: one empty slot per runner."""
+        self.infos = [None] * len(self.runners)
+        self.windows = [[] for _ in self.runners]
+
+    @property
+    def together(self) -> bool:
+        """Whether every variant is compiled first and the variants alternate (repeats > 1)."""
+        return self.repeats > 1
+
+    def attempt(self, i: int, fn: Any) -> Any:
         """Runs fn(); a failing variant is reported and dropped, the others go on."""
         try:
             return fn()
         except Exception as e:  # noqa: BLE001 (a lever that fails must not stop the rest)
-            failed[i] = f"{type(e).__name__}: {e}"
-            print(f"  variant {runners[i].v.label!r} failed: {failed[i]}", flush=True)
-            runners[i].close()
+            self.failed[i] = f"{type(e).__name__}: {e}"
+            print(f"  variant {self.runners[i].v.label!r} failed: {self.failed[i]}", flush=True)
+            self.runners[i].close()
             return None
 
-    def show(info: dict[str, Any] | None) -> None:
-        if isolate and info and not shown:
-            shown.append(True)
+    def show(self, info: dict[str, Any] | None) -> None:
+        """Prints the device line once, from the first isolated variant that started."""
+        if self.isolate and info and not self.shown:
+            self.shown = True
             print(
-                device_line(info) + f", mesh {mesh_shape} (each variant in its own process)",
+                device_line(info) + f", mesh {self.mesh_shape} (each variant in its own process)",
                 flush=True,
             )
 
-    def measured() -> list[int]:
-        return [j for j in range(len(runners)) if windows[j] and j not in failed]
+    def measured(self) -> list[int]:
+        """Returns the indices of the variants with figures and no failure."""
+        return [j for j in range(len(self.runners)) if self.windows[j] and j not in self.failed]
 
-    try:
-        if together:  # compile everything first, one at a time, then alternate
-            for i, r in enumerate(runners):
-                infos[i] = attempt(i, r.start)
-                show(infos[i])
-                if i not in failed:
-                    print(f"  compiled {r.v.label}: {infos[i]['compile_s']:.1f} s", flush=True)
-        for rnd in range(args.repeats):
-            anchor.round()
-            parts = []
-            for i, r in enumerate(runners):
-                if not together and i not in failed:
-                    infos[i] = attempt(i, r.start)
-                    show(infos[i])
-                w = attempt(i, r.window) if i not in failed else None
-                if w is None:
-                    continue
-                windows[i].append(w)
-                if not together:
-                    r.close()
-                    if args.json:  # what is done survives a time limit
-                        done = measured()
-                        dump(
-                            args.json,
-                            [variants[j] for j in done],
-                            [infos[j] for j in done],
-                            [windows[j] for j in done],
-                            torch_tps,
-                            torch_script,
-                            failed,
-                        )
-                ratio = (
-                    f" ({w['tokens_per_s'] / torch_tps[-1]:.2f}x)"
-                    if torch_tps and torch_tps[-1]
-                    else ""
-                )
-                parts.append(f"{r.v.label} {w['tokens_per_s']:,.0f}{ratio}")
-            if together:
-                tt = f"torch {torch_tps[-1]:,.0f} | " if torch_tps and torch_tps[-1] else ""
-                print(f"  round {rnd + 1}: {tt}" + " | ".join(parts), flush=True)
-    finally:
-        for r in runners:
+    def figures(
+        self,
+    ) -> tuple[list[Variant], list[dict[str, Any] | None], list[list[dict[str, Any]]]]:
+        """Returns (variants, infos, windows) of the measured variants."""
+        done = self.measured()
+        return (
+            [self.variants[j] for j in done],
+            [self.infos[j] for j in done],
+            [self.windows[j] for j in done],
+        )
+
+    def rows(self) -> list[dict[str, Any]]:
+        """Returns summarize()'s rows of the measured variants."""
+        return summarize(*self.figures(), self.anchor.tps)
+
+    def record(self, path: str) -> None:
+        """Writes the figures of the variants measured so far (and the failures) to `path`."""
+        dump(path, *self.figures(), self.anchor.tps, self.anchor.script, self.failed)
+
+    def compile_all(self) -> None:
+        """Starts (compiles) every variant, one at a time."""
+        for i, r in enumerate(self.runners):
+            self.infos[i] = self.attempt(i, r.start)
+            self.show(self.infos[i])
+            if i not in self.failed:
+                print(f"  compiled {r.v.label}: {self.infos[i]['compile_s']:.1f} s", flush=True)
+
+    def measure(self, i: int) -> str | None:
+        """Times one window of variant `i` (started before and closed after when the variants
+        do not alternate); returns its part of the round's line, None when it failed."""
+        r = self.runners[i]
+        if not self.together and i not in self.failed:
+            self.infos[i] = self.attempt(i, r.start)
+            self.show(self.infos[i])
+        w = self.attempt(i, r.window) if i not in self.failed else None
+        if w is None:
+            return None
+        self.windows[i].append(w)
+        if not self.together:
             r.close()
-        for v in variants:
+            if self.json_path:  # what is done survives a time limit
+                self.record(self.json_path)
+        tps = self.anchor.tps
+        ratio = f" ({w['tokens_per_s'] / tps[-1]:.2f}x)" if tps and tps[-1] else ""
+        return f"{r.v.label} {w['tokens_per_s']:,.0f}{ratio}"
+
+    def run_round(self, rnd: int) -> None:
+        """Runs the anchor, then a window of every variant; prints the round's line when the
+        variants alternate."""
+        self.anchor.round()
+        parts = [p for i in range(len(self.runners)) if (p := self.measure(i)) is not None]
+        if self.together:
+            tps = self.anchor.tps
+            tt = f"torch {tps[-1]:,.0f} | " if tps and tps[-1] else ""
+            print(f"  round {rnd + 1}: {tt}" + " | ".join(parts), flush=True)
+
+    def run(self) -> None:
+        """Runs every round (compiling every variant first when they alternate)."""
+        if self.together:
+            self.compile_all()
+        for rnd in range(self.repeats):
+            self.run_round(rnd)
+
+    def close(self) -> None:
+        """Stops every runner and removes the recorded commit's export."""
+        for r in self.runners:
+            r.close()
+        for v in self.variants:
             if v.root:  # the recorded commit's export
                 shutil.rmtree(v.root, ignore_errors=True)
 
-    done = measured()
-    rows = summarize(
-        [variants[j] for j in done], [infos[j] for j in done], [windows[j] for j in done], torch_tps
-    )
-    print_table(rows, anchor, compare=load_record(args.compare) if args.compare else None)
-    for i, why in failed.items():
-        print(f"FAILED {variants[i].label}: {why}")
-    if args.json:
-        dump(
-            args.json,
-            [variants[j] for j in done],
-            [infos[j] for j in done],
-            [windows[j] for j in done],
-            torch_tps,
-            torch_script,
-            failed,
-        )
+
+def report(rounds: Rounds, compare: str | None) -> dict[str, Any]:
+    """Prints the table (with the ratio to the `--compare` record) and the failures, writes the
+    `--json` record; returns {"torch", "rows", "failed", "anchor"}."""
+    rows = rounds.rows()
+    print_table(rows, rounds.anchor, compare=load_record(compare) if compare else None)
+    for i, why in rounds.failed.items():
+        print(f"FAILED {rounds.variants[i].label}: {why}")
+    if rounds.json_path:
+        rounds.record(rounds.json_path)
     if not rows:
         raise SystemExit("every variant failed")
     return {
-        "torch": torch_tps,
+        "torch": rounds.anchor.tps,
         "rows": rows,
-        "failed": {variants[i].label: why for i, why in failed.items()},
-        "anchor": {"gflops": anchor.gflops, "matmul_limit": anchor.limits},
+        "failed": {rounds.variants[i].label: why for i, why in rounds.failed.items()},
+        "anchor": {"gflops": rounds.anchor.gflops, "matmul_limit": rounds.anchor.limits},
     }
+
+
+def main(argv: list[str] | None = None) -> dict[str, Any]:
+    """Runs the benchmark, prints its table; returns {"torch": [...], "rows": [...]}."""
+    args = parse_args(argv)
+    if args.worker is not None:
+        worker_main(args.worker)
+        return {}
+    configure_jax(args.compile_cache)
+    mesh_shape = tuple(int(x) for x in args.mesh.split(","))
+    variants = build_variants(args)
+    anchor = Anchor.from_args(args, variants[1] if args.ref else variants[0])
+    runners, isolate = make_runners(variants, args, mesh_shape)
+    if not isolate:
+        print(device_line(describe_device()) + f", mesh {mesh_shape}", flush=True)
+    rounds = Rounds(variants, runners, anchor, mesh_shape, isolate, args.repeats, args.json)
+    try:
+        rounds.run()
+    finally:
+        rounds.close()
+    return report(rounds, args.compare)
 
 
 def dump(

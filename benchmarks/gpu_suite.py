@@ -194,6 +194,99 @@ def generation_piece(name: str, budget: int, args: list[str], what: str) -> Piec
     )
 
 
+#: The batch shape of every dry-run `bench_train.py` piece (tiny, float32 on the CPU).
+DRY_TRAIN_SHAPE = ["--batch", "2", "--seq_len", "16", "--dtype", "float32"]
+#: The question shape of every dry-run `bench_generation.py` piece.
+DRY_GENERATION = (
+    ["--num_questions", "4", "--batch_size", "4"]
+    + ["--prompt_len", "4"]
+    + ["--max_new_tokens", "2"]
+)
+#: The CPU anchor's flags in the dry run (a 1-layer GPT-2 of width 32).
+DRY_ANCHOR = (
+    ["--batch", "2", "--seq", "16", "--d", "32"]
+    + ["--layers", "1", "--heads", "2", "--vocab", "128"]
+    + ["--steps", "2"]
+)
+
+
+def anchor_script(dry: bool, anchor: str | None) -> Path | None:
+    """Returns the PyTorch anchor script: `anchor`, else shared/bench/torch_cpu_small.py (when
+    `dry`) or torch_gpt2_baseline.py found above the checkout; None when not found."""
+    if anchor:
+        return Path(anchor)
+    return find_shared_script("torch_cpu_small.py" if dry else "torch_gpt2_baseline.py")
+
+
+def anchor_argv(script: Path | None, dry: bool) -> list[str]:
+    """Returns the anchor's command line (the tiny CPU shape when `dry`, else batch 96); raises
+    FileNotFoundError when `script` is missing."""
+    if script is None or not script.is_file():
+        raise FileNotFoundError(
+            f"anchor script {script or 'shared/bench/torch_*.py'}"
+            f" not found (above {REPO}); pass --anchor PATH"
+        )
+    return [sys.executable, str(script), *(DRY_ANCHOR if dry else ["96"])]
+
+
+def anchor_piece(dry: bool, anchor: str | None) -> Piece:
+    """Returns the PyTorch anchor's piece: HF GPT-2 small at 96 x 512 (the tiny CPU script when
+    `dry`); `anchor` is the script's path (default: found above the checkout)."""
+    script = anchor_script(dry, anchor)
+    return Piece(
+        "anchor", 75, lambda d: anchor_argv(script, dry), lambda d, out: [parse_anchor(out)]
+    )
+
+
+def gpt2_train_args(dry: bool) -> list[str]:
+    """Returns `bench_train.py` flags of the GPT-2 piece: gpt2-small-rope at the anchor's shape
+    (96 x 512 bf16, in isolated processes) with three lever sets, or the tiny preset when
+    `dry`."""
+    if dry:
+        steps = ["--steps", "2", "--warmup", "1", "--variant", "loss_chunk=8"]
+        return ["--preset", "tiny", *DRY_TRAIN_SHAPE, *steps]
+    return (
+        ["--preset", "gpt2-small-rope", "--batch", "96", "--seq_len", "512", "--dtype", "bfloat16"]
+        + ["--steps", "10", "--warmup", "2", "--isolate"]
+        + ["--variant", "loss_chunk=128", "--variant", "loss_chunk=128,remat=dots"]
+        + ["--variant", "loss_chunk=128,attention_impl=xla"]
+    )
+
+
+def llama_train_args(dry: bool) -> list[str]:
+    """Returns `bench_train.py` flags of the llama-1b piece (8 x 2048 bf16, remat=dots, chunked
+    loss), or the tiny-llama preset when `dry`."""
+    if dry:
+        return ["--preset", "tiny-llama", *DRY_TRAIN_SHAPE, "--steps", "1", "--warmup", "1"]
+    return (
+        ["--preset", "llama-1b", "--batch", "8", "--seq_len", "2048", "--dtype", "bfloat16"]
+        + ["--remat", "dots", "--loss_chunk", "256"]
+        + ["--steps", "5", "--warmup", "2"]
+    )
+
+
+def training_pieces(dry: bool) -> list[Piece]:
+    """Returns the training-shape pieces: jaxknow gpt2-small-rope (measured against the anchor)
+    and a llama-1b step, each its own `bench_train.py` process."""
+    gpt2_what = "jaxknow " + ("tiny" if dry else "gpt2-small-rope")
+    llama_what = "jaxknow " + ("tiny-llama" if dry else "llama-1b")
+    return [
+        train_piece("gpt2", 170, gpt2_train_args(dry), gpt2_what),
+        train_piece("llama-1b", 70, llama_train_args(dry), llama_what),
+    ]
+
+
+def gpt2_generation_piece(dry: bool) -> Piece:
+    """Returns the generation piece: gpt2-small greedy QA generation (bf16, 1024 questions)
+    vs `transformers.generate`, the tiny preset when `dry`."""
+    args = (
+        ["--preset", "tiny", *DRY_GENERATION]
+        if dry
+        else ["--preset", "gpt2-small", "--dtype", "bfloat16", "--num_questions", "1024"]
+    )
+    return generation_piece("generation", 45, args, "tiny" if dry else "gpt2-small")
+
+
 #: A SmolLM2-shaped model small enough for the dry run (2 layers, GQA 4:2, tied embeddings).
 SMOLLM2_DRY = "n_layers=2,d_model=64,n_heads=4,n_kv_heads=2,d_ff=128,vocab_size=512"
 
@@ -203,7 +296,7 @@ def smollm2_train_args(dry: bool, lora: int) -> list[str]:
     weights) at a GPU-sized batch, full finetuning or rank-`lora` rsLoRA on every projection
     (tiny widths on the CPU when `dry`)."""
     shape = (
-        ["--model", SMOLLM2_DRY, "--batch", "2", "--seq_len", "16", "--dtype", "float32"]
+        ["--model", SMOLLM2_DRY, *DRY_TRAIN_SHAPE]
         if dry
         else ["--batch", "64", "--seq_len", "512", "--dtype", "bfloat16", "--loss_chunk", "128"]
     )
@@ -217,8 +310,7 @@ def smollm2_pieces(dry: bool) -> list[Piece]:
     process)."""
     what = "jaxknow smollm2-135m" + (" (dry: 2 layers, d64)" if dry else "")
     gen = (
-        ["--preset", "tiny-llama", "--num_questions", "4", "--batch_size", "4"]
-        + ["--prompt_len", "4", "--max_new_tokens", "2"]
+        ["--preset", "tiny-llama", *DRY_GENERATION]
         if dry
         else ["--preset", "smollm2-135m", "--dtype", "bfloat16", "--num_questions", "512"]
     )
@@ -229,235 +321,108 @@ def smollm2_pieces(dry: bool) -> list[Piece]:
     ]
 
 
-def make_pieces(dry: bool, anchor: str | None = None) -> list[Piece]:
-    """Returns the suite's pieces: GPU shapes, or tiny CPU shapes when `dry`. `anchor` is the
-    PyTorch script (default: shared/bench/torch_{gpt2_baseline,cpu_small}.py found above the
-    checkout)."""
-    anchor_script = (
-        Path(anchor)
-        if anchor
-        else find_shared_script("torch_cpu_small.py" if dry else "torch_gpt2_baseline.py")
-    )
-    pieces: list[Piece] = []
+def pipeline_rows(d: Path, out: str) -> list[Row]:
+    """Returns the pipeline's row (bioS concat packing tokens/s) from the piece's out.json."""
+    r = json.loads((d / "out.json").read_text())
+    concat = r["bios_multi5_permute_fullname/concat"]
+    return [
+        Row(
+            "pipeline",
+            f"grain bioS concat packing {concat['batch']}x"
+            f"{concat['seq_len']}, {concat['workers']} workers",
+            rate=concat["tokens_per_s"],
+        )
+    ]
 
-    def anchor_argv(d: Path) -> list[str]:
-        if anchor_script is None or not anchor_script.is_file():
-            raise FileNotFoundError(
-                f"anchor script {anchor_script or 'shared/bench/torch_*.py'}"
-                f" not found (above {REPO}); pass --anchor PATH"
-            )
-        tiny = [
-            "--batch",
-            "2",
-            "--seq",
-            "16",
-            "--d",
-            "32",
-            "--layers",
-            "1",
-            "--heads",
-            "2",
-            "--vocab",
-            "128",
-            "--steps",
-            "2",
-        ]
-        return [sys.executable, str(anchor_script), *(tiny if dry else ["96"])]
 
-    pieces.append(Piece("anchor", 75, anchor_argv, lambda d, out: [parse_anchor(out)]))
-
-    gpt2 = (
-        [
-            "--preset",
-            "tiny",
-            "--batch",
-            "2",
-            "--seq_len",
-            "16",
-            "--dtype",
-            "float32",
-            "--steps",
-            "2",
-            "--warmup",
-            "1",
-            "--variant",
-            "loss_chunk=8",
-        ]
-        if dry
-        else [
-            "--preset",
-            "gpt2-small-rope",
-            "--batch",
-            "96",
-            "--seq_len",
-            "512",
-            "--dtype",
-            "bfloat16",
-            "--steps",
-            "10",
-            "--warmup",
-            "2",
-            "--isolate",
-            "--variant",
-            "loss_chunk=128",
-            "--variant",
-            "loss_chunk=128,remat=dots",
-            "--variant",
-            "loss_chunk=128,attention_impl=xla",
-        ]
-    )
-    pieces.append(
-        train_piece("gpt2", 170, gpt2, "jaxknow " + ("tiny" if dry else "gpt2-small-rope"))
-    )
-
-    llama = (
-        [
-            "--preset",
-            "tiny-llama",
-            "--batch",
-            "2",
-            "--seq_len",
-            "16",
-            "--dtype",
-            "float32",
-            "--steps",
-            "1",
-            "--warmup",
-            "1",
-        ]
-        if dry
-        else [
-            "--preset",
-            "llama-1b",
-            "--batch",
-            "8",
-            "--seq_len",
-            "2048",
-            "--dtype",
-            "bfloat16",
-            "--remat",
-            "dots",
-            "--loss_chunk",
-            "256",
-            "--steps",
-            "5",
-            "--warmup",
-            "2",
-        ]
-    )
-    pieces.append(
-        train_piece("llama-1b", 70, llama, "jaxknow " + ("tiny-llama" if dry else "llama-1b"))
-    )
-
-    gen = (
-        [
-            "--preset",
-            "tiny",
-            "--num_questions",
-            "4",
-            "--batch_size",
-            "4",
-            "--prompt_len",
-            "4",
-            "--max_new_tokens",
-            "2",
-        ]
-        if dry
-        else ["--preset", "gpt2-small", "--dtype", "bfloat16", "--num_questions", "1024"]
-    )
-
-    pieces.append(generation_piece("generation", 45, gen, f"{'tiny' if dry else 'gpt2-small'}"))
-    pieces += smollm2_pieces(dry)
-
-    pipe = (
-        [
-            "--num_people",
-            "40",
-            "--batches",
-            "2",
-            "--batch",
-            "2",
-            "--seq_len",
-            "32",
-            "--vocab_size",
-            "512",
-        ]
+def pipeline_piece(dry: bool) -> Piece:
+    """Returns the piece that runs `bench_pipeline.py` (the grain pipeline's tokens/s, 5000
+    people and 8 workers; 40 people, tiny batches when `dry`) on a world in its folder."""
+    args = (
+        ["--num_people", "40", "--batches", "2", "--batch", "2", "--seq_len", "32"]
+        + ["--vocab_size", "512"]
         if dry
         else ["--num_people", "5000", "--workers", "8", "--batches", "30"]
     )
-
-    def pipe_rows(d: Path, out: str) -> list[Row]:
-        r = json.loads((d / "out.json").read_text())
-        concat = r["bios_multi5_permute_fullname/concat"]
-        return [
-            Row(
-                "pipeline",
-                f"grain bioS concat packing {concat['batch']}x"
-                f"{concat['seq_len']}, {concat['workers']} workers",
-                rate=concat["tokens_per_s"],
-            )
-        ]
-
-    pieces.append(
-        Piece(
-            "pipeline",
-            35,
-            lambda d: [
-                *_bench("bench_pipeline.py"),
-                *pipe,
-                "--data_dir",
-                str(d / "world"),
-                "--json",
-                str(d / "out.json"),
-            ],
-            pipe_rows,
-        )
+    return Piece(
+        "pipeline",
+        35,
+        lambda d: (
+            [*_bench("bench_pipeline.py"), *args]
+            + ["--data_dir", str(d / "world"), "--json", str(d / "out.json")]
+        ),
+        pipeline_rows,
     )
 
-    qs_steps = 4 if dry else 300
-    qs_over: dict[str, Any] = {
-        "pretrain.steps": qs_steps,
+
+#: Quickstart overrides of the dry run: a 1-layer model of width 32 on 40 people, tiny batches.
+QUICKSTART_DRY: dict[str, Any] = {
+    "world.num_people": 40,
+    "model.d_model": 32,
+    "model.n_layers": 1,
+    "model.n_heads": 2,
+    "model.d_ff": 64,
+    "pretrain.batch_size": 4,
+    "pretrain.seq_len": 32,
+    "pretrain.warmup_steps": 1,
+    "pretrain.log_every": 1,
+    "finetune.batch_size": 4,
+    "finetune.warmup_steps": 1,
+    "finetune.log_every": 1,
+    "eval.max_people": 4,
+    "eval.max_new_tokens": 4,
+    "eval.batch_size": 4,
+}
+
+
+def quickstart_overrides(dry: bool, steps: int) -> dict[str, Any]:
+    """Returns the quickstart's config overrides: pretraining capped at `steps`, finetuning at
+    100 steps (2 when `dry`, with the tiny shapes of QUICKSTART_DRY), probing off."""
+    over: dict[str, Any] = {
+        "pretrain.steps": steps,
         "finetune.steps": 2 if dry else 100,
         "probing.enabled": False,
     }
     if dry:
-        qs_over.update(
-            {
-                "world.num_people": 40,
-                "model.d_model": 32,
-                "model.n_layers": 1,
-                "model.n_heads": 2,
-                "model.d_ff": 64,
-                "pretrain.batch_size": 4,
-                "pretrain.seq_len": 32,
-                "pretrain.warmup_steps": 1,
-                "pretrain.log_every": 1,
-                "finetune.batch_size": 4,
-                "finetune.warmup_steps": 1,
-                "finetune.log_every": 1,
-                "eval.max_people": 4,
-                "eval.max_new_tokens": 4,
-                "eval.batch_size": 4,
-            }
-        )
+        over.update(QUICKSTART_DRY)
+    return over
 
-    def qs_argv(d: Path) -> list[str]:
-        d.mkdir(parents=True, exist_ok=True)
-        conf = write_config(
-            str(REPO / "configs" / "bios" / "quickstart.py"), qs_over, d / "quickstart_capped.py"
-        )
-        return [
-            sys.executable,
-            "-m",
-            "launch.experiment",
-            f"--config={conf}",
-            f"--workdir={d / 'run'}",
-        ]
 
-    pieces.append(
-        Piece("quickstart", 85, qs_argv, lambda d, out: quickstart_rows(d / "run", qs_steps))
+def quickstart_argv(d: Path, overrides: dict[str, Any]) -> list[str]:
+    """Writes the quickstart config with `overrides` to `d`; returns the `launch.experiment`
+    command line that runs it into d/run."""
+    d.mkdir(parents=True, exist_ok=True)
+    conf = write_config(
+        str(REPO / "configs" / "bios" / "quickstart.py"), overrides, d / "quickstart_capped.py"
     )
-    return pieces
+    return [sys.executable, "-m", "launch.experiment", f"--config={conf}", f"--workdir={d / 'run'}"]
+
+
+def quickstart_piece(dry: bool) -> Piece:
+    """Returns the piece that runs the bioS quickstart (its GPU default, pretraining capped at
+    300 steps; 4 steps at tiny shapes when `dry`) and reads its pretraining metrics."""
+    steps = 4 if dry else 300
+    over = quickstart_overrides(dry, steps)
+    return Piece(
+        "quickstart",
+        85,
+        lambda d: quickstart_argv(d, over),
+        lambda d, out: quickstart_rows(d / "run", steps),
+    )
+
+
+def make_pieces(dry: bool, anchor: str | None = None) -> list[Piece]:
+    """Returns the suite's pieces: GPU shapes, or tiny CPU shapes when `dry`. `anchor` is the
+    PyTorch script (default: shared/bench/torch_{gpt2_baseline,cpu_small}.py found above the
+    checkout)."""
+    return [
+        anchor_piece(dry, anchor),
+        *training_pieces(dry),
+        gpt2_generation_piece(dry),
+        *smollm2_pieces(dry),
+        pipeline_piece(dry),
+        quickstart_piece(dry),
+    ]
 
 
 def run_piece(p: Piece, workdir: Path, timeout: float, env: dict[str, str]) -> list[Row]:
