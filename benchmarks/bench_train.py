@@ -1053,6 +1053,8 @@ def summarize(
 ) -> list[dict[str, Any]]:
     """Returns one dict per variant: medians over the rounds, per-round ratios to torch and
     to the first row (the recorded commit with --ref, else the base)."""
+    if not windows:
+        return []  # every variant failed
     rows = []
     first = [w["tokens_per_s"] for w in windows[0]]
     for v, info, ws in zip(variants, infos, windows, strict=True):

@@ -101,6 +101,8 @@ def test_summarize_takes_per_round_ratios_and_medians():
     assert rows[1]["vs_torch_rounds"] == [3.0, 0.5, 3.0] and rows[1]["vs_torch"] == 3.0
     assert rows[1]["vs_first"] == 3.0 and rows[0]["vs_first"] == 1.0
     assert rows[1]["tokens_per_s"] == 300
+    # every variant failed: no rows (main then says so), not an IndexError
+    assert bench_train.summarize([], [], [], [100]) == []
 
 
 def test_torch_cpu_args_follow_the_model():
