@@ -602,3 +602,14 @@ def test_resume_on_an_fsdp_mesh_never_holds_a_whole_sharded_tensor(tmp_path, mon
     assert rest.start_step == 2 and rest.final_step == 4
     assert "restore (exit)" in probes and "_jit_step (enter)" in probes
     assert not found, found[:3]
+    # load_model with the mesh reads the checkpoint straight into the shards as well.
+    from jaxknow.io.load import load_model
+
+    del rest
+    gc.collect()
+    found.clear()
+    model = load_model(w, mesh=mesh)
+    probe("load_model (exit)")
+    assert not found, found[:3]
+    kernel = model.params["layers"]["0"]["mlp"]["up"]["kernel"]
+    assert not kernel.sharding.is_fully_replicated
