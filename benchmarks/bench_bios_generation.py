@@ -40,7 +40,12 @@ def main(argv: list[str] | None = None) -> dict[str, float]:
     repo_root = Path(__file__).resolve().parents[1]
     if str(repo_root) not in sys.path:
         sys.path.insert(0, str(repo_root))
-    from jaxknow.worlds.bios import Augmentation, BiosConfig, generate_world, render_biographies
+    from jaxknow.studies.bios.world import (
+        Augmentation,
+        BiosConfig,
+        generate_world,
+        render_biographies,
+    )
 
     pinned = pin_to_one_core()
     aug = Augmentation.parse(args.aug)

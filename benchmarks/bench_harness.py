@@ -201,6 +201,7 @@ def main() -> None:
     try:
         data = args.data
         if data is None:
+            import jaxknow.studies  # noqa: F401  (registers the studies' world kinds)
             from configs.worlds.countries import get_config
             from jaxknow.data.build import materialize
 

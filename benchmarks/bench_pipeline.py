@@ -37,6 +37,7 @@ def main(argv: list[str] | None = None) -> dict[str, Any]:
     args = ap.parse_args(argv)
     if args.workers == 0 and hasattr(os, "sched_setaffinity"):
         os.sched_setaffinity(0, {min(os.sched_getaffinity(0))})
+    import jaxknow.studies  # noqa: F401  (registers the studies' world kinds)
     from jaxknow.data import pipeline
     from jaxknow.data.build import materialize
 

@@ -6,7 +6,8 @@ Reads corpus rows ``{"text"}`` and fact rows ``{"head", "relation", "tail"[, "sp
 for every fact (of `--split`, if given) the passages that mention the head, the relation and each
 candidate tail (all tails of that relation in the fact file), and prints the per-fact table and
 the summary line "true tail favoured in k of n facts". Relation keywords come from the registry
-in `jaxknow.worlds.facts`; relations it does not know use their name (underscores as spaces), and
+in `jaxknow.studies.cooccurrence.facts`; relations it does not know use their name (underscores
+as spaces), and
 `--keywords=relation=kw1|kw2,...` adds or overrides keywords.
 """
 
@@ -17,9 +18,9 @@ from collections import defaultdict
 from absl import app, flags
 
 from jaxknow.data.jsonl import CorpusFormatError, read_jsonl
-from jaxknow.worlds.audit import audit, format_audit
-from jaxknow.worlds.fact_types import Fact
-from jaxknow.worlds.facts import default_relation_keywords
+from jaxknow.studies.cooccurrence.audit import audit, format_audit
+from jaxknow.studies.cooccurrence.fact_types import Fact
+from jaxknow.studies.cooccurrence.facts import default_relation_keywords
 from launch.common import run_app, run_main
 
 FLAGS = flags.FLAGS

@@ -11,6 +11,7 @@ from typing import Any, NoReturn
 
 from absl import app
 
+import jaxknow.studies  # noqa: F401  (registers the built-in studies' world kinds and experiments)
 from jaxknow.data.jsonl import CorpusFormatError
 from jaxknow.data.tokenizer import TokenizerError
 from jaxknow.io.checkpoint import CheckpointError

@@ -20,28 +20,21 @@ _CONFIG = config_flags.DEFINE_config_file(
 _WORKDIR = flags.DEFINE_string("workdir", None, "Directory for every stage and the results.")
 flags.mark_flags_as_required(["config", "workdir"])
 
-RUNNERS = {
-    "bios": "jaxknow.experiments.bios:run_bios_study",
-    "cooccurrence": "jaxknow.experiments.cooccurrence:run_cooccurrence_study",
-}
-
 
 def main(argv: list[str]) -> None:
     del argv
-    import importlib
     from pathlib import Path
 
-    from jaxknow.config import ConfigError
     from jaxknow.experiments.common import StageStopped
+    from jaxknow.experiments.registry import experiment_runner
 
     def go() -> int:
-        kind = _CONFIG.value.get("experiment")
-        if kind not in RUNNERS:
-            raise ConfigError(f"experiment={kind!r}: must be one of {sorted(RUNNERS)}")
-        module, fn = RUNNERS[kind].split(":")
+        # The experiments are those the studies registered (`jaxknow.studies`, imported by
+        # launch.common).
+        runner = experiment_runner(_CONFIG.value.get("experiment"))
         resolve_named_models(_CONFIG.value)
         try:
-            getattr(importlib.import_module(module), fn)(_CONFIG.value, _WORKDIR.value)
+            runner(_CONFIG.value, _WORKDIR.value)
         except StageStopped as e:
             print(f"stopped: {e}", file=sys.stderr)
             return EXIT_INTERRUPTED if e.interrupted else EXIT_TERMINATED

@@ -4,7 +4,7 @@ renderings per person at a fixed token budget.
     python scripts/bios_diversity.py configs/bios/quickstart.py --renderings 1,5,10,25,50,100 \
         --seeds 0,1 --workdir runs/diversity
 
-One bioS study per (R, seed) in WORKDIR/R<R>_s<seed> (`jaxknow.experiments.bios_sweep`): the
+One bioS study per (R, seed) in WORKDIR/R<R>_s<seed> (`jaxknow.studies.bios.sweep`): the
 config's pretraining (the quickstart's 2,000 steps of 4 x 256) and QA finetune on a world with R
 renderings per person (R = 1: bioS single; R = 5: the paper's multi5+permute+fullname, no
 re-draws; R = 5 D: multi5xD+permute+fullname), no probing, no mixed training. Finished points
@@ -25,8 +25,8 @@ from pathlib import Path
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
 import launch  # noqa: E402,F401  (CPU device count, compilation cache)
-from jaxknow.experiments import bios_sweep as S  # noqa: E402
-from jaxknow.experiments.bios_sweep import comma_ints  # noqa: E402
+from jaxknow.studies.bios import sweep as S  # noqa: E402
+from jaxknow.studies.bios.sweep import comma_ints  # noqa: E402
 
 
 def main(argv: list[str] | None = None) -> None:

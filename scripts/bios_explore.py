@@ -20,9 +20,9 @@ sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
 import launch  # noqa: E402,F401  (CPU device count, compilation cache)
 from jaxknow.data import build  # noqa: E402
-from jaxknow.data.world_builders import aug_source_name, bios_corpora, bios_world  # noqa: E402
-from jaxknow.experiments import bios as B  # noqa: E402
 from jaxknow.experiments import common  # noqa: E402
+from jaxknow.studies.bios import study as B  # noqa: E402
+from jaxknow.studies.bios.corpus import aug_source_name, bios_corpora, bios_world  # noqa: E402
 
 EVAL = B.EvalSettings(max_new_tokens=20, batch_size=128, max_people=100)
 

@@ -4,7 +4,7 @@ bioS single (configs/bios/mixed_scale.py), P_test extraction vs N.
     python scripts/bios_people_scale.py configs/bios/mixed_scale.py --people 200,1000,4000 \
         --seeds 0 --workdir runs/mixed_scale --figure docs/figures/bios_mixed_scale.png
 
-One study per (N, seed) in WORKDIR/N<N>_s<seed> (`jaxknow.experiments.bios_sweep`): the
+One study per (N, seed) in WORKDIR/N<N>_s<seed> (`jaxknow.studies.bios.sweep`): the
 config at N people, every stage's steps scaled by N / the config's num_people (each biography
 seen as often as at the base N, times --exposure; each QA finetune as many epochs). Finished
 points are skipped. Then WORKDIR/results.json and WORKDIR/<name>.png (P_test exact match and
@@ -22,8 +22,8 @@ from pathlib import Path
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
 import launch  # noqa: E402,F401  (CPU device count, compilation cache)
-from jaxknow.experiments import bios_sweep as S  # noqa: E402
-from jaxknow.experiments.bios_sweep import comma_ints  # noqa: E402
+from jaxknow.studies.bios import sweep as S  # noqa: E402
+from jaxknow.studies.bios.sweep import comma_ints  # noqa: E402
 
 
 def main(argv: list[str] | None = None) -> None:

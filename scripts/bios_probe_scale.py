@@ -27,13 +27,13 @@ import numpy as np
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
 import launch  # noqa: E402,F401  (CPU device count, compilation cache)
-from jaxknow.data.world_builders import aug_source_name, bios_corpora, bios_world  # noqa: E402
-from jaxknow.eval.bios_probing import probe_size_curve  # noqa: E402
 from jaxknow.eval.plots import plot_per_layer  # noqa: E402
 from jaxknow.eval.probing import ProbeSettings  # noqa: E402
 from jaxknow.experiments import common  # noqa: E402
-from jaxknow.experiments.bios_sweep import comma_ints  # noqa: E402
 from jaxknow.io.load import load_model  # noqa: E402
+from jaxknow.studies.bios.corpus import aug_source_name, bios_corpora, bios_world  # noqa: E402
+from jaxknow.studies.bios.probing import probe_size_curve  # noqa: E402
+from jaxknow.studies.bios.sweep import comma_ints  # noqa: E402
 
 
 def split_people(num_people: int, test: int, pool: int, seed: int) -> tuple[list[int], list[int]]:

@@ -33,7 +33,7 @@ import launch  # noqa: E402,F401  (CPU device count, compilation cache)
 from jaxknow.data.jsonl import read_jsonl  # noqa: E402
 from jaxknow.eval.probing import hidden_features, train_linear_probe  # noqa: E402
 from jaxknow.io.load import load_model  # noqa: E402
-from jaxknow.worlds.bios import ATTRIBUTES, qa_prompt  # noqa: E402
+from jaxknow.studies.bios.world import ATTRIBUTES, qa_prompt  # noqa: E402
 
 POSITIONS = ("name", "question_name", "question_end")
 

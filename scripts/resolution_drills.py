@@ -27,9 +27,9 @@ sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 import launch  # noqa: E402,F401  (CPU device count, compilation cache)
 from jaxknow.data import build  # noqa: E402
 from jaxknow.experiments import common  # noqa: E402
-from jaxknow.worlds import countries  # noqa: E402
-from jaxknow.worlds.fact_types import FactWorld  # noqa: E402
-from jaxknow.worlds.referencing import render_referencing  # noqa: E402
+from jaxknow.studies.cooccurrence import countries  # noqa: E402
+from jaxknow.studies.cooccurrence.fact_types import FactWorld  # noqa: E402
+from jaxknow.studies.cooccurrence.referencing import render_referencing  # noqa: E402
 from scripts.resolution_probe import config_of, probe_row  # noqa: E402
 
 

@@ -9,7 +9,7 @@ X is the" the ordinals are scored; after "... is the city named right after" / "
 the listed names (the answer is the true tail's neighbour). `--given` states the fact in the
 passage first (an in-context resolution test). Prints one JSON line of accuracies per model;
 chance is 1 / candidates. The study's built-in `resolution` subset holds the ordinal and
-"just before" forms (`jaxknow.worlds.referencing.resolution_rows`).
+"just before" forms (`jaxknow.studies.cooccurrence.referencing.resolution_rows`).
 """
 
 from __future__ import annotations
@@ -29,9 +29,9 @@ sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 import launch  # noqa: E402,F401  (CPU device count, compilation cache)
 from jaxknow.eval.scoring import continuation_logprobs  # noqa: E402
 from jaxknow.io.load import load_model  # noqa: E402
-from jaxknow.worlds import countries  # noqa: E402
-from jaxknow.worlds.fact_types import FactWorld, capitalize_first  # noqa: E402
-from jaxknow.worlds.referencing import ORDINALS, listing_sentence, reference_start  # noqa: E402
+from jaxknow.studies.cooccurrence import countries  # noqa: E402
+from jaxknow.studies.cooccurrence.fact_types import FactWorld, capitalize_first  # noqa: E402
+from jaxknow.studies.cooccurrence.referencing import ORDINALS, listing_sentence, reference_start  # noqa: E402
 
 FORMS = ("ordinal", "after", "before")
 

@@ -1,5 +1,6 @@
 """One-way layers: the import graph of jaxknow/, per file and per subpackage, has no cycle,
-and every subpackage imports only from the layers below it (WORKSPACE.md, "Layers").
+and every subpackage imports only from the layers below it (WORKSPACE.md, "Layers"); the
+engine (every layer below `studies`) names no study, and no study imports another.
 
 Every import statement counts, wherever it stands (module level, inside a function, under
 ``if TYPE_CHECKING``), absolute or relative.
@@ -8,6 +9,7 @@ Every import statement counts, wherever it stands (module level, inside a functi
 from __future__ import annotations
 
 import ast
+import re
 from collections.abc import Iterable, Mapping
 from pathlib import Path
 
@@ -20,13 +22,18 @@ LAYERS = (
     "parallel",
     "model",
     "config",
-    "worlds",
     "data",
     "io",
     "train",
     "eval",
     "experiments",
+    "studies",
 )
+
+# The engine: every layer below the studies. It may not import a study nor name one in its
+# code (names and strings; comments and docstrings may cite a study as an example).
+ENGINE = LAYERS[: LAYERS.index("studies")]
+STUDY_WORDS = re.compile(r"bios|countr|jaxknow\.studies", re.IGNORECASE)
 
 Graph = Mapping[str, Iterable[str]]
 
@@ -167,3 +174,126 @@ def test_subpackages_import_only_downward():
     layers = layer_graph(file_graph())
     layers.pop("jaxknow", None)  # jaxknow/__init__.py
     assert upward_imports(layers) == [], f"imports against the layer order {LAYERS}"
+
+
+def _docstrings(tree: ast.AST) -> set[int]:
+    """Returns the ids of the docstring nodes of a module, its classes and functions."""
+    out = set()
+    for node in ast.walk(tree):
+        if isinstance(node, ast.Module | ast.ClassDef | ast.FunctionDef | ast.AsyncFunctionDef):
+            body = node.body
+            if (
+                body
+                and isinstance(body[0], ast.Expr)
+                and isinstance(body[0].value, ast.Constant)
+                and isinstance(body[0].value.value, str)
+            ):
+                out.add(id(body[0].value))
+    return out
+
+
+def _code_words(node: ast.AST) -> list[str]:
+    """Returns the identifiers and module names a node spells in code."""
+    if isinstance(node, ast.Name):
+        return [node.id]
+    if isinstance(node, ast.Attribute):
+        return [node.attr]
+    if isinstance(node, ast.FunctionDef | ast.AsyncFunctionDef | ast.ClassDef):
+        return [node.name]
+    if isinstance(node, ast.arg):
+        return [node.arg]
+    if isinstance(node, ast.keyword):
+        return [node.arg or ""]
+    if isinstance(node, ast.alias):
+        return [node.name, node.asname or ""]
+    if isinstance(node, ast.ImportFrom):
+        return [node.module or ""]
+    return []
+
+
+def study_mentions(path: Path, pattern: re.Pattern[str] = STUDY_WORDS) -> list[str]:
+    """Returns "file:line: text" for every identifier, imported module or string constant of
+    the file at `path` that matches `pattern` (a study's name); docstrings and comments are
+    left out, so they may cite a study as an example."""
+    tree = ast.parse(path.read_text(), str(path))
+    docs = _docstrings(tree)
+    found = []
+    for node in ast.walk(tree):
+        words = _code_words(node)
+        if isinstance(node, ast.Constant) and isinstance(node.value, str) and id(node) not in docs:
+            words = [node.value]
+        if isinstance(node, ast.ImportFrom) and node.module == "jaxknow":
+            words += [f"jaxknow.{a.name}" for a in node.names]  # from jaxknow import studies
+        found += [f"{path.name}:{node.lineno}: {w!r}" for w in words if pattern.search(w)]
+    return found
+
+
+def engine_files(root: Path = PACKAGE) -> list[Path]:
+    """Returns every .py file of the engine's layers (`ENGINE`) under `root`."""
+    return [f for f in sorted(root.rglob("*.py")) if layer_of(module_name(f, root)) in ENGINE]
+
+
+def test_study_scanner_sees_code_and_skips_docstrings(tmp_path):
+    f = tmp_path / "m.py"
+    f.write_text(
+        '"""About the bioS study."""\n'
+        "# countries: a comment\n"
+        "def f(x):\n"
+        '    """Docstring naming Countries."""\n'
+        '    return {"kind": "bios"}\n'
+        "class BiosThing:\n"
+        "    pass\n"
+        "def g():\n"
+        "    from jaxknow.studies.x import y\n"
+        "    from jaxknow import studies\n"
+        '    return country_names(f"{x} countries")\n'
+    )
+    found = sorted(m.split(": ", 1)[1] for m in study_mentions(f))
+    assert found == sorted(
+        [
+            "'BiosThing'",
+            "'jaxknow.studies.x'",
+            "'jaxknow.studies'",
+            "'bios'",
+            "'country_names'",
+            "' countries'",
+        ]
+    )
+
+
+def test_the_engine_names_no_study():
+    files = engine_files()
+    assert any(f.name == "world_builders.py" for f in files)  # the scan covers the engine
+    found = [m for f in files for m in study_mentions(f)]
+    assert found == [], (
+        "engine modules name a study (move the code into jaxknow/studies/, or make it "
+        "generic and let the study register it): " + "; ".join(found)
+    )
+
+
+def test_the_engine_imports_no_study():
+    graph = file_graph()
+    bad = [
+        f"{src} -> {dst}"
+        for src, targets in sorted(graph.items())
+        if layer_of(src) in ENGINE
+        for dst in sorted(targets)
+        if layer_of(dst) == "studies"
+    ]
+    assert bad == []
+
+
+def test_no_study_imports_another():
+    graph = file_graph()
+
+    def study_of(module: str) -> str | None:
+        parts = module.split(".")
+        return parts[2] if len(parts) > 2 and parts[1] == "studies" else None
+
+    bad = [
+        f"{src} -> {dst}"
+        for src, targets in sorted(graph.items())
+        for dst in sorted(targets)
+        if study_of(src) and study_of(dst) and study_of(src) != study_of(dst)
+    ]
+    assert bad == [], "a study imports another (share code through the engine instead)"

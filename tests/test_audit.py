@@ -1,4 +1,5 @@
-"""Tests of the co-occurrence audit (jaxknow.worlds.audit) and its entry point launch.audit."""
+"""Tests of the co-occurrence audit (jaxknow.studies.cooccurrence.audit) and its entry point
+launch.audit."""
 
 from __future__ import annotations
 
@@ -9,7 +10,7 @@ from pathlib import Path
 import pytest
 
 from jaxknow.data.jsonl import write_jsonl
-from jaxknow.worlds.audit import (
+from jaxknow.studies.cooccurrence.audit import (
     NameMatcher,
     audit,
     contains_name,
@@ -17,8 +18,8 @@ from jaxknow.worlds.audit import (
     names_overlap,
     summary_line,
 )
-from jaxknow.worlds.countries import CountriesConfig, generate_countries
-from jaxknow.worlds.fact_types import Fact
+from jaxknow.studies.cooccurrence.countries import CountriesConfig, generate_countries
+from jaxknow.studies.cooccurrence.fact_types import Fact
 
 REPO = Path(__file__).resolve().parents[1]
 KEYWORDS = {"capital": ("capital",), "national_animal": ("national animal",)}

@@ -12,10 +12,10 @@ import pytest
 from configs.bios.tiny import get_config as bios_tiny
 from jaxknow.data import build
 from jaxknow.data.jsonl import read_jsonl
-from jaxknow.experiments import bios as study_lib
-from jaxknow.worlds import bios
-from jaxknow.worlds.bios_leakage import LeakageError, check_no_leak, find_leak
-from jaxknow.worlds.bios_templates import QA_TEMPLATES
+from jaxknow.studies.bios import study as study_lib
+from jaxknow.studies.bios import world as bios
+from jaxknow.studies.bios.leakage import LeakageError, check_no_leak, find_leak
+from jaxknow.studies.bios.templates import QA_TEMPLATES
 
 
 def _config():

@@ -1,5 +1,5 @@
-"""The bioS curves' machinery (experiments/bios_sweep.py): the study each point runs, resuming,
-collecting and plotting; the probe-size curve (eval/bios_probing.probe_size_curve)."""
+"""The bioS curves' machinery (studies/bios/sweep.py): the study each point runs, resuming,
+collecting and plotting; the probe-size curve (studies/bios/probing.probe_size_curve)."""
 
 from __future__ import annotations
 
@@ -10,9 +10,9 @@ import pytest
 
 from configs.bios.tiny import get_config as bios_tiny
 from jaxknow.config import ConfigError
-from jaxknow.data.world_builders import bios_corpora, bios_world
-from jaxknow.experiments import bios as B
-from jaxknow.experiments import bios_sweep as S
+from jaxknow.studies.bios import study as B
+from jaxknow.studies.bios import sweep as S
+from jaxknow.studies.bios.corpus import bios_corpora, bios_world
 
 
 @pytest.mark.parametrize(
@@ -153,10 +153,10 @@ def test_pretrain_finetune_off_needs_mixed_training():
 
 def test_probe_size_curve_trains_on_the_first_n_and_tests_on_the_same_people(monkeypatch):
     from jaxknow.data.tokenizer import train_bpe
-    from jaxknow.eval import bios_probing
     from jaxknow.eval.probing import ProbeSettings
     from jaxknow.model.config import preset
-    from jaxknow.worlds import bios
+    from jaxknow.studies.bios import probing as bios_probing
+    from jaxknow.studies.bios import world as bios
     from tests.util import numpy_params
 
     world = bios.generate_world(bios.BiosConfig(num_people=60, seed=0))

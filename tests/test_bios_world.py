@@ -1,4 +1,4 @@
-"""Tests for the bioS synthetic-biography world (jaxknow.worlds.bios)."""
+"""Tests for the bioS synthetic-biography world (jaxknow.studies.bios.world)."""
 
 from __future__ import annotations
 
@@ -11,8 +11,9 @@ import numpy as np
 import pytest
 
 from jaxknow.data.jsonl import read_jsonl, write_jsonl
-from jaxknow.worlds import bios
-from jaxknow.worlds.bios import (
+from jaxknow.studies.bios import world as bios
+from jaxknow.studies.bios.templates import BIO_TEMPLATES, QA_TEMPLATES
+from jaxknow.studies.bios.world import (
     ATTRIBUTES,
     MONTHS,
     Augmentation,
@@ -21,7 +22,6 @@ from jaxknow.worlds.bios import (
     qa_items,
     render_biographies,
 )
-from jaxknow.worlds.bios_templates import BIO_TEMPLATES, QA_TEMPLATES
 
 PRONOUN_RE = re.compile(r"\b(he|she|his|her|him|hers)\b", re.IGNORECASE)
 N = 300
@@ -435,7 +435,7 @@ def test_records_are_frozen(world):
 
 
 def test_redraws_add_independent_draws_of_augmented_corpora_only():
-    from jaxknow.data.world_builders import bios_corpora, bios_world
+    from jaxknow.studies.bios.corpus import bios_corpora, bios_world
 
     world = dict(
         num_people=12, augmentations=["single", "multi2+permute+fullname"], celebrity_fraction=0.5
@@ -472,7 +472,7 @@ def test_redraws_add_independent_draws_of_augmented_corpora_only():
 
 def test_redraws_must_be_a_positive_int():
     from jaxknow.data.build import WorldConfigError
-    from jaxknow.data.world_builders import bios_options
+    from jaxknow.studies.bios.corpus import bios_options
 
     for bad in (0, 1.5, True):
         with pytest.raises(WorldConfigError, match="redraws"):

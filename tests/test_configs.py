@@ -10,9 +10,9 @@ import pytest
 
 from jaxknow.config import ConfigError
 from jaxknow.data import world_builders as wb
-from jaxknow.experiments import bios as bios_study
 from jaxknow.experiments import common
-from jaxknow.experiments import cooccurrence as cooc_study
+from jaxknow.studies.bios import study as bios_study
+from jaxknow.studies.cooccurrence import study as cooc_study
 from jaxknow.train.setup import parse_run_config
 
 CONFIGS = Path(__file__).resolve().parents[1] / "configs"

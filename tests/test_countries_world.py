@@ -1,4 +1,5 @@
-"""Tests of the fictional country world (jaxknow.worlds.countries / facts / referencing)."""
+"""Tests of the fictional country world (jaxknow.studies.cooccurrence.countries / facts /
+referencing)."""
 
 from __future__ import annotations
 
@@ -9,8 +10,8 @@ import re
 import pytest
 
 from jaxknow.data.jsonl import read_jsonl, write_jsonl
-from jaxknow.worlds.audit import NameMatcher, audit, contains_name
-from jaxknow.worlds.countries import (
+from jaxknow.studies.cooccurrence.audit import NameMatcher, audit, contains_name
+from jaxknow.studies.cooccurrence.countries import (
     ANIMALS,
     CountriesConfig,
     eval_subsets,
@@ -21,9 +22,18 @@ from jaxknow.worlds.countries import (
     reserved_words,
     world_files,
 )
-from jaxknow.worlds.fact_types import FactWorld
-from jaxknow.worlds.facts import MC_HEADER, PROBE_FRAME, RELATIONS, base_rendering_facts
-from jaxknow.worlds.referencing import INTRO_TEMPLATES, POINTER_TEMPLATES, render_referencing
+from jaxknow.studies.cooccurrence.fact_types import FactWorld
+from jaxknow.studies.cooccurrence.facts import (
+    MC_HEADER,
+    PROBE_FRAME,
+    RELATIONS,
+    base_rendering_facts,
+)
+from jaxknow.studies.cooccurrence.referencing import (
+    INTRO_TEMPLATES,
+    POINTER_TEMPLATES,
+    render_referencing,
+)
 
 SMALL = CountriesConfig(
     num_base_countries=10,

@@ -10,6 +10,7 @@ import grain
 import numpy as np
 import pytest
 
+import jaxknow.studies  # noqa: F401  (registers the studies' world kinds)
 from jaxknow.data import build, pipeline, records
 from jaxknow.data.jsonl import CorpusFormatError
 from jaxknow.data.tokenizer import Tokenizer, TokenizerError, load_tokenizer, train_bpe

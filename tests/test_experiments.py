@@ -11,10 +11,10 @@ import pytest
 from configs.bios.tiny import get_config as bios_tiny
 from configs.cooccurrence.tiny import get_config as cooc_tiny
 from jaxknow.data.jsonl import read_jsonl
-from jaxknow.experiments.bios import run_bios_study
-from jaxknow.experiments.cooccurrence import run_cooccurrence_study
 from jaxknow.io.metrics import read_metrics
-from jaxknow.worlds.bios import ATTRIBUTES
+from jaxknow.studies.bios.study import run_bios_study
+from jaxknow.studies.bios.world import ATTRIBUTES
+from jaxknow.studies.cooccurrence.study import run_cooccurrence_study
 
 
 @pytest.fixture(scope="module")
@@ -165,7 +165,7 @@ def test_a_stage_stopped_by_a_signal_stops_the_study(monkeypatch, tmp_path, inte
 
 def test_celebrity_sources_weight_the_minority_as_configured():
     from jaxknow.config import ConfigError
-    from jaxknow.experiments.bios import celebrity_sources, parse_study
+    from jaxknow.studies.bios.study import celebrity_sources, parse_study
 
     sizes = {"bios_celebrity": list(range(30)), "bios_minority": list(range(6))}
     cfg = bios_tiny().to_dict()
@@ -233,7 +233,7 @@ def test_cooccurrence_study_on_an_imported_base_model(tmp_path):
 def test_cooccurrence_evaluations_are_cached_per_checkpoint_items_and_settings(
     tmp_path, monkeypatch
 ):
-    from jaxknow.experiments import cooccurrence as cs
+    from jaxknow.studies.cooccurrence import study as cs
 
     calls = []
 

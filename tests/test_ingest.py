@@ -10,6 +10,7 @@ from pathlib import Path
 import numpy as np
 import pytest
 
+import jaxknow.studies  # noqa: F401  (registers the studies' world kinds)
 from jaxknow.data import ingest, readers, records
 from jaxknow.data.build import WorldConfigError, materialize
 from jaxknow.data.jsonl import CorpusFormatError

@@ -40,6 +40,7 @@ TOL = 1e-4
 
 @pytest.fixture(scope="module")
 def setup(tmp_path_factory) -> dict[str, Path]:
+    import jaxknow.studies  # noqa: F401  (registers the studies' world kinds)
     from configs.worlds.countries import get_config
     from jaxknow.data.build import materialize
 

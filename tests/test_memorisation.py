@@ -50,8 +50,8 @@ def test_bad_positions_and_token_lookup():
 
 
 def test_memorisation_summary_leaves_sentence_initial_values_out_of_its_second_mean():
-    from jaxknow.experiments.bios import ATTRIBUTES, memorisation_summary
-    from jaxknow.worlds.bios import SentenceSpan
+    from jaxknow.studies.bios.study import ATTRIBUTES, memorisation_summary
+    from jaxknow.studies.bios.world import SentenceSpan
 
     # one biography per attribute: its sentence opens with the value (missed) or not (hit)
     def span(attribute: str, opens: bool) -> SentenceSpan:

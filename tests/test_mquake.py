@@ -1,4 +1,5 @@
-"""Tests of the MQuAKE loader (jaxknow.worlds.mquake) on small files in the MQuAKE format."""
+"""Tests of the MQuAKE loader (jaxknow.studies.cooccurrence.mquake) on small files in the MQuAKE
+format."""
 
 from __future__ import annotations
 
@@ -8,9 +9,9 @@ import json
 import pytest
 
 from jaxknow.data.jsonl import CorpusFormatError
-from jaxknow.worlds.audit import contains_name
-from jaxknow.worlds.fact_types import Fact
-from jaxknow.worlds.mquake import build_mquake, load_mquake, mquake_files
+from jaxknow.studies.cooccurrence.audit import contains_name
+from jaxknow.studies.cooccurrence.fact_types import Fact
+from jaxknow.studies.cooccurrence.mquake import build_mquake, load_mquake, mquake_files
 
 
 def _case(case_id, subject, prompt, new, old, question, relation, relation_id="P27"):

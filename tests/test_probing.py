@@ -1,5 +1,5 @@
 """Probing: the linear-probe core on synthetic features (eval/probing.py), P-/Q-probing end to
-end on a tiny bioS world (eval/bios_probing.py), the low-rank embedding update, and probe
+end on a tiny bioS world (studies/bios/probing.py), the low-rank embedding update, and probe
 plots."""
 
 from __future__ import annotations
@@ -12,11 +12,12 @@ import numpy as np
 import pytest
 
 from jaxknow.data.tokenizer import train_bpe
-from jaxknow.eval import bios_probing, probing
+from jaxknow.eval import probing
 from jaxknow.model.config import preset
 from jaxknow.model.params import flatten
 from jaxknow.model.transformer import forward
-from jaxknow.worlds.bios import (
+from jaxknow.studies.bios import probing as bios_probing
+from jaxknow.studies.bios.world import (
     ATTRIBUTES,
     Augmentation,
     BiosConfig,

@@ -11,7 +11,7 @@ finetune's too (the same epochs over P_train's QA). The argument sets another N.
 from ml_collections import ConfigDict
 
 from configs.bios.celebrity import get_config as celebrity
-from jaxknow.experiments.bios_sweep import apply_overrides, scale_people
+from jaxknow.studies.bios.sweep import apply_overrides, scale_people
 
 PEOPLE = 2000
 

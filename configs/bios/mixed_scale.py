@@ -11,7 +11,7 @@ steps of 4 x 256): `configs/bios/mixed_scale.py:4000` is 40,000 steps. The curve
 from ml_collections import ConfigDict
 
 from configs.bios.quickstart import get_config as quickstart
-from jaxknow.experiments.bios_sweep import apply_overrides, scale_people
+from jaxknow.studies.bios.sweep import apply_overrides, scale_people
 
 
 def get_config(people: str | None = None) -> ConfigDict:

@@ -14,7 +14,7 @@ steps (a positive control: is the knowledge extractable at this N?), no probing 
 from ml_collections import ConfigDict
 
 from configs.bios.quickstart import get_config as quickstart
-from jaxknow.experiments.bios_sweep import apply_overrides, scale_people
+from jaxknow.studies.bios.sweep import apply_overrides, scale_people
 
 PEOPLE = 6000
 

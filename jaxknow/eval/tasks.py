@@ -14,8 +14,9 @@ Kinds and metrics:
 - ``cloze``: zero-shot; each row's ``choices`` scored as continuations of its ``context``
   (e.g. reference resolution: which ordinal names the true tail): ``acc``, ``acc_norm``.
 
-Every subset also reports ``n``, its number of items. The country world's subsets have default
-kinds (`SUBSET_KINDS`); other names are inferred from their rows.
+Every subset also reports ``n``, its number of items. The generic subset names ``qa``,
+``multiple_choice`` and ``likelihood`` have fixed kinds (`SUBSET_KINDS`); other names are
+inferred from their rows.
 
 This module also holds the evaluation config (`EvalConfig`, an ``eval`` section of an
 ml_collections config) and the reading of subset files that `launch.evaluate` uses.
@@ -42,19 +43,12 @@ from jaxknow.model.config import Dtype
 
 KINDS = ("free", "mc", "likelihood", "cloze")
 
+# The kinds of the generic subset names; a study's own names (e.g. "two_hop_mc") are inferred
+# from their rows.
 SUBSET_KINDS: dict[str, str] = {
     "qa": "free",
-    "reverse_qa": "free",
-    "indirect": "free",
-    "animal_commonsense": "free",
-    "two_hop": "free",
     "multiple_choice": "mc",
-    "two_hop_mc": "mc",
     "likelihood": "likelihood",
-    "resolution": "cloze",
-    # bioS
-    "qa_test": "free",
-    "qa_train": "free",
 }
 
 REQUIRED_FIELDS: dict[str, tuple[str, ...]] = {

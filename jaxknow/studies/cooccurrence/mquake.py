@@ -29,9 +29,9 @@ from pathlib import Path
 from typing import Any, NoReturn
 
 from jaxknow.errors import CorpusFormatError
-from jaxknow.worlds.audit import names_overlap
-from jaxknow.worlds.fact_types import Fact, FactWorld, rng_for
-from jaxknow.worlds.referencing import MAX_CANDIDATES, render_referencing
+from jaxknow.studies.cooccurrence.audit import names_overlap
+from jaxknow.studies.cooccurrence.fact_types import Fact, FactWorld, rng_for
+from jaxknow.studies.cooccurrence.referencing import MAX_CANDIDATES, render_referencing
 
 __all__ = [
     "Hop",

@@ -25,7 +25,7 @@ from typing import Any, NamedTuple
 import numpy as np
 
 from jaxknow.formats import qa_item
-from jaxknow.worlds.bios_templates import BIO_TEMPLATES, QA_TEMPLATES
+from jaxknow.studies.bios.templates import BIO_TEMPLATES, QA_TEMPLATES
 
 __all__ = [
     "ATTRIBUTES",

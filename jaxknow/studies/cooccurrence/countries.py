@@ -18,7 +18,7 @@ import functools
 import re
 from dataclasses import dataclass
 
-from jaxknow.worlds.fact_types import (
+from jaxknow.studies.cooccurrence.fact_types import (
     BASE_RENDERINGS,
     SHARED,
     Fact,
@@ -26,7 +26,7 @@ from jaxknow.worlds.fact_types import (
     TailAttributes,
     rng_for,
 )
-from jaxknow.worlds.facts import (
+from jaxknow.studies.cooccurrence.facts import (
     PERSON_NAMES,
     PROBE_FRAME,
     RELATIONS,
@@ -37,7 +37,7 @@ from jaxknow.worlds.facts import (
     pretrain_corpus,
     world_files,
 )
-from jaxknow.worlds.referencing import MAX_CANDIDATES, referencing_corpus
+from jaxknow.studies.cooccurrence.referencing import MAX_CANDIDATES, referencing_corpus
 
 __all__ = [
     "ANIMALS",

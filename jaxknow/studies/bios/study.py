@@ -26,12 +26,15 @@ import numpy as np
 from jaxknow import config as C
 from jaxknow.data import build
 from jaxknow.data.jsonl import read_jsonl
-from jaxknow.data.world_builders import aug_source_name, bios_corpora, bios_world
+from jaxknow.eval.probing import ProbeSettings
 from jaxknow.eval.tables import markdown_table
 from jaxknow.experiments import common
 from jaxknow.experiments.common import StageConfig
 from jaxknow.io.load import load_model
-from jaxknow.worlds.bios import ATTRIBUTES, Augmentation
+from jaxknow.studies.bios import probing as bios_probing
+from jaxknow.studies.bios.corpus import aug_source_name, bios_corpora, bios_world
+from jaxknow.studies.bios.leakage import check_no_leak
+from jaxknow.studies.bios.world import ATTRIBUTES, Augmentation
 
 # The paper's figures (Allen-Zhu & Li 2023, bioS, GPT-2 small with rotary, N = 100,000).
 # multi5+permute+fullname there is 5 renderings per person, no re-draws.
@@ -416,9 +419,6 @@ def probe(
 ) -> dict[str, Any]:
     """Returns P- and Q-probing results (per layer and attribute) of a pretrained model;
     P-probing reads the model's own training biographies `bios` (the first of each person)."""
-    from jaxknow.eval import bios_probing
-    from jaxknow.eval.probing import ProbeSettings
-
     pc = study.probing
     model = load_model(workdir)
     world, _ = bios_world(world_options, study.seed)
@@ -551,9 +551,7 @@ def training_sources(study: BiosStudy, world: Mapping[str, Any]) -> dict[str, li
 
 def check_leakage(study: BiosStudy, world: Mapping[str, Any], data_dir: Path) -> None:
     """Refuses the study (LeakageError naming the source, row and person) if any source a
-    stage trains on holds a question about a P_test person (`worlds.bios_leakage`)."""
-    from jaxknow.worlds.bios_leakage import check_no_leak
-
+    stage trains on holds a question about a P_test person (`leakage.check_no_leak`)."""
     people = read_jsonl(data_dir / "people.jsonl")
     test_names = {r["name"]: int(r["person"]) for r in people if r["split"] == "test"}
     names = sorted({s for srcs in training_sources(study, world).values() for s in srcs})

@@ -22,7 +22,7 @@ import re
 from collections.abc import Iterable, Mapping
 from typing import Any
 
-from jaxknow.worlds.bios_templates import QA_TEMPLATES
+from jaxknow.studies.bios.templates import QA_TEMPLATES
 
 # Where a question-formatted passage starts: the "Question:" marker of QA items, or the words
 # of any QA template before the name.

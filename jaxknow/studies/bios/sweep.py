@@ -188,7 +188,7 @@ def load_config_file(spec: str) -> ConfigDict:
 def estimate_minutes(config: Any, points: Sequence[SweepPoint]) -> dict[str, float]:
     """Returns the estimated CPU minutes of each point (training tokens of every stage it runs
     at CPU_TOKENS_PER_SECOND, plus POINT_OVERHEAD_MINUTES) on the 2-core workspace."""
-    from jaxknow.experiments.bios import parse_study
+    from jaxknow.studies.bios.study import parse_study
 
     out = {}
     for p in points:
@@ -211,7 +211,7 @@ StudyRunner = Callable[[Any, Path, Any], Mapping[str, Any]]
 
 
 def _run_study(config: Any, workdir: Path, log: Any) -> Mapping[str, Any]:
-    from jaxknow.experiments.bios import run_bios_study
+    from jaxknow.studies.bios.study import run_bios_study
 
     return run_bios_study(config, workdir, log=log)
 

@@ -32,7 +32,7 @@ from jaxknow.eval.probing import (
 from jaxknow.eval.tables import markdown_table
 from jaxknow.model.config import ModelConfig
 from jaxknow.parallel.rules import NO_SHARDING, Sharder
-from jaxknow.worlds.bios import ATTRIBUTES, MONTHS, Biography, BiosWorld
+from jaxknow.studies.bios.world import ATTRIBUTES, MONTHS, Biography, BiosWorld
 
 __all__ = [
     "END",

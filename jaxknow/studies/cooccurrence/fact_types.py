@@ -1,6 +1,6 @@
 """Fact-world types: facts, relation metadata, tail attributes and the world container.
 
-They import nothing from the rest of `jaxknow.worlds`, so every module there (renderers, the
+They import nothing from the rest of the co-occurrence study, so every module there (renderers, the
 referencing rendering, the co-occurrence audit, the world generators) can build on them.
 """
 

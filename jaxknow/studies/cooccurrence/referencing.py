@@ -19,7 +19,7 @@ import random
 from collections.abc import Callable, Sequence
 from typing import Any
 
-from jaxknow.worlds.fact_types import Fact, FactWorld, capitalize_first, rng_for
+from jaxknow.studies.cooccurrence.fact_types import Fact, FactWorld, capitalize_first, rng_for
 
 NUMBER_WORDS = (
     "zero",

@@ -20,7 +20,7 @@ from collections import Counter, defaultdict
 from collections.abc import Iterable, Mapping, Sequence
 from dataclasses import dataclass
 
-from jaxknow.worlds.fact_types import Fact
+from jaxknow.studies.cooccurrence.fact_types import Fact
 
 _WORD = re.compile(r"\w+")
 
