@@ -5,6 +5,8 @@ the tokenized ArrayRecord sources the trainer reads. A training config works too
 
 from __future__ import annotations
 
+from typing import Any
+
 from absl import flags
 from ml_collections import config_flags
 
@@ -15,19 +17,32 @@ _OUT = flags.DEFINE_string("out", None, "Output directory.")
 flags.mark_flags_as_required(["config", "out"])
 
 
+def world_of(config: Any) -> tuple[dict[str, Any], int]:
+    """Returns (the world description, its seed) of a world config (`MaterializeConfig`) or
+    of a training config (its ``data.world``, drawn with the seed its training run uses)."""
+    from jaxknow.config import ConfigError, parse, to_plain
+    from jaxknow.data.build import MaterializeConfig
+    from jaxknow.train.setup import parse_run_config
+
+    values = to_plain(config)
+    if "world" in values or "data" not in values:
+        job = parse(MaterializeConfig, values)
+        return job.world, job.seed
+    spec = parse_run_config(values)
+    if not spec.data.world:
+        raise ConfigError("data.world: a training config materialises its `data.world`; none set")
+    return dict(spec.data.world), spec.data.seed if spec.data.seed is not None else spec.seed
+
+
 def main(argv: list[str]) -> None:
     del argv
     from pathlib import Path
 
-    from jaxknow.config import ConfigError, to_plain
+    from jaxknow.config import ConfigError
     from jaxknow.data.build import materialize
 
     def go() -> None:
-        cfg = to_plain(_CONFIG.value)
-        world = cfg.get("world") or (cfg.get("data") or {}).get("world")
-        if not world:
-            raise ConfigError("config: needs a `world` section (or `data.world`)")
-        seed = cfg.get("seed", 0)
+        world, seed = world_of(_CONFIG.value)
         out = Path(_OUT.value)
         if out.exists() and not out.is_dir():
             raise ConfigError(f"--out={out} exists and is not a directory")

@@ -29,8 +29,6 @@ _STEP = flags.DEFINE_integer("step", None, "Checkpoint step (default: the latest
 _OUT = flags.DEFINE_string("out", None, "Results JSON (default: WORKDIR/eval/results_stepN.json).")
 flags.mark_flags_as_required(["config", "workdir"])
 
-_SECTIONS = ("eval", "mesh")
-
 
 def format_table(metrics: Mapping[str, Mapping[str, float]]) -> str:
     """Returns the metrics as a plain-text table: one row per subset, one column per metric
@@ -78,23 +76,20 @@ def evaluate(
 ) -> dict[str, Any]:
     """Evaluates the checkpoint of `workdir` as `config` says; returns the results dict that
     was written to `out` (default ``workdir/eval/results_step<N>.json``)."""
-    from jaxknow.config import ConfigError, MeshConfig, section, to_plain
+    from jaxknow.config import parse, to_plain
     from jaxknow.data.jsonl import atomic_path
     from jaxknow.eval.tasks import (
+        EvaluationConfig,
         evaluate_subsets_detailed,
         load_subsets,
-        parse_eval_config,
         subset_paths,
     )
     from jaxknow.io.load import load_model
     from jaxknow.parallel.mesh import make_mesh
 
     values = to_plain(config)
-    unknown = sorted(set(values) - set(_SECTIONS))
-    if unknown:
-        raise ConfigError(f"config: unknown section(s) {unknown}; known: {list(_SECTIONS)}")
-    ecfg = parse_eval_config(values.get("eval"))
-    mcfg = section(MeshConfig, values.get("mesh"), "mesh")
+    cfg = parse(EvaluationConfig, values)
+    ecfg, mcfg = cfg.eval, cfg.mesh
     workdir = Path(workdir)
     if not workdir.is_dir():
         raise FileNotFoundError(f"--workdir {workdir} does not exist")

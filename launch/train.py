@@ -20,10 +20,11 @@ flags.mark_flags_as_required(["config", "workdir"])
 def main(argv: list[str]) -> None:
     del argv
     from jaxknow.train.loop import train
+    from jaxknow.train.setup import parse_run_config
 
     def go() -> int:
         resolve_named_models(_CONFIG.value)
-        result = train(_CONFIG.value, _WORKDIR.value)
+        result = train(parse_run_config(_CONFIG.value), _WORKDIR.value)
         last = result.metrics[-1] if result.metrics else {}
         status = (
             "interrupted"

@@ -19,12 +19,14 @@ from pathlib import Path
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
 import launch  # noqa: E402,F401  (CPU device count, compilation cache)
+from jaxknow import config as C  # noqa: E402
 from jaxknow.data import build  # noqa: E402
 from jaxknow.experiments import common  # noqa: E402
+from jaxknow.model.lora import LoraConfig  # noqa: E402
 from jaxknow.studies.bios import study as B  # noqa: E402
 from jaxknow.studies.bios.corpus import aug_source_name, bios_corpora, bios_world  # noqa: E402
 
-EVAL = B.EvalSettings(max_new_tokens=20, batch_size=128, max_people=100)
+EVAL = B.BiosEvalSettings(max_new_tokens=20, batch_size=128, max_people=100)
 
 
 def qa_line(tag: str, r: dict) -> str:
@@ -54,14 +56,14 @@ def finetune(exp: dict, name: str, ft: dict, pdir: Path, data: Path, out: Path) 
     t1 = time.time()
     common.run_stage(
         name,
-        common.stage_config(
-            exp,
-            common.parse_stage(f, "finetune"),
+        common.stage_spec(
+            stage=C.parse(common.StageConfig, f, "finetune"),
             sources=[{"name": "qa_train"}],
             data_dir=data,
             init_from=pdir,
-            lora=lora,
+            lora=C.parse(LoraConfig, lora, "lora") if lora else None,
             trainable="lora" if lora else "all",
+            **exp,
         ),
         fdir,
     )
@@ -100,7 +102,7 @@ def main() -> None:
         dtype="float32",
     )
     model.update(args.get("model", {}))
-    exp = {"seed": seed, "model": model, "mesh": dict(data=-1, fsdp=1, tensor=1)}
+    exp = {"seed": seed, "model": C.model_config(model), "mesh": C.MeshConfig()}
     data = wd / "data"
     if not (data / "manifest.json").is_file():
         build.materialize(world, data, seed)
@@ -124,7 +126,9 @@ def main() -> None:
     pdir = wd / "pretrain"
     common.run_stage(
         "pretrain",
-        common.stage_config(exp, common.parse_stage(pre, "pretrain"), sources=srcs, data_dir=data),
+        common.stage_spec(
+            stage=C.parse(common.StageConfig, pre, "pretrain"), sources=srcs, data_dir=data, **exp
+        ),
         pdir,
     )
     if mixed:
@@ -134,7 +138,7 @@ def main() -> None:
     mem = B.memorisation(
         pdir,
         bios_corpora(w, opts, seed)[src],
-        B.EvalSettings(memorisation_bios=1000),
+        B.BiosEvalSettings(memorisation_bios=1000),
         [v for vals in w.attribute_values.values() for v in vals],
     )
     print("MEM", json.dumps({k: round(v, 3) for k, v in mem.items()}), flush=True)

@@ -14,12 +14,14 @@ sys.path.insert(0, str(Path(__file__).resolve().parent))
 
 from bios_explore import finetune  # noqa: E402
 
+from jaxknow import config as C  # noqa: E402
+
 
 def main() -> None:
     args = json.loads(sys.argv[1])
     pdir, data, out = Path(args["pretrained"]), Path(args["data"]), Path(args["out"])
-    model = json.loads((pdir / "model_config.json").read_text())
-    exp = {"seed": args.get("seed", 0), "model": model, "mesh": dict(data=-1, fsdp=1, tensor=1)}
+    model = C.model_config(json.loads((pdir / "model_config.json").read_text()))
+    exp = {"seed": args.get("seed", 0), "model": model, "mesh": C.MeshConfig()}
     for name, ft in args["finetunes"].items():
         finetune(exp, name, ft, pdir, data, out)
 

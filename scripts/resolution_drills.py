@@ -17,6 +17,7 @@ passage, on the world's facts (heads the drills never name). Chance is 1 / candi
 
 from __future__ import annotations
 
+import dataclasses
 import json
 import random
 import sys
@@ -30,6 +31,7 @@ from jaxknow.experiments import common  # noqa: E402
 from jaxknow.studies.cooccurrence import countries  # noqa: E402
 from jaxknow.studies.cooccurrence.fact_types import FactWorld  # noqa: E402
 from jaxknow.studies.cooccurrence.referencing import render_referencing  # noqa: E402
+from jaxknow.studies.cooccurrence.study import parse_study  # noqa: E402
 from scripts.resolution_probe import config_of, probe_row  # noqa: E402
 
 
@@ -81,15 +83,17 @@ def main() -> None:
             tokenizer=str(world_dir / "tokenizer.json"),
         )
         build.materialize(corpus, data, cfg.seed)
-    exp = {"seed": cfg.seed, "model": cfg.model.to_dict(), "mesh": cfg.mesh.to_dict()}
+    study = parse_study(cfg)
     # the config's base-stage recipe (the quick config: first-fit x 256, lr 3e-3, wd 0.1)
-    stage = dict(cfg.base.to_dict(), steps=steps, batch_size=batch)
+    stage = dataclasses.replace(study.base, steps=steps, batch_size=batch)
     model_dir = wd / "model"
     common.run_stage(
         "drills",
-        common.stage_config(
-            exp,
-            common.parse_stage(stage, "drills"),
+        common.stage_spec(
+            study.model,
+            study.mesh,
+            stage,
+            seed=study.seed,
             sources=[{"name": "corpus_drills"}],
             data_dir=data,
         ),

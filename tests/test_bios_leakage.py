@@ -131,7 +131,7 @@ def test_leak_in_a_redraw_is_refused_when_the_world_is_built(tmp_path, monkeypat
 
 def test_leak_into_mixed_training_qa_documents_is_refused(data):
     study, world, data_dir = data
-    assert study.mixed is not None
+    assert study.mixed.enabled
     _, name = _test_person(data_dir)
     train_row = read_jsonl(data_dir / "qa_train.jsonl")[0]  # a P_train person's row ...
     leak = dict(train_row, question=f"Which company did {name} work for?")  # ... asking P_test

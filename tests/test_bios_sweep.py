@@ -36,7 +36,7 @@ def test_diversity_point_builds_the_right_world_and_condition(
     (pre,) = B.pretrainings(study, world)
     assert pre.label == label
     assert pre.renderings[pre.sources[0]] == renderings
-    assert study.mixed is None and not study.probing.enabled
+    assert not study.mixed.enabled and not study.probing.enabled
     # the world built for it holds R renderings per person
     w, opts = bios_world(dict(world, num_people=6), study.seed)
     corpus = bios_corpora(w, opts, study.seed)[pre.sources[0]]

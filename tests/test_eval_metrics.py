@@ -11,6 +11,7 @@ import jax.numpy as jnp
 import numpy as np
 import pytest
 
+from jaxknow.config import ConfigError, parse
 from jaxknow.data.jsonl import write_jsonl
 from jaxknow.data.tokenizer import train_bpe
 from jaxknow.eval import metrics as M
@@ -152,19 +153,17 @@ def test_launch_evaluate_errors(tmp_path):
     assert "error:" in proc.stderr and "eval_reverse_qa.jsonl" in proc.stderr
     assert "Traceback" not in proc.stderr
 
-    cfg = tasks.parse_eval_config({"subsets": ["qa", "two_hop"]})
+    cfg = parse(tasks.EvalConfig, {"subsets": ["qa", "two_hop"]}, "eval")
     with pytest.raises(FileNotFoundError, match="two_hop"):
         tasks.load_subsets(tasks.subset_paths(cfg, work))
     rows = tasks.load_subsets(
-        tasks.subset_paths(tasks.parse_eval_config({"subsets": ["qa"]}), work)
+        tasks.subset_paths(parse(tasks.EvalConfig, {"subsets": ["qa"]}, "eval"), work)
     )
     assert len(rows["qa"]) == 6
-    from jaxknow.config import ConfigError
-
     with pytest.raises(ConfigError, match="eval.mc_mode"):
-        tasks.parse_eval_config({"subsets": ["qa"], "mc_mode": "x"})
-    with pytest.raises(ConfigError, match="eval"):
-        tasks.parse_eval_config({"subsets": ["qa"], "nope": 1})
+        parse(tasks.EvalConfig, {"subsets": ["qa"], "mc_mode": "x"}, "eval")
+    with pytest.raises(ConfigError, match=r"^eval: unknown key\(s\) \['nope'\]"):
+        parse(tasks.EvalConfig, {"subsets": ["qa"], "nope": 1}, "eval")
 
 
 def test_launch_evaluate_missing_checkpoint(tmp_path):

@@ -250,7 +250,7 @@ def test_cooccurrence_evaluations_are_cached_per_checkpoint_items_and_settings(
         (steps / str(step) / "jaxknow_manifest.json").write_text(f'{{"step": {step}}}')
     model = dataclasses.make_dataclass("M", ["path"])(tmp_path / "run")
     cache = tmp_path / "evals.json"
-    ev = cs.EvalSettings()
+    ev = cs.CooccurrenceEvalSettings()
     qa = {"qa": [{"question": "q", "answer": "a"}]}
     first = cs.evaluate_cached(model, qa, ev, cache)
     assert cs.evaluate_cached(model, qa, ev, cache) == first and len(calls) == 1

@@ -139,14 +139,18 @@ def test_lora_reset_equals_resetting_the_merged_weights(base):
 
 
 def test_event_config_errors():
-    with pytest.raises(ValueError, match="forget.to"):
-        ForgetConfig(to="zero")
-    with pytest.raises(ValueError, match="reset_optimizer"):
-        ForgetConfig(reset_optimizer="maybe")
-    with pytest.raises(ValueError, match="unknown key"):
-        ForgetConfig.from_dict({"select": {"layer_frac": 0.3}})
-    cfg = ForgetConfig.from_dict(
-        {"at_steps": [5, 10], "select": {"patterns": ["mlp"]}, "to": "init"}
+    from jaxknow.config import ConfigError, parse
+
+    with pytest.raises(ConfigError, match=r"^forget.to: expected one of"):
+        parse(ForgetConfig, {"to": "zero"}, "forget")
+    with pytest.raises(ConfigError, match=r"^forget.reset_optimizer: expected one of"):
+        parse(ForgetConfig, {"reset_optimizer": "maybe"}, "forget")
+    with pytest.raises(ConfigError, match=r"^forget.select: unknown key\(s\) \['layer_frac'\]"):
+        parse(ForgetConfig, {"select": {"layer_frac": 0.3}}, "forget")
+    with pytest.raises(ConfigError, match=r"^forget.at_steps=\[0\]: steps must be positive"):
+        parse(ForgetConfig, {"at_steps": [0]}, "forget")
+    cfg = parse(
+        ForgetConfig, {"at_steps": [5, 10], "select": {"patterns": ["mlp"]}, "to": "init"}, "forget"
     )
     assert cfg.at_steps == (5, 10) and cfg.select.patterns == ("mlp",)
 

@@ -1,12 +1,14 @@
 """Materialising worlds: JSONL subsets, a tokenizer and tokenized ArrayRecord sources.
 
 `materialize(world, out_dir, seed)` dispatches on ``world["kind"]`` to its builder (the table
-`jaxknow.data.world_builders.WORLD_KINDS`); `ensure_sources` materialises a training run's
-data directory when sources are missing.
+`jaxknow.data.world_builders.WORLD_KINDS`); a world config (`launch.data`) is a
+`MaterializeConfig`; `ensure_sources` materialises a training run's data directory when
+sources are missing.
 """
 
 from __future__ import annotations
 
+import dataclasses
 import json
 from collections.abc import Mapping, Sequence
 from pathlib import Path
@@ -17,6 +19,15 @@ from jax.experimental import multihost_utils
 
 from jaxknow.data import records
 from jaxknow.data.world_builders import WorldConfigError, world_kind
+
+
+@dataclasses.dataclass(frozen=True, kw_only=True)
+class MaterializeConfig:
+    """A world config (`configs/worlds/`, `launch.data`): the world description to
+    materialise (``world["kind"]`` picks its builder) and the seed it is drawn with."""
+
+    seed: int = 0
+    world: dict[str, Any]
 
 
 def materialize(world: Mapping[str, Any], out_dir: str | Path, seed: int) -> dict[str, Any]:

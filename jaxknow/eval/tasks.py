@@ -32,8 +32,8 @@ from typing import Any
 
 from jax.sharding import Mesh
 
+from jaxknow.config import MeshConfig
 from jaxknow.data.jsonl import read_jsonl
-from jaxknow.errors import check_choices
 from jaxknow.eval import fewshot
 from jaxknow.eval.generate import ModelLike, generate_text, mesh_of, unpack_model
 from jaxknow.eval.likelihood import likelihood_ratios
@@ -273,10 +273,10 @@ class EvalConfig:
     subsets: tuple[str, ...] = ()
     data_dir: str | None = None
     file_pattern: str = "eval_{name}.jsonl"
-    files: dict = dataclasses.field(default_factory=dict)
-    kinds: dict = dataclasses.field(default_factory=dict)
+    files: dict[str, str] = dataclasses.field(default_factory=dict)
+    kinds: dict[str, str] = dataclasses.field(default_factory=dict)
     few_shot: int = fewshot.DEFAULT_SHOTS
-    few_shot_per_subset: dict = dataclasses.field(default_factory=dict)
+    few_shot_per_subset: dict[str, int] = dataclasses.field(default_factory=dict)
     seed: int = fewshot.FEW_SHOT_SEED
     max_new_tokens: int = 50
     batch_size: int = 32
@@ -286,37 +286,34 @@ class EvalConfig:
     dtype: Dtype | None = None  # compute dtype override (e.g. "bfloat16"); None: the model's
 
     def __post_init__(self) -> None:
-        from jaxknow.config import ConfigError
-
-        check_choices(self, "eval", ConfigError)
         if not self.subsets:
-            raise ConfigError("eval.subsets: name at least one subset")
+            raise ValueError("subsets: name at least one subset")
         if "{name}" not in self.file_pattern:
-            raise ConfigError(f"eval.file_pattern={self.file_pattern!r}: must contain {{name}}")
+            raise ValueError(f"file_pattern={self.file_pattern!r}: must contain {{name}}")
         for name, kind in self.kinds.items():
             if kind not in KINDS:
-                raise ConfigError(f"eval.kinds.{name}={kind!r}: must be one of {KINDS}")
+                raise ValueError(f"kinds.{name}={kind!r}: must be one of {KINDS}")
         if self.few_shot < 0:
-            raise ConfigError(f"eval.few_shot={self.few_shot}: must be >= 0")
+            raise ValueError(f"few_shot={self.few_shot}: must be >= 0")
         for name, k in self.few_shot_per_subset.items():
-            if isinstance(k, bool) or not isinstance(k, int) or k < 0:
-                raise ConfigError(f"eval.few_shot_per_subset.{name}={k!r}: must be an int >= 0")
+            if k < 0:
+                raise ValueError(f"few_shot_per_subset.{name}={k!r}: must be >= 0")
         if self.max_new_tokens <= 0:
-            raise ConfigError(f"eval.max_new_tokens={self.max_new_tokens}: must be positive")
+            raise ValueError(f"max_new_tokens={self.max_new_tokens}: must be positive")
         if self.batch_size <= 0:
-            raise ConfigError(f"eval.batch_size={self.batch_size}: must be positive")
+            raise ValueError(f"batch_size={self.batch_size}: must be positive")
 
     def shots(self) -> dict[str, int]:
         """Returns subset -> number of demonstrations."""
         return {n: int(self.few_shot_per_subset.get(n, self.few_shot)) for n in self.subsets}
 
 
-def parse_eval_config(values: Mapping[str, Any] | None) -> EvalConfig:
-    """Returns the EvalConfig of an ``eval`` config section; raises ConfigError naming the
-    field on an unknown key or a bad value."""
-    from jaxknow.config import section
+@dataclasses.dataclass(frozen=True)
+class EvaluationConfig:
+    """A whole evaluation config (`launch.evaluate`): what to evaluate and on which mesh."""
 
-    return section(EvalConfig, values, "eval")
+    eval: EvalConfig
+    mesh: MeshConfig = MeshConfig()
 
 
 def subset_paths(cfg: EvalConfig, workdir: str | Path | None = None) -> dict[str, Path]:

@@ -1,5 +1,5 @@
-"""What every experiment runner shares: stage training configs, running (or resuming) a stage,
-evaluation of a stage's model, and results / report files."""
+"""What every experiment runner shares: stage settings and the training run of a stage,
+running (or resuming) it, and results / report files."""
 
 from __future__ import annotations
 
@@ -8,178 +8,109 @@ import json
 import math
 from collections.abc import Mapping, Sequence
 from pathlib import Path
-from typing import Any
-
-from ml_collections import ConfigDict
+from typing import Any, Literal
 
 from jaxknow import config as C
 from jaxknow.data.jsonl import atomic_path, read_jsonl
 from jaxknow.io.metrics import read_metrics
-from jaxknow.model.lora import resolve_targets
+from jaxknow.model.config import ModelConfig
+from jaxknow.model.lora import LoraConfig
+from jaxknow.train.forgetting import ForgetConfig
 from jaxknow.train.loop import Evaluator, TrainResult, train
-
-# The training-config sections a stage fills, by section name (as in launch.train's configs).
-STAGE_SECTIONS: dict[str, type] = {
-    "optim": C.OptimConfig,
-    "train": C.LoopConfig,
-    "data": C.BatchConfig,
-}
+from jaxknow.train.setup import RunSpec
 
 
 @dataclasses.dataclass(frozen=True)
-class StageConfig:
-    """Settings of one training stage (pretraining, finetuning, ...): the optimiser, loop and
-    batching sections of its training config, each checked by its own dataclass.
-
-    A study config names a stage's fields flat (``pretrain.lr``, ``pretrain.batch_size``):
-    `parse_stage` puts each in the section that declares it, and ``stage.lr`` reads it back.
-    The schedule's length (`optim.total_steps`) is the study's: `stage_config` sets it.
+class StageConfig(C.OptimSettings, C.LoopConfig, C.BatchConfig):
+    """Settings of one training stage of a study (pretraining, finetuning, ...): the optimiser
+    (`config.OptimSettings`), loop (`config.LoopConfig`) and batching (`config.BatchConfig`)
+    settings of its training run, inherited from the dataclasses that declare them, so a study
+    config names them flat (``pretrain.lr``, ``pretrain.batch_size``) and `stage_spec` puts
+    each back in its section. The schedule's length is the study's: `stage_spec` sets it.
     """
 
-    optim: C.OptimConfig = C.OptimConfig()
-    train: C.LoopConfig = C.LoopConfig()
-    data: C.BatchConfig = C.BatchConfig(seq_len=256, batch_size=32)
+    seq_len: int = 256  # a stage's own defaults
+    batch_size: int = 32
     # Epochs instead of steps: when set, steps = ceil(epochs * documents / batch_size).
     epochs: float | None = None
     # Warmup as a fraction of the schedule's length (overrides warmup_steps when set).
     warmup_fraction: float | None = None
 
     def __post_init__(self) -> None:
+        for section in (C.OptimSettings, C.LoopConfig, C.BatchConfig):
+            section.__post_init__(self)
         if self.epochs is not None and not self.epochs > 0:
             raise ValueError(f"epochs={self.epochs!r}: must be positive")
         if self.warmup_fraction is not None and not 0 <= self.warmup_fraction <= 1:
             raise ValueError(f"warmup_fraction={self.warmup_fraction!r}: must be in [0, 1]")
 
-    def __getattr__(self, name: str) -> Any:
-        """Returns a section's field by its flat name: ``stage.lr`` is ``stage.optim.lr``."""
-        section = _home(name)
-        if section is None or section not in self.__dict__:
-            raise AttributeError(f"{type(self).__name__!r} object has no attribute {name!r}")
-        return getattr(self.__dict__[section], name)
+
+#: The finetuning modes of a study: every parameter, or LoRA adapters only.
+FinetuneMode = Literal["full", "lora"]
 
 
-def _home(key: str) -> str | None:
-    """Returns the section of STAGE_SECTIONS that declares field `key`, or None."""
-    for section, cls in STAGE_SECTIONS.items():
-        if key in {f.name for f in dataclasses.fields(cls)}:
-            return section
-    return None
+def _section(stage: StageConfig, cls: type) -> dict[str, Any]:
+    """Returns the values of `stage` for the fields dataclass `cls` declares."""
+    return {f.name: getattr(stage, f.name) for f in dataclasses.fields(cls)}
 
 
-def _values(obj: Any) -> dict[str, Any]:
-    """Returns a dataclass's fields as a dict (tuples as lists, as ConfigDicts hold them)."""
-    return {
-        f.name: list(v) if isinstance(v := getattr(obj, f.name), tuple) else v
-        for f in dataclasses.fields(obj)
-    }
-
-
-def parse_stage(
-    values: Mapping[str, Any] | None, name: str, base: StageConfig | None = None
-) -> StageConfig:
-    """Returns `base` (default: StageConfig()) with the flat stage keys of `values` (``lr``,
-    ``steps``, ``batch_size``, ``epochs``, ...) set: each key goes to the section that declares
-    it and is checked there. Raises ConfigError naming `name` and the key."""
-    base = base or StageConfig()
-    own = {
-        f.name: getattr(base, f.name)
-        for f in dataclasses.fields(StageConfig)
-        if f.name not in STAGE_SECTIONS
-    }
-    parts = {s: _values(getattr(base, s)) for s in STAGE_SECTIONS}
-    unknown = []
-    for key, value in (C.to_plain(values) or {}).items():
-        home = _home(key)
-        if key in own:
-            own[key] = value
-        elif home is not None and key != "total_steps":
-            parts[home][key] = value
-        else:
-            unknown.append(key)
-    if unknown:
-        known = sorted({*own, *(k for p in parts.values() for k in p)} - {"total_steps"})
-        raise C.ConfigError(f"{name}: unexpected keyword(s) {unknown}; known: {known}")
-    # Validated against a schedule long enough for the warmup: stage_config clamps it.
-    warmup, steps = parts["optim"]["warmup_steps"], parts["train"]["steps"]
-    numbers = all(isinstance(x, int) and not isinstance(x, bool) for x in (warmup, steps))
-    parts["optim"]["total_steps"] = max(steps, warmup) if numbers else steps
-    sections = {}
-    for section, cls in STAGE_SECTIONS.items():
-        try:
-            sections[section] = C.section(cls, parts[section], section)
-        except C.ConfigError as e:
-            raise C.ConfigError(f"{name}: {str(e).removeprefix(section + '.')}") from None
-    return C.section(StageConfig, own, name, **sections)
-
-
-def parse_modes(values: Any, field: str) -> tuple[str, ...]:
-    """Returns the finetuning modes listed in `field` (default: full); raises ConfigError
-    naming the field for anything but 'full' and 'lora'."""
-    modes = tuple(values or ("full",))
-    if set(modes) - {"full", "lora"}:
-        raise C.ConfigError(f"{field}={list(modes)}: each must be 'full' or 'lora'")
-    return modes
-
-
-def stage_config(
-    exp: Mapping[str, Any],
+def stage_spec(
+    model: ModelConfig,
+    mesh: C.MeshConfig,
     stage: StageConfig,
     *,
+    seed: int,
     sources: Sequence[Mapping[str, Any]],
     data_dir: str | Path,
     steps: int | None = None,
     init_from: str | Path | None = None,
-    lora: Mapping[str, Any] | None = None,
+    lora: LoraConfig | None = None,
     trainable: str = "all",
-    forget: Mapping[str, Any] | None = None,
+    forget: ForgetConfig | None = None,
     total_steps: int | None = None,
-    seed: int | None = None,
     keep_checkpoints: int = 1,
-) -> ConfigDict:
-    """Returns the training config of one stage: the experiment's model and mesh sections,
-    the stage's optimiser settings, and the given data sources (already materialised)."""
-    c = C.base_config()
-    c.seed = exp.get("seed", 0) if seed is None else seed
-    for k, v in (exp.get("model") or {}).items():
-        c.model[k] = v
-    for k, v in (exp.get("mesh") or {}).items():
-        c.mesh[k] = v
-    n = steps if steps is not None else stage.train.steps
+) -> RunSpec:
+    """Returns the training run of one stage: the study's model, mesh and seed, the stage's
+    optimiser, loop and batching settings (`steps` instead of the stage's own when given; a
+    schedule of `total_steps`, default the run's steps; `warmup_fraction` of it when set),
+    and the given data sources (already materialised)."""
+    n = steps if steps is not None else stage.steps
     horizon = total_steps or n
-    optim = _values(stage.optim)
-    del optim["total_steps"]  # the schedule's length is the study's, not the stage's
-    optim["warmup_steps"] = (
+    warmup = (
         math.ceil(stage.warmup_fraction * horizon)
         if stage.warmup_fraction is not None
-        else min(stage.optim.warmup_steps, horizon)
+        else min(stage.warmup_steps, horizon)
     )
-    c.optim.update(optim)
-    if total_steps is not None:
-        c.optim.total_steps = total_steps
-    c.train.update(
-        dict(
-            _values(stage.train),
-            steps=n,
+    return RunSpec(
+        seed=seed,
+        model=model,
+        mesh=mesh,
+        optim=C.OptimConfig(
+            **dict(_section(stage, C.OptimSettings), warmup_steps=warmup),
+            total_steps=total_steps,
+        ),
+        train=C.TrainConfig(
+            **dict(_section(stage, C.LoopConfig), steps=n),
             progress=False,
             keep_checkpoints=keep_checkpoints,
             trainable=trainable,
-        )
+            init_from=None if init_from is None else str(init_from),
+        ),
+        data=C.DataConfig(
+            **_section(stage, C.BatchConfig),
+            dir=str(data_dir),
+            sources=tuple(dict(s) for s in sources),
+        ),
+        lora=lora or LoraConfig(),
+        forget=forget,
     )
-    if init_from is not None:
-        c.train.init_from = str(init_from)
-    c.data.update(dict(_values(stage.data), dir=str(data_dir), sources=[dict(s) for s in sources]))
-    if lora:
-        c.lora.update(resolve_targets(lora, C.model_config(c.model.to_dict()).mlp))
-    if forget:
-        c.forget = ConfigDict(dict(forget))
-    return c
 
 
 def steps_for_epochs(stage: StageConfig, num_docs: int) -> int:
     """Returns the steps of `stage.epochs` passes over `num_docs` documents (one per row)."""
     if stage.epochs is None:
-        return stage.train.steps
-    return max(1, math.ceil(stage.epochs * num_docs / stage.data.batch_size))
+        return stage.steps
+    return max(1, math.ceil(stage.epochs * num_docs / stage.batch_size))
 
 
 class StageStopped(RuntimeError):
@@ -198,7 +129,7 @@ class StageStopped(RuntimeError):
 
 def run_stage(
     name: str,
-    cfg: ConfigDict,
+    spec: RunSpec,
     workdir: Path,
     log: Any = print,
     evaluate: Evaluator | None = None,
@@ -208,7 +139,7 @@ def run_stage(
     every `train.eval_every` steps) read back from metrics.jsonl (the whole trajectory). Raises
     StageStopped when a signal stopped the stage early."""
     log(f"[{name}] training in {workdir}")
-    result = train(cfg, workdir) if evaluate is None else train(cfg, workdir, evaluate=evaluate)
+    result = train(spec, workdir) if evaluate is None else train(spec, workdir, evaluate=evaluate)
     if result.preempted or result.interrupted:
         raise StageStopped(name, result)
     if (workdir / "metrics.jsonl").exists():

@@ -10,8 +10,7 @@ from __future__ import annotations
 import dataclasses
 import math
 import re
-from collections.abc import Mapping
-from typing import Any
+from typing import Any, Literal
 
 import jax
 import jax.numpy as jnp
@@ -40,19 +39,6 @@ def all_linear_targets(mlp: str) -> tuple[str, ...]:
     return ATTN_TARGETS + MLP_TARGETS
 
 
-def resolve_targets(lora: Mapping[str, Any], mlp: str) -> dict[str, Any]:
-    """Returns a copy of a `lora` config section whose ``targets`` = "all-linear" is replaced
-    by the projections of a block with MLP kind `mlp` (`all_linear_targets`); raises
-    ValueError for any other string."""
-    out = dict(lora)
-    targets = out.get("targets")
-    if targets == ALL_LINEAR:
-        out["targets"] = list(all_linear_targets(mlp))
-    elif isinstance(targets, str):
-        raise ValueError(f"lora.targets={targets!r}: a list of projections or {ALL_LINEAR!r}")
-    return out
-
-
 @dataclasses.dataclass(frozen=True)
 class LoraConfig:
     """Which projections get adapters, their rank and scaling."""
@@ -60,18 +46,33 @@ class LoraConfig:
     rank: int = 0  # 0: no LoRA
     alpha: float = 16.0
     rslora: bool = False  # rank-stabilised scale alpha/sqrt(rank) instead of alpha/rank
-    targets: tuple[str, ...] = ("q", "v")
+    # The adapted projections, or "all-linear": every projection of the model's blocks, set
+    # by `resolved` once the model is known (a training run's RunSpec does).
+    targets: tuple[str, ...] | Literal["all-linear"] = ("q", "v")
     embedding_rank: int = 0  # rank of the input-embedding update; 0: none
 
     def __post_init__(self) -> None:
-        if self.rank < 0 or self.embedding_rank < 0:
-            raise ValueError("lora.rank and lora.embedding_rank must be >= 0")
+        for f in ("rank", "embedding_rank"):
+            if getattr(self, f) < 0:
+                raise ValueError(f"{f}={getattr(self, f)!r}: must be >= 0")
+        if isinstance(self.targets, str):
+            if self.targets != ALL_LINEAR:
+                why = f"a list of projections or {ALL_LINEAR!r}"
+                raise ValueError(f"targets={self.targets!r}: {why}")
+            return
         unknown = set(self.targets) - set(ATTN_TARGETS + MLP_TARGETS)
         if unknown:
             raise ValueError(
-                f"lora.targets: unknown projection(s) {sorted(unknown)}; "
+                f"targets: unknown projection(s) {sorted(unknown)}; "
                 f"known: {ATTN_TARGETS + MLP_TARGETS}"
             )
+
+    def resolved(self, mlp: str) -> LoraConfig:
+        """Returns this config with ``targets="all-linear"`` replaced by the projections of a
+        block with MLP kind `mlp` (`all_linear_targets`)."""
+        if self.targets != ALL_LINEAR:
+            return self
+        return dataclasses.replace(self, targets=all_linear_targets(mlp))
 
     @property
     def enabled(self) -> bool:

@@ -20,7 +20,6 @@ import jax
 import jax.numpy as jnp
 import optax
 
-from jaxknow.errors import check_choices
 from jaxknow.model.params import (
     ParamSpec,
     flatten,
@@ -41,7 +40,8 @@ OptReset = Literal["all", "selected", "none"]
 
 @dataclasses.dataclass(frozen=True)
 class ForgetConfig:
-    """When and how to reset parameters (see the module docstring)."""
+    """When and how to reset parameters (see the module docstring); the `forget` section of a
+    training config (`config.parse`)."""
 
     at_steps: tuple[int, ...] = ()
     select: Selection = Selection(layer_fraction=1 / 3)
@@ -49,29 +49,8 @@ class ForgetConfig:
     reset_optimizer: OptReset = "all"
 
     def __post_init__(self) -> None:
-        check_choices(self, "forget")
         if any(s <= 0 for s in self.at_steps):
-            raise ValueError(f"forget.at_steps={self.at_steps}: steps must be positive")
-
-    @classmethod
-    def from_dict(cls, d: Mapping[str, Any]) -> ForgetConfig:
-        """Returns a ForgetConfig from a config section (``select`` may be a dict)."""
-        d = dict(d)
-        unknown = set(d) - {f.name for f in dataclasses.fields(cls)}
-        if unknown:
-            raise ValueError(f"forget: unknown key(s) {sorted(unknown)}")
-        sel = d.pop("select", None)
-        if isinstance(sel, Mapping):
-            sel = dict(sel)
-            if "patterns" in sel:
-                sel["patterns"] = tuple(sel["patterns"])
-            unknown = set(sel) - {f.name for f in dataclasses.fields(Selection)}
-            if unknown:
-                raise ValueError(f"forget.select: unknown key(s) {sorted(unknown)}")
-            sel = Selection(**sel)
-        if "at_steps" in d:
-            d["at_steps"] = tuple(int(s) for s in d["at_steps"])
-        return cls(**d, **({"select": sel} if sel is not None else {}))
+            raise ValueError(f"at_steps={list(self.at_steps)}: steps must be positive")
 
 
 def reset_targets(

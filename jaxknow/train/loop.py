@@ -196,33 +196,34 @@ def data_dir_of(spec: setup.RunSpec, workdir: Path) -> Path:
 
 
 def train(
-    config: Any,
+    config: setup.RunSpec | Any,
     workdir: str | Path,
     *,
     events: Sequence[StateEvent] = (),
     rules: Rules = DEFAULT_RULES,
     evaluate: Evaluator | None = None,
 ) -> TrainResult:
-    """Runs (or resumes) the training described by `config` in `workdir`; returns a
-    TrainResult. Every config field is validated before anything is written. `evaluate` runs
-    every `train.eval_every` steps (and at the last step) when that is > 0."""
-    spec = setup.parse_run_config(config)
+    """Runs (or resumes) the training described by `config` (a RunSpec, or a config that
+    `setup.parse_run_config` parses here) in `workdir`; returns a TrainResult. Every field is
+    validated before anything is written; WORKDIR/config.json records the RunSpec. `evaluate`
+    runs every `train.eval_every` steps (and at the last step) when that is > 0."""
+    spec = config if isinstance(config, setup.RunSpec) else setup.parse_run_config(config)
     workdir = setup.check_workdir(workdir, create=False)
     distributed.maybe_initialize(spec.train.distributed)
     mesh = setup.build_mesh(spec)
     data_dir = data_dir_of(spec, workdir)
     data_seed = spec.data.seed if spec.data.seed is not None else spec.seed
-    setup.check_resumable(config, workdir)
+    setup.check_resumable(spec, workdir)
     build.check_world_matches(data_dir, spec.data.world, data_seed)
     with setup.workdir_lock(workdir):
         build.ensure_sources(
             data_dir, [s["name"] for s in spec.data.sources], spec.data.world, data_seed
         )
         build.check_vocab(data_dir, spec.model.vocab_size)
-        setup.check_tokenizer_matches(config, workdir, data_dir)
+        setup.check_tokenizer_matches(spec, workdir, data_dir)
         if jax.process_index() == 0:
             with atomic_path(workdir / "config.json") as tmp:
-                tmp.write_text(json.dumps(C.to_plain(config), indent=1, default=str))
+                tmp.write_text(json.dumps(C.to_plain(spec), indent=1, default=str))
             tok = data_dir / "tokenizer.json"
             if tok.is_file() and data_dir != workdir:
                 with atomic_path(workdir / "tokenizer.json") as tmp:

@@ -7,6 +7,7 @@ import contextlib
 import dataclasses
 import errno
 import fcntl
+import functools
 import json
 import os
 import re
@@ -45,74 +46,60 @@ class WorkdirError(ValueError):
     """The work directory cannot be used (e.g. it is a file)."""
 
 
-@dataclasses.dataclass(frozen=True)
+@dataclasses.dataclass(frozen=True, kw_only=True)
 class RunSpec:
-    """The validated sections of a training config."""
+    """A training run's config, typed: its sections, each parsed by `config.parse`.
 
-    seed: int
+    `__post_init__` settles what one section takes from another (optim.total_steps defaults to
+    train.steps; lora.targets="all-linear" becomes the model's projections; the model carries
+    the adapters' scale) and checks across sections, so a RunSpec built in code (a study's
+    stage, `experiments.common.stage_spec`) is the same as one parsed from a config.
+    """
+
+    seed: int = C.resume_fixed(0)
     model: ModelConfig
-    mesh: C.MeshConfig
-    optim: C.OptimConfig
-    train: C.TrainConfig
+    mesh: C.MeshConfig = C.MeshConfig()
+    optim: C.OptimConfig = C.OptimConfig()
+    train: C.TrainConfig = C.TrainConfig()
     data: C.DataConfig
-    lora: lora_lib.LoraConfig
-    forget: ForgetConfig | None
+    lora: lora_lib.LoraConfig = C.resume_fixed(lora_lib.LoraConfig())
+    forget: ForgetConfig | None = None
+    name: str | None = None  # a label of the run (kept in config.json; nothing reads it)
+
+    def __post_init__(self) -> None:
+        settle = functools.partial(object.__setattr__, self)
+        train, data, model, lora = self.train, self.data, self.model, self.lora
+        if self.optim.total_steps is None:
+            try:
+                settle("optim", dataclasses.replace(self.optim, total_steps=train.steps))
+            except ValueError as e:
+                raise C.ConfigError(f"optim.{e}") from None
+        settle("lora", lora.resolved(model.mlp))
+        if lora.enabled and model.lora_scale != lora.scale:
+            settle("model", model.replace(lora_scale=lora.scale))
+        if train.trainable == "lora" and not lora.enabled:
+            raise C.ConfigError(
+                "train.trainable='lora' needs lora.rank > 0 or lora.embedding_rank > 0"
+            )
+        if data.batch_size % train.grad_accum:
+            raise C.ConfigError(
+                f"train.grad_accum={train.grad_accum} does not divide "
+                f"data.batch_size={data.batch_size}"
+            )
+        if data.seq_len > model.max_seq_len and model.pos_embedding == "learned":
+            raise C.ConfigError(
+                f"data.seq_len={data.seq_len} exceeds model.max_seq_len={model.max_seq_len}"
+            )
+        if self.forget is not None and any(s > train.steps for s in self.forget.at_steps):
+            raise C.ConfigError(
+                f"forget.at_steps={list(self.forget.at_steps)}: beyond train.steps={train.steps}"
+            )
 
 
 def parse_run_config(config: Any) -> RunSpec:
-    """Returns the RunSpec of a config; raises ConfigError naming the first bad field."""
-    cfg = C.to_plain(config)
-    C.check_top_level(cfg)
-    seed = cfg.get("seed", 0)
-    if isinstance(seed, bool) or not isinstance(seed, int):
-        raise C.ConfigError(f"seed={seed!r}: must be an integer")
-    if "model" not in cfg:
-        raise C.ConfigError("model: section missing")
-    model = C.model_config(cfg["model"])
-    train = C.section(C.TrainConfig, cfg.get("train"), "train")
-    try:
-        lora_cfg = lora_lib.resolve_targets(cfg.get("lora") or {}, model.mlp)
-    except ValueError as e:
-        raise C.ConfigError(str(e)) from None
-    lora = C.section(lora_lib.LoraConfig, lora_cfg, "lora")
-    if lora.enabled:
-        model = model.replace(lora_scale=lora.scale)
-    if train.trainable == "lora" and not lora.enabled:
-        raise C.ConfigError("train.trainable='lora' needs lora.rank > 0 or lora.embedding_rank > 0")
-    if train.trainable not in ("all", "lora"):
-        try:
-            re.compile(train.trainable)
-        except re.error as e:
-            raise C.ConfigError(f"train.trainable={train.trainable!r}: bad regex ({e})") from None
-    data = C.section(C.DataConfig, cfg.get("data"), "data")
-    if data.batch_size % train.grad_accum:
-        raise C.ConfigError(
-            f"train.grad_accum={train.grad_accum} does not divide data.batch_size={data.batch_size}"
-        )
-    if data.seq_len > model.max_seq_len and model.pos_embedding == "learned":
-        raise C.ConfigError(
-            f"data.seq_len={data.seq_len} exceeds model.max_seq_len={model.max_seq_len}"
-        )
-    forget = None
-    if cfg.get("forget"):
-        try:
-            forget = ForgetConfig.from_dict(cfg["forget"])
-        except (ValueError, TypeError) as e:
-            raise C.ConfigError(str(e) if str(e).startswith("forget") else f"forget: {e}") from None
-        if any(s > train.steps for s in forget.at_steps):
-            raise C.ConfigError(
-                f"forget.at_steps={list(forget.at_steps)}: beyond train.steps={train.steps}"
-            )
-    return RunSpec(
-        seed=seed,
-        model=model,
-        mesh=C.section(C.MeshConfig, cfg.get("mesh"), "mesh"),
-        optim=C.optim_config(cfg.get("optim"), train.steps),
-        train=train,
-        data=data,
-        lora=lora,
-        forget=forget,
-    )
+    """Returns the RunSpec of a training config (a ConfigDict or a plain mapping); raises
+    ConfigError naming the first bad field."""
+    return C.parse(RunSpec, C.to_plain(config))
 
 
 def check_workdir(workdir: str | Path, create: bool = True) -> Path:
@@ -169,31 +156,15 @@ def workdir_lock(workdir: str | Path) -> Iterator[Path]:
         os.close(fd)
 
 
-# Fields that must not change when a run is resumed in the same workdir (dotted paths into the
-# plain config; "model" is compared after resolving presets).
-RESUME_FIXED = (
-    "seed",
-    "lora",
-    "data.world",
-    "data.sources",
-    "data.seq_len",
-    "data.batch_size",
-    "data.packing",
-    "data.seed",
-    "data.dir",
-    "train.trainable",
-    "train.init_from",
-)
-# Model fields that may change on resume (how the model is computed, not what it is).
-MODEL_RUNTIME = ("remat", "attention_impl", "dtype", "segment_masking")
+# Model fields that may change on resume (how the model is computed, not what it is); its
+# lora_scale follows the lora section, compared on its own.
+MODEL_RUNTIME = ("remat", "attention_impl", "dtype", "segment_masking", "lora_scale")
 
 
-def _get(cfg: dict[str, Any], dotted: str) -> Any:
+def _get(obj: Any, dotted: str) -> Any:
     for k in dotted.split("."):
-        if not isinstance(cfg, dict):
-            return None
-        cfg = cfg.get(k)
-    return cfg
+        obj = getattr(obj, k)
+    return obj
 
 
 def _diff(a: Any, b: Any, where: str) -> list[str]:
@@ -207,32 +178,27 @@ def _diff(a: Any, b: Any, where: str) -> list[str]:
     return [] if a == b else [f"{where} (recorded {a!r}, now {b!r})"]
 
 
-def check_resumable(config: Any, workdir: Path) -> None:
+def check_resumable(spec: RunSpec, workdir: Path) -> None:
     """Raises WorkdirError naming every differing field when `workdir` holds a trained run
-    (config.json and checkpoints) whose model, world or data differ from `config`. Fields
-    like steps, learning rate or the mesh may change."""
+    (config.json and checkpoints) whose model, world or data differ from `spec`: the fields
+    declared `config.resume_fixed` and the model but for MODEL_RUNTIME. Fields like steps,
+    learning rate or the mesh may change."""
     recorded_path = workdir / "config.json"
-    if not recorded_path.is_file() or not has_checkpoints(config, workdir):
+    if not recorded_path.is_file() or not has_checkpoints(spec, workdir):
         return
-    new = C.to_plain(config)
     try:
-        old = json.loads(recorded_path.read_text())
+        old = parse_run_config(json.loads(recorded_path.read_text()))
     except (OSError, ValueError) as e:
         raise WorkdirError(
             f"{recorded_path} is unreadable ({e}); it records the run being resumed"
         ) from None
     diffs: list[str] = []
-    for field in RESUME_FIXED:
-        diffs += _diff(_get(old, field), _get(new, field), field)
-    try:
-        old_model = C.model_config(old.get("model") or {}).to_dict()
-    except C.ConfigError:
-        old_model = old.get("model")
-    new_model = C.model_config(new.get("model") or {}).to_dict()
+    for field in C.fixed_on_resume(RunSpec):
+        diffs += _diff(C.to_plain(_get(old, field)), C.to_plain(_get(spec, field)), field)
+    old_model, new_model = old.model.to_dict(), spec.model.to_dict()
     for k in MODEL_RUNTIME:
-        if isinstance(old_model, dict):
-            old_model.pop(k, None)
-        new_model.pop(k, None)
+        old_model.pop(k)
+        new_model.pop(k)
     diffs += _diff(old_model, new_model, "model")
     if diffs:
         raise WorkdirError(
@@ -241,23 +207,22 @@ def check_resumable(config: Any, workdir: Path) -> None:
         )
 
 
-def has_checkpoints(config: Any, workdir: Path) -> bool:
-    """Returns whether the run of `config` in `workdir` may hold checkpoints: a step folder in
+def has_checkpoints(spec: RunSpec, workdir: Path) -> bool:
+    """Returns whether the run of `spec` in `workdir` may hold checkpoints: a step folder in
     workdir/checkpoints, or any `train.checkpoint_dir` (remote ones are not listed)."""
-    ckpt_dir = _get(C.to_plain(config), "train.checkpoint_dir")
-    if ckpt_dir:
+    if spec.train.checkpoint_dir:
         return True
     return any(c.name.isdigit() for c in (workdir / "checkpoints").glob("*"))
 
 
-def check_tokenizer_matches(config: Any, workdir: Path, data_dir: Path) -> None:
+def check_tokenizer_matches(spec: RunSpec, workdir: Path, data_dir: Path) -> None:
     """Raises WorkdirError when `workdir` holds checkpoints trained with a tokenizer other than
     the data directory's: its token ids would mean other text (e.g. the world was
     re-materialised with other documents, which retrains the BPE)."""
     own, data = workdir / "tokenizer.json", data_dir / "tokenizer.json"
     if not (own.is_file() and data.is_file()) or data_dir == workdir:
         return
-    if own.read_bytes() != data.read_bytes() and has_checkpoints(config, workdir):
+    if own.read_bytes() != data.read_bytes() and has_checkpoints(spec, workdir):
         raise WorkdirError(
             f"{data} differs from {own}, the tokenizer the checkpoints in --workdir={workdir} "
             "were trained with (was the data directory re-materialised?); use the original "

@@ -14,12 +14,13 @@ and WORKDIR/results.json, report.md and plots/*.png.
 from __future__ import annotations
 
 import dataclasses
+import functools
 import json
 import re
 import time
 from collections.abc import Callable, Mapping, Sequence
 from pathlib import Path
-from typing import Any
+from typing import Any, Literal
 
 import numpy as np
 
@@ -31,10 +32,13 @@ from jaxknow.eval.tables import markdown_table
 from jaxknow.experiments import common
 from jaxknow.experiments.common import StageConfig
 from jaxknow.io.load import load_model
+from jaxknow.model.config import ModelConfig
+from jaxknow.model.lora import LoraConfig
 from jaxknow.studies.bios import probing as bios_probing
 from jaxknow.studies.bios.corpus import aug_source_name, bios_corpora, bios_world
 from jaxknow.studies.bios.leakage import check_no_leak
 from jaxknow.studies.bios.world import ATTRIBUTES, Augmentation
+from jaxknow.train.setup import RunSpec
 
 # The paper's figures (Allen-Zhu & Li 2023, bioS, GPT-2 small with rotary, N = 100,000).
 # multi5+permute+fullname there is 5 renderings per person, no re-draws.
@@ -60,12 +64,13 @@ class ProbingConfig:
     lr: float = 1e-2
     embedding_rank: int = 0
     max_people: int = 1000
-    birth_date: str = "year"  # probe the birth year (a full date has too many classes)
+    # Probe the birth year (a full date has too many classes).
+    birth_date: bios_probing.BirthDatePart = "year"
 
 
 @dataclasses.dataclass(frozen=True)
-class EvalSettings:
-    """How QA accuracy is measured."""
+class BiosEvalSettings:
+    """How QA accuracy and memorisation are measured (the study's `eval` section)."""
 
     max_new_tokens: int = 24
     batch_size: int = 64
@@ -81,172 +86,131 @@ class EvalSettings:
 
 
 @dataclasses.dataclass(frozen=True)
-class FinetuneRecipe:
-    """One QA finetune of every pretrained model: its name (the stage directory and the
-    results row), full or LoRA, and its stage settings (the study's `finetune` section with
-    the recipe's overrides) and LoRA settings."""
+class MixedStage(StageConfig):
+    """Mixed training: biographies and P_train QA in one mixture, from scratch."""
 
-    name: str
-    mode: str
-    stage: StageConfig
-    lora: dict[str, Any] | None
+    enabled: bool = False
+    qa_weight: float = 1.0  # the QA source's weight against the biographies' 1.0
+
+
+@dataclasses.dataclass(frozen=True)
+class FinetuneRecipe(StageConfig):
+    """One QA finetune of every pretrained model: its name (the stage directory and the
+    results row), full or LoRA, its stage settings (the study's `finetune` section with the
+    recipe's overrides) and, for LoRA, the study's `lora` section with the recipe's."""
+
+    name: str = dataclasses.field(kw_only=True)
+    mode: common.FinetuneMode = "full"
+    lora: LoraConfig | None = None
+
+    def __post_init__(self) -> None:
+        super().__post_init__()
+        if not self.name or "/" in self.name:
+            raise ValueError(f"name={self.name!r}: a non-empty name without '/'")
 
 
 @dataclasses.dataclass(frozen=True)
 class BiosStudy:
-    """A parsed bioS study config."""
+    """A bioS study config, typed (`parse_study`): every key of the config file is a field.
 
-    seed: int
-    world: dict[str, Any]
-    model: dict[str, Any]
-    mesh: dict[str, Any]
-    conditions: tuple[str, ...]
-    pretrain: StageConfig
-    finetune: StageConfig
-    recipes: tuple[FinetuneRecipe, ...]
-    lora: dict[str, Any]
-    mixed: StageConfig | None
-    mixed_qa_weight: float
+    Derived on construction: `augmentations` and `redraws` (from the condition names, checked
+    against `world.redraws`) and `recipes` (the QA finetunes)."""
+
+    experiment: Literal["bios"] = "bios"
+    seed: int = 0
+    world: dict[str, Any] = dataclasses.field(default_factory=dict)  # kind "bios"
+    model: ModelConfig = ModelConfig()
+    mesh: C.MeshConfig = C.MeshConfig()
+    # The pretraining corpora: augmentation names, optionally with draws ("multi5x10+...").
+    conditions: tuple[str, ...] = ()
+    pretrain: StageConfig = StageConfig()
+    finetune: StageConfig = StageConfig()
+    finetune_modes: tuple[common.FinetuneMode, ...] = ("full",)
+    # The QA finetunes (default: one per finetune mode, named after it): each {"name",
+    # "mode", `finetune` overrides..., "lora": `lora` overrides}.
+    finetune_recipes: tuple[dict[str, Any], ...] = ()
+    lora: LoraConfig = LoraConfig(rank=8, alpha=16.0, targets=("q", "v"), embedding_rank=8)
+    mixed: MixedStage = MixedStage()
     # False: no plain pretraining, memorisation or QA finetune of the conditions, only their
     # mixed training (the mixed-training scale curve's points).
-    pretrain_finetune: bool
-    celebrity: bool
-    celebrity_minority_weight: float | None
-    probing: ProbingConfig
-    eval: EvalSettings
+    pretrain_finetune: bool = True
+    celebrity: bool = False
+    celebrity_minority_weight: float | None = None
+    probing: ProbingConfig = ProbingConfig()
+    eval: BiosEvalSettings = BiosEvalSettings()
+    # Derived (not config keys).
+    augmentations: tuple[str, ...] = dataclasses.field(init=False)
+    redraws: int | None = dataclasses.field(init=False)  # named by a condition, else None
+    recipes: tuple[FinetuneRecipe, ...] = dataclasses.field(init=False)
 
+    def __post_init__(self) -> None:
+        settle = functools.partial(object.__setattr__, self)
+        if not self.conditions:
+            raise ValueError("conditions: list at least one augmentation, e.g. 'single'")
+        if not self.finetune_modes:
+            raise ValueError("finetune_modes: list at least one of 'full', 'lora'")
+        if self.world.get("kind", "bios") != "bios":
+            raise ValueError(f"world.kind={self.world.get('kind')!r}: the bioS study needs 'bios'")
+        parsed = []
+        for c in self.conditions:
+            try:
+                parsed.append(parse_condition(c))
+            except ValueError as e:
+                raise ValueError(f"conditions: {e}") from None
+        world_draws, named = self.world.get("redraws"), None
+        for (aug, draws), name in zip(parsed, self.conditions):
+            if aug.name == "single":
+                continue
+            have = 1 if world_draws is None else world_draws
+            if draws is None and have != 1:
+                raise ValueError(
+                    f"conditions: {name!r} names no draws but world.redraws={have}: write "
+                    f"{condition_name(aug, have)!r} (or set world.redraws=1 for the paper's "
+                    f"{aug.name!r})"
+                )
+            if draws is not None and world_draws is not None and draws != world_draws:
+                raise ValueError(
+                    f"conditions: {name!r} needs world.redraws={draws}, not {world_draws}; one "
+                    f"world has one number of draws: run the others as another study"
+                )
+            if draws is not None:
+                world_draws = named = draws
+        w = self.celebrity_minority_weight
+        if w is not None and not w > 0:
+            raise ValueError(f"celebrity_minority_weight={w!r}: must be a positive number or None")
+        if not self.pretrain_finetune and not self.mixed.enabled:
+            raise ValueError(
+                "pretrain_finetune=False leaves only mixed training: set mixed.enabled=True"
+            )
+        if not self.pretrain_finetune and self.celebrity:
+            raise ValueError("celebrity=True needs pretrain_finetune=True (it is a pretraining)")
+        settle("augmentations", tuple(a.name for a, _ in parsed))
+        settle("redraws", named)
+        settle("recipes", self._recipes())
 
-EXPERIMENT_KEYS = (
-    "experiment",
-    "seed",
-    "world",
-    "model",
-    "mesh",
-    "conditions",
-    "pretrain",
-    "finetune",
-    "finetune_modes",
-    "finetune_recipes",
-    "lora",
-    "mixed",
-    "pretrain_finetune",
-    "celebrity",
-    "celebrity_minority_weight",
-    "probing",
-    "eval",
-)
+    def _recipes(self) -> tuple[FinetuneRecipe, ...]:
+        """Returns the QA finetunes: `finetune_recipes` parsed from the `finetune` section
+        and the `lora` section, or one per finetune mode."""
+        stage = C.field_values(self.finetune)
+        if not self.finetune_recipes:
+            return tuple(
+                FinetuneRecipe(**stage, name=m, mode=m, lora=self.lora if m == "lora" else None)
+                for m in self.finetune_modes
+            )
+        out: list[FinetuneRecipe] = []
+        for i, raw in enumerate(self.finetune_recipes):
+            where = f"finetune_recipes[{i}]"
+            rec = C.parse(FinetuneRecipe, raw, where, defaults={**stage, "lora": self.lora})
+            if rec.name in {r.name for r in out}:
+                raise C.ConfigError(f"{where}.name={rec.name!r}: repeated")
+            out.append(dataclasses.replace(rec, lora=rec.lora if rec.mode == "lora" else None))
+        return tuple(out)
 
 
 def parse_study(config: Any) -> BiosStudy:
-    """Returns the parsed study; raises ConfigError naming the first bad field."""
-    cfg = C.to_plain(config)
-    C.check_top_level(cfg, known=EXPERIMENT_KEYS)
-    names = tuple(cfg.get("conditions") or ())
-    if not names:
-        raise C.ConfigError("conditions: list at least one augmentation, e.g. 'single'")
-    world = dict(cfg.get("world") or {})
-    parsed = []
-    for c in names:
-        try:
-            parsed.append(parse_condition(c))
-        except ValueError as e:
-            raise C.ConfigError(f"conditions: {e}") from None
-    conditions = tuple(a.name for a, _ in parsed)
-    world_draws = world.get("redraws")
-    for (aug, draws), name in zip(parsed, names):
-        if aug.name == "single":
-            continue
-        have = 1 if world_draws is None else world_draws
-        if draws is None and have != 1:
-            raise C.ConfigError(
-                f"conditions: {name!r} names no draws but world.redraws={have}: write "
-                f"{condition_name(aug, have)!r} (or set world.redraws=1 for the paper's "
-                f"{aug.name!r})"
-            )
-        if draws is not None and world_draws is not None and draws != world_draws:
-            raise C.ConfigError(
-                f"conditions: {name!r} needs world.redraws={draws}, not {world_draws}; one "
-                f"world has one number of draws: run the others as another study"
-            )
-        if draws is not None:
-            world_draws = draws
-            world["redraws"] = draws
-    modes = common.parse_modes(cfg.get("finetune_modes"), "finetune_modes")
-    finetune = common.parse_stage(cfg.get("finetune"), "finetune")
-    lora = dict(
-        cfg.get("lora") or {"rank": 8, "alpha": 16.0, "targets": ["q", "v"], "embedding_rank": 8}
-    )
-    mixed_cfg = dict(cfg.get("mixed") or {})
-    mixed_on = mixed_cfg.pop("enabled", False)
-    qa_weight = float(mixed_cfg.pop("qa_weight", 1.0))
-    if world.get("kind", "bios") != "bios":
-        raise C.ConfigError(f"world.kind={world.get('kind')!r}: the bioS study needs 'bios'")
-    world["kind"] = "bios"
-    C.model_config(cfg.get("model") or {})  # validate early
-    minority_weight = cfg.get("celebrity_minority_weight")
-    if minority_weight is not None and not (
-        isinstance(minority_weight, (int, float))
-        and not isinstance(minority_weight, bool)
-        and minority_weight > 0
-    ):
-        raise C.ConfigError(
-            f"celebrity_minority_weight={minority_weight!r}: must be a positive number or None"
-        )
-    pretrain_finetune = cfg.get("pretrain_finetune", True)
-    if not isinstance(pretrain_finetune, bool):
-        raise C.ConfigError(f"pretrain_finetune={pretrain_finetune!r}: must be True or False")
-    if not pretrain_finetune and not mixed_on:
-        raise C.ConfigError(
-            "pretrain_finetune=False leaves only mixed training: set mixed.enabled=True"
-        )
-    if not pretrain_finetune and cfg.get("celebrity", False):
-        raise C.ConfigError("celebrity=True needs pretrain_finetune=True (it is a pretraining)")
-    return BiosStudy(
-        seed=int(cfg.get("seed", 0)),
-        world=world,
-        model=dict(cfg.get("model") or {}),
-        mesh=dict(cfg.get("mesh") or {}),
-        conditions=conditions,
-        pretrain=common.parse_stage(cfg.get("pretrain"), "pretrain"),
-        finetune=finetune,
-        recipes=parse_recipes(cfg.get("finetune_recipes"), modes, finetune, lora),
-        lora=lora,
-        mixed=common.parse_stage(mixed_cfg, "mixed") if mixed_on else None,
-        mixed_qa_weight=qa_weight,
-        pretrain_finetune=pretrain_finetune,
-        celebrity=bool(cfg.get("celebrity", False)),
-        celebrity_minority_weight=None if minority_weight is None else float(minority_weight),
-        probing=C.section(ProbingConfig, cfg.get("probing"), "probing"),
-        eval=C.section(EvalSettings, cfg.get("eval"), "eval"),
-    )
-
-
-def parse_recipes(
-    values: Any, modes: Sequence[str], finetune: StageConfig, lora: Mapping[str, Any]
-) -> tuple[FinetuneRecipe, ...]:
-    """Returns the QA finetunes of a study: `finetune_recipes` (a list of {"name", "mode",
-    stage overrides..., "lora": {...}}) or, without it, one recipe per finetune mode named
-    after it. Raises ConfigError naming the bad recipe."""
-    if not values:
-        return tuple(
-            FinetuneRecipe(m, m, finetune, dict(lora) if m == "lora" else None) for m in modes
-        )
-    out: list[FinetuneRecipe] = []
-    for i, raw in enumerate(values):
-        where = f"finetune_recipes[{i}]"
-        r = dict(raw)
-        name, mode = r.pop("name", None), r.pop("mode", "full")
-        if not isinstance(name, str) or not name or "/" in name:
-            raise C.ConfigError(f"{where}.name={name!r}: a non-empty name without '/'")
-        if name in {x.name for x in out}:
-            raise C.ConfigError(f"{where}.name={name!r}: repeated")
-        common.parse_modes([mode], f"{where}.mode")
-        lora_over = dict(r.pop("lora", None) or {})
-        stage = common.parse_stage(r, where, base=finetune)
-        out.append(
-            FinetuneRecipe(name, mode, stage, {**lora, **lora_over} if mode == "lora" else None)
-        )
-    return tuple(out)
+    """Returns the typed study of a config (a ConfigDict or a plain mapping); raises
+    ConfigError naming the first bad field."""
+    return C.parse(BiosStudy, C.to_plain(config))
 
 
 def _qa_rows(data_dir: Path, split: str, max_people: int | None) -> list[dict[str, Any]]:
@@ -258,7 +222,7 @@ def _qa_rows(data_dir: Path, split: str, max_people: int | None) -> list[dict[st
     return rows
 
 
-def evaluate_qa(workdir: Path, data_dir: Path, ev: EvalSettings) -> dict[str, dict[str, float]]:
+def evaluate_qa(workdir: Path, data_dir: Path, ev: BiosEvalSettings) -> dict[str, dict[str, float]]:
     """Returns {"test": metrics, "train": metrics}: zero-shot greedy QA exact match of the
     model in `workdir` on P_test and P_train, overall and per attribute."""
     from jaxknow.eval.tasks import evaluate_subsets
@@ -395,7 +359,7 @@ def memorisation_scores(
 def memorisation(
     workdir: Path,
     bios: Sequence[Any],
-    ev: EvalSettings = EvalSettings(),
+    ev: BiosEvalSettings = BiosEvalSettings(),
     values: Sequence[str] = (),
 ) -> dict[str, float]:
     """Returns the pretrained model's memorisation of its training biographies
@@ -508,7 +472,7 @@ def pretrainings(study: BiosStudy, world: Mapping[str, Any]) -> list[Pretraining
     """Returns the study's pretrainings: one per condition, then the celebrity one."""
     redraws = int(world.get("redraws", 1))
     out = []
-    for c in study.conditions:
+    for c in study.augmentations:
         aug = Augmentation.parse(c)
         src = aug_source_name(aug.name)
         out.append(
@@ -544,7 +508,7 @@ def training_sources(study: BiosStudy, world: Mapping[str, Any]) -> dict[str, li
             out[f"pretrain {p.label}"] = list(p.sources)
             for rec in study.recipes:
                 out[f"finetune {p.label} ({rec.name})"] = [QA_SOURCE]
-        if study.mixed is not None and p.key != "celebrity":
+        if study.mixed.enabled and p.key != "celebrity":
             out[f"mixed {p.label}"] = [p.sources[0], QA_SOURCE]
     return out
 
@@ -565,7 +529,7 @@ def exposures(
     stage's steps x batch x sequence length, shared by document weight x mean document
     length) and their ratio: how many times each document (rendering) is seen."""
     index = {s["name"]: json.loads((data_dir / f"{s['name']}.json").read_text()) for s in sources}
-    total = stage.train.steps * stage.data.batch_size * stage.data.seq_len
+    total = stage.steps * stage.batch_size * stage.seq_len
     share = {
         s["name"]: float(s.get("weight", 1.0))
         * index[s["name"]]["num_tokens"]
@@ -645,8 +609,11 @@ def training_evaluator(
 def study_world(study: BiosStudy) -> dict[str, Any]:
     """Returns the bioS world description the study materialises (its conditions as the
     augmentations; the celebrity split when the study has one)."""
-    augs = [Augmentation.parse(c) for c in study.conditions]
-    world = dict(study.world, augmentations=[a.name for a in augs])
+    world = dict(study.world)
+    if study.redraws is not None:
+        world["redraws"] = study.redraws
+    world["kind"] = "bios"
+    world["augmentations"] = list(study.augmentations)
     if study.celebrity:
         world["celebrity_fraction"] = float(world.get("train_fraction", 0.5))
     return world
@@ -662,13 +629,12 @@ def run_bios_study(config: Any, workdir: str | Path, log: Any = print) -> dict[s
         raise C.ConfigError(f"--workdir={workdir} exists and is not a directory")
     workdir.mkdir(parents=True, exist_ok=True)
     t0 = time.perf_counter()
-    exp = {"seed": study.seed, "model": study.model, "mesh": study.mesh}
     data_dir = workdir / "data"
     world = study_world(study)
     if not (data_dir / "manifest.json").is_file():
         log(f"[data] materialising the bioS world in {data_dir}")
         build.materialize(world, data_dir, study.seed)
-    build.check_vocab(data_dir, C.model_config(study.model).vocab_size)
+    build.check_vocab(data_dir, study.model.vocab_size)
     log("[data] leakage guard: no question about a P_test person in any training source")
     check_leakage(study, world, data_dir)
 
@@ -697,7 +663,7 @@ def run_bios_study(config: Any, workdir: str | Path, log: Any = print) -> dict[s
         return cache["ext"]
 
     def evaluator(stage: StageConfig, bios_source: str | None, qa: bool) -> Any:
-        if stage.train.eval_every <= 0:
+        if stage.eval_every <= 0:
             return None
         bios = corpora_of(bios_source) if bios_source else None
         return training_evaluator(data_dir, study, bios, qa, extensions())
@@ -708,9 +674,20 @@ def run_bios_study(config: Any, workdir: str | Path, log: Any = print) -> dict[s
     probes: dict[str, Any] = {}
     pre_info: dict[str, dict[str, Any]] = {}
 
-    def stage(name: str, cfg: Any, directory: Path, evaluate: Any) -> Any:
+    def run(stage: StageConfig, sources: Sequence[Mapping[str, Any]], **kw: Any) -> RunSpec:
+        return common.stage_spec(
+            study.model,
+            study.mesh,
+            stage,
+            seed=study.seed,
+            sources=sources,
+            data_dir=data_dir,
+            **kw,
+        )
+
+    def stage(name: str, spec: RunSpec, directory: Path, evaluate: Any) -> Any:
         t = time.perf_counter()
-        res = common.run_stage(name, cfg, directory, log, evaluate=evaluate)
+        res = common.run_stage(name, spec, directory, log, evaluate=evaluate)
         losses[name] = [(m["step"], m["loss"]) for m in res.metrics]
         if res.eval_metrics:
             curves[name] = res.eval_metrics
@@ -742,7 +719,7 @@ def run_bios_study(config: Any, workdir: str | Path, log: Any = print) -> dict[s
             pre_dir = workdir / f"pretrain_{_slug(p.key)}"
             stage(
                 f"pretrain {p.label}",
-                common.stage_config(exp, study.pretrain, sources=sources, data_dir=data_dir),
+                run(study.pretrain, sources),
                 pre_dir,
                 evaluator(study.pretrain, p.sources[0], qa=False),
             )
@@ -758,17 +735,15 @@ def run_bios_study(config: Any, workdir: str | Path, log: Any = print) -> dict[s
                 ft_dir = workdir / f"finetune_{_slug(p.key)}_{rec.name}"
                 stage(
                     f"finetune {p.label} ({rec.name})",
-                    common.stage_config(
-                        exp,
-                        rec.stage,
-                        sources=[{"name": QA_SOURCE}],
-                        data_dir=data_dir,
+                    run(
+                        rec,
+                        [{"name": QA_SOURCE}],
                         init_from=pre_dir,
                         lora=rec.lora,
                         trainable="lora" if rec.lora else "all",
                     ),
                     ft_dir,
-                    evaluator(rec.stage, None, qa=True),
+                    evaluator(rec, None, qa=True),
                 )
                 log(f"[eval] QA of {p.label} pretrain + {rec.name} finetune")
                 runs[f"pretrain+finetune ({rec.name}) / {p.label}"] = {
@@ -782,16 +757,16 @@ def run_bios_study(config: Any, workdir: str | Path, log: Any = print) -> dict[s
             if study.probing.enabled and p.key != "celebrity":
                 log(f"[probe] P/Q-probing of the {p.label} pretrained model")
                 probes[p.label] = probe(pre_dir, study, world, corpora_of(p.sources[0]))
-        if study.mixed is not None and p.key != "celebrity":
+        if study.mixed.enabled and p.key != "celebrity":
             mix_dir = workdir / f"mixed_{_slug(p.key)}"
             mix_sources = [
                 {"name": p.sources[0], "weight": 1.0},
-                {"name": QA_SOURCE, "weight": study.mixed_qa_weight},
+                {"name": QA_SOURCE, "weight": study.mixed.qa_weight},
             ]
             mexpo = exposures(data_dir, study.mixed, mix_sources)[p.sources[0]]
             stage(
                 f"mixed {p.label}",
-                common.stage_config(exp, study.mixed, sources=mix_sources, data_dir=data_dir),
+                run(study.mixed, mix_sources),
                 mix_dir,
                 evaluator(study.mixed, p.sources[0], qa=True),
             )

@@ -32,6 +32,7 @@ from ml_collections import ConfigDict
 
 from jaxknow import config as C
 from jaxknow.experiments import common
+from jaxknow.studies.bios.study import parse_study
 
 #: Training tokens per second of the quickstart's model (d128 x 4, fp32) on the 2-core CPU
 #: workspace: 2,000 steps x 4 x 256 in 4.6 min (lab notebook E20). Used only for estimates.
@@ -115,18 +116,18 @@ def scale_people(
     every QA finetune runs as many epochs. `stages` (default: the stages the study runs:
     pretrain and finetune unless pretrain_finetune is False, mixed when enabled) names the
     stages scaled."""
-    cfg = C.to_plain(config)
-    base = int(cfg["world"]["num_people"])
+    study = parse_study(config)
+    base = int(study.world["num_people"])
     if people < 2:
         raise ValueError(f"people={people}: a study needs at least 2 (P_train and P_test)")
     if stages is None:
-        stages = ["pretrain", "finetune"] if cfg.get("pretrain_finetune", True) else []
-        if (cfg.get("mixed") or {}).get("enabled"):
+        stages = ["pretrain", "finetune"] if study.pretrain_finetune else []
+        if study.mixed.enabled:
             stages.append("mixed")
     out: dict[str, Any] = {"world.num_people": int(people)}
     for st in stages:
         factor = people / base * (exposure if st != "finetune" else 1.0)
-        out[f"{st}.steps"] = max(1, round(int(cfg[st]["steps"]) * factor))
+        out[f"{st}.steps"] = max(1, round(getattr(study, st).steps * factor))
     return out
 
 
@@ -188,20 +189,18 @@ def load_config_file(spec: str) -> ConfigDict:
 def estimate_minutes(config: Any, points: Sequence[SweepPoint]) -> dict[str, float]:
     """Returns the estimated CPU minutes of each point (training tokens of every stage it runs
     at CPU_TOKENS_PER_SECOND, plus POINT_OVERHEAD_MINUTES) on the 2-core workspace."""
-    from jaxknow.studies.bios.study import parse_study
-
     out = {}
     for p in points:
         study = parse_study(apply_overrides(config, p.overrides))
 
         def tokens(st: common.StageConfig) -> int:
-            return st.train.steps * st.data.batch_size * st.data.seq_len
+            return st.steps * st.batch_size * st.seq_len
 
         n_pre = len(study.conditions) + int(study.celebrity)
         total = 0
         if study.pretrain_finetune:
-            total += n_pre * (tokens(study.pretrain) + sum(tokens(r.stage) for r in study.recipes))
-        if study.mixed is not None:
+            total += n_pre * (tokens(study.pretrain) + sum(tokens(r) for r in study.recipes))
+        if study.mixed.enabled:
             total += len(study.conditions) * tokens(study.mixed)
         out[p.name] = total / CPU_TOKENS_PER_SECOND / 60 + POINT_OVERHEAD_MINUTES
     return out

@@ -16,7 +16,7 @@ import dataclasses
 import time
 from collections.abc import Mapping, Sequence
 from pathlib import Path
-from typing import Any
+from typing import Any, Literal
 
 import numpy as np
 
@@ -27,7 +27,11 @@ from jaxknow.eval.tables import markdown_table
 from jaxknow.eval.tasks import subset_kind
 from jaxknow.experiments import common
 from jaxknow.experiments.common import StageConfig
-from jaxknow.io.load import load_model
+from jaxknow.io.load import checkpoint_model_config, load_model
+from jaxknow.model.config import ModelConfig
+from jaxknow.model.lora import LoraConfig
+from jaxknow.train.forgetting import ForgetConfig, OptReset, ResetTo
+from jaxknow.train.select import Selection
 
 FINDINGS = (
     "narrative training teaches co-occurrence: good plain QA, poor reverse / indirect / "
@@ -49,14 +53,29 @@ class ForgetSettings:
     layer_fraction: float = 1 / 3
     layer_start: int | None = None
     patterns: tuple[str, ...] = ()
-    to: str = "pretrained"
-    reset_optimizer: str = "all"
+    to: ResetTo = "pretrained"
+    reset_optimizer: OptReset = "all"
     renderings: tuple[str, ...] = ()  # renderings that get a forgetting condition; () = all
+
+    def at(self, pass_steps: int) -> ForgetConfig:
+        """Returns the forgetting of a run whose first pass is `pass_steps` steps."""
+        if self.layer_start is not None:
+            select = Selection(layer_start=self.layer_start, patterns=self.patterns)
+        elif self.patterns:
+            select = Selection(patterns=self.patterns)
+        else:
+            select = Selection(layer_fraction=self.layer_fraction)
+        return ForgetConfig(
+            at_steps=(pass_steps,),
+            select=select,
+            to=self.to,
+            reset_optimizer=self.reset_optimizer,
+        )
 
 
 @dataclasses.dataclass(frozen=True)
-class EvalSettings:
-    """Few-shot evaluation of the novel split."""
+class CooccurrenceEvalSettings:
+    """Few-shot evaluation of the novel split (the study's `eval` section)."""
 
     few_shot: int = 5
     max_new_tokens: int = 50
@@ -69,8 +88,17 @@ class EvalSettings:
     # A second world whose base entities hold facts a pretrained model may know (e.g.
     # {"kind": "geo", "num_countries": 40}): its base-entity subsets `real_facts_subsets` are
     # evaluated on the base model before finetuning. {} = off.
-    real_facts: Mapping[str, Any] = dataclasses.field(default_factory=dict)
+    real_facts: dict[str, Any] = dataclasses.field(default_factory=dict)
     real_facts_subsets: tuple[str, ...] = ("qa", "multiple_choice")
+
+    def __post_init__(self) -> None:
+        if self.real_facts:
+            from jaxknow.data.world_builders import WorldConfigError, check_world
+
+            try:
+                check_world({**self.real_facts, "tokenizer": "checked-at-build"})
+            except WorldConfigError as e:
+                raise ValueError(f"real_facts: {e}") from None
 
 
 @dataclasses.dataclass(frozen=True)
@@ -80,8 +108,8 @@ class AblationSettings:
     enabled: bool = True
     subsets: tuple[str, ...] = ("qa", "multiple_choice")
     renderings: tuple[str, ...] = ("narrative", "referencing")
-    mode: str = "full"
-    sides: tuple[str, ...] = ("first", "last")
+    mode: common.FinetuneMode = "full"
+    sides: tuple[Literal["first", "last"], ...] = ("first", "last")
     all_seeds: bool = True  # ablate every seed's model (mean and std per k); else the first
     k_step: int = 1  # k = 0, k_step, 2·k_step, ..., L (1: every layer)
 
@@ -106,25 +134,35 @@ class ReplaySettings:
 
 
 @dataclasses.dataclass(frozen=True)
-class CooccurrenceStudy:
-    """A parsed co-occurrence study config."""
+class BaseStage(StageConfig):
+    """The base model's pretraining on the base world, or an imported model (`init_from`:
+    a converted model or a training workdir; the stage is then not trained)."""
 
-    seed: int
-    seeds: tuple[int, ...]
-    world: dict[str, Any]
-    model: dict[str, Any]
-    mesh: dict[str, Any]
-    base: StageConfig
-    base_init_from: str | None
-    finetune: StageConfig
-    lora_finetune: StageConfig
-    lora: dict[str, Any]
-    renderings: tuple[str, ...]
-    modes: tuple[str, ...]
-    forget: ForgetSettings
-    eval: EvalSettings
-    ablation: AblationSettings
-    replay: ReplaySettings
+    init_from: str | None = None
+
+
+@dataclasses.dataclass(frozen=True)
+class CooccurrenceStudy:
+    """A co-occurrence study config, typed (`parse_study`): every key of the config file is a
+    field."""
+
+    experiment: Literal["cooccurrence"] = "cooccurrence"
+    seed: int = 0
+    seeds: tuple[int, ...] = ()  # the finetuning seeds; () = (seed,)
+    world: dict[str, Any] = dataclasses.field(default_factory=dict)  # kind required
+    # The base model's (without base.init_from; with it, the imported model's is used).
+    model: ModelConfig = ModelConfig()
+    mesh: C.MeshConfig = C.MeshConfig()
+    base: BaseStage = BaseStage()
+    finetune: StageConfig = StageConfig()
+    lora_finetune: StageConfig = StageConfig()
+    lora: LoraConfig = LoraConfig(rank=64, alpha=16.0, rslora=True, targets="all-linear")
+    renderings: tuple[str, ...] = ("narrative", "referencing")
+    modes: tuple[common.FinetuneMode, ...] = ("full",)
+    forget: ForgetSettings = ForgetSettings()
+    eval: CooccurrenceEvalSettings = CooccurrenceEvalSettings()
+    ablation: AblationSettings = AblationSettings()
+    replay: ReplaySettings = ReplaySettings()
     # With "pad" packing (one example per row), cut each finetune's rows to its corpus's
     # longest document rounded up to 8 tokens (at most the stage's seq_len): the same
     # examples and loss, without computing padding.
@@ -132,102 +170,31 @@ class CooccurrenceStudy:
     # Passes over each rendering's corpus where they differ from the finetune stage's `epochs`
     # (e.g. {"referencing": 1}: the referencing corpus once, as many steps as 5 narrative
     # passes); {} = the stage's epochs for every rendering.
-    epochs_per_rendering: Mapping[str, float] = dataclasses.field(default_factory=dict)
+    epochs_per_rendering: dict[str, float] = dataclasses.field(default_factory=dict)
 
-
-KEYS = (
-    "experiment",
-    "seed",
-    "seeds",
-    "world",
-    "model",
-    "mesh",
-    "base",
-    "finetune",
-    "lora_finetune",
-    "lora",
-    "renderings",
-    "modes",
-    "forget",
-    "eval",
-    "ablation",
-    "replay",
-    "fit_seq_len",
-    "epochs_per_rendering",
-)
+    def __post_init__(self) -> None:
+        if not self.seeds:
+            object.__setattr__(self, "seeds", (self.seed,))
+        if "kind" not in self.world:
+            raise ValueError("world.kind: required (countries, geo or mquake)")
+        for field in ("renderings", "modes"):
+            if not getattr(self, field):
+                raise ValueError(f"{field}: list at least one")
+        for r in self.ablation.renderings if self.ablation.enabled else ():
+            if r not in self.renderings:
+                raise ValueError(f"ablation.renderings: {r!r} is not among renderings")
+        for r in self.forget.renderings:
+            if r not in self.renderings:
+                raise ValueError(f"forget.renderings: {r!r} is not among renderings")
+        for r, e in self.epochs_per_rendering.items():  # a rendering not trained is ignored
+            if not e > 0:
+                raise ValueError(f"epochs_per_rendering.{r}={e!r}: must be positive")
 
 
 def parse_study(config: Any) -> CooccurrenceStudy:
-    """Returns the parsed study; raises ConfigError naming the first bad field."""
-    cfg = C.to_plain(config)
-    C.check_top_level(cfg, known=KEYS)
-    base = dict(cfg.get("base") or {})
-    init_from = base.pop("init_from", None)
-    modes = common.parse_modes(cfg.get("modes"), "modes")
-    renderings = tuple(cfg.get("renderings") or ("narrative", "referencing"))
-    seeds = tuple(int(s) for s in (cfg.get("seeds") or (cfg.get("seed", 0),)))
-    world = dict(cfg.get("world") or {})
-    if "kind" not in world:
-        raise C.ConfigError("world.kind: required (countries, geo or mquake)")
-    if init_from is None:
-        C.model_config(cfg.get("model") or {})
-    study = CooccurrenceStudy(
-        seed=int(cfg.get("seed", 0)),
-        seeds=seeds,
-        world=world,
-        model=dict(cfg.get("model") or {}),
-        mesh=dict(cfg.get("mesh") or {}),
-        base=common.parse_stage(base, "base"),
-        base_init_from=init_from,
-        finetune=common.parse_stage(cfg.get("finetune"), "finetune"),
-        lora_finetune=common.parse_stage(cfg.get("lora_finetune"), "lora_finetune"),
-        lora=dict(
-            cfg.get("lora") or {"rank": 64, "alpha": 16.0, "rslora": True, "targets": "all-linear"}
-        ),
-        renderings=renderings,
-        modes=modes,
-        forget=C.section(ForgetSettings, cfg.get("forget"), "forget"),
-        eval=C.section(EvalSettings, cfg.get("eval"), "eval"),
-        ablation=C.section(AblationSettings, cfg.get("ablation"), "ablation"),
-        replay=C.section(ReplaySettings, cfg.get("replay"), "replay"),
-        fit_seq_len=cfg.get("fit_seq_len", False),
-        epochs_per_rendering=dict(cfg.get("epochs_per_rendering") or {}),
-    )
-    if not isinstance(study.fit_seq_len, bool):
-        raise C.ConfigError(f"fit_seq_len={study.fit_seq_len!r}: must be true or false")
-    if study.eval.real_facts:
-        from jaxknow.data.world_builders import WorldConfigError, check_world
-
-        try:
-            check_world({**study.eval.real_facts, "tokenizer": "checked-at-build"})
-        except WorldConfigError as e:
-            raise C.ConfigError(f"eval.real_facts: {e}") from None
-    for r in study.ablation.renderings if study.ablation.enabled else ():
-        if r not in renderings:
-            raise C.ConfigError(f"ablation.renderings: {r!r} is not among renderings")
-    for r in study.forget.renderings:
-        if r not in renderings:
-            raise C.ConfigError(f"forget.renderings: {r!r} is not among renderings")
-    for r, e in study.epochs_per_rendering.items():  # a rendering not trained is ignored
-        if isinstance(e, bool) or not isinstance(e, int | float) or not e > 0:
-            raise C.ConfigError(f"epochs_per_rendering.{r}={e!r}: must be a positive number")
-    return study
-
-
-def _forget_section(fs: ForgetSettings, pass_steps: int) -> dict[str, Any]:
-    select: dict[str, Any] = {}
-    if fs.layer_start is not None:
-        select["layer_start"] = fs.layer_start
-    elif fs.layer_fraction is not None and not fs.patterns:
-        select["layer_fraction"] = fs.layer_fraction
-    if fs.patterns:
-        select["patterns"] = list(fs.patterns)
-    return {
-        "at_steps": [pass_steps],
-        "select": select,
-        "to": fs.to,
-        "reset_optimizer": fs.reset_optimizer,
-    }
+    """Returns the typed study of a config (a ConfigDict or a plain mapping); raises
+    ConfigError naming the first bad field."""
+    return C.parse(CooccurrenceStudy, C.to_plain(config))
 
 
 def _subsets(
@@ -263,7 +230,7 @@ def spread(rows: Sequence[Any], max_items: int | None) -> list[Any]:
 
 
 def evaluate_model(
-    model: Any, subsets: Mapping[str, list[dict]], ev: EvalSettings
+    model: Any, subsets: Mapping[str, list[dict]], ev: CooccurrenceEvalSettings
 ) -> dict[str, dict[str, float]]:
     """Returns subset -> metrics of a model, few-shot as the authors' harness."""
     from jaxknow.eval.tasks import evaluate_subsets
@@ -304,7 +271,9 @@ def model_fingerprint(model: Any, step: int | None = None) -> str | None:
     return hashlib.sha256(manifest.read_bytes()).hexdigest() if manifest.is_file() else None
 
 
-def eval_cache_key(fingerprint: str, subsets: Mapping[str, list[dict]], ev: EvalSettings) -> str:
+def eval_cache_key(
+    fingerprint: str, subsets: Mapping[str, list[dict]], ev: CooccurrenceEvalSettings
+) -> str:
     """Returns the key of one evaluation in the cache: the model's checkpoint fingerprint, the
     items and the settings that change the scores."""
     import hashlib
@@ -337,7 +306,7 @@ def cached_result(cache: Path | None, key: str | None, compute: Any) -> Any:
 def evaluate_cached(
     model: Any,
     subsets: Mapping[str, list[dict]],
-    ev: EvalSettings,
+    ev: CooccurrenceEvalSettings,
     cache: Path | None,
     step: int | None = None,
 ) -> dict[str, dict[str, float]]:
@@ -368,28 +337,29 @@ def run_cooccurrence_study(config: Any, workdir: str | Path, log: Any = print) -
     t0 = time.perf_counter()
     data_dir = workdir / "data"
     world = dict(study.world)
-    if study.base_init_from is not None:
-        world.setdefault("tokenizer", str(study.base_init_from))
+    if study.base.init_from is not None:
+        world.setdefault("tokenizer", str(study.base.init_from))
     if not (data_dir / "manifest.json").is_file():
         log(f"[data] materialising the {world['kind']} world in {data_dir}")
         build.materialize(world, data_dir, study.seed)
 
     # 1. The base model.
-    if study.base_init_from is not None:
-        base_dir = Path(study.base_init_from)
-        model_section = _model_section(base_dir)
+    if study.base.init_from is not None:
+        base_dir = Path(study.base.init_from)
+        model = checkpoint_model_config(base_dir)
     else:
         base_dir = workdir / "base"
-        model_section = study.model
-        build.check_vocab(data_dir, C.model_config(study.model).vocab_size)
-        base_cfg = common.stage_config(
-            {"seed": study.seed, "model": study.model, "mesh": study.mesh},
+        model = study.model
+        build.check_vocab(data_dir, model.vocab_size)
+        base_run = common.stage_spec(
+            model,
+            study.mesh,
             study.base,
+            seed=study.seed,
             sources=[{"name": "corpus_pretrain"}],
             data_dir=data_dir,
         )
-        common.run_stage("base", base_cfg, base_dir, log)
-    exp = {"seed": study.seed, "model": model_section, "mesh": study.mesh}
+        common.run_stage("base", base_run, base_dir, log)
     ev = study.eval
     novel = _subsets(data_dir, ev.subsets or None, "eval_", ev.max_items)
     base_subsets = _subsets(data_dir, None, "eval_base_", ev.base_max_items or ev.max_items)
@@ -426,31 +396,32 @@ def run_cooccurrence_study(config: Any, workdir: str | Path, log: Any = print) -
                 stage = dataclasses.replace(stage, epochs=epochs)
             pass_steps = common.steps_for_epochs(stage, n_docs)
             rows = {}
-            if study.fit_seq_len and stage.data.packing == "pad" and study.replay.weight <= 0:
+            if study.fit_seq_len and stage.packing == "pad" and study.replay.weight <= 0:
                 longest = records.longest_document(data_dir, source)
-                rows = {"seq_len": min(stage.data.seq_len, -(-longest // 8) * 8)}
+                rows = {"seq_len": min(stage.seq_len, -(-longest // 8) * 8)}
             for seed in study.seeds:
                 name = f"{rendering}{'+forget' if forget else ''} ({mode}) seed {seed}"
                 d = workdir / f"ft_{rendering}{'_forget' if forget else ''}_{mode}_s{seed}"
                 # A forgetting run saves at the end of pass 1 (its reset point); a plain run
                 # at the stage's own interval (0: at the end and on preemption only).
-                every = pass_steps if forget else stage.train.checkpoint_every
-                stage_s = common.parse_stage({"checkpoint_every": every, **rows}, mode, base=stage)
-                cfg = common.stage_config(
-                    exp,
+                every = pass_steps if forget else stage.checkpoint_every
+                stage_s = dataclasses.replace(stage, checkpoint_every=every, **rows)
+                run_spec = common.stage_spec(
+                    model,
+                    study.mesh,
                     stage_s,
+                    seed=seed,
                     sources=finetune_sources(source, study.replay),
                     data_dir=data_dir,
                     steps=2 * pass_steps if forget else pass_steps,
                     total_steps=pass_steps,
                     init_from=base_dir,
-                    seed=seed,
                     lora=study.lora if mode == "lora" else None,
                     trainable="lora" if mode == "lora" else "all",
-                    forget=_forget_section(study.forget, pass_steps) if forget else None,
+                    forget=study.forget.at(pass_steps) if forget else None,
                     keep_checkpoints=2,
                 )
-                res = common.run_stage(name, cfg, d, log)
+                res = common.run_stage(name, run_spec, d, log)
                 events = [e["step"] for e in common.read_events(d)]
                 losses[name] = (
                     [m["step"] for m in res.metrics],
@@ -467,7 +438,7 @@ def run_cooccurrence_study(config: Any, workdir: str | Path, log: Any = print) -
                     "steps": res.final_step,
                     "corpus_rows": n_docs,
                     "epochs_per_pass": stage.epochs,
-                    "seq_len": stage_s.data.seq_len,
+                    "seq_len": stage_s.seq_len,
                     "resets": events,
                     "metrics": evaluate_cached(model, novel, ev, evals),
                 }
@@ -529,7 +500,7 @@ def base_scores(
     ev = study.eval
     evals = workdir / EVAL_CACHE
     out: dict[str, Any] = {}
-    if study.base_init_from is None:
+    if study.base.init_from is None:
         log("[eval] base model: ceiling on base entities")
         out["ceiling_base_entities"] = evaluate_cached(base_model, base_subsets, ev, evals)
     log("[eval] base model: floor on novel entities")
@@ -546,17 +517,11 @@ def base_scores(
     return out
 
 
-def _model_section(base_dir: Path) -> dict[str, Any]:
-    from jaxknow.io.load import checkpoint_model_config
-
-    return checkpoint_model_config(base_dir).to_dict()
-
-
 def ablate(
     base_model: Any,
     ft_model: Any,
     subsets: Mapping[str, list[dict]],
-    ev: EvalSettings,
+    ev: CooccurrenceEvalSettings,
     sides: Sequence[str],
     k_step: int = 1,
 ) -> dict[str, Any]:
