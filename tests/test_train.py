@@ -15,6 +15,7 @@ import numpy as np
 import pytest
 from jax.sharding import PartitionSpec
 
+import jaxknow.studies  # noqa: F401  (registers the studies' world kinds)
 from configs.smoke import get_config
 from jaxknow.io.metrics import read_metrics
 from jaxknow.model import config as mc
