@@ -144,6 +144,10 @@ class LoopConfig:
     # Run the caller's evaluation (train(..., evaluate=)) every this many steps and at the last
     # step, its scalars logged as "eval/NAME"; 0: never (no cost).
     eval_every: int = 0
+    # Optimizer steps per jitted call (a lax.scan over that many batches): the same results as
+    # 1, less host work per step (issue 28; docs/lab_notebook.md P4). Evaluations, checkpoints,
+    # resets and halt_at stay on their steps; a signal is acted on after the call.
+    steps_per_call: int = 1
 
     def __post_init__(self) -> None:
         def bad(field: str, why: str) -> None:
@@ -152,7 +156,7 @@ class LoopConfig:
         check_choices(self, "train", ConfigError)
         if self.steps <= 0:
             bad("steps", "must be positive")
-        for f in ("grad_accum", "log_every"):
+        for f in ("grad_accum", "log_every", "steps_per_call"):
             if getattr(self, f) <= 0:
                 bad(f, "must be positive")
         if self.loss_chunk < 0:
