@@ -18,6 +18,13 @@ batches (largest absolute difference), and estimates the share of a K=1 step spe
 the jitted computation as 1 - (per-step time at the largest K) / (K=1 time).
 
     python benchmarks/bench_steps_per_call.py [--ks 2,4,8,16] [--steps 64] [--rounds 3]
+        [--loop 300 --loop_k 4 --loop_data DIR]
+
+`--loop N` then also times the real loop (`loop.train`, N steps, log_every 25, the same model,
+optimizer and batch shape on the smoke config's 200-person bioS biographies, materialised
+once in `--loop_data`) with `train.steps_per_call` 1 and `--loop_k`, alternating for
+`--rounds`: the median of the logged tokens/s after the first rows, and the wall time of the
+whole call (compiles included; the persistent compilation cache is on as in `launch`).
 
 Batches are random tokens packed like the quickstart's first-fit rows (documents of 61-97
 tokens); timing does not depend on the token values. The input pipeline itself is not timed
@@ -56,6 +63,41 @@ def quickstart_config(steps: int | None = None) -> Any:
     return common.stage_config(
         exp, stage, sources=[{"name": "bench"}], data_dir="/nonexistent", steps=steps
     )
+
+
+def loop_config(steps: int, k: int, data_dir: str) -> Any:
+    """Returns the quickstart pretraining config on the smoke world's biographies, with
+    `train.steps_per_call` = k (no checkpoints but the last, no progress bar)."""
+    from ml_collections import ConfigDict
+
+    from configs.smoke import get_config as smoke
+
+    c = quickstart_config(steps)
+    c.data.sources = [{"name": "bios_single"}]
+    c.data.dir = data_dir
+    c.data.world = ConfigDict(dict(smoke().data.world.to_dict(), vocab_size=2048))
+    c.train.update(dict(steps_per_call=k, tensorboard=False, progress=False))
+    return c
+
+
+def time_loop(steps: int, k: int, data_dir: str) -> dict[str, float]:
+    """Runs loop.train for `steps` steps in a fresh workdir; returns {tokens_per_s (median of
+    the logged rows after the first two), wall_s}."""
+    import shutil
+    import tempfile
+
+    from jaxknow.io.metrics import read_metrics
+    from jaxknow.train import loop
+
+    work = Path(tempfile.mkdtemp(prefix="bench_spc_"))
+    try:
+        t0 = time.perf_counter()
+        loop.train(loop_config(steps, k, data_dir), work)
+        wall = time.perf_counter() - t0
+        rows = [r for r in read_metrics(work / "metrics.jsonl") if "tokens_per_s" in r]
+    finally:
+        shutil.rmtree(work, ignore_errors=True)
+    return {"tokens_per_s": statistics.median(r["tokens_per_s"] for r in rows[2:]), "wall_s": wall}
 
 
 def packed_batch(rng: Any, batch: int, seq: int, vocab: int) -> dict[str, Any]:
@@ -260,6 +302,10 @@ def main(argv: list[str] | None = None) -> list[dict[str, Any]]:
     ap.add_argument("--steps", type=int, default=64, help="timed steps per variant per round")
     ap.add_argument("--rounds", type=int, default=3)
     ap.add_argument("--no_resident", action="store_true", help="skip the K=1 resident row")
+    ap.add_argument("--loop", type=int, default=0, help="also time loop.train for N steps")
+    ap.add_argument("--loop_k", type=int, default=4, help="train.steps_per_call of --loop")
+    ap.add_argument("--loop_data", default="", help="data dir of --loop (materialised once)")
+    ap.add_argument("--only_loop", action="store_true", help="skip the jitted-call table")
     args = ap.parse_args(argv)
     ks = [int(x) for x in args.ks.split(",") if x]
     if any(args.steps % k for k in ks):
@@ -270,6 +316,18 @@ def main(argv: list[str] | None = None) -> list[dict[str, Any]]:
 
     from jaxknow.model.flops import train_flops_per_token
 
+    if args.loop:
+        import tempfile
+
+        import jaxknow.studies  # noqa: F401  (the bioS world kind)
+        from jaxknow.data import build
+        from jaxknow.train import setup
+
+        data_dir = args.loop_data or tempfile.mkdtemp(prefix="bench_spc_data_")
+        lspec = setup.parse_run_config(loop_config(args.loop, 1, data_dir))
+        build.ensure_sources(data_dir, ["bios_single"], lspec.data.world, lspec.seed)
+    if args.only_loop:
+        return loop_table(args, data_dir)
     run = Run(quickstart_config())
     spec = run.spec
     b, t = spec.data.batch_size, spec.data.seq_len
@@ -343,6 +401,41 @@ def main(argv: list[str] | None = None) -> list[dict[str, Any]]:
                 "of which the host batch transfer (1 - t[K=1 resident] / t[K=1]): "
                 f"{1 - res / base:.0%}"
             )
+    if args.loop:
+        rows += loop_table(args, data_dir)
+    return rows
+
+
+def loop_table(args: argparse.Namespace, data_dir: str) -> list[dict[str, Any]]:
+    """Times loop.train with steps_per_call 1 and --loop_k in alternating rounds; prints and
+    returns the medians."""
+    ks = [1, args.loop_k]
+    got: dict[int, list[dict[str, float]]] = {k: [] for k in ks}
+    for r in range(args.rounds):
+        for k in ks if r % 2 == 0 else ks[::-1]:
+            got[k].append(time_loop(args.loop, k, data_dir))
+        print(
+            f"loop round {r + 1}: "
+            + ", ".join(
+                f"steps_per_call={k} {got[k][-1]['tokens_per_s']:,.0f} tokens/s "
+                f"({got[k][-1]['wall_s']:.1f} s)"
+                for k in ks
+            ),
+            flush=True,
+        )
+    rows = []
+    data = loop_config(args.loop, 1, data_dir).data
+    per_step = data.batch_size * data.seq_len
+    base = statistics.median(x["tokens_per_s"] for x in got[1])
+    print(
+        f"\nloop.train, {args.loop} steps (median of {args.rounds} rounds)\n"
+        "| steps_per_call | tokens/s (logged) | steps/s | ratio | wall s |\n|---|---|---|---|---|"
+    )
+    for k in ks:
+        tps = statistics.median(x["tokens_per_s"] for x in got[k])
+        wall = statistics.median(x["wall_s"] for x in got[k])
+        rows.append({"loop_k": k, "tokens_per_s": tps, "wall_s": wall, "ratio": tps / base})
+        print(f"| {k} | {tps:,.0f} | {tps / per_step:.2f} | {tps / base:.2f}x | {wall:.1f} |")
     return rows
 
 
