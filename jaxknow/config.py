@@ -270,9 +270,13 @@ class LoopConfig:
     # Run the caller's evaluation (train(..., evaluate=)) every this many steps and at the last
     # step, its scalars logged as "eval/NAME"; 0: never (no cost).
     eval_every: int = 0
+    # Optimizer steps per jitted call (a lax.scan over that many batches): the same results as
+    # 1, less host work per step (issue 28; docs/lab_notebook.md P4). Evaluations, checkpoints,
+    # resets and halt_at stay on their steps; a signal is acted on after the call.
+    steps_per_call: int = 1
 
     def __post_init__(self) -> None:
-        for f in ("steps", "grad_accum", "log_every"):
+        for f in ("steps", "grad_accum", "log_every", "steps_per_call"):
             if getattr(self, f) <= 0:
                 raise ValueError(f"{f}={getattr(self, f)!r}: must be positive")
         for f in ("loss_chunk", "checkpoint_every"):

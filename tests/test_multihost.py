@@ -83,7 +83,8 @@ def test_two_processes_checkpoint_resume_and_match_one_process(tmp_path):
     # each process saved its own iterator state, and they differ (disjoint data)
     assert set(data_state) == {"process_0", "process_1"}
     assert data_state["process_0"] != data_state["process_1"]
-    second = _two_processes(tmp_path / "multi")
+    # the rest two steps per call (steps 4-5 in one, 6 alone): batches stacked per process
+    second = _two_processes(tmp_path / "multi", "--config.train.steps_per_call=2")
     for r in second:
         assert r.returncode == 0, r.stderr[-3000:]
         assert "done: step 6" in r.stdout

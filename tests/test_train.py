@@ -15,6 +15,7 @@ import numpy as np
 import pytest
 from jax.sharding import PartitionSpec
 
+import jaxknow.studies  # noqa: F401  (registers the studies' world kinds)
 from configs.smoke import get_config
 from jaxknow.io.metrics import read_metrics
 from jaxknow.model import config as mc
@@ -613,3 +614,225 @@ def test_resume_on_an_fsdp_mesh_never_holds_a_whole_sharded_tensor(tmp_path, mon
     assert not found, found[:3]
     kernel = model.params["layers"]["0"]["mlp"]["up"]["kernel"]
     assert not kernel.sharding.is_fully_replicated
+
+
+def _grouped_calls(monkeypatch):
+    """Counts the calls of the jitted K-step function (train.steps_per_call > 1)."""
+    calls = []
+    real = loop._jit_step
+
+    def spy(*args, **kw):
+        fn, sh = real(*args, **kw)
+        if args[5:] and args[5] > 1 or kw.get("k", 1) > 1:
+
+            def counted(*a):
+                calls.append(1)
+                return fn(*a)
+
+            return counted, sh
+        return fn, sh
+
+    monkeypatch.setattr(loop, "_jit_step", spy)
+    return calls
+
+
+def _steps_per_call_config(data_dir, steps, **train):
+    cfg = small_config(steps=steps)
+    cfg.train.update({"log_every": 2, **train})
+    cfg.data.update(dict(batch_size=4, seq_len=64, dir=str(data_dir)))
+    return cfg
+
+
+@pytest.fixture(scope="module")
+def smoke_data(tmp_path_factory):
+    d = tmp_path_factory.mktemp("data")
+    spec = setup.parse_run_config(get_config())
+    from jaxknow.data import build
+
+    build.ensure_sources(d, [s["name"] for s in spec.data.sources], spec.data.world, spec.seed)
+    return d
+
+
+def _rows(workdir):
+    timing = {"tokens_per_s", "mfu", "eval/seconds"}
+    return [
+        {k: v for k, v in r.items() if k not in timing}
+        for r in read_metrics(workdir / "metrics.jsonl")
+    ]
+
+
+def test_steps_per_call_trains_like_one_step_per_call(tmp_path, smoke_data, monkeypatch):
+    """train.steps_per_call=4 runs groups of 4 steps in one jitted call where no evaluation or
+    checkpoint falls inside one, and one step per call around them: the same logged rows
+    (losses, grad norms, learning rates, per-source token counts), evaluations and checkpoints
+    at the same steps, the same final parameters as one step per call."""
+    from jaxknow.io.checkpoint import Checkpointer
+
+    runs = {}
+    for k in (1, 4):
+        cfg = _steps_per_call_config(
+            smoke_data, 19, steps_per_call=k, eval_every=6, checkpoint_every=8, keep_checkpoints=5
+        )
+        evals = []
+
+        def evaluate(step, params, model_cfg, evals=evals):
+            evals.append(step)
+            return {"embed_norm": float(jnp.linalg.norm(params["embed"]["positions"]))}
+
+        calls = _grouped_calls(monkeypatch)
+        w = tmp_path / f"k{k}"
+        res = loop.train(cfg, w, evaluate=evaluate)
+        monkeypatch.undo()
+        steps = Checkpointer(w / "checkpoints", read_only=True).all_steps()
+        runs[k] = (res, _rows(w), evals, steps, len(calls))
+    (r1, rows1, ev1, ck1, g1), (r4, rows4, ev4, ck4, g4) = runs[1], runs[4]
+    # groups 1-4, 9-12 and 13-16; evaluations at 6, 12, 18 and 19 and the checkpoint at 8
+    # send 5-8 and 17-19 one step per call
+    assert (g1, g4) == (0, 3)
+    assert ev1 == ev4 == [6, 12, 18, 19]
+    assert ck1 == ck4 and 8 in ck1 and 16 in ck1 and 19 in ck1
+    assert r4.final_step == 19 and not (r4.halted or r4.data_exhausted)
+    assert [r["step"] for r in rows1] == [r["step"] for r in rows4]
+    assert [r["step"] for r in r4.metrics] == [1, 2, 4, 6, 8, 10, 12, 14, 16, 18, 19]
+    for a, b in zip(rows1, rows4):
+        assert a.keys() == b.keys()
+        for key in a:
+            assert b[key] == pytest.approx(a[key], rel=1e-5, abs=1e-6), (a["step"], key)
+    jax.tree.map(
+        lambda x, y: np.testing.assert_allclose(x, y, rtol=1e-5, atol=1e-6),
+        r4.state.model_params(),
+        r1.state.model_params(),
+    )
+
+
+def test_steps_per_call_halts_resumes_and_ends_with_the_data_exactly(
+    tmp_path, smoke_data, monkeypatch
+):
+    """With steps_per_call=4: halt_at inside what would be a group halts on its step (and
+    saves it); resuming gives the uninterrupted one-step-per-call run's losses; data running
+    out inside a group loses and repeats no batch (same final step and losses as 1)."""
+    from jaxknow.io.checkpoint import Checkpointer
+
+    full = loop.train(_steps_per_call_config(smoke_data, 14, log_every=1), tmp_path / "one")
+    cfg = _steps_per_call_config(smoke_data, 14, log_every=1, steps_per_call=4, halt_at=6)
+    calls = _grouped_calls(monkeypatch)
+    half = loop.train(cfg, tmp_path / "w")
+    assert half.halted and half.final_step == 6
+    assert Checkpointer(tmp_path / "w" / "checkpoints", read_only=True).all_steps() == [6]
+    cfg.train.halt_at = None
+    rest = loop.train(cfg, tmp_path / "w")
+    assert rest.start_step == 6 and rest.final_step == 14
+    assert len(calls) == 3  # 1-4, then 7-10 and 11-14 after the resume
+    la = {m["step"]: m["loss"] for m in full.metrics}
+    lb = {m["step"]: m["loss"] for m in (*half.metrics, *rest.metrics)}
+    assert sorted(lb) == list(range(1, 15))
+    for s in lb:
+        assert lb[s] == pytest.approx(la[s], rel=1e-5, abs=1e-6), s
+
+    # One epoch of a small source: find where it ends with one step per call, then end it in
+    # the middle of a group.
+    def epoch(k, name):
+        c = _steps_per_call_config(smoke_data, 1000, log_every=1, steps_per_call=k)
+        c.data.num_epochs = 1
+        c.data.batch_size = 64
+        return loop.train(c, tmp_path / name)
+
+    one = epoch(1, "epoch1")
+    assert one.data_exhausted
+    k = 4 if one.final_step % 4 else 3
+    assert one.final_step % k
+    many = epoch(k, "epochk")
+    assert many.data_exhausted and many.final_step == one.final_step
+    a = [(m["step"], m["loss"]) for m in one.metrics]
+    b = [(m["step"], m["loss"]) for m in many.metrics]
+    assert [s for s, _ in a] == [s for s, _ in b]
+    np.testing.assert_allclose([x for _, x in b], [x for _, x in a], rtol=1e-5, atol=1e-6)
+
+
+def test_bad_steps_per_call_is_refused_naming_the_field():
+    for bad, why in ((0, "must be positive"), (-2, "must be positive"), (2.5, ""), ("4", "")):
+        cfg = small_config().to_dict()
+        cfg["train"]["steps_per_call"] = bad
+        with pytest.raises(setup.C.ConfigError) as e:
+            setup.parse_run_config(cfg)
+        msg = str(e.value)
+        assert "\n" not in msg and msg.startswith("train.steps_per_call"), msg
+        assert why in msg
+
+
+@pytest.mark.parametrize("mode", ["stop", "skip"])
+def test_steps_per_call_keeps_the_nonfinite_guard_per_step(tmp_path, smoke_data, mode):
+    """The non-finite guard inside a group sees every step: the same rows, the same error
+    naming the same first bad step ("stop"), the same skipped counts ("skip") as 1."""
+    from jaxknow.train.guard import NonFiniteError
+
+    out = {}
+    for k in (1, 4):
+        cfg = _steps_per_call_config(
+            smoke_data, 8, log_every=1, steps_per_call=k, nonfinite=mode, max_skipped=100
+        )
+        cfg.optim.lr = 1e30
+        w = tmp_path / f"k{k}"
+        try:
+            res = loop.train(cfg, w)
+            err = None
+        except NonFiniteError as e:
+            res, err = None, str(e)
+        out[k] = (err, _rows(w), res.skipped_updates if res else None)
+    assert out[1][0] == out[4][0]
+    assert (out[1][0] is not None) == (mode == "stop")
+    assert len(out[1][1]) == len(out[4][1]) > 0
+    for a, b in zip(out[1][1], out[4][1]):
+        assert a.keys() == b.keys() and a["step"] == b["step"]
+        for key in a:
+            if isinstance(a[key], float):
+                assert b[key] == pytest.approx(a[key], rel=1e-5, abs=1e-6, nan_ok=True), key
+            else:
+                assert b[key] == a[key], key
+    if mode == "skip":
+        assert out[1][2] == out[4][2] > 0
+
+
+def test_steps_per_call_acts_on_sigterm_at_the_end_of_the_group_and_resumes_exactly(
+    tmp_path, smoke_data, monkeypatch
+):
+    """A SIGTERM arriving while a group's batches are read is acted on after that call: the
+    run saves the group's last step (every batch read is trained on) and stops; the same
+    command resumes it to the uninterrupted run's losses."""
+    import os
+
+    from jaxknow.io.checkpoint import Checkpointer
+
+    full = loop.train(_steps_per_call_config(smoke_data, 12, log_every=1), tmp_path / "one")
+    cfg = _steps_per_call_config(smoke_data, 12, log_every=1, steps_per_call=4)
+    real = loop.make_iterator
+
+    def signalling(*args, **kw):
+        it = real(*args, **kw)
+
+        class Wrapped:
+            n = 0
+
+            def __next__(self):
+                self.n += 1
+                if self.n == 6:
+                    os.kill(os.getpid(), signal.SIGTERM)
+                return next(it)
+
+            def __getattr__(self, name):
+                return getattr(it, name)
+
+        return Wrapped()
+
+    monkeypatch.setattr(loop, "make_iterator", signalling)
+    stopped = loop.train(cfg, tmp_path / "w")
+    monkeypatch.undo()
+    assert stopped.preempted and stopped.final_step == 8
+    assert Checkpointer(tmp_path / "w" / "checkpoints", read_only=True).all_steps() == [8]
+    rest = loop.train(cfg, tmp_path / "w")
+    assert rest.start_step == 8 and rest.final_step == 12
+    la = {m["step"]: m["loss"] for m in full.metrics}
+    lb = {m["step"]: m["loss"] for m in (*stopped.metrics, *rest.metrics)}
+    assert sorted(lb) == list(range(1, 13))
+    for s in lb:
+        assert lb[s] == pytest.approx(la[s], rel=1e-5, abs=1e-6), s

@@ -11,7 +11,7 @@ import signal
 import time
 from collections.abc import Callable, Mapping, Sequence
 from pathlib import Path
-from typing import Any
+from typing import Any, NamedTuple
 
 import jax
 import jax.numpy as jnp
@@ -42,7 +42,7 @@ from jaxknow.train.state import (
     to_per_layer,
     to_stacked,
 )
-from jaxknow.train.step import BATCH_AXES, BATCH_KEYS, train_step
+from jaxknow.train.step import BATCH_AXES, BATCH_KEYS, scan_steps, train_step
 
 # A state event runs between steps: (step just completed, state) -> state.
 StateEvent = Callable[[int, TrainState], TrainState]
@@ -265,10 +265,12 @@ def _start_state(
 
 
 def _jit_step(
-    spec: setup.RunSpec, mesh: Mesh, rules: Rules, tx: Any, shardings: Any
+    spec: setup.RunSpec, mesh: Mesh, rules: Rules, tx: Any, shardings: Any, k: int = 1
 ) -> tuple[Callable[..., Any], dict[str, NamedSharding]]:
     """Returns (the jitted, guarded train step (state, batch, guard) -> (state, metrics,
-    guard), donating the state; the batch shardings)."""
+    guard), donating the state; the batch shardings). With `k` > 1: the jitted call of `k`
+    such steps over batches stacked on a leading axis (`step.scan_steps`), and their
+    shardings."""
     tc = spec.train
     step_fn = functools.partial(
         train_step,
@@ -281,18 +283,33 @@ def _jit_step(
     )
     b_sh = batch_shardings(mesh, rules, spec.data.batch_size, spec.data.seq_len)
     replicated = NamedSharding(mesh, PartitionSpec())
+    fn = guard_lib.guarded(step_fn, tc.nonfinite)
+    if k > 1:
+        fn = scan_steps(fn)
+        b_sh = {n: NamedSharding(mesh, PartitionSpec(None, *s.spec)) for n, s in b_sh.items()}
     jstep = jax.jit(
-        guard_lib.guarded(step_fn, tc.nonfinite),
+        fn,
         in_shardings=(shardings, b_sh, replicated),
-        out_shardings=(shardings, replicated, replicated),
+        out_shardings=(shardings, *(replicated,) * (3 if k > 1 else 2)),
         donate_argnums=(0,),
     )
     return jstep, b_sh
 
 
+class _Pending(NamedTuple):
+    """A logged step's metrics and guard state, waiting to be fetched."""
+
+    step: int
+    metrics: dict
+    guard: guard_lib.GuardState
+    index: int | None = None  # metrics and guard stacked over a group's steps: this one's
+    host: Mapping[str, float] = {}  # values already on the host (per-source token counts)
+
+
 class _Loop:
-    """The step loop of one run and its stop / save logic. Metrics are fetched one step late,
-    so the host never waits for the step it has just dispatched."""
+    """The step loop of one run and its stop / save logic. Metrics are fetched one step (or one
+    group of `train.steps_per_call` steps) late, so the host never waits for the call it has
+    just dispatched."""
 
     def __init__(
         self,
@@ -304,6 +321,7 @@ class _Loop:
         guard: Any,
         start: int,
         evaluate: Evaluator | None = None,
+        steps_per_call: int = 1,
     ) -> None:
         tc = spec.train
         self.spec, self.tc, self.ckpt, self.it = spec, tc, ckpt, it
@@ -324,11 +342,12 @@ class _Loop:
             "trainable": tc.trainable,
         }
         self.history: list[dict[str, Any]] = []
-        # (step, metrics, guard state after that step), waiting to be fetched
-        self.pending: tuple[int, dict, guard_lib.GuardState] | None = None
+        self.pending: list[_Pending] = []
         self.clock: dict[str, Any] = {"t": None, "step": start}
         self.skipped = 0
-        self.metrics: dict | None = None
+        self.metrics: _Pending | None = None  # the last step's (its step field unused)
+        self.steps_per_call = steps_per_call
+        self.forget_steps = set(spec.forget.at_steps) if spec.forget is not None else set()
         self.preempted = self.halted = self.exhausted = self.interrupted = False
         # Off (None) unless train.eval_every > 0 and the caller gave an evaluation.
         self.evaluate = evaluate if tc.eval_every > 0 else None
@@ -361,27 +380,34 @@ class _Loop:
             last if last is not None else (self.start or None),
         )
 
-    def flush(self) -> None:
-        """Fetches the pending metrics and writes their row (with tokens/s and MFU since the
-        previous row), then checks the guard fetched with them."""
-        if self.pending is None:
+    def flush(self, before: int | None = None) -> None:
+        """Fetches the pending metrics (of steps before `before`, if given) and writes their
+        rows (with tokens/s and MFU since the previous fetch), then checks the guard state
+        fetched with each."""
+        pending = [p for p in self.pending if before is None or p.step < before]
+        self.pending = self.pending[len(pending) :]
+        if not pending:
             return
-        s, m, g = self.pending
-        self.pending = None
-        m, g = jax.device_get((m, g))
-        row = {k: float(v) for k, v in m.items()}
-        if self.tc.nonfinite == "skip":
-            row["skipped_updates"] = int(g["skipped"])
+        fetched = jax.device_get([(p.metrics, p.guard) for p in pending])
         now = time.perf_counter()
-        if self.clock["t"] is not None and s > self.clock["step"]:
-            tps = (s - self.clock["step"]) * self.tokens_per_step / (now - self.clock["t"])
-            row["tokens_per_s"] = tps
-            if self.peak:
-                row["mfu"] = tps * self.flops_tok / (self.peak * jax.device_count())
-        self.clock["t"], self.clock["step"] = now, s
-        self.history.append({"step": s, **row})
-        self.writer.write(s, row)
-        self.check_guard(g)  # after the row is written; fetched with the metrics
+        last = pending[-1].step
+        tps = None
+        if self.clock["t"] is not None and last > self.clock["step"]:
+            tps = (last - self.clock["step"]) * self.tokens_per_step / (now - self.clock["t"])
+        self.clock["t"], self.clock["step"] = now, last
+        for p, (m, g) in zip(pending, fetched):
+            if p.index is not None:
+                m, g = jax.tree.map(lambda x: x[p.index], (m, g))  # noqa: B023
+            row = {k: float(v) for k, v in {**m, **p.host}.items()}
+            if self.tc.nonfinite == "skip":
+                row["skipped_updates"] = int(g["skipped"])
+            if tps is not None:
+                row["tokens_per_s"] = tps
+                if self.peak:
+                    row["mfu"] = tps * self.flops_tok / (self.peak * jax.device_count())
+            self.history.append({"step": p.step, **row})
+            self.writer.write(p.step, row)
+            self.check_guard(g)  # after the row is written; fetched with the metrics
 
     def save(self, at: int) -> None:
         """Saves step `at` once (a halt or signal on a checkpoint step does not save twice),
@@ -400,53 +426,103 @@ class _Loop:
         b_sh: dict[str, NamedSharding],
         events: Sequence[StateEvent],
         preempt: _Preemption,
+        group: tuple[Callable[..., Any], dict[str, NamedSharding]] | None = None,
     ) -> None:
         """Runs steps until `train.steps`, the end of the data, a signal or `train.halt_at`,
-        recording why it stopped."""
-        tc = self.tc
+        recording why it stopped. `group` (the jitted call of `steps_per_call` steps and its
+        batch shardings) runs that many steps at once wherever `group_size` allows."""
         names = [s["name"] for s in self.spec.data.sources]
-        while self.step < tc.steps:
-            try:
-                local = next(self.it)
-            except StopIteration:
-                self.exhausted = True
-                break
-            self.state, self.metrics, self.guard = jstep(
-                self.state, to_global(local, b_sh), self.guard
-            )
-            self.step += 1
-            step = self.step
-            self.flush()
-            self.ckpt.check()  # a failed background save is reported at once
-            if step % tc.log_every == 0 or step == tc.steps or step == self.start + 1:
-                # per-source token counts as of this step's batch (data/pipeline.py)
-                self.pending = (
-                    step,
-                    {**self.metrics, **pipeline.source_token_metrics(self.it, names)},
-                    self.guard,
+        while self.step < self.tc.steps:
+            k = self.group_size() if group is not None else 1
+            batches, counts = [], {}
+            for i in range(k):
+                try:
+                    batches.append(next(self.it))
+                except StopIteration:
+                    self.exhausted = True
+                    break
+                if self.logs(self.step + i + 1):
+                    # per-source token counts as of this step's batch (data/pipeline.py)
+                    counts[self.step + i + 1] = pipeline.source_token_metrics(self.it, names)
+            if group is not None and len(batches) == k > 1:
+                stacked = {n: np.stack([b[n] for b in batches]) for n in BATCH_KEYS}
+                self.state, m, gs, self.guard = group[0](
+                    self.state, to_global(stacked, group[1]), self.guard
                 )
-            for ev in events:
-                self.state = ev(step, self.state)
-            if self.evaluate is not None and (step % tc.eval_every == 0 or step == tc.steps):
-                self.run_eval(step)
-            self.writer.advance()
-            if tc.checkpoint_every and step % tc.checkpoint_every == 0 and step < tc.steps:
-                self.save(step)
-            if step % tc.preemption_check_every == 0 and preempt.any_process():
-                self.preempted, self.interrupted = not preempt.interrupted, preempt.interrupted
-                break
-            if tc.halt_at is not None and step >= tc.halt_at:
-                self.halted = True
-                break
+                first, self.step = self.step, self.step + k
+                self.metrics = _Pending(self.step, m, gs, k - 1)
+                self.flush()
+                self.ckpt.check()  # a failed background save is reported at once
+                self.pending += [_Pending(s, m, gs, s - first - 1, c) for s, c in counts.items()]
+                self.writer.advance(k)
+                if self.between(first, events, preempt):
+                    return
+                continue
+            for local in batches:
+                self.state, m, self.guard = jstep(self.state, to_global(local, b_sh), self.guard)
+                self.step += 1
+                step = self.step
+                self.metrics = _Pending(step, m, self.guard)
+                self.flush()
+                self.ckpt.check()
+                if step in counts:
+                    self.pending.append(_Pending(step, m, self.guard, None, counts[step]))
+                self.writer.advance()
+                if self.between(step - 1, events, preempt):
+                    return
+            if self.exhausted:
+                return
+
+    def logs(self, step: int) -> bool:
+        """Returns whether `step` writes a row of training metrics."""
+        return step % self.tc.log_every == 0 or step == self.tc.steps or step == self.start + 1
+
+    def group_size(self) -> int:
+        """Returns `steps_per_call` when that many steps from here can run in one call: no
+        evaluation, checkpoint, forget reset or halt falls on a step before the last of them
+        (those run between calls) and the run does not end earlier; else 1."""
+        tc, k, s = self.tc, self.steps_per_call, self.step
+        if k == 1 or s + k > tc.steps:
+            return 1
+        for t in range(s + 1, s + k):
+            if (
+                (self.evaluate is not None and t % tc.eval_every == 0)
+                or (tc.checkpoint_every and t % tc.checkpoint_every == 0)
+                or (tc.halt_at is not None and t >= tc.halt_at)
+                or t in self.forget_steps
+            ):
+                return 1
+        return k
+
+    def between(self, first: int, events: Sequence[StateEvent], preempt: _Preemption) -> bool:
+        """Runs what follows the call that took the run from step `first` to `self.step`
+        (state events, evaluation, checkpoint, preemption check, halt); returns whether the
+        run stops. A preemption check due at any of those steps runs here."""
+        tc, step = self.tc, self.step
+        for ev in events:
+            self.state = ev(step, self.state)
+        if self.evaluate is not None and (step % tc.eval_every == 0 or step == tc.steps):
+            self.flush(before=step)  # earlier steps' rows first, as one step per call writes
+            self.run_eval(step)
+        if tc.checkpoint_every and step % tc.checkpoint_every == 0 and step < tc.steps:
+            self.save(step)
+        every = tc.preemption_check_every
+        if step // every > first // every and preempt.any_process():
+            self.preempted, self.interrupted = not preempt.interrupted, preempt.interrupted
+            return True
+        if tc.halt_at is not None and step >= tc.halt_at:
+            self.halted = True
+            return True
+        return False
 
     def finish(self) -> None:
         """Reports the last step's metrics (if not already) and saves the last step."""
         step = self.step
         written = bool(self.history) and self.history[-1]["step"] == step
-        queued = self.pending is not None and self.pending[0] == step
+        queued = any(p.step == step for p in self.pending)
         if self.metrics is not None and not written and not queued:
             self.flush()
-            self.pending = (step, self.metrics, self.guard)  # the reported loss is the last step's
+            self.pending.append(self.metrics)  # the reported loss is the last step's
         self.flush()
         if step > self.start:
             self.save(step)
@@ -499,18 +575,23 @@ def run(
             start_step=start,
         )
     jstep, b_sh = _jit_step(spec, mesh, rules, tx, shardings)
+    # Caller events run after every step: they need every step's state, so one step per call.
+    k = tc.steps_per_call if not events else 1
+    if k < tc.steps_per_call:
+        logging.info("train.steps_per_call=%d: 1 step per call (state events)", tc.steps_per_call)
+    group = _jit_step(spec, mesh, rules, tx, shardings, k) if k > 1 else None
     guard = jax.device_put(guard_lib.initial_guard(), NamedSharding(mesh, PartitionSpec()))
     events = list(events)
     if spec.forget is not None:
         events.append(_forget_event(spec, mesh, rules, tx, shardings, workdir))
     it = make_iterator(spec, data_dir, data_state)
-    loop = _Loop(spec, workdir, ckpt, it, state, guard, start, evaluate)
+    loop = _Loop(spec, workdir, ckpt, it, state, guard, start, evaluate, k)
     if jax.process_index() == 0:
         with atomic_path(workdir / "model_config.json") as tmp:
             tmp.write_text(json.dumps(spec.model.to_dict(), indent=1))
     try:
         with _Preemption() as preempt:
-            loop.run(jstep, b_sh, events, preempt)
+            loop.run(jstep, b_sh, events, preempt, group)
         loop.finish()
         ckpt.close()
     except BaseException:

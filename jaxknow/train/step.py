@@ -8,7 +8,7 @@ A batch is a dict of [B, T] arrays: ``inputs`` (token ids), ``targets`` (next-to
 
 from __future__ import annotations
 
-from collections.abc import Mapping
+from collections.abc import Callable, Mapping
 from typing import Any
 
 import jax
@@ -221,3 +221,20 @@ def train_step(
         "tokens": jnp.sum((batch["segment_ids"] > 0).astype(jnp.float32)),
     }
     return state.replace(step=state.step + 1, params=params, opt_state=opt_state), metrics
+
+
+def scan_steps(step: Callable[..., tuple[Any, Any, Any]]) -> Callable[..., tuple[Any, ...]]:
+    """Returns `(state, batches, guard) -> (state, metrics, guards, guard)`: the guarded step
+    `step` (`train.guard.guarded`) run once per batch of `batches` (arrays stacked on a leading
+    axis of K) in one `lax.scan`, as K calls of `step` would run them; `metrics` and `guards`
+    hold every step's values stacked on that axis, `guard` is the last step's."""
+
+    def steps(state: Any, batches: Batch, guard: Any) -> tuple[Any, ...]:
+        def body(carry: Any, batch: Batch) -> tuple[Any, Any]:
+            s, m, g = step(carry[0], batch, carry[1])
+            return (s, g), (m, g)
+
+        (state, guard), (metrics, guards) = jax.lax.scan(body, (state, guard), batches)
+        return state, metrics, guards, guard
+
+    return steps
