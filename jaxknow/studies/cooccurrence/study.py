@@ -346,13 +346,13 @@ def run_cooccurrence_study(config: Any, workdir: str | Path, log: Any = print) -
     # 1. The base model.
     if study.base.init_from is not None:
         base_dir = Path(study.base.init_from)
-        model = checkpoint_model_config(base_dir)
+        model_cfg = checkpoint_model_config(base_dir)
     else:
         base_dir = workdir / "base"
-        model = study.model
-        build.check_vocab(data_dir, model.vocab_size)
+        model_cfg = study.model
+        build.check_vocab(data_dir, model_cfg.vocab_size)
         base_run = common.stage_spec(
-            model,
+            model_cfg,
             study.mesh,
             study.base,
             seed=study.seed,
@@ -407,7 +407,7 @@ def run_cooccurrence_study(config: Any, workdir: str | Path, log: Any = print) -
                 every = pass_steps if forget else stage.checkpoint_every
                 stage_s = dataclasses.replace(stage, checkpoint_every=every, **rows)
                 run_spec = common.stage_spec(
-                    model,
+                    model_cfg,
                     study.mesh,
                     stage_s,
                     seed=seed,
