@@ -38,7 +38,7 @@ from jaxknow.studies.bios import probing as bios_probing
 from jaxknow.studies.bios.corpus import aug_source_name, bios_corpora, bios_world
 from jaxknow.studies.bios.leakage import check_no_leak
 from jaxknow.studies.bios.world import ATTRIBUTES, Augmentation
-from jaxknow.train.setup import RunSpec
+from jaxknow.train.setup import RunSpec, check_workdir
 
 # The paper's figures (Allen-Zhu & Li 2023, bioS, GPT-2 small with rotary, N = 100,000).
 # multi5+permute+fullname there is 5 renderings per person, no re-draws.
@@ -624,10 +624,7 @@ def run_bios_study(config: Any, workdir: str | Path, log: Any = print) -> dict[s
     written to results.json (with report.md and plots/). Refuses to train (LeakageError) if a
     question about a P_test person reaches any training source."""
     study = parse_study(config)
-    workdir = Path(workdir)
-    if workdir.exists() and not workdir.is_dir():
-        raise C.ConfigError(f"--workdir={workdir} exists and is not a directory")
-    workdir.mkdir(parents=True, exist_ok=True)
+    workdir = check_workdir(workdir)
     t0 = time.perf_counter()
     data_dir = workdir / "data"
     world = study_world(study)

@@ -32,6 +32,7 @@ from jaxknow.model.config import ModelConfig
 from jaxknow.model.lora import LoraConfig
 from jaxknow.train.forgetting import ForgetConfig, OptReset, ResetTo
 from jaxknow.train.select import Selection
+from jaxknow.train.setup import check_workdir
 
 FINDINGS = (
     "narrative training teaches co-occurrence: good plain QA, poor reverse / indirect / "
@@ -330,10 +331,7 @@ def run_cooccurrence_study(config: Any, workdir: str | Path, log: Any = print) -
     """Runs (or resumes) the whole study in `workdir`; returns the results also written to
     results.json (with report.md and plots/)."""
     study = parse_study(config)
-    workdir = Path(workdir)
-    if workdir.exists() and not workdir.is_dir():
-        raise C.ConfigError(f"--workdir={workdir} exists and is not a directory")
-    workdir.mkdir(parents=True, exist_ok=True)
+    workdir = check_workdir(workdir)
     t0 = time.perf_counter()
     data_dir = workdir / "data"
     world = dict(study.world)
