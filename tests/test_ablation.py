@@ -114,6 +114,31 @@ def test_endpoints_are_the_finetuned_and_the_base_model(non_layer):
     assert table.count("\n") == 3 + 2 and "logit_sum (first" in table
 
 
+def test_window_ablation_reverts_only_the_window():
+    # windows of 2 layers in a 3-layer model: starts 0 and 1 fit, 2 and 3 do not
+    seen: list = []
+    res = ablation.layer_delta_ablation(
+        THETA0,
+        THETA1,
+        3,
+        lambda p: seen.append(p) or {"x": float(len(seen))},
+        sides=("window",),
+        window=2,
+    )
+    assert sorted(res.results["window"]) == [0, 1]
+    f0, f1 = flatten(THETA0), flatten(THETA1)
+    for params, reverted in zip(seen, ({0, 1}, {1, 2}), strict=True):
+        for path, v in flatten(params).items():
+            layer = layer_of(path)
+            assert v is (f0[path] if layer in reverted else f1[path]), path
+    assert "layers k..k+1 from base" in res.table()
+    assert ablation.ablated_layers("window", 1, 3, window=1) == frozenset({1})
+    with pytest.raises(ValueError, match="past the last layer"):
+        ablation.ablated_layers("window", 2, 3, window=2)
+    with pytest.raises(ValueError, match="window=0"):
+        ablation.layer_delta_ablation(THETA0, THETA1, 3, lambda p: {}, sides=("window",))
+
+
 def test_lora_finetuned_params_are_merged_first():
     cfg = CFG.replace(lora_scale=2.0)
     adapters = _params(lora_specs(cfg, LoraConfig(rank=2, embedding_rank=2)), 3)

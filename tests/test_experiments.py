@@ -211,6 +211,8 @@ def test_cooccurrence_study_on_an_imported_base_model(tmp_path):
     }
     cfg.ablation.k_step = 2
     cfg.ablation.renderings = ("narrative",)
+    cfg.ablation.sides = ("first", "last", "window")
+    cfg.ablation.window = 2
     cfg.epochs_per_rendering = {"narrative": 2.0}
     cfg.fit_seq_len = True
     results = run_cooccurrence_study(cfg, tmp_path / "second", log=lambda *_: None)
@@ -226,8 +228,12 @@ def test_cooccurrence_study_on_an_imported_base_model(tmp_path):
     ab = results["ablation"]["narrative"]
     for side in ("first", "last"):
         assert sorted(int(k) for k in ab["results"][side]) == [0, 2, 3]
+    # windows of 2 of the 3 layers: only k = 0 fits the k grid 0, 2, 3
+    assert sorted(int(k) for k in ab["results"]["window"]) == [0] and ab["window"] == 2
+    assert (tmp_path / "second" / "plots" / "ablation_window_narrative.png").stat().st_size > 1000
     report = (tmp_path / "second" / "report.md").read_text()
     assert "real facts" in report and "ceiling" not in report
+    assert "layers k..k+1 / qa" in report
 
 
 def test_cooccurrence_evaluations_are_cached_per_checkpoint_items_and_settings(

@@ -1,7 +1,8 @@
 """Where narrative knowledge lives in SmolLM2-135M: configs/cooccurrence/smollm2_cpu.py cut to
 the narrative finetune and its layer-delta ablation, at every fifth k (k = 0, 5, ..., 30, both
-directions) instead of every tenth, on 2 CPU cores in about 40 minutes. Only the ablation's
-tasks (QA and multiple choice) are evaluated; no forgetting, no referencing.
+directions) instead of every tenth, plus a window ablation (only layers k..k+4 reverted, for
+k = 0, 5, ..., 25: where first/last k cannot isolate the middle of the stack). Only the
+ablation's tasks (QA and multiple choice) are evaluated; no forgetting, no referencing.
 
     JAXKNOW_CPU_DEVICES=1 python -m launch.experiment \\
         --config=configs/cooccurrence/smollm2_ablation_cpu.py --workdir=runs/cs_ablation
@@ -17,5 +18,7 @@ def get_config() -> ConfigDict:
     c.renderings = ("narrative",)
     c.forget.enabled = False
     c.ablation.k_step = 5
+    c.ablation.sides = ("first", "last", "window")
+    c.ablation.window = 5
     c.eval.subsets = ("qa", "multiple_choice")
     return c

@@ -1,7 +1,9 @@
 """Layer-delta ablation: where does finetuning put the knowledge (co-occurrence spec section 7).
 
 With θ0 the base parameters and θ1 the finetuned ones, the model whose first k (separately:
-last k) transformer layers take θ0 and the rest θ1 is evaluated for k = 0..L. Layers are
+last k) transformer layers take θ0 and the rest θ1 is evaluated for k = 0..L; a window ablation
+reverts only layers [a, a + w) for each start a, which can isolate the middle of the stack
+where first/last-k cannot. Layers are
 selected by their parameter path (``layers/{i}/...``). Parameters outside the layers (token and
 position embeddings, final norm, untied head) follow θ1 by default, so k = 0 is exactly θ1 and
 k = L is θ1 with every layer delta removed; `non_layer` changes that (see `mix_layers`).
@@ -19,9 +21,15 @@ from jaxknow.model.config import ModelConfig
 from jaxknow.model.lora import is_lora_path, merge_lora
 from jaxknow.model.params import flatten, layer_of, unflatten
 
-__all__ = ["AblationResult", "ablated_layers", "ablation_ks", "layer_delta_ablation", "mix_layers"]
+__all__ = [
+    "AblationResult",
+    "ablated_layers",
+    "ablation_ks",
+    "layer_delta_ablation",
+    "mix_layers",
+]
 
-Side = Literal["first", "last"]
+Side = Literal["first", "last", "window"]
 NonLayer = Literal["finetuned", "base", "adjacent"]
 Metrics = dict[str, float]
 
@@ -87,25 +95,33 @@ def ablation_ks(n_layers: int, step: int = 1) -> list[int]:
     return sorted({*range(0, n_layers + 1, step), n_layers})
 
 
-def ablated_layers(side: Side, k: int, n_layers: int) -> frozenset[int]:
-    """Returns the layers that take θ0 for `side` ("first" or "last") and k."""
+def ablated_layers(side: Side, k: int, n_layers: int, window: int = 0) -> frozenset[int]:
+    """Returns the layers that take θ0 for `side` and k: "first" the first k layers, "last"
+    the last k, "window" the `window` layers starting at layer k (k + window <= n_layers)."""
     if not 0 <= k <= n_layers:
         raise ValueError(f"k={k} outside 0..{n_layers}")
     if side == "first":
         return frozenset(range(k))
     if side == "last":
         return frozenset(range(n_layers - k, n_layers))
-    raise ValueError(f"side must be 'first' or 'last', got {side!r}")
+    if side == "window":
+        if not 1 <= window <= n_layers:
+            raise ValueError(f"window={window}: must be in 1..{n_layers} for a window ablation")
+        if k + window > n_layers:
+            raise ValueError(f"window [{k}, {k + window}) runs past the last layer {n_layers - 1}")
+        return frozenset(range(k, k + window))
+    raise ValueError(f"side must be 'first', 'last' or 'window', got {side!r}")
 
 
 @dataclasses.dataclass
 class AblationResult:
-    """Metrics per side and k: `results[side][k]` = evaluate(model whose first/last k layers
-    take θ0)."""
+    """Metrics per side and k: `results[side][k]` = evaluate(model whose first/last k layers,
+    or for side "window" the `window` layers from layer k, take θ0)."""
 
     n_layers: int
     results: dict[str, dict[int, Metrics]]
     non_layer: str = "finetuned"
+    window: int = 0
 
     def to_dict(self) -> dict[str, dict[int, Metrics]]:
         """Returns {side: {k: {metric: value}}} (a copy; JSON turns k into a string)."""
@@ -130,7 +146,15 @@ class AblationResult:
     def table(self) -> str:
         """Returns a markdown table: one row per k, one column per (side, metric)."""
         cols = [(s, m) for s in self.results for m in self.metrics()]
-        head = ["k", *(f"{m} ({s} k from base)" for s, m in cols)]
+        head = [
+            "k",
+            *(
+                f"{m} (layers k..k+{self.window - 1} from base)"
+                if s == "window"
+                else f"{m} ({s} k from base)"
+                for s, m in cols
+            ),
+        ]
         rows = []
         for k in range(self.n_layers + 1):
             cells = [self.results[s].get(k, {}).get(m) for s, m in cols]
@@ -158,10 +182,12 @@ def layer_delta_ablation(
     non_layer: NonLayer = "finetuned",
     cfg: ModelConfig | None = None,
     ks: Sequence[int] | None = None,
+    window: int = 0,
 ) -> AblationResult:
     """Returns the metrics of the models whose first (resp. last) k layers take θ0 and the rest
     θ1, for each k of `ks` (default: 0..n_layers) and each side (see `mix_layers` for the
-    non-layer parameters).
+    non-layer parameters). Side "window" reverts the `window` layers from layer k instead, for
+    each k of `ks` whose window fits in the stack.
 
     `evaluate` maps parameters to {metric: value}; a layer selection shared by both sides
     (k = 0, k = L) is evaluated once. If θ1 (or θ0) holds LoRA adapters, pass `cfg` to merge
@@ -179,14 +205,18 @@ def layer_delta_ablation(
     if found != n_layers:
         raise ValueError(f"n_layers={n_layers} but the parameters have {found} layers")
     ks = range(n_layers + 1) if ks is None else sorted(set(ks))
+    if "window" in sides and not 1 <= window <= n_layers:
+        raise ValueError(f"window={window}: side 'window' needs a width in 1..{n_layers}")
     cache: dict[frozenset[int], Metrics] = {}
     results: dict[str, dict[int, Metrics]] = {}
     for side in sides:
         results[side] = {}
         for k in ks:
-            sel = ablated_layers(side, k, n_layers)
+            if side == "window" and k + window > n_layers:
+                continue
+            sel = ablated_layers(side, k, n_layers, window)
             if sel not in cache:
                 mixed = mix_layers(theta0, theta1, sel, non_layer=non_layer)
                 cache[sel] = {m: float(v) for m, v in evaluate(mixed).items()}
             results[side][k] = dict(cache[sel])
-    return AblationResult(n_layers=n_layers, results=results, non_layer=non_layer)
+    return AblationResult(n_layers=n_layers, results=results, non_layer=non_layer, window=window)

@@ -110,13 +110,17 @@ class AblationSettings:
     subsets: tuple[str, ...] = ("qa", "multiple_choice")
     renderings: tuple[str, ...] = ("narrative", "referencing")
     mode: common.FinetuneMode = "full"
-    sides: tuple[Literal["first", "last"], ...] = ("first", "last")
+    # first / last: the first / last k layers reverted; window: only layers k .. k+window-1
+    sides: tuple[Literal["first", "last", "window"], ...] = ("first", "last")
     all_seeds: bool = True  # ablate every seed's model (mean and std per k); else the first
     k_step: int = 1  # k = 0, k_step, 2·k_step, ..., L (1: every layer)
+    window: int = 0  # the width of the "window" side's reverted block of layers
 
     def __post_init__(self) -> None:
         if self.k_step < 1:
             raise ValueError(f"k_step={self.k_step}: must be >= 1")
+        if "window" in self.sides and self.window < 1:
+            raise ValueError(f"window={self.window}: side 'window' needs a width >= 1")
 
 
 @dataclasses.dataclass(frozen=True)
@@ -467,17 +471,21 @@ def run_cooccurrence_study(config: Any, workdir: str | Path, log: Any = print) -
                 key = None
                 if all(fps):
                     tag = f"ablation {fps} sides={ab.sides} k_step={ab.k_step}"
+                    if "window" in ab.sides:
+                        tag += f" window={ab.window}"
                     key = eval_cache_key(tag, subsets, ev)
                 per_seed[seed] = cached_result(
                     evals,
                     key,
                     lambda m=ft_model: ablate(
-                        base_model, m, subsets, ev, ab.sides, k_step=ab.k_step
+                        base_model, m, subsets, ev, ab.sides, k_step=ab.k_step, window=ab.window
                     ),
                 )
             results["ablation"][rendering] = combine_ablations(
                 per_seed, {k: len(v) for k, v in subsets.items()}
             )
+            if "window" in ab.sides:
+                results["ablation"][rendering]["window"] = ab.window
     results["wall_seconds"] = time.perf_counter() - t0
     _write_outputs(workdir, results, losses)
     return results
@@ -522,9 +530,11 @@ def ablate(
     ev: CooccurrenceEvalSettings,
     sides: Sequence[str],
     k_step: int = 1,
+    window: int = 0,
 ) -> dict[str, Any]:
     """Returns the layer-delta ablation {side: {k: {subset: headline}}} of a finetuned model
-    against the base, for k = 0, k_step, ..., L."""
+    against the base, for k = 0, k_step, ..., L (side "window": layers k .. k+window-1
+    reverted, for the k whose window fits)."""
     from jaxknow.eval.ablation import ablation_ks, layer_delta_ablation
     from jaxknow.model.lora import merge_lora
 
@@ -542,6 +552,7 @@ def ablate(
         evaluate,
         sides=tuple(sides),
         ks=ablation_ks(cfg.n_layers, k_step),
+        window=window,
     )
     return {
         "n_layers": cfg.n_layers,
@@ -744,7 +755,12 @@ def report_markdown(results: Mapping[str, Any]) -> str:
             markdown_table(["run", "task", "pass 1", "pass 2"], prow),
         ]
     if results.get("ablation"):
-        parts += ["", "## Layer-delta ablation (first / last k layers reverted to base)", ""]
+        parts += [
+            "",
+            "## Layer-delta ablation (first / last k layers, or a window of layers from layer k, "
+            "reverted to base)",
+            "",
+        ]
         for rendering, ab in results["ablation"].items():
             ks = sorted({int(k) for side in ab["results"].values() for k in side})
             subs = sorted({s for side in ab["results"].values() for v in side.values() for s in v})
@@ -752,10 +768,11 @@ def report_markdown(results: Mapping[str, Any]) -> str:
             arows = []
             std = ab.get("std") or {}
             for side, by_k in ab["results"].items():
+                label = f"layers k..k+{ab['window'] - 1}" if side == "window" else f"{side} k"
                 for s in subs:
                     arows.append(
                         [
-                            f"{side} / {s}",
+                            f"{label} / {s}",
                             *[
                                 _pct_sd(by_k[str(k)][s], std.get(side, {}).get(str(k), {}).get(s))
                                 if str(k) in by_k
@@ -820,24 +837,35 @@ def _write_outputs(
                 title=f"finetuning loss: {name}",
             )
     for rendering, ab in (results.get("ablation") or {}).items():
-        series, bands = {}, {}
-        interval = ab.get("interval") or {}
-        ks: list[int] = []
-        for side, by_k in ab["results"].items():
-            ks = sorted(int(k) for k in by_k)
-            for s in next(iter(by_k.values())):
-                name = f"{s} ({side} k reverted)"
-                series[name] = [by_k[str(k)][s] for k in ks]
-                if interval:
-                    lo_hi = [interval[side][str(k)][s] for k in ks]
-                    bands[name] = ([lo for lo, _ in lo_hi], [hi for _, hi in lo_hi])
-        plot_per_layer(
-            series,
-            plots / f"ablation_{rendering}.png",
-            f"layer-delta ablation after {rendering} training\n(mean of "
-            f"{ab.get('n', 1)} seed(s); band: 95 % Wilson interval over items)",
-            "score",
-            xlabel="k layers reverted to base",
-            x=ks,
-            bands=bands or None,
-        )
+        # first / last k on one plot; the window ablation (x = the window's first layer) on its own
+        for figure, sides in (("", ("first", "last")), ("_window", ("window",))):
+            series, bands = {}, {}
+            interval = ab.get("interval") or {}
+            ks: list[int] = []
+            for side, by_k in ab["results"].items():
+                if side not in sides:
+                    continue
+                ks = sorted(int(k) for k in by_k)
+                for s in next(iter(by_k.values())):
+                    name = f"{s} ({side} k reverted)" if side != "window" else s
+                    series[name] = [by_k[str(k)][s] for k in ks]
+                    if interval:
+                        lo_hi = [interval[side][str(k)][s] for k in ks]
+                        bands[name] = ([lo for lo, _ in lo_hi], [hi for _, hi in lo_hi])
+            if not series:
+                continue
+            xlabel = (
+                f"first of the {ab.get('window')} layers reverted to base"
+                if figure
+                else "k layers reverted to base"
+            )
+            plot_per_layer(
+                series,
+                plots / f"ablation{figure}_{rendering}.png",
+                f"layer-delta ablation after {rendering} training\n(mean of "
+                f"{ab.get('n', 1)} seed(s); band: 95 % Wilson interval over items)",
+                "score",
+                xlabel=xlabel,
+                x=ks,
+                bands=bands or None,
+            )
