@@ -1,4 +1,4 @@
-"""Quickstart: a small bioS study that runs on a 2-core CPU in about fifteen minutes.
+"""Quickstart: a small bioS study that runs on a 2-core CPU in about ten minutes.
 
 bioS single versus multi5x10+permute+fullname (5 biographies per person, drawn 10 times
 independently: 50 renderings per person in other templates and sentence orders, the 10 draws
@@ -78,6 +78,12 @@ def get_config() -> ConfigDict:
             end_lr_fraction=0.1,
             weight_decay=0.1,
             log_every=25,
+            # 4 optimizer steps per jitted call: the same parameters bit for bit, ~1.3x the
+            # tokens/s of one step per call at this batch on 2 cores (notebook P4, E26).
+            steps_per_call=4,
+            # Learning curves: P_train / P_test QA and memorisation of 50 people every 250
+            # steps (~5 % of the stage's time, E26).
+            eval_every=250,
         )
     )
     c.finetune = ConfigDict(
@@ -90,6 +96,8 @@ def get_config() -> ConfigDict:
             warmup_steps=10,
             weight_decay=0.0,
             log_every=25,
+            steps_per_call=4,
+            eval_every=25,
         )
     )
     c.finetune_modes = ["lora"]
@@ -111,6 +119,8 @@ def get_config() -> ConfigDict:
                     "end_lr_fraction",
                     "weight_decay",
                     "log_every",
+                    "steps_per_call",
+                    "eval_every",
                 )
             },
         )
