@@ -11,7 +11,8 @@ from typing import Any
 import optax
 
 from jaxknow.config import OptimConfig
-from jaxknow.model.params import is_stacked_path, map_with_path, per_layer_paths
+from jaxknow.model.layout import layer_paths
+from jaxknow.model.params import map_with_path
 
 
 def make_schedule(cfg: OptimConfig) -> optax.Schedule:
@@ -38,16 +39,15 @@ def decays(path: str, no_decay: Sequence[str]) -> bool:
 def decay_mask(params: Any, no_decay: Sequence[str]) -> Any:
     """Returns a tree of bools: True where weight decay applies (paths not matching no_decay).
 
-    Stacked layers (`params.stack_layers`) are judged by their per-layer paths
-    (``layers/0/...``, ``layers/1/...``), so both layouts decay the same parameters; raises
-    ValueError when the layers of one stacked parameter would get different answers (such a
-    run keeps per-layer storage: `state.stacks_layers`).
+    Stacked layers are judged by their per-layer paths (``layers/0/...``, ``layers/1/...``),
+    so both layouts decay the same parameters; raises ValueError when the layers of one
+    stacked parameter would get different answers (such a run keeps a per-layer state:
+    `state.homogeneous_layers`).
     """
 
     def mask(path: str, x: Any) -> bool:
-        if not is_stacked_path(path):
-            return decays(path, no_decay)
-        answers = {decays(p, no_decay) for p in per_layer_paths(path, x.shape[0])}
+        n = x.shape[0] if getattr(x, "shape", ()) else 1
+        answers = {decays(p, no_decay) for p in layer_paths(path, n)}
         if len(answers) != 1:
             raise ValueError(
                 f"optim.no_decay={tuple(no_decay)} decays some layers of {path} and not others"

@@ -168,9 +168,9 @@ def train_step(
     The loss is the weighted mean token NLL over the whole batch; with `grad_accum` > 1 the
     batch is processed in that many micro-batches whose gradients sum to the same value.
     Metrics: loss, grad_norm, lr (the rate used by this update), weight_sum, tokens.
-    The state's layers may be stored per layer or stacked (`train.state.stacks_layers`);
-    with stacked layers the gradients come out stacked and each parameter kind is updated
-    by one op.
+    The state's layers are stacked (a per-layer state, `train.state.homogeneous_layers`, is
+    stacked for the forward pass by `merge_params`): the gradients come out in the state's
+    layout and each stacked parameter kind is updated by one op.
     """
     total_w = jnp.sum(batch["weights"].astype(jnp.float32))
     denom = jnp.maximum(total_w, 1e-9)
