@@ -234,7 +234,8 @@ def test_layout_paths():
 def test_scan_and_layer_loop_agree_with_adapters_and_cached_decoding(name, remat, switches):
     """With LoRA adapters on every layer, the scan over the stacked layers and the loop over
     their slices give the same loss, gradients (stacked like the params) and hidden states;
-    cached decoding (always the loop) matches prefill; a per-layer tree is refused."""
+    cached decoding (always the loop, also on the per-layer view) matches prefill; outside
+    cached decoding a per-layer tree is refused."""
     from jaxknow.model.layout import unstack
 
     base = preset(name, n_layers=3, remat=remat, dtype="float32", **switches)
@@ -257,6 +258,10 @@ def test_scan_and_layer_loop_agree_with_adapters_and_cached_decoding(name, remat
     c = transformer.apply(params, tokens, cfg, **kw)
     # Prefill into the cache computes what the uncached forward pass computes.
     np.testing.assert_allclose(c, transformer.apply(params, tokens, cfg), rtol=1e-5, atol=1e-5)
+    # Cached decoding also takes the per-layer view (what generation slices once per call).
+    np.testing.assert_allclose(
+        transformer.apply(unstack(params), tokens, cfg, **kw), c, rtol=1e-6, atol=1e-7
+    )
     with pytest.raises(ValueError, match="stacked"):
         transformer.apply(unstack(params), tokens, cfg)
 

@@ -445,6 +445,8 @@ def test_runs_that_treat_layers_differently_keep_a_per_layer_state():
     assert not homogeneous_layers(paths, 3, lambda p: p.startswith(("layers/1/", "layers/2/")))
     # the same projections of every layer trained
     assert homogeneous_layers(paths, 3, lambda p: "/attn/" in p)
+    # a layer-specific no_decay pattern on parameters that are not trained does not matter
+    assert homogeneous_layers(paths, 3, lambda p: "/attn/" in p, (r"layers/0/mlp",))
     # what a run's state holds
     for trainable, no_decay, per_layer in (
         ("all", (), False),

@@ -351,7 +351,11 @@ class Checkpointer:
     def _stored_abstract(self, step: int, item: str, target: Any) -> Any:
         """Returns `target` (an abstract tree) in the layout item `item` of checkpoint `step`
         was saved in: per layer for checkpoints of earlier versions (and per-layer states)."""
-        stored = is_per_layer(_tree_metadata(self.step_dir(step) / item))
+        try:
+            stored = is_per_layer(_tree_metadata(self.step_dir(step) / item))
+        except Exception as e:  # no readable tree metadata: try the target's own layout
+            logging.warning("checkpoint %s: no tree metadata (%s)", self.step_dir(step) / item, e)
+            return target
         if stored == is_per_layer(target):
             return target
         if stored:

@@ -296,9 +296,12 @@ def forward(
 
     `params["layers"]` holds the layers stacked (`model.layout`: one tree with a leading [L]
     axis); with `cfg.use_scan` they run as one `lax.scan` over that axis, otherwise (and in
-    cached decoding) as a loop over layer i's slices.
+    cached decoding) as a loop over layer i's slices. Cached decoding may also take the
+    per-layer view (`layout.unstack(params)`, made once before a decoding loop so that no
+    token step slices the stack again; it always runs the loop).
     """
-    if is_per_layer(params):
+    per_layer = is_per_layer(params)
+    if per_layer and cache is None:
         raise ValueError("forward takes the layers stacked (see jaxknow.model.layout.stack)")
     b, t = tokens.shape
     if positions is None:
@@ -355,13 +358,19 @@ def forward(
     new_cache: Cache | None = {} if cache is not None else None
     # One split per parameter kind (its gradient is one concatenation of the layers'), not a
     # slice per layer (whose gradients would each be padded to the whole stack and summed).
-    leaves, treedef = jax.tree.flatten(stacked)
-    pieces = [jnp.split(p, cfg.n_layers) for p in leaves]
+    if per_layer:
+        layer_params = [stacked[str(i)] for i in range(cfg.n_layers)]
+    else:
+        leaves, treedef = jax.tree.flatten(stacked)
+        pieces = [jnp.split(p, cfg.n_layers) for p in leaves]
+        layer_params = [
+            jax.tree.unflatten(treedef, [p[i][0] for p in pieces]) for i in range(cfg.n_layers)
+        ]
     for i in range(cfg.n_layers):
         layer_cache = cache[str(i)] if cache is not None else None
         is_local = local is not None and kinds[i]
         x, c = block(
-            jax.tree.unflatten(treedef, [p[i][0] for p in pieces]),
+            layer_params[i],
             x,
             layer_cache,
             positions=positions,

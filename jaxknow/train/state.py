@@ -121,14 +121,16 @@ def homogeneous_layers(
     no_decay: tuple[str, ...] = (),
 ) -> bool:
     """Returns whether a run treats every layer alike: for each stacked parameter path in
-    `paths`, `is_trainable` (a predicate on per-layer paths) and the weight-decay patterns
-    `no_decay` give one answer for all its layers (``layers/0/...``, ``layers/1/...``, ...).
-    Then the train state holds the layers stacked; otherwise (only some layers trained, a
-    layer-specific no_decay pattern) it holds them per layer."""
+    `paths`, `is_trainable` (a predicate on per-layer paths) and, for a trained parameter,
+    the weight-decay patterns `no_decay` give one answer for all its layers
+    (``layers/0/...``, ``layers/1/...``, ...). Then the train state holds the layers stacked;
+    otherwise (only some layers trained, a layer-specific no_decay pattern) it holds them per
+    layer."""
     for path in paths:
         per_layer = layer_paths(path, n_layers)
-        if len({bool(is_trainable(p)) for p in per_layer}) > 1:
+        trained = {bool(is_trainable(p)) for p in per_layer}
+        if len(trained) > 1:
             return False
-        if len({decays(p, no_decay) for p in per_layer}) > 1:
+        if trained == {True} and len({decays(p, no_decay) for p in per_layer}) > 1:
             return False
     return True
