@@ -268,7 +268,8 @@ def measured_step_memory(
 
     tree = unflatten(specs)
     ocfg = OptimConfig(lr=1e-4, total_steps=10)
-    tx, sched = optim.make_optimizer(ocfg), optim.make_schedule(ocfg)
+    tx = optim.make_optimizer(ocfg, layerwise_norm=not cfg.use_scan)
+    sched = optim.make_schedule(ocfg)
     abstract = abstract_params(tree, cfg.storage_dtype, mesh)
     pred = is_lora_path if trainable == "lora" else (lambda p: True)
     t_abs, f_abs = split_params(abstract, pred)
