@@ -232,12 +232,13 @@ def initial_state(
         from jaxknow.train.state import split_params
 
         params, frozen = split_params(params, is_trainable)
-    try:  # layers stacked in the state when the model scans them, as training does
+    kw = {}
+    try:  # a --ref commit from before one stacked layout: layers stacked when scanned
         from jaxknow.train.state import stacks_layers
 
         kw = {"stack": stacks_layers(cfg, params, frozen, no_decay)}
-    except ImportError:  # a --ref commit from before stacked layer storage
-        kw = {}
+    except ImportError:  # one layout (params are stacked already), or before stacking
+        pass
     state, sh = sharded_state(params, frozen, flatten(specs), tx, mesh, **kw)
     return cfg, state, sh, n_base, n_adapter
 

@@ -11,8 +11,9 @@ import pytest
 
 from jaxknow.eval import ablation, plots
 from jaxknow.model.config import preset
+from jaxknow.model.layout import unstack
 from jaxknow.model.lora import LoraConfig, lora_specs, merge_lora
-from jaxknow.model.params import ParamSpec, flatten, layer_of, param_specs, unflatten
+from jaxknow.model.params import ParamSpec, flatten, param_specs, unflatten
 from jaxknow.model.transformer import apply
 
 CFG = preset("tiny", vocab_size=64, d_model=32, n_layers=3, n_heads=2, d_ff=64, max_seq_len=16)
@@ -35,7 +36,7 @@ def _perturbed(theta: dict, seed: int, only_layers: bool = False) -> dict:
     rng = np.random.default_rng(seed)
     out = {}
     for path, v in flatten(theta).items():
-        if only_layers and layer_of(path) is None:
+        if only_layers and not path.startswith("layers/"):
             out[path] = v
         else:
             out[path] = v + jnp.asarray(rng.normal(0.0, 0.05, v.shape), v.dtype)
@@ -59,23 +60,36 @@ THETA1 = _perturbed(THETA0, 1)
 
 
 def test_mix_layers_takes_each_layer_from_the_right_source():
+    """Layer i of every stacked leaf comes from its side bit for bit; leaves taken whole are
+    the original arrays (no copy)."""
     mixed = ablation.mix_layers(THETA0, THETA1, {0, 2})
     f0, f1, fm = flatten(THETA0), flatten(THETA1), flatten(mixed)
     assert set(fm) == set(f1)
     for path, v in fm.items():
-        layer = layer_of(path)
-        expect = f0[path] if layer in (0, 2) else f1[path]  # non-layer params follow θ1
-        assert v is expect, path
+        if not path.startswith("layers/"):
+            assert v is f1[path], path  # non-layer params follow θ1
+            continue
+        assert v.shape == f1[path].shape
+        for i in range(3):
+            expect = f0[path][i] if i in (0, 2) else f1[path][i]
+            np.testing.assert_array_equal(np.asarray(v[i]), np.asarray(expect), err_msg=path)
+    # per layer, the mix is what mixing per-layer trees gives
+    per_layer = flatten(unstack(mixed))
+    assert per_layer["layers/1/mlp/up/kernel"].shape == f1["layers/mlp/up/kernel"].shape[1:]
     base_rest = flatten(ablation.mix_layers(THETA0, THETA1, {1}, non_layer="base"))
     adjacent = flatten(ablation.mix_layers(THETA0, THETA1, {0}, non_layer="adjacent"))
     for path in f0:
-        if layer_of(path) is None:
+        if not path.startswith("layers/"):
             assert base_rest[path] is f0[path]
             assert adjacent[path] is (f0[path] if path.startswith("embed/") else f1[path])
     all_base = flatten(ablation.mix_layers(THETA0, THETA1, {0, 1, 2}, non_layer="base"))
     assert all(all_base[path] is v for path, v in f0.items())
+    none_base = flatten(ablation.mix_layers(THETA0, THETA1, set()))
+    assert all(none_base[path] is v for path, v in f1.items())
     with pytest.raises(ValueError, match="out of range"):
         ablation.mix_layers(THETA0, THETA1, {3})
+    with pytest.raises(ValueError, match="stacked"):
+        ablation.mix_layers(unstack(THETA0), unstack(THETA1), {0})
 
 
 @pytest.mark.parametrize("non_layer", ["finetuned", "adjacent"])
@@ -129,8 +143,12 @@ def test_window_ablation_reverts_only_the_window():
     f0, f1 = flatten(THETA0), flatten(THETA1)
     for params, reverted in zip(seen, ({0, 1}, {1, 2}), strict=True):
         for path, v in flatten(params).items():
-            layer = layer_of(path)
-            assert v is (f0[path] if layer in reverted else f1[path]), path
+            if not path.startswith("layers/"):
+                assert v is f1[path], path
+                continue
+            for i in range(3):
+                expect = f0[path][i] if i in reverted else f1[path][i]
+                np.testing.assert_array_equal(np.asarray(v[i]), np.asarray(expect), err_msg=path)
     assert "layers k..k+1 from base" in res.table()
     assert ablation.ablated_layers("window", 1, 3, window=1) == frozenset({1})
     with pytest.raises(ValueError, match="past the last layer"):

@@ -297,3 +297,50 @@ def test_no_study_imports_another():
         if study_of(src) and study_of(dst) and study_of(src) != study_of(dst)
     ]
     assert bad == [], "a study imports another (share code through the engine instead)"
+
+
+# One parameter layout (layers stacked): the functions that convert between it and per-layer
+# views live in `jaxknow.model.layout`. A function elsewhere whose name looks like a layout
+# converter must be listed here with what it is.
+LAYOUT_MODULE = "jaxknow.model.layout"
+CONVERTER_NAME = re.compile(r"(^|_)(un)?stack(ed|s)?(_|$)|per_layer|to_layout", re.IGNORECASE)
+NOT_CONVERTERS = {
+    "jaxknow.model.params.per_layer_specs": "a spec tree's per-layer view: layout.unstack",
+    "jaxknow.io.checkpoint._to_layout": "a restored item into the target's layout: "
+    "layout.stack / unstack under jit",
+    "jaxknow.eval.probing._stack_heads": "stacks probe heads, not layers",
+    "jaxknow.eval.plots.plot_per_layer": "a plot of per-layer curves",
+}
+
+
+def layout_converters(root: Path = PACKAGE) -> list[str]:
+    """Returns "module.function" for every function under `root`, outside the layout module,
+    whose name looks like a layout converter (`CONVERTER_NAME`)."""
+    found = []
+    for f in sorted(root.rglob("*.py")):
+        mod = module_name(f, root)
+        if mod == LAYOUT_MODULE:
+            continue
+        for node in ast.walk(ast.parse(f.read_text())):
+            is_def = isinstance(node, ast.FunctionDef | ast.AsyncFunctionDef)
+            if is_def and CONVERTER_NAME.search(node.name):
+                found.append(f"{mod}.{node.name}")
+    return found
+
+
+def test_layout_scanner_sees_converter_names(tmp_path):
+    pkg = tmp_path / "jaxknow" / "train"
+    pkg.mkdir(parents=True)
+    (pkg / "state.py").write_text(
+        "def stacks_layers(): ...\ndef f():\n    def _to_per_layer(x): ...\ndef restack(): ...\n"
+    )
+    assert layout_converters(tmp_path / "jaxknow") == [
+        "jaxknow.train.state.stacks_layers",
+        "jaxknow.train.state._to_per_layer",
+    ]
+
+
+def test_layout_converters_live_in_model_layout():
+    found = layout_converters()
+    assert set(found) <= set(NOT_CONVERTERS), sorted(set(found) - set(NOT_CONVERTERS))
+    assert set(NOT_CONVERTERS) <= set(found), "stale entries in NOT_CONVERTERS"

@@ -11,7 +11,15 @@ import pytest
 
 from jaxknow.model import config as mc
 from jaxknow.model import lora as lora_lib
-from jaxknow.model.params import flatten, init_param, param_specs, path_key, unflatten
+from jaxknow.model.layout import is_per_layer, stack, unstack
+from jaxknow.model.params import (
+    flatten,
+    init_param,
+    param_specs,
+    path_key,
+    per_layer_specs,
+    unflatten,
+)
 from jaxknow.train import optim
 from jaxknow.train.forgetting import ForgetConfig, make_forget_event, reset_state, reset_targets
 from jaxknow.train.select import Selection
@@ -56,7 +64,7 @@ def trained(base):
 
 
 def test_selection_by_layer_fraction_range_and_pattern(base):
-    paths = list(flatten(base))
+    paths = list(flatten(unstack(base)))  # selections name layers one by one
     upper = Selection(layer_fraction=1 / 3).paths(paths, 3)
     assert upper and all(p.startswith(("layers/1/", "layers/2/")) for p in upper)
     assert not Selection(layer_fraction=1 / 3).matches("embed/tokens", 3)
@@ -71,6 +79,7 @@ def test_selection_by_layer_fraction_range_and_pattern(base):
 @pytest.mark.parametrize("opt_mode", ["all", "selected", "none"])
 def test_reset_to_pretrained_is_bit_exact_and_leaves_the_rest(base, trained, opt_mode):
     state, tx = trained
+    state, base = unstack(state), unstack(base)  # the per-layer view the resets work in
     before = flatten(state.params)
     sel = Selection(layer_fraction=1 / 3)
     paths = sel.paths(list(before), CFG.n_layers)
@@ -102,7 +111,8 @@ def test_reset_to_pretrained_is_bit_exact_and_leaves_the_rest(base, trained, opt
 
 def test_reset_to_fresh_init_draws_from_the_specs(base, trained):
     state, tx = trained
-    specs = flatten(param_specs(CFG))
+    state, base = unstack(state), unstack(base)
+    specs = flatten(per_layer_specs(param_specs(CFG)))
     paths = Selection(patterns=(r"layers/2/mlp/",)).paths(list(flatten(state.params)), 3)
     key = jax.random.key(7)
     out = reset_state(state, reset_targets(base, paths, "init", specs, key), tx, "none")
@@ -118,12 +128,12 @@ def test_lora_reset_equals_resetting_the_merged_weights(base):
     full = merge_params(base, adapters)
     trainable, frozen = split_params(full, lora_lib.is_lora_path)
     state, tx = _trained(trainable, frozen, cfg=cfg)
-    merged_before = flatten(lora_lib.merge_lora(state.model_params(), cfg))
+    merged_before = flatten(unstack(lora_lib.merge_lora(state.model_params(), cfg)))
     fcfg = ForgetConfig(at_steps=(3,), select=Selection(layer_fraction=1 / 3))
     event = make_forget_event(fcfg, adapters, cfg.n_layers, tx, None, jax.random.key(0))
     out = event(3, state)
-    merged = flatten(lora_lib.merge_lora(out.model_params(), cfg))
-    ref = flatten(base)
+    merged = flatten(unstack(lora_lib.merge_lora(out.model_params(), cfg)))
+    ref = flatten(unstack(base))
     for p, v in merged.items():
         layer = int(p.split("/")[1]) if p.startswith("layers/") else None
         if (
@@ -161,31 +171,24 @@ def test_unflatten_roundtrip(base):
 
 @pytest.mark.parametrize("opt_mode", ["all", "selected"])
 def test_reset_of_a_stacked_state_equals_the_per_layer_reset(base, trained, opt_mode):
-    """A state holding its layers stacked (a scanned model's training) is reset layer by
-    layer, bit for bit as the same state stored per layer, and stays stacked."""
-    from jaxknow.model.params import is_stacked, stack_layers, unstack_layers
-
+    """A state holding its layers stacked is reset layer by layer, bit for bit as the same
+    state held per layer (a run that treats its layers differently), and stays stacked."""
     state, tx = trained
-    specs = flatten(param_specs(CFG))
+    specs = flatten(per_layer_specs(param_specs(CFG)))
     for to in ("pretrained", "init"):
         fcfg = ForgetConfig(
             at_steps=(3,), select=Selection(layer_fraction=1 / 3), to=to, reset_optimizer=opt_mode
         )
         event = make_forget_event(fcfg, base, CFG.n_layers, tx, specs, jax.random.key(0))
         copy = functools.partial(jax.tree.map, jnp.copy)  # the event donates its state
-        want = event(3, copy(state))
-        got = event(3, stack_layers(copy(state)))
-        assert is_stacked(got)
-        jax.tree.map(np.testing.assert_array_equal, unstack_layers(got), want)
+        want = event(3, unstack(copy(state)))
+        got = event(3, copy(state))
+        assert is_per_layer(want) and not is_per_layer(got)
+        jax.tree.map(np.testing.assert_array_equal, got, stack(want))
         # the upper layers changed, layer 0 did not
-        assert not np.array_equal(
-            got.params["layers"]["mlp"]["up"]["kernel"][2],
-            state.params["layers"]["2"]["mlp"]["up"]["kernel"],
-        )
-        np.testing.assert_array_equal(
-            got.params["layers"]["mlp"]["up"]["kernel"][0],
-            state.params["layers"]["0"]["mlp"]["up"]["kernel"],
-        )
+        up, before = got.params["layers"]["mlp"]["up"]["kernel"], state.params["layers"]["mlp"]
+        assert not np.array_equal(up[2], before["up"]["kernel"][2])
+        np.testing.assert_array_equal(up[0], before["up"]["kernel"][0])
 
 
 def test_selections_refuse_stacked_paths():

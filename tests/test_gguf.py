@@ -21,6 +21,7 @@ from jaxknow.io import hf_tensors, named_models  # noqa: E402
 from jaxknow.io.gguf_file import GGUFError  # noqa: E402
 from jaxknow.io.load import load_model, score_tokens  # noqa: E402
 from jaxknow.model.config import ModelConfig  # noqa: E402
+from jaxknow.model.layout import stack, unstack  # noqa: E402
 from jaxknow.model.params import flatten, unflatten  # noqa: E402
 from tests.util import numpy_params, run_module  # noqa: E402
 
@@ -157,12 +158,13 @@ def write_tiny_gguf(
     w.write_tensors_to_file()
     w.close()
     qflat = {}
+    per_layer = flatten(unstack(params))  # the tensors are per layer
     for hf_name, sources in by_name.items():
         t = quantized[hf_name]
         for p, src in sources:
             a = t.T if src.torch_linear else t
-            qflat[p] = a.reshape(flat[p].shape)
-    return params, unflatten(qflat)
+            qflat[p] = a.reshape(per_layer[p].shape)
+    return params, stack(unflatten(qflat), combine=np.stack)
 
 
 @pytest.fixture(scope="module")

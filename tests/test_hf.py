@@ -295,16 +295,16 @@ def test_bf16_source_and_fsdp_streaming(tmp_path):
     want = model.model.layers[1].self_attn.q_proj.weight.detach().float().numpy()  # [H*Dh, D]
 
     m32 = hf.load_hf_params(src, param_dtype="float32")
-    q = np.asarray(m32.params["layers"]["1"]["attn"]["q"]["kernel"])  # [D, H, Dh]
+    q = np.asarray(m32.params["layers"]["attn"]["q"]["kernel"])[1]  # layer 1: [D, H, Dh]
     np.testing.assert_array_equal(q.reshape(q.shape[0], -1).T, want)
 
     mesh = make_mesh(1, 2, 4)
     m16 = hf.load_hf_params(src, mesh, param_dtype="bfloat16")
-    q16 = m16.params["layers"]["1"]["attn"]["q"]["kernel"]
+    q16 = m16.params["layers"]["attn"]["q"]["kernel"]  # [L, D, H, Dh], layers unsharded
     assert q16.dtype == jnp.bfloat16 and m16.cfg.param_dtype == "bfloat16"
-    assert q16.sharding.spec[:2] == ("fsdp", "tensor")
+    assert q16.sharding.spec[:3] == (None, "fsdp", "tensor")
     assert len({str(s.index) for s in q16.addressable_shards}) == 8  # split, not replicated
-    np.testing.assert_array_equal(np.asarray(q16, np.float32), q)
+    np.testing.assert_array_equal(np.asarray(q16, np.float32)[1], q)
     for leaf32, leaf16 in zip(jax.tree.leaves(m32.params), jax.tree.leaves(m16.params)):
         np.testing.assert_array_equal(np.asarray(leaf16, np.float32), np.asarray(leaf32))
 
@@ -313,7 +313,8 @@ def test_sharded_gpt2_import_matches_replicated(gpt2_dir):
     """Fused q/k/v slices read shard by shard equal the replicated import."""
     whole = hf.load_hf_params(gpt2_dir[0], _one_device())
     split = hf.load_hf_params(gpt2_dir[0], make_mesh(1, 2, 4))
-    assert split.params["layers"]["0"]["attn"]["k"]["kernel"].sharding.spec[:2] == (
+    assert split.params["layers"]["attn"]["k"]["kernel"].sharding.spec[:3] == (
+        None,
         "fsdp",
         "tensor",
     )

@@ -118,7 +118,7 @@ def test_scan_layers_matches_the_layer_loop(name, remat, switches):
 
 
 def _adapted_params(cfg, n_layers=3):
-    """Tiny model params plus LoRA adapters on q and up (every layer), per layer."""
+    """Tiny model params plus LoRA adapters on q and up (every layer), layers stacked."""
     from jaxknow.model import lora as lora_lib
 
     lcfg = lora_lib.LoraConfig(rank=2, targets=("q", "up"))
@@ -126,121 +126,144 @@ def _adapted_params(cfg, n_layers=3):
     return init_params(specs, jax.random.key(0), jnp.float32)
 
 
-def test_stack_layers_round_trips_params_optimizer_state_and_shardings():
-    from jax.sharding import NamedSharding, PartitionSpec
-
-    from jaxknow.model.params import (
-        can_stack_layers,
-        flatten,
-        is_stacked,
-        stack_layers,
-        stacked_layer_count,
-        unstack_layers,
-    )
-    from jaxknow.parallel.mesh import make_mesh
-    from jaxknow.train import optim
-    from jaxknow.train.state import stacked_shardings
+def test_params_are_stacked_and_each_layer_draws_from_its_per_layer_path():
+    """One stacked leaf per parameter kind ([L, ...], unsharded layer axis); layer i's initial
+    values are those of its per-layer path ``layers/{i}/...`` (as when every layer had its own
+    leaf), so the values do not depend on the layout."""
+    from jaxknow.model import lora as lora_lib
+    from jaxknow.model.params import flatten, init_param, path_key
 
     cfg = preset("tiny", n_layers=3, vocab_size=64, max_seq_len=32)
-    params = _adapted_params(cfg)
-    stacked = stack_layers(params)
+    specs = flatten(lora_lib.full_specs(cfg, lora_lib.LoraConfig(rank=2, targets=("q", "up"))))
+    assert specs["layers/attn/q/kernel"].shape[0] == 3
+    assert specs["layers/attn/q/kernel"].axes[0] is None
+    assert not any(p.startswith("layers/0/") for p in specs)
+    key = jax.random.key(0)
+    flat = flatten(_adapted_params(cfg))
+    for path in ("layers/attn/q/kernel", "layers/mlp/up/lora_a", "layers/attn_norm/scale"):
+        spec = specs[path]
+        one = type(spec)(spec.shape[1:], spec.axes[1:], spec.init, spec.std)
+        kind = path.split("/", 1)[1]
+        for i in range(3):
+            want = init_param(one, path_key(key, f"layers/{i}/{kind}"), jnp.float32)
+            np.testing.assert_array_equal(flat[path][i], want)
+    assert not np.array_equal(flat["layers/mlp/up/lora_a"][0], flat["layers/mlp/up/lora_a"][1])
+
+
+def test_layout_stack_and_unstack_round_trip_params_optimizer_state_and_shardings():
+    from jax.sharding import NamedSharding, PartitionSpec
+
+    from jaxknow.model.layout import is_per_layer, stack, unstack
+    from jaxknow.model.params import flatten
+    from jaxknow.parallel.mesh import make_mesh
+    from jaxknow.train import optim
+
+    cfg = preset("tiny", n_layers=3, vocab_size=64, max_seq_len=32)
+    stacked = _adapted_params(cfg)
+    params = unstack(stacked)  # the per-layer view
     flat = flatten(stacked)
-    assert is_stacked(stacked) and not is_stacked(params)
-    assert stacked_layer_count(stacked) == 3 and stacked_layer_count(params) is None
+    assert is_per_layer(params) and not is_per_layer(stacked)
     assert flat["layers/attn/q/kernel"].shape == (
         3,
         *params["layers"]["0"]["attn"]["q"]["kernel"].shape,
     )
-    assert "layers/mlp/up/lora_a" in flat and not any(p.startswith("layers/0/") for p in flat)
+    assert "layers/2/mlp/up/lora_a" in flatten(params)
     np.testing.assert_array_equal(
         flat["layers/mlp/up/kernel"][2], params["layers"]["2"]["mlp"]["up"]["kernel"]
     )
-    np.testing.assert_array_equal(flat["embed/tokens"], params["embed"]["tokens"])
-    back = unstack_layers(stacked)
-    assert jax.tree.structure(back) == jax.tree.structure(params)
-    jax.tree.map(np.testing.assert_array_equal, back, params)
+    assert params["embed"]["tokens"] is stacked["embed"]["tokens"]
+    back = stack(params)
+    assert jax.tree.structure(back) == jax.tree.structure(stacked)
+    jax.tree.map(np.testing.assert_array_equal, back, stacked)
     # no-ops on the other layout: the very same leaves come back
-    for tree, fn in ((stacked, stack_layers), (params, unstack_layers)):
+    for tree, fn in ((stacked, stack), (params, unstack)):
         assert all(a is b for a, b in zip(jax.tree.leaves(fn(tree)), jax.tree.leaves(tree)))
 
     # Optax states: the stacked state of the per-layer state is the state of stacked params.
     tx = optim.make_optimizer(optim.OptimConfig(lr=1e-3, grad_clip=1.0, total_steps=10))
     opt = tx.init(params)
     opt = jax.tree.map(lambda x: x + 1, opt)  # non-zero moments
-    s_opt = stack_layers(opt)
+    s_opt = stack(opt)
+    assert is_per_layer(opt) and not is_per_layer(s_opt)
     assert jax.tree.structure(s_opt) == jax.tree.structure(tx.init(stacked))
     assert s_opt[1][0].mu["layers"]["attn"]["q"]["kernel"].shape[0] == 3
-    jax.tree.map(np.testing.assert_array_equal, unstack_layers(s_opt), opt)
+    jax.tree.map(np.testing.assert_array_equal, unstack(s_opt), opt)
 
-    # Shardings: an unsharded leading layer axis.
+    # Shardings (with a combine): an unsharded leading layer axis; and back (with a take).
     mesh = make_mesh(2, 2, 2)
     sh = jax.tree.map(lambda _: NamedSharding(mesh, PartitionSpec("fsdp")), params)
-    s_sh = stacked_shardings(sh)
+    is_sh = lambda x: isinstance(x, NamedSharding)  # noqa: E731
+    s_sh = stack(
+        sh, combine=lambda xs: NamedSharding(mesh, PartitionSpec(None, *xs[0].spec)), is_leaf=is_sh
+    )
     assert s_sh["layers"]["attn"]["q"]["kernel"].spec == PartitionSpec(None, "fsdp")
     assert s_sh["embed"]["tokens"].spec == PartitionSpec("fsdp")
+    p_sh = unstack(
+        s_sh, 3, take=lambda x, _: NamedSharding(mesh, PartitionSpec(*x.spec[1:])), is_leaf=is_sh
+    )
+    assert p_sh == sh
 
     # Layers that differ or are missing cannot be stacked.
     partial = {"layers": {k: v for k, v in params["layers"].items() if k != "1"}}
     uneven = {"layers": {**params["layers"], "2": params["layers"]["2"]["attn"]}}
     for bad in (partial, uneven):
-        assert not can_stack_layers(bad)
-        with pytest.raises(ValueError, match="cannot stack the layers"):
-            stack_layers(bad)
-    assert can_stack_layers(params) and can_stack_layers({"embed": params["embed"]})
+        with pytest.raises(ValueError, match="cannot stack layers"):
+            stack(bad)
 
 
-def test_stacked_and_per_layer_paths():
-    from jaxknow.model.params import (
-        is_stacked_path,
-        layer_of,
-        per_layer_paths,
-        same_for_every_layer,
-        stacked_path,
-    )
+def test_layout_paths():
+    from jaxknow.model.layout import layer_paths, split_layer_path
 
-    assert is_stacked_path("layers/attn/q/kernel") and not is_stacked_path("layers/3/attn")
-    assert layer_of("layers/attn/q/kernel") is None and layer_of("layers/3/attn/q") == 3
-    assert per_layer_paths("layers/mlp/up/kernel", 2) == [
+    assert layer_paths("layers/mlp/up/kernel", 2) == [
         "layers/0/mlp/up/kernel",
         "layers/1/mlp/up/kernel",
     ]
-    assert per_layer_paths("embed/tokens", 2) == ["embed/tokens"]
-    assert stacked_path("layers/12/mlp/up/kernel") == "layers/mlp/up/kernel"
-    paths = [f"layers/{i}/{k}" for i in range(3) for k in ("attn_norm/scale", "mlp/up/kernel")]
-    assert same_for_every_layer(lambda p: "norm" in p, paths)
-    assert not same_for_every_layer(lambda p: p.startswith("layers/0/"), paths)
+    assert layer_paths("embed/tokens", 2) == ["embed/tokens"]
+    assert layer_paths("layers/3/attn/q", 2) == ["layers/3/attn/q"]
+    assert split_layer_path("layers/12/mlp/up/kernel") == ("layers/mlp/up/kernel", 12)
+    assert split_layer_path("layers/mlp/up/kernel") == ("layers/mlp/up/kernel", None)
+    assert split_layer_path("embed/tokens") == ("embed/tokens", None)
+    for p in layer_paths("layers/attn/o/bias", 4):
+        assert split_layer_path(p)[0] == "layers/attn/o/bias"
 
 
 @pytest.mark.parametrize(
     "name,remat,switches",
     [("tiny", "none", {}), ("tiny-llama", "full", {}), ("tiny-llama", "none", GEMMA3_SWITCHES)],
 )
-def test_forward_on_stacked_params_matches_per_layer_params(name, remat, switches):
-    """Stacked storage scans directly: same loss, gradients that are the stacked per-layer
-    gradients, same hidden states; cached decoding runs on it too."""
-    from jaxknow.model.params import stack_layers
+def test_scan_and_layer_loop_agree_with_adapters_and_cached_decoding(name, remat, switches):
+    """With LoRA adapters on every layer, the scan over the stacked layers and the loop over
+    their slices give the same loss, gradients (stacked like the params) and hidden states;
+    cached decoding (always the loop, also on the per-layer view) matches prefill; outside
+    cached decoding a per-layer tree is refused."""
+    from jaxknow.model.layout import unstack
 
-    cfg = preset(name, n_layers=3, remat=remat, dtype="float32", scan_layers=True, **switches)
-    params = _adapted_params(cfg)
-    stacked = stack_layers(params)
-    tokens = jax.random.randint(jax.random.key(1), (2, 17), 0, cfg.vocab_size)
-    grad = jax.jit(jax.value_and_grad(functools.partial(loss_fn, cfg=cfg)))
-    (l0, g0), (l1, g1) = grad(params, tokens), grad(stacked, tokens)
-    np.testing.assert_allclose(l1, l0, rtol=1e-6)
-    assert jax.tree.structure(g1) == jax.tree.structure(stacked)
-    jax.tree.map(
-        lambda a, b: np.testing.assert_allclose(a, b, rtol=1e-5, atol=1e-7), g1, stack_layers(g0)
-    )
-    h0 = transformer.forward(params, tokens, cfg, collect_hidden=True).hiddens
-    h1 = transformer.forward(stacked, tokens, cfg, collect_hidden=True).hiddens
-    np.testing.assert_allclose(h1, h0, rtol=1e-5, atol=1e-6)
+    base = preset(name, n_layers=3, remat=remat, dtype="float32", **switches)
+    params = _adapted_params(base)
+    tokens = jax.random.randint(jax.random.key(1), (2, 17), 0, base.vocab_size)
+    out = {}
+    for scan in (False, True):
+        cfg = base.replace(scan_layers=scan)
+        grad = jax.jit(jax.value_and_grad(functools.partial(loss_fn, cfg=cfg)))
+        h = transformer.forward(params, tokens, cfg, collect_hidden=True).hiddens
+        out[scan] = (*grad(params, tokens), h)
+    (l0, g0, h0), (l1, g1, h1) = out[False], out[True]
+    np.testing.assert_allclose(l1, l0, rtol=1e-5)
+    assert jax.tree.structure(g1) == jax.tree.structure(params) == jax.tree.structure(g0)
+    jax.tree.map(lambda a, b: np.testing.assert_allclose(a, b, rtol=1e-4, atol=1e-6), g1, g0)
+    np.testing.assert_allclose(h1, h0, rtol=1e-5, atol=1e-5 if switches else 1e-6)
+    cfg = base.replace(scan_layers=True)
     cache = transformer.init_cache(cfg, 2, 17)
     kw = dict(cache=cache, cache_index=jnp.int32(0), kv_valid=jnp.ones((2, 17), bool))
-    c0 = transformer.apply(params, tokens, cfg, **kw)
-    c1 = transformer.apply(stacked, tokens, cfg, **kw)
-    np.testing.assert_allclose(c1, c0, rtol=1e-5, atol=1e-6)
+    c = transformer.apply(params, tokens, cfg, **kw)
     # Prefill into the cache computes what the uncached forward pass computes.
-    np.testing.assert_allclose(c0, transformer.apply(params, tokens, cfg), rtol=1e-5, atol=1e-5)
+    np.testing.assert_allclose(c, transformer.apply(params, tokens, cfg), rtol=1e-5, atol=1e-5)
+    # Cached decoding also takes the per-layer view (what generation slices once per call).
+    np.testing.assert_allclose(
+        transformer.apply(unstack(params), tokens, cfg, **kw), c, rtol=1e-6, atol=1e-7
+    )
+    with pytest.raises(ValueError, match="stacked"):
+        transformer.apply(unstack(params), tokens, cfg)
 
 
 def test_scan_layers_is_automatic_from_depth():

@@ -3,8 +3,8 @@
 With θ0 the base parameters and θ1 the finetuned ones, the model whose first k (separately:
 last k) transformer layers take θ0 and the rest θ1 is evaluated for k = 0..L; a window ablation
 reverts only layers [a, a + w) for each start a, which can isolate the middle of the stack
-where first/last-k cannot. Layers are
-selected by their parameter path (``layers/{i}/...``). Parameters outside the layers (token and
+where first/last-k cannot. The layers are stacked (`model.layout`): layer i is index i of every
+``layers/...`` leaf. Parameters outside the layers (token and
 position embeddings, final norm, untied head) follow θ1 by default, so k = 0 is exactly θ1 and
 k = L is θ1 with every layer delta removed; `non_layer` changes that (see `mix_layers`).
 """
@@ -16,10 +16,14 @@ from collections.abc import Callable, Mapping, Sequence
 from pathlib import Path
 from typing import Any, Literal
 
+import jax.numpy as jnp
+import numpy as np
+
 from jaxknow.eval.tables import markdown_table
 from jaxknow.model.config import ModelConfig
+from jaxknow.model.layout import LAYERS, is_per_layer
 from jaxknow.model.lora import is_lora_path, merge_lora
-from jaxknow.model.params import flatten, layer_of, unflatten
+from jaxknow.model.params import flatten, unflatten
 
 __all__ = [
     "AblationResult",
@@ -34,9 +38,13 @@ NonLayer = Literal["finetuned", "base", "adjacent"]
 Metrics = dict[str, float]
 
 
+def _is_layer_path(path: str) -> bool:
+    return path.startswith(LAYERS + "/")
+
+
 def _n_layers_of(flat: Mapping[str, Any]) -> int:
-    idx = [i for i in (layer_of(p) for p in flat) if i is not None]
-    return max(idx) + 1 if idx else 0
+    sizes = {v.shape[0] for p, v in flat.items() if _is_layer_path(p)}
+    return sizes.pop() if len(sizes) == 1 else 0
 
 
 def mix_layers(
@@ -49,14 +57,18 @@ def mix_layers(
     """Returns parameters taking layer i from `theta0` (base) when i is in `layers_from_base`
     and from `theta1` (finetuned) otherwise.
 
-    Parameters outside ``layers/{i}/`` follow `non_layer`: "finetuned" (default) takes them
-    from θ1, "base" from θ0, "adjacent" ties ``embed/*`` to layer 0 and the rest (final norm,
-    untied head) to the last layer, so that all-base layers give exactly θ0. The leaves are the
-    original arrays (no copy, bit-identical). Both trees must have the same paths and shapes:
-    merge LoRA adapters into θ1 first (`merge_lora`); a leftover adapter raises ValueError.
+    Parameters outside the layers follow `non_layer`: "finetuned" (default) takes them from
+    θ1, "base" from θ0, "adjacent" ties ``embed/*`` to layer 0 and the rest (final norm,
+    untied head) to the last layer, so that all-base layers give exactly θ0. Every value is
+    bit-identical to its source: a leaf taken whole is the original array (no copy), a
+    stacked leaf mixing both selects each layer's values from its side. Both trees must hold
+    their layers stacked and have the same paths and shapes: merge LoRA adapters into θ1
+    first (`merge_lora`); a leftover adapter raises ValueError.
     """
     if non_layer not in ("finetuned", "base", "adjacent"):
         raise ValueError(f"non_layer must be 'finetuned', 'base' or 'adjacent', got {non_layer!r}")
+    if is_per_layer(theta0) or is_per_layer(theta1):
+        raise ValueError("mix_layers takes the layers stacked (jaxknow.model.layout.stack)")
     f0, f1 = flatten(theta0), flatten(theta1)
     if set(f0) != set(f1):
         extra = sorted(set(f0) ^ set(f1))
@@ -75,15 +87,18 @@ def mix_layers(
         v0 = f0[path]
         if tuple(v0.shape) != tuple(v1.shape):
             raise ValueError(f"{path}: base shape {tuple(v0.shape)} != finetuned {tuple(v1.shape)}")
-        layer = layer_of(path)
-        if layer is None:
-            if non_layer == "adjacent":
-                layer = 0 if path.startswith("embed/") else n - 1
-                base = layer in layers_from_base
+        if _is_layer_path(path):
+            from_base = np.asarray([i in layers_from_base for i in range(n)])
+            if from_base.all() or not from_base.any():
+                out[path] = v0 if from_base.all() else v1
             else:
-                base = non_layer == "base"
+                mask = from_base.reshape(n, *(1,) * (len(v1.shape) - 1))
+                out[path] = jnp.where(mask, v0, v1)
+            continue
+        if non_layer == "adjacent":
+            base = (0 if path.startswith("embed/") else n - 1) in layers_from_base
         else:
-            base = layer in layers_from_base
+            base = non_layer == "base"
         out[path] = v0 if base else v1
     return unflatten(out)
 

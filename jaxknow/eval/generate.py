@@ -40,6 +40,7 @@ from jax.sharding import Mesh, NamedSharding, PartitionSpec
 from jaxknow.data.tokenizer import Tokenizer
 from jaxknow.model import transformer
 from jaxknow.model.config import ModelConfig
+from jaxknow.model.layout import unstack
 from jaxknow.model.params import flatten, map_with_path, param_specs
 from jaxknow.parallel.rules import DEFAULT_RULES, Rules, Sharder, logical_to_sharding
 
@@ -230,6 +231,9 @@ def _generate_batch(
     sharder: Sharder,
 ) -> tuple[jax.Array, jax.Array]:
     """Returns (generated tokens [B, max_new], their counts [B]) for left-padded prompts."""
+    # The layers' per-layer view, sliced once here: each token step then reads every layer's
+    # weights in place, where slicing the stack inside the loop copied them at every token.
+    params = unstack(params)
     b, p = tokens.shape
     s = p + max_new
     slots = jnp.arange(s)

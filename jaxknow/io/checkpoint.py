@@ -3,8 +3,11 @@
 A checkpoint directory holds numbered steps; each step has the items
 ``params`` (the full parameter tree the model runs with), ``opt_state``, ``meta`` (step, model
 config, anything the caller adds) and ``data`` (the grain iterator state of every process).
-Parameter paths are per layer (``layers/3/...``): the train loop saves a state that holds
-stacked layers in the per-layer layout (`jaxknow.train.state.to_per_layer`).
+Parameters and optimizer states are saved as they are: the layers stacked (`model.layout`;
+a per-layer train state's optimizer state per layer). A restore reads each item in the layout
+it was stored in and converts it on the devices into the layout of the caller's abstract tree:
+checkpoints of earlier versions, which held every layer under its own index
+(``layers/3/...``), are stacked on read.
 Saves are asynchronous. When a save has finished, a checksum manifest is written into the
 step (`jaxknow.io.integrity`) and old steps are rotated away; a step without a valid manifest
 is never counted as one of the N kept, so rotation never deletes the newest intact step.
@@ -27,8 +30,10 @@ import numpy as np
 import orbax.checkpoint as ocp
 from absl import logging
 from jax.experimental import multihost_utils
+from jax.sharding import NamedSharding, PartitionSpec
 
 from jaxknow.io import integrity
+from jaxknow.model.layout import is_per_layer, stack, unstack
 
 
 def as_path(path: str | os.PathLike) -> Any:
@@ -307,7 +312,10 @@ class Checkpointer:
     ) -> dict[str, Any]:
         """Returns {"params", "opt_state", "meta", "data", "step"} from the checkpoint at `step`
         (default: the latest). Abstract trees (ShapeDtypeStructs with shardings) say how to lay
-        out the arrays; with `abstract_opt_state=None` the optimizer state is not read.
+        out the arrays; with `abstract_opt_state=None` the optimizer state is not read. An
+        item stored in the other layout (per layer, e.g. by an earlier version, where the
+        abstract tree is stacked, or the reverse) is read in its own layout and converted on
+        the devices into the abstract tree's layout and shardings.
         `data` is this process's iterator state (or None). With `verify`, a step whose files
         differ from its checksum manifest raises CheckpointError naming the file.
         """
@@ -316,28 +324,43 @@ class Checkpointer:
             why = self.verify(step)
             if why is not None:
                 raise CheckpointError(f"checkpoint {self.step_dir(step)} is damaged: {why}")
-        args = {
-            "params": ocp.args.StandardRestore(abstract_params),
-            "meta": ocp.args.JsonRestore(),
-            "data": ocp.args.JsonRestore(),
-        }
+        targets = {"params": abstract_params}
         if abstract_opt_state is not None:
-            args["opt_state"] = ocp.args.StandardRestore(abstract_opt_state)
+            targets["opt_state"] = abstract_opt_state
         try:
+            stored = {k: self._stored_abstract(step, k, t) for k, t in targets.items()}
+            args = {k: ocp.args.StandardRestore(a) for k, a in stored.items()}
+            args["meta"] = ocp.args.JsonRestore()
+            args["data"] = ocp.args.JsonRestore()
             out = self._mngr.restore(step, args=ocp.args.Composite(**args))
         except Exception as e:  # orbax raises many kinds; report the path either way
             raise CheckpointError(
                 f"checkpoint {self.directory / str(step)} is unreadable or does not match the "
                 f"model: {type(e).__name__}: {e}"
             ) from e
+        items = {k: _to_layout(out[k], targets[k]) for k in targets}
         data = out["data"] or {}
         return {
-            "params": out["params"],
-            "opt_state": out["opt_state"] if abstract_opt_state is not None else None,
+            "params": items["params"],
+            "opt_state": items.get("opt_state"),
             "meta": out["meta"],
             "data": data.get(f"process_{jax.process_index()}"),
             "step": step,
         }
+
+    def _stored_abstract(self, step: int, item: str, target: Any) -> Any:
+        """Returns `target` (an abstract tree) in the layout item `item` of checkpoint `step`
+        was saved in: per layer for checkpoints of earlier versions (and per-layer states)."""
+        try:
+            stored = is_per_layer(_tree_metadata(self.step_dir(step) / item))
+        except Exception as e:  # no readable tree metadata: try the target's own layout
+            logging.warning("checkpoint %s: no tree metadata (%s)", self.step_dir(step) / item, e)
+            return target
+        if stored == is_per_layer(target):
+            return target
+        if stored:
+            return unstack(target, take=lambda s, _: _layer_struct(s, add=False))
+        return stack(target, combine=lambda ss: _layer_struct(ss[0], add=True, n=len(ss)))
 
     def read_meta(self, step: int | None = None) -> dict[str, Any]:
         """Returns the metadata item of a checkpoint (default: the latest)."""
@@ -366,6 +389,40 @@ class Checkpointer:
                 self._mngr.close()
             except Exception as e:  # already reported by wait(), or nothing to report
                 logging.info("closing the checkpoint manager: %s", e)
+
+
+def _tree_metadata(item_dir: Any) -> Any:
+    """Returns the tree metadata (nested dicts of array metadata) of a saved pytree item."""
+    from etils import epath
+
+    handler = ocp.StandardCheckpointHandler()
+    try:
+        meta = handler.metadata(epath.Path(item_dir))
+    finally:
+        handler.close()
+    return getattr(meta, "tree", meta)
+
+
+def _layer_struct(s: Any, *, add: bool, n: int = 0) -> jax.ShapeDtypeStruct:
+    """Returns the ShapeDtypeStruct `s` with a leading layer axis of size `n` added (`add`) or
+    its leading layer axis removed; its sharding likewise (the layer axis is never sharded)."""
+    sh = s.sharding
+    if isinstance(sh, NamedSharding):
+        spec = tuple(sh.spec)
+        spec = (None, *spec) if add else spec[1:]
+        sh = NamedSharding(sh.mesh, PartitionSpec(*spec))
+    shape = (n, *s.shape) if add else s.shape[1:]
+    return jax.ShapeDtypeStruct(shape, s.dtype, sharding=sh)
+
+
+def _to_layout(tree: Any, target: Any) -> Any:
+    """Returns a restored tree in the layout of `target` (stacked or per layer), converted on
+    the devices straight into the target's shardings (unchanged when the layouts agree)."""
+    if is_per_layer(tree) == is_per_layer(target):
+        return tree
+    convert = stack if is_per_layer(tree) else unstack
+    shardings = jax.tree.map(lambda s: s.sharding, target)
+    return jax.jit(convert, out_shardings=shardings)(tree)
 
 
 def save_params_checkpoint(

@@ -45,6 +45,7 @@ from jaxknow.io.hf_staging import (
 from jaxknow.io.hf_tensors import NP_DTYPES, TensorSource, stored_tensor, tensor_plan
 from jaxknow.io.hf_weights import DEFAULT_MAX_SHARD_SIZE, SafetensorsReader, write_safetensors
 from jaxknow.model.config import ModelConfig
+from jaxknow.model.layout import split_layer_path
 from jaxknow.model.params import flatten
 from jaxknow.parallel.rules import DEFAULT_RULES, Rules
 
@@ -177,7 +178,8 @@ def write_hf_model(
 ) -> list[str]:
     """Writes `config.json` and the safetensors weights (one `model.safetensors`, or shards
     plus `model.safetensors.index.json` above `max_shard_size`) of a jaxknow model (without
-    LoRA adapters) into the existing folder `dst`; returns the weight file names."""
+    LoRA adapters; layers stacked, written one layer's tensor at a time) into the existing
+    folder `dst`; returns the weight file names."""
     dst = Path(dst)
     dtype = dtype or cfg.param_dtype
     if dtype not in NP_DTYPES:
@@ -186,10 +188,11 @@ def write_hf_model(
     hf = hf_config_from_model(cfg, family, dtype=dtype, token_ids=token_ids)
     plan = tensor_plan(family, cfg)
     flat = flatten(params)
-    if set(flat) != set(plan):
+    expected = {split_layer_path(p)[0] for p in plan}  # the stacked paths of the plan's
+    if set(flat) != expected:
         raise HFConversionError(
             f"the parameters do not match the model config: missing "
-            f"{sorted(set(plan) - set(flat))}, unexpected {sorted(set(flat) - set(plan))}"
+            f"{sorted(expected - set(flat))}, unexpected {sorted(set(flat) - expected)}"
         )
     by_name: dict[str, list[tuple[str, TensorSource]]] = {}
     for path, src in plan.items():

@@ -25,6 +25,7 @@ from jaxknow.io.hf_tensors import (
     tensor_plan,
 )
 from jaxknow.model.config import ModelConfig
+from jaxknow.model.layout import layer_paths
 from jaxknow.model.params import flatten, param_axes, param_shapes, param_specs, unflatten
 from jaxknow.parallel.rules import DEFAULT_RULES, Rules, tree_shardings
 
@@ -58,7 +59,8 @@ def load_params_from_reader(
     """Returns the HFModel of a Hugging Face config dict and a tensor reader (anything with
     the `SafetensorsReader` methods names / shape / dtype_code / read and a `directory` for
     messages, e.g. a GGUF file's dequantizing reader), each parameter streamed into its
-    sharding on `mesh` (default: all devices, replicated)."""
+    sharding on `mesh` (default: all devices, replicated): a stacked parameter's shards are
+    assembled from every layer's tensor (its slice of each)."""
     from jaxknow.parallel.mesh import make_mesh
 
     check_param_dtype(param_dtype)
@@ -73,18 +75,30 @@ def load_params_from_reader(
     flat_specs = flatten(specs)
     out = {}
     for path, spec in flat_specs.items():
-        src = plan[path]
+        layers = layer_paths(path, spec.shape[0])
+        sources = [plan[p] for p in layers]
         cache: dict[Any, np.ndarray] = {}  # replicas ask for the same block
 
         def cb(
             index: tuple[slice, ...],
-            src: TensorSource = src,
+            sources: list[TensorSource] = sources,
+            stacked: bool = layers != [path],
             cache: dict[Any, np.ndarray] = cache,
             shape: tuple[int, ...] = spec.shape,
         ) -> np.ndarray:
             key = tuple(s.indices(n) for s, n in zip(index, shape))
             if key not in cache:
-                cache[key] = read_param_slice(reader, src, tuple(index), target)
+                if stacked:  # [L, ...]: layer i's rows from layer i's tensor, one at a time
+                    rows = range(*index[0].indices(shape[0]))
+                    block = None
+                    for j, i in enumerate(rows):
+                        part = read_param_slice(reader, sources[i], index[1:], target)
+                        if block is None:
+                            block = np.empty((len(rows), *part.shape), part.dtype)
+                        block[j] = part
+                    cache[key] = block
+                else:
+                    cache[key] = read_param_slice(reader, sources[0], tuple(index), target)
             return cache[key]
 
         out[path] = jax.make_array_from_callback(spec.shape, shardings[path], cb)

@@ -22,7 +22,8 @@ import numpy as np
 from jaxknow.io.hf_config import FAMILIES, HFConversionError
 from jaxknow.io.hf_weights import SafetensorsReader
 from jaxknow.model.config import ModelConfig
-from jaxknow.model.params import flatten, param_specs
+from jaxknow.model.layout import split_layer_path
+from jaxknow.model.params import flatten, param_specs, per_layer_specs
 
 # Stored tensors that are buffers, not parameters: GPT-2's causal mask, cached rotary tables.
 _IGNORED_TENSORS = re.compile(r"(\.attn\.(bias|masked_bias)|rotary_emb\.inv_freq)$")
@@ -61,7 +62,8 @@ def gpt2_prefix(names: Sequence[str]) -> str:
 def tensor_plan(
     family: str, cfg: ModelConfig, prefix: str | None = None
 ) -> dict[str, TensorSource]:
-    """Returns {jaxknow parameter path: TensorSource} for a model of `family`.
+    """Returns {jaxknow parameter path: TensorSource} for a model of `family`, by per-layer
+    path (``layers/3/attn/q/kernel``: the Hugging Face tensors are per layer).
 
     `prefix` is the stored names' prefix ("transformer." or "model."; GPT-2 checkpoints also
     come without one); default: the family's usual prefix.
@@ -146,7 +148,7 @@ def tensor_plan(
         raise HFConversionError(f"unknown family {family!r}; supported: {list(FAMILIES)}")
     if not cfg.tie_embeddings:
         plan["lm_head/kernel"] = T("lm_head.weight", (d,), (v,), (v, d), torch_linear=True)
-    expected = set(flatten(param_specs(cfg)))
+    expected = set(flatten(per_layer_specs(param_specs(cfg))))
     if set(plan) != expected:  # the family checks should make this impossible
         raise HFConversionError(
             f"{family}: no Hugging Face tensor for {sorted(expected - set(plan))}; "
@@ -235,12 +237,14 @@ def _to_host(x: Any) -> np.ndarray:
 def stored_tensor(
     sources: Sequence[tuple[str, TensorSource]], flat: Mapping[str, Any], dtype: np.dtype
 ) -> np.ndarray:
-    """Returns one Hugging Face tensor assembled from the jaxknow parameters stored in it."""
+    """Returns one Hugging Face tensor assembled from the jaxknow parameters stored in it
+    (`sources`: by per-layer path; `flat`: the flattened parameters, layers stacked)."""
     shape = sources[0][1].stored_shape
     out = np.zeros(shape, dtype)
     filled = 0
     for path, src in sources:
-        a = _to_host(flat[path]).astype(dtype)
+        kind, layer = split_layer_path(path)
+        a = _to_host(flat[kind] if layer is None else flat[kind][layer]).astype(dtype)
         n_out = math.prod(src.out_shape)
         sl = slice(src.offset, src.offset + n_out)
         if not src.in_shape:

@@ -73,8 +73,10 @@ def load_model(
     step directory or a named model "gguf:NAME"); `step` picks a step (default: the one in
     `path`, else the latest).
 
-    Parameters are laid out over `mesh` (default: all devices on the data axis, i.e.
-    replicated); `dtype` overrides the compute dtype. Raises CheckpointError naming the path.
+    Parameters hold the layers stacked (`model.layout`; a checkpoint of an earlier version,
+    per layer, is converted on read) and are laid out over `mesh` (default: all devices on
+    the data axis, i.e. replicated); `dtype` overrides the compute dtype. Raises
+    CheckpointError naming the path.
     """
     directory, path_step = resolve_model_dir(path)
     step = step if step is not None else path_step

@@ -107,10 +107,9 @@ class ModelConfig:
     dtype: Dtype = "float32"
     param_dtype: Dtype = "float32"
     remat: Remat = "none"
-    # Run the layers as one `jax.lax.scan` over stacked layer parameters (compile time and
-    # program size independent of depth); None: on from SCAN_LAYERS_FROM layers. Training
-    # then keeps the layers stacked in its state (`params.stack_layers`); checkpoints and
-    # every other reader keep their per-layer paths (`layers/3/...`).
+    # Run the layers as one `jax.lax.scan` over the stacked layer parameters (compile time
+    # and program size independent of depth) instead of a loop over layer slices; None: on
+    # from SCAN_LAYERS_FROM layers. The parameters are stacked either way (`model.layout`).
     scan_layers: bool | None = None
     # "xla", "cudnn" or None (automatic: cuDNN flash attention on a GPU in bf16/fp16, else XLA).
     attention_impl: AttentionImpl | None = None

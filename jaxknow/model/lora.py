@@ -22,6 +22,7 @@ from jaxknow.model.params import (
     init_params,
     layer_specs,
     param_specs,
+    repeat_layers,
     unflatten,
 )
 
@@ -100,19 +101,22 @@ def _adapter_specs(kernel: ParamSpec, n_in: int, rank: int) -> dict[str, ParamSp
 
 
 def lora_specs(cfg: ModelConfig, lora: LoraConfig) -> dict[str, Any]:
-    """Returns the ParamSpec tree of the adapters alone (same paths as the model's params)."""
+    """Returns the ParamSpec tree of the adapters alone (same paths as the model's params:
+    the layers' adapters stacked, ``layers/attn/q/lora_a`` of shape [L, ...])."""
     flat: dict[str, ParamSpec] = {}
     block = flatten(layer_specs(cfg))
     n_in = {"q": 1, "k": 1, "v": 1, "o": 2, "gate": 1, "up": 1, "down": 1}
     if lora.rank > 0:
-        for i in range(cfg.n_layers):
-            for t in lora.targets:
-                group = "attn" if t in ATTN_TARGETS else "mlp"
-                key = f"{group}/{t}/kernel"
-                if key not in block:
-                    raise ValueError(f"lora.targets: the model has no {group}/{t} projection")
-                for name, spec in _adapter_specs(block[key], n_in[t], lora.rank).items():
-                    flat[f"layers/{i}/{group}/{t}/{name}"] = spec
+        adapters: dict[str, ParamSpec] = {}
+        for t in lora.targets:
+            group = "attn" if t in ATTN_TARGETS else "mlp"
+            key = f"{group}/{t}/kernel"
+            if key not in block:
+                raise ValueError(f"lora.targets: the model has no {group}/{t} projection")
+            for name, spec in _adapter_specs(block[key], n_in[t], lora.rank).items():
+                adapters[f"{group}/{t}/{name}"] = spec
+        stacked = repeat_layers(unflatten(adapters), cfg.n_layers)
+        flat.update({f"layers/{p}": s for p, s in flatten(stacked).items()})
     if lora.embedding_rank > 0:
         r = lora.embedding_rank
         flat["embed/lora_a"] = ParamSpec((cfg.vocab_size, r), ("vocab", "lora_rank"), "zeros")
@@ -133,13 +137,18 @@ def is_lora_path(path: str) -> bool:
 
 
 def merge_lora(params: dict[str, Any], cfg: ModelConfig) -> dict[str, Any]:
-    """Returns parameters with every adapter folded into its kernel (adapters removed)."""
+    """Returns parameters with every adapter folded into its kernel (adapters removed); the
+    stacked layers' adapters layer by layer (each layer's update computed as a lone layer's)."""
     flat = flatten(params)
     out = {p: v for p, v in flat.items() if not is_lora_path(p)}
     for path in [p for p in flat if p.endswith("/lora_a")]:
         base = path[: -len("/lora_a")]
         a, b = flat[path].astype(jnp.float32), flat[base + "/lora_b"].astype(jnp.float32)
-        delta = cfg.lora_scale * jnp.tensordot(a, b, axes=1)
+        if path.startswith("layers/"):  # stacked: [L, ...] adapters
+            delta = jnp.stack([jnp.tensordot(a[i], b[i], axes=1) for i in range(a.shape[0])])
+        else:
+            delta = jnp.tensordot(a, b, axes=1)
+        delta = cfg.lora_scale * delta
         target = base + "/kernel" if base != "embed" else "embed/tokens"
         out[target] = (out[target].astype(jnp.float32) + delta).astype(out[target].dtype)
     return unflatten(out)

@@ -1,9 +1,9 @@
-"""Parameter layout: one declarative spec per parameter (shape, logical axes, initialiser).
+"""Parameter specs: one declarative spec per parameter (shape, logical axes, initialiser).
 
-Parameters are a nested dict with stable, readable paths, e.g. ``layers/3/attn/q/kernel``;
-`layers` is keyed by the layer index as a string so that a layer is selected by its path.
-A train state whose model scans its layers holds them stacked instead (``layers/attn/q/kernel``
-of shape [L, ...]); `stack_layers` / `unstack_layers` convert between the two layouts.
+Parameters are a nested dict with stable, readable paths. The transformer layers are stored
+stacked (`jaxknow.model.layout`): ``layers/attn/q/kernel`` has shape [L, ...] with an
+unsharded leading layer axis; layer i's parameter is known by its per-layer path
+``layers/{i}/attn/q/kernel`` (its initial values, selections, Hugging Face tensors).
 """
 
 from __future__ import annotations
@@ -20,6 +20,7 @@ from flax import traverse_util
 from jax.tree_util import keystr
 
 from jaxknow.model.config import ModelConfig
+from jaxknow.model.layout import layer_paths, unstack
 
 Params = dict[str, Any]
 
@@ -89,8 +90,29 @@ def layer_specs(cfg: ModelConfig) -> dict[str, Any]:
     return block
 
 
+def repeat_layers(block: Mapping[str, Any], n_layers: int) -> dict[str, Any]:
+    """Returns the stacked ParamSpec tree of `n_layers` copies of a block's specs: each spec
+    with a leading [n_layers] axis that is never sharded (logical axis None)."""
+    return jax.tree.map(
+        lambda s: ParamSpec((n_layers, *s.shape), (None, *s.axes), s.init, s.std),
+        dict(block),
+        is_leaf=_is_spec,
+    )
+
+
+def per_layer_specs(specs: Mapping[str, Any]) -> dict[str, Any]:
+    """Returns the per-layer view of a stacked ParamSpec tree (``layers/{i}/...``, each spec
+    without the layer axis): for jobs that name layers one by one."""
+    return unstack(
+        dict(specs),
+        take=lambda s, _: ParamSpec(s.shape[1:], s.axes[1:], s.init, s.std),
+        is_leaf=_is_spec,
+    )
+
+
 def param_specs(cfg: ModelConfig) -> dict[str, Any]:
-    """Returns the ParamSpec tree of the whole model (same structure as the parameters)."""
+    """Returns the ParamSpec tree of the whole model (same structure as the parameters: the
+    layers stacked)."""
     embed = {
         "tokens": ParamSpec(
             (cfg.vocab_size, cfg.d_model), ("vocab", "embed"), "normal", cfg.init_std
@@ -102,7 +124,7 @@ def param_specs(cfg: ModelConfig) -> dict[str, Any]:
         )
     specs: dict[str, Any] = {
         "embed": embed,
-        "layers": {str(i): layer_specs(cfg) for i in range(cfg.n_layers)},
+        "layers": repeat_layers(layer_specs(cfg), cfg.n_layers),
         "final_norm": _norm(cfg),
     }
     if not cfg.tie_embeddings:
@@ -142,13 +164,23 @@ def init_params(specs: Mapping[str, Any], key: jax.Array, dtype: Any) -> Params:
     """Returns initialised parameters for a ParamSpec tree.
 
     Each parameter's random stream depends only on the seed and its own path, so adding a
-    parameter (a LoRA adapter, an untied head) never changes the others. Jit this with
-    `out_shardings` to create the parameters directly in their sharded layout.
+    parameter (a LoRA adapter, an untied head) never changes the others; layer i of a stacked
+    parameter draws from its per-layer path (``layers/{i}/...``), so its values do not depend
+    on the layout. Jit this with `out_shardings` to create the parameters directly in their
+    sharded layout.
     """
+
+    def one(path: str, s: ParamSpec) -> jax.Array:
+        paths = layer_paths(path, s.shape[0]) if s.shape else [path]
+        if paths == [path]:
+            return init_param(s, path_key(key, path), dtype)
+        if s.init != "normal":
+            return init_param(s, key, dtype)
+        layer = ParamSpec(s.shape[1:], s.axes[1:], s.init, s.std)
+        return jnp.stack([init_param(layer, path_key(key, p), dtype) for p in paths])
+
     return jax.tree_util.tree_map_with_path(
-        lambda p, s: init_param(s, path_key(key, keystr(p, simple=True, separator="/")), dtype),
-        specs,
-        is_leaf=_is_spec,
+        lambda p, s: one(keystr(p, simple=True, separator="/"), s), specs, is_leaf=_is_spec
     )
 
 
@@ -173,185 +205,3 @@ def map_with_path(fn: Callable[[str, Any], Any], tree: Any) -> Any:
     return jax.tree_util.tree_map_with_path(
         lambda p, x: fn(keystr(p, simple=True, separator="/"), x), tree
     )
-
-
-def layer_of(path: str) -> int | None:
-    """Returns the layer index of a parameter path (``layers/3/...`` -> 3), or None (also for
-    a path into stacked layers, ``layers/attn/...``: see `is_stacked_path`)."""
-    parts = path.split("/")
-    if len(parts) >= 2 and parts[0] == "layers" and parts[1].isdigit():
-        return int(parts[1])
-    return None
-
-
-# --- Stacked layer storage ---------------------------------------------------------------
-#
-# When the layers run as one `lax.scan`, the train state holds ``layers`` STACKED: one tree
-# with a leading [L] axis per parameter kind (``layers/attn/q/kernel`` of shape [L, ...])
-# instead of one tree per layer (``layers/3/attn/q/kernel``). Everything outside the train
-# state (checkpoints on disk, loading, evaluation, export) keeps the per-layer layout; these
-# functions are the one place that converts between the two.
-
-LAYERS = "layers"
-
-
-def _is_layer_dict(x: Any) -> bool:
-    """True for a per-layer dict: non-empty and keyed by layer indices ("0", "1", ...)."""
-    return isinstance(x, Mapping) and bool(x) and all(str(k).isdigit() for k in x)
-
-
-def holds_per_layer(x: Any) -> bool:
-    """Returns True for a dict whose ``layers`` entry is keyed by layer index (per-layer)."""
-    return isinstance(x, Mapping) and _is_layer_dict(x.get(LAYERS))
-
-
-def holds_stacked(x: Any) -> bool:
-    """Returns True for a dict whose ``layers`` entry is one stacked tree (not per layer)."""
-    layers = x.get(LAYERS) if isinstance(x, Mapping) else None
-    return isinstance(layers, Mapping) and bool(layers) and not _is_layer_dict(layers)
-
-
-def _why_not_stackable(layers: Mapping[str, Any], is_leaf: Callable[[Any], bool] | None) -> str:
-    """Returns why a per-layer dict cannot be stacked ("" when it can)."""
-    n = len(layers)
-    if set(layers) != {str(i) for i in range(n)}:
-        return f"layers {sorted(layers, key=int)} are not 0..{n - 1}"
-    first = jax.tree.structure(layers["0"], is_leaf=is_leaf)
-    for i in range(1, n):
-        if jax.tree.structure(layers[str(i)], is_leaf=is_leaf) != first:
-            return f"layer {i}'s tree differs from layer 0's"
-    return ""
-
-
-def _holders(tree: Any, holds: Callable[[Any], bool], is_leaf: Any) -> list[Any]:
-    """Returns the dicts in `tree` (a pytree) for which `holds` is true (not below them)."""
-    found: list[Any] = []
-    stop = (lambda x: holds(x) or is_leaf(x)) if is_leaf else holds
-    for node in jax.tree.leaves(tree, is_leaf=stop):
-        if holds(node):
-            found.append(node)
-    return found
-
-
-def can_stack_layers(tree: Any, is_leaf: Callable[[Any], bool] | None = None) -> bool:
-    """Returns True when every per-layer ``layers`` dict in `tree` holds layers 0..L-1 that
-    all have the same tree structure (so `stack_layers` succeeds)."""
-    return not any(
-        _why_not_stackable(h[LAYERS], is_leaf) for h in _holders(tree, holds_per_layer, is_leaf)
-    )
-
-
-def is_stacked(tree: Any) -> bool:
-    """Returns True when `tree` (parameters, an optimizer state, a train state, ...) holds
-    any ``layers`` entry in the stacked layout."""
-    return bool(_holders(tree, holds_stacked, None))
-
-
-def stacked_layer_count(tree: Any) -> int | None:
-    """Returns the number of stacked layers in `tree` (the leading dimension of its stacked
-    ``layers`` leaves), or None when nothing in it is stacked."""
-    for holder in _holders(tree, holds_stacked, None):
-        leaves = jax.tree.leaves(holder[LAYERS])
-        if leaves:
-            return int(leaves[0].shape[0])
-    return None
-
-
-def stack_layers(
-    tree: Any,
-    combine: Callable[[list[Any]], Any] | None = None,
-    is_leaf: Callable[[Any], bool] | None = None,
-) -> Any:
-    """Returns `tree` with every per-layer ``layers`` dict stacked into one tree.
-
-    `tree` is any pytree: parameters (``{"embed": .., "layers": {"0": .., "1": ..}, ..}``),
-    frozen parameters, an optax state (its parameter-shaped subtrees such as Adam's moments
-    are converted, scalars such as step counts are kept) or a whole TrainState. Each leaf of
-    the stacked tree is ``combine([leaf of layer 0, leaf of layer 1, ...])``, by default
-    ``jnp.stack`` (a new leading [L] axis); pass another `combine` (and `is_leaf`) for trees
-    of shardings or logical axes. Trees without per-layer dicts come back unchanged.
-    Raises ValueError when the layers are not 0..L-1 or differ in tree structure.
-    """
-    combine = combine or (lambda xs: jnp.stack(xs))
-
-    def convert(node: Any) -> Any:
-        if not holds_per_layer(node):
-            return node
-        layers = node[LAYERS]
-        why = _why_not_stackable(layers, is_leaf)
-        if why:
-            raise ValueError(f"cannot stack the layers: {why}")
-        trees = [layers[str(i)] for i in range(len(layers))]
-        stacked = jax.tree.map(lambda *xs: combine(list(xs)), *trees, is_leaf=is_leaf)
-        return {**node, LAYERS: stacked}
-
-    stop = (lambda x: holds_per_layer(x) or is_leaf(x)) if is_leaf else holds_per_layer
-    return jax.tree.map(convert, tree, is_leaf=stop)
-
-
-def unstack_layers(
-    tree: Any,
-    n_layers: int | None = None,
-    take: Callable[[Any, int], Any] | None = None,
-    is_leaf: Callable[[Any], bool] | None = None,
-) -> Any:
-    """Returns `tree` with every stacked ``layers`` tree split back into per-layer trees
-    ``{"0": .., "1": .., ...}``: the inverse of `stack_layers`.
-
-    Layer i's leaf is ``take(stacked_leaf, i)``, by default ``leaf[i]``; the number of layers
-    is `n_layers`, by default the leading dimension of the stacked leaves (give it for trees
-    of shardings). Trees already per layer come back unchanged.
-    """
-    take = take or (lambda x, i: x[i])
-
-    def convert(node: Any) -> Any:
-        if not holds_stacked(node):
-            return node
-        layers = node[LAYERS]
-        n = n_layers
-        if n is None:
-            sizes = {x.shape[0] for x in jax.tree.leaves(layers, is_leaf=is_leaf)}
-            if len(sizes) != 1:
-                raise ValueError(f"stacked layers with leading sizes {sorted(sizes)}")
-            n = sizes.pop()
-        per_layer = {
-            str(i): jax.tree.map(lambda x, i=i: take(x, i), layers, is_leaf=is_leaf)
-            for i in range(n)
-        }
-        return {**node, LAYERS: per_layer}
-
-    stop = (lambda x: holds_stacked(x) or is_leaf(x)) if is_leaf else holds_stacked
-    return jax.tree.map(convert, tree, is_leaf=stop)
-
-
-def is_stacked_path(path: str) -> bool:
-    """Returns True for a path into stacked layers (``layers/attn/q/kernel``)."""
-    parts = path.split("/")
-    return len(parts) >= 2 and parts[0] == LAYERS and not parts[1].isdigit()
-
-
-def per_layer_paths(path: str, n_layers: int) -> list[str]:
-    """Returns the per-layer paths a stacked path stands for (``layers/attn/q/kernel`` ->
-    ``layers/0/attn/q/kernel``, ...); any other path stands for itself."""
-    if not is_stacked_path(path):
-        return [path]
-    rest = path[len(LAYERS) + 1 :]
-    return [f"{LAYERS}/{i}/{rest}" for i in range(n_layers)]
-
-
-def stacked_path(path: str) -> str:
-    """Returns the path of a per-layer parameter in the stacked layout
-    (``layers/3/attn/q/kernel`` -> ``layers/attn/q/kernel``); other paths are unchanged."""
-    parts = path.split("/")
-    if layer_of(path) is None:
-        return path
-    return "/".join([parts[0], *parts[2:]])
-
-
-def same_for_every_layer(predicate: Callable[[str], bool], paths: Any) -> bool:
-    """Returns True when `predicate` gives one answer for all layers' copies of each
-    per-layer path in `paths` (so a stacked parameter kind has one answer)."""
-    answers: dict[str, set[bool]] = {}
-    for p in paths:
-        answers.setdefault(stacked_path(p), set()).add(bool(predicate(p)))
-    return all(len(a) == 1 for a in answers.values())

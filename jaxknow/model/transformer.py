@@ -16,7 +16,7 @@ import jax.numpy as jnp
 
 from jaxknow.model import layers
 from jaxknow.model.config import ModelConfig
-from jaxknow.model.params import can_stack_layers, holds_stacked, stack_layers
+from jaxknow.model.layout import is_per_layer
 from jaxknow.parallel.rules import NO_SHARDING, Sharder
 
 Cache = dict[str, dict[str, jax.Array]]
@@ -177,25 +177,6 @@ def _block(
     return x, new_cache
 
 
-def _stacked_layers(params: Mapping[str, Any], cfg: ModelConfig) -> Any | None:
-    """Returns the layers' parameters stacked along a leading axis [L, ...]: as given when
-    they are stored stacked (`params.stack_layers`), stacked here when `cfg.use_scan` and
-    every layer has the same tree structure, else None (the per-layer loop)."""
-    layer_params = params["layers"]
-    if holds_stacked(params):
-        return layer_params
-    if not cfg.use_scan or cfg.n_layers < 2 or not can_stack_layers(params):
-        return None  # e.g. adapters on some layers only: keep the per-layer loop
-    return stack_layers(params)["layers"]
-
-
-def _layer(params: Mapping[str, Any], i: int) -> Any:
-    """Returns layer i's parameters from per-layer or stacked storage."""
-    if holds_stacked(params):
-        return jax.tree.map(lambda x: x[i], params["layers"])
-    return params["layers"][str(i)]
-
-
 @dataclasses.dataclass
 class _LocalLayers:
     """What the sliding-window layers use instead of the global layers' mask and rotary
@@ -313,10 +294,15 @@ def forward(
     tokens attend to valid slots up to their own. Sliding-window layers (`cfg.sliding_window`)
     also hide keys that many slots back or more, in every mode.
 
-    `params["layers"]` may be per layer (``{"0": .., "1": ..}``; scanned over when
-    `cfg.use_scan`, stacked inside this call) or stacked (`params.stack_layers`: one tree
-    with a leading [L] axis, scanned over directly; cached decoding slices it per layer).
+    `params["layers"]` holds the layers stacked (`model.layout`: one tree with a leading [L]
+    axis); with `cfg.use_scan` they run as one `lax.scan` over that axis, otherwise (and in
+    cached decoding) as a loop over layer i's slices. Cached decoding may also take the
+    per-layer view (`layout.unstack(params)`, made once before a decoding loop so that no
+    token step slices the stack again; it always runs the loop).
     """
+    per_layer = is_per_layer(params)
+    if per_layer and cache is None:
+        raise ValueError("forward takes the layers stacked (see jaxknow.model.layout.stack)")
     b, t = tokens.shape
     if positions is None:
         positions = jnp.broadcast_to(jnp.arange(t, dtype=jnp.int32), (b, t))
@@ -354,8 +340,8 @@ def forward(
     block = functools.partial(_block, cfg=cfg, is_causal=is_causal, sharder=sharder)
     if cfg.remat != "none" and cache is None:
         block = jax.checkpoint(block, policy=_REMAT_POLICIES[cfg.remat])
-    stacked = _stacked_layers(params, cfg) if cache is None else None
-    if stacked is not None:
+    stacked = params["layers"]
+    if cache is None and cfg.use_scan and cfg.n_layers >= 2:
         x, hiddens_scan = _scan_blocks(
             block,
             stacked,
@@ -370,11 +356,21 @@ def forward(
         return ForwardOutput(hidden=h, hiddens=hiddens_scan)
     hiddens = [x] if collect_hidden else None
     new_cache: Cache | None = {} if cache is not None else None
+    # One split per parameter kind (its gradient is one concatenation of the layers'), not a
+    # slice per layer (whose gradients would each be padded to the whole stack and summed).
+    if per_layer:
+        layer_params = [stacked[str(i)] for i in range(cfg.n_layers)]
+    else:
+        leaves, treedef = jax.tree.flatten(stacked)
+        pieces = [jnp.split(p, cfg.n_layers) for p in leaves]
+        layer_params = [
+            jax.tree.unflatten(treedef, [p[i][0] for p in pieces]) for i in range(cfg.n_layers)
+        ]
     for i in range(cfg.n_layers):
         layer_cache = cache[str(i)] if cache is not None else None
         is_local = local is not None and kinds[i]
         x, c = block(
-            _layer(params, i),
+            layer_params[i],
             x,
             layer_cache,
             positions=positions,

@@ -20,16 +20,8 @@ import jax
 import jax.numpy as jnp
 import optax
 
-from jaxknow.model.params import (
-    ParamSpec,
-    flatten,
-    init_param,
-    is_stacked,
-    path_key,
-    stack_layers,
-    unflatten,
-    unstack_layers,
-)
+from jaxknow.model.layout import is_per_layer, stack, unstack
+from jaxknow.model.params import ParamSpec, flatten, init_param, path_key, unflatten
 from jaxknow.train.select import Selection
 from jaxknow.train.state import TrainState
 
@@ -61,7 +53,8 @@ def reset_targets(
     key: jax.Array | None,
 ) -> dict:
     """Returns {path: value} the selected parameters are reset to: their values in `params`
-    (to="pretrained"), or fresh draws from their ParamSpecs (to="init")."""
+    (to="pretrained"), or fresh draws from their ParamSpecs (to="init"). `paths`, `params`
+    and `specs` are per layer (``layers/3/...``: see `model.layout.unstack`)."""
     flat = flatten(params)
     if to == "pretrained":
         return {p: flat[p] for p in paths}
@@ -114,36 +107,33 @@ def make_forget_event(
     on_reset: Callable[[int, list[str]], None] | None = None,
 ) -> Callable[[int, TrainState], TrainState]:
     """Returns a loop event that resets the selected trainable parameters at cfg.at_steps.
-    The state may hold its layers per layer or stacked (`params.stack_layers`); selections
-    are made on per-layer paths either way.
+    Selections are made on per-layer paths (``layers/3/...``); a state holding its layers
+    stacked is reset in its per-layer view (`model.layout.unstack`) inside one jitted call and
+    stacked again: the same values, bit for bit, as resetting a per-layer state.
 
-    `reference` holds the parameters' starting values (for to="pretrained"); cycle c of a
-    to="init" reset draws from fold_in(key, c). `on_reset(step, paths)` is told of each reset.
+    `reference` holds the parameters' starting values (for to="pretrained"; stacked or per
+    layer); `specs` maps per-layer paths to their ParamSpecs (for to="init", whose cycle c
+    draws from fold_in(key, c)). `on_reset(step, paths)` is told of each reset.
     """
     steps = sorted(cfg.at_steps)
 
     def event(step: int, state: TrainState) -> TrainState:
         if step not in steps:
             return state
-        stacked = is_stacked(state)
         # Selections are by per-layer path (shapes only: nothing is copied here).
-        per_layer = jax.eval_shape(unstack_layers, state.params) if stacked else state.params
-        paths = cfg.select.paths(list(flatten(per_layer)), n_layers)
+        paths = cfg.select.paths(list(flatten(jax.eval_shape(unstack, state.params))), n_layers)
         if not paths:
             raise ValueError(f"forget.select matches no trained parameter ({cfg.select})")
         cycle_key = jax.random.fold_in(key, steps.index(step))
-        targets = reset_targets(reference, paths, cfg.to, specs, cycle_key)
+        per_layer = is_per_layer(state)
 
-        def reset(s: TrainState, t: dict) -> TrainState:
-            # Stacked layers are reset in the per-layer layout and stacked again, inside the
-            # jit: the same values, bit for bit, as resetting a per-layer state.
-            if stacked:
-                s = unstack_layers(s)
-            s = reset_state(s, t, tx, cfg.reset_optimizer)
-            return stack_layers(s) if stacked else s
+        def reset(s: TrainState, ref: Any, k: jax.Array) -> TrainState:
+            targets = reset_targets(unstack(ref), paths, cfg.to, specs, k)
+            s = reset_state(unstack(s), targets, tx, cfg.reset_optimizer)
+            return s if per_layer else stack(s)
 
         fn = jax.jit(reset, out_shardings=state_shardings, donate_argnums=(0,))
-        new_state = fn(state, targets)
+        new_state = fn(state, reference, cycle_key)
         if on_reset is not None:
             on_reset(step, paths)
         return new_state

@@ -27,33 +27,27 @@ from jaxknow.io.checkpoint import Checkpointer
 from jaxknow.io.metrics import MetricWriter
 from jaxknow.model.flops import peak_flops, train_flops_per_token
 from jaxknow.model.lora import full_specs
-from jaxknow.model.params import flatten, unflatten
+from jaxknow.model.params import flatten, per_layer_specs, unflatten
 from jaxknow.parallel import distributed
 from jaxknow.parallel.rules import DEFAULT_RULES, Rules, Sharder, logical_to_sharding
 from jaxknow.train import guard as guard_lib
 from jaxknow.train import setup
 from jaxknow.train.forgetting import make_forget_event
 from jaxknow.train.optim import make_optimizer, make_schedule
-from jaxknow.train.state import (
-    TrainState,
-    split_params,
-    stacked_shardings,
-    stacks_layers,
-    to_per_layer,
-    to_stacked,
-)
+from jaxknow.train.state import TrainState, split_params
 from jaxknow.train.step import BATCH_AXES, BATCH_KEYS, scan_steps, train_step
 
 # A state event runs between steps: (step just completed, state) -> state.
 StateEvent = Callable[[int, TrainState], TrainState]
 # An evaluation during training (train.eval_every): (step just completed, the model's full
-# parameter tree in the per-layer layout, its ModelConfig) -> scalars, logged as "eval/NAME".
+# parameter tree (layers stacked), its ModelConfig) -> scalars, logged as "eval/NAME".
 Evaluator = Callable[[int, Any, Any], Mapping[str, float]]
 
 
 @dataclasses.dataclass
 class TrainResult:
-    """What a training run returns (`state` in the per-layer layout, as checkpoints are)."""
+    """What a training run returns (`state.model_params()`: the model's parameters, layers
+    stacked, as checkpoints hold them)."""
 
     state: TrainState
     metrics: list[dict[str, Any]]
@@ -159,7 +153,7 @@ def _forget_event(
     # The run's starting values are recomputed (deterministic), so a resumed run resets to
     # the same reference.
     reference = setup.initial_params(spec, mesh, rules)
-    specs = flatten(full_specs(spec.model, spec.lora))
+    specs = flatten(per_layer_specs(full_specs(spec.model, spec.lora)))
 
     def on_reset(step: int, paths: list[str]) -> None:
         if jax.process_index() == 0:
@@ -235,18 +229,17 @@ def _start_state(
     spec: setup.RunSpec, ckpt: Checkpointer, mesh: Mesh, rules: Rules, tx: Any
 ) -> tuple[TrainState, Any, dict | None, int]:
     """Returns (state, its shardings, the data-iterator state or None, start step): fresh
-    parameters, or the newest intact checkpoint (`train.resume_step`) when there is one. The
-    state holds the layers stacked when the run can (`state.stacks_layers`); checkpoints hold
-    them per layer."""
+    parameters, or the newest intact checkpoint (`train.resume_step`) when there is one, read
+    in the layout of the run's state (`setup.state_specs`; a checkpoint of an earlier version,
+    per layer, is converted on read)."""
     latest = ckpt.resume_step(spec.train.resume_step)
     if latest is None:
         params = setup.initial_params(spec, mesh, rules)
         state, shardings = setup.build_state(params, spec, tx, mesh, rules)
         return state, shardings, None, 0
     # Resume: shapes and shardings come from the config (nothing allocated), values from the
-    # checkpoint (per layer), read straight into their shards.
+    # checkpoint, read straight into their shards.
     template, shardings = setup.abstract_state(spec, tx, mesh, rules)
-    stack = stacks_layers(spec.model, template.params, template.frozen, spec.optim.no_decay)
     abstract = unflatten({**flatten(template.params), **flatten(template.frozen)})
     abstract_opt = template.opt_state
     restored = ckpt.restore(abstract, abstract_opt, latest, verify=False)  # just verified
@@ -257,9 +250,6 @@ def _start_state(
         opt_state=restored["opt_state"],
         frozen=frozen,
     )
-    if stack:
-        shardings = stacked_shardings(shardings)
-        state = to_stacked(state, shardings)
     logging.info("resumed from %s at step %d", ckpt.directory, latest)
     return state, shardings, restored["data"], latest
 
@@ -359,7 +349,7 @@ class _Loop:
         "eval/seconds") as a row of that step. Its time is kept out of tokens/s."""
         assert self.evaluate is not None
         t0 = time.perf_counter()
-        params = to_per_layer(self.state).model_params()
+        params = self.state.model_params()
         scalars = self.evaluate(step, params, self.spec.model)
         dt = time.perf_counter() - t0
         self.eval_seconds += dt
@@ -415,9 +405,12 @@ class _Loop:
         self.flush()
         self.check_guard(self.guard)  # the state being saved is this step's
         if self.ckpt.last_saved != at:
-            saved = to_per_layer(self.state)  # checkpoints keep per-layer paths
             self.ckpt.save(
-                at, saved.model_params(), saved.opt_state, self.meta, self.it.get_state()
+                at,
+                self.state.model_params(),
+                self.state.opt_state,
+                self.meta,
+                self.it.get_state(),
             )
 
     def run(
@@ -530,7 +523,7 @@ class _Loop:
     def result(self, workdir: Path) -> TrainResult:
         """Returns the run's TrainResult."""
         return TrainResult(
-            state=to_per_layer(self.state),
+            state=self.state,
             metrics=self.history,
             workdir=workdir,
             final_step=self.step,
@@ -558,7 +551,7 @@ def run(
     """Runs the loop for a parsed RunSpec on `mesh`; returns a TrainResult (`evaluate`: see
     `train`)."""
     tc = spec.train
-    tx = make_optimizer(spec.optim)
+    tx = make_optimizer(spec.optim, layerwise_norm=not spec.model.use_scan)
     ckpt = Checkpointer(
         tc.checkpoint_dir or workdir / "checkpoints",
         keep=tc.keep_checkpoints,
@@ -568,7 +561,7 @@ def run(
     if start >= tc.steps:
         ckpt.close()
         return TrainResult(
-            state=to_per_layer(state),
+            state=state,
             metrics=[],
             workdir=workdir,
             final_step=start,

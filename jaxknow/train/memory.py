@@ -1,8 +1,9 @@
 """A per-device memory plan of a training step: parameters, gradients, optimizer state and
 activations for a model, a mesh and a batch, computed from shapes alone (no devices needed).
 
-Parameters and optimizer state are exact (the same sharding rules as training; layers stored
-stacked have an unsharded layer axis, so they take the same bytes per device). Activations
+Parameters and optimizer state are exact (the same sharding rules as training; the stacked
+layers' leading axis is never sharded, so a layer takes the same bytes per device as it would
+alone). Activations
 are an estimate of what the backward pass keeps per token and layer for the chosen remat
 policy, plus the float32 logits (or one chunk of them with `loss_chunk`); see
 `activation_elements_per_token` for the accounting. Compare with XLA's own count with
@@ -203,9 +204,7 @@ def plan_memory(
     logits = 2 * logit_tokens * cfg.vocab_size * 4 / vocab_shards  # f32 logits + their grad
     batch_bytes = 5 * batch / batch_shards * seq_len * 4
     fsdp = mesh.shape.get("fsdp", 1)
-    layer_params = sum(
-        v for p, v in _per_device(specs, mesh, rules, p_bytes).items() if p.startswith("layers/0/")
-    )
+    layer_params = sum(v for p, v in per_device.items() if p.startswith("layers/")) / cfg.n_layers
     gathered = 0.0
     if fsdp > 1:  # weights in the compute dtype plus float32 gradients, at full fsdp size
         per_layer = layer_params * fsdp * (a_bytes / p_bytes + (1 if trainable == "all" else 0))
@@ -258,13 +257,7 @@ def measured_step_memory(
     from jaxknow.parallel.rules import Sharder
     from jaxknow.train import optim
     from jaxknow.train.loop import batch_shardings
-    from jaxknow.train.state import (
-        TrainState,
-        split_params,
-        stacked_layout,
-        stacks_layers,
-        state_shardings,
-    )
+    from jaxknow.train.state import TrainState, split_params, state_shardings
     from jaxknow.train.step import BATCH_KEYS, train_step
 
     specs = flatten(param_specs(cfg))
@@ -275,15 +268,14 @@ def measured_step_memory(
 
     tree = unflatten(specs)
     ocfg = OptimConfig(lr=1e-4, total_steps=10)
-    tx, sched = optim.make_optimizer(ocfg), optim.make_schedule(ocfg)
+    tx = optim.make_optimizer(ocfg, layerwise_norm=not cfg.use_scan)
+    sched = optim.make_schedule(ocfg)
     abstract = abstract_params(tree, cfg.storage_dtype, mesh)
     pred = is_lora_path if trainable == "lora" else (lambda p: True)
     t_abs, f_abs = split_params(abstract, pred)
     axes = flatten(param_axes(tree))
     t_axes = unflatten({p: axes[p] for p in flatten(t_abs)})
     f_axes = unflatten({p: axes[p] for p in flatten(f_abs)})
-    if stacks_layers(cfg, t_abs, f_abs, ocfg.no_decay):  # the layout training uses
-        t_abs, f_abs, t_axes, f_axes = stacked_layout(t_abs, f_abs, t_axes, f_axes)
     sh = state_shardings(tx, t_abs, t_axes, f_abs, f_axes, mesh, DEFAULT_RULES)
     state = jax.eval_shape(
         lambda t, f: TrainState(

@@ -8,10 +8,13 @@ import re
 from collections.abc import Sequence
 from typing import Any
 
+import jax
+import jax.numpy as jnp
 import optax
 
 from jaxknow.config import OptimConfig
-from jaxknow.model.params import is_stacked_path, map_with_path, per_layer_paths
+from jaxknow.model.layout import layer_paths, unstack
+from jaxknow.model.params import map_with_path
 
 
 def make_schedule(cfg: OptimConfig) -> optax.Schedule:
@@ -38,16 +41,15 @@ def decays(path: str, no_decay: Sequence[str]) -> bool:
 def decay_mask(params: Any, no_decay: Sequence[str]) -> Any:
     """Returns a tree of bools: True where weight decay applies (paths not matching no_decay).
 
-    Stacked layers (`params.stack_layers`) are judged by their per-layer paths
-    (``layers/0/...``, ``layers/1/...``), so both layouts decay the same parameters; raises
-    ValueError when the layers of one stacked parameter would get different answers (such a
-    run keeps per-layer storage: `state.stacks_layers`).
+    Stacked layers are judged by their per-layer paths (``layers/0/...``, ``layers/1/...``),
+    so both layouts decay the same parameters; raises ValueError when the layers of one
+    stacked parameter would get different answers (such a run keeps a per-layer state:
+    `state.homogeneous_layers`).
     """
 
     def mask(path: str, x: Any) -> bool:
-        if not is_stacked_path(path):
-            return decays(path, no_decay)
-        answers = {decays(p, no_decay) for p in per_layer_paths(path, x.shape[0])}
+        n = x.shape[0] if getattr(x, "shape", ()) else 1
+        answers = {decays(p, no_decay) for p in layer_paths(path, n)}
         if len(answers) != 1:
             raise ValueError(
                 f"optim.no_decay={tuple(no_decay)} decays some layers of {path} and not others"
@@ -57,11 +59,41 @@ def decay_mask(params: Any, no_decay: Sequence[str]) -> Any:
     return map_with_path(mask, params)
 
 
-def make_optimizer(cfg: OptimConfig) -> optax.GradientTransformation:
-    """Returns AdamW (with the schedule, weight-decay mask and optional global-norm clip)."""
+def global_norm(tree: Any, layerwise: bool = False) -> jax.Array:
+    """Returns the L2 norm of a tree of arrays (gradients, updates). With `layerwise` the
+    stacked layers' squares are summed layer by layer, in the order of their per-layer paths
+    (`model.layout.unstack`), else each stacked parameter kind at once. The two differ in
+    fp32 round-off only: a model that loops over its layers (`not cfg.use_scan`) sums layer
+    by layer, as it did when it held every layer in its own leaf, so that its clipped updates
+    and logged norms stay those of earlier versions bit for bit."""
+    return optax.tree.norm(unstack(tree) if layerwise else tree)
+
+
+def clip_by_global_norm(max_norm: float, layerwise: bool = False) -> optax.GradientTransformation:
+    """Returns `optax.clip_by_global_norm` (same state, same arithmetic) with the norm of
+    `global_norm`."""
+
+    def update_fn(updates: Any, state: Any, params: Any = None) -> tuple[Any, Any]:
+        del params
+        g_norm = global_norm(updates, layerwise)
+        trigger = jnp.squeeze(g_norm < max_norm)
+
+        def clip_fn(t: jax.Array) -> jax.Array:
+            return jax.lax.select(trigger, t, (t / g_norm.astype(t.dtype)) * max_norm)
+
+        return jax.tree.map(clip_fn, updates), state
+
+    return optax.GradientTransformation(optax.init_empty_state, update_fn)
+
+
+def make_optimizer(
+    cfg: OptimConfig, *, layerwise_norm: bool = False
+) -> optax.GradientTransformation:
+    """Returns AdamW (with the schedule, weight-decay mask and optional global-norm clip;
+    `layerwise_norm`: see `global_norm`, pass ``not model.use_scan``)."""
     parts = []
     if cfg.grad_clip > 0:
-        parts.append(optax.clip_by_global_norm(cfg.grad_clip))
+        parts.append(clip_by_global_norm(cfg.grad_clip, layerwise_norm))
     parts.append(
         optax.adamw(
             make_schedule(cfg),

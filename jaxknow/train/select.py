@@ -8,7 +8,7 @@ import math
 import re
 from collections.abc import Iterable
 
-from jaxknow.model.params import is_stacked_path, layer_of
+from jaxknow.model.layout import LAYERS, split_layer_path
 
 
 @dataclasses.dataclass(frozen=True)
@@ -57,11 +57,11 @@ class Selection:
 
     def matches(self, path: str, n_layers: int) -> bool:
         """Returns True when the parameter at `path` (a per-layer path) is selected; raises
-        ValueError for a path into stacked layers (convert with `params.unstack_layers`)."""
-        if is_stacked_path(path):
+        ValueError for a path into stacked layers (select on `model.layout.unstack`'s view)."""
+        _, layer = split_layer_path(path)
+        if layer is None and path.startswith(LAYERS + "/"):
             raise ValueError(f"select by per-layer paths, not the stacked path {path!r}")
         if self.has_layers:
-            layer = layer_of(path)
             if layer is None:
                 if not self.include_non_layer:
                     return False

@@ -27,19 +27,14 @@ from jaxknow.io.checkpoint import Checkpointer
 from jaxknow.io.load import checkpoint_model_config, resolve_model_dir
 from jaxknow.model import lora as lora_lib
 from jaxknow.model.config import ModelConfig
+from jaxknow.model.layout import is_per_layer, layer_paths, unstack
 from jaxknow.model.lora import full_specs
-from jaxknow.model.params import flatten, param_specs, stack_layers, unflatten
+from jaxknow.model.params import flatten, param_specs, per_layer_specs, unflatten
 from jaxknow.model.sharded import abstract_params, init_sharded_params
 from jaxknow.parallel.mesh import make_mesh
-from jaxknow.parallel.rules import DEFAULT_RULES, Rules, tree_shardings
+from jaxknow.parallel.rules import DEFAULT_RULES, Rules
 from jaxknow.train.forgetting import ForgetConfig
-from jaxknow.train.state import (
-    TrainState,
-    split_params,
-    stacked_layout,
-    stacks_layers,
-    state_shardings,
-)
+from jaxknow.train.state import TrainState, homogeneous_layers, split_params, state_shardings
 
 
 class WorkdirError(ValueError):
@@ -231,14 +226,29 @@ def check_tokenizer_matches(spec: RunSpec, workdir: Path, data_dir: Path) -> Non
 
 
 def trainable_predicate(spec: RunSpec) -> Callable[[str], bool]:
-    """Returns the predicate on parameter paths that selects what trains."""
+    """Returns the predicate on parameter paths that selects what trains. `train.trainable`
+    patterns are matched against per-layer paths (``layers/3/mlp/up/kernel``); a stacked
+    path trains when every layer's path matches."""
     t = spec.train.trainable
     if t == "all":
         return lambda p: True
     if t == "lora":
         return lora_lib.is_lora_path
     pat = re.compile(t)
-    return lambda p: bool(pat.search(p))
+    n = spec.model.n_layers
+    return lambda p: all(pat.search(q) for q in layer_paths(p, n))
+
+
+def state_specs(spec: RunSpec) -> dict[str, Any]:
+    """Returns the ParamSpec tree of the run's parameters in the layout of its train state:
+    stacked, or their per-layer view when the run treats its layers differently
+    (`state.homogeneous_layers`)."""
+    specs = full_specs(spec.model, spec.lora)
+    if homogeneous_layers(
+        flatten(specs), spec.model.n_layers, trainable_predicate(spec), spec.optim.no_decay
+    ):
+        return specs
+    return per_layer_specs(specs)
 
 
 def load_params(
@@ -291,35 +301,29 @@ def build_state(
     tx: optax.GradientTransformation,
     mesh: Mesh,
     rules: Rules = DEFAULT_RULES,
-    stack: bool | None = None,
 ) -> tuple[TrainState, TrainState]:
-    """Returns (state, state shardings): per-layer params split into trainable and frozen, a
-    fresh optimizer state created in its sharded layout. The layers are stored stacked when
-    `stack`, by default when `stacks_layers` says the run can (see `train.state`)."""
+    """Returns (state, state shardings): the run's parameters split into trainable and frozen,
+    a fresh optimizer state created in its sharded layout. The layers stay stacked unless the
+    run treats them differently (`state_specs`): then they are split per layer here."""
+    specs = state_specs(spec)
+    if is_per_layer(specs):
+        abstract = abstract_params(specs, spec.model.storage_dtype, mesh, rules)
+        out_sh = jax.tree.map(lambda a: a.sharding, abstract)
+        params = jax.jit(unstack, out_shardings=out_sh)(params)
     trainable, frozen = split_params(params, trainable_predicate(spec))
     if not flatten(trainable):
         raise C.ConfigError(f"train.trainable={spec.train.trainable!r} selects no parameter")
-    if stack is None:
-        stack = stacks_layers(spec.model, trainable, frozen, spec.optim.no_decay)
-    return sharded_state(
-        trainable,
-        frozen,
-        flatten(full_specs(spec.model, spec.lora)),
-        tx,
-        mesh,
-        rules,
-        stack=stack,
-    )
+    return sharded_state(trainable, frozen, flatten(specs), tx, mesh, rules)
 
 
 def abstract_state(
     spec: RunSpec, tx: optax.GradientTransformation, mesh: Mesh, rules: Rules = DEFAULT_RULES
 ) -> tuple[TrainState, TrainState]:
-    """Returns (the run's per-layer TrainState as ShapeDtypeStructs that carry their
-    shardings, those shardings): the restore template of a resume. Nothing is allocated: the
-    optimizer state's shapes come from `jax.eval_shape`, so no device ever holds a whole copy
-    of a tensor the mesh shards."""
-    specs = full_specs(spec.model, spec.lora)
+    """Returns (the run's TrainState as ShapeDtypeStructs that carry their shardings, those
+    shardings): the restore template of a resume, in the layout of the run's state
+    (`state_specs`). Nothing is allocated: the optimizer state's shapes come from
+    `jax.eval_shape`, so no device ever holds a whole copy of a tensor the mesh shards."""
+    specs = state_specs(spec)
     flat_specs = flatten(specs)
     params = abstract_params(specs, spec.model.storage_dtype, mesh, rules)
     trainable, frozen = split_params(params, trainable_predicate(spec))
@@ -345,19 +349,12 @@ def sharded_state(
     tx: optax.GradientTransformation,
     mesh: Mesh,
     rules: Rules = DEFAULT_RULES,
-    stack: bool = False,
 ) -> tuple[TrainState, TrainState]:
-    """Returns (state at step 0, state shardings) for already-sharded per-layer parameters:
-    the optimizer state is created directly in its sharded layout. `specs` maps every path to
-    its ParamSpec. With `stack` the layers are stored stacked (`train.state.stack_axes`; the
-    trees must be stackable, see `stacks_layers`)."""
+    """Returns (state at step 0, state shardings) for already-sharded parameters: the
+    optimizer state is created directly in its sharded layout. `specs` maps every path to its
+    ParamSpec (in the parameters' layout)."""
     t_axes = unflatten({p: specs[p].axes for p in flatten(trainable)})
     f_axes = unflatten({p: specs[p].axes for p in flatten(frozen)})
-    if stack:
-        t_abs, f_abs, t_axes, f_axes = stacked_layout(trainable, frozen, t_axes, f_axes)
-        t_sh = tree_shardings(t_axes, t_abs, mesh, rules)
-        f_sh = tree_shardings(f_axes, f_abs, mesh, rules)
-        trainable, frozen = jax.jit(stack_layers, out_shardings=(t_sh, f_sh))((trainable, frozen))
     shardings = state_shardings(tx, trainable, t_axes, frozen, f_axes, mesh, rules)
     opt_state = jax.jit(tx.init, out_shardings=shardings.opt_state)(trainable)
     step = jax.device_put(jnp.zeros((), jnp.int32), NamedSharding(mesh, PartitionSpec()))

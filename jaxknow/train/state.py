@@ -1,16 +1,17 @@
 """Train state (trainable parameters, frozen parameters, optimizer state, step) and its
 sharded creation.
 
-When the model scans its layers, the state holds them stacked (`stacks_layers`): parameters,
+The state holds the layers stacked (`model.layout`), as parameters everywhere are: parameters,
 frozen parameters and the optimizer state built from them have one ``layers`` tree with a
-leading [L] axis, unsharded (`stack_axes`), so the step scans over it directly and updates each
-parameter kind with one op. Checkpoints and whatever training returns are per layer
-(`to_per_layer`); `to_stacked` converts a restored per-layer state back.
+leading, unsharded [L] axis, so each parameter kind is updated by one op. Only a run that
+treats its layers differently (`homogeneous_layers` is False: some layers trained and others
+not, a layer-specific no_decay pattern) keeps a per-layer state; the model still sees its
+parameters stacked (`merge_params`).
 """
 
 from __future__ import annotations
 
-from collections.abc import Callable, Mapping
+from collections.abc import Callable, Iterable, Mapping
 from typing import Any
 
 import flax.struct
@@ -19,16 +20,8 @@ import jax.numpy as jnp
 import optax
 from jax.sharding import NamedSharding, PartitionSpec
 
-from jaxknow.model.config import ModelConfig
-from jaxknow.model.params import (
-    can_stack_layers,
-    flatten,
-    same_for_every_layer,
-    stack_layers,
-    stacked_layer_count,
-    unflatten,
-    unstack_layers,
-)
+from jaxknow.model.layout import layer_paths, stack
+from jaxknow.model.params import flatten, unflatten
 from jaxknow.parallel.rules import Rules, tree_shardings
 from jaxknow.train.optim import decays
 
@@ -47,17 +40,18 @@ class TrainState:
     frozen: dict[str, Any]
 
     def model_params(self) -> dict[str, Any]:
-        """Returns the full parameter tree the model runs with."""
+        """Returns the full parameter tree the model runs with (layers stacked)."""
         return merge_params(self.params, self.frozen)
 
 
 def merge_params(a: Mapping[str, Any], b: Mapping[str, Any]) -> dict[str, Any]:
-    """Returns the union of two nested dicts with disjoint leaf paths."""
+    """Returns the union of two nested dicts with disjoint leaf paths, its layers stacked
+    (the trainable and frozen parts of a per-layer state are stacked together)."""
     fa, fb = flatten(a), flatten(b)
     overlap = set(fa) & set(fb)
     if overlap:
         raise ValueError(f"parameter paths both trainable and frozen: {sorted(overlap)[:5]}")
-    return unflatten({**fa, **fb})
+    return stack(unflatten({**fa, **fb}))
 
 
 def split_params(
@@ -120,81 +114,23 @@ def new_state(
     )
 
 
-def stacks_layers(
-    cfg: ModelConfig, trainable: Any, frozen: Any, no_decay: tuple[str, ...] = ()
+def homogeneous_layers(
+    paths: Iterable[str],
+    n_layers: int,
+    is_trainable: Callable[[str], bool],
+    no_decay: tuple[str, ...] = (),
 ) -> bool:
-    """Returns whether a run keeps its layers stacked in the train state: the model scans its
-    layers (`cfg.use_scan`), the trainable and the frozen parameters (per layer, arrays or
-    shapes) each hold either no layer or all layers with one tree structure, and the
-    weight-decay patterns `no_decay` treat every layer alike. Otherwise (e.g. only some layers
-    trained, adapters on some layers, a layer-specific no_decay pattern) the run keeps
-    per-layer storage, as before stacking existed."""
-    if not cfg.use_scan or cfg.n_layers < 2:
-        return False
-    if not (can_stack_layers(trainable) and can_stack_layers(frozen)):
-        return False
-    return same_for_every_layer(lambda p: decays(p, no_decay), flatten(trainable))
-
-
-def _is_axes(x: Any) -> bool:
-    return isinstance(x, tuple) and all(a is None or isinstance(a, str) for a in x)
-
-
-def stack_axes(axes: Any) -> Any:
-    """Returns a tree of logical-axis tuples in the stacked layout: the new leading layer axis
-    is never sharded (None)."""
-    return stack_layers(axes, combine=lambda xs: (None, *xs[0]), is_leaf=_is_axes)
-
-
-def stacked_layout(trainable: Any, frozen: Any, t_axes: Any, f_axes: Any) -> tuple[Any, ...]:
-    """Returns (trainable shapes, frozen shapes, trainable axes, frozen axes) of per-layer
-    parameters (arrays or shapes) and their logical axes, in the stacked layout."""
-    t_abs, f_abs = jax.eval_shape(stack_layers, (trainable, frozen))
-    return t_abs, f_abs, stack_axes(t_axes), stack_axes(f_axes)
-
-
-def _is_sharding(x: Any) -> bool:
-    return isinstance(x, jax.sharding.Sharding)
-
-
-def _stack_sharding(shs: list[Any]) -> Any:
-    sh = shs[0]
-    if not isinstance(sh, NamedSharding):
-        return sh
-    return NamedSharding(sh.mesh, PartitionSpec(None, *sh.spec))
-
-
-def _drop_layer_axis(sh: Any) -> Any:
-    if not isinstance(sh, NamedSharding):
-        return sh
-    return NamedSharding(sh.mesh, PartitionSpec(*sh.spec[1:]))
-
-
-def stacked_shardings(shardings: Any) -> Any:
-    """Returns a tree of shardings of the per-layer layout (e.g. a TrainState of
-    NamedShardings) in the stacked layout: each layer's sharding with an unsharded leading
-    layer axis."""
-    return stack_layers(shardings, combine=_stack_sharding, is_leaf=_is_sharding)
-
-
-def to_stacked(state: Any, shardings: Any) -> Any:
-    """Returns a per-layer state (or parameter tree) stacked (`stack_layers`) and laid out
-    by `shardings` (of the stacked layout). A copy: the input stays valid."""
-    return jax.jit(stack_layers, out_shardings=shardings)(state)
-
-
-def to_per_layer(state: Any) -> Any:
-    """Returns a state (or parameter / optimizer tree) in the per-layer layout, each layer's
-    arrays sharded like the stacked ones without their layer axis; unchanged when nothing is
-    stacked. A copy, made on the devices (a checkpoint save holds it until its device-to-host
-    transfer has run)."""
-    n = stacked_layer_count(state)
-    if n is None:
-        return state
-    out_sh = unstack_layers(
-        jax.tree.map(lambda x: x.sharding, state),
-        n_layers=n,
-        take=lambda sh, _: _drop_layer_axis(sh),
-        is_leaf=_is_sharding,
-    )
-    return jax.jit(unstack_layers, out_shardings=out_sh)(state)
+    """Returns whether a run treats every layer alike: for each stacked parameter path in
+    `paths`, `is_trainable` (a predicate on per-layer paths) and, for a trained parameter,
+    the weight-decay patterns `no_decay` give one answer for all its layers
+    (``layers/0/...``, ``layers/1/...``, ...). Then the train state holds the layers stacked;
+    otherwise (only some layers trained, a layer-specific no_decay pattern) it holds them per
+    layer."""
+    for path in paths:
+        per_layer = layer_paths(path, n_layers)
+        trained = {bool(is_trainable(p)) for p in per_layer}
+        if len(trained) > 1:
+            return False
+        if trained == {True} and len({decays(p, no_decay) for p in per_layer}) > 1:
+            return False
+    return True

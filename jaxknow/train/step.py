@@ -19,6 +19,7 @@ from jax.sharding import Mesh, PartitionSpec
 from jaxknow.model import transformer
 from jaxknow.model.config import ModelConfig
 from jaxknow.parallel.rules import NO_SHARDING, Sharder
+from jaxknow.train.optim import global_norm
 from jaxknow.train.state import TrainState, merge_params
 
 Batch = Mapping[str, jax.Array]
@@ -168,9 +169,9 @@ def train_step(
     The loss is the weighted mean token NLL over the whole batch; with `grad_accum` > 1 the
     batch is processed in that many micro-batches whose gradients sum to the same value.
     Metrics: loss, grad_norm, lr (the rate used by this update), weight_sum, tokens.
-    The state's layers may be stored per layer or stacked (`train.state.stacks_layers`);
-    with stacked layers the gradients come out stacked and each parameter kind is updated
-    by one op.
+    The state's layers are stacked (a per-layer state, `train.state.homogeneous_layers`, is
+    stacked for the forward pass by `merge_params`): the gradients come out in the state's
+    layout and each stacked parameter kind is updated by one op.
     """
     total_w = jnp.sum(batch["weights"].astype(jnp.float32))
     denom = jnp.maximum(total_w, 1e-9)
@@ -215,7 +216,7 @@ def train_step(
     params = optax.apply_updates(state.params, updates)
     metrics = {
         "loss": loss,
-        "grad_norm": optax.tree.norm(grads),
+        "grad_norm": global_norm(grads, layerwise=not cfg.use_scan),
         "lr": lr,
         "weight_sum": total_w,
         "tokens": jnp.sum((batch["segment_ids"] > 0).astype(jnp.float32)),
