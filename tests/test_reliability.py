@@ -49,11 +49,8 @@ def _config(data_dir, steps=4, **train):
 
 
 @pytest.fixture(scope="module")
-def data_dir(tmp_path_factory):
-    d = tmp_path_factory.mktemp("data")
-    spec = setup.parse_run_config(get_config())
-    build.ensure_sources(d, [s["name"] for s in spec.data.sources], spec.data.world, spec.seed)
-    return d
+def data_dir(smoke_data):
+    return smoke_data
 
 
 @pytest.fixture(scope="module")

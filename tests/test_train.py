@@ -477,6 +477,15 @@ def test_runs_that_treat_layers_differently_keep_a_per_layer_state():
         assert is_per_layer(specs) is per_layer, (trainable, no_decay)
 
 
+def _halted_run(cfg, at: int, workdir, mesh, data_dir):
+    """Runs `cfg` into `workdir` until it halts at step `at`; returns the checked workdir."""
+    half_cfg = copy.deepcopy(cfg)
+    half_cfg.train.halt_at = at
+    w = setup.check_workdir(workdir)
+    assert loop.run(setup.parse_run_config(half_cfg), w, mesh, data_dir).halted
+    return w
+
+
 def _layers_config(steps=6, **train):
     cfg = small_config(steps=steps)
     cfg.model.n_layers = 3
@@ -535,10 +544,7 @@ def test_checkpoints_hold_stacked_layers_and_scan_loop_and_resume_agree(tmp_path
     assert paths == set(flatten(full.state.model_params()))
     assert not is_per_layer(full.state.model_params())
 
-    half_cfg = copy.deepcopy(cfg)
-    half_cfg.train.halt_at = 3
-    b = setup.check_workdir(tmp_path / "b")
-    assert loop.run(setup.parse_run_config(half_cfg), b, mesh, data_dir).halted
+    b = _halted_run(cfg, 3, tmp_path / "b", mesh, data_dir)
     rest = loop.run(spec, b, mesh, data_dir)
     assert rest.start_step == 3 and rest.final_step == 6
     lb = {m["step"]: m["loss"] for m in rest.metrics}
@@ -576,10 +582,7 @@ def test_per_layer_checkpoints_of_earlier_versions_resume_and_load(tmp_path, mon
     spec = setup.parse_run_config(cfg)
     data_dir = _materialized(tmp_path, spec)
     mesh = make_mesh(1, 8, 1)
-    half_cfg = copy.deepcopy(cfg)
-    half_cfg.train.halt_at = 3
-    new = setup.check_workdir(tmp_path / "new")
-    assert loop.run(setup.parse_run_config(half_cfg), new, mesh, data_dir).halted
+    new = _halted_run(cfg, 3, tmp_path / "new", mesh, data_dir)
     # The same step written in the old layout, through the same Checkpointer.
     old = tmp_path / "old"
     shutil.copytree(new, old, ignore=shutil.ignore_patterns("checkpoints"))
@@ -695,10 +698,7 @@ def test_resume_on_an_fsdp_mesh_never_holds_a_whole_sharded_tensor(tmp_path, mon
     spec = setup.parse_run_config(cfg)
     data_dir = _materialized(tmp_path, spec)
     mesh = make_mesh(1, 8, 1)
-    half_cfg = copy.deepcopy(cfg)
-    half_cfg.train.halt_at = 2
-    w = setup.check_workdir(tmp_path / "w")
-    assert loop.run(setup.parse_run_config(half_cfg), w, mesh, data_dir).halted
+    w = _halted_run(cfg, 2, tmp_path / "w", mesh, data_dir)
     import gc
 
     gc.collect()
@@ -772,16 +772,6 @@ def _steps_per_call_config(data_dir, steps, **train):
     cfg.train.update({"log_every": 2, **train})
     cfg.data.update(dict(batch_size=4, seq_len=64, dir=str(data_dir)))
     return cfg
-
-
-@pytest.fixture(scope="module")
-def smoke_data(tmp_path_factory):
-    d = tmp_path_factory.mktemp("data")
-    spec = setup.parse_run_config(get_config())
-    from jaxknow.data import build
-
-    build.ensure_sources(d, [s["name"] for s in spec.data.sources], spec.data.world, spec.seed)
-    return d
 
 
 def _rows(workdir):
