@@ -20,10 +20,12 @@ from dataclasses import dataclass
 
 from jaxknow.studies.cooccurrence.fact_types import (
     BASE_RENDERINGS,
+    ROW_COUNT_FIELDS,
     SHARED,
     Fact,
     FactWorld,
     TailAttributes,
+    check_world_config,
     rng_for,
 )
 from jaxknow.studies.cooccurrence.facts import (
@@ -191,19 +193,18 @@ class CountriesConfig:
     seed: int = 0
 
     def __post_init__(self) -> None:
-        for name in (
-            "num_base_countries",
-            "num_novel_countries",
-            "num_wrong_tails",
-            "narrative_rows_per_fact",
-            "referencing_rows_per_fact",
-            "base_referencing_rows_per_fact",
-            "base_worked_rows_per_fact",
-            "seed",
-        ):
-            value = getattr(self, name)
-            if not isinstance(value, int) or isinstance(value, bool):
-                raise ValueError(f"CountriesConfig.{name} must be an int, got {value!r}")
+        check_world_config(
+            self,
+            (
+                "num_base_countries",
+                "num_novel_countries",
+                "num_wrong_tails",
+                *ROW_COUNT_FIELDS,
+                "base_worked_rows_per_fact",
+                "seed",
+            ),
+            COUNTRY_RELATIONS,
+        )
         for name in ("num_base_countries", "num_novel_countries"):
             if getattr(self, name) < 4:
                 raise ValueError(
@@ -216,20 +217,6 @@ class CountriesConfig:
                 f"CountriesConfig.num_wrong_tails must be in [1, {limit}], "
                 f"got {self.num_wrong_tails}"
             )
-        for name in (
-            "narrative_rows_per_fact",
-            "referencing_rows_per_fact",
-            "base_referencing_rows_per_fact",
-        ):
-            if getattr(self, name) < 1:
-                raise ValueError(f"CountriesConfig.{name} must be >= 1, got {getattr(self, name)}")
-        rels = tuple(self.relations) if isinstance(self.relations, (tuple, list)) else None
-        if not rels or len(set(rels)) != len(rels) or not set(rels) <= set(COUNTRY_RELATIONS):
-            raise ValueError(
-                f"CountriesConfig.relations must be a non-empty tuple of distinct "
-                f"names from {COUNTRY_RELATIONS}, got {self.relations!r}"
-            )
-        object.__setattr__(self, "relations", rels)
         if self.base_worked_rows_per_fact < 0:
             raise ValueError(
                 "CountriesConfig.base_worked_rows_per_fact must be >= 0, "

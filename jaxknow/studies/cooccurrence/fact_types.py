@@ -25,6 +25,40 @@ def rng_for(seed: int, *parts: object) -> random.Random:
     return random.Random(":".join(str(p) for p in (seed, *parts)))
 
 
+ROW_COUNT_FIELDS = (
+    "narrative_rows_per_fact",
+    "referencing_rows_per_fact",
+    "base_referencing_rows_per_fact",
+)
+
+
+def check_world_config(
+    config: Any, int_fields: tuple[str, ...], relations: tuple[str, ...]
+) -> None:
+    """Checks the fields every fact-world config shares, naming the config class and field:
+    `int_fields` are ints (not bools), the per-fact row counts are >= 1, and `relations` is a
+    non-empty tuple of distinct names from `relations` (a list is stored back as a tuple).
+
+    Raises ValueError on the first field that fails.
+    """
+    cls = type(config).__name__
+    for name in int_fields:
+        value = getattr(config, name)
+        if not isinstance(value, int) or isinstance(value, bool):
+            raise ValueError(f"{cls}.{name} must be an int, got {value!r}")
+    for name in ROW_COUNT_FIELDS:
+        if getattr(config, name) < 1:
+            raise ValueError(f"{cls}.{name} must be >= 1, got {getattr(config, name)}")
+    given = config.relations
+    rels = tuple(given) if isinstance(given, (tuple, list)) else None
+    if not rels or len(set(rels)) != len(rels) or not set(rels) <= set(relations):
+        raise ValueError(
+            f"{cls}.relations must be a non-empty tuple of distinct names from {relations}, "
+            f"got {given!r}"
+        )
+    object.__setattr__(config, "relations", rels)
+
+
 def capitalize_first(text: str) -> str:
     """Returns `text` with its first character upper-cased (the rest untouched)."""
     return text[:1].upper() + text[1:]

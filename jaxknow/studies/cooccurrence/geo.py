@@ -24,7 +24,14 @@ from typing import Any
 
 from jaxknow.studies.cooccurrence.audit import names_overlap
 from jaxknow.studies.cooccurrence.countries import reserved_words
-from jaxknow.studies.cooccurrence.fact_types import SHARED, Fact, FactWorld, rng_for
+from jaxknow.studies.cooccurrence.fact_types import (
+    ROW_COUNT_FIELDS,
+    SHARED,
+    Fact,
+    FactWorld,
+    check_world_config,
+    rng_for,
+)
 from jaxknow.studies.cooccurrence.facts import (
     RELATIONS,
     assign_wrong_tails,
@@ -115,20 +122,19 @@ class GeoConfig:
     base_referencing_rows_per_fact: int = 12
 
     def __post_init__(self) -> None:
-        for name in (
-            "num_countries",
-            "num_cities",
-            "min_city_population",
-            "seed",
-            "num_novel_countries",
-            "num_wrong_tails",
-            "narrative_rows_per_fact",
-            "referencing_rows_per_fact",
-            "base_referencing_rows_per_fact",
-        ):
-            value = getattr(self, name)
-            if not isinstance(value, int) or isinstance(value, bool):
-                raise ValueError(f"GeoConfig.{name} must be an int, got {value!r}")
+        check_world_config(
+            self,
+            (
+                "num_countries",
+                "num_cities",
+                "min_city_population",
+                "seed",
+                "num_novel_countries",
+                "num_wrong_tails",
+                *ROW_COUNT_FIELDS,
+            ),
+            GEO_RELATIONS,
+        )
         if self.num_novel_countries < 4:
             raise ValueError(
                 f"GeoConfig.num_novel_countries must be >= 4, got {self.num_novel_countries}"
@@ -145,20 +151,6 @@ class GeoConfig:
             raise ValueError(
                 f"GeoConfig.num_wrong_tails must be in [1, 3], got {self.num_wrong_tails}"
             )
-        for name in (
-            "narrative_rows_per_fact",
-            "referencing_rows_per_fact",
-            "base_referencing_rows_per_fact",
-        ):
-            if getattr(self, name) < 1:
-                raise ValueError(f"GeoConfig.{name} must be >= 1, got {getattr(self, name)}")
-        rels = tuple(self.relations) if isinstance(self.relations, (tuple, list)) else None
-        if not rels or len(set(rels)) != len(rels) or not set(rels) <= set(GEO_RELATIONS):
-            raise ValueError(
-                f"GeoConfig.relations must be a non-empty tuple of distinct names "
-                f"from {GEO_RELATIONS}, got {self.relations!r}"
-            )
-        object.__setattr__(self, "relations", rels)
 
 
 @functools.lru_cache(maxsize=1)
