@@ -57,7 +57,12 @@ def parse_as_its_consumer_does(config) -> object:
 
 
 # The scale configs' FILE.py:N forms run scale_people on the parsed study.
-SCALE_FORMS = ["bios/mixed_scale:1000", "bios/celebrity_scale:1000", "bios/probe_scale:0.5"]
+SCALE_FORMS = [
+    "bios/mixed_scale:1000",
+    "bios/celebrity_scale:1000",
+    "bios/probe_scale:1000",
+    "bios/probe_scale:6000,2/3",
+]
 
 
 @pytest.mark.parametrize("name", shipped_configs() + SCALE_FORMS)
@@ -480,3 +485,12 @@ def test_a_shipped_study_names_the_nested_field_and_the_run_fields_fixed_on_resu
         "train.trainable",
         "train.init_from",
     }
+
+
+def test_probe_scale_argument_sets_people_and_exposure():
+    at_default = load("bios/probe_scale")
+    stopped = load("bios/probe_scale:6000,2/3")
+    assert at_default.world.num_people == 2000 and at_default.pretrain.steps == 20000
+    # 6,000 people at 2/3 of the quickstart's exposures per person: E24a's 40,000 steps, so the
+    # same command resumes that run.
+    assert stopped.world.num_people == 6000 and stopped.pretrain.steps == 40000
