@@ -8,8 +8,8 @@ N = 2,000: every person seen as often as in the quickstart), one LoRA QA finetun
 The argument is `N` or `N,EXPOSURE` (EXPOSURE: the pretraining's exposures per person relative
 to the quickstart, a number or a fraction such as 2/3). Lab notebook E24: at `6000,2/3` (40,000
 steps) the model sat on a loss plateau for 17,000 steps (memorisation of the augmented
-biographies ~18 %, no rise) and was stopped there; `runs/probe_scale` holds that checkpoint
-(the same command resumes it).
+biographies ~18 %, no rise) and was stopped there (its checkpoint, where kept, resumes with
+`--config=configs/bios/probe_scale.py:6000,2/3 --workdir=runs/probe_scale`).
 
     python -m launch.experiment --config=configs/bios/probe_scale.py --workdir=runs/probe_2000
     python scripts/bios_probe_scale.py runs/probe_2000 pretrain_multi5_permute_fullname \\
