@@ -20,7 +20,6 @@ from dataclasses import dataclass
 
 from jaxknow.studies.cooccurrence.fact_types import (
     BASE_RENDERINGS,
-    ROW_COUNT_FIELDS,
     SHARED,
     Fact,
     FactWorld,
@@ -199,7 +198,6 @@ class CountriesConfig:
                 "num_base_countries",
                 "num_novel_countries",
                 "num_wrong_tails",
-                *ROW_COUNT_FIELDS,
                 "base_worked_rows_per_fact",
                 "seed",
             ),

@@ -36,13 +36,14 @@ def check_world_config(
     config: Any, int_fields: tuple[str, ...], relations: tuple[str, ...]
 ) -> None:
     """Checks the fields every fact-world config shares, naming the config class and field:
-    `int_fields` are ints (not bools), the per-fact row counts are >= 1, and `relations` is a
-    non-empty tuple of distinct names from `relations` (a list is stored back as a tuple).
+    `int_fields` and the per-fact row counts (`ROW_COUNT_FIELDS`) are ints (not bools), the
+    row counts are >= 1, and `relations` is a non-empty tuple of distinct names from
+    `relations` (a list is stored back as a tuple).
 
     Raises ValueError on the first field that fails.
     """
     cls = type(config).__name__
-    for name in int_fields:
+    for name in (*int_fields, *ROW_COUNT_FIELDS):
         value = getattr(config, name)
         if not isinstance(value, int) or isinstance(value, bool):
             raise ValueError(f"{cls}.{name} must be an int, got {value!r}")

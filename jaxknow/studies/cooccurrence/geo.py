@@ -25,7 +25,6 @@ from typing import Any
 from jaxknow.studies.cooccurrence.audit import names_overlap
 from jaxknow.studies.cooccurrence.countries import reserved_words
 from jaxknow.studies.cooccurrence.fact_types import (
-    ROW_COUNT_FIELDS,
     SHARED,
     Fact,
     FactWorld,
@@ -131,7 +130,6 @@ class GeoConfig:
                 "seed",
                 "num_novel_countries",
                 "num_wrong_tails",
-                *ROW_COUNT_FIELDS,
             ),
             GEO_RELATIONS,
         )

@@ -837,10 +837,13 @@ def _write_outputs(
                 title=f"finetuning loss: {name}",
             )
     for rendering, ab in (results.get("ablation") or {}).items():
+        interval = ab.get("interval") or {}
         # first / last k on one plot; the window ablation (x = the window's first layer) on its own
-        for figure, sides in (("", ("first", "last")), ("_window", ("window",))):
+        for figure, sides, xlabel in (
+            ("", ("first", "last"), "k layers reverted to base"),
+            ("_window", ("window",), f"first of the {ab.get('window')} layers reverted to base"),
+        ):
             series, bands = {}, {}
-            interval = ab.get("interval") or {}
             ks: list[int] = []
             for side, by_k in ab["results"].items():
                 if side not in sides:
@@ -854,11 +857,6 @@ def _write_outputs(
                         bands[name] = ([lo for lo, _ in lo_hi], [hi for _, hi in lo_hi])
             if not series:
                 continue
-            xlabel = (
-                f"first of the {ab.get('window')} layers reverted to base"
-                if figure
-                else "k layers reverted to base"
-            )
             plot_per_layer(
                 series,
                 plots / f"ablation{figure}_{rendering}.png",
