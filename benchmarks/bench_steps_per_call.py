@@ -141,7 +141,7 @@ class Run:
 
         self.spec = setup.parse_run_config(config)
         self.mesh = setup.build_mesh(self.spec)
-        self.tx = make_optimizer(self.spec.optim, layerwise_norm=not self.spec.model.use_scan)
+        self.tx = make_optimizer(self.spec.optim, self.spec.model)
         _, self.shardings = self.fresh()
         self.jstep, self.b_sh = loop._jit_step(
             self.spec, self.mesh, DEFAULT_RULES, self.tx, self.shardings

@@ -391,7 +391,7 @@ def test_a_per_layer_state_trains_like_the_stacked_state(lora, scan, mesh_shape)
     ocfg = optim.OptimConfig(
         lr=1e-2, weight_decay=0.1, grad_clip=0.2, warmup_steps=1, total_steps=10
     )
-    tx = optim.make_optimizer(ocfg, layerwise_norm=not scan)
+    tx = optim.make_optimizer(ocfg, cfg)
     sched = optim.make_schedule(ocfg)
     bsh = loop.batch_shardings(mesh, DEFAULT_RULES, 8, 16)
     batches = [{k: jax.device_put(v, bsh[k]) for k, v in b.items()} for b in _token_batches(4, 128)]

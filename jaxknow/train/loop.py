@@ -551,7 +551,7 @@ def run(
     """Runs the loop for a parsed RunSpec on `mesh`; returns a TrainResult (`evaluate`: see
     `train`)."""
     tc = spec.train
-    tx = make_optimizer(spec.optim, layerwise_norm=not spec.model.use_scan)
+    tx = make_optimizer(spec.optim, spec.model)
     ckpt = Checkpointer(
         tc.checkpoint_dir or workdir / "checkpoints",
         keep=tc.keep_checkpoints,

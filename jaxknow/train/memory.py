@@ -268,7 +268,7 @@ def measured_step_memory(
 
     tree = unflatten(specs)
     ocfg = OptimConfig(lr=1e-4, total_steps=10)
-    tx = optim.make_optimizer(ocfg, layerwise_norm=not cfg.use_scan)
+    tx = optim.make_optimizer(ocfg, cfg)
     sched = optim.make_schedule(ocfg)
     abstract = abstract_params(tree, cfg.storage_dtype, mesh)
     pred = is_lora_path if trainable == "lora" else (lambda p: True)

@@ -13,6 +13,7 @@ import jax.numpy as jnp
 import optax
 
 from jaxknow.config import OptimConfig
+from jaxknow.model.config import ModelConfig
 from jaxknow.model.layout import layer_paths, unstack
 from jaxknow.model.params import map_with_path
 
@@ -62,11 +63,17 @@ def decay_mask(params: Any, no_decay: Sequence[str]) -> Any:
 def global_norm(tree: Any, layerwise: bool = False) -> jax.Array:
     """Returns the L2 norm of a tree of arrays (gradients, updates). With `layerwise` the
     stacked layers' squares are summed layer by layer, in the order of their per-layer paths
-    (`model.layout.unstack`), else each stacked parameter kind at once. The two differ in
-    fp32 round-off only: a model that loops over its layers (`not cfg.use_scan`) sums layer
-    by layer, as it did when it held every layer in its own leaf, so that its clipped updates
-    and logged norms stay those of earlier versions bit for bit."""
+    (`model.layout.unstack`), else each stacked parameter kind at once; the two differ in
+    fp32 round-off only (`norm_is_layerwise` says which a model uses)."""
     return optax.tree.norm(unstack(tree) if layerwise else tree)
+
+
+def norm_is_layerwise(model: ModelConfig | None) -> bool:
+    """Returns whether gradient norms of `model` sum layer by layer (`global_norm`): yes for a
+    model that loops over its layers (`not model.use_scan`), as it did when it held every
+    layer in its own leaf, so that its clipped updates and logged norms stay those of earlier
+    versions bit for bit; no for a scanned model or none given."""
+    return model is not None and not model.use_scan
 
 
 def clip_by_global_norm(max_norm: float, layerwise: bool = False) -> optax.GradientTransformation:
@@ -87,13 +94,13 @@ def clip_by_global_norm(max_norm: float, layerwise: bool = False) -> optax.Gradi
 
 
 def make_optimizer(
-    cfg: OptimConfig, *, layerwise_norm: bool = False
+    cfg: OptimConfig, model: ModelConfig | None = None
 ) -> optax.GradientTransformation:
-    """Returns AdamW (with the schedule, weight-decay mask and optional global-norm clip;
-    `layerwise_norm`: see `global_norm`, pass ``not model.use_scan``)."""
+    """Returns AdamW (with the schedule, weight-decay mask and optional global-norm clip,
+    whose norm sums as `norm_is_layerwise(model)` says)."""
     parts = []
     if cfg.grad_clip > 0:
-        parts.append(clip_by_global_norm(cfg.grad_clip, layerwise_norm))
+        parts.append(clip_by_global_norm(cfg.grad_clip, norm_is_layerwise(model)))
     parts.append(
         optax.adamw(
             make_schedule(cfg),

@@ -19,7 +19,7 @@ from jax.sharding import Mesh, PartitionSpec
 from jaxknow.model import transformer
 from jaxknow.model.config import ModelConfig
 from jaxknow.parallel.rules import NO_SHARDING, Sharder
-from jaxknow.train.optim import global_norm
+from jaxknow.train.optim import global_norm, norm_is_layerwise
 from jaxknow.train.state import TrainState, merge_params
 
 Batch = Mapping[str, jax.Array]
@@ -216,7 +216,7 @@ def train_step(
     params = optax.apply_updates(state.params, updates)
     metrics = {
         "loss": loss,
-        "grad_norm": global_norm(grads, layerwise=not cfg.use_scan),
+        "grad_norm": global_norm(grads, layerwise=norm_is_layerwise(cfg)),
         "lr": lr,
         "weight_sum": total_w,
         "tokens": jnp.sum((batch["segment_ids"] > 0).astype(jnp.float32)),
