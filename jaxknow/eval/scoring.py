@@ -83,8 +83,13 @@ def _hidden(
 def _score_batch(
     params: Any, batch: Mapping[str, jax.Array], *, cfg: ModelConfig, sharder: Sharder
 ) -> tuple[jax.Array, jax.Array, jax.Array]:
-    """Returns per row (summed weighted log-likelihood, weight sum, all-greedy flag)."""
-    lg = transformer.logits(params, _hidden(params, batch, cfg, sharder), cfg, sharder)
+    """Returns per row (summed weighted log-likelihood, weight sum, all-greedy flag) of the
+    targets at positions ``score_at`` ([rows, K]): the vocabulary projection runs at those K
+    positions only, not at every position of the row (at a 262k vocabulary it is most of a
+    full-row forward's arithmetic and memory)."""
+    hidden = _hidden(params, batch, cfg, sharder)
+    at = jnp.take_along_axis(hidden, batch["score_at"][..., None], axis=1)
+    lg = transformer.logits(params, at, cfg, sharder)
     tgt = batch["targets"]
     lse = jax.nn.logsumexp(lg, axis=-1)
     picked = jnp.take_along_axis(lg, tgt[..., None], axis=-1)[..., 0]
@@ -166,13 +171,19 @@ def score_pairs(
                 logprob[i], count[i], greedy[i] = float(row[tok]), 1, tok == best
     rest = [i for i in range(n) if seqs[i][1] > 1]
     for idx, arrays in padded_batches([seqs[i][0][:-1] for i in rest], cfg, batch_size, mesh):
-        arrays["targets"] = np.zeros_like(arrays["inputs"])
-        arrays["weights"] = np.zeros(arrays["inputs"].shape, np.float32)
+        # The continuation's positions, right-aligned in K columns (K a power of two, so that
+        # few shapes compile); unused columns point at position 0 with weight 0.
+        width = 1 << (max(seqs[rest[j]][1] for j in idx) - 1).bit_length()
+        rows = arrays["inputs"].shape[0]
+        arrays["score_at"] = np.zeros((rows, width), np.int32)
+        arrays["targets"] = np.zeros((rows, width), np.int32)
+        arrays["weights"] = np.zeros((rows, width), np.float32)
         for r, j in enumerate(idx):
             ids, k = seqs[rest[j]]
             m = len(ids) - 1
-            arrays["targets"][r, :m] = ids[1:]
-            arrays["weights"][r, m - k : m] = 1.0
+            arrays["score_at"][r, width - k :] = np.arange(m - k, m)
+            arrays["targets"][r, width - k :] = ids[m - k + 1 : m + 1]
+            arrays["weights"][r, width - k :] = 1.0
         batch = {k: place_batch(v, mesh) for k, v in arrays.items()}
         lp, cnt, gr = to_host(_score_batch(params, batch, cfg=cfg, sharder=sharder))
         for r, j in enumerate(idx):
