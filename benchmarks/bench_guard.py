@@ -43,7 +43,7 @@ def main() -> None:
 
     cfg = preset(args.preset, dtype=args.dtype, max_seq_len=max(args.seq_len, 128))
     ocfg = OptimConfig(lr=1e-3, total_steps=10_000)
-    tx, sched = make_optimizer(ocfg), make_schedule(ocfg)
+    tx, sched = make_optimizer(ocfg, cfg), make_schedule(ocfg)
     rng = np.random.default_rng(0)
     tokens = rng.integers(0, cfg.vocab_size, (args.batch, args.seq_len + 1), dtype=np.int32)
     batch = {

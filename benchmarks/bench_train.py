@@ -275,7 +275,7 @@ def prepare_variant(
     mesh = make_mesh(*mesh_shape)
     b, t = run["batch"], run["seq_len"]
     ocfg = optim_config or optim.OptimConfig(lr=3e-4, warmup_steps=2, total_steps=1000)
-    tx, sched = optim.make_optimizer(ocfg), optim.make_schedule(ocfg)
+    tx, sched = optim.make_optimizer(ocfg, cfg), optim.make_schedule(ocfg)
     cfg, state, sh, n_base, n_adapter = initial_state(
         cfg, int(run.get("lora") or 0), mesh, seed, tx, ocfg.no_decay
     )

@@ -15,7 +15,7 @@ pretraining (as one corpus they would be ~10 times less).
 
 from ml_collections import ConfigDict
 
-from configs.bios.quickstart import get_config as quickstart
+from configs.bios.quickstart_4x2000 import get_config as quickstart
 
 
 def get_config() -> ConfigDict:

@@ -10,7 +10,7 @@ steps of 4 x 256): `configs/bios/mixed_scale.py:4000` is 40,000 steps. The curve
 
 from ml_collections import ConfigDict
 
-from configs.bios.quickstart import get_config as quickstart
+from configs.bios.quickstart_4x2000 import get_config as quickstart
 from jaxknow.studies.bios.sweep import apply_overrides, scale_people
 
 

@@ -20,7 +20,7 @@ from fractions import Fraction
 
 from ml_collections import ConfigDict
 
-from configs.bios.quickstart import get_config as quickstart
+from configs.bios.quickstart_4x2000 import get_config as quickstart
 from jaxknow.studies.bios.sweep import apply_overrides, scale_people
 
 PEOPLE = 2000
