@@ -9,7 +9,13 @@ config at N people, every stage's steps scaled by N / the config's num_people (e
 seen as often as at the base N, times --exposure; each QA finetune as many epochs). Finished
 points are skipped. Then WORKDIR/results.json and WORKDIR/<name>.png (P_test exact match and
 memorisation vs N), copied to --figure. The curve reads the config's mixed-training rows
-(`--recipe mixed`) or its pretrain + QA finetune rows (`--recipe pretrain+finetune`).
+(`--recipe mixed`) or its pretrain + QA finetune rows (`--recipe pretrain+finetune`);
+`--conditions single,celebrity` plots those rows' P_test side by side (celebrity helps
+minority vs N:
+
+    python scripts/bios_people_scale.py configs/bios/celebrity_scale.py:200 --people 200,1000 \
+        --recipe pretrain+finetune --conditions single,celebrity --name celebrity_scale \
+        --seeds 0 --workdir runs/celebrity_scale --figure docs/figures/bios_celebrity_scale.png)
 """
 
 from __future__ import annotations
@@ -33,6 +39,12 @@ def main(argv: list[str] | None = None) -> None:
     ap.add_argument("--exposure", type=float, default=1.0)
     ap.add_argument("--recipe", default="mixed", choices=["mixed", "pretrain+finetune"])
     ap.add_argument("--name", default="mixed_scale")
+    ap.add_argument(
+        "--conditions",
+        default="",
+        help="comma-separated condition rows to compare (e.g. single,celebrity): one P_test "
+        "line each; default: the recipe's first row, with its memorisation",
+    )
     args = ap.parse_args(argv)
     config = S.config_from_arguments(args)
     points = S.people_points(config, args.people, args.seeds, args.exposure)
@@ -48,7 +60,10 @@ def main(argv: list[str] | None = None) -> None:
         command=shlex.join(["python", "scripts/bios_people_scale.py", *(argv or sys.argv[1:])]),
         figure=args.figure,
         dry_run=args.dry_run,
+        conditions=[c for c in args.conditions.split(",") if c],
     )
+    if args.conditions:
+        print(f"the first condition's summary ({args.conditions.split(',')[0]}):", flush=True)
     for e in summary or []:
         print(
             f"N={e['x']:g}: P_test {100 * e['p_test_em']['mean']:.1f} "

@@ -138,6 +138,28 @@ def test_collector_and_plot_from_hand_made_results(tmp_path):
     assert mixed["p_test_em"] == 0.5 and mixed["memorisation_whole_value"] == 0.6
 
 
+def test_comparison_reads_each_named_condition_row(tmp_path):
+    points = S.people_points(bios_tiny(), [40, 80], [0])
+    results = {}
+    for p in points:
+        r = _fake_results(p.x / 40, p.seed)
+        cel = dict(r["conditions"]["pretrain+finetune (lora) / c"])
+        cel["augmentation"] = "celebrity (P_train multi5, P_test single)"
+        cel["test"] = {"em": 0.3, "em_attr_mean": 0.3}
+        r["conditions"]["pretrain+finetune (lora) / celebrity"] = cel
+        results[p.name] = r
+    by = {c: S.curve_rows(points, results, "pretrain+finetune", c) for c in ("c", "celebrity")}
+    assert [r["p_test_em"] for r in by["celebrity"]] == [0.3, 0.3]
+    assert [r["p_test_em"] for r in by["c"]] == pytest.approx([0.1, 0.2])
+    out = S.write_comparison(tmp_path / "cmp", "cel", by, xlabel="N", title="t")
+    assert (tmp_path / "cmp" / "cel.png").stat().st_size > 0
+    assert set(out["conditions"]) == {"c", "celebrity"}
+    assert out["conditions"]["celebrity"]["summary"][1]["p_test_em"]["mean"] == 0.3
+    # a prefix must end at a word: "celeb" names no row
+    with pytest.raises(ValueError, match="no 'pretrain\\+finetune / celeb'"):
+        S.point_row(results[points[0].name], "pretrain+finetune", "celeb")
+
+
 def test_pretrain_finetune_off_needs_mixed_training():
     cfg = bios_tiny()
     cfg.pretrain_finetune = False

@@ -257,16 +257,29 @@ def run_sweep(
     return out
 
 
-def point_row(results: Mapping[str, Any], recipe: str = "pretrain+finetune") -> dict[str, Any]:
+def condition_matches(augmentation: str, condition: str) -> bool:
+    """Returns whether a condition row's augmentation label is `condition` or starts with it
+    followed by a space ("celebrity" matches "celebrity (P_train ..., P_test single)")."""
+    return augmentation == condition or augmentation.startswith(condition + " ")
+
+
+def point_row(
+    results: Mapping[str, Any], recipe: str = "pretrain+finetune", condition: str | None = None
+) -> dict[str, Any]:
     """Returns one point's figures from its study results: P_test / P_train QA exact match of
-    the first condition row made by `recipe` ("pretrain+finetune" or "mixed"), the
-    memorisation of the biographies that model (or its pretraining) was trained on (whole value
-    and first token), renderings per person, exposures per rendering and chance."""
-    rows = [(k, r) for k, r in results["conditions"].items() if r["recipe"] == recipe]
+    the first condition row made by `recipe` ("pretrain+finetune" or "mixed") whose
+    augmentation is `condition` (`condition_matches`; default: any), the memorisation of the
+    biographies that model (or its pretraining) was trained on (whole value and first token),
+    renderings per person, exposures per rendering and chance."""
+    rows = [
+        (k, r)
+        for k, r in results["conditions"].items()
+        if r["recipe"] == recipe
+        and (condition is None or condition_matches(r["augmentation"], condition))
+    ]
     if not rows:
-        raise ValueError(
-            f"no {recipe!r} condition in the results ({sorted(results['conditions'])})"
-        )
+        which = recipe if condition is None else f"{recipe} / {condition}"
+        raise ValueError(f"no {which!r} condition in the results ({sorted(results['conditions'])})")
     name, r = rows[0]
     label = r["augmentation"]
     memo = results.get("memorisation", {}).get(
@@ -366,12 +379,83 @@ def write_curve(
     return results
 
 
+def write_comparison(
+    out_dir: str | Path,
+    name: str,
+    rows_by_condition: Mapping[str, Sequence[Mapping[str, Any]]],
+    *,
+    xlabel: str,
+    title: str,
+    command: str = "",
+    figure: str | Path | None = None,
+    log_x: bool = True,
+) -> dict[str, Any]:
+    """Writes OUT_DIR/results.json (per condition: every point's row and the per-abscissa
+    summary; the command) and OUT_DIR/<name>.png (P_test extraction of each condition vs the
+    abscissa, the seeds' min to max shaded, chance dashed); copies the plot to `figure` when
+    given. Returns the results dict."""
+    import shutil
+
+    from jaxknow.eval.plots import plot_per_layer
+
+    out_dir = Path(out_dir)
+    out_dir.mkdir(parents=True, exist_ok=True)
+    summaries = {c: summarise(rows) for c, rows in rows_by_condition.items()}
+    results = {
+        "curve": name,
+        "command": command,
+        "conditions": {
+            c: {"points": list(rows), "summary": summaries[c]}
+            for c, rows in rows_by_condition.items()
+        },
+    }
+    common.write_json(out_dir / "results.json", results)
+    first = next(iter(summaries.values()), [])
+    xs = [e["x"] for e in first]
+    for c, summary in summaries.items():
+        if [e["x"] for e in summary] != xs:
+            raise ValueError(f"condition {c!r} has points at {[e['x'] for e in summary]}, not {xs}")
+    label = METRICS["p_test_em"]
+    series = {f"{label}: {c}": [e["p_test_em"]["mean"] for e in s] for c, s in summaries.items()}
+    bands = {
+        f"{label}: {c}": ([e["p_test_em"]["min"] for e in s], [e["p_test_em"]["max"] for e in s])
+        for c, s in summaries.items()
+    }
+    chance = float(np.mean([e["chance"]["mean"] for e in first])) if first else math.nan
+    seeds = max((len(e["seeds"]) for e in first), default=0)
+    png = plot_per_layer(
+        series,
+        out_dir / f"{name}.png",
+        f"{title} ({seeds} seed{'s' if seeds != 1 else ''}: mean, min-max shaded)",
+        "accuracy",
+        xlabel=xlabel,
+        x=xs,
+        reference={"chance (majority answer)": chance},
+        ylim=(0.0, 1.0),
+        bands=bands,
+        log_x=log_x,
+    )
+    if figure:
+        Path(figure).parent.mkdir(parents=True, exist_ok=True)
+        shutil.copyfile(png, figure)
+    return results
+
+
 def curve_rows(
-    points: Sequence[SweepPoint], results: Mapping[str, Mapping[str, Any]], recipe: str
+    points: Sequence[SweepPoint],
+    results: Mapping[str, Mapping[str, Any]],
+    recipe: str,
+    condition: str | None = None,
 ) -> list[dict[str, Any]]:
-    """Returns `point_row` of every point with its name, abscissa and seed."""
+    """Returns `point_row` of every point (its `condition` row) with its name, abscissa and
+    seed."""
     return [
-        {"point": p.name, "x": p.x, "seed": p.seed, **point_row(results[p.name], recipe)}
+        {
+            "point": p.name,
+            "x": p.x,
+            "seed": p.seed,
+            **point_row(results[p.name], recipe, condition),
+        }
         for p in points
     ]
 
@@ -407,11 +491,13 @@ def run_curve(
     figure: str | None,
     dry_run: bool = False,
     run: StudyRunner = _run_study,
+    conditions: Sequence[str] = (),
 ) -> list[dict[str, Any]] | None:
     """Prints each point (`describe(point)`) with its CPU estimate and the total; unless
     `dry_run`, runs or resumes every point (`run_sweep`), writes the curve (`write_curve`) and
-    returns its per-abscissa summary (`summarise`). Returns None for a dry run. `run` runs
-    one point's study (see `run_sweep`)."""
+    returns its per-abscissa summary (`summarise`). With `conditions`, the curve compares those
+    condition rows of every point (`write_comparison`) and the summary returned is the first
+    condition's. Returns None for a dry run. `run` runs one point's study (see `run_sweep`)."""
     est = estimate_minutes(config, points)
     for p in points:
         print(f"{p.name}: {describe(p)}, ~{est[p.name]:.1f} CPU min", flush=True)
@@ -423,6 +509,18 @@ def run_curve(
     if dry_run:
         return None
     results = run_sweep(config, points, workdir, run=run)
+    if conditions:
+        by_condition = {c: curve_rows(points, results, recipe, c) for c in conditions}
+        write_comparison(
+            workdir,
+            name,
+            by_condition,
+            xlabel=xlabel,
+            title=title,
+            command=command,
+            figure=figure or None,
+        )
+        return summarise(by_condition[conditions[0]])
     rows = curve_rows(points, results, recipe)
     write_curve(
         workdir, name, rows, xlabel=xlabel, title=title, command=command, figure=figure or None
