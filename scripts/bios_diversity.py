@@ -1,19 +1,18 @@
 """The bioS diversity curve (issue 27 item 2): P_test extraction and memorisation against
 renderings per person at a fixed token budget.
 
-    python scripts/bios_diversity.py configs/bios/quickstart_4x2000.py --renderings 1,5,10,25,50,100 \
-        --seeds 0,1 --workdir runs/diversity
+    python scripts/bios_diversity.py configs/bios/quickstart_4x2000.py \
+        --renderings 1,5,10,25,50,100 --seeds 0,1 --workdir runs/diversity
 
 One bioS study per (R, seed) in WORKDIR/R<R>_s<seed> (`jaxknow.studies.bios.sweep`): the
-config's pretraining (quickstart_4x2000.py's 2,000 steps of 4 x 256, d128 x 4) and QA finetune on a world with R
-renderings per person (R = 1: bioS single; R = 5: the paper's multi5+permute+fullname, no
-re-draws; R = 5 D: multi5xD+permute+fullname), no probing, no mixed training. Finished points
-are skipped, so the same command resumes. Then WORKDIR/results.json (per point and per R:
-P_test QA exact match, whole-value and first-token memorisation, renderings per person,
-exposures per rendering) and WORKDIR/diversity.png, copied to --figure. `--set KEY=VALUE`
-overrides the config (e.g. `--set pretrain.steps=20` for a smoke run); `--dry_run` prints the
-points and the estimate only.
-"""
+config's pretraining (quickstart_4x2000.py's 2,000 steps of 4 x 256, d128 x 4) and QA finetune
+on a world with R renderings per person (R = 1: bioS single; R = 5: the paper's
+multi5+permute+fullname, no re-draws; R = 5 D: multi5xD+permute+fullname), no probing, no mixed
+training. Finished points are skipped, so the same command resumes. Then WORKDIR/results.json
+(per point and per R: P_test QA exact match, whole-value and first-token memorisation,
+renderings per person, exposures per rendering) and WORKDIR/diversity.png, copied to --figure.
+`--set KEY=VALUE` overrides the config (e.g. `--set pretrain.steps=20` for a smoke run);
+`--dry_run` prints the points and the estimate only. """
 
 from __future__ import annotations
 
