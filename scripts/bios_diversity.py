@@ -12,7 +12,8 @@ training. Finished points are skipped, so the same command resumes. Then WORKDIR
 (per point and per R: P_test QA exact match, whole-value and first-token memorisation,
 renderings per person, exposures per rendering) and WORKDIR/diversity.png, copied to --figure.
 `--set KEY=VALUE` overrides the config (e.g. `--set pretrain.steps=20` for a smoke run);
-`--dry_run` prints the points and the estimate only. """
+`--dry_run` prints the points and the estimate only.
+"""
 
 from __future__ import annotations
 

@@ -329,6 +329,53 @@ def summarise(rows: Sequence[Mapping[str, Any]]) -> list[dict[str, Any]]:
     return out
 
 
+def _plot_summary(
+    out_dir: Path,
+    name: str,
+    series: Mapping[str, Sequence[Mapping[str, Any]]],
+    *,
+    xlabel: str,
+    title: str,
+    figure: str | Path | None,
+    log_x: bool,
+) -> None:
+    """Writes OUT_DIR/<name>.png: per label, one metric's mean over seeds (`series`: label ->
+    (summary entries, metric key)) vs the abscissa with the seeds' min to max shaded, chance
+    dashed; copies it to `figure` when given."""
+    import shutil
+
+    from jaxknow.eval.plots import plot_per_layer
+
+    entries = {label: summary for label, (summary, _) in series.items()}
+    first = next(iter(entries.values()), [])
+    xs = [e["x"] for e in first]
+    for label, summary in entries.items():
+        if [e["x"] for e in summary] != xs:
+            raise ValueError(f"{label!r} has points at {[e['x'] for e in summary]}, not {xs}")
+    means = {label: [e[m]["mean"] for e in summary] for label, (summary, m) in series.items()}
+    bands = {
+        label: ([e[m]["min"] for e in summary], [e[m]["max"] for e in summary])
+        for label, (summary, m) in series.items()
+    }
+    chance = float(np.mean([e["chance"]["mean"] for e in first])) if first else math.nan
+    seeds = max((len(e["seeds"]) for e in first), default=0)
+    png = plot_per_layer(
+        means,
+        out_dir / f"{name}.png",
+        f"{title} ({seeds} seed{'s' if seeds != 1 else ''}: mean, min-max shaded)",
+        "accuracy",
+        xlabel=xlabel,
+        x=xs,
+        reference={"chance (majority answer)": chance},
+        ylim=(0.0, 1.0),
+        bands=bands,
+        log_x=log_x,
+    )
+    if figure:
+        Path(figure).parent.mkdir(parents=True, exist_ok=True)
+        shutil.copyfile(png, figure)
+
+
 def write_curve(
     out_dir: str | Path,
     name: str,
@@ -344,38 +391,13 @@ def write_curve(
     and OUT_DIR/<name>.png (P_test extraction and memorisation vs the abscissa, the seeds' min
     to max shaded, chance dashed); copies the plot to `figure` when given. Returns the
     results dict."""
-    import shutil
-
-    from jaxknow.eval.plots import plot_per_layer
-
     out_dir = Path(out_dir)
     out_dir.mkdir(parents=True, exist_ok=True)
     summary = summarise(rows)
     results = {"curve": name, "command": command, "points": list(rows), "summary": summary}
     common.write_json(out_dir / "results.json", results)
-    xs = [e["x"] for e in summary]
-    series = {label: [e[m]["mean"] for e in summary] for m, label in METRICS.items()}
-    bands = {
-        label: ([e[m]["min"] for e in summary], [e[m]["max"] for e in summary])
-        for m, label in METRICS.items()
-    }
-    chance = float(np.mean([e["chance"]["mean"] for e in summary])) if summary else math.nan
-    seeds = max((len(e["seeds"]) for e in summary), default=0)
-    png = plot_per_layer(
-        series,
-        out_dir / f"{name}.png",
-        f"{title} ({seeds} seed{'s' if seeds != 1 else ''}: mean, min-max shaded)",
-        "accuracy",
-        xlabel=xlabel,
-        x=xs,
-        reference={"chance (majority answer)": chance},
-        ylim=(0.0, 1.0),
-        bands=bands,
-        log_x=log_x,
-    )
-    if figure:
-        Path(figure).parent.mkdir(parents=True, exist_ok=True)
-        shutil.copyfile(png, figure)
+    series = {label: (summary, m) for m, label in METRICS.items()}
+    _plot_summary(out_dir, name, series, xlabel=xlabel, title=title, figure=figure, log_x=log_x)
     return results
 
 
@@ -394,10 +416,6 @@ def write_comparison(
     summary; the command) and OUT_DIR/<name>.png (P_test extraction of each condition vs the
     abscissa, the seeds' min to max shaded, chance dashed); copies the plot to `figure` when
     given. Returns the results dict."""
-    import shutil
-
-    from jaxknow.eval.plots import plot_per_layer
-
     out_dir = Path(out_dir)
     out_dir.mkdir(parents=True, exist_ok=True)
     summaries = {c: summarise(rows) for c, rows in rows_by_condition.items()}
@@ -410,34 +428,9 @@ def write_comparison(
         },
     }
     common.write_json(out_dir / "results.json", results)
-    first = next(iter(summaries.values()), [])
-    xs = [e["x"] for e in first]
-    for c, summary in summaries.items():
-        if [e["x"] for e in summary] != xs:
-            raise ValueError(f"condition {c!r} has points at {[e['x'] for e in summary]}, not {xs}")
     label = METRICS["p_test_em"]
-    series = {f"{label}: {c}": [e["p_test_em"]["mean"] for e in s] for c, s in summaries.items()}
-    bands = {
-        f"{label}: {c}": ([e["p_test_em"]["min"] for e in s], [e["p_test_em"]["max"] for e in s])
-        for c, s in summaries.items()
-    }
-    chance = float(np.mean([e["chance"]["mean"] for e in first])) if first else math.nan
-    seeds = max((len(e["seeds"]) for e in first), default=0)
-    png = plot_per_layer(
-        series,
-        out_dir / f"{name}.png",
-        f"{title} ({seeds} seed{'s' if seeds != 1 else ''}: mean, min-max shaded)",
-        "accuracy",
-        xlabel=xlabel,
-        x=xs,
-        reference={"chance (majority answer)": chance},
-        ylim=(0.0, 1.0),
-        bands=bands,
-        log_x=log_x,
-    )
-    if figure:
-        Path(figure).parent.mkdir(parents=True, exist_ok=True)
-        shutil.copyfile(png, figure)
+    series = {f"{label}: {c}": (summary, "p_test_em") for c, summary in summaries.items()}
+    _plot_summary(out_dir, name, series, xlabel=xlabel, title=title, figure=figure, log_x=log_x)
     return results
 
 
