@@ -332,7 +332,7 @@ def summarise(rows: Sequence[Mapping[str, Any]]) -> list[dict[str, Any]]:
 def _plot_summary(
     out_dir: Path,
     name: str,
-    series: Mapping[str, Sequence[Mapping[str, Any]]],
+    series: Mapping[str, tuple[Sequence[Mapping[str, Any]], str]],
     *,
     xlabel: str,
     title: str,
