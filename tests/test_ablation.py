@@ -218,3 +218,92 @@ def test_k_grid_evaluates_only_its_ks_and_always_ends_at_l():
     assert sorted(res.results["first"]) == sorted(res.results["last"]) == [0, 2, 3]
     assert len(log) == 4  # k = 0 and k = L shared by both sides, k = 2 once per side
     assert res.results["first"][2] != res.results["last"][2]
+
+
+def test_shared_prefix_ablation_equals_evaluating_each_model_whole():
+    """With `share_prefix` every model of a first / last / window ablation is evaluated from
+    the residual stream of the reference it shares its first layers with: generated answers
+    (free-form QA) and multiple-choice log-likelihoods are those of the model evaluated whole;
+    each reference runs once per batch and kind of pass."""
+    from jaxknow.data.tokenizer import train_bpe
+    from jaxknow.eval import tasks
+
+    texts = [f"Question: What is the capital of Land{i}? Answer: City{i}\n" for i in range(8)]
+    # The letters frequent enough to be single tokens: MC scores them in one pass per prompt.
+    tok = train_bpe(texts * 3 + ["Answer: A Answer: B Answer: C Answer: D"] * 20, vocab_size=300)
+    cfg = CFG.replace(vocab_size=tok.vocab_size, max_seq_len=256, n_layers=4)
+    # Weights well above their init scale, so that the random models' answers vary.
+    theta0 = jax.tree.map(lambda v: 6.0 * v, _params(param_specs(cfg), 2))
+    theta1 = _perturbed(_perturbed(theta0, 3), 4)
+    qa = [{"question": f"What is the capital of Land{i}?", "answer": f"City{i}"} for i in range(8)]
+    mc = [
+        {
+            "question": q["question"],
+            "choices": [f"City{(i + j) % 8}" for j in range(4)],
+            "answer": 0,
+        }
+        for i, q in enumerate(qa)
+    ]
+    # Multi-token options: scored by the other pass (a forward per pair, not per prompt).
+    cloze = [
+        {
+            "context": f"The capital of Land{i} is",
+            "choices": [f"City{i} of X", "Land two"],
+            "answer": 0,
+        }
+        for i in range(4)
+    ]
+    seen: dict[bool, list] = {False: [], True: []}
+    stores: list[dict] = []
+
+    def evaluate(share: bool):
+        def run(model) -> dict[str, float]:
+            if share:
+                stores.append(model.store)
+            res = tasks.evaluate_subsets_detailed(
+                (model, cfg, tok),
+                {"qa": qa, "mc": mc, "cloze": cloze},
+                kinds={"mc": "mc"},
+                max_new_tokens=6,
+                batch_size=8,
+                bos="always",
+            )
+            seen[share].append(res.predictions)
+            return {"em": res.metrics["qa"]["em"]}
+
+        return run
+
+    for share in (False, True):
+        ablation.layer_delta_ablation(
+            theta0,
+            theta1,
+            4,
+            evaluate(share),
+            sides=("first", "last", "window"),
+            window=2,
+            share_prefix=share,
+        )
+    assert len(seen[True]) == len(seen[False]) == 9  # k = 0..4 twice, shared ends, 3 windows
+    answers = set()
+    for whole, shared in zip(seen[False], seen[True]):
+        assert [r["prediction"] for r in shared["qa"]] == [r["prediction"] for r in whole["qa"]]
+        answers.add(tuple(r["prediction"] for r in whole["qa"]))
+        for name in ("mc", "cloze"):
+            np.testing.assert_allclose(
+                [r["logprobs"] for r in shared[name]],
+                [r["logprobs"] for r in whole[name]],
+                rtol=1e-5,
+                atol=1e-5,
+                err_msg=name,
+            )
+    assert len(answers) > 3  # the models differ, so equality above says something
+    # Two references x (one generation prefill, one scoring pass), each computed once.
+    assert all(s is stores[0] for s in stores)
+    assert sorted((ref, what) for ref, what, _ in stores[0]) == [
+        ("base", "prefill max_new=6"),
+        ("base", "scoring"),
+        ("base", "scoring"),
+        ("finetuned", "prefill max_new=6"),
+        ("finetuned", "scoring"),
+        ("finetuned", "scoring"),
+    ]

@@ -146,7 +146,15 @@ def test_buckets_and_errors(gpt2_like):
         768,
     ]
     assert generate.batch_rows(5, 64, None) == 8
-    assert generate.batch_rows(100, 64, make_mesh(2, 2, 2)) == 64
+    # The fewest batches, rows evened out to a multiple of 8 (no power-of-two padding).
+    assert [generate.batch_rows(n, 64, None) for n in (40, 64, 65, 120, 200)] == [
+        40,
+        64,
+        40,
+        64,
+        56,
+    ]
+    assert generate.batch_rows(100, 64, make_mesh(2, 2, 2)) == 56
     assert generate.batch_rows(3, 64, make_mesh(-1, 1, 1)) == 8
     with pytest.raises(ValueError, match="empty"):
         generate.generate_tokens(params, cfg, [[]], max_new_tokens=4)

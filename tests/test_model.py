@@ -319,3 +319,42 @@ def test_softcapped_attention_matches_plain_attention_when_the_cap_is_far():
     near = transformer.apply(params, tokens, cfg.replace(attn_logit_softcap=0.01), **kw)
     np.testing.assert_allclose(far, plain, rtol=1e-5, atol=1e-5)
     assert np.abs(np.asarray(near) - np.asarray(plain)).max() > 1e-3
+
+
+@pytest.mark.parametrize("scan", [False, True])
+def test_forward_resumed_mid_stack_equals_the_whole_pass(scan):
+    """`hidden_in` = the residual stream entering layer j and `start_layer` = j give what the
+    whole pass gives, for every j (one compile: j is traced), uncached and into a cache whose
+    layers below j hold the whole pass's entries; a lone `hidden_in` is refused."""
+    cfg = preset("tiny-llama", n_layers=3, dtype="float32", scan_layers=scan, **GEMMA3_SWITCHES)
+    params = init_params(param_specs(cfg), jax.random.key(0), jnp.float32)
+    tokens = jax.random.randint(jax.random.key(1), (2, 17), 0, cfg.vocab_size)
+    whole = transformer.forward(params, tokens, cfg, collect_hidden=True)
+    run = jax.jit(
+        lambda h, j: transformer.forward(params, tokens, cfg, hidden_in=h, start_layer=j).hidden
+    )
+    for j in range(cfg.n_layers + 1):
+        out = run(whole.hiddens[j], jnp.int32(j))
+        np.testing.assert_allclose(out, whole.hidden, rtol=1e-5, atol=1e-5, err_msg=f"j={j}")
+    # Resuming from a wrong stream changes the result (the skipped layers really are skipped).
+    wrong = run(whole.hiddens[0], jnp.int32(2))
+    assert np.abs(np.asarray(wrong) - np.asarray(whole.hidden)).max() > 1e-2
+    kw = dict(cache_index=jnp.int32(0), kv_valid=jnp.ones((2, 17), bool))
+    full = transformer.forward(
+        params, tokens, cfg, cache=transformer.init_cache(cfg, 2, 17), collect_hidden=True, **kw
+    )
+    part = transformer.forward(
+        params,
+        tokens,
+        cfg,
+        cache=full.cache,
+        hidden_in=full.hiddens[2],
+        start_layer=jnp.int32(2),
+        **kw,
+    )
+    np.testing.assert_allclose(part.hidden, full.hidden, rtol=1e-5, atol=1e-5)
+    jax.tree.map(
+        lambda a, b: np.testing.assert_allclose(a, b, rtol=1e-5, atol=1e-5), part.cache, full.cache
+    )
+    with pytest.raises(ValueError, match="together"):
+        transformer.forward(params, tokens, cfg, hidden_in=whole.hiddens[1])

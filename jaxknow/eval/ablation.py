@@ -19,6 +19,7 @@ from typing import Any, Literal
 import jax.numpy as jnp
 import numpy as np
 
+from jaxknow.eval.shared_prefix import SharedPrefix
 from jaxknow.eval.tables import markdown_table
 from jaxknow.model.config import ModelConfig
 from jaxknow.model.layout import LAYERS, is_per_layer
@@ -198,6 +199,7 @@ def layer_delta_ablation(
     cfg: ModelConfig | None = None,
     ks: Sequence[int] | None = None,
     window: int = 0,
+    share_prefix: bool = False,
 ) -> AblationResult:
     """Returns the metrics of the models whose first (resp. last) k layers take θ0 and the rest
     θ1, for each k of `ks` (default: 0..n_layers) and each side (see `mix_layers` for the
@@ -207,6 +209,13 @@ def layer_delta_ablation(
     `evaluate` maps parameters to {metric: value}; a layer selection shared by both sides
     (k = 0, k = L) is evaluated once. If θ1 (or θ0) holds LoRA adapters, pass `cfg` to merge
     them first (`merge_lora`, which needs `cfg.lora_scale`).
+
+    With `share_prefix`, `evaluate` receives each model as a `SharedPrefix` (which the
+    scoring and generation functions accept in place of parameters): a model whose first j
+    layers are θ0's (or θ1's) resumes at layer j from the residual stream of the reference
+    model with every (no) layer from θ0, computed once per batch. Every first-k model then
+    runs only its last L − k layers, every last-k model its last k: about half the arithmetic
+    of evaluating each model whole, with the same results up to float round-off.
     """
     trees = []
     for name, theta in (("theta0", theta0), ("theta1", theta1)):
@@ -224,6 +233,22 @@ def layer_delta_ablation(
         raise ValueError(f"window={window}: side 'window' needs a width in 1..{n_layers}")
     cache: dict[frozenset[int], Metrics] = {}
     results: dict[str, dict[int, Metrics]] = {}
+    store: dict[tuple[str, str, str], Any] = {}
+    all_layers = frozenset(range(n_layers))
+    refs = {
+        "base": mix_layers(theta0, theta1, all_layers, non_layer=non_layer),
+        "finetuned": mix_layers(theta0, theta1, frozenset(), non_layer=non_layer),
+    }
+
+    def model(sel: frozenset[int]) -> Any:
+        mixed = mix_layers(theta0, theta1, sel, non_layer=non_layer)
+        if not share_prefix:
+            return mixed
+        # Layer 0 decides which reference shares the longer prefix; the embedding follows.
+        name = "base" if 0 in sel else "finetuned"
+        start = next((i for i in range(n_layers) if (i in sel) != (name == "base")), n_layers)
+        return SharedPrefix(mixed, refs[name], start, name, store)
+
     for side in sides:
         results[side] = {}
         for k in ks:
@@ -231,7 +256,6 @@ def layer_delta_ablation(
                 continue
             sel = ablated_layers(side, k, n_layers, window)
             if sel not in cache:
-                mixed = mix_layers(theta0, theta1, sel, non_layer=non_layer)
-                cache[sel] = {m: float(v) for m, v in evaluate(mixed).items()}
+                cache[sel] = {m: float(v) for m, v in evaluate(model(sel)).items()}
             results[side][k] = dict(cache[sel])
     return AblationResult(n_layers=n_layers, results=results, non_layer=non_layer, window=window)

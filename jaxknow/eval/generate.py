@@ -2,8 +2,9 @@
 
 How a batch runs:
 
-- Prompts are sorted by length and cut into batches of `batch_size` rows (the last batch is
-  filled with inert dummy rows, so every batch of a call has one shape). Each batch is
+- Prompts are sorted by length and cut into the fewest batches of at most `batch_size` rows,
+  evened out to a multiple of 8 rows (`batch_rows`; the last batch is filled with inert dummy
+  rows, so every batch of a call has one shape). Each batch is
   left-padded to a *bucketed* length (`bucket_length`: 16, 32, 64, 128, 256, then multiples
   of 256), which bounds the number of compiles.
 - One jitted function runs the prefill over the padded prompts (writing cache slots 0..P-1)
@@ -20,6 +21,10 @@ How a batch runs:
   (`transformer.CACHE_AXES`). Without a mesh (and with unsharded parameters) it runs on one
   device.
 
+Parameters may come as a `shared_prefix.SharedPrefix` (a layer-delta ablation's model): the
+prefill then resumes at the first layer it does not share with its reference, from the
+reference's residual stream and cache (computed once per batch); decoding runs the whole model.
+
 Prompts longer than ``cfg.max_seq_len - max_new_tokens`` tokens are cut from the left (like
 lm-eval-harness), so no position exceeds what the model was built for. Cached decoding always
 uses the XLA attention path: the fused cuDNN kernel is meant for training shapes.
@@ -27,6 +32,7 @@ uses the XLA attention path: the fused cuDNN kernel is meant for training shapes
 
 from __future__ import annotations
 
+import dataclasses
 import functools
 from collections.abc import Iterator, Sequence
 from typing import Any, Protocol
@@ -38,6 +44,7 @@ from jax.experimental import multihost_utils
 from jax.sharding import Mesh, NamedSharding, PartitionSpec
 
 from jaxknow.data.tokenizer import Tokenizer
+from jaxknow.eval import shared_prefix
 from jaxknow.model import transformer
 from jaxknow.model.config import ModelConfig
 from jaxknow.model.layout import unstack
@@ -91,11 +98,15 @@ def batch_axis_size(mesh: Mesh | None) -> int:
 
 
 def batch_rows(n: int, batch_size: int, mesh: Mesh | None) -> int:
-    """Returns the row count of every batch for `n` items: at most `batch_size` (a power of
-    two when fewer items), rounded up to a multiple of the mesh's batch split."""
+    """Returns the row count of every batch for `n` items: the fewest batches of at most
+    `batch_size` rows, their rows evened out and rounded up to a multiple of 8 (bounding the
+    number of compiled shapes) and of the mesh's batch split. E.g. 40 items at batch 64 run
+    as one batch of 40 rows, 120 as two of 64, 200 as four of 56."""
     if batch_size <= 0:
         raise ValueError(f"batch_size must be positive, got {batch_size}")
-    rows = min(batch_size, 1 << max(n - 1, 0).bit_length())
+    batches = max(-(-n // batch_size), 1)
+    rows = -(-max(n, 1) // batches)
+    rows = -(-rows // 8) * 8
     k = batch_axis_size(mesh)
     return -(-rows // k) * k
 
@@ -103,6 +114,7 @@ def batch_rows(n: int, batch_size: int, mesh: Mesh | None) -> int:
 def mesh_of(params: Any) -> Mesh | None:
     """Returns the mesh the parameters are laid out on (None when they are not on a
     multi-device mesh)."""
+    params, _ = shared_prefix.split(params)
     for leaf in jax.tree.leaves(params):
         sh = getattr(leaf, "sharding", None)
         if isinstance(sh, NamedSharding) and sh.mesh.size > 1:
@@ -126,9 +138,17 @@ def param_shardings(params: Any, cfg: ModelConfig, mesh: Mesh, rules: Rules = DE
 
 
 def place_params(params: Any, cfg: ModelConfig, mesh: Mesh | None) -> Any:
-    """Returns `params` laid out with their logical shardings on `mesh` (unchanged without)."""
+    """Returns `params` laid out with their logical shardings on `mesh` (unchanged without);
+    a `SharedPrefix` comes back with its model and reference placed."""
     if mesh is None:
         return params
+    plain, shared = shared_prefix.split(params)
+    if shared is not None:
+        return dataclasses.replace(
+            shared,
+            params=place_params(plain, cfg, mesh),
+            reference=place_params(shared.reference, cfg, mesh),
+        )
     return jax.device_put(params, param_shardings(params, cfg, mesh))
 
 
@@ -217,30 +237,30 @@ def _decode_cfg(cfg: ModelConfig) -> ModelConfig:
     return cfg if cfg.attention_impl == "xla" else cfg.replace(attention_impl="xla")
 
 
-@functools.partial(jax.jit, static_argnames=("cfg", "max_new", "sharder"))
-def _generate_batch(
+def _prefill(
     params: Any,
     tokens: jax.Array,
     pad: jax.Array,
-    active: jax.Array,
-    stops: jax.Array,
-    pad_id: jax.Array,
     *,
     cfg: ModelConfig,
     max_new: int,
     sharder: Sharder,
-) -> tuple[jax.Array, jax.Array]:
-    """Returns (generated tokens [B, max_new], their counts [B]) for left-padded prompts."""
-    # The layers' per-layer view, sliced once here: each token step then reads every layer's
-    # weights in place, where slicing the stack inside the loop copied them at every token.
-    params = unstack(params)
+    resume: tuple[jax.Array, jax.Array, transformer.Cache] | None = None,
+    collect_hidden: bool = False,
+) -> tuple[transformer.ForwardOutput, jax.Array]:
+    """Returns (the forward pass over left-padded prompts into a fresh cache of
+    ``P + max_new`` slots, the valid-slot mask [B, S]). `params` hold the per-layer view.
+    `resume` = (residual stream entering layer j, j, a cache whose layers below j hold the
+    prompts' keys and values): the prefill starts at layer j (`transformer.forward`)."""
     b, p = tokens.shape
     s = p + max_new
     slots = jnp.arange(s)
-    cache = jax.tree.map(
-        lambda c: sharder.constrain(c, transformer.CACHE_AXES), transformer.init_cache(cfg, b, s)
-    )
-    prompt_len = p - pad
+    if resume is None:
+        cache = transformer.init_cache(cfg, b, s)
+        hidden_in = start = None
+    else:
+        hidden_in, start, cache = resume
+    cache = jax.tree.map(lambda c: sharder.constrain(c, transformer.CACHE_AXES), cache)
     positions = jnp.maximum(jnp.arange(p, dtype=jnp.int32)[None, :] - pad[:, None], 0)
     kv_valid = (slots[None, :] >= pad[:, None]) & (slots[None, :] < p)
     out = transformer.forward(
@@ -252,6 +272,62 @@ def _generate_batch(
         cache=cache,
         cache_index=jnp.int32(0),
         kv_valid=kv_valid,
+        collect_hidden=collect_hidden,
+        hidden_in=hidden_in,
+        start_layer=start,
+    )
+    return out, kv_valid
+
+
+@functools.partial(jax.jit, static_argnames=("cfg", "max_new", "sharder"))
+def _reference_prefill(
+    params: Any,
+    tokens: jax.Array,
+    pad: jax.Array,
+    *,
+    cfg: ModelConfig,
+    max_new: int,
+    sharder: Sharder,
+) -> tuple[jax.Array, transformer.Cache]:
+    """Returns (the residual stream at every layer [L+1, B, P, D], the prefill cache) of
+    left-padded prompts: what `_generate_batch` resumes from (`shared_prefix`)."""
+    out, _ = _prefill(
+        unstack(params),
+        tokens,
+        pad,
+        cfg=cfg,
+        max_new=max_new,
+        sharder=sharder,
+        collect_hidden=True,
+    )
+    return out.hiddens, out.cache
+
+
+@functools.partial(jax.jit, static_argnames=("cfg", "max_new", "sharder"))
+def _generate_batch(
+    params: Any,
+    tokens: jax.Array,
+    pad: jax.Array,
+    active: jax.Array,
+    stops: jax.Array,
+    pad_id: jax.Array,
+    resume: tuple[jax.Array, jax.Array, transformer.Cache] | None = None,
+    *,
+    cfg: ModelConfig,
+    max_new: int,
+    sharder: Sharder,
+) -> tuple[jax.Array, jax.Array]:
+    """Returns (generated tokens [B, max_new], their counts [B]) for left-padded prompts,
+    the prefill resumed mid-stack when `resume` is given (`_prefill`)."""
+    # The layers' per-layer view, sliced once here: each token step then reads every layer's
+    # weights in place, where slicing the stack inside the loop copied them at every token.
+    params = unstack(params)
+    b, p = tokens.shape
+    s = p + max_new
+    slots = jnp.arange(s)
+    prompt_len = p - pad
+    out, kv_valid = _prefill(
+        params, tokens, pad, cfg=cfg, max_new=max_new, sharder=sharder, resume=resume
     )
 
     def next_token(hidden_last: jax.Array) -> jax.Array:
@@ -326,16 +402,15 @@ def generate_tokens(
         if len(pr) == 0:
             raise ValueError(f"prompt {i} is empty (prompts need at least one token)")
     mesh = mesh if mesh is not None else mesh_of(params)
-    params = place_params(params, cfg, mesh)
+    params, shared = shared_prefix.split(place_params(params, cfg, mesh))
     stops = make_stop_table(cfg.vocab_size, stop_ids, stop_table)
     stops_dev = (
         jnp.asarray(stops)
         if mesh is None
         else jax.device_put(stops, NamedSharding(mesh, PartitionSpec()))
     )
-    fn = functools.partial(
-        _generate_batch, cfg=_decode_cfg(cfg), max_new=max_new_tokens, sharder=Sharder(mesh)
-    )
+    settings = dict(cfg=_decode_cfg(cfg), max_new=max_new_tokens, sharder=Sharder(mesh))
+    fn = functools.partial(_generate_batch, **settings)
     cut = [list(pr)[-limit:] for pr in prompts]
     order = sorted(range(len(cut)), key=lambda i: -len(cut[i]))
     rows = batch_rows(len(cut), batch_size, mesh)
@@ -351,13 +426,23 @@ def generate_tokens(
             tokens[r, p - len(pr) :] = pr
             pad[r] = p - len(pr)
             active[r] = True
+        tokens_dev, pad_dev = place_batch(tokens, mesh), place_batch(pad, mesh)
+        resume = None
+        if shared is not None and shared.start > 0:
+            hiddens, cache = shared.reference_output(
+                f"prefill max_new={max_new_tokens}",
+                {"tokens": tokens, "pad": pad},
+                lambda ref, t=tokens_dev, n=pad_dev: _reference_prefill(ref, t, n, **settings),
+            )
+            resume = (hiddens[shared.start], jnp.int32(shared.start), cache)
         buf, counts = fn(
             params,
-            place_batch(tokens, mesh),
-            place_batch(pad, mesh),
+            tokens_dev,
+            pad_dev,
             place_batch(active, mesh),
             stops_dev,
             jnp.int32(pad_id),
+            resume,
         )
         buf, counts = to_host((buf, counts))
         for r, i in enumerate(idx):

@@ -19,6 +19,10 @@ token, the harness's ``is_greedy``. Pairs whose continuation is one token (multi
 letters) are grouped by context: one forward pass per context gives every such continuation's
 log-likelihood (lm-eval's own ``hf`` model shares contexts the same way).
 
+Parameters may come as a `shared_prefix.SharedPrefix` (a layer-delta ablation's model): each
+batch then resumes at the first layer the model does not share with its reference, from the
+reference's residual stream (computed once per batch).
+
 Multiple choice: either the log-likelihood of the answer letters ``" A"`` .. ``" D"`` after
 the MC prompt (``mode="letters"``, the co-occurrence paper's harness: always all four letters,
 whatever the number of choices) or of each option's text ``" {choice}"`` (``mode="options"``).
@@ -40,7 +44,9 @@ import numpy as np
 from jax.sharding import Mesh
 
 from jaxknow.data.tokenizer import Tokenizer
+from jaxknow.eval import shared_prefix
 from jaxknow.eval.generate import mesh_of, padded_batches, place_batch, place_params, to_host
+from jaxknow.eval.shared_prefix import SharedPrefix
 from jaxknow.formats import MC_LETTERS
 from jaxknow.model import transformer
 from jaxknow.model.config import ModelConfig
@@ -65,10 +71,20 @@ def use_bos(mode: str, meta: Mapping[str, Any] | None = None) -> bool:
     return mode == "always"
 
 
-def _hidden(
-    params: Any, batch: Mapping[str, jax.Array], cfg: ModelConfig, sharder: Sharder
-) -> jax.Array:
-    """Returns the final hidden states of a padded batch (inputs, positions, segment ids)."""
+Resume = tuple[jax.Array, jax.Array]  # (residual stream entering layer j, j)
+
+
+def _forward(
+    params: Any,
+    batch: Mapping[str, jax.Array],
+    cfg: ModelConfig,
+    sharder: Sharder,
+    resume: Resume | None = None,
+    collect_hidden: bool = False,
+) -> transformer.ForwardOutput:
+    """Runs the model on a padded batch (inputs, positions, segment ids), from layer j on
+    when `resume` = (residual stream entering layer j, j) is given (`shared_prefix`)."""
+    hidden_in, start = resume if resume is not None else (None, None)
     return transformer.forward(
         params,
         batch["inputs"],
@@ -76,18 +92,65 @@ def _hidden(
         positions=batch["positions"],
         segment_ids=batch["segment_ids"],
         sharder=sharder,
-    ).hidden
+        collect_hidden=collect_hidden,
+        hidden_in=hidden_in,
+        start_layer=start,
+    )
+
+
+def _hidden(
+    params: Any,
+    batch: Mapping[str, jax.Array],
+    cfg: ModelConfig,
+    sharder: Sharder,
+    resume: Resume | None = None,
+) -> jax.Array:
+    """Returns the final hidden states of a padded batch (see `_forward`)."""
+    return _forward(params, batch, cfg, sharder, resume).hidden
+
+
+@functools.partial(jax.jit, static_argnames=("cfg", "sharder"))
+def _reference_hiddens(
+    params: Any, batch: Mapping[str, jax.Array], *, cfg: ModelConfig, sharder: Sharder
+) -> jax.Array:
+    """Returns a padded batch's residual stream at every layer [L+1, B, T, D]: what the
+    scoring functions resume from (`shared_prefix`)."""
+    return _forward(params, batch, cfg, sharder, collect_hidden=True).hiddens
+
+
+def _resume_for(
+    shared: SharedPrefix | None,
+    arrays: Mapping[str, np.ndarray],
+    batch: Mapping[str, jax.Array],
+    cfg: ModelConfig,
+    sharder: Sharder,
+) -> Resume | None:
+    """Returns where a `SharedPrefix` model resumes on this batch (None: run it whole)."""
+    if shared is None or shared.start == 0:
+        return None
+    keys = ("inputs", "positions", "segment_ids")
+    hiddens = shared.reference_output(
+        "scoring",
+        {k: arrays[k] for k in keys},
+        lambda ref: _reference_hiddens(ref, {k: batch[k] for k in keys}, cfg=cfg, sharder=sharder),
+    )
+    return hiddens[shared.start], jnp.int32(shared.start)
 
 
 @functools.partial(jax.jit, static_argnames=("cfg", "sharder"))
 def _score_batch(
-    params: Any, batch: Mapping[str, jax.Array], *, cfg: ModelConfig, sharder: Sharder
+    params: Any,
+    batch: Mapping[str, jax.Array],
+    resume: Resume | None = None,
+    *,
+    cfg: ModelConfig,
+    sharder: Sharder,
 ) -> tuple[jax.Array, jax.Array, jax.Array]:
     """Returns per row (summed weighted log-likelihood, weight sum, all-greedy flag) of the
     targets at positions ``score_at`` ([rows, K]): the vocabulary projection runs at those K
     positions only, not at every position of the row (at a 262k vocabulary it is most of a
     full-row forward's arithmetic and memory)."""
-    hidden = _hidden(params, batch, cfg, sharder)
+    hidden = _hidden(params, batch, cfg, sharder, resume)
     at = jnp.take_along_axis(hidden, batch["score_at"][..., None], axis=1)
     lg = transformer.logits(params, at, cfg, sharder)
     tgt = batch["targets"]
@@ -100,11 +163,16 @@ def _score_batch(
 
 @functools.partial(jax.jit, static_argnames=("cfg", "sharder"))
 def _last_logprobs(
-    params: Any, batch: Mapping[str, jax.Array], *, cfg: ModelConfig, sharder: Sharder
+    params: Any,
+    batch: Mapping[str, jax.Array],
+    resume: Resume | None = None,
+    *,
+    cfg: ModelConfig,
+    sharder: Sharder,
 ) -> jax.Array:
     """Returns per row the log-softmax over the vocabulary after its last real token."""
     rows = jnp.arange(batch["inputs"].shape[0])
-    last = _hidden(params, batch, cfg, sharder)[rows, batch["last"]][:, None]
+    last = _hidden(params, batch, cfg, sharder, resume)[rows, batch["last"]][:, None]
     return jax.nn.log_softmax(transformer.logits(params, last, cfg, sharder)[:, 0], axis=-1)
 
 
@@ -153,6 +221,7 @@ def score_pairs(
     mesh = mesh if mesh is not None else mesh_of(params)
     params = place_params(params, cfg, mesh)
     sharder = Sharder(mesh)
+    plain, shared_model = shared_prefix.split(params)
     logprob = np.zeros(n, np.float64)
     count = np.zeros(n, np.int64)
     greedy = np.zeros(n, bool)
@@ -185,7 +254,8 @@ def score_pairs(
             arrays["targets"][r, width - k :] = ids[m - k + 1 : m + 1]
             arrays["weights"][r, width - k :] = 1.0
         batch = {k: place_batch(v, mesh) for k, v in arrays.items()}
-        lp, cnt, gr = to_host(_score_batch(params, batch, cfg=cfg, sharder=sharder))
+        resume = _resume_for(shared_model, arrays, batch, cfg, sharder)
+        lp, cnt, gr = to_host(_score_batch(plain, batch, resume, cfg=cfg, sharder=sharder))
         for r, j in enumerate(idx):
             i = rest[j]
             logprob[i] = float(lp[r])
@@ -202,14 +272,17 @@ def _score_last_tokens(
     mesh: Mesh,
     sharder: Sharder,
 ) -> list[np.ndarray]:
-    """Returns, per context, the log-softmax (float32, vocabulary-sized) of the next token."""
+    """Returns, per context, the log-softmax (float32, vocabulary-sized) of the next token
+    (`params` may be a `SharedPrefix`)."""
+    plain, shared = shared_prefix.split(params)
     out: list[np.ndarray | None] = [None] * len(contexts)
     for idx, arrays in padded_batches(contexts, cfg, batch_size, mesh):
         arrays["last"] = np.zeros(arrays["inputs"].shape[0], np.int32)
         for r, i in enumerate(idx):
             arrays["last"][r] = len(contexts[i]) - 1
         batch = {k: place_batch(v, mesh) for k, v in arrays.items()}
-        lp = to_host(_last_logprobs(params, batch, cfg=cfg, sharder=sharder))
+        resume = _resume_for(shared, arrays, batch, cfg, sharder)
+        lp = to_host(_last_logprobs(plain, batch, resume, cfg=cfg, sharder=sharder))
         for r, i in enumerate(idx):
             out[i] = np.asarray(lp[r])
     return out  # type: ignore[return-value]

@@ -217,35 +217,40 @@ def _scan_blocks(
     inv_freq: jax.Array | None,
     collect_hidden: bool,
     local: _LocalLayers | None = None,
+    start_layer: jax.Array | None = None,
 ) -> tuple[jax.Array, jax.Array | None]:
     """Runs `block` over the stacked layers with `jax.lax.scan`; returns the last residual
     stream and, with `collect_hidden`, every layer's [L+1, B, T, D] (index 0 = input).
 
     With `local` (a mix of sliding-window and global layers) the per-layer is-local flags are
-    scanned beside the parameters and select each layer's mask and rotary frequencies."""
+    scanned beside the parameters and select each layer's mask and rotary frequencies. With
+    `start_layer` the layers below it pass the residual stream through (`forward`)."""
 
     def body(carry: jax.Array, xs: Any) -> tuple[jax.Array, jax.Array | None]:
-        layer_p, is_local = xs
+        layer_p, is_local, i = xs
         m, f = mask, inv_freq
         if local is not None:
             m = jnp.where(is_local, local.mask, mask)
             if inv_freq is not None:
                 f = jnp.where(is_local, local.inv_freq, inv_freq)
-        y, _ = block(
-            layer_p,
-            carry,
-            None,
-            positions=positions,
-            mask=m,
-            inv_freq=f,
-            cache_index=None,
-        )
+
+        def run(h: jax.Array) -> jax.Array:
+            return block(
+                layer_p, h, None, positions=positions, mask=m, inv_freq=f, cache_index=None
+            )[0]
+
+        y = run(carry) if start_layer is None else jax.lax.cond(i >= start_layer, run, _same, carry)
         return y, (y if collect_hidden else None)
 
     flags = local.flags if local is not None else None
-    out, ys = jax.lax.scan(body, x, (stacked, flags))
+    index = jnp.arange(jax.tree.leaves(stacked)[0].shape[0])
+    out, ys = jax.lax.scan(body, x, (stacked, flags, index))
     hiddens = jnp.concatenate([x[None], ys]) if collect_hidden else None
     return out, hiddens
+
+
+def _same(x: Any) -> Any:
+    return x
 
 
 def embed(
@@ -284,6 +289,8 @@ def forward(
     cache_index: jax.Array | None = None,
     kv_valid: jax.Array | None = None,
     collect_hidden: bool = False,
+    hidden_in: jax.Array | None = None,
+    start_layer: jax.Array | None = None,
 ) -> ForwardOutput:
     """Runs the transformer on tokens [B, T]; returns a ForwardOutput.
 
@@ -299,7 +306,15 @@ def forward(
     cached decoding) as a loop over layer i's slices. Cached decoding may also take the
     per-layer view (`layout.unstack(params)`, made once before a decoding loop so that no
     token step slices the stack again; it always runs the loop).
+
+    Resuming mid-stack: with `hidden_in` [B, T, D] (the residual stream entering layer
+    `start_layer`, a traced int, e.g. another model's `hiddens[start_layer]`) the embedding is
+    skipped and layers below `start_layer` pass the stream (and their cache entries) through
+    unchanged, so models that share their first layers need not recompute them and every start
+    runs in one compiled function. `hiddens` then repeats the stream at the skipped layers.
     """
+    if (hidden_in is None) != (start_layer is None):
+        raise ValueError("hidden_in and start_layer go together (resuming mid-stack)")
     per_layer = is_per_layer(params)
     if per_layer and cache is None:
         raise ValueError("forward takes the layers stacked (see jaxknow.model.layout.stack)")
@@ -333,9 +348,8 @@ def forward(
         else:
             mask = global_mask
             local = _LocalLayers(local_mask, local_inv, jnp.asarray(kinds))
-    x = sharder.constrain(
-        embed(params, tokens, positions, cfg, sharder), ("batch", "length", "act_embed")
-    )
+    x = embed(params, tokens, positions, cfg, sharder) if hidden_in is None else hidden_in
+    x = sharder.constrain(x, ("batch", "length", "act_embed"))
 
     block = functools.partial(_block, cfg=cfg, is_causal=is_causal, sharder=sharder)
     if cfg.remat != "none" and cache is None:
@@ -351,6 +365,7 @@ def forward(
             inv_freq=inv_freq,
             collect_hidden=collect_hidden,
             local=local,
+            start_layer=start_layer,
         )
         h = layers.norm(params["final_norm"], x, cfg)
         return ForwardOutput(hidden=h, hiddens=hiddens_scan)
@@ -369,15 +384,18 @@ def forward(
     for i in range(cfg.n_layers):
         layer_cache = cache[str(i)] if cache is not None else None
         is_local = local is not None and kinds[i]
-        x, c = block(
+        run = functools.partial(
+            block,
             layer_params[i],
-            x,
-            layer_cache,
             positions=positions,
             mask=local.mask if is_local else mask,
             inv_freq=local.inv_freq if is_local else inv_freq,
             cache_index=cache_index,
         )
+        if start_layer is None:
+            x, c = run(x, layer_cache)
+        else:
+            x, c = jax.lax.cond(i >= start_layer, run, lambda *a: a, x, layer_cache)
         if new_cache is not None:
             new_cache[str(i)] = c
         if hiddens is not None:

@@ -553,6 +553,7 @@ def ablate(
         sides=tuple(sides),
         ks=ablation_ks(cfg.n_layers, k_step),
         window=window,
+        share_prefix=True,
     )
     return {
         "n_layers": cfg.n_layers,
