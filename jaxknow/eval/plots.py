@@ -84,6 +84,8 @@ def plot_per_layer(
         ax.set_xscale("log")
         ax.minorticks_off()
     if 0 < len(ticks) <= 40:  # integer ticks: layers and k are discrete
+        if len(ticks) > 16 and not log_x:  # every k of a deep model: label every other one
+            ticks = ticks[::2] if ticks[-1] in ticks[::2] else [*ticks[::2], ticks[-1]]
         ax.set_xticks(ticks)
         if log_x:
             ax.set_xticklabels([f"{t:g}" for t in ticks])
