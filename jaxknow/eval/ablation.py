@@ -217,7 +217,7 @@ def layer_delta_ablation(
     runs only its last L − k layers, every last-k model its last k: about half the arithmetic
     of evaluating each model whole, with the same results up to float round-off. The price is
     memory: both references' streams stay for every batch until the ablation ends, (L + 1) ×
-    the batches' token slots × d_model floats each (SmolLM2-135M, QA and MC of 40 items: ~2.5 GB).
+    the batches' token slots × d_model floats each (SmolLM2-135M, QA and MC of 40 items: ~2.7 GB).
     """
     trees = []
     for name, theta in (("theta0", theta0), ("theta1", theta1)):
