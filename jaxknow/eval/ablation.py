@@ -236,11 +236,10 @@ def layer_delta_ablation(
     cache: dict[frozenset[int], Metrics] = {}
     results: dict[str, dict[int, Metrics]] = {}
     store: dict[tuple[str, str, str], Any] = {}
-    all_layers = frozenset(range(n_layers))
-    refs = {
-        "base": mix_layers(theta0, theta1, all_layers, non_layer=non_layer),
-        "finetuned": mix_layers(theta0, theta1, frozenset(), non_layer=non_layer),
-    }
+    refs = {}
+    if share_prefix:  # the two references: every layer from θ0, none
+        for name, sel in (("base", frozenset(range(n_layers))), ("finetuned", frozenset())):
+            refs[name] = mix_layers(theta0, theta1, sel, non_layer=non_layer)
 
     def model(sel: frozenset[int]) -> Any:
         mixed = mix_layers(theta0, theta1, sel, non_layer=non_layer)

@@ -323,12 +323,11 @@ def _generate_batch(
     # weights in place, where slicing the stack inside the loop copied them at every token.
     params = unstack(params)
     b, p = tokens.shape
-    s = p + max_new
-    slots = jnp.arange(s)
     prompt_len = p - pad
     out, kv_valid = _prefill(
         params, tokens, pad, cfg=cfg, max_new=max_new, sharder=sharder, resume=resume
     )
+    slots = jnp.arange(kv_valid.shape[1])
 
     def next_token(hidden_last: jax.Array) -> jax.Array:
         lg = transformer.logits(params, hidden_last, cfg, sharder)[:, 0]

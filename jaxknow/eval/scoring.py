@@ -46,7 +46,6 @@ from jax.sharding import Mesh
 from jaxknow.data.tokenizer import Tokenizer
 from jaxknow.eval import shared_prefix
 from jaxknow.eval.generate import mesh_of, padded_batches, place_batch, place_params, to_host
-from jaxknow.eval.shared_prefix import SharedPrefix
 from jaxknow.formats import MC_LETTERS
 from jaxknow.model import transformer
 from jaxknow.model.config import ModelConfig
@@ -119,7 +118,7 @@ def _reference_hiddens(
 
 
 def _resume_for(
-    shared: SharedPrefix | None,
+    shared: shared_prefix.SharedPrefix | None,
     arrays: Mapping[str, np.ndarray],
     batch: Mapping[str, jax.Array],
     cfg: ModelConfig,

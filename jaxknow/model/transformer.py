@@ -243,7 +243,8 @@ def _scan_blocks(
         return y, (y if collect_hidden else None)
 
     flags = local.flags if local is not None else None
-    index = jnp.arange(jax.tree.leaves(stacked)[0].shape[0])
+    # Layer indices are scanned only when resuming, so a plain pass compiles as it did before.
+    index = None if start_layer is None else jnp.arange(jax.tree.leaves(stacked)[0].shape[0])
     out, ys = jax.lax.scan(body, x, (stacked, flags, index))
     hiddens = jnp.concatenate([x[None], ys]) if collect_hidden else None
     return out, hiddens
