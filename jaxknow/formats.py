@@ -18,14 +18,18 @@ def qa_item(question: str, answer: str | None = None) -> str:
     return text if answer is None else f"{text} {answer}"
 
 
-def mc_item(question: str, choices: Sequence[str], answer: int | None = None) -> str:
+def mc_item(
+    question: str, choices: Sequence[str], answer: int | None = None, answer_text: bool = False
+) -> str:
     """Returns a multiple-choice item: the stripped question, one ``"{letter}. {choice}"`` line
     per choice (at most four, not checked here), ``"Answer:"``, plus ``" {letter}"`` of the
-    answer index when one is given."""
+    answer index when one is given (``" {choice}"``, the answer's text, with `answer_text`)."""
     text = (
         question.strip()
         + "\n"
         + "".join(f"{k}. {c}\n" for k, c in zip(MC_LETTERS, choices))
         + "Answer:"
     )
-    return text if answer is None else f"{text} {MC_LETTERS[answer]}"
+    if answer is None:
+        return text
+    return f"{text} {choices[answer] if answer_text else MC_LETTERS[answer]}"

@@ -264,8 +264,33 @@ def test_cooccurrence_evaluations_are_cached_per_checkpoint_items_and_settings(
     cs.evaluate_cached(model, {"qa": [*qa["qa"], *qa["qa"]]}, ev, cache)  # other items
     cs.evaluate_cached(model, qa, dataclasses.replace(ev, few_shot=2), cache)  # other settings
     assert len(calls) == 4
+    cs.evaluate_cached(model, qa, dataclasses.replace(ev, mc_mode="options"), cache)
+    assert len(calls) == 5
     (steps / "6" / "jaxknow_manifest.json").write_text('{"step": 6, "changed": 1}')
     cs.evaluate_cached(model, qa, ev, cache)  # the same step with other weights
-    assert len(calls) == 5
-    cs.evaluate_cached(model, qa, ev, None)  # no cache: always evaluated
     assert len(calls) == 6
+    cs.evaluate_cached(model, qa, ev, None)  # no cache: always evaluated
+    assert len(calls) == 7
+
+
+def test_cooccurrence_mc_mode_reaches_the_scorer_and_keeps_letter_caches_valid(monkeypatch):
+    import hashlib
+    import json
+
+    from jaxknow.eval import tasks
+    from jaxknow.studies.cooccurrence import study as cs
+
+    seen = []
+    monkeypatch.setattr(tasks, "evaluate_subsets", lambda *a, **kw: seen.append(kw) or {})
+    qa = {"qa": [{"question": "q", "answer": "a"}]}
+    cs.evaluate_model(None, qa, cs.CooccurrenceEvalSettings(mc_mode="options"))
+    cs.evaluate_model(None, qa, cs.CooccurrenceEvalSettings())
+    assert [kw["mc_mode"] for kw in seen] == ["options", "letters"]
+    # Keys written before the field existed (letters) must still be found.
+    ev = cs.CooccurrenceEvalSettings()
+    old = json.dumps(["fp", [ev.few_shot, ev.max_new_tokens], qa], sort_keys=True)
+    assert cs.eval_cache_key("fp", qa, ev) == hashlib.sha256(old.encode()).hexdigest()
+    with pytest.raises(ValueError, match="eval.mc_mode='words'"):
+        cs.CooccurrenceEvalSettings(mc_mode="words")
+    assert "not by the answer letters" in "".join(cs._mc_mode_note("options"))
+    assert cs._mc_mode_note("letters") == []

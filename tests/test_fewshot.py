@@ -148,6 +148,20 @@ def test_mc_five_shot_prompt_is_byte_exact():
         fewshot.mc_item({"question": "q", "choices": list("abcde"), "answer": 0})
 
 
+def test_option_scored_mc_demonstrations_answer_by_text_with_the_same_draw():
+    # Option-scored MC (not the fork's) must show the form it scores: every demonstration
+    # answers with its choice's text; the draw of demonstrations is the letters' draw.
+    letters = fewshot.build_prompts(MC, "mc")
+    texts = fewshot.build_prompts(MC, "mc", mc_answer_text=True)
+    demos = fewshot.demo_indices(MC, 5, kind="mc")
+    for i, (a, b) in enumerate(zip(letters, texts)):
+        assert b.endswith("Answer:") and b.count("Answer:") == a.count("Answer:")
+        for j in demos[i]:
+            gold = MC[j]["choices"][MC[j]["answer"]]
+            item = fewshot.mc_item(MC[j])
+            assert f"{item} {gold}\n\n" in b and f"{item} {fewshot.mc_letter(MC[j])}" in a
+
+
 def test_mc_duplicates_compare_processed_documents():
     # Two MC rows that differ only in surrounding whitespace are the same document to the
     # fork (the question is stripped before the comparison), so they never demonstrate

@@ -227,3 +227,27 @@ def test_likelihood_negation_in_the_held_out_frame(models):
         likelihood.probe_facts(
             params, cfg, tok, [{**LIKELIHOOD_ROW, "frame_prompt": row["frame_prompt"]}]
         )
+
+
+def test_option_scored_mc_prompts_answer_their_demonstrations_by_text(models, monkeypatch):
+    params, _, cfg, tok = models
+    rows = [
+        {"question": f"Capital of C{i}?", "choices": [f"X{i}", f"Y{i}", f"Z{i}"], "answer": i % 3}
+        for i in range(6)
+    ]
+    seen = {}
+
+    class Scored(Exception):
+        pass
+
+    def capture(params, cfg, tok, prompts, rows, mode, **kw):
+        seen[mode] = prompts
+        raise Scored
+
+    monkeypatch.setattr(tasks, "score_multiple_choice", capture)
+    for mode in ("letters", "options"):
+        with pytest.raises(Scored):
+            tasks.evaluate_subsets((params, cfg, tok), {"multiple_choice": rows}, mc_mode=mode)
+    assert seen["letters"] == fewshot.build_prompts(rows, "mc")
+    assert seen["options"] == fewshot.build_prompts(rows, "mc", mc_answer_text=True)
+    assert seen["options"] != seen["letters"]

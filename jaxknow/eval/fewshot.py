@@ -71,10 +71,11 @@ def mc_letter(row: Row) -> str:
     return MC_LETTERS[int(row["answer"])]
 
 
-def mc_item(row: Row, with_answer: bool = False) -> str:
+def mc_item(row: Row, with_answer: bool = False, answer_text: bool = False) -> str:
     """Returns a multiple-choice item as the fork renders it: the stripped question, one
     ``"{letter}. {choice}"`` line per choice, ``"Answer:"`` (plus ``" {letter}"`` when
-    `with_answer`). Raises FewShotError for more than four choices or an answer index outside
+    `with_answer`; ``" {choice}"`` instead with `answer_text`, for option-scored MC, which is
+    not the fork's). Raises FewShotError for more than four choices or an answer index outside
     them (the fork would silently drop choices or fail with an IndexError)."""
     choices = list(row["choices"])
     if len(choices) > len(MC_LETTERS):
@@ -83,7 +84,7 @@ def mc_item(row: Row, with_answer: bool = False) -> str:
             f"lists at most {len(MC_LETTERS)}: {row['question']!r}"
         )
     return formats.mc_item(
-        str(row["question"]), choices, int(row["answer"]) if with_answer else None
+        str(row["question"]), choices, int(row["answer"]) if with_answer else None, answer_text
     )
 
 
@@ -139,10 +140,11 @@ def free_form_prompt(query: Row, demos: Sequence[Row] = ()) -> str:
     return SEPARATOR.join(parts)
 
 
-def mc_prompt(query: Row, demos: Sequence[Row] = ()) -> str:
+def mc_prompt(query: Row, demos: Sequence[Row] = (), answer_text: bool = False) -> str:
     """Returns the few-shot multiple-choice prompt: the description line, answered
-    demonstrations, then the query item ending in "Answer:", joined by blank lines."""
-    parts = [mc_item(d, with_answer=True) for d in demos]
+    demonstrations (by letter; by the answer's text with `answer_text`), then the query item
+    ending in "Answer:", joined by blank lines."""
+    parts = [mc_item(d, with_answer=True, answer_text=answer_text) for d in demos]
     parts.append(mc_item(query))
     return MC_HEADER + SEPARATOR.join(parts)
 
@@ -153,13 +155,20 @@ def zero_shot_qa_prompt(question: str) -> str:
 
 
 def build_prompts(
-    rows: Sequence[Row], kind: str, k: int = DEFAULT_SHOTS, seed: int = FEW_SHOT_SEED
+    rows: Sequence[Row],
+    kind: str,
+    k: int = DEFAULT_SHOTS,
+    seed: int = FEW_SHOT_SEED,
+    mc_answer_text: bool = False,
 ) -> list[str]:
     """Returns one prompt per row of a subset (in row order): `kind` "free" or "mc", `k`
     demonstrations per query drawn from the same rows exactly as the fork does
-    (`harness_schedule`). Raises FewShotError for a split smaller than ``k + 1``."""
+    (`harness_schedule`). MC demonstrations answer by letter, or by the answer's text with
+    `mc_answer_text` (the same demonstrations either way). Raises FewShotError for a split
+    smaller than ``k + 1``."""
     if kind not in KINDS:
         raise ValueError(f"prompt kind must be one of {KINDS}, got {kind!r}")
-    render = free_form_prompt if kind == "free" else mc_prompt
     demos = demo_indices(rows, k, seed, kind)
-    return [render(rows[i], [rows[j] for j in d]) for i, d in enumerate(demos)]
+    if kind == "free":
+        return [free_form_prompt(rows[i], [rows[j] for j in d]) for i, d in enumerate(demos)]
+    return [mc_prompt(rows[i], [rows[j] for j in d], mc_answer_text) for i, d in enumerate(demos)]

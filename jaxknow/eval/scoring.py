@@ -25,7 +25,8 @@ reference's residual stream (computed once per batch).
 
 Multiple choice: either the log-likelihood of the answer letters ``" A"`` .. ``" D"`` after
 the MC prompt (``mode="letters"``, the co-occurrence paper's harness: always all four letters,
-whatever the number of choices) or of each option's text ``" {choice}"`` (``mode="options"``).
+whatever the number of choices) or of each option's text ``" {choice}"`` (``mode="options"``;
+`tasks` then has the demonstrations answer by text too, ``fewshot.build_prompts``).
 ``acc`` takes the argmax of the summed log-likelihood; ``acc_norm`` the argmax of the
 log-likelihood divided by the continuation's length in *characters*, as lm-eval-harness's
 ``acc_norm`` does. With letters every continuation has the same length, so acc_norm = acc.

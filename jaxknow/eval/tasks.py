@@ -132,9 +132,11 @@ def _free_metrics(
     return metrics, records
 
 
-def _prompts(name: str, rows: Sequence[Row], kind: str, shots: int, seed: int) -> list[str]:
+def _prompts(
+    name: str, rows: Sequence[Row], kind: str, shots: int, seed: int, mc_mode: str
+) -> list[str]:
     try:
-        return fewshot.build_prompts(rows, kind, shots, seed)
+        return fewshot.build_prompts(rows, kind, shots, seed, mc_answer_text=mc_mode == "options")
     except fewshot.FewShotError as e:
         raise fewshot.FewShotError(f"subset {name!r}: {e}") from None
 
@@ -183,7 +185,7 @@ def evaluate_subsets_detailed(
         if kind == "cloze":
             prompts = [str(r["context"]) for r in rows]
         elif kind != "likelihood":
-            prompts = _prompts(name, rows, kind, shots, seed)
+            prompts = _prompts(name, rows, kind, shots, seed, mc_mode)
         if kind == "free":
             texts = generate_text(
                 (params, cfg, tok),

@@ -91,8 +91,15 @@ class CooccurrenceEvalSettings:
     # evaluated on the base model before finetuning. {} = off.
     real_facts: dict[str, Any] = dataclasses.field(default_factory=dict)
     real_facts_subsets: tuple[str, ...] = ("qa", "multiple_choice")
+    # "letters": the log-likelihood of " A".." D" (the authors' harness); "options": of each
+    # option's text after the same prompt (a reading a small model can give; label it so).
+    mc_mode: str = "letters"
 
     def __post_init__(self) -> None:
+        from jaxknow.eval.scoring import MC_MODES
+
+        if self.mc_mode not in MC_MODES:
+            raise ValueError(f"eval.mc_mode={self.mc_mode!r}: must be one of {MC_MODES}")
         if self.real_facts:
             from jaxknow.data.world_builders import WorldConfigError, check_world
 
@@ -246,6 +253,7 @@ def evaluate_model(
         few_shot=ev.few_shot,
         max_new_tokens=ev.max_new_tokens,
         batch_size=ev.batch_size,
+        mc_mode=ev.mc_mode,
     )
 
 
@@ -284,7 +292,9 @@ def eval_cache_key(
     import hashlib
     import json
 
-    settings = (ev.few_shot, ev.max_new_tokens)
+    settings: tuple[Any, ...] = (ev.few_shot, ev.max_new_tokens)
+    if ev.mc_mode != "letters":  # letters' keys stay those written before the field existed
+        settings += (ev.mc_mode,)
     blob = json.dumps([fingerprint, settings, subsets], sort_keys=True, default=str)
     return hashlib.sha256(blob.encode()).hexdigest()
 
@@ -370,6 +380,7 @@ def run_cooccurrence_study(config: Any, workdir: str | Path, log: Any = print) -
         "experiment": "cooccurrence",
         "world": world,
         "seeds": list(study.seeds),
+        "mc_mode": ev.mc_mode,
         "base": base_scores(study, base_model, novel, base_subsets, workdir, log),
         "runs": {},
         "conditions": {},
@@ -681,6 +692,7 @@ def report_markdown(results: Mapping[str, Any]) -> str:
         "## Novel-entity tasks (EM % for free-form, accuracy % for multiple choice; "
         "mean ± std over seeds)",
         "",
+        *_mc_mode_note(results.get("mc_mode", "letters")),
         markdown_table(header, [*rows, *extra_rows]),
     ]
     real = results["base"].get("real_facts")
@@ -793,6 +805,19 @@ def report_markdown(results: Mapping[str, Any]) -> str:
     parts += ["", "## The paper's findings (to compare with the tables above)", ""]
     parts += [f"- {f}" for f in results["findings"]]
     return "\n".join(parts) + "\n"
+
+
+def _mc_mode_note(mc_mode: str) -> list[str]:
+    """Returns the report's warning lines when multiple choice was not scored as the authors'
+    harness scores it (the letters " A".." D"), else none."""
+    if mc_mode == "letters":
+        return []
+    return [
+        f"Multiple choice here is scored by `{mc_mode}` (the log-likelihood of each option's "
+        "text after the prompt), not by the answer letters of the authors' harness: compare "
+        "it with letter-scored figures only with that said.",
+        "",
+    ]
 
 
 def _main_metric(metrics: Mapping[str, Any]) -> str:
