@@ -1,7 +1,8 @@
 """configs/cooccurrence/smollm2_lr3_cpu.py read with multiple choice scored by each option's
-text instead of the answer letters (`eval.mc_mode="options"`), MC subsets only, and the
-layer-delta ablation of the narrative model's option-scored MC at every k (first and last k
-layers reverted). SmolLM2-135M picks the answer letter of a listed option near chance even for
+text instead of the answer letters (`eval.mc_mode="options"`; the demonstrations then answer
+by text too), the MC subset only, and the layer-delta ablation of the narrative model's
+option-scored MC at every third k (first and last k layers reverted; option scoring runs a
+forward pass per option, ~4× the letters' cost, so every k would take ~50 min). SmolLM2-135M picks the answer letter of a listed option near chance even for
 real facts it knows (lab notebook S2, S16), so letter-scored MC cannot say where anything
 lives; the option text's likelihood after the same prompt can. Not the authors' scoring: the
 report says so. Run it in a hard-linked copy of S7's workdir so the trained models and the
@@ -20,9 +21,9 @@ from configs.cooccurrence.smollm2_lr3_cpu import get_config as smollm2_lr3_cpu
 def get_config() -> ConfigDict:
     c = smollm2_lr3_cpu()
     c.eval.mc_mode = "options"
-    c.eval.subsets = ("multiple_choice", "two_hop_mc")
-    c.eval.real_facts_subsets = ("multiple_choice", "two_hop_mc")
+    c.eval.subsets = ("multiple_choice",)
+    c.eval.real_facts_subsets = ("multiple_choice",)
     c.ablation.subsets = ("multiple_choice",)
     c.ablation.sides = ("first", "last")
-    c.ablation.k_step = 1
+    c.ablation.k_step = 3
     return c

@@ -862,6 +862,8 @@ def _write_outputs(
                 markers=resets,
                 title=f"finetuning loss: {name}",
             )
+    mc_mode = results.get("mc_mode", "letters")
+    mc_label = "" if mc_mode == "letters" else f" (MC scored by {mc_mode})"
     for rendering, ab in (results.get("ablation") or {}).items():
         interval = ab.get("interval") or {}
         # first / last k on one plot; the window ablation (x = the window's first layer) on its own
@@ -886,7 +888,7 @@ def _write_outputs(
             plot_per_layer(
                 series,
                 plots / f"ablation{figure}_{rendering}.png",
-                f"layer-delta ablation after {rendering} training\n(mean of "
+                f"layer-delta ablation after {rendering} training{mc_label}\n(mean of "
                 f"{ab.get('n', 1)} seed(s); band: 95 % Wilson interval over items)",
                 "score",
                 xlabel=xlabel,
