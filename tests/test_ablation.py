@@ -244,7 +244,7 @@ def test_shared_prefix_ablation_equals_evaluating_each_model_whole():
         }
         for i, q in enumerate(qa)
     ]
-    # Multi-token options: scored by the other pass (a forward per pair, not per prompt).
+    # Multi-token options of one context: scored by branches from the context's cache.
     cloze = [
         {
             "context": f"The capital of Land{i} is",
@@ -297,13 +297,11 @@ def test_shared_prefix_ablation_equals_evaluating_each_model_whole():
                 err_msg=name,
             )
     assert len(answers) > 3  # the models differ, so equality above says something
-    # Two references x (one generation prefill, one scoring pass), each computed once.
+    # Two references x (a generation prefill, the options' context prefill, the letters'
+    # scoring pass), each computed once.
     assert all(s is stores[0] for s in stores)
     assert sorted((ref, what) for ref, what, _ in stores[0]) == [
-        ("base", "prefill max_new=6"),
-        ("base", "scoring"),
-        ("base", "scoring"),
-        ("finetuned", "prefill max_new=6"),
-        ("finetuned", "scoring"),
-        ("finetuned", "scoring"),
+        (ref, what)
+        for ref in ("base", "finetuned")
+        for what in ("branch prefill max_new=8", "prefill max_new=6", "scoring")
     ]

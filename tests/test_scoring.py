@@ -124,6 +124,28 @@ def test_score_pairs_shares_one_forward_per_context_of_one_token_continuations(m
     assert len(set(scores.logprob[:4].round(6))) == 4  # each letter read off its own token
 
 
+@pytest.mark.parametrize("trained", [True, False])
+def test_longer_continuations_of_one_context_equal_each_pair_scored_whole(models, trained):
+    # Several multi-token continuations of a context share its pass (`branches`): each must
+    # score as its pair run whole — its own tokens only, never another branch's.
+    params = models[0] if trained else models[1]
+    _, _, cfg, tok = models
+    ctx = tok.prefix() + tok.encode("Question: What is the capital of Andoria? Answer:")
+    short = tok.prefix() + tok.encode("The capital of")
+    options = [tok.encode(x) for x in (" Valtoria", " Brenmoor and more", " Quessel", " no")]
+    assert sorted(len(x) for x in options)[-2] > 1  # branches of several tokens, unequal
+    pairs = [(ctx, x) for x in options if len(x) > 1] + [(short, x) for x in options[:2]]
+    pairs.append((ctx[:7], options[1]))  # a context of its own: the pairwise path
+    scores = scoring.score_pairs(params, cfg, pairs, batch_size=4)
+    fwd = jax.jit(lambda p, t: jax.nn.log_softmax(transformer.apply(p, t, cfg), axis=-1))
+    for i, (c, x) in enumerate(pairs):
+        logp = np.asarray(fwd(params, jnp.asarray([c + x], jnp.int32))[0])
+        want = sum(float(logp[len(c) - 1 + j, t]) for j, t in enumerate(x))
+        greedy = all(int(np.argmax(logp[len(c) - 1 + j])) == t for j, t in enumerate(x))
+        assert scores.logprob[i] == pytest.approx(want, abs=1e-4), i
+        assert scores.count[i] == len(x) and bool(scores.greedy[i]) == greedy, i
+
+
 def test_mc_scoring_picks_the_trained_option(models):
     params, untrained, cfg, tok = models
     prompt = fewshot.mc_prompt(MC_ROW)

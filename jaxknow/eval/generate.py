@@ -233,11 +233,13 @@ def newline_stop_table(tokenizer: Tokenizer, vocab_size: int) -> np.ndarray:
 # --------------------------------------------------------------------------------------------
 
 
-def _decode_cfg(cfg: ModelConfig) -> ModelConfig:
+def decode_cfg(cfg: ModelConfig) -> ModelConfig:
+    """Returns the config cached passes run with (XLA attention: the fused kernels take no
+    cache)."""
     return cfg if cfg.attention_impl == "xla" else cfg.replace(attention_impl="xla")
 
 
-def _prefill(
+def prefill(
     params: Any,
     tokens: jax.Array,
     pad: jax.Array,
@@ -280,7 +282,7 @@ def _prefill(
 
 
 @functools.partial(jax.jit, static_argnames=("cfg", "max_new", "sharder"))
-def _reference_prefill(
+def reference_prefill(
     params: Any,
     tokens: jax.Array,
     pad: jax.Array,
@@ -291,7 +293,7 @@ def _reference_prefill(
 ) -> tuple[jax.Array, transformer.Cache]:
     """Returns (the residual stream at every layer [L+1, B, P, D], the prefill cache) of
     left-padded prompts: what `_generate_batch` resumes from (`shared_prefix`)."""
-    out, _ = _prefill(
+    out, _ = prefill(
         unstack(params),
         tokens,
         pad,
@@ -318,13 +320,13 @@ def _generate_batch(
     sharder: Sharder,
 ) -> tuple[jax.Array, jax.Array]:
     """Returns (generated tokens [B, max_new], their counts [B]) for left-padded prompts,
-    the prefill resumed mid-stack when `resume` is given (`_prefill`)."""
+    the prefill resumed mid-stack when `resume` is given (`prefill`)."""
     # The layers' per-layer view, sliced once here: each token step then reads every layer's
     # weights in place, where slicing the stack inside the loop copied them at every token.
     params = unstack(params)
     b, p = tokens.shape
     prompt_len = p - pad
-    out, kv_valid = _prefill(
+    out, kv_valid = prefill(
         params, tokens, pad, cfg=cfg, max_new=max_new, sharder=sharder, resume=resume
     )
     slots = jnp.arange(kv_valid.shape[1])
@@ -408,7 +410,7 @@ def generate_tokens(
         if mesh is None
         else jax.device_put(stops, NamedSharding(mesh, PartitionSpec()))
     )
-    settings = dict(cfg=_decode_cfg(cfg), max_new=max_new_tokens, sharder=Sharder(mesh))
+    settings = dict(cfg=decode_cfg(cfg), max_new=max_new_tokens, sharder=Sharder(mesh))
     fn = functools.partial(_generate_batch, **settings)
     cut = [list(pr)[-limit:] for pr in prompts]
     order = sorted(range(len(cut)), key=lambda i: -len(cut[i]))
@@ -431,7 +433,7 @@ def generate_tokens(
             hiddens, cache = shared.reference_output(
                 f"prefill max_new={max_new_tokens}",
                 {"tokens": tokens, "pad": pad},
-                lambda ref, t=tokens_dev, n=pad_dev: _reference_prefill(ref, t, n, **settings),
+                lambda ref, t=tokens_dev, n=pad_dev: reference_prefill(ref, t, n, **settings),
             )
             resume = (hiddens[shared.start], jnp.int32(shared.start), cache)
         buf, counts = fn(

@@ -17,7 +17,9 @@ harness's ``(context + continuation)[-(max_length + 1):]``). Besides the summed
 log-likelihood, each pair reports whether every continuation token is the greedy (argmax)
 token, the harness's ``is_greedy``. Pairs whose continuation is one token (multiple-choice
 letters) are grouped by context: one forward pass per context gives every such continuation's
-log-likelihood (lm-eval's own ``hf`` model shares contexts the same way).
+log-likelihood (lm-eval's own ``hf`` model shares contexts the same way). Several longer
+continuations of one context (options scored by text) share it too (`branches`: the context
+once into a cache, each continuation a short pass from it).
 
 Parameters may come as a `shared_prefix.SharedPrefix` (a layer-delta ablation's model): each
 batch then resumes at the first layer the model does not share with its reference, from the
@@ -45,7 +47,7 @@ import numpy as np
 from jax.sharding import Mesh
 
 from jaxknow.data.tokenizer import Tokenizer
-from jaxknow.eval import shared_prefix
+from jaxknow.eval import branches, shared_prefix
 from jaxknow.eval.generate import mesh_of, padded_batches, place_batch, place_params, to_host
 from jaxknow.formats import MC_LETTERS
 from jaxknow.model import transformer
@@ -194,10 +196,12 @@ def score_pairs(
     *,
     batch_size: int = 32,
     mesh: Mesh | None = None,
+    share_contexts: bool = True,
 ) -> TokenScores:
     """Returns the TokenScores of (context ids, continuation ids) pairs (context ids include
     any bos). A pair longer than ``max_seq_len + 1`` tokens loses context tokens from the left
-    (counted in ``truncated``); a continuation that alone fills the context is an error."""
+    (counted in ``truncated``); a continuation that alone fills the context is an error.
+    `share_contexts=False` runs every multi-token pair whole (for checks and benchmarks)."""
     n = len(pairs)
     if n == 0:
         z = np.zeros(0, np.int64)
@@ -238,7 +242,25 @@ def score_pairs(
             for i in shared[ctx]:
                 tok = seqs[i][0][-1]
                 logprob[i], count[i], greedy[i] = float(row[tok]), 1, tok == best
-    rest = [i for i in range(n) if seqs[i][1] > 1]
+    # Longer continuations of one context (options scored by text) share its forward pass
+    # too: the context once into a cache, each continuation a short pass from it.
+    branching: dict[tuple[int, ...], list[int]] = {}
+    for i, (ids, k) in enumerate(seqs):
+        if k > 1:
+            branching.setdefault(tuple(ids[:-k]), []).append(i)
+    groups = [(c, m) for c, m in branching.items() if len(m) > 1 and share_contexts]
+    if groups:
+        scored = branches.score_branches(
+            params,
+            cfg,
+            [(ctx, [seqs[i][0][-seqs[i][1] :] for i in members]) for ctx, members in groups],
+            batch_size=batch_size,
+            mesh=mesh,
+        )
+        for (_, members), results in zip(groups, scored):
+            for i, (lp, gr) in zip(members, results):
+                logprob[i], count[i], greedy[i] = lp, seqs[i][1], gr
+    rest = [i for c, m in branching.items() if len(m) == 1 or not share_contexts for i in m]
     for idx, arrays in padded_batches([seqs[i][0][:-1] for i in rest], cfg, batch_size, mesh):
         # The continuation's positions, right-aligned in K columns (K a power of two, so that
         # few shapes compile); unused columns point at position 0 with weight 0.
