@@ -142,8 +142,8 @@ def test_buckets_and_errors(gpt2_like):
         16,
         32,
         256,
-        512,
-        768,
+        320,
+        640,
     ]
     assert generate.batch_rows(5, 64, None) == 8
     # The fewest batches, rows evened out to a multiple of 8 (no power-of-two padding).

@@ -133,8 +133,9 @@ def test_longer_continuations_of_one_context_equal_each_pair_scored_whole(models
     ctx = tok.prefix() + tok.encode("Question: What is the capital of Andoria? Answer:")
     short = tok.prefix() + tok.encode("The capital of")
     options = [tok.encode(x) for x in (" Valtoria", " Brenmoor and more", " Quessel", " no")]
-    assert sorted(len(x) for x in options)[-2] > 1  # branches of several tokens, unequal
-    pairs = [(ctx, x) for x in options if len(x) > 1] + [(short, x) for x in options[:2]]
+    lengths = sorted(len(x) for x in options)
+    assert lengths[0] == 1 and lengths[-2] > 1  # one-token and longer branches, unequal
+    pairs = [(ctx, x) for x in options] + [(short, x) for x in options[:2]]
     pairs.append((ctx[:7], options[1]))  # a context of its own: the pairwise path
     scores = scoring.score_pairs(params, cfg, pairs, batch_size=4)
     fwd = jax.jit(lambda p, t: jax.nn.log_softmax(transformer.apply(p, t, cfg), axis=-1))

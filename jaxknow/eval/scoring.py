@@ -229,26 +229,16 @@ def score_pairs(
     logprob = np.zeros(n, np.float64)
     count = np.zeros(n, np.int64)
     greedy = np.zeros(n, bool)
-    # One-token continuations of one context (multiple-choice letters) share one forward pass.
-    shared: dict[tuple[int, ...], list[int]] = {}
+    by_context: dict[tuple[int, ...], list[int]] = {}
     for i, (ids, k) in enumerate(seqs):
-        if k == 1:
-            shared.setdefault(tuple(ids[:-1]), []).append(i)
-    if shared:
-        ctxs = list(shared)
-        rows_by_ctx = _score_last_tokens(params, cfg, ctxs, batch_size, mesh, sharder)
-        for ctx, row in zip(ctxs, rows_by_ctx):
-            best = int(np.argmax(row))
-            for i in shared[ctx]:
-                tok = seqs[i][0][-1]
-                logprob[i], count[i], greedy[i] = float(row[tok]), 1, tok == best
-    # Longer continuations of one context (options scored by text) share its forward pass
-    # too: the context once into a cache, each continuation a short pass from it.
-    branching: dict[tuple[int, ...], list[int]] = {}
-    for i, (ids, k) in enumerate(seqs):
-        if k > 1:
-            branching.setdefault(tuple(ids[:-k]), []).append(i)
-    groups = [(c, m) for c, m in branching.items() if len(m) > 1 and share_contexts]
+        by_context.setdefault(tuple(ids[:-k]), []).append(i)
+    # Several continuations of one context, some longer than a token (options scored by
+    # text): the context once into a cache, each continuation a short pass from it.
+    groups = [
+        (c, m)
+        for c, m in by_context.items()
+        if share_contexts and len(m) > 1 and any(seqs[i][1] > 1 for i in m)
+    ]
     if groups:
         scored = branches.score_branches(
             params,
@@ -260,7 +250,21 @@ def score_pairs(
         for (_, members), results in zip(groups, scored):
             for i, (lp, gr) in zip(members, results):
                 logprob[i], count[i], greedy[i] = lp, seqs[i][1], gr
-    rest = [i for c, m in branching.items() if len(m) == 1 or not share_contexts for i in m]
+    branched = {i for _, members in groups for i in members}
+    # One-token continuations of one context (multiple-choice letters) share one forward pass.
+    shared: dict[tuple[int, ...], list[int]] = {}
+    for i, (ids, k) in enumerate(seqs):
+        if k == 1 and i not in branched:
+            shared.setdefault(tuple(ids[:-1]), []).append(i)
+    if shared:
+        ctxs = list(shared)
+        rows_by_ctx = _score_last_tokens(params, cfg, ctxs, batch_size, mesh, sharder)
+        for ctx, row in zip(ctxs, rows_by_ctx):
+            best = int(np.argmax(row))
+            for i in shared[ctx]:
+                tok = seqs[i][0][-1]
+                logprob[i], count[i], greedy[i] = float(row[tok]), 1, tok == best
+    rest = [i for i in range(n) if seqs[i][1] > 1 and i not in branched]
     for idx, arrays in padded_batches([seqs[i][0][:-1] for i in rest], cfg, batch_size, mesh):
         # The continuation's positions, right-aligned in K columns (K a power of two, so that
         # few shapes compile); unused columns point at position 0 with weight 0.
