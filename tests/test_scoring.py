@@ -106,14 +106,8 @@ def test_continuation_logprobs_match_a_direct_forward(models):
     assert lp[0] > -0.5  # trained: the true tail is likely
 
 
-def test_score_pairs_shares_one_forward_per_context_of_one_token_continuations(models):
-    params, _, cfg, tok = models
-    ctx = tok.prefix() + tok.encode("Question: What is the capital of Andoria? Answer:")
-    letters = [tok.encode(f" {x}") for x in "ABCD"]
-    assert all(len(x) == 1 for x in letters)  # the shared-context path is the one tested
-    tail = tok.encode(" Valtoria")
-    pairs = [(ctx, x) for x in letters] + [(ctx, tail), (ctx[:5], letters[0])]
-    scores = scoring.score_pairs(params, cfg, pairs, batch_size=4)
+def _assert_scored_as_each_pair_whole(params, cfg, pairs, scores) -> None:
+    """Checks TokenScores against a direct forward over each (context, continuation) pair."""
     fwd = jax.jit(lambda p, t: jax.nn.log_softmax(transformer.apply(p, t, cfg), axis=-1))
     for i, (c, x) in enumerate(pairs):
         logp = np.asarray(fwd(params, jnp.asarray([c + x], jnp.int32))[0])
@@ -121,6 +115,18 @@ def test_score_pairs_shares_one_forward_per_context_of_one_token_continuations(m
         greedy = all(int(np.argmax(logp[len(c) - 1 + j])) == t for j, t in enumerate(x))
         assert scores.logprob[i] == pytest.approx(want, abs=1e-4), i
         assert scores.count[i] == len(x) and bool(scores.greedy[i]) == greedy, i
+
+
+def test_score_pairs_shares_one_forward_per_context_of_one_token_continuations(models):
+    params, _, cfg, tok = models
+    ctx = tok.prefix() + tok.encode("Question: What is the capital of Andoria? Answer:")
+    letters = [tok.encode(f" {x}") for x in "ABCD"]
+    assert all(len(x) == 1 for x in letters)  # the shared-context path is the one tested
+    tail = tok.encode(" Valtoria")
+    # The tail has a context of its own (with it, ctx's letters would be scored as branches).
+    pairs = [(ctx, x) for x in letters] + [(ctx[:9], tail), (ctx[:5], letters[0])]
+    scores = scoring.score_pairs(params, cfg, pairs, batch_size=4)
+    _assert_scored_as_each_pair_whole(params, cfg, pairs, scores)
     assert len(set(scores.logprob[:4].round(6))) == 4  # each letter read off its own token
 
 
@@ -138,13 +144,7 @@ def test_longer_continuations_of_one_context_equal_each_pair_scored_whole(models
     pairs = [(ctx, x) for x in options] + [(short, x) for x in options[:2]]
     pairs.append((ctx[:7], options[1]))  # a context of its own: the pairwise path
     scores = scoring.score_pairs(params, cfg, pairs, batch_size=4)
-    fwd = jax.jit(lambda p, t: jax.nn.log_softmax(transformer.apply(p, t, cfg), axis=-1))
-    for i, (c, x) in enumerate(pairs):
-        logp = np.asarray(fwd(params, jnp.asarray([c + x], jnp.int32))[0])
-        want = sum(float(logp[len(c) - 1 + j, t]) for j, t in enumerate(x))
-        greedy = all(int(np.argmax(logp[len(c) - 1 + j])) == t for j, t in enumerate(x))
-        assert scores.logprob[i] == pytest.approx(want, abs=1e-4), i
-        assert scores.count[i] == len(x) and bool(scores.greedy[i]) == greedy, i
+    _assert_scored_as_each_pair_whole(params, cfg, pairs, scores)
 
 
 def test_mc_scoring_picks_the_trained_option(models):
