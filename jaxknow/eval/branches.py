@@ -30,6 +30,17 @@ from jaxknow.model.layout import unstack
 from jaxknow.parallel.rules import Sharder
 
 
+def target_scores(
+    logits: jax.Array, targets: jax.Array, weights: jax.Array
+) -> tuple[jax.Array, jax.Array]:
+    """Returns per row (the weighted sum of the targets' log-probabilities, whether every
+    weighted target is the argmax) for logits [..., K, V], targets and weights [..., K]."""
+    picked = jnp.take_along_axis(logits, targets[..., None], axis=-1)[..., 0]
+    lp = jnp.sum((picked - jax.nn.logsumexp(logits, axis=-1)) * weights, axis=-1)
+    miss = (jnp.argmax(logits, axis=-1) != targets) & (weights > 0)
+    return lp, ~jnp.any(miss, axis=-1)
+
+
 @functools.partial(jax.jit, static_argnames=("cfg", "width", "sharder"))
 def _branch_batch(
     params: Any,
@@ -70,11 +81,7 @@ def _branch_batch(
                 kv_valid=valid,
             )
             hidden = jnp.concatenate([last, o.hidden], axis=1)
-        lg = transformer.logits(params, hidden, cfg, sharder)
-        picked = jnp.take_along_axis(lg, cont[..., None], axis=-1)[..., 0]
-        lp = jnp.sum((picked - jax.nn.logsumexp(lg, axis=-1)) * w, axis=-1)
-        miss = (jnp.argmax(lg, axis=-1) != cont) & (w > 0)
-        return None, (lp, ~jnp.any(miss, axis=-1))
+        return None, target_scores(transformer.logits(params, hidden, cfg, sharder), cont, w)
 
     xs = (jnp.swapaxes(conts, 0, 1), jnp.swapaxes(weights, 0, 1))
     _, (lp, greedy) = jax.lax.scan(branch, None, xs)
@@ -105,28 +112,18 @@ def score_branches(
         p = bucket_length(max(len(groups[i][0]) for i in idx))
         n_opts = max(len(groups[i][1]) for i in idx)
         width = 1 << (max(len(c) for i in idx for c in groups[i][1]) - 1).bit_length()
-        contexts = np.full((rows, p), pad_id, np.int32)
-        pad = np.full((rows,), p - 1, np.int32)  # dummy rows: one pad token
+        contexts, pad = generate.left_pad([groups[i][0] for i in idx], rows, p, pad_id)
         conts = np.zeros((rows, n_opts, width), np.int32)
         weights = np.zeros((rows, n_opts, width), np.float32)
         for r, i in enumerate(idx):
-            ctx, options = groups[i]
-            contexts[r, p - len(ctx) :] = ctx
-            pad[r] = p - len(ctx)
-            for j, c in enumerate(options):
+            for j, c in enumerate(groups[i][1]):
                 conts[r, j, : len(c)] = c
                 weights[r, j, : len(c)] = 1.0
         ctx_dev, pad_dev = place_batch(contexts, mesh), place_batch(pad, mesh)
-        resume = None
-        if shared is not None and shared.start > 0:
-            hiddens, cache = shared.reference_output(
-                f"branch prefill max_new={width}",
-                {"tokens": contexts, "pad": pad},
-                lambda ref, t=ctx_dev, n=pad_dev, w=width: generate.reference_prefill(
-                    ref, t, n, cfg=dcfg, max_new=w, sharder=sharder
-                ),
-            )
-            resume = (hiddens[shared.start], jnp.int32(shared.start), cache)
+        settings = dict(cfg=dcfg, max_new=width, sharder=sharder)
+        resume = generate.prefill_resume(
+            shared, "branch prefill", (contexts, pad), (ctx_dev, pad_dev), settings
+        )
         lp, greedy = to_host(
             _branch_batch(
                 plain,

@@ -306,6 +306,40 @@ def reference_prefill(
     return out.hiddens, out.cache
 
 
+def left_pad(
+    seqs: Sequence[Sequence[int]], rows: int, length: int, pad_id: int
+) -> tuple[np.ndarray, np.ndarray]:
+    """Returns (tokens [rows, length], leading pad count [rows]) of `seqs` left-padded to
+    `length`; rows past the sequences are dummies holding one pad token."""
+    tokens = np.full((rows, length), pad_id, np.int32)
+    pad = np.full((rows,), length - 1, np.int32)
+    for r, ids in enumerate(seqs):
+        tokens[r, length - len(ids) :] = ids
+        pad[r] = length - len(ids)
+    return tokens, pad
+
+
+def prefill_resume(
+    shared: shared_prefix.SharedPrefix | None,
+    what: str,
+    host: tuple[np.ndarray, np.ndarray],
+    device: tuple[jax.Array, jax.Array],
+    settings: dict[str, Any],
+) -> tuple[jax.Array, jax.Array, transformer.Cache] | None:
+    """Returns where a `SharedPrefix` model's prefill of these left-padded prompts resumes
+    (the reference's stream at its first own layer, that layer, the reference's prefill
+    cache; computed once per batch), or None to run it whole. `host` / `device` hold
+    (tokens, pad) on the host and placed; `settings` are `reference_prefill`'s."""
+    if shared is None or shared.start == 0:
+        return None
+    hiddens, cache = shared.reference_output(
+        f"{what} max_new={settings['max_new']}",
+        {"tokens": host[0], "pad": host[1]},
+        lambda ref: reference_prefill(ref, *device, **settings),
+    )
+    return hiddens[shared.start], jnp.int32(shared.start), cache
+
+
 @functools.partial(jax.jit, static_argnames=("cfg", "max_new", "sharder"))
 def _generate_batch(
     params: Any,
@@ -420,23 +454,10 @@ def generate_tokens(
     for start in range(0, len(order), rows):
         idx = order[start : start + rows]
         p = bucket_length(max(len(cut[i]) for i in idx))
-        tokens = np.full((rows, p), pad_id, np.int32)
-        pad = np.full((rows,), p - 1, np.int32)  # dummy rows: one pad token, inactive
-        active = np.zeros((rows,), bool)
-        for r, i in enumerate(idx):
-            pr = cut[i]
-            tokens[r, p - len(pr) :] = pr
-            pad[r] = p - len(pr)
-            active[r] = True
+        tokens, pad = left_pad([cut[i] for i in idx], rows, p, pad_id)
+        active = np.arange(rows) < len(idx)  # dummy rows: inactive
         tokens_dev, pad_dev = place_batch(tokens, mesh), place_batch(pad, mesh)
-        resume = None
-        if shared is not None and shared.start > 0:
-            hiddens, cache = shared.reference_output(
-                f"prefill max_new={max_new_tokens}",
-                {"tokens": tokens, "pad": pad},
-                lambda ref, t=tokens_dev, n=pad_dev: reference_prefill(ref, t, n, **settings),
-            )
-            resume = (hiddens[shared.start], jnp.int32(shared.start), cache)
+        resume = prefill_resume(shared, "prefill", (tokens, pad), (tokens_dev, pad_dev), settings)
         buf, counts = fn(
             params,
             tokens_dev,

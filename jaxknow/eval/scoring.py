@@ -155,12 +155,9 @@ def _score_batch(
     hidden = _hidden(params, batch, cfg, sharder, resume)
     at = jnp.take_along_axis(hidden, batch["score_at"][..., None], axis=1)
     lg = transformer.logits(params, at, cfg, sharder)
-    tgt = batch["targets"]
-    lse = jax.nn.logsumexp(lg, axis=-1)
-    picked = jnp.take_along_axis(lg, tgt[..., None], axis=-1)[..., 0]
     w = batch["weights"].astype(jnp.float32)
-    miss = (jnp.argmax(lg, axis=-1) != tgt) & (w > 0)
-    return (jnp.sum((picked - lse) * w, axis=-1), jnp.sum(w, axis=-1), ~jnp.any(miss, axis=-1))
+    lp, greedy = branches.target_scores(lg, batch["targets"], w)
+    return lp, jnp.sum(w, axis=-1), greedy
 
 
 @functools.partial(jax.jit, static_argnames=("cfg", "sharder"))
@@ -252,10 +249,11 @@ def score_pairs(
                 logprob[i], count[i], greedy[i] = lp, seqs[i][1], gr
     branched = {i for _, members in groups for i in members}
     # One-token continuations of one context (multiple-choice letters) share one forward pass.
-    shared: dict[tuple[int, ...], list[int]] = {}
-    for i, (ids, k) in enumerate(seqs):
-        if k == 1 and i not in branched:
-            shared.setdefault(tuple(ids[:-1]), []).append(i)
+    shared = {
+        c: ones
+        for c, m in by_context.items()
+        if (ones := [i for i in m if seqs[i][1] == 1 and i not in branched])
+    }
     if shared:
         ctxs = list(shared)
         rows_by_ctx = _score_last_tokens(params, cfg, ctxs, batch_size, mesh, sharder)
