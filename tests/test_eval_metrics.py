@@ -176,6 +176,19 @@ def test_launch_evaluate_missing_checkpoint(tmp_path):
     assert "Traceback" not in proc.stderr
 
 
+def test_mean_interval():
+    from jaxknow.eval.metrics import mean_interval
+
+    lo, hi = mean_interval(0.5, [0.2], 100)
+    assert (lo, hi) == pytest.approx((0.5 - 1.96 * 0.02, 0.5 + 1.96 * 0.02))
+    # Two runs: the mean of two means, each with its own spread.
+    lo, hi = mean_interval(0.5, [0.2, 0.4], 100)
+    assert hi - 0.5 == pytest.approx(1.96 * math.sqrt((0.04 + 0.16) / 100) / 2)
+    assert mean_interval(0.99, [0.3], 10)[1] == 1.0  # clipped to the score's range
+    assert all(math.isnan(x) for x in mean_interval(0.5, [0.2], 0))
+    assert all(math.isnan(x) for x in mean_interval(float("nan"), [0.2], 10))
+
+
 def test_wilson_interval():
     from jaxknow.eval.metrics import wilson_interval
 

@@ -125,6 +125,10 @@ def test_cooccurrence_study_results_and_forgetting_loss_jump(tmp_path):
                     assert ab["std"][side][k][subset] == pytest.approx(np.std(vals, ddof=1))
                     lo, hi = ab["interval"][side][k][subset]
                     assert lo <= m <= hi and hi - lo > 0
+        # MC's continuous reading rides along, its spread over items kept per seed only.
+        k0 = ab["results"]["first"]["0"]
+        assert "multiple_choice p_true" in k0 and not any(x.endswith(" sd") for x in k0)
+        assert "multiple_choice p_true sd" in ab["per_seed"][str(cfg.seeds[0])]["first"]["0"]
     # The forgetting runs: the loss rises right after each reset (3-step windows).
     for run, r in results["runs"].items():
         if not r["forget"]:
@@ -138,6 +142,28 @@ def test_cooccurrence_study_results_and_forgetting_loss_jump(tmp_path):
             assert after > before, (run, s, before, after)
     assert (tmp_path / "plots" / "ablation_narrative.png").stat().st_size > 1000
     assert "Layer-delta ablation" in (tmp_path / "report.md").read_text()
+
+
+def test_ablation_intervals_wilson_for_proportions_normal_for_p_true():
+    from jaxknow.eval.metrics import wilson_interval
+    from jaxknow.studies.cooccurrence.study import combine_ablations
+
+    def seed(acc: float, p: float, sd: float) -> dict:
+        m = {"multiple_choice": acc, "multiple_choice p_true": p, "multiple_choice p_true sd": sd}
+        return {"n_layers": 2, "results": {"first": {"0": m}}}
+
+    ab = combine_ablations(
+        {0: seed(0.5, 0.40, 0.2), 1: seed(0.7, 0.50, 0.1)}, {"multiple_choice": 40}
+    )
+    assert set(ab["results"]["first"]["0"]) == {"multiple_choice", "multiple_choice p_true"}
+    assert ab["results"]["first"]["0"]["multiple_choice p_true"] == pytest.approx(0.45)
+    lo, hi = ab["interval"]["first"]["0"]["multiple_choice p_true"]
+    half = 1.96 * np.sqrt((0.04 + 0.01) / 40) / 2
+    assert (lo, hi) == pytest.approx((0.45 - half, 0.45 + half))
+    assert ab["interval"]["first"]["0"]["multiple_choice"] == pytest.approx(
+        list(wilson_interval(0.6, 80))
+    )
+    assert ab["per_seed"]["1"]["first"]["0"]["multiple_choice p_true sd"] == 0.1
 
 
 @pytest.mark.parametrize("interrupted", [False, True])

@@ -167,6 +167,16 @@ def test_mc_scoring_picks_the_trained_option(models):
     assert opt.pred_norm[0] == int(np.argmax(lp / chars))
 
 
+def test_true_option_probability():
+    p = scoring.true_option_probability
+    assert p([-1.0, -1.0, -1.0, -1.0], 2) == pytest.approx(0.25)  # no preference: 1 / options
+    assert p([-0.1, -5.0], 0) > 0.99 and p([-0.1, -5.0], 1) < 0.01
+    # Log-likelihoods far below zero (long options) do not underflow to 0 / 0.
+    assert p([-900.0, -901.0], 0) == pytest.approx(1 / (1 + np.exp(-1.0)))
+    with pytest.raises(ValueError, match="answer index 4 outside the 4 scored options"):
+        p([-1.0] * 4, 4)
+
+
 def test_likelihood_ratios_sign_and_size(models):
     params, _, cfg, tok = models
     means, recs = likelihood.likelihood_ratios(params, cfg, tok, [LIKELIHOOD_ROW])
@@ -212,7 +222,13 @@ def test_generation_and_task_evaluation(models):
     assert m["qa"]["em"] == 1.0 and m["qa"]["f1"] == 1.0 and m["qa"]["n"] == 2
     assert m["qa"]["em_capital"] == 1.0 and m["qa"]["em_attr_mean"] == 1.0
     assert [p["prediction"] for p in res.predictions["qa"]] == ["Valtoria", "Quessel"]
-    assert m["multiple_choice"] == {"acc": 1.0, "acc_norm": 1.0, "n": 1.0}
+    mc = m["multiple_choice"]
+    assert {k: mc[k] for k in ("acc", "acc_norm", "n")} == {"acc": 1.0, "acc_norm": 1.0, "n": 1.0}
+    # The right option's probability among the four, from the record's own log-likelihoods.
+    rec = res.predictions["multiple_choice"][0]
+    z = np.exp(np.array(rec["logprobs"]) - max(rec["logprobs"]))
+    assert rec["p_true"] == pytest.approx(z[MC_ROW["answer"]] / z.sum())
+    assert mc["p_true"] == rec["p_true"] and 0.5 < mc["p_true"] <= 1.0
     assert m["likelihood"]["negation"] > 3.0
     # Cloze: zero-shot, the trained continuation wins; the row whose gold is the other misses.
     assert m["resolution"]["acc"] == 0.5 and m["resolution"]["n"] == 2

@@ -100,6 +100,18 @@ def wilson_interval(p: float, n: int, z: float = 1.96) -> tuple[float, float]:
     return max(0.0, centre - half), min(1.0, centre + half)
 
 
+def mean_interval(
+    m: float, sds: Sequence[float], n: int, z: float = 1.96, bounds: tuple[float, float] = (0, 1)
+) -> tuple[float, float]:
+    """Returns the normal interval (default 95 %) of `m`, the mean over runs of per-run item
+    means, each over `n` items with item standard deviation `sds[i]`: m ± z · √(Σ sd²/n) /
+    runs, clipped to `bounds`; (nan, nan) for no items, no runs or a non-finite value."""
+    if n <= 0 or not sds or not all(math.isfinite(v) for v in (m, *sds)):
+        return float("nan"), float("nan")
+    half = z * math.sqrt(math.fsum(sd * sd for sd in sds) / n) / len(sds)
+    return max(bounds[0], m - half), min(bounds[1], m + half)
+
+
 def mean_std(values: Sequence[float], ddof: int = 1) -> dict[str, float]:
     """Returns {"mean", "std", "n"} of `values` (std with `ddof`, see `std`)."""
     return {"mean": mean(values), "std": std(values, ddof), "n": float(len(values))}

@@ -368,17 +368,33 @@ def continuation_logprobs(
 @dataclasses.dataclass
 class MCResult:
     """Multiple-choice scores: accuracy, length-normalised accuracy, and per item the chosen
-    index (`pred`, `pred_norm`) and the log-likelihood of every option (`logprobs`)."""
+    index (`pred`, `pred_norm`), the log-likelihood of every option (`logprobs`) and the
+    probability of the right option among the scored ones (`p_true`: the softmax of the
+    options' log-likelihoods at the right index; 1 / options for a model without a preference).
+    `p_true` is the continuous reading of the same choice: it moves before the argmax flips,
+    so over few items it separates models that accuracy cannot."""
 
     acc: float
     acc_norm: float
     pred: list[int]
     pred_norm: list[int]
     logprobs: list[list[float]]
+    p_true: list[float] = dataclasses.field(default_factory=list)
 
     def metrics(self) -> dict[str, float]:
-        """Returns {"acc", "acc_norm"}."""
-        return {"acc": self.acc, "acc_norm": self.acc_norm}
+        """Returns {"acc", "acc_norm", "p_true"} (`p_true`: the mean over items)."""
+        p_true = float(np.mean(self.p_true)) if self.p_true else float("nan")
+        return {"acc": self.acc, "acc_norm": self.acc_norm, "p_true": p_true}
+
+
+def true_option_probability(logprobs: Sequence[float], answer: int) -> float:
+    """Returns the probability of option `answer` among the options: the softmax of their
+    log-likelihoods (`logprobs`, one per option) at that index."""
+    lp = np.asarray(logprobs, np.float64)
+    if not 0 <= answer < lp.size:
+        raise ValueError(f"answer index {answer} outside the {lp.size} scored options")
+    z = np.exp(lp - lp.max())
+    return float(z[answer] / z.sum())
 
 
 def mc_continuations(row: Mapping[str, Any], mode: str = "letters") -> list[str]:
@@ -425,7 +441,7 @@ def score_multiple_choice(
     )
     if not rows:
         return MCResult(0.0, 0.0, [], [], [])
-    pred, pred_norm, all_lp = [], [], []
+    pred, pred_norm, all_lp, p_true = [], [], [], []
     hits = hits_norm = 0
     for (a, b), row in zip(spans, rows):
         scores = lp[a:b]
@@ -437,5 +453,6 @@ def score_multiple_choice(
         pred.append(p)
         pred_norm.append(pn)
         all_lp.append([float(x) for x in scores])
+        p_true.append(true_option_probability(scores, gold))
     n = len(rows)
-    return MCResult(hits / n, hits_norm / n, pred, pred_norm, all_lp)
+    return MCResult(hits / n, hits_norm / n, pred, pred_norm, all_lp, p_true)

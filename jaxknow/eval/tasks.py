@@ -8,11 +8,13 @@ Kinds and metrics:
   (max over ``answer`` and any ``aliases``): ``em``, ``f1``; rows with an ``attribute`` (bioS
   QA) also give ``em_{attribute}`` per attribute and their mean ``em_attr_mean``.
 - ``mc``: few-shot MC prompts, options scored by log-likelihood (`jaxknow.eval.scoring`):
-  ``acc``, ``acc_norm``.
+  ``acc``, ``acc_norm``, ``p_true`` (the mean probability of the right option among the
+  options: `scoring.MCResult`).
 - ``likelihood``: comparison and negation ratios (`jaxknow.eval.likelihood`): ``comparison``,
   ``comparison_max``, ``negation``, ``true_preferred``.
 - ``cloze``: zero-shot; each row's ``choices`` scored as continuations of its ``context``
-  (e.g. reference resolution: which ordinal names the true tail): ``acc``, ``acc_norm``.
+  (e.g. reference resolution: which ordinal names the true tail): ``acc``, ``acc_norm``,
+  ``p_true``.
 
 Every subset also reports ``n``, its number of items. The generic subset names ``qa``,
 ``multiple_choice`` and ``likelihood`` have fixed kinds (`SUBSET_KINDS`); other names are
@@ -218,8 +220,9 @@ def evaluate_subsets_detailed(
                     "pred": p,
                     "pred_norm": pn,
                     "logprobs": lp,
+                    "p_true": pt,
                 }
-                for r, p, pn, lp in zip(rows, res.pred, res.pred_norm, res.logprobs)
+                for r, p, pn, lp, pt in zip(rows, res.pred, res.pred_norm, res.logprobs, res.p_true)
             ]
         else:
             m, recs = likelihood_ratios(

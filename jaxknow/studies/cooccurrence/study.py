@@ -245,9 +245,16 @@ def evaluate_model(
     model: Any, subsets: Mapping[str, list[dict]], ev: CooccurrenceEvalSettings
 ) -> dict[str, dict[str, float]]:
     """Returns subset -> metrics of a model, few-shot as the authors' harness."""
-    from jaxknow.eval.tasks import evaluate_subsets
+    return evaluate_model_records(model, subsets, ev).metrics
 
-    return evaluate_subsets(
+
+def evaluate_model_records(
+    model: Any, subsets: Mapping[str, list[dict]], ev: CooccurrenceEvalSettings
+) -> Any:
+    """Returns the `TaskResults` (metrics and per-item records) of `evaluate_model`."""
+    from jaxknow.eval.tasks import evaluate_subsets_detailed
+
+    return evaluate_subsets_detailed(
         model,
         subsets,
         few_shot=ev.few_shot,
@@ -339,6 +346,27 @@ def headline(metrics: Mapping[str, float]) -> float:
         if k in metrics:
             return float(metrics[k])
     return float("nan")
+
+
+#: Suffixes of the ablation's continuous MC reading: "{subset} p_true" is the mean probability
+#: of the right option among the options, "{subset} p_true sd" its standard deviation over items.
+P_TRUE, SD = " p_true", " sd"
+
+
+def ablation_scores(res: Any) -> dict[str, float]:
+    """Returns what the ablation keeps of one model's `TaskResults`: {subset: headline} and,
+    for each subset whose records carry ``p_true`` (MC), ``"{subset} p_true"`` (its mean) and
+    ``"{subset} p_true sd"`` (its standard deviation over items, for the interval)."""
+    from jaxknow.eval.metrics import mean, std
+
+    out = {}
+    for name, m in res.metrics.items():
+        out[name] = headline(m)
+        vals = [float(r["p_true"]) for r in res.predictions.get(name, []) if "p_true" in r]
+        if vals:
+            out[name + P_TRUE] = mean(vals)
+            out[name + P_TRUE + SD] = std(vals)
+    return out
 
 
 def run_cooccurrence_study(config: Any, workdir: str | Path, log: Any = print) -> dict[str, Any]:
@@ -553,8 +581,9 @@ def ablate(
     theta1 = merge_lora(ft_model.params, cfg)
 
     def evaluate(params: Any) -> dict[str, float]:
-        m = evaluate_model((params, cfg, ft_model.tokenizer), subsets, ev)
-        return {k: headline(v) for k, v in m.items()}
+        return ablation_scores(
+            evaluate_model_records((params, cfg, ft_model.tokenizer), subsets, ev)
+        )
 
     res = layer_delta_ablation(
         base_model.params,
@@ -586,10 +615,11 @@ def combine_ablations(
     per_seed: Mapping[int, Mapping[str, Any]], items: Mapping[str, int]
 ) -> dict[str, Any]:
     """Returns one rendering's ablation over seeds: ``results`` (side -> k -> subset -> mean),
-    ``std`` (sample std over seeds, 0 for one seed), ``interval`` (the 95 % Wilson interval of
-    the mean, its items pooled over seeds: `items` gives the subset sizes), ``n`` and
-    ``per_seed``."""
-    from jaxknow.eval.metrics import mean, std, wilson_interval
+    ``std`` (sample std over seeds, 0 for one seed), ``interval`` (95 % of the mean: Wilson's
+    for a proportion, its items pooled over seeds, `items` giving the subset sizes; for a
+    continuous score ``"{subset} p_true"`` the normal interval from its item standard deviation
+    ``"{subset} p_true sd"``, which is kept in ``per_seed`` only), ``n`` and ``per_seed``."""
+    from jaxknow.eval.metrics import mean, mean_interval, std, wilson_interval
 
     seeds = list(per_seed)
     first = per_seed[seeds[0]]["results"]
@@ -601,13 +631,19 @@ def combine_ablations(
             for part in out.values():
                 part[side][k] = {}
             for subset in by_subset:
+                if subset.endswith(SD):
+                    continue
                 vals = [float(per_seed[s]["results"][side][k][subset]) for s in seeds]
                 m = mean(vals)
                 out["results"][side][k][subset] = m
                 out["std"][side][k][subset] = std(vals)
-                out["interval"][side][k][subset] = list(
-                    wilson_interval(m, items.get(subset, 0) * len(seeds))
-                )
+                if subset + SD in by_subset:
+                    sds = [float(per_seed[s]["results"][side][k][subset + SD]) for s in seeds]
+                    n_items = items.get(subset.removesuffix(P_TRUE), 0)
+                    interval = mean_interval(m, sds, n_items)
+                else:
+                    interval = wilson_interval(m, items.get(subset, 0) * len(seeds))
+                out["interval"][side][k][subset] = list(interval)
     return {
         "n_layers": per_seed[seeds[0]]["n_layers"],
         "n": len(seeds),
@@ -796,7 +832,9 @@ def report_markdown(results: Mapping[str, Any]) -> str:
                     )
             parts += [
                 f"### {rendering} (mean ± std over {ab.get('n', 1)} seed(s); the plot's "
-                f"band is the 95 % Wilson interval over items)",
+                f"band is the 95 % interval over items: Wilson's for a share of items, the "
+                f"normal one from the item spread for p_true, the mean probability of the "
+                f"right option among the options)",
                 "",
                 markdown_table(hrow, arows),
                 "",
@@ -889,7 +927,7 @@ def _write_outputs(
                 series,
                 plots / f"ablation{figure}_{rendering}.png",
                 f"layer-delta ablation after {rendering} training{mc_label}\n(mean of "
-                f"{ab.get('n', 1)} seed(s); band: 95 % Wilson interval over items)",
+                f"{ab.get('n', 1)} seed(s); band: 95 % interval over items)",
                 "score",
                 xlabel=xlabel,
                 x=ks,
