@@ -124,11 +124,16 @@ def test_cooccurrence_study_results_and_forgetting_loss_jump(tmp_path):
                     assert m == pytest.approx(np.mean(vals))
                     assert ab["std"][side][k][subset] == pytest.approx(np.std(vals, ddof=1))
                     lo, hi = ab["interval"][side][k][subset]
-                    assert lo <= m <= hi and hi - lo > 0
-        # MC's continuous reading rides along, its spread over items kept per seed only.
+                    assert lo <= m + 1e-9 and m <= hi + 1e-9
+                    if subset.endswith(" p_true") and k == "0":  # the unablated model itself
+                        assert hi - lo == pytest.approx(0.0, abs=1e-5)
+                    else:
+                        assert hi - lo > 0, (side, k, subset)
+        # MC's continuous reading rides along, its paired spread kept per seed only.
         k0 = ab["results"]["first"]["0"]
         assert "multiple_choice p_true" in k0 and not any(x.endswith(" sd") for x in k0)
-        assert "multiple_choice p_true sd" in ab["per_seed"][str(cfg.seeds[0])]["first"]["0"]
+        per_seed = ab["per_seed"][str(cfg.seeds[0])]["last"]
+        assert per_seed["3"]["multiple_choice p_true change sd"] > 0
     # The forgetting runs: the loss rises right after each reset (3-step windows).
     for run, r in results["runs"].items():
         if not r["forget"]:
@@ -149,7 +154,11 @@ def test_ablation_intervals_wilson_for_proportions_normal_for_p_true():
     from jaxknow.studies.cooccurrence.study import combine_ablations
 
     def seed(acc: float, p: float, sd: float) -> dict:
-        m = {"multiple_choice": acc, "multiple_choice p_true": p, "multiple_choice p_true sd": sd}
+        m = {
+            "multiple_choice": acc,
+            "multiple_choice p_true": p,
+            "multiple_choice p_true change sd": sd,
+        }
         return {"n_layers": 2, "results": {"first": {"0": m}}}
 
     ab = combine_ablations(
@@ -163,7 +172,29 @@ def test_ablation_intervals_wilson_for_proportions_normal_for_p_true():
     assert ab["interval"]["first"]["0"]["multiple_choice"] == pytest.approx(
         list(wilson_interval(0.6, 80))
     )
-    assert ab["per_seed"]["1"]["first"]["0"]["multiple_choice p_true sd"] == 0.1
+    assert ab["per_seed"]["1"]["first"]["0"]["multiple_choice p_true change sd"] == 0.1
+
+
+def test_ablation_scores_p_true_and_its_paired_spread():
+    from jaxknow.eval.tasks import TaskResults
+    from jaxknow.studies.cooccurrence.study import ablation_scores
+
+    recs = [{"pred": 0, "p_true": p} for p in (0.9, 0.2, 0.6)]
+    res = TaskResults(
+        {"multiple_choice": {"acc": 2 / 3, "p_true": 0.5667}, "qa": {"em": 0.5}},
+        {"multiple_choice": recs, "qa": [{"prediction": "x"}]},
+    )
+    plain = ablation_scores(res)
+    assert plain == pytest.approx(
+        {"multiple_choice": 2 / 3, "multiple_choice p_true": 1.7 / 3, "qa": 0.5}
+    )
+    # Each item moved by its own amount: the spread of the changes, not of the levels.
+    scores = ablation_scores(res, {"multiple_choice": [0.8, 0.2, 0.3]})
+    assert scores["multiple_choice p_true change sd"] == pytest.approx(
+        np.std([0.1, 0, 0.3], ddof=1)
+    )
+    with pytest.raises(ValueError, match="multiple_choice: 3 items but a reference of 2"):
+        ablation_scores(res, {"multiple_choice": [0.8, 0.2]})
 
 
 @pytest.mark.parametrize("interrupted", [False, True])

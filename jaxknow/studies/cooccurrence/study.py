@@ -348,24 +348,41 @@ def headline(metrics: Mapping[str, float]) -> float:
     return float("nan")
 
 
-#: Suffixes of the ablation's continuous MC reading: "{subset} p_true" is the mean probability
-#: of the right option among the options, "{subset} p_true sd" its standard deviation over items.
-P_TRUE, SD = " p_true", " sd"
+#: Keys of the ablation's continuous MC reading: "{subset} p_true" is the mean probability of
+#: the right option among the options, "{subset} p_true change sd" the standard deviation over
+#: items of its change from the unablated model (the paired spread behind its interval).
+P_TRUE, CHANGE_SD = " p_true", " change sd"
 
 
-def ablation_scores(res: Any) -> dict[str, float]:
+def p_true_items(res: Any, subset: str) -> list[float]:
+    """Returns the per-item ``p_true`` of a subset's records in `TaskResults` (none for a
+    subset that is not MC or cloze)."""
+    return [float(r["p_true"]) for r in res.predictions.get(subset, []) if "p_true" in r]
+
+
+def ablation_scores(
+    res: Any, reference: Mapping[str, Sequence[float]] | None = None
+) -> dict[str, float]:
     """Returns what the ablation keeps of one model's `TaskResults`: {subset: headline} and,
-    for each subset whose records carry ``p_true`` (MC), ``"{subset} p_true"`` (its mean) and
-    ``"{subset} p_true sd"`` (its standard deviation over items, for the interval)."""
+    for each subset whose records carry ``p_true`` (MC, cloze), ``"{subset} p_true"`` (its
+    mean) and, when `reference` holds the unablated model's per-item ``p_true`` of that subset,
+    ``"{subset} p_true change sd"``: the standard deviation over items of the change from it.
+    Items differ far more from one another than one item does between two ablated models, so
+    the change's spread, not the level's, says whether reverting layers moved the score."""
     from jaxknow.eval.metrics import mean, std
 
     out = {}
     for name, m in res.metrics.items():
         out[name] = headline(m)
-        vals = [float(r["p_true"]) for r in res.predictions.get(name, []) if "p_true" in r]
-        if vals:
-            out[name + P_TRUE] = mean(vals)
-            out[name + P_TRUE + SD] = std(vals)
+        vals = p_true_items(res, name)
+        if not vals:
+            continue
+        out[name + P_TRUE] = mean(vals)
+        ref = (reference or {}).get(name)
+        if ref is not None:
+            if len(ref) != len(vals):
+                raise ValueError(f"{name}: {len(vals)} items but a reference of {len(ref)}")
+            out[name + P_TRUE + CHANGE_SD] = std([a - b for a, b in zip(vals, ref)])
     return out
 
 
@@ -509,7 +526,8 @@ def run_cooccurrence_study(config: Any, workdir: str | Path, log: Any = print) -
                 fps = (model_fingerprint(ft_model), model_fingerprint(base_model))
                 key = None
                 if all(fps):
-                    tag = f"ablation {fps} sides={ab.sides} k_step={ab.k_step}"
+                    # p_true with its paired spread since S18: older entries lack both.
+                    tag = f"ablation {fps} sides={ab.sides} k_step={ab.k_step} p_true=paired"
                     if "window" in ab.sides:
                         tag += f" window={ab.window}"
                     key = eval_cache_key(tag, subsets, ev)
@@ -578,12 +596,17 @@ def ablate(
     from jaxknow.model.lora import merge_lora
 
     cfg = ft_model.cfg
+    tok = ft_model.tokenizer
     theta1 = merge_lora(ft_model.params, cfg)
+    # The unablated model's per-item p_true, for the paired spread of every ablated model's.
+    scored = {n: r for n, r in subsets.items() if subset_kind(n, r) in ("mc", "cloze")}
+    reference = {}
+    if scored:
+        unablated = evaluate_model_records((theta1, cfg, tok), scored, ev)
+        reference = {n: p_true_items(unablated, n) for n in scored}
 
     def evaluate(params: Any) -> dict[str, float]:
-        return ablation_scores(
-            evaluate_model_records((params, cfg, ft_model.tokenizer), subsets, ev)
-        )
+        return ablation_scores(evaluate_model_records((params, cfg, tok), subsets, ev), reference)
 
     res = layer_delta_ablation(
         base_model.params,
@@ -615,10 +638,12 @@ def combine_ablations(
     per_seed: Mapping[int, Mapping[str, Any]], items: Mapping[str, int]
 ) -> dict[str, Any]:
     """Returns one rendering's ablation over seeds: ``results`` (side -> k -> subset -> mean),
-    ``std`` (sample std over seeds, 0 for one seed), ``interval`` (95 % of the mean: Wilson's
-    for a proportion, its items pooled over seeds, `items` giving the subset sizes; for a
-    continuous score ``"{subset} p_true"`` the normal interval from its item standard deviation
-    ``"{subset} p_true sd"``, which is kept in ``per_seed`` only), ``n`` and ``per_seed``."""
+    ``std`` (sample std over seeds, 0 for one seed), ``interval`` (95 %: Wilson's interval of
+    a proportion, its items pooled over seeds, `items` giving the subset sizes; for
+    ``"{subset} p_true"`` the normal interval of its change from the unablated model, drawn
+    around its level, from the paired spread ``"{subset} p_true change sd"`` — kept in
+    ``per_seed`` only; zero wide at k = 0, and a band that leaves the unablated level marks
+    layers that matter), ``n`` and ``per_seed``."""
     from jaxknow.eval.metrics import mean, mean_interval, std, wilson_interval
 
     seeds = list(per_seed)
@@ -631,14 +656,16 @@ def combine_ablations(
             for part in out.values():
                 part[side][k] = {}
             for subset in by_subset:
-                if subset.endswith(SD):
+                if subset.endswith(CHANGE_SD):
                     continue
                 vals = [float(per_seed[s]["results"][side][k][subset]) for s in seeds]
                 m = mean(vals)
                 out["results"][side][k][subset] = m
                 out["std"][side][k][subset] = std(vals)
-                if subset + SD in by_subset:
-                    sds = [float(per_seed[s]["results"][side][k][subset + SD]) for s in seeds]
+                if subset + CHANGE_SD in by_subset:
+                    sds = [
+                        float(per_seed[s]["results"][side][k][subset + CHANGE_SD]) for s in seeds
+                    ]
                     n_items = items.get(subset.removesuffix(P_TRUE), 0)
                     interval = mean_interval(m, sds, n_items)
                 else:
@@ -832,9 +859,9 @@ def report_markdown(results: Mapping[str, Any]) -> str:
                     )
             parts += [
                 f"### {rendering} (mean ± std over {ab.get('n', 1)} seed(s); the plot's "
-                f"band is the 95 % interval over items: Wilson's for a share of items, the "
-                f"normal one from the item spread for p_true, the mean probability of the "
-                f"right option among the options)",
+                f"band is the 95 % interval over items: Wilson's for a share of items; for "
+                f"p_true, the mean probability of the right option among the options, the "
+                f"interval of its change from the unablated model, paired over items)",
                 "",
                 markdown_table(hrow, arows),
                 "",
