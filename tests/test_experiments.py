@@ -146,7 +146,12 @@ def test_cooccurrence_study_results_and_forgetting_loss_jump(tmp_path):
             after = np.mean([loss[k] for k in range(s + 1, s + 4)])
             assert after > before, (run, s, before, after)
     assert (tmp_path / "plots" / "ablation_narrative.png").stat().st_size > 1000
-    assert "Layer-delta ablation" in (tmp_path / "report.md").read_text()
+    report = (tmp_path / "report.md").read_text()
+    assert "Layer-delta ablation" in report
+    # MC's continuous reading per condition: every condition's mean over seeds, in percent.
+    p_true = report.split("## Multiple choice read continuously")[1].split("\n## ")[0]
+    narrative = on_disk["conditions"]["narrative (full)"]["multiple_choice"]["p_true"]
+    assert f"| narrative (full) | {100 * narrative['mean']:.1f} ± " in p_true
 
 
 def test_ablation_intervals_wilson_for_proportions_normal_for_p_true():

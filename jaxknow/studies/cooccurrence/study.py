@@ -810,6 +810,7 @@ def report_markdown(results: Mapping[str, Any]) -> str:
                 ["condition", "negation", "negation (held-out frame)", "comparison"], lrows
             ),
         ]
+    parts += _p_true_section(conds, base_novel)
     pass1 = {k: r for k, r in results["runs"].items() if "metrics_pass1" in r}
     if pass1:
         prow = []
@@ -890,6 +891,35 @@ def _main_metric(metrics: Mapping[str, Any]) -> str:
         if k in metrics:
             return k
     return next(iter(metrics))
+
+
+def _p_true_section(
+    conds: Mapping[str, Mapping[str, Any]], base_novel: Mapping[str, Mapping[str, float]]
+) -> list[str]:
+    """Returns the report's lines on the MC subsets' `p_true` (none when no condition has it:
+    evaluations cached before it existed)."""
+    subs = [
+        s for s in next(iter(conds.values()), {}) if any("p_true" in c[s] for c in conds.values())
+    ]
+    if not subs:
+        return []
+    rows = [
+        [
+            "base model (before finetuning)",
+            *[_pct(base_novel.get(s, {}).get("p_true", float("nan"))) for s in subs],
+        ]
+    ]
+    rows += [
+        [key, *[_pm(by[s], "p_true") if "p_true" in by[s] else "" for s in subs]]
+        for key, by in conds.items()
+    ]
+    return [
+        "",
+        "## Multiple choice read continuously (p_true %: the probability of the right option "
+        "among the options, mean over items ± std over seeds; chance 1 / options)",
+        "",
+        markdown_table(["condition", *subs], rows),
+    ]
 
 
 def _pct(v: float) -> str:
