@@ -343,7 +343,10 @@ def test_cooccurrence_mc_mode_reaches_the_scorer_and_keeps_letter_caches_valid(m
     from jaxknow.studies.cooccurrence import study as cs
 
     seen = []
-    monkeypatch.setattr(tasks, "evaluate_subsets", lambda *a, **kw: seen.append(kw) or {})
+    empty = tasks.TaskResults({}, {})
+    monkeypatch.setattr(
+        tasks, "evaluate_subsets_detailed", lambda *a, **kw: seen.append(kw) or empty
+    )
     qa = {"qa": [{"question": "q", "answer": "a"}]}
     cs.evaluate_model(None, qa, cs.CooccurrenceEvalSettings(mc_mode="options"))
     cs.evaluate_model(None, qa, cs.CooccurrenceEvalSettings())
