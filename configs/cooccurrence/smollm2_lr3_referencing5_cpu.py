@@ -5,9 +5,10 @@ by each option's text (`eval.mc_mode="options"`, not the authors' letters: SmolL
 letter near chance even for real facts it knows, lab notebook S16), and the narrative model's
 layer-delta ablation at every k (first and last k of the 30 layers reverted) on option-scored
 MC, with its continuous reading (`multiple_choice p_true`: the mean probability of the right
-option among the four) and that reading's 95 % interval over items. Active forgetting is off
-(S7-S10 measured it). Lab notebook S18. About 1.5 hours on 2 CPU cores; the narrative half
-with its ablation first (about 25 minutes), the referencing stage added by the second command:
+option among the four) and the 95 % interval of its change from the unablated model, paired
+over items. Active forgetting is off (S7-S10 measured it). Lab notebook S18. About 1.7 hours
+on 2 CPU cores: the narrative half with its ablation first (about 30 minutes), the
+referencing stage added by the second command (76 minutes):
 
     python -m launch.get_model smollm2-135m
     JAXKNOW_CPU_DEVICES=1 python -m launch.experiment \\
