@@ -47,37 +47,55 @@ import launch  # noqa: E402, F401  (XLA flags: one CPU device per core, AVX2; be
 QUICKSTART = REPO / "configs" / "bios" / "quickstart.py"
 
 
-def quickstart_config(steps: int | None = None) -> Any:
-    """Returns the training config of the quickstart's pretraining stage (its sources and
-    data directory are placeholders: nothing is read)."""
+def quickstart_config(
+    steps: int | None = None,
+    sources: tuple[dict[str, Any], ...] = ({"name": "bench"},),
+    data_dir: str = "/nonexistent",
+    **train: Any,
+) -> Any:
+    """Returns the RunSpec of the quickstart's pretraining stage, as its study builds it
+    (`parse_study`, `common.stage_spec`); the sources and data directory are placeholders
+    unless given (nothing is read to time the jitted call); `train` overrides loop fields."""
+    import dataclasses
     import importlib.util
 
     from jaxknow.experiments import common
+    from jaxknow.studies.bios.study import parse_study
 
     spec = importlib.util.spec_from_file_location("quickstart_config", QUICKSTART)
     mod = importlib.util.module_from_spec(spec)
     spec.loader.exec_module(mod)
-    qs = mod.get_config()
-    stage = common.parse_stage(qs.pretrain, "pretrain")
-    exp = {"seed": qs.seed, "model": qs.model.to_dict(), "mesh": qs.mesh.to_dict()}
-    return common.stage_config(
-        exp, stage, sources=[{"name": "bench"}], data_dir="/nonexistent", steps=steps
+    study = parse_study(mod.get_config())
+    run = common.stage_spec(
+        study.model,
+        study.mesh,
+        study.pretrain,
+        seed=study.seed,
+        sources=sources,
+        data_dir=data_dir,
+        steps=steps,
     )
+    return dataclasses.replace(run, train=dataclasses.replace(run.train, **train))
 
 
 def loop_config(steps: int, k: int, data_dir: str) -> Any:
-    """Returns the quickstart pretraining config on the smoke world's biographies, with
-    `train.steps_per_call` = k (no checkpoints but the last, no progress bar)."""
-    from ml_collections import ConfigDict
+    """Returns the quickstart pretraining run on the smoke world's biographies (materialised
+    in `data_dir` by `materialise_loop_data`), with `train.steps_per_call` = k (no checkpoints
+    but the last, no progress bar)."""
+    import dataclasses
 
     from configs.smoke import get_config as smoke
 
-    c = quickstart_config(steps)
-    c.data.sources = [{"name": "bios_single"}]
-    c.data.dir = data_dir
-    c.data.world = ConfigDict(dict(smoke().data.world.to_dict(), vocab_size=2048))
-    c.train.update(dict(steps_per_call=k, tensorboard=False, progress=False))
-    return c
+    run = quickstart_config(
+        steps,
+        sources=({"name": "bios_single"},),
+        data_dir=data_dir,
+        steps_per_call=k,
+        tensorboard=False,
+        progress=False,
+    )
+    world = dict(smoke().data.world.to_dict(), vocab_size=2048)
+    return dataclasses.replace(run, data=dataclasses.replace(run.data, world=world))
 
 
 def time_loop(steps: int, k: int, data_dir: str) -> dict[str, float]:
@@ -139,7 +157,7 @@ class Run:
         from jaxknow.train.optim import make_optimizer, make_schedule
         from jaxknow.train.step import train_step
 
-        self.spec = setup.parse_run_config(config)
+        self.spec = config
         self.mesh = setup.build_mesh(self.spec)
         self.tx = make_optimizer(self.spec.optim, self.spec.model)
         _, self.shardings = self.fresh()
@@ -321,10 +339,9 @@ def main(argv: list[str] | None = None) -> list[dict[str, Any]]:
 
         import jaxknow.studies  # noqa: F401  (the bioS world kind)
         from jaxknow.data import build
-        from jaxknow.train import setup
 
         data_dir = args.loop_data or tempfile.mkdtemp(prefix="bench_spc_data_")
-        lspec = setup.parse_run_config(loop_config(args.loop, 1, data_dir))
+        lspec = loop_config(args.loop, 1, data_dir)
         build.ensure_sources(data_dir, ["bios_single"], lspec.data.world, lspec.seed)
     if args.only_loop:
         return loop_table(args, data_dir)

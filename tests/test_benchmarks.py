@@ -367,3 +367,18 @@ def test_bench_loop_config_wrapper_sets_fields_whose_default_is_none(tmp_path):
     c = mod.get_config()
     assert c.model.pos_embedding == "rope" and c.model.d_model == 128
     assert c.train.steps == 7 and c.data.batch_size == 32
+
+
+def test_bench_steps_per_call_builds_the_quickstart_pretraining_run(tmp_path):
+    import bench_steps_per_call as spc
+
+    from configs.bios.quickstart import get_config
+
+    qs = get_config()
+    run = spc.quickstart_config()
+    assert run.model.d_model == qs.model.d_model and run.model.n_layers == qs.model.n_layers
+    assert run.data.batch_size == qs.pretrain.batch_size and run.train.steps == qs.pretrain.steps
+    loop = spc.loop_config(12, 4, str(tmp_path))
+    assert loop.train.steps == 12 and loop.train.steps_per_call == 4
+    assert loop.data.dir == str(tmp_path) and loop.data.sources == ({"name": "bios_single"},)
+    assert loop.data.world["vocab_size"] == run.model.vocab_size

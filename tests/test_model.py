@@ -358,3 +358,31 @@ def test_forward_resumed_mid_stack_equals_the_whole_pass(scan):
     )
     with pytest.raises(ValueError, match="together"):
         transformer.forward(params, tokens, cfg, hidden_in=whole.hiddens[1])
+
+
+@pytest.mark.parametrize(
+    "eq, x_shape, w_shape",
+    [
+        ("btd,df->btf", (2, 5, 4), (4, 6)),  # MLP
+        ("btd,dnh->btnh", (2, 5, 4), (4, 3, 2)),  # attention projections
+        ("btnh,nhd->btd", (2, 5, 3, 2), (3, 2, 4)),  # attention output
+        ("btd,vd->btv", (2, 5, 4), (7, 4)),  # tied head
+        ("td,df->tf", (5, 4), (4, 6)),  # one batch dim: einsum as it is
+    ],
+)
+def test_project_equals_einsum_in_value_and_gradient(eq, x_shape, w_shape):
+    from jaxknow.model.layers import project
+
+    kx, kw, kg = jax.random.split(jax.random.key(0), 3)
+    x, w = jax.random.normal(kx, x_shape), jax.random.normal(kw, w_shape)
+    want = jnp.einsum(eq, x, w)
+    got = project(eq, x, w, preferred_element_type=jnp.float32)
+    assert got.shape == want.shape
+    np.testing.assert_allclose(got, want, rtol=1e-5, atol=1e-5)
+    probe = jax.random.normal(kg, want.shape)  # a cotangent that weighs every output apart
+
+    def pull(f):
+        return jax.grad(lambda x, w: jnp.sum(f(eq, x, w) * probe), argnums=(0, 1))(x, w)
+
+    for g_got, g_want in zip(pull(project), pull(jnp.einsum), strict=True):
+        np.testing.assert_allclose(g_got, g_want, rtol=1e-5, atol=1e-5)

@@ -422,7 +422,9 @@ def logits(
     """Returns float32 logits [B, T, V] for hidden states [B, T, D] (soft-capped when
     `cfg.final_logit_softcap` is set)."""
     w, eq = output_kernel(params)
-    out = jnp.einsum(eq, hidden, w.astype(cfg.compute_dtype), preferred_element_type=jnp.float32)
+    out = layers.project(
+        eq, hidden, w.astype(cfg.compute_dtype), preferred_element_type=jnp.float32
+    )
     out = layers.softcap(out, cfg.final_logit_softcap)
     return sharder.constrain(out, ("batch", "length", "act_vocab"))
 
