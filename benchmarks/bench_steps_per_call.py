@@ -79,9 +79,9 @@ def quickstart_config(
 
 
 def loop_config(steps: int, k: int, data_dir: str) -> Any:
-    """Returns the quickstart pretraining run on the smoke world's biographies (materialised
-    in `data_dir` by `materialise_loop_data`), with `train.steps_per_call` = k (no checkpoints
-    but the last, no progress bar)."""
+    """Returns the quickstart pretraining run on the smoke world's biographies (`main`
+    materialises them in `data_dir` once, `build.ensure_sources`), with `train.steps_per_call`
+    = k (no checkpoints but the last, no progress bar)."""
     import dataclasses
 
     from configs.smoke import get_config as smoke
@@ -146,7 +146,8 @@ def packed_batch(rng: Any, batch: int, seq: int, vocab: int) -> dict[str, Any]:
 class Run:
     """The quickstart run's pieces: spec, mesh, optimizer, jitted steps, fresh states."""
 
-    def __init__(self, config: Any) -> None:
+    def __init__(self, spec: Any) -> None:
+        """`spec`: the run's RunSpec (`quickstart_config`)."""
         import functools
 
         from jax.sharding import NamedSharding, PartitionSpec
@@ -157,7 +158,7 @@ class Run:
         from jaxknow.train.optim import make_optimizer, make_schedule
         from jaxknow.train.step import train_step
 
-        self.spec = config
+        self.spec = spec
         self.mesh = setup.build_mesh(self.spec)
         self.tx = make_optimizer(self.spec.optim, self.spec.model)
         _, self.shardings = self.fresh()
