@@ -107,10 +107,16 @@ def time_loop(steps: int, k: int, data_dir: str) -> dict[str, float]:
     from jaxknow.io.metrics import read_metrics
     from jaxknow.train import loop
 
+    spec = loop_config(steps, k, data_dir)
+    if steps // spec.train.log_every < 3:
+        raise SystemExit(
+            f"--loop {steps}: the run logs every {spec.train.log_every} steps and the rate is "
+            f"read from the rows after the first two; give at least {3 * spec.train.log_every}"
+        )
     work = Path(tempfile.mkdtemp(prefix="bench_spc_"))
     try:
         t0 = time.perf_counter()
-        loop.train(loop_config(steps, k, data_dir), work)
+        loop.train(spec, work)
         wall = time.perf_counter() - t0
         rows = [r for r in read_metrics(work / "metrics.jsonl") if "tokens_per_s" in r]
     finally:
