@@ -44,8 +44,6 @@ REPO = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(REPO))
 import launch  # noqa: E402, F401  (XLA flags: one CPU device per core, AVX2; before jax)
 
-QUICKSTART = REPO / "configs" / "bios" / "quickstart.py"
-
 
 def quickstart_config(
     steps: int | None = None,
@@ -57,15 +55,12 @@ def quickstart_config(
     (`parse_study`, `common.stage_spec`); the sources and data directory are placeholders
     unless given (nothing is read to time the jitted call); `train` overrides loop fields."""
     import dataclasses
-    import importlib.util
 
+    from configs.bios.quickstart import get_config
     from jaxknow.experiments import common
     from jaxknow.studies.bios.study import parse_study
 
-    spec = importlib.util.spec_from_file_location("quickstart_config", QUICKSTART)
-    mod = importlib.util.module_from_spec(spec)
-    spec.loader.exec_module(mod)
-    study = parse_study(mod.get_config())
+    study = parse_study(get_config())
     run = common.stage_spec(
         study.model,
         study.mesh,
@@ -107,16 +102,10 @@ def time_loop(steps: int, k: int, data_dir: str) -> dict[str, float]:
     from jaxknow.io.metrics import read_metrics
     from jaxknow.train import loop
 
-    spec = loop_config(steps, k, data_dir)
-    if steps // spec.train.log_every < 3:
-        raise SystemExit(
-            f"--loop {steps}: the run logs every {spec.train.log_every} steps and the rate is "
-            f"read from the rows after the first two; give at least {3 * spec.train.log_every}"
-        )
     work = Path(tempfile.mkdtemp(prefix="bench_spc_"))
     try:
         t0 = time.perf_counter()
-        loop.train(spec, work)
+        loop.train(loop_config(steps, k, data_dir), work)
         wall = time.perf_counter() - t0
         rows = [r for r in read_metrics(work / "metrics.jsonl") if "tokens_per_s" in r]
     finally:
@@ -349,6 +338,12 @@ def main(argv: list[str] | None = None) -> list[dict[str, Any]]:
 
         data_dir = args.loop_data or tempfile.mkdtemp(prefix="bench_spc_data_")
         lspec = loop_config(args.loop, 1, data_dir)
+        if args.loop // lspec.train.log_every < 3:
+            raise SystemExit(
+                f"--loop {args.loop}: the run logs every {lspec.train.log_every} steps and the "
+                f"rate is read from the rows after the first two; give at least "
+                f"{3 * lspec.train.log_every}"
+            )
         build.ensure_sources(data_dir, ["bios_single"], lspec.data.world, lspec.seed)
     if args.only_loop:
         return loop_table(args, data_dir)
