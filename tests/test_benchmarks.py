@@ -16,6 +16,7 @@ import pytest
 from tests.util import REPO
 
 sys.path.insert(0, str(REPO / "benchmarks"))
+import bench_attention  # noqa: E402
 import bench_train  # noqa: E402
 import gpu_suite  # noqa: E402
 
@@ -382,3 +383,32 @@ def test_bench_steps_per_call_builds_the_quickstart_pretraining_run(tmp_path):
     assert loop.train.steps == 12 and loop.train.steps_per_call == 4
     assert loop.data.dir == str(tmp_path) and loop.data.sources == ({"name": "bios_single"},)
     assert loop.data.world["vocab_size"] == run.model.vocab_size
+
+
+def test_bench_attention_tiny():
+    """bench_attention times every block setting at every length, rows in order, and the
+    blocked forward agrees with one block."""
+    rows = bench_attention.main(
+        [
+            "--preset",
+            "tiny-llama",
+            "--layers",
+            "2",
+            "--tokens",
+            "64",
+            "--seq_lens",
+            "16,32",
+            "--blocks",
+            "0,8",
+            "--repeats",
+            "1",
+        ]
+    )
+    assert [(r["seq_len"], r["batch"], r["block"]) for r in rows] == [
+        (16, 4, 0),
+        (16, 4, 8),
+        (32, 2, 0),
+        (32, 2, 8),
+    ]
+    assert all(r["ms_per_layer"] > 0 and r["max_abs_diff"] < 1e-4 for r in rows)
+    assert rows[0]["ratio"] == 1.0

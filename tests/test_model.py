@@ -386,3 +386,37 @@ def test_project_equals_einsum_in_value_and_gradient(eq, x_shape, w_shape):
 
     for g_got, g_want in zip(pull(project), pull(jnp.einsum), strict=True):
         np.testing.assert_allclose(g_got, g_want, rtol=1e-5, atol=1e-5)
+
+
+@pytest.mark.parametrize("switches", [{}, GEMMA3_SWITCHES], ids=["llama", "gemma3"])
+def test_attention_in_query_blocks_equals_one_block(switches):
+    """Causal attention in blocks of 4 queries (each reading only the keys up to its last
+    query; 17 tokens: a short last block) gives what one block gives: packed segments,
+    sliding windows and soft-capping included, value and gradient, and a left-padded prefill
+    into a cache at the static slot 0 (blocked) equals one at a traced slot (never blocked) on
+    its real tokens. Fails when a block reads too few keys or is masked wrongly."""
+    base = preset("tiny-llama", n_layers=2, dtype="float32", **switches)
+    params = init_params(param_specs(base), jax.random.key(0), jnp.float32)
+    tokens = jax.random.randint(jax.random.key(1), (2, 17), 0, base.vocab_size)
+    segments = jnp.asarray([[1] * 7 + [2] * 10, [1] * 17])
+    positions = jnp.asarray([list(range(7)) + list(range(10)), list(range(17))])
+    kw = dict(segment_ids=segments, positions=positions)
+    one, blocked = base.replace(attention_query_block=0), base.replace(attention_query_block=4)
+    assert transformer.query_block(one) == 0 and transformer.query_block(blocked) == 4
+    ref = transformer.apply(params, tokens, one, **kw)
+    np.testing.assert_allclose(transformer.apply(params, tokens, blocked, **kw), ref, atol=1e-5)
+    grads = [jax.grad(functools.partial(loss_fn, cfg=c))(params, tokens) for c in (one, blocked)]
+    jax.tree.map(lambda a, b: np.testing.assert_allclose(a, b, rtol=1e-4, atol=1e-6), *grads)
+    cache = transformer.init_cache(base, 2, 20)
+    valid = jnp.ones((2, 20), bool).at[0, :3].set(False)  # row 0 left-padded by 3 slots
+    static, traced = (
+        transformer.forward(params, tokens, blocked, cache=cache, cache_index=c, kv_valid=valid)
+        for c in (0, jnp.int32(0))
+    )
+    # A pad slot's query sees no key: its (unused) output depends on how many keys it skips.
+    real = np.asarray(valid[:, :17])
+    np.testing.assert_allclose(static.hidden[real], traced.hidden[real], atol=1e-5)
+    for a, b in zip(jax.tree.leaves(static.cache), jax.tree.leaves(traced.cache)):
+        np.testing.assert_allclose(a[:, :17][real], b[:, :17][real], atol=1e-5)
+    with pytest.raises(ValueError, match="attention_query_block"):
+        base.replace(attention_query_block=-1)

@@ -273,7 +273,7 @@ def prefill(
         positions=positions,
         sharder=sharder,
         cache=cache,
-        cache_index=jnp.int32(0),
+        cache_index=0,  # static: the prompts' slots are known, so attention runs in blocks
         kv_valid=kv_valid,
         collect_hidden=collect_hidden,
         hidden_in=hidden_in,

@@ -89,6 +89,76 @@ def _softcapped_attention(
     return out.reshape(b, t, n, h)
 
 
+def query_block(cfg: ModelConfig) -> int:
+    """Returns how many queries one block of causal attention holds (0: no blocks; see
+    `ModelConfig.attention_query_block`): only XLA attention is blocked, by default on a CPU
+    and in blocks of 256 (64-query blocks are as fast from 512 tokens on, and no faster below:
+    `benchmarks/bench_attention.py`)."""
+    if attention_impl(cfg) != "xla":
+        return 0
+    if cfg.attention_query_block is not None:
+        return cfg.attention_query_block
+    return 256 if jax.default_backend() == "cpu" else 0
+
+
+def _attend(
+    q: jax.Array,
+    k: jax.Array,
+    v: jax.Array,
+    *,
+    mask: jax.Array | None,
+    is_causal: bool,
+    cfg: ModelConfig,
+) -> jax.Array:
+    """Returns attention [B, T, N, H] of queries over keys/values [B, S, K, H] (one block)."""
+    if cfg.attn_logit_softcap is not None:
+        return _softcapped_attention(q, k, v, mask=mask, is_causal=is_causal, cfg=cfg)
+    return jax.nn.dot_product_attention(
+        q,
+        k,
+        v,
+        mask=mask,
+        is_causal=is_causal,
+        scale=cfg.attn_scale,
+        implementation=attention_impl(cfg),
+    )
+
+
+def _blocked_attention(
+    q: jax.Array,
+    k: jax.Array,
+    v: jax.Array,
+    *,
+    mask: jax.Array | None,
+    is_causal: bool,
+    q_offset: int | None,
+    cfg: ModelConfig,
+) -> jax.Array:
+    """Returns `_attend`'s result computed in blocks of `query_block(cfg)` queries, when the
+    queries' key slots are known statically (`q_offset`: query t sits at slot q_offset + t,
+    keys after a query's slot are hidden from it by `is_causal` or by `mask`): each block
+    reads only the keys up to its last query's slot, so the masked upper triangle is skipped
+    and a block's scores stay in cache. Equal to one block up to the order of the softmax's
+    sums (a key hidden from a query weighs exactly 0 either way)."""
+    t = q.shape[1]
+    block = query_block(cfg)
+    if q_offset is None or block <= 0 or t <= block:
+        return _attend(q, k, v, mask=mask, is_causal=is_causal, cfg=cfg)
+    outs = []
+    for start in range(0, t, block):
+        end = min(start + block, t)
+        keys = min(q_offset + end, k.shape[1])
+        m = None if mask is None else mask[:, :, start:end, :keys]
+        if is_causal:
+            q_slot = q_offset + jnp.arange(start, end)
+            causal = (jnp.arange(keys)[None, :] <= q_slot[:, None])[None, None]
+            m = causal if m is None else m & causal
+        outs.append(
+            _attend(q[:, start:end], k[:, :keys], v[:, :keys], mask=m, is_causal=False, cfg=cfg)
+        )
+    return jnp.concatenate(outs, axis=1)
+
+
 def _attention(
     p: Mapping[str, Any],
     x: jax.Array,
@@ -100,7 +170,7 @@ def _attention(
     inv_freq: jax.Array | None,
     sharder: Sharder,
     cache: dict[str, jax.Array] | None,
-    cache_index: jax.Array | None,
+    cache_index: jax.Array | int | None,
 ) -> tuple[jax.Array, dict[str, jax.Array] | None]:
     q = layers.dense(p["q"], x, "btd,dnh->btnh", cfg)
     k = layers.dense(p["k"], x, "btd,dnh->btnh", cfg)
@@ -123,18 +193,11 @@ def _attention(
         v = sharder.constrain(v, CACHE_AXES)
         new_cache = {"k": k, "v": v}
         k, v = k.astype(q.dtype), v.astype(q.dtype)
-    if cfg.attn_logit_softcap is not None:
-        out = _softcapped_attention(q, k, v, mask=mask, is_causal=is_causal, cfg=cfg)
-    else:
-        out = jax.nn.dot_product_attention(
-            q,
-            k,
-            v,
-            mask=mask,
-            is_causal=is_causal,
-            scale=cfg.attn_scale,
-            implementation=attention_impl(cfg),
-        )
+    if cache is None:
+        q_offset: int | None = 0  # query t sits at key slot t
+    else:  # a prefill at a static slot (0) knows its queries' slots; a decoding step does not
+        q_offset = cache_index if isinstance(cache_index, int) else None
+    out = _blocked_attention(q, k, v, mask=mask, is_causal=is_causal, q_offset=q_offset, cfg=cfg)
     out = sharder.constrain(out, ("batch", "length", "act_heads", None))
     y = layers.dense(p["o"], out, "btnh,nhd->btd", cfg)
     return y, new_cache
@@ -151,7 +214,7 @@ def _block(
     is_causal: bool,
     inv_freq: jax.Array | None,
     sharder: Sharder,
-    cache_index: jax.Array | None,
+    cache_index: jax.Array | int | None,
 ) -> tuple[jax.Array, dict[str, jax.Array] | None]:
     h = layers.norm(p["attn_norm"], x, cfg)
     a, new_cache = _attention(
@@ -287,7 +350,7 @@ def forward(
     segment_ids: jax.Array | None = None,
     sharder: Sharder = NO_SHARDING,
     cache: Cache | None = None,
-    cache_index: jax.Array | None = None,
+    cache_index: jax.Array | int | None = None,
     kv_valid: jax.Array | None = None,
     collect_hidden: bool = False,
     hidden_in: jax.Array | None = None,
@@ -297,10 +360,12 @@ def forward(
 
     Training / scoring: `segment_ids` [B, T] (documents of a packed row; with
     cfg.segment_masking attention never crosses a boundary) and `positions` [B, T].
-    Cached decoding: pass `cache` (see `init_cache`), `cache_index` (the slot of tokens[:, 0])
-    and `kv_valid` [B, S] (which cache slots hold real tokens once these are written); the
-    tokens attend to valid slots up to their own. Sliding-window layers (`cfg.sliding_window`)
-    also hide keys that many slots back or more, in every mode.
+    Cached decoding: pass `cache` (see `init_cache`), `cache_index` (the slot of tokens[:, 0];
+    a Python int when it is known statically, e.g. a prefill's 0, lets attention run in query
+    blocks: `_blocked_attention`) and `kv_valid` [B, S] (which cache slots hold real tokens
+    once these are written); the tokens attend to valid slots up to their own.
+    Sliding-window layers (`cfg.sliding_window`) also hide keys that many slots back or more,
+    in every mode.
 
     `params["layers"]` holds the layers stacked (`model.layout`: one tree with a leading [L]
     axis); with `cfg.use_scan` they run as one `lax.scan` over that axis, otherwise (and in

@@ -153,7 +153,14 @@ def workdir_lock(workdir: str | Path) -> Iterator[Path]:
 
 # Model fields that may change on resume (how the model is computed, not what it is); its
 # lora_scale follows the lora section, compared on its own.
-MODEL_RUNTIME = ("remat", "attention_impl", "dtype", "segment_masking", "lora_scale")
+MODEL_RUNTIME = (
+    "remat",
+    "attention_impl",
+    "attention_query_block",
+    "dtype",
+    "segment_masking",
+    "lora_scale",
+)
 
 
 def _get(obj: Any, dotted: str) -> Any:
@@ -279,6 +286,7 @@ def initial_params(spec: RunSpec, mesh: Mesh, rules: Rules = DEFAULT_RULES) -> A
         remat=base_cfg.remat,
         dtype=base_cfg.dtype,
         attention_impl=base_cfg.attention_impl,
+        attention_query_block=base_cfg.attention_query_block,
         segment_masking=base_cfg.segment_masking,
     )
     if param_specs(mine) != param_specs(base_cfg):
