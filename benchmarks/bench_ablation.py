@@ -46,9 +46,14 @@ def main(argv: list[str] | None = None) -> dict[str, float]:
     ap.add_argument("--max_new_tokens", type=int, default=16)
     args = ap.parse_args(argv)
 
-    from jaxknow.eval import ablation, tasks
+    from bench_train import matmul_limit_gflops, projection_rate_gflops
+
+    from jaxknow.eval import ablation, fewshot, tasks
+    from jaxknow.eval.scoring import use_bos
+    from jaxknow.eval.shared_prefix import SharedPrefix
     from jaxknow.io.load import load_model
     from jaxknow.io.named_models import resolve_model_path
+    from jaxknow.model.flops import prompt_flops_per_token
     from jaxknow.model.lora import merge_lora
 
     base = load_model(resolve_model_path(args.base))
@@ -61,6 +66,14 @@ def main(argv: list[str] | None = None) -> dict[str, float]:
         for n in names
     }
     n_layers = cfg.n_layers
+    bos = use_bos("auto")  # what evaluate_subsets decides for a (params, cfg, tok) tuple
+
+    def prompt_flops(rows: list[dict], name: str) -> float:
+        """Returns the forward FLOPs of every layer over the subset's 5-shot prompt tokens."""
+        kind = tasks.subset_kind(name, rows)
+        prompts = fewshot.build_prompts(rows, kind, fewshot.DEFAULT_SHOTS)
+        lengths = [len(tok.prefix() if bos else []) + len(tok.encode(p)) for p in prompts]
+        return sum(n * prompt_flops_per_token(cfg, n) for n in lengths)
 
     def evaluate(params: object) -> dict[str, float]:
         m = tasks.evaluate_subsets(
@@ -86,7 +99,7 @@ def main(argv: list[str] | None = None) -> dict[str, float]:
     calls = []
 
     def timed(params: object) -> dict[str, float]:
-        calls.append(1)
+        calls.append(n_layers - params.start if isinstance(params, SharedPrefix) else n_layers)
         return evaluate(params)
 
     t = time.perf_counter()
@@ -97,6 +110,14 @@ def main(argv: list[str] | None = None) -> dict[str, float]:
     both = {sk: m for sk, m in whole.items() if sk[1] in res.results.get(sk[0], {})}
     same = all(res.results[s][k] == m for (s, k), m in both.items()) if both else "not compared"
     n_sel = len(calls)
+    # The arithmetic no evaluation can skip: every layer run over every prompt token (the two
+    # references run every layer once), at this CPU's fp32 matmul limit; decoding not counted.
+    passes = sum(calls) + 2 * n_layers
+    flops = passes * sum(prompt_flops(rows, n) for n, rows in subsets.items()) / n_layers
+    limit = matmul_limit_gflops()
+    floor_s = flops / (limit * 1e9)
+    mc_rows = len(next(iter(subsets.values())))
+    kernels = projection_rate_gflops(cfg, mc_rows * 256)  # a 5-shot MC batch's token slots
     per_whole = statistics.median(whole_s) if whole_s else float("nan")
     out = {
         "layers": n_layers,
@@ -107,6 +128,12 @@ def main(argv: list[str] | None = None) -> dict[str, float]:
         "shared_per_selection_s": shared_total / n_sel,
         "whole_estimate_s": per_whole * n_sel,
         "ratio": per_whole * n_sel / shared_total,
+        "layer_passes": passes,
+        "prompt_tflop": flops / 1e12,
+        "matmul_limit_gflops": limit,
+        "floor_at_limit_s": floor_s,
+        "share_of_limit": floor_s / shared_total,
+        "projection_dots_gflops": kernels,
     }
     print(f"model {args.finetuned} vs {args.base}: {n_layers} layers, sides {sides}, ks {ks}")
     print(f"subsets {', '.join(f'{n} ({len(r)} items)' for n, r in subsets.items())}")
@@ -119,6 +146,14 @@ def main(argv: list[str] | None = None) -> dict[str, float]:
     print(
         f"whole, estimated: {n_sel} x {per_whole:.1f} s = {per_whole * n_sel / 60:.1f} min; "
         f"ratio {out['ratio']:.2f}x; same metrics on the selections timed both ways: {same}"
+    )
+    print(
+        f"arithmetic: {passes} layer passes over the prompts ({len(calls)} models' own layers "
+        f"+ 2 references x {n_layers}) = {flops / 1e12:.1f} TFLOP; at this CPU's fp32 matmul "
+        f"limit ({limit:.0f} GFLOP/s, jax 2048^2) >= {floor_s / 60:.1f} min; measured "
+        f"{shared_total / 60:.1f} min = {floor_s / shared_total:.0%} of the limit; XLA's dots "
+        f"alone at the layer's projection shapes ({mc_rows * 256} rows): {kernels:.0f} GFLOP/s "
+        f"= {kernels / limit:.0%} of the limit, >= {flops / kernels / 1e9 / 60:.1f} min"
     )
     print(json.dumps({k: round(v, 3) if isinstance(v, float) else v for k, v in out.items()}))
     return out

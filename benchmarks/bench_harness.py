@@ -126,6 +126,21 @@ def outputs(res: dict) -> dict[tuple[str, int], Any]:
     return out
 
 
+def prompt_tflop(model: Any, res: dict) -> float:
+    """Returns the TFLOP of every layer over the prompt tokens of the logged requests (each
+    distinct context of an item once: letters share their context; no decoding, no vocabulary
+    projection): what any backend must compute (`flops.prompt_flops_per_token`)."""
+    from jaxknow.model.flops import prompt_flops_per_token
+
+    total = 0.0
+    for samples in res["samples"].values():
+        for sample in samples:
+            for ctx in {str(a[0]) for a in sample["arguments"]}:
+                n = len(model.tokenizer.encode(ctx))
+                total += n * prompt_flops_per_token(model.cfg, n)
+    return total / 1e12
+
+
 def own_parity(model: Any, data: Path, subsets: list[str], res: dict, batch_size: int) -> str:
     """Returns a line comparing lm-eval-through-the-adapter with jaxknow's own evaluation of
     the same subsets: identical predictions, largest log-likelihood difference, scores."""
@@ -264,6 +279,20 @@ def main() -> None:
             f"ratio hf / jaxknow: {t_hf / t_jk:.2f}x end to end, {m_hf / m_jk:.2f}x inside "
             f"the model; identical outputs: {same}/{len(a)}"
         )
+        if jax.devices()[0].platform == "cpu":
+            from bench_train import matmul_limit_gflops, projection_rate_gflops
+
+            tf, limit = prompt_tflop(model, res_jk), matmul_limit_gflops()
+            kernels = projection_rate_gflops(model.cfg, 40 * 256)  # a 5-shot MC batch
+            print(
+                f"arithmetic: {tf:.2f} TFLOP over the prompts; fp32 matmul limit {limit:.0f} "
+                f"GFLOP/s (jax 2048^2): hf ran at {tf * 1e3 / m_hf:.0f} GFLOP/s "
+                f"({tf * 1e3 / m_hf / limit:.0%} of it), jaxknow at {tf * 1e3 / m_jk:.0f} "
+                f"({tf * 1e3 / m_jk / limit:.0%}); twice hf's speed needs "
+                f"{2 * tf * 1e3 / m_hf / limit:.0%} of the limit; XLA's dots alone at the "
+                f"layer's projection shapes (10,240 rows) reach {kernels:.0f} GFLOP/s "
+                f"({kernels / limit:.0%})"
+            )
     finally:
         shutil.rmtree(work, ignore_errors=True)
 

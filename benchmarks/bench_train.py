@@ -619,21 +619,40 @@ def torch_llama_args(cfg: Any, run: dict[str, int], steps: int, compile_: bool) 
     return out + (["--compile"] if compile_ else [])
 
 
-def matmul_limit_gflops(n: int = 2048, reps: int = 5) -> float:
-    """Returns this machine's fp32 matmul limit: GFLOP/s of the best of `reps` jitted n x n
-    float32 matmuls with jax on its first device."""
+def _best_dot_seconds(rows: int, k: int, n: int, reps: int) -> float:
+    """Returns the best of `reps` timings of a jitted float32 [rows, k] x [k, n] dot (jax, its
+    first device), after one untimed call."""
     import jax
     import jax.numpy as jnp
 
-    a = jax.random.normal(jax.random.key(0), (n, n), jnp.float32)
+    a = jax.random.normal(jax.random.key(0), (rows, k), jnp.float32)
+    b = jax.random.normal(jax.random.key(1), (k, n), jnp.float32)
     f = jax.jit(jnp.dot)
-    f(a, a).block_until_ready()
+    f(a, b).block_until_ready()
     best = float("inf")
     for _ in range(reps):
         t0 = time.perf_counter()
-        f(a, a).block_until_ready()
+        f(a, b).block_until_ready()
         best = min(best, time.perf_counter() - t0)
-    return 2.0 * n**3 / best / 1e9
+    return best
+
+
+def matmul_limit_gflops(n: int = 2048, reps: int = 5) -> float:
+    """Returns this machine's fp32 matmul limit: GFLOP/s of the best of `reps` jitted n x n
+    float32 matmuls with jax on its first device."""
+    return 2.0 * n**3 / _best_dot_seconds(n, n, n, reps) / 1e9
+
+
+def projection_rate_gflops(cfg: Any, rows: int, reps: int = 3) -> float:
+    """Returns the fp32 GFLOP/s of XLA's dots at one layer's projection shapes of `cfg` with
+    `rows` tokens (q, k, v, o, and the MLP's: gate / up and down), weighted by their FLOPs:
+    what the matmul kernels themselves deliver at these shapes, before any other op (best of
+    `reps` per shape, jax on the first device)."""
+    d, q, kv = cfg.d_model, cfg.n_heads * cfg.dim_per_head, cfg.kv_heads * cfg.dim_per_head
+    mlp = [(d, cfg.d_ff)] * (1 if cfg.mlp == "gelu" else 2) + [(cfg.d_ff, d)]
+    shapes = [(d, q), (d, kv), (d, kv), (q, d)] + mlp
+    flops = sum(2.0 * rows * k * n for k, n in shapes)
+    return flops / sum(_best_dot_seconds(rows, k, n, reps) for k, n in shapes) / 1e9
 
 
 @dataclasses.dataclass

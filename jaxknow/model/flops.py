@@ -28,6 +28,16 @@ def train_flops_per_token(cfg: ModelConfig, seq_len: int) -> float:
     return 6.0 * n + 12.0 * cfg.n_layers * cfg.n_heads * cfg.dim_per_head * seq_len
 
 
+def prompt_flops_per_token(cfg: ModelConfig, seq_len: int) -> float:
+    """Returns the forward FLOPs per prompt token of the transformer layers: 2 × the layers'
+    parameters (every projection) plus 2·L·N·H·T for causal attention's scores and values over
+    T tokens (the half below the diagonal). No embedding lookup and no vocabulary projection:
+    the arithmetic a forward pass over a prompt cannot skip (a lower bound of any evaluation's
+    cost; `n_layers` of it per layer run)."""
+    layers = count_params(param_specs(cfg)["layers"])
+    return 2.0 * layers + 2.0 * cfg.n_layers * cfg.n_heads * cfg.dim_per_head * seq_len
+
+
 def peak_flops(device: jax.Device | None = None) -> float | None:
     """Returns the dense bf16 peak FLOP/s of one device, or None when unknown (e.g. CPU)."""
     device = device or jax.devices()[0]
