@@ -53,7 +53,7 @@ def main(argv: list[str] | None = None) -> dict[str, float]:
     from jaxknow.eval.shared_prefix import SharedPrefix
     from jaxknow.io.load import load_model
     from jaxknow.io.named_models import resolve_model_path
-    from jaxknow.model.flops import prompt_flops_per_token
+    from jaxknow.model.flops import kv_flops_per_token, prompt_flops_per_token
     from jaxknow.model.lora import merge_lora
 
     base = load_model(resolve_model_path(args.base))
@@ -68,12 +68,11 @@ def main(argv: list[str] | None = None) -> dict[str, float]:
     n_layers = cfg.n_layers
     bos = use_bos("auto")  # what evaluate_subsets decides for a (params, cfg, tok) tuple
 
-    def prompt_flops(rows: list[dict], name: str) -> float:
-        """Returns the forward FLOPs of every layer over the subset's 5-shot prompt tokens."""
+    def prompt_lengths(rows: list[dict], name: str) -> list[int]:
+        """Returns the token counts of the subset's 5-shot prompts."""
         kind = tasks.subset_kind(name, rows)
         prompts = fewshot.build_prompts(rows, kind, fewshot.DEFAULT_SHOTS)
-        lengths = [len(tok.prefix() if bos else []) + len(tok.encode(p)) for p in prompts]
-        return sum(n * prompt_flops_per_token(cfg, n) for n in lengths)
+        return [len(tok.prefix() if bos else []) + len(tok.encode(p)) for p in prompts]
 
     def evaluate(params: object) -> dict[str, float]:
         m = tasks.evaluate_subsets(
@@ -111,9 +110,14 @@ def main(argv: list[str] | None = None) -> dict[str, float]:
     same = all(res.results[s][k] == m for (s, k), m in both.items()) if both else "not compared"
     n_sel = len(calls)
     # The arithmetic no evaluation can skip: every layer run over every prompt token (the two
-    # references run every layer once), at this CPU's fp32 matmul limit; decoding not counted.
+    # references run every layer once, keeping every layer's stream), but a model's last layer
+    # only its keys and values (the prompts are read at their last positions only), at this
+    # CPU's fp32 matmul limit; decoding not counted.
     passes = sum(calls) + 2 * n_layers
-    flops = passes * sum(prompt_flops(rows, n) for n, rows in subsets.items()) / n_layers
+    lengths = [n for name, rows in subsets.items() for n in prompt_lengths(rows, name)]
+    layer_flops = sum(n * prompt_flops_per_token(cfg, n) for n in lengths) / n_layers
+    kv_share = kv_flops_per_token(cfg) * sum(lengths) / layer_flops
+    flops = (passes - len(calls) * (1 - kv_share)) * layer_flops
     limit = matmul_limit_gflops()
     floor_s = flops / (limit * 1e9)
     mc_rows = len(next(iter(subsets.values())))
@@ -148,7 +152,8 @@ def main(argv: list[str] | None = None) -> dict[str, float]:
         f"ratio {out['ratio']:.2f}x; same metrics on the selections timed both ways: {same}"
     )
     print(
-        f"arithmetic: {passes} layer passes over the prompts ({len(calls)} models' own layers "
+        f"arithmetic: {passes} layer passes over the prompts ({len(calls)} models' own layers, "
+        f"each model's last one at {kv_share:.0%} (keys and values), "
         f"+ 2 references x {n_layers}) = {flops / 1e12:.1f} TFLOP; at this CPU's fp32 matmul "
         f"limit ({limit:.0f} GFLOP/s, jax 2048^2) >= {floor_s / 60:.1f} min; measured "
         f"{shared_total / 60:.1f} min = {floor_s / shared_total:.0%} of the limit; XLA's dots "

@@ -129,7 +129,8 @@ def outputs(res: dict) -> dict[tuple[str, int], Any]:
 def prompt_tflop(model: Any, res: dict) -> float:
     """Returns the TFLOP of every layer over the prompt tokens of the logged requests (each
     distinct context of an item once: letters share their context; no decoding, no vocabulary
-    projection): what any backend must compute (`flops.prompt_flops_per_token`)."""
+    projection; the last layer's keys and values alone, as only the prompts' last positions are
+    read): what any backend must compute (`flops.prompt_flops_per_token`)."""
     from jaxknow.model.flops import prompt_flops_per_token
 
     total = 0.0
@@ -137,7 +138,7 @@ def prompt_tflop(model: Any, res: dict) -> float:
         for sample in samples:
             for ctx in {str(a[0]) for a in sample["arguments"]}:
                 n = len(model.tokenizer.encode(ctx))
-                total += n * prompt_flops_per_token(model.cfg, n)
+                total += n * prompt_flops_per_token(model.cfg, n, read_few=True)
     return total / 1e12
 
 

@@ -360,6 +360,58 @@ def test_forward_resumed_mid_stack_equals_the_whole_pass(scan):
         transformer.forward(params, tokens, cfg, hidden_in=whole.hiddens[1])
 
 
+@pytest.mark.parametrize("scan", [False, True])
+@pytest.mark.parametrize(
+    "switches", [{}, dict(GEMMA3_SWITCHES, n_layers=3)], ids=["llama", "gemma3-local-last"]
+)
+def test_forward_read_at_equals_the_whole_pass_at_those_positions(scan, switches):
+    """`read_at` (the last layer's queries, attention output and MLP at the positions read
+    only) gives the whole pass's hidden states there: packed segments, a sliding-window last
+    layer, resumed at every layer j (j = L: the stream only read), and a left-padded prefill
+    whose cache (keys and values of every position) equals the whole pass's."""
+    cfg = preset("tiny-llama", **{"n_layers": 2, "dtype": "float32", **switches})
+    cfg = cfg.replace(scan_layers=scan)
+    params = init_params(param_specs(cfg), jax.random.key(0), jnp.float32)
+    tokens = jax.random.randint(jax.random.key(1), (2, 13), 0, cfg.vocab_size)
+    segments = jnp.asarray([[1] * 6 + [2] * 7, [1] * 13])
+    positions = jnp.asarray([list(range(6)) + list(range(7)), list(range(13))])
+    at = jnp.asarray([[5, 12, 0], [3, 3, 12]])
+    kw = dict(segment_ids=segments, positions=positions)
+    whole = transformer.forward(params, tokens, cfg, collect_hidden=True, **kw)
+    want = transformer.rows(whole.hidden, at)
+    got = transformer.forward(params, tokens, cfg, read_at=at, **kw).hidden
+    assert got.shape == (2, 3, cfg.d_model)
+    np.testing.assert_allclose(got, want, rtol=1e-5, atol=1e-5)
+    run = jax.jit(
+        lambda h, j: transformer.forward(
+            params, tokens, cfg, hidden_in=h, start_layer=j, read_at=at, **kw
+        ).hidden
+    )
+    for j in range(cfg.n_layers + 1):
+        np.testing.assert_allclose(
+            run(whole.hiddens[j], jnp.int32(j)), want, rtol=1e-5, atol=1e-5, err_msg=f"j={j}"
+        )
+    valid = jnp.ones((2, 16), bool).at[0, :4].set(False)  # row 0 left-padded by 4 slots
+    pos = jnp.maximum(jnp.arange(13)[None] - jnp.asarray([4, 0])[:, None], 0)
+    prefill = functools.partial(
+        transformer.forward,
+        params,
+        tokens,
+        cfg,
+        positions=pos,
+        cache=transformer.init_cache(cfg, 2, 16),
+        cache_index=0,
+        kv_valid=valid,
+    )
+    full, last = prefill(), prefill(read_at=jnp.full((2, 1), 12))
+    np.testing.assert_allclose(last.hidden, full.hidden[:, -1:], rtol=1e-5, atol=1e-5)
+    jax.tree.map(
+        lambda a, b: np.testing.assert_allclose(a, b, rtol=1e-5, atol=1e-5), last.cache, full.cache
+    )
+    with pytest.raises(ValueError, match="collect_hidden"):
+        transformer.forward(params, tokens, cfg, read_at=at, collect_hidden=True)
+
+
 @pytest.mark.parametrize(
     "eq, x_shape, w_shape",
     [
@@ -420,3 +472,19 @@ def test_attention_in_query_blocks_equals_one_block(switches):
         np.testing.assert_allclose(a[:, :17][real], b[:, :17][real], atol=1e-5)
     with pytest.raises(ValueError, match="attention_query_block"):
         base.replace(attention_query_block=-1)
+
+
+def test_prompt_flops_count_the_layers_and_only_the_last_layers_keys_and_values_when_read_few():
+    """The benchmarks' floors: SmolLM2-135M's layers are 2 × their parameters plus causal
+    attention per prompt token; read at a few positions, its last layer counts only its key
+    and value projections (576 × 3 heads × 64, twice, per layer)."""
+    from jaxknow.model.flops import kv_flops_per_token, prompt_flops_per_token
+    from jaxknow.model.params import count_params
+
+    cfg = preset("smollm2-135m")
+    layers = count_params(param_specs(cfg)["layers"])
+    full = prompt_flops_per_token(cfg, 100)
+    assert full == 2 * layers + 2 * 30 * 9 * 64 * 100
+    assert kv_flops_per_token(cfg) == 2 * 2 * 576 * 3 * 64
+    few = prompt_flops_per_token(cfg, 100, read_few=True)
+    assert few == pytest.approx(full * 29 / 30 + kv_flops_per_token(cfg))

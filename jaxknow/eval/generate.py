@@ -253,6 +253,8 @@ def prefill(
 ) -> tuple[transformer.ForwardOutput, jax.Array]:
     """Returns (the forward pass over left-padded prompts into a fresh cache of
     ``P + max_new`` slots, the valid-slot mask [B, S]). `params` hold the per-layer view.
+    Its `hidden` is the last position's [B, 1, D] (the last layer computes no other position's
+    queries or MLP), unless `collect_hidden` asks for every layer's residual stream.
     `resume` = (residual stream entering layer j, j, a cache whose layers below j hold the
     prompts' keys and values): the prefill starts at layer j (`transformer.forward`)."""
     b, p = tokens.shape
@@ -278,6 +280,7 @@ def prefill(
         collect_hidden=collect_hidden,
         hidden_in=hidden_in,
         start_layer=start,
+        read_at=None if collect_hidden else jnp.full((b, 1), p - 1, jnp.int32),
     )
     return out, kv_valid
 

@@ -83,9 +83,11 @@ def _forward(
     sharder: Sharder,
     resume: Resume | None = None,
     collect_hidden: bool = False,
+    read_at: jax.Array | None = None,
 ) -> transformer.ForwardOutput:
     """Runs the model on a padded batch (inputs, positions, segment ids), from layer j on
-    when `resume` = (residual stream entering layer j, j) is given (`shared_prefix`)."""
+    when `resume` = (residual stream entering layer j, j) is given (`shared_prefix`), its
+    final hidden states only at the positions `read_at` [rows, K] when given."""
     hidden_in, start = resume if resume is not None else (None, None)
     return transformer.forward(
         params,
@@ -97,18 +99,21 @@ def _forward(
         collect_hidden=collect_hidden,
         hidden_in=hidden_in,
         start_layer=start,
+        read_at=read_at,
     )
 
 
-def _hidden(
+def _hidden_at(
     params: Any,
     batch: Mapping[str, jax.Array],
+    read_at: jax.Array,
     cfg: ModelConfig,
     sharder: Sharder,
     resume: Resume | None = None,
 ) -> jax.Array:
-    """Returns the final hidden states of a padded batch (see `_forward`)."""
-    return _forward(params, batch, cfg, sharder, resume).hidden
+    """Returns the final hidden states of a padded batch at positions `read_at` [rows, K]
+    (see `_forward`)."""
+    return _forward(params, batch, cfg, sharder, resume, read_at=read_at).hidden
 
 
 @functools.partial(jax.jit, static_argnames=("cfg", "sharder"))
@@ -149,11 +154,11 @@ def _score_batch(
     sharder: Sharder,
 ) -> tuple[jax.Array, jax.Array, jax.Array]:
     """Returns per row (summed weighted log-likelihood, weight sum, all-greedy flag) of the
-    targets at positions ``score_at`` ([rows, K]): the vocabulary projection runs at those K
-    positions only, not at every position of the row (at a 262k vocabulary it is most of a
-    full-row forward's arithmetic and memory)."""
-    hidden = _hidden(params, batch, cfg, sharder, resume)
-    at = jnp.take_along_axis(hidden, batch["score_at"][..., None], axis=1)
+    targets at positions ``score_at`` ([rows, K]): the vocabulary projection (and the last
+    layer but for its keys and values) runs at those K positions only, not at every position
+    of the row (at a 262k vocabulary the projection is most of a full-row forward's arithmetic
+    and memory)."""
+    at = _hidden_at(params, batch, batch["score_at"], cfg, sharder, resume)
     lg = transformer.logits(params, at, cfg, sharder)
     w = batch["weights"].astype(jnp.float32)
     lp, greedy = branches.target_scores(lg, batch["targets"], w)
@@ -170,8 +175,7 @@ def _last_logprobs(
     sharder: Sharder,
 ) -> jax.Array:
     """Returns per row the log-softmax over the vocabulary after its last real token."""
-    rows = jnp.arange(batch["inputs"].shape[0])
-    last = _hidden(params, batch, cfg, sharder, resume)[rows, batch["last"]][:, None]
+    last = _hidden_at(params, batch, batch["last"][:, None], cfg, sharder, resume)
     return jax.nn.log_softmax(transformer.logits(params, last, cfg, sharder)[:, 0], axis=-1)
 
 

@@ -28,14 +28,27 @@ def train_flops_per_token(cfg: ModelConfig, seq_len: int) -> float:
     return 6.0 * n + 12.0 * cfg.n_layers * cfg.n_heads * cfg.dim_per_head * seq_len
 
 
-def prompt_flops_per_token(cfg: ModelConfig, seq_len: int) -> float:
+def prompt_flops_per_token(cfg: ModelConfig, seq_len: int, *, read_few: bool = False) -> float:
     """Returns the forward FLOPs per prompt token of the transformer layers: 2 × the layers'
     parameters (every projection) plus 2·L·N·H·T for causal attention's scores and values over
     T tokens (the half below the diagonal). No embedding lookup and no vocabulary projection:
     the arithmetic a forward pass over a prompt cannot skip (a lower bound of any evaluation's
-    cost; `n_layers` of it per layer run)."""
+    cost; `n_layers` of it per layer run). With `read_few` (only a few positions of each
+    prompt are read: a scored or a prefilled prompt) the last layer counts its key and value
+    projections alone, all it must run at every position (`transformer.forward`'s
+    `read_at`)."""
     layers = count_params(param_specs(cfg)["layers"])
-    return 2.0 * layers + 2.0 * cfg.n_layers * cfg.n_heads * cfg.dim_per_head * seq_len
+    full = 2.0 * layers + 2.0 * cfg.n_layers * cfg.n_heads * cfg.dim_per_head * seq_len
+    if not read_few:
+        return full
+    per_layer = full / cfg.n_layers
+    return full - per_layer + kv_flops_per_token(cfg)
+
+
+def kv_flops_per_token(cfg: ModelConfig) -> float:
+    """Returns one layer's key and value projections' FLOPs per token (biases included)."""
+    attn = param_specs(cfg)["layers"]["attn"]
+    return 2.0 * count_params({"k": attn["k"], "v": attn["v"]}) / cfg.n_layers
 
 
 def peak_flops(device: jax.Device | None = None) -> float | None:

@@ -30,8 +30,9 @@ _REMAT_POLICIES = {
 
 @dataclasses.dataclass
 class ForwardOutput:
-    """What `forward` returns: the final normalised hidden states [B, T, D], optionally every
-    layer's residual stream [L+1, B, T, D] (index 0 = embeddings), and the updated cache."""
+    """What `forward` returns: the final normalised hidden states [B, T, D] (or [B, R, D] at
+    the positions `read_at` asked for), optionally every layer's residual stream
+    [L+1, B, T, D] (index 0 = embeddings), and the updated cache."""
 
     hidden: jax.Array
     hiddens: jax.Array | None = None
@@ -159,6 +160,29 @@ def _blocked_attention(
     return jnp.concatenate(outs, axis=1)
 
 
+def rows(x: jax.Array, at: jax.Array) -> jax.Array:
+    """Returns x [B, T, ...] at positions `at` [B, R] along its second axis: [B, R, ...]."""
+    return jnp.take_along_axis(x, at.reshape(at.shape + (1,) * (x.ndim - 2)), axis=1)
+
+
+def _mask_rows(
+    mask: jax.Array | None, is_causal: bool, read_at: jax.Array, batch: int, keys: int
+) -> jax.Array:
+    """Returns the attention mask [B, 1, R, S] of the queries at positions `read_at` [B, R]
+    over `keys` key slots (of an uncached pass, where query t sits at slot t, or of a cached
+    pass, whose `mask` already holds causality)."""
+    picked = None
+    if mask is not None:
+        full = jnp.broadcast_to(mask, (batch, 1) + mask.shape[2:])
+        picked = jnp.take_along_axis(full, read_at[:, None, :, None], axis=2)
+    if is_causal:
+        causal = (jnp.arange(keys)[None, None, :] <= read_at[:, :, None])[:, None]
+        picked = causal if picked is None else picked & causal
+    if picked is None:
+        raise ValueError("read_at needs a causal or an explicit attention mask")
+    return picked
+
+
 def _attention(
     p: Mapping[str, Any],
     x: jax.Array,
@@ -171,8 +195,16 @@ def _attention(
     sharder: Sharder,
     cache: dict[str, jax.Array] | None,
     cache_index: jax.Array | int | None,
+    read_at: jax.Array | None = None,
 ) -> tuple[jax.Array, dict[str, jax.Array] | None]:
-    q = layers.dense(p["q"], x, "btd,dnh->btnh", cfg)
+    """Returns (self-attention's output, the updated cache); with `read_at` [B, R] only the
+    queries at those positions attend (`mask` then holds their rows) and the output is theirs."""
+    q_positions = positions
+    if read_at is None:
+        q = layers.dense(p["q"], x, "btd,dnh->btnh", cfg)
+    else:
+        q = layers.dense(p["q"], rows(x, read_at), "btd,dnh->btnh", cfg)
+        q_positions = rows(positions, read_at)
     k = layers.dense(p["k"], x, "btd,dnh->btnh", cfg)
     v = layers.dense(p["v"], x, "btd,dnh->btnh", cfg)
     q = sharder.constrain(q, ("batch", "length", "act_heads", None))
@@ -182,7 +214,7 @@ def _attention(
         q = layers.norm(p["q_norm"], q, cfg)
         k = layers.norm(p["k_norm"], k, cfg)
     if inv_freq is not None:
-        q = layers.apply_rope(q, positions, inv_freq)
+        q = layers.apply_rope(q, q_positions, inv_freq)
         k = layers.apply_rope(k, positions, inv_freq)
     new_cache = None
     if cache is not None:
@@ -193,10 +225,11 @@ def _attention(
         v = sharder.constrain(v, CACHE_AXES)
         new_cache = {"k": k, "v": v}
         k, v = k.astype(q.dtype), v.astype(q.dtype)
-    if cache is None:
-        q_offset: int | None = 0  # query t sits at key slot t
-    else:  # a prefill at a static slot (0) knows its queries' slots; a decoding step does not
-        q_offset = cache_index if isinstance(cache_index, int) else None
+    q_offset: int | None = None  # read rows and decoding steps: one block
+    if read_at is None and cache is None:
+        q_offset = 0  # query t sits at key slot t
+    elif read_at is None and isinstance(cache_index, int):
+        q_offset = cache_index  # a prefill at a static slot (0) knows its queries' slots
     out = _blocked_attention(q, k, v, mask=mask, is_causal=is_causal, q_offset=q_offset, cfg=cfg)
     out = sharder.constrain(out, ("batch", "length", "act_heads", None))
     y = layers.dense(p["o"], out, "btnh,nhd->btd", cfg)
@@ -215,7 +248,11 @@ def _block(
     inv_freq: jax.Array | None,
     sharder: Sharder,
     cache_index: jax.Array | int | None,
+    read_at: jax.Array | None = None,
 ) -> tuple[jax.Array, dict[str, jax.Array] | None]:
+    """Returns (one layer's output stream, its updated cache); with `read_at` [B, R] (the
+    last layer, when only those positions are read) its queries, attention output and MLP
+    run at those positions only: keys and values still come from every position."""
     h = layers.norm(p["attn_norm"], x, cfg)
     a, new_cache = _attention(
         p["attn"],
@@ -228,7 +265,10 @@ def _block(
         sharder=sharder,
         cache=cache,
         cache_index=cache_index,
+        read_at=read_at,
     )
+    if read_at is not None:
+        x = rows(x, read_at)
     if cfg.post_norms:
         a = layers.norm(p["attn_post_norm"], a, cfg)
     x = sharder.constrain(x + a, ("batch", "length", "act_embed"))
@@ -281,16 +321,20 @@ def _scan_blocks(
     collect_hidden: bool,
     local: _LocalLayers | None = None,
     start_layer: jax.Array | None = None,
+    stop_layer: int | None = None,
 ) -> tuple[jax.Array, jax.Array | None]:
     """Runs `block` over the stacked layers with `jax.lax.scan`; returns the last residual
     stream and, with `collect_hidden`, every layer's [L+1, B, T, D] (index 0 = input).
 
     With `local` (a mix of sliding-window and global layers) the per-layer is-local flags are
     scanned beside the parameters and select each layer's mask and rotary frequencies. With
-    `start_layer` the layers below it pass the residual stream through (`forward`)."""
+    `start_layer` the layers below it pass the residual stream through (`forward`); with
+    `stop_layer` only the layers below it run."""
 
     def body(carry: jax.Array, xs: Any) -> tuple[jax.Array, jax.Array | None]:
         layer_p, is_local, i = xs
+        if layer_p is None:  # only indices scanned: layer i read in place from the stack
+            layer_p = jax.tree.map(lambda w: w[i], stacked)
         m, f = mask, inv_freq
         if local is not None:
             m = jnp.where(is_local, local.mask, mask)
@@ -306,9 +350,16 @@ def _scan_blocks(
         return y, (y if collect_hidden else None)
 
     flags = local.flags if local is not None else None
-    # Layer indices are scanned only when resuming, so a plain pass compiles as it did before.
-    index = None if start_layer is None else jnp.arange(jax.tree.leaves(stacked)[0].shape[0])
-    out, ys = jax.lax.scan(body, x, (stacked, flags, index))
+    n = jax.tree.leaves(stacked)[0].shape[0]
+    if stop_layer is not None:
+        # The indices below the stop are scanned, each layer read in place, rather than a
+        # slice of the stack, which XLA may copy whole before the loop.
+        flags = None if flags is None else flags[:stop_layer]
+        out, ys = jax.lax.scan(body, x, (None, flags, jnp.arange(stop_layer)))
+    else:
+        # Layer indices are scanned only when resuming, so a plain pass compiles as it did.
+        index = None if start_layer is None else jnp.arange(n)
+        out, ys = jax.lax.scan(body, x, (stacked, flags, index))
     hiddens = jnp.concatenate([x[None], ys]) if collect_hidden else None
     return out, hiddens
 
@@ -341,6 +392,54 @@ def embed(
     return x
 
 
+def _last_layer_runner(
+    cfg: ModelConfig,
+    read_at: jax.Array,
+    *,
+    mask: jax.Array | None,
+    is_causal: bool,
+    keys: int,
+    local: _LocalLayers | None,
+    positions: jax.Array,
+    inv_freq: jax.Array | None,
+    sharder: Sharder,
+    cache_index: jax.Array | int | None,
+    start_layer: jax.Array | None,
+) -> Any:
+    """Returns `run(layer_params, x, layer_cache) -> (x at read_at, cache)`: the last layer
+    computed at the positions `read_at` only (`forward`); `local`: it is a sliding-window
+    layer. When resuming past it (`start_layer` = L) the stream is only read there."""
+    b = read_at.shape[0]
+    row_mask = _mask_rows(mask if local is None else local.mask, is_causal, read_at, b, keys)
+    block = functools.partial(
+        _block,
+        cfg=cfg,
+        is_causal=False,
+        sharder=sharder,
+        read_at=read_at,
+        positions=positions,
+        mask=row_mask,
+        inv_freq=inv_freq if local is None else local.inv_freq,
+        cache_index=cache_index,
+    )
+    if cfg.remat != "none" and cache_index is None:
+        block = jax.checkpoint(block, policy=_REMAT_POLICIES[cfg.remat])
+
+    def run(layer_p: Any, x: jax.Array, layer_cache: Any) -> tuple[jax.Array, Any]:
+        if start_layer is None:
+            return block(layer_p, x, layer_cache)
+        return jax.lax.cond(
+            cfg.n_layers - 1 >= start_layer,
+            block,
+            lambda _, x, c: (rows(x, read_at), c),
+            layer_p,
+            x,
+            layer_cache,
+        )
+
+    return run
+
+
 def forward(
     params: Mapping[str, Any],
     tokens: jax.Array,
@@ -355,6 +454,7 @@ def forward(
     collect_hidden: bool = False,
     hidden_in: jax.Array | None = None,
     start_layer: jax.Array | None = None,
+    read_at: jax.Array | None = None,
 ) -> ForwardOutput:
     """Runs the transformer on tokens [B, T]; returns a ForwardOutput.
 
@@ -378,9 +478,16 @@ def forward(
     skipped and layers below `start_layer` pass the stream (and their cache entries) through
     unchanged, so models that share their first layers need not recompute them and every start
     runs in one compiled function. `hiddens` then repeats the stream at the skipped layers.
+
+    Reading a few positions: with `read_at` [B, R] (e.g. the scored positions, a prompt's last
+    token) `hidden` holds only those positions [B, R, D], and the last layer computes its
+    queries, attention output and MLP there alone (keys and values, and so the cache, at every
+    position): at R = 1 of 256 positions that layer costs ~6 % of its full pass.
     """
     if (hidden_in is None) != (start_layer is None):
         raise ValueError("hidden_in and start_layer go together (resuming mid-stack)")
+    if read_at is not None and collect_hidden:
+        raise ValueError("read_at and collect_hidden exclude each other (hiddens need every row)")
     per_layer = is_per_layer(params)
     if per_layer and cache is None:
         raise ValueError("forward takes the layers stacked (see jaxknow.model.layout.stack)")
@@ -420,6 +527,22 @@ def forward(
     block = functools.partial(_block, cfg=cfg, is_causal=is_causal, sharder=sharder)
     if cfg.remat != "none" and cache is None:
         block = jax.checkpoint(block, policy=_REMAT_POLICIES[cfg.remat])
+    last = cfg.n_layers - 1
+    run_last = None
+    if read_at is not None:
+        run_last = _last_layer_runner(
+            cfg,
+            read_at,
+            mask=mask,
+            is_causal=is_causal,
+            keys=t if cache is None else kv_valid.shape[1],
+            local=local if local is not None and kinds[last] else None,
+            positions=positions,
+            inv_freq=inv_freq,
+            sharder=sharder,
+            cache_index=cache_index,
+            start_layer=start_layer,
+        )
     stacked = params["layers"]
     if cache is None and cfg.use_scan and cfg.n_layers >= 2:
         x, hiddens_scan = _scan_blocks(
@@ -432,7 +555,10 @@ def forward(
             collect_hidden=collect_hidden,
             local=local,
             start_layer=start_layer,
+            stop_layer=None if run_last is None else last,
         )
+        if run_last is not None:
+            x, _ = run_last(jax.tree.map(lambda w: w[last], stacked), x, None)
         h = layers.norm(params["final_norm"], x, cfg)
         return ForwardOutput(hidden=h, hiddens=hiddens_scan)
     hiddens = [x] if collect_hidden else None
@@ -449,6 +575,11 @@ def forward(
         ]
     for i in range(cfg.n_layers):
         layer_cache = cache[str(i)] if cache is not None else None
+        if i == last and run_last is not None:
+            x, c = run_last(layer_params[i], x, layer_cache)
+            if new_cache is not None:
+                new_cache[str(i)] = c
+            continue
         is_local = local is not None and kinds[i]
         run = functools.partial(
             block,
