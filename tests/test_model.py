@@ -383,9 +383,11 @@ def test_forward_read_at_equals_the_whole_pass_at_those_positions(scan, switches
     assert got.shape == (2, 3, cfg.d_model)
     np.testing.assert_allclose(got, want, rtol=1e-5, atol=1e-5)
     run = jax.jit(
-        lambda h, j: transformer.forward(
-            params, tokens, cfg, hidden_in=h, start_layer=j, read_at=at, **kw
-        ).hidden
+        lambda h, j: (
+            transformer.forward(
+                params, tokens, cfg, hidden_in=h, start_layer=j, read_at=at, **kw
+            ).hidden
+        )
     )
     for j in range(cfg.n_layers + 1):
         np.testing.assert_allclose(
