@@ -6,6 +6,14 @@ both sides, evaluated with shared layer prefixes vs model by model (issue 28, ta
         --data runs/cs_lr3/data [--subsets qa,multiple_choice] [--k_step 1] \
         [--sides first,last] [--whole 2]
 
+The finetuned model and its data: any SmolLM2 co-occurrence study's, or the narrative finetune
+alone (about 6 minutes on 2 cores; `runs/cs_n/ft_narrative_full_s0` and `runs/cs_n/data`):
+
+    JAXKNOW_CPU_DEVICES=1 .venv/bin/python -m launch.experiment \
+        --config=configs/cooccurrence/smollm2_narrative_cpu.py --workdir=runs/cs_n \
+        --config.forget.enabled=False --config.ablation.enabled=False \
+        --config.eval.subsets="('qa',)" --config.eval.max_items=8
+
 Both models are loaded, the subsets read from DATA/eval_{name}.jsonl and evaluated as the study
 evaluates them (5-shot as the authors' harness, 16 new tokens, batch 64). First the finetuned
 model alone (compiles the whole-model path; reported, not timed as a selection), then `--whole`

@@ -274,6 +274,35 @@ def test_lora_targets_flag_takes_a_preset_or_a_tuple(flag, expected):
     assert list(parsed("--config.optim.no_decay=('norm/',)").optim.no_decay) == ["norm/"]
 
 
+def test_pretrained_cooccurrence_config_cuts_to_one_quick_stage_from_the_command_line():
+    """The SmolLM2 study configs take `eval.subsets` / `eval.max_items` as command-line keys
+    (a narrative finetune scored on 8 QA items: the benchmarks' model), and leave every subset
+    and item on when they are not given."""
+    from absl import flags
+    from ml_collections import config_flags
+
+    def parsed(*overrides: str) -> cooc_study.CooccurrenceStudy:
+        argv = ["experiment", f"--config={CONFIGS / 'cooccurrence/smollm2_narrative_cpu.py'}"]
+        argv += overrides
+        fv = flags.FlagValues()
+        config_flags.DEFINE_config_file(
+            "config", None, "", flag_values=fv, lock_config=True, sys_argv=argv
+        )
+        fv(argv)
+        return cooc_study.parse_study(fv.config)
+
+    quick = parsed(
+        "--config.eval.subsets=('qa',)",
+        "--config.eval.max_items=8",
+        "--config.forget.enabled=False",
+        "--config.ablation.enabled=False",
+    )
+    assert quick.eval.subsets == ("qa",) and quick.eval.max_items == 8
+    assert not quick.forget.enabled and not quick.ablation.enabled
+    whole = parsed()
+    assert whole.eval.subsets == () and whole.eval.max_items is None
+
+
 def test_cooccurrence_replay_and_forgetting_renderings_are_checked():
     cfg = load("cooccurrence/quick")
     study = cooc_study.parse_study(cfg)

