@@ -244,6 +244,21 @@ def test_all_linear_lora_targets_follow_the_models_mlp(mlp, expected):
     assert list(spec.lora.targets) == expected
 
 
+def flag_config(name: str, *overrides: str):
+    """Returns configs/NAME as the entry points read it: an ml_collections config file flag,
+    locked, with `--config.KEY=VALUE` overrides."""
+    from absl import flags
+    from ml_collections import config_flags
+
+    argv = ["entry", f"--config={CONFIGS / name}", *overrides]
+    fv = flags.FlagValues()
+    config_flags.DEFINE_config_file(
+        "config", None, "", flag_values=fv, lock_config=True, sys_argv=argv
+    )
+    fv(argv)
+    return fv.config
+
+
 @pytest.mark.parametrize(
     "flag,expected",
     [
@@ -257,16 +272,7 @@ def test_lora_targets_flag_takes_a_preset_or_a_tuple(flag, expected):
     ml_collections config file flag, locked) accepts a preset name and a tuple or list."""
 
     def parsed(*overrides: str):
-        from absl import flags
-        from ml_collections import config_flags
-
-        argv = ["train", f"--config={CONFIGS / 'smoke.py'}", *overrides]
-        fv = flags.FlagValues()
-        config_flags.DEFINE_config_file(
-            "config", None, "", flag_values=fv, lock_config=True, sys_argv=argv
-        )
-        fv(argv)
-        return parse_run_config(fv.config)
+        return parse_run_config(flag_config("smoke.py", *overrides))
 
     spec = parsed("--config.lora.rank=4", f"--config.lora.targets={flag}")
     assert list(spec.lora.targets) == expected and spec.lora.rank == 4
@@ -278,18 +284,11 @@ def test_pretrained_cooccurrence_config_cuts_to_one_quick_stage_from_the_command
     """The SmolLM2 study configs take `eval.subsets` / `eval.max_items` as command-line keys
     (a narrative finetune scored on 8 QA items: the benchmarks' model), and leave every subset
     and item on when they are not given."""
-    from absl import flags
-    from ml_collections import config_flags
 
     def parsed(*overrides: str) -> cooc_study.CooccurrenceStudy:
-        argv = ["experiment", f"--config={CONFIGS / 'cooccurrence/smollm2_narrative_cpu.py'}"]
-        argv += overrides
-        fv = flags.FlagValues()
-        config_flags.DEFINE_config_file(
-            "config", None, "", flag_values=fv, lock_config=True, sys_argv=argv
+        return cooc_study.parse_study(
+            flag_config("cooccurrence/smollm2_narrative_cpu.py", *overrides)
         )
-        fv(argv)
-        return cooc_study.parse_study(fv.config)
 
     quick = parsed(
         "--config.eval.subsets=('qa',)",

@@ -350,7 +350,6 @@ def _scan_blocks(
         return y, (y if collect_hidden else None)
 
     flags = local.flags if local is not None else None
-    n = jax.tree.leaves(stacked)[0].shape[0]
     if stop_layer is not None:
         # The indices below the stop are scanned, each layer read in place, rather than a
         # slice of the stack, which XLA may copy whole before the loop.
@@ -358,7 +357,7 @@ def _scan_blocks(
         out, ys = jax.lax.scan(body, x, (None, flags, jnp.arange(stop_layer)))
     else:
         # Layer indices are scanned only when resuming, so a plain pass compiles as it did.
-        index = None if start_layer is None else jnp.arange(n)
+        index = None if start_layer is None else jnp.arange(jax.tree.leaves(stacked)[0].shape[0])
         out, ys = jax.lax.scan(body, x, (stacked, flags, index))
     hiddens = jnp.concatenate([x[None], ys]) if collect_hidden else None
     return out, hiddens
@@ -405,10 +404,12 @@ def _last_layer_runner(
     sharder: Sharder,
     cache_index: jax.Array | int | None,
     start_layer: jax.Array | None,
+    remat: bool,
 ) -> Any:
     """Returns `run(layer_params, x, layer_cache) -> (x at read_at, cache)`: the last layer
     computed at the positions `read_at` only (`forward`); `local`: it is a sliding-window
-    layer. When resuming past it (`start_layer` = L) the stream is only read there."""
+    layer. When resuming past it (`start_layer` = L) the stream is only read there; `remat`:
+    checkpointed as `forward`'s other layers are."""
     b = read_at.shape[0]
     row_mask = _mask_rows(mask if local is None else local.mask, is_causal, read_at, b, keys)
     block = functools.partial(
@@ -422,7 +423,7 @@ def _last_layer_runner(
         inv_freq=inv_freq if local is None else local.inv_freq,
         cache_index=cache_index,
     )
-    if cfg.remat != "none" and cache_index is None:
+    if remat:
         block = jax.checkpoint(block, policy=_REMAT_POLICIES[cfg.remat])
 
     def run(layer_p: Any, x: jax.Array, layer_cache: Any) -> tuple[jax.Array, Any]:
@@ -524,8 +525,9 @@ def forward(
     x = embed(params, tokens, positions, cfg, sharder) if hidden_in is None else hidden_in
     x = sharder.constrain(x, ("batch", "length", "act_embed"))
 
+    remat = cfg.remat != "none" and cache is None
     block = functools.partial(_block, cfg=cfg, is_causal=is_causal, sharder=sharder)
-    if cfg.remat != "none" and cache is None:
+    if remat:
         block = jax.checkpoint(block, policy=_REMAT_POLICIES[cfg.remat])
     last = cfg.n_layers - 1
     run_last = None
@@ -542,6 +544,7 @@ def forward(
             sharder=sharder,
             cache_index=cache_index,
             start_layer=start_layer,
+            remat=remat,
         )
     stacked = params["layers"]
     if cache is None and cfg.use_scan and cfg.n_layers >= 2:
@@ -575,11 +578,6 @@ def forward(
         ]
     for i in range(cfg.n_layers):
         layer_cache = cache[str(i)] if cache is not None else None
-        if i == last and run_last is not None:
-            x, c = run_last(layer_params[i], x, layer_cache)
-            if new_cache is not None:
-                new_cache[str(i)] = c
-            continue
         is_local = local is not None and kinds[i]
         run = functools.partial(
             block,
@@ -589,7 +587,9 @@ def forward(
             inv_freq=local.inv_freq if is_local else inv_freq,
             cache_index=cache_index,
         )
-        if start_layer is None:
+        if i == last and run_last is not None:
+            x, c = run_last(layer_params[i], x, layer_cache)
+        elif start_layer is None:
             x, c = run(x, layer_cache)
         else:
             x, c = jax.lax.cond(i >= start_layer, run, lambda *a: a, x, layer_cache)
